@@ -1,0 +1,3 @@
+"""The ``tikv`` command: demo, one-shot commands, an interactive shell, the embedded cluster and benchmarks."""
+
+__version__ = "0.1.0"
