@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import builtins
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -328,6 +328,9 @@ class TimeoutError(TiKVError, builtins.TimeoutError):
         total_sleep_ms: Total time slept, in milliseconds (excluded kinds included).
         budget_ms: The budget that ran out, in milliseconds.
         last_error: The error that caused the last backoff, if any.
+        longest_kind: The backoff kind that slept longest (client-go reports the error of
+            this kind, e.g. ``regionMiss`` → "region unavailable"), or ``None``.
+        backoff_times: How many times each kind backed off.
 
     """
 
@@ -339,6 +342,8 @@ class TimeoutError(TiKVError, builtins.TimeoutError):
         total_sleep_ms: int = 0,
         budget_ms: int = 0,
         last_error: BaseException | None = None,
+        longest_kind: str | None = None,
+        backoff_times: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__(operation)
         self.operation = operation
@@ -346,12 +351,19 @@ class TimeoutError(TiKVError, builtins.TimeoutError):
         self.total_sleep_ms = total_sleep_ms
         self.budget_ms = budget_ms
         self.last_error = last_error
+        self.longest_kind = longest_kind
+        self.backoff_times: dict[str, int] = dict(backoff_times or {})
 
     def _describe(self) -> str:
         text = (
             f"{self.operation}: backoff budget exhausted after sleeping "
             f"{self.total_sleep_ms} ms (budget {self.budget_ms} ms)"
         )
+        if self.longest_kind:
+            text += f", mostly {self.longest_kind}"
+        if self.backoff_times:
+            detail = ", ".join(f"{k}:{v}" for k, v in sorted(self.backoff_times.items()))
+            text += f", backoffs {{{detail}}}"
         if self.causes:
             # Keep the message bounded: the first and last causes tell the story.
             shown = self.causes
