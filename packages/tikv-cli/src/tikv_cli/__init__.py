@@ -1,3 +1,6 @@
-"""The ``tikv`` command: demo, one-shot commands, an interactive shell, the embedded cluster and benchmarks."""
+"""The ``tikv`` command.
+
+A demo tour, one-shot commands, an interactive shell, the embedded cluster and benchmarks.
+"""
 
 __version__ = "0.1.0"

@@ -1,3 +1,7 @@
-"""An embedded TiKV-compatible cluster: one PD and N TiKV stores, each a real gRPC server on loopback."""
+"""An embedded TiKV-compatible cluster.
+
+One PD and N TiKV stores, each a real gRPC server on loopback, speaking the kvproto wire
+protocol as TiKV and PD do.
+"""
 
 __version__ = "0.1.0"

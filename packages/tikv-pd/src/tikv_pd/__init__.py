@@ -1,3 +1,7 @@
-"""TiKV client core: PD client, timestamp oracle, region cache, backoff, errors and the shared request layer."""
+"""TiKV client core.
+
+The PD client, the timestamp oracle, the region cache, backoff, errors, configuration and
+the request layer that the raw and transactional clients share.
+"""
 
 __version__ = "0.1.0"
