@@ -13,6 +13,8 @@ message text. The tree::
     ├── UndeterminedError            a write may or may not have been applied
     ├── StoreUnavailableError        transport failure talking to a TiKV store
     ├── ClientClosedError            the client (or a component) was used after close()
+    ├── CodecError                   malformed encoded key (also a ValueError)
+    │   └── KeyOutOfKeyspaceError    a key outside the client's keyspace (API v2)
     └── TxnError                     transaction-level errors
         ├── WriteConflictError       kvrpcpb.WriteConflict
         ├── KeyExistsError           kvrpcpb.AlreadyExist (insert of an existing key)
@@ -51,6 +53,7 @@ from typing import Any
 __all__ = [
     "AssertionFailedError",
     "ClientClosedError",
+    "CodecError",
     "CommitTsExpiredError",
     "CommitTsTooLargeError",
     "DataIsNotReadyError",
@@ -58,6 +61,7 @@ __all__ = [
     "GCTooEarlyError",
     "KeyExistsError",
     "KeyIsLockedError",
+    "KeyOutOfKeyspaceError",
     "LockInfo",
     "LockWaitTimeoutError",
     "PDError",
@@ -439,6 +443,47 @@ class ClientClosedError(TiKVError):
 
     def _describe(self) -> str:
         return f"{self.component} is closed"
+
+
+class CodecError(TiKVError, ValueError):
+    """An encoded key could not be decoded (memcomparable or keyspace encoding).
+
+    Attributes:
+        reason: What was wrong.
+        data: The offending bytes (shown truncated / redacted like keys).
+
+    """
+
+    def __init__(self, reason: str, data: bytes = b"") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.data = data
+
+    def _describe(self) -> str:
+        return f"cannot decode key: {self.reason} (data {format_key(self.data)})"
+
+
+class KeyOutOfKeyspaceError(CodecError):
+    """A key (or range) from the server lies outside this client's keyspace.
+
+    Attributes:
+        key: The key.
+        keyspace_id: The client's keyspace id.
+        mode: ``"raw"`` or ``"txn"``.
+
+    """
+
+    def __init__(self, key: bytes, keyspace_id: int, mode: str) -> None:
+        super().__init__("key does not belong to the keyspace", key)
+        self.key = key
+        self.keyspace_id = keyspace_id
+        self.mode = mode
+
+    def _describe(self) -> str:
+        return (
+            f"key {format_key(self.key)} does not belong to {self.mode} keyspace "
+            f"{self.keyspace_id}"
+        )
 
 
 # ---------------------------------------------------------------------------------------
