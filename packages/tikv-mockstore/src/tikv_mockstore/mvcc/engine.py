@@ -1363,9 +1363,7 @@ class MvccEngine:
                     verify_is_primary,
                     rollback_if_not_exist,
                 )
-            action = (
-                _MISSING_PROTECTED_ROLLBACK if rollback_if_not_exist else _MISSING_RETURN_ERROR
-            )
+            action = _MISSING_PROTECTED_ROLLBACK if rollback_if_not_exist else _MISSING_RETURN_ERROR
             st, commit_ts = self._missing_lock(
                 primary_key, lock_ts, lock, action, resolving_pessimistic_lock
             )
@@ -1402,9 +1400,7 @@ class MvccEngine:
             if lock.is_pessimistic_lock and not resolving_pessimistic_lock:
                 # A pessimistic lock whose primary is elsewhere is stale: drop it.
                 action = (
-                    _MISSING_PROTECTED_ROLLBACK
-                    if rollback_if_not_exist
-                    else _MISSING_RETURN_ERROR
+                    _MISSING_PROTECTED_ROLLBACK if rollback_if_not_exist else _MISSING_RETURN_ERROR
                 )
                 st, commit_ts = self._missing_lock(key, lock.start_ts, None, action, False)
                 self._set_lock(key, None)
