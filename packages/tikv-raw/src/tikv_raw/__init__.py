@@ -1,3 +1,7 @@
 """Raw key-value client for TiKV, in sync and asyncio flavours."""
 
+from tikv_raw._types import Checksum, RawKVError
+
+__all__ = ["Checksum", "RawKVError"]
+
 __version__ = "0.1.0"
