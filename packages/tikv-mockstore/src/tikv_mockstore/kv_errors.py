@@ -1,4 +1,4 @@
-"""Translate MVCC engine results and errors into the kvrpcpb messages TiKV sends.
+"""Translate between kvrpcpb messages and the MVCC engine's types, errors and results.
 
 The mapping follows TiKV's service layer: ``extract_key_error`` in ``src/storage/errors.rs``
 chooses one ``kvrpcpb.KeyError`` field per error kind, and ``src/server/service/kv.rs`` decides
@@ -15,15 +15,30 @@ from collections.abc import Iterable
 from tikv_proto import deadlock_pb2, kvrpcpb_pb2
 
 from tikv_mockstore.mvcc import errors as mvcc_errors
-from tikv_mockstore.mvcc.types import KvPair, LockInfo, WaitForEntry
+from tikv_mockstore.mvcc.types import Assertion, KvPair, LockInfo, Mutation, Op, WaitForEntry
 
 __all__ = [
+    "KEY_ERROR_TYPES",
     "key_error",
     "key_errors",
     "kv_pair_to_pb",
     "lock_info_to_pb",
+    "mutation_from_pb",
     "wait_for_entry_to_pb",
 ]
+
+#: What a command can fail with that becomes a ``kvrpcpb.KeyError``: the engine's MVCC
+#: errors, and its argument checks (TiKV answers an invalid request with an ``abort``).
+KEY_ERROR_TYPES: tuple[type[Exception], ...] = (mvcc_errors.MvccError, ValueError, TypeError)
+
+
+def mutation_from_pb(m: kvrpcpb_pb2.Mutation) -> Mutation:
+    """Return the engine's :class:`Mutation` of a ``kvrpcpb.Mutation``.
+
+    Raises ``ValueError`` for an op or assertion the engine does not know (the shared-lock
+    ops), which the handlers answer with an ``abort`` key error.
+    """
+    return Mutation(Op(m.op), m.key, m.value, Assertion(m.assertion))
 
 
 def lock_info_to_pb(info: LockInfo) -> kvrpcpb_pb2.LockInfo:

@@ -1,0 +1,657 @@
+"""The transactional command handlers of the mock TiKV store.
+
+Importing this module registers one handler per transactional ``tikvpb.Tikv`` command in
+:data:`tikv_mockstore.handlers.HANDLERS` (``Get``, ``Scan``, ``BatchGet``, ``Prewrite``,
+``Commit``, ``Cleanup``, ``BatchRollback``, ``ScanLock``, ``ResolveLock``, ``GC``,
+``DeleteRange``, ``PessimisticLock``, ``PessimisticRollback``, ``TxnHeartBeat``,
+``CheckTxnStatus``, ``CheckSecondaryLocks``, ``Flush``, ``BufferBatchGet``).
+
+Every handler first checks the request's region with exactly the keys or ranges the
+command touches; a region error is the whole answer (``region_error``), as TiKV's
+``extract_region_error`` makes it. Otherwise the request goes to the cluster's
+:class:`~tikv_mockstore.mvcc.MvccEngine` and the result is shaped as
+``src/server/service/kv.rs`` shapes it: reads and most writes put one key error in ``error``;
+Prewrite, PessimisticLock, PessimisticRollback and Flush put a list in ``errors``; Cleanup
+turns "already committed" into ``commit_version``.
+
+``PessimisticLock`` may return a :class:`concurrent.futures.Future` instead of a response
+when the request waits for another transaction's lock (see :mod:`.kv_pessimistic`). After
+every write command the handlers poke the cluster's lock-wait manager so that requests
+waiting for a lock that the command released wake up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from tikv_proto import errorpb_pb2, kvrpcpb_pb2
+
+from tikv_mockstore.handlers import StoreScope, handler
+from tikv_mockstore.kv_errors import (
+    KEY_ERROR_TYPES,
+    key_error,
+    key_errors,
+    kv_pair_to_pb,
+    lock_info_to_pb,
+    mutation_from_pb,
+)
+from tikv_mockstore.kv_pessimistic import PessimisticLockRequest, lock_wait_manager
+from tikv_mockstore.mvcc import (
+    AssertionLevel,
+    CommittedError,
+    IsolationLevel,
+    KvPair,
+    MvccEngine,
+    Op,
+    PessimisticAction,
+    WriteType,
+)
+
+__all__: list[str] = []
+
+
+def _engine(scope: StoreScope) -> MvccEngine:
+    engine = scope.engine
+    if not isinstance(engine, MvccEngine):
+        raise TypeError(f"the store's engine is not an MvccEngine: {type(engine).__name__}")
+    return engine
+
+
+def _read_options(ctx: kvrpcpb_pb2.Context) -> dict[str, Any]:
+    # The isolation level and the lock sets a reader sends: resolved_locks are bypassed,
+    # committed_locks are read through (TiKV storage/mod.rs: bypass_locks / access_locks).
+    return {
+        "isolation_level": IsolationLevel(ctx.isolation_level),
+        "bypass_locks": frozenset(ctx.resolved_locks),
+        "access_locks": frozenset(ctx.committed_locks),
+    }
+
+
+def _commit_ts_of_visible(engine: MvccEngine, key: bytes, version: int) -> int:
+    """The commit ts of the Put a read at ``version`` sees on ``key`` (for need_commit_ts).
+
+    0 when the value came from a committed transaction's lock (``committed_locks``): that
+    lock has no commit record yet.
+    """
+    for commit_ts, write in engine.mvcc_by_key(key).writes:
+        if commit_ts > version:
+            continue
+        if write.write_type is WriteType.PUT:
+            return commit_ts
+        if write.write_type is WriteType.DELETE:
+            return 0
+    return 0
+
+
+def _poke_waiters(engine: MvccEngine) -> None:
+    lock_wait_manager(engine).poke()
+
+
+def _clip_upper(upper: bytes, region_end: bytes) -> bytes:
+    """``min(upper, region_end)`` where ``b""`` means unbounded."""
+    if not region_end:
+        return upper
+    if not upper or upper > region_end:
+        return region_end
+    return upper
+
+
+def _check_range(
+    scope: StoreScope, ctx: kvrpcpb_pb2.Context, lower: bytes, upper: bytes, *, seek_upper: bool
+) -> tuple[errorpb_pb2.Error | None, bytes, bytes]:
+    """Check a scan of ``[lower, upper)`` and clip it to the region.
+
+    TiKV's region snapshot clips the bound the scan does not start from
+    (``region_snapshot.rs`` ``update_lower_bound`` / ``update_upper_bound``) and refuses a
+    seek key outside the region. So the region must contain the seek bound (``lower`` for a
+    forward scan, ``upper`` for a reverse one) while the other bound is clipped. Returns the
+    region error, or ``None`` and the clipped ``(lower, upper)`` (``b""`` upper: unbounded).
+    """
+    region_error = scope.check(ctx, txn=True)
+    if region_error is not None:
+        return region_error, lower, upper
+    region_start, region_end = scope.region_bounds(ctx, txn=True)
+    if seek_upper:
+        lower = max(lower, region_start)
+    else:
+        upper = _clip_upper(upper, region_end)
+    region_error = scope.check(ctx, ranges=((lower, upper),), txn=True)
+    return region_error, lower, upper
+
+
+# --------------------------------------------------------------------------- reads
+
+
+@handler("Get")
+def kv_get(scope: StoreScope, req: kvrpcpb_pb2.GetRequest) -> kvrpcpb_pb2.GetResponse:
+    """KvGet: ``value`` / ``not_found``, or the lock hiding the key in ``error``."""
+    resp = kvrpcpb_pb2.GetResponse()
+    region_error = scope.check(req.context, keys=(req.key,), txn=True)
+    if region_error is not None:
+        resp.region_error.CopyFrom(region_error)
+        return resp
+    engine = _engine(scope)
+    try:
+        value = engine.get(req.key, req.version, **_read_options(req.context))
+    except KEY_ERROR_TYPES as e:
+        resp.error.CopyFrom(key_error(e))
+        return resp
+    if value is None:
+        resp.not_found = True
+    else:
+        resp.value = value
+        if req.need_commit_ts:
+            resp.commit_ts = _commit_ts_of_visible(engine, req.key, req.version)
+    return resp
+
+
+def _pairs_to_pb(
+    engine: MvccEngine, pairs: Sequence[KvPair], version: int, need_commit_ts: bool
+) -> list[kvrpcpb_pb2.KvPair]:
+    out = []
+    for pair in pairs:
+        pb = kv_pair_to_pb(pair)
+        if need_commit_ts and pair.error is None:
+            pb.commit_ts = _commit_ts_of_visible(engine, pair.key, version)
+        out.append(pb)
+    return out
+
+
+@handler("BatchGet")
+def kv_batch_get(
+    scope: StoreScope, req: kvrpcpb_pb2.BatchGetRequest
+) -> kvrpcpb_pb2.BatchGetResponse:
+    """KvBatchGet: the found keys as ``pairs``; a locked key is a pair carrying the error."""
+    resp = kvrpcpb_pb2.BatchGetResponse()
+    region_error = scope.check(req.context, keys=req.keys, txn=True)
+    if region_error is not None:
+        resp.region_error.CopyFrom(region_error)
+        return resp
+    engine = _engine(scope)
+    try:
+        pairs = engine.batch_get(list(req.keys), req.version, **_read_options(req.context))
+    except KEY_ERROR_TYPES as e:
+        # kv.rs: the error goes to `error` and, for old clients, into a first pair too.
+        resp.error.CopyFrom(key_error(e))
+        resp.pairs.add().error.CopyFrom(resp.error)
+        return resp
+    resp.pairs.extend(_pairs_to_pb(engine, pairs, req.version, req.need_commit_ts))
+    return resp
+
+
+@handler("Scan")
+def kv_scan(scope: StoreScope, req: kvrpcpb_pb2.ScanRequest) -> kvrpcpb_pb2.ScanResponse:
+    """KvScan: up to ``limit`` pairs inside the region, forward or reverse.
+
+    For a reverse scan ``start_key`` is the exclusive upper bound and ``end_key`` the
+    inclusive lower one. The scan never leaves the region: a client that sends an open
+    ``end_key`` gets the region's keys only. ``sample_step`` > 1 returns every
+    ``sample_step``-th key, as TiKV's scanner does.
+    """
+    resp = kvrpcpb_pb2.ScanResponse()
+    if req.reverse:
+        region_error, lower, upper = _check_range(
+            scope, req.context, req.end_key, req.start_key, seek_upper=True
+        )
+    else:
+        region_error, lower, upper = _check_range(
+            scope, req.context, req.start_key, req.end_key, seek_upper=False
+        )
+    if region_error is not None:
+        resp.region_error.CopyFrom(region_error)
+        return resp
+    engine = _engine(scope)
+    step = max(req.sample_step, 1)
+    try:
+        if req.reverse:
+            pairs = engine.scan(
+                upper,
+                lower,
+                req.limit * step,
+                req.version,
+                key_only=req.key_only,
+                reverse=True,
+                **_read_options(req.context),
+            )
+        else:
+            pairs = engine.scan(
+                lower,
+                upper,
+                req.limit * step,
+                req.version,
+                key_only=req.key_only,
+                **_read_options(req.context),
+            )
+    except KEY_ERROR_TYPES as e:
+        resp.error.CopyFrom(key_error(e))
+        resp.pairs.add().error.CopyFrom(resp.error)
+        return resp
+    if step > 1:
+        pairs = pairs[::step]
+    resp.pairs.extend(kv_pair_to_pb(p) for p in pairs[: req.limit])
+    return resp
+
+
+@handler("BufferBatchGet")
+def kv_buffer_batch_get(
+    scope: StoreScope, req: kvrpcpb_pb2.BufferBatchGetRequest
+) -> kvrpcpb_pb2.BufferBatchGetResponse:
+    """KvBufferBatchGet (pipelined DML): the transaction's own flushed values."""
+    resp = kvrpcpb_pb2.BufferBatchGetResponse()
+    region_error = scope.check(req.context, keys=req.keys, txn=True)
+    if region_error is not None:
+        resp.region_error.CopyFrom(region_error)
+        return resp
+    try:
+        pairs = _engine(scope).buffer_batch_get(list(req.keys), req.version)
+    except KEY_ERROR_TYPES as e:
+        resp.error.CopyFrom(key_error(e))
+        return resp
+    resp.pairs.extend(kv_pair_to_pb(p) for p in pairs)
+    return resp
+
+
+@handler("ScanLock")
+def kv_scan_lock(
+    scope: StoreScope, req: kvrpcpb_pb2.ScanLockRequest
+) -> kvrpcpb_pb2.ScanLockResponse:
+    """KvScanLock: the region's locks with ``start_ts <= max_version`` (limit 0: all).
+
+    TiKV raises ``max_ts`` to ``max_version`` first, so that no async-commit or 1PC
+    transaction commits below a GC safe point that was just scanned.
+    """
+    resp = kvrpcpb_pb2.ScanLockResponse()
+    region_error, lower, upper = _check_range(
+        scope, req.context, req.start_key, req.end_key, seek_upper=False
+    )
+    if region_error is not None:
+        resp.region_error.CopyFrom(region_error)
+        return resp
+    engine = _engine(scope)
+    try:
+        engine.update_max_ts(req.max_version)
+        locks = engine.scan_lock(req.max_version, lower, upper, req.limit)
+    except KEY_ERROR_TYPES as e:
+        resp.error.CopyFrom(key_error(e))
+        return resp
+    resp.locks.extend(lock_info_to_pb(lock) for lock in locks)
+    return resp
+
+
+# --------------------------------------------------------------------------- writes
+
+
+def _prewrite_args(req: kvrpcpb_pb2.PrewriteRequest) -> dict[str, Any]:
+    mutations = [mutation_from_pb(m) for m in req.mutations]
+    args: dict[str, Any] = {}
+    if req.for_update_ts != 0:
+        # commands/mod.rs zips mutations with pessimistic_actions: the shorter list wins.
+        # Clients that send one action per mutation of the whole transaction to every
+        # region (client-rust) rely on the extra actions being ignored.
+        n = min(len(mutations), len(req.pessimistic_actions))
+        mutations = mutations[:n]
+        args["for_update_ts"] = req.for_update_ts
+        args["pessimistic_actions"] = [PessimisticAction(a) for a in req.pessimistic_actions[:n]]
+        args["for_update_ts_constraints"] = {
+            c.index: c.expected_for_update_ts for c in req.for_update_ts_constraints if c.index < n
+        }
+    # TiKV passes the secondaries on only for async commit; clients may send them anyway.
+    if req.use_async_commit:
+        args["use_async_commit"] = True
+        args["secondaries"] = list(req.secondaries)
+    args.update(
+        mutations=mutations,
+        primary_lock=req.primary_lock,
+        start_version=req.start_version,
+        lock_ttl=req.lock_ttl,
+        skip_constraint_check=req.skip_constraint_check,
+        txn_size=req.txn_size,
+        min_commit_ts=req.min_commit_ts,
+        try_one_pc=req.try_one_pc,
+        max_commit_ts=req.max_commit_ts,
+        assertion_level=AssertionLevel(req.assertion_level),
+        is_retry_request=req.context.is_retry_request,
+    )
+    return args
+
+
+@handler("Prewrite")
+def kv_prewrite(
+    scope: StoreScope, req: kvrpcpb_pb2.PrewriteRequest
+) -> kvrpcpb_pb2.PrewriteResponse:
+    """KvPrewrite: lock errors per key in ``errors``; ``min_commit_ts`` / ``one_pc_commit_ts``."""
+    resp = kvrpcpb_pb2.PrewriteResponse()
+    region_error = scope.check(req.context, keys=[m.key for m in req.mutations], txn=True)
+    if region_error is not None:
+        resp.region_error.CopyFrom(region_error)
+        return resp
+    engine = _engine(scope)
+    try:
+        result = engine.prewrite(**_prewrite_args(req))
+    except KEY_ERROR_TYPES as e:
+        resp.errors.append(key_error(e))
+        return resp
+    finally:
+        # A 1PC prewrite of a pessimistic transaction releases its pessimistic locks.
+        _poke_waiters(engine)
+    resp.errors.extend(key_errors(result.locks))
+    resp.min_commit_ts = result.min_commit_ts
+    resp.one_pc_commit_ts = result.one_pc_commit_ts
+    return resp
+
+
+@handler("Commit")
+def kv_commit(scope: StoreScope, req: kvrpcpb_pb2.CommitRequest) -> kvrpcpb_pb2.CommitResponse:
+    """KvCommit: ``commit_version`` on success, else one key error in ``error``."""
+    resp = kvrpcpb_pb2.CommitResponse()
+    region_error = scope.check(req.context, keys=req.keys, txn=True)
+    if region_error is not None:
+        resp.region_error.CopyFrom(region_error)
+        return resp
+    engine = _engine(scope)
+    try:
+        resp.commit_version = engine.commit(list(req.keys), req.start_version, req.commit_version)
+    except KEY_ERROR_TYPES as e:
+        resp.error.CopyFrom(key_error(e))
+    finally:
+        _poke_waiters(engine)
+    return resp
+
+
+@handler("Cleanup")
+def kv_cleanup(scope: StoreScope, req: kvrpcpb_pb2.CleanupRequest) -> kvrpcpb_pb2.CleanupResponse:
+    """KvCleanup: roll back ``start_version`` on ``key``; if it committed, ``commit_version``.
+
+    Without ``current_ts`` the lock is rolled back whatever its TTL (client-rust relies on
+    this: it checks the TTL itself before sending Cleanup).
+    """
+    resp = kvrpcpb_pb2.CleanupResponse()
+    region_error = scope.check(req.context, keys=(req.key,), txn=True)
+    if region_error is not None:
+        resp.region_error.CopyFrom(region_error)
+        return resp
+    engine = _engine(scope)
+    try:
+        engine.cleanup(req.key, req.start_version, req.current_ts)
+    except CommittedError as e:
+        resp.commit_version = e.commit_ts
+    except KEY_ERROR_TYPES as e:
+        resp.error.CopyFrom(key_error(e))
+    finally:
+        _poke_waiters(engine)
+    return resp
+
+
+@handler("BatchRollback")
+def kv_batch_rollback(
+    scope: StoreScope, req: kvrpcpb_pb2.BatchRollbackRequest
+) -> kvrpcpb_pb2.BatchRollbackResponse:
+    """KvBatchRollback: roll the transaction back on every key; one error in ``error``."""
+    resp = kvrpcpb_pb2.BatchRollbackResponse()
+    region_error = scope.check(req.context, keys=req.keys, txn=True)
+    if region_error is not None:
+        resp.region_error.CopyFrom(region_error)
+        return resp
+    engine = _engine(scope)
+    try:
+        engine.batch_rollback(list(req.keys), req.start_version)
+    except KEY_ERROR_TYPES as e:
+        resp.error.CopyFrom(key_error(e))
+    finally:
+        _poke_waiters(engine)
+    return resp
+
+
+@handler("ResolveLock")
+def kv_resolve_lock(
+    scope: StoreScope, req: kvrpcpb_pb2.ResolveLockRequest
+) -> kvrpcpb_pb2.ResolveLockResponse:
+    """KvResolveLock: commit or roll back a transaction's locks.
+
+    With ``keys``: only those keys (resolve-lock-lite). Without: every lock of the
+    transaction(s) in the region, where ``start_version`` > 0 names one transaction and
+    ``commit_version`` its fate (0: roll back), else ``txn_infos`` lists several
+    (``commands/mod.rs``: ``start_version`` wins when set).
+    """
+    resp = kvrpcpb_pb2.ResolveLockResponse()
+    engine = _engine(scope)
+    if req.keys:
+        region_error = scope.check(req.context, keys=req.keys, txn=True)
+        if region_error is not None:
+            resp.region_error.CopyFrom(region_error)
+            return resp
+        start_key = end_key = b""
+    else:
+        region_error = scope.check(req.context, txn=True)
+        if region_error is not None:
+            resp.region_error.CopyFrom(region_error)
+            return resp
+        start_key, end_key = scope.region_bounds(req.context, txn=True)
+    txn_infos = None
+    if req.start_version == 0:
+        txn_infos = {info.txn: info.status for info in req.txn_infos}
+    try:
+        engine.resolve_lock(
+            req.start_version,
+            req.commit_version,
+            list(req.keys),
+            txn_infos=txn_infos,
+            start_key=start_key,
+            end_key=end_key,
+        )
+    except KEY_ERROR_TYPES as e:
+        resp.error.CopyFrom(key_error(e))
+    finally:
+        _poke_waiters(engine)
+    return resp
+
+
+@handler("PessimisticLock")
+def kv_pessimistic_lock(
+    scope: StoreScope, req: kvrpcpb_pb2.PessimisticLockRequest
+) -> kvrpcpb_pb2.PessimisticLockResponse | Future[kvrpcpb_pb2.PessimisticLockResponse]:
+    """KvPessimisticLock: lock the keys, waiting for other transactions' locks if allowed.
+
+    Returns the response, or a Future of it when the request waits for a lock (see
+    :class:`~tikv_mockstore.kv_pessimistic.PessimisticLockRequest` for the shapes).
+    """
+    region_error = scope.check(req.context, keys=[m.key for m in req.mutations], txn=True)
+    if region_error is not None:
+        resp = kvrpcpb_pb2.PessimisticLockResponse()
+        resp.region_error.CopyFrom(region_error)
+        return resp
+    return PessimisticLockRequest(_engine(scope), req).start()
+
+
+@handler("PessimisticRollback")
+def kv_pessimistic_rollback(
+    scope: StoreScope, req: kvrpcpb_pb2.PessimisticRollbackRequest
+) -> kvrpcpb_pb2.PessimisticRollbackResponse:
+    """KVPessimisticRollback: drop the transaction's pessimistic locks; errors in ``errors``.
+
+    Without keys, every pessimistic lock of the transaction in the region with
+    ``for_update_ts <=`` the request's is dropped (``pessimistic_rollback_read_phase.rs``).
+    """
+    resp = kvrpcpb_pb2.PessimisticRollbackResponse()
+    if req.keys:
+        region_error = scope.check(req.context, keys=req.keys, txn=True)
+    else:
+        region_error = scope.check(req.context, txn=True)
+    if region_error is not None:
+        resp.region_error.CopyFrom(region_error)
+        return resp
+    engine = _engine(scope)
+    try:
+        keys: Collection[bytes] = list(req.keys)
+        if not keys:
+            start_key, end_key = scope.region_bounds(req.context, txn=True)
+            keys = [
+                lock.key
+                for lock in engine.scan_lock(req.start_version, start_key, end_key)
+                if lock.lock_version == req.start_version
+                and lock.lock_type is Op.PESSIMISTIC_LOCK
+                and lock.lock_for_update_ts <= req.for_update_ts
+            ]
+        engine.pessimistic_rollback(list(keys), req.start_version, req.for_update_ts)
+    except KEY_ERROR_TYPES as e:
+        resp.errors.append(key_error(e))
+    finally:
+        _poke_waiters(engine)
+    return resp
+
+
+@handler("TxnHeartBeat")
+def kv_txn_heart_beat(
+    scope: StoreScope, req: kvrpcpb_pb2.TxnHeartBeatRequest
+) -> kvrpcpb_pb2.TxnHeartBeatResponse:
+    """KvTxnHeartBeat: extend the primary lock's TTL; the resulting TTL in ``lock_ttl``."""
+    resp = kvrpcpb_pb2.TxnHeartBeatResponse()
+    region_error = scope.check(req.context, keys=(req.primary_lock,), txn=True)
+    if region_error is not None:
+        resp.region_error.CopyFrom(region_error)
+        return resp
+    try:
+        resp.lock_ttl = _engine(scope).txn_heart_beat(
+            req.primary_lock, req.start_version, req.advise_lock_ttl, req.min_commit_ts
+        )
+    except KEY_ERROR_TYPES as e:
+        resp.error.CopyFrom(key_error(e))
+    return resp
+
+
+@handler("CheckTxnStatus")
+def kv_check_txn_status(
+    scope: StoreScope, req: kvrpcpb_pb2.CheckTxnStatusRequest
+) -> kvrpcpb_pb2.CheckTxnStatusResponse:
+    """KvCheckTxnStatus: ``action``, and ``commit_version`` or ``lock_ttl`` + ``lock_info``.
+
+    As in kv.rs, ``lock_info`` (of the primary lock) is set only while the transaction is
+    still uncommitted and locked.
+    """
+    resp = kvrpcpb_pb2.CheckTxnStatusResponse()
+    region_error = scope.check(req.context, keys=(req.primary_key,), txn=True)
+    if region_error is not None:
+        resp.region_error.CopyFrom(region_error)
+        return resp
+    engine = _engine(scope)
+    try:
+        status = engine.check_txn_status(
+            req.primary_key,
+            req.lock_ts,
+            req.caller_start_ts,
+            req.current_ts,
+            rollback_if_not_exist=req.rollback_if_not_exist,
+            force_sync_commit=req.force_sync_commit,
+            resolving_pessimistic_lock=req.resolving_pessimistic_lock,
+            verify_is_primary=req.verify_is_primary,
+        )
+    except KEY_ERROR_TYPES as e:
+        resp.error.CopyFrom(key_error(e))
+        return resp
+    finally:
+        _poke_waiters(engine)
+    resp.action = kvrpcpb_pb2.Action.ValueType(status.action)
+    resp.commit_version = status.commit_version
+    if not status.is_committed and status.lock_info is not None:
+        resp.lock_ttl = status.lock_ttl
+        resp.lock_info.CopyFrom(lock_info_to_pb(status.lock_info))
+    return resp
+
+
+@handler("CheckSecondaryLocks")
+def kv_check_secondary_locks(
+    scope: StoreScope, req: kvrpcpb_pb2.CheckSecondaryLocksRequest
+) -> kvrpcpb_pb2.CheckSecondaryLocksResponse:
+    """KvCheckSecondaryLocks: the locks if all are held, else ``commit_ts`` (0: rolled back)."""
+    resp = kvrpcpb_pb2.CheckSecondaryLocksResponse()
+    region_error = scope.check(req.context, keys=req.keys, txn=True)
+    if region_error is not None:
+        resp.region_error.CopyFrom(region_error)
+        return resp
+    engine = _engine(scope)
+    try:
+        status = engine.check_secondary_locks(list(req.keys), req.start_version)
+    except KEY_ERROR_TYPES as e:
+        resp.error.CopyFrom(key_error(e))
+        return resp
+    finally:
+        _poke_waiters(engine)
+    resp.locks.extend(lock_info_to_pb(lock) for lock in status.locks)
+    resp.commit_ts = status.commit_ts
+    return resp
+
+
+@handler("Flush")
+def kv_flush(scope: StoreScope, req: kvrpcpb_pb2.FlushRequest) -> kvrpcpb_pb2.FlushResponse:
+    """KvFlush (pipelined DML): write a generation of locks; lock errors in ``errors``."""
+    resp = kvrpcpb_pb2.FlushResponse()
+    region_error = scope.check(req.context, keys=[m.key for m in req.mutations], txn=True)
+    if region_error is not None:
+        resp.region_error.CopyFrom(region_error)
+        return resp
+    engine = _engine(scope)
+    try:
+        locked = engine.flush(
+            [mutation_from_pb(m) for m in req.mutations],
+            req.primary_key,
+            req.start_ts,
+            req.generation,
+            req.lock_ttl,
+            assertion_level=AssertionLevel(req.assertion_level),
+        )
+    except KEY_ERROR_TYPES as e:
+        resp.errors.append(key_error(e))
+        return resp
+    resp.errors.extend(key_errors(locked))
+    return resp
+
+
+@handler("GC")
+def kv_gc(scope: StoreScope, req: kvrpcpb_pb2.GCRequest) -> kvrpcpb_pb2.GCResponse:
+    """KvGC: drop the region's versions that no read at or after ``safe_point`` can see.
+
+    Real TiKV answers this RPC with UNIMPLEMENTED (its GC worker collects garbage after
+    the safe point is published to PD); the mock has no GC worker, so it collects here.
+    """
+    resp = kvrpcpb_pb2.GCResponse()
+    region_error = scope.check(req.context, txn=True)
+    if region_error is not None:
+        resp.region_error.CopyFrom(region_error)
+        return resp
+    start_key, end_key = scope.region_bounds(req.context, txn=True)
+    try:
+        _engine(scope).gc(req.safe_point, start_key, end_key)
+    except KEY_ERROR_TYPES as e:
+        resp.error.CopyFrom(key_error(e))
+    return resp
+
+
+@handler("DeleteRange")
+def kv_delete_range(
+    scope: StoreScope, req: kvrpcpb_pb2.DeleteRangeRequest
+) -> kvrpcpb_pb2.DeleteRangeResponse:
+    """KvDeleteRange: remove every version and lock in ``[start_key, end_key)`` of the region.
+
+    The range is clipped to the region (an empty ``end_key`` reaches the region's end), so
+    one region's request never deletes another region's data. ``notify_only`` deletes
+    nothing (TiKV only tells its observers). A failure is the error's text in ``error``.
+    """
+    resp = kvrpcpb_pb2.DeleteRangeResponse()
+    region_error, start_key, end_key = _check_range(
+        scope, req.context, req.start_key, req.end_key, seek_upper=False
+    )
+    if region_error is not None:
+        resp.region_error.CopyFrom(region_error)
+        return resp
+    if req.notify_only:
+        return resp
+    engine = _engine(scope)
+    try:
+        engine.delete_range(start_key, end_key)
+    except KEY_ERROR_TYPES as e:
+        resp.error = f"{type(e).__name__}: {e}"
+    finally:
+        _poke_waiters(engine)
+    return resp
