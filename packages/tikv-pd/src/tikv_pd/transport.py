@@ -1,0 +1,828 @@
+"""The store transport: per-store gRPC channels, unary calls and the BatchCommands stream.
+
+:class:`Transport` sends one kvproto request to one TiKV address and returns the
+response message. By default every batchable command travels on the store's
+``Tikv/BatchCommands`` bidirectional stream, as client-go does
+(``internal/client/client_batch.go``):
+
+* Requests are queued per store. One *sender* task drains whatever is queued, up to
+  ``Config.max_batch_size`` (128) requests, into one ``BatchCommandsRequest`` with fresh
+  request ids, and writes it. There is no timer: while one message is being written the
+  queue fills, so batches grow with the load by themselves (see
+  ``../shared/reference/grpc-limits.md``: the gRPC message, not the request, is the unit of
+  cost). An optional wait (``max_batch_wait_time``) applies only when the store reports an
+  overloaded transport layer, as client-go's ``basic`` policy does.
+* Each connection's stream has a *receiver* task that resolves the waiting futures by
+  request id. A response for an id nobody waits for (its request timed out) is dropped.
+* Every request has a deadline; when it passes, the request fails with
+  :class:`RPCTimeoutError` and its late response is dropped.
+* When a stream breaks, each request written to it fails exactly once with a
+  :class:`TransportError` (``sent=True``: it may have been executed); requests not yet
+  written wait for the next stream, which the sender opens on demand. A stream that cannot
+  be opened fails its batch with ``sent=False`` (it never left the client), so the request
+  pipeline may safely retry even non-idempotent writes.
+* A store that answers ``UNIMPLEMENTED`` to BatchCommands is switched to unary calls for
+  good; the requests caught in that stream are resent as unary calls (the server did not
+  execute them).
+
+Connections: ``Config.grpc_connection_count`` channels per store (client-go's
+``GrpcConnectionCount`` = 4, because TiKV binds each connection to one gRPC thread). The
+sender picks a connection per *batch* (round robin), not per request, so spreading the
+load over connections does not shrink the batches. Channels use keepalive from the
+config, unlimited message sizes, and client-go's reconnect backoff (100 ms … 3 s instead
+of gRPC's 1 s … 120 s, ``internal/client/conn_pool.go``).
+
+Commands are named by the ``BatchCommandsRequest.Request`` oneof field (``"Get"``,
+``"RawPut"``, ``"Prewrite"``, ...); commands that cannot be batched use their unary method
+name (``"RawCompareAndSwap"``, ``"RawChecksum"``, ``"SplitRegion"``, ...). See
+:data:`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import grpc.aio
+from google.protobuf import message_factory
+from google.protobuf.message import Message
+from tikv_proto import tikvpb_pb2
+
+from tikv_pd.config import Config
+from tikv_pd.errors import ClientClosedError, StoreUnavailableError
+
+__all__ = [
+    "COMMANDS",
+    "FATAL_STATUS_CODES",
+    "ChannelFactory",
+    "Command",
+    "RPCTimeoutError",
+    "Transport",
+    "TransportError",
+    "TransportStats",
+    "channel_options",
+    "default_channel_factory",
+]
+
+_log = logging.getLogger(__name__)
+
+_BATCH_COMMANDS_METHOD = "/tikvpb.Tikv/BatchCommands"
+
+
+# ---------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------
+
+
+class TransportError(StoreUnavailableError):
+    """A request could not be completed at the transport level.
+
+    Attributes:
+        address: The store address.
+        sent: Whether the request may have reached the server (and may have been
+            executed). ``False`` only when the client knows it never left: the stream or
+            connection could not be established first. The request pipeline resends
+            ``sent=False`` failures even for non-idempotent writes.
+        code: The gRPC status code, when gRPC reported one.
+        cause: The underlying exception.
+
+    """
+
+    def __init__(
+        self,
+        address: str,
+        cause: BaseException | None = None,
+        *,
+        sent: bool,
+        code: grpc.StatusCode | None = None,
+        store_id: int = 0,
+    ) -> None:
+        super().__init__(store_id, address, cause)
+        self.sent = sent
+        self.code = code
+
+    def _describe(self) -> str:
+        text = super()._describe()
+        if self.code is not None:
+            text += f" [{self.code.name}]"
+        return text + (" (request may have been sent)" if self.sent else " (not sent)")
+
+
+class RPCTimeoutError(TransportError):
+    """A request's deadline passed before its response arrived.
+
+    Attributes:
+        timeout: The deadline that passed, in seconds.
+
+    """
+
+    def __init__(self, address: str, timeout: float, *, sent: bool) -> None:
+        super().__init__(address, None, sent=sent, code=grpc.StatusCode.DEADLINE_EXCEEDED)
+        self.timeout = timeout
+
+    def _describe(self) -> str:
+        return f"request to {self.address} timed out after {self.timeout:g} s" + (
+            " (request may have been sent)" if self.sent else " (not sent)"
+        )
+
+
+#: gRPC codes that no retry can fix: the request or the client is wrong, not the store
+#: (tikv-python's classification, matching client-go treating them as non-retryable).
+FATAL_STATUS_CODES: frozenset[grpc.StatusCode] = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+    }
+)
+
+
+class _FallBackToUnaryError(Exception):
+    """Internal: the store does not implement BatchCommands; resend as a unary call."""
+
+
+# ---------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One kvproto command the transport can send.
+
+    Attributes:
+        name: The command name: the ``BatchCommandsRequest.Request`` oneof field for
+            batchable commands, else the unary method name.
+        method: The full gRPC path of the unary method (``/tikvpb.Tikv/KvGet``).
+        request_type: The request message class.
+        response_type: The response message class.
+        batch_field: The oneof field in ``BatchCommandsRequest.Request`` /
+            ``BatchCommandsResponse.Response``, or ``None`` if the command is unary only.
+
+    """
+
+    name: str
+    method: str
+    request_type: type[Message]
+    response_type: type[Message]
+    batch_field: str | None
+
+
+def _build_commands() -> dict[str, Command]:
+    # Derived from the schema: a batchable command is the oneof field whose message type
+    # is the input of a unary Tikv method; every other unary method is its own command.
+    service = tikvpb_pb2.DESCRIPTOR.services_by_name["Tikv"]
+    by_input = {}
+    for m in service.methods:
+        if not m.client_streaming and not m.server_streaming:
+            by_input[m.input_type.full_name] = m
+    commands: dict[str, Command] = {}
+    batched_methods = set()
+    oneof = tikvpb_pb2.BatchCommandsRequest.Request.DESCRIPTOR.oneofs_by_name["cmd"]
+    for field in oneof.fields:
+        message_type = field.message_type
+        assert message_type is not None  # every oneof member here is a message
+        method = by_input.get(message_type.full_name)
+        if method is None:  # "Empty": the stream's own test command
+            continue
+        batched_methods.add(method.name)
+        commands[field.name] = Command(
+            field.name,
+            f"/{service.full_name}/{method.name}",
+            message_factory.GetMessageClass(method.input_type),
+            message_factory.GetMessageClass(method.output_type),
+            field.name,
+        )
+    for method in by_input.values():
+        if method.name in batched_methods or method.name in commands:
+            continue
+        commands[method.name] = Command(
+            method.name,
+            f"/{service.full_name}/{method.name}",
+            message_factory.GetMessageClass(method.input_type),
+            message_factory.GetMessageClass(method.output_type),
+            None,
+        )
+    return commands
+
+
+#: Every command by name (``"RawGet"``, ``"Prewrite"``, ``"RawCompareAndSwap"``, ...).
+COMMANDS: Mapping[str, Command] = _build_commands()
+
+
+# ---------------------------------------------------------------------------------------
+# Channels
+# ---------------------------------------------------------------------------------------
+
+#: Builds the gRPC channel for one connection: ``(address, connection index)``.
+ChannelFactory = Callable[[str, int], grpc.aio.Channel]
+
+
+def channel_options(config: Config) -> list[tuple[str, Any]]:
+    """The gRPC channel arguments of a TiKV connection, from ``config``.
+
+    * Unlimited message sizes (client-go ``MaxRecvMsgSize`` = MaxInt64).
+    * Keepalive every ``grpc_keepalive_time`` with ``grpc_keepalive_timeout``
+      (``config/client.go``: 10 s / 3 s), pings allowed on an idle stream.
+    * Reconnect backoff 100 ms growing to 3 s (client-go's ``ConnectParams`` in
+      ``conn_pool.go``; gRPC's default grows to 120 s, far too slow after a store
+      restart).
+    * The stream flow-control window as C-core's per-stream lookahead
+      (``grpc_initial_window_size``).
+    * A local subchannel pool, so that each channel of a store's pool really is its own
+      TCP connection (C-core would otherwise share one subchannel between channels with
+      equal arguments).
+    """
+    return [
+        ("grpc.max_send_message_length", -1),
+        ("grpc.max_receive_message_length", -1),
+        ("grpc.keepalive_time_ms", int(config.grpc_keepalive_time * 1000)),
+        ("grpc.keepalive_timeout_ms", int(config.grpc_keepalive_timeout * 1000)),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 3000),
+        ("grpc.http2.lookahead_bytes", config.grpc_initial_window_size),
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
+
+
+def default_channel_factory(config: Config) -> ChannelFactory:
+    """Return a factory of plaintext or TLS channels built from ``config``.
+
+    TLS is used when ``config.security`` is enabled (CA, optional client certificate).
+    """
+    options = channel_options(config)
+    compression = grpc.Compression.Gzip if config.grpc_compression == "gzip" else None
+    credentials: grpc.ChannelCredentials | None = None
+    if config.security.enabled:
+        ca, cert, key = config.security.read_files()
+        credentials = grpc.ssl_channel_credentials(ca, key, cert)
+
+    def factory(address: str, index: int) -> grpc.aio.Channel:
+        del index  # every connection of the pool has the same arguments
+        if credentials is None:
+            return grpc.aio.insecure_channel(address, options=options, compression=compression)
+        return grpc.aio.secure_channel(
+            address, credentials, options=options, compression=compression
+        )
+
+    return factory
+
+
+# ---------------------------------------------------------------------------------------
+# Statistics
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class TransportStats:
+    """Counters of one :class:`Transport` (for tests, benchmarks and diagnostics).
+
+    Attributes:
+        batches: BatchCommands messages written.
+        batched_requests: Requests carried by those messages.
+        max_batch: The largest batch written.
+        unary_requests: Requests sent as unary calls.
+        streams_opened: BatchCommands streams established.
+        stream_failures: Streams that broke (or could not be opened).
+        timeouts: Requests failed by their deadline.
+        late_responses: Responses that arrived for requests nobody waited for any more.
+        unary_fallbacks: Stores switched to unary because BatchCommands is unimplemented.
+
+    """
+
+    batches: int = 0
+    batched_requests: int = 0
+    max_batch: int = 0
+    unary_requests: int = 0
+    streams_opened: int = 0
+    stream_failures: int = 0
+    timeouts: int = 0
+    late_responses: int = 0
+    unary_fallbacks: int = 0
+
+
+# ---------------------------------------------------------------------------------------
+# The BatchCommands machinery
+# ---------------------------------------------------------------------------------------
+
+
+class _Entry:
+    """One request waiting in the queue or on a stream."""
+
+    __slots__ = ("field", "future", "id", "request", "stream", "timeout", "timer")
+
+    def __init__(
+        self,
+        rid: int,
+        field: str,
+        request: Message,
+        future: asyncio.Future[Any],
+        timeout: float,
+    ) -> None:
+        self.id = rid
+        self.field = field
+        self.request = request
+        self.future = future
+        self.timeout = timeout
+        self.timer: asyncio.TimerHandle | None = None
+        # The stream it was written to; None while queued (not sent).
+        self.stream: _Stream | None = None
+
+    def fail(self, exc: BaseException) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+class _Stream:
+    """One BatchCommands stream and the requests written to it."""
+
+    __slots__ = ("broken", "call", "inflight", "receiver")
+
+    def __init__(self, call: Any) -> None:
+        self.call = call
+        self.inflight: dict[int, _Entry] = {}
+        self.broken = False
+        self.receiver: asyncio.Task[None] | None = None
+
+    def break_(self, make_error: Callable[[_Entry], BaseException]) -> int:
+        """Mark broken and fail every in-flight request once; return how many failed."""
+        self.broken = True
+        entries = list(self.inflight.values())
+        self.inflight.clear()
+        for e in entries:
+            e.fail(make_error(e))
+        return len(entries)
+
+
+class _Conn:
+    """One channel of a store's pool: its unary callables and its current stream."""
+
+    __slots__ = ("batch_callable", "channel", "stream", "unary")
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        self.unary: dict[str, Any] = {}
+        self.stream: _Stream | None = None
+        self.batch_callable: Any = channel.stream_stream(  # type: ignore[call-arg]
+            _BATCH_COMMANDS_METHOD,
+            tikvpb_pb2.BatchCommandsRequest.SerializeToString,
+            tikvpb_pb2.BatchCommandsResponse.FromString,
+            _registered_method=True,
+        )
+
+    def unary_callable(self, command: Command) -> Any:
+        mc = self.unary.get(command.name)
+        if mc is None:
+            mc = self.channel.unary_unary(  # type: ignore[call-arg]
+                command.method,
+                command.request_type.SerializeToString,
+                command.response_type.FromString,
+                _registered_method=True,
+            )
+            self.unary[command.name] = mc
+        return mc
+
+
+class _Store:
+    """Everything the transport keeps for one store address."""
+
+    def __init__(self, transport: Transport, address: str) -> None:
+        self.transport = transport
+        self.address = address
+        config = transport.config
+        self.conns = [
+            _Conn(transport.channel_factory(address, i))
+            for i in range(config.grpc_connection_count)
+        ]
+        self.next_conn = 0
+        self.queue: collections.deque[_Entry] = collections.deque()
+        self.wakeup: asyncio.Future[None] | None = None
+        self.sender: asyncio.Task[None] | None = None
+        self.unary_only = False
+        self.next_id = 0
+        # TiKV's ``transport_layer_load`` from the last response (0-100+; client-go
+        # waits to fill batches only when it exceeds ``overload_threshold``).
+        self.load = 0
+        self.closed = False
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def pick_conn(self) -> _Conn:
+        conns = self.conns
+        if len(conns) == 1:
+            return conns[0]
+        i = self.next_conn
+        self.next_conn = (i + 1) % len(conns)
+        return conns[i]
+
+    def lost(
+        self, entry: _Entry, cause: BaseException | None, code: grpc.StatusCode | None
+    ) -> TransportError:
+        return TransportError(self.address, cause, sent=entry.stream is not None, code=code)
+
+    # -- unary -----------------------------------------------------------------------
+
+    async def unary(self, command: Command, request: Message, seconds: float) -> Any:
+        conn = self.pick_conn()
+        mc = conn.unary_callable(command)
+        self.transport.stats.unary_requests += 1
+        try:
+            return await mc(request, timeout=seconds)
+        except grpc.aio.AioRpcError as exc:
+            raise self.transport.unary_error(self.address, exc, seconds) from exc
+
+    # -- batch -----------------------------------------------------------------------
+
+    async def batch(self, field: str, request: Message, seconds: float) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self.next_id += 1
+        entry = _Entry(self.next_id, field, request, future, seconds)
+        entry.timer = loop.call_later(seconds, self.expire, entry)
+        self.queue.append(entry)
+        wakeup = self.wakeup
+        if wakeup is not None:
+            self.wakeup = None
+            if not wakeup.done():
+                wakeup.set_result(None)
+        elif self.sender is None:
+            self.sender = loop.create_task(self.send_loop(), name=f"tikv-batch-send-{self.address}")
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # The caller gave up: forget the request; a late response will be dropped.
+            if entry.timer is not None:
+                entry.timer.cancel()
+            if entry.stream is not None:
+                entry.stream.inflight.pop(entry.id, None)
+            raise
+
+    def expire(self, entry: _Entry) -> None:
+        entry.timer = None
+        if entry.future.done():
+            return
+        if entry.stream is not None:
+            entry.stream.inflight.pop(entry.id, None)
+        self.transport.stats.timeouts += 1
+        entry.future.set_exception(
+            RPCTimeoutError(self.address, entry.timeout, sent=entry.stream is not None)
+        )
+
+    async def send_loop(self) -> None:
+        """The sender task: drain the queue into batches until the store is closed."""
+        queue = self.queue
+        config = self.transport.config
+        max_batch = config.max_batch_size
+        loop = asyncio.get_running_loop()
+        while not self.closed:
+            if not queue:
+                wakeup: asyncio.Future[None] = loop.create_future()
+                self.wakeup = wakeup
+                await wakeup
+                continue
+            if self.unary_only:
+                while queue:
+                    queue.popleft().fail(_FallBackToUnaryError())
+                continue
+            if (
+                config.max_batch_wait_time > 0
+                and len(queue) < config.batch_wait_size
+                and self.load > config.overload_threshold
+            ):
+                # client-go "basic" policy: only an overloaded store makes us wait for
+                # a fuller batch, and never longer than max_batch_wait_time.
+                await asyncio.sleep(config.max_batch_wait_time)
+            batch: list[_Entry] = []
+            while queue and len(batch) < max_batch:
+                entry = queue.popleft()
+                if not entry.future.done():
+                    batch.append(entry)
+            if not batch:
+                continue
+            try:
+                await self.send_batch(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug; deliver it to the requests it concerns
+                _log.exception("BatchCommands sender for %s failed", self.address)
+                for entry in batch:
+                    if entry.stream is None:
+                        entry.fail(TransportError(self.address, exc, sent=False))
+
+    async def open_stream(self, conn: _Conn) -> _Stream | BaseException:
+        """Open a stream on ``conn``; return it, or the error that prevented it."""
+        transport = self.transport
+        call = conn.batch_callable()
+        try:
+            await asyncio.wait_for(call.wait_for_connection(), transport.config.dial_timeout)
+        except (TimeoutError, grpc.aio.AioRpcError) as exc:
+            call.cancel()
+            transport.stats.stream_failures += 1
+            if (
+                isinstance(exc, grpc.aio.AioRpcError)
+                and exc.code() == grpc.StatusCode.UNIMPLEMENTED
+            ):
+                self.switch_to_unary()
+            return exc
+        stream = _Stream(call)
+        stream.receiver = asyncio.get_running_loop().create_task(
+            self.recv_loop(stream), name=f"tikv-batch-recv-{self.address}"
+        )
+        conn.stream = stream
+        transport.stats.streams_opened += 1
+        return stream
+
+    def switch_to_unary(self) -> None:
+        if not self.unary_only:
+            self.unary_only = True
+            self.transport.stats.unary_fallbacks += 1
+            _log.info("store %s does not implement BatchCommands; using unary calls", self.address)
+
+    async def send_batch(self, batch: list[_Entry]) -> None:
+        conn = self.pick_conn()
+        stream = conn.stream
+        if stream is None or stream.broken:
+            opened = await self.open_stream(conn)
+            if not isinstance(opened, _Stream):
+                # Nothing left the client: the batch fails unsent (safe to retry).
+                code = opened.code() if isinstance(opened, grpc.aio.AioRpcError) else None
+                for entry in batch:
+                    if self.unary_only:
+                        entry.fail(_FallBackToUnaryError())
+                    else:
+                        entry.fail(TransportError(self.address, opened, sent=False, code=code))
+                return
+            stream = opened
+        message = tikvpb_pb2.BatchCommandsRequest()
+        requests = message.requests
+        ids = message.request_ids
+        inflight = stream.inflight
+        for entry in batch:
+            if entry.future.done():  # expired or abandoned while the stream opened
+                continue
+            getattr(requests.add(), entry.field).CopyFrom(entry.request)
+            ids.append(entry.id)
+            inflight[entry.id] = entry
+            entry.stream = stream
+        n = len(ids)
+        if n == 0:
+            return
+        stats = self.transport.stats
+        stats.batches += 1
+        stats.batched_requests += n
+        if n > stats.max_batch:
+            stats.max_batch = n
+        try:
+            await stream.call.write(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
+            self.fail_stream(stream, exc, code)
+
+    def fail_stream(
+        self, stream: _Stream, exc: BaseException | None, code: grpc.StatusCode | None
+    ) -> None:
+        if not stream.broken:
+            self.transport.stats.stream_failures += 1
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            # The server rejected the method itself: nothing was executed.
+            self.switch_to_unary()
+            stream.break_(lambda e: _FallBackToUnaryError())
+        else:
+            stream.break_(lambda e: TransportError(self.address, exc, sent=True, code=code))
+        stream.call.cancel()
+
+    async def recv_loop(self, stream: _Stream) -> None:
+        """The receiver task of one stream: resolve futures by request id."""
+        call = stream.call
+        inflight = stream.inflight
+        stats = self.transport.stats
+        response_type = tikvpb_pb2.BatchCommandsResponse
+        try:
+            while True:
+                response = await call.read()
+                if not isinstance(response, response_type):  # EOF: the server ended it
+                    code = await call.code()
+                    details = await call.details()
+                    self.fail_stream(
+                        stream,
+                        ConnectionError(f"BatchCommands stream ended: {code} {details}"),
+                        code if code != grpc.StatusCode.OK else None,
+                    )
+                    return
+                self.load = response.transport_layer_load
+                for rid, sub in zip(response.request_ids, response.responses, strict=False):
+                    entry = inflight.pop(rid, None)
+                    if entry is None:
+                        stats.late_responses += 1
+                        continue
+                    timer = entry.timer
+                    if timer is not None:
+                        timer.cancel()
+                    future = entry.future
+                    if not future.done():
+                        future.set_result(getattr(sub, entry.field))
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AioRpcError as exc:
+            self.fail_stream(stream, exc, exc.code())
+        except Exception as exc:  # a malformed response or a bug: fail what it concerns
+            _log.exception("BatchCommands receiver for %s failed", self.address)
+            self.fail_stream(stream, exc, None)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def close(self, make_error: Callable[[_Entry], BaseException]) -> None:
+        self.closed = True
+        tasks: list[asyncio.Task[None]] = []
+        if self.sender is not None:
+            tasks.append(self.sender)
+        for conn in self.conns:
+            stream = conn.stream
+            if stream is not None:
+                stream.break_(make_error)
+                stream.call.cancel()
+                if stream.receiver is not None:
+                    tasks.append(stream.receiver)
+        while self.queue:
+            entry = self.queue.popleft()
+            entry.fail(make_error(entry))
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.gather(*(conn.channel.close(None) for conn in self.conns))
+
+
+# ---------------------------------------------------------------------------------------
+# The transport
+# ---------------------------------------------------------------------------------------
+
+
+class Transport:
+    """Sends kvproto requests to TiKV stores, batched over BatchCommands by default.
+
+    One instance serves every store of a cluster and must be used from one event loop.
+
+    Args:
+        config: Client configuration (connections per store, keepalive, batching,
+            timeouts, TLS). Defaults to :class:`tikv_pd.config.Config`'s defaults.
+        channel_factory: Builds the channel of one connection (tests, custom TLS);
+            defaults to :func:`default_channel_factory` of ``config``.
+
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        channel_factory: ChannelFactory | None = None,
+    ) -> None:
+        self.config = config if config is not None else Config()
+        self.channel_factory = (
+            channel_factory if channel_factory is not None else default_channel_factory(self.config)
+        )
+        self.stats = TransportStats()
+        self._stores: dict[str, _Store] = {}
+        self._closed = False
+        self._batch = self.config.enable_batch_commands
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def addresses(self) -> list[str]:
+        """The store addresses this transport currently holds connections to."""
+        return list(self._stores)
+
+    def uses_batch_commands(self, address: str) -> bool:
+        """Whether requests to ``address`` go over BatchCommands (False after fallback)."""
+        store = self._stores.get(address)
+        return self._batch and (store is None or not store.unary_only)
+
+    async def send(
+        self,
+        address: str,
+        command: str,
+        request: Message,
+        timeout: float | None = None,  # noqa: ASYNC109 - the RPC's deadline, not ours
+    ) -> Any:
+        """Send ``request`` to the store at ``address`` and return the response message.
+
+        Args:
+            address: The store's ``host:port``.
+            command: The command name (a key of :data:`COMMANDS`, e.g. ``"RawGet"``).
+            request: The request message, its ``context`` already filled.
+            timeout: Seconds until the request fails with :class:`RPCTimeoutError`;
+                ``None`` = ``Config.read_timeout_short``.
+
+        Returns:
+            The response message (e.g. ``kvrpcpb.RawGetResponse``), region errors and
+            key errors included: interpreting them is the request pipeline's job.
+
+        Raises:
+            TransportError: The request failed at the transport level (its ``sent`` tells
+                whether it may have been executed); :class:`RPCTimeoutError` for a
+                deadline.
+            tikv_pd.errors.ClientClosedError: The transport is (or got) closed.
+            ValueError: ``command`` is unknown.
+
+        """
+        if self._closed:
+            raise ClientClosedError("transport")
+        spec = COMMANDS.get(command)
+        if spec is None:
+            raise ValueError(f"unknown TiKV command {command!r}")
+        if timeout is None:
+            timeout = self.config.read_timeout_short
+        store = self._stores.get(address)
+        if store is None:
+            store = self._stores[address] = _Store(self, address)
+        field = spec.batch_field
+        if field is None or not self._batch or store.unary_only:
+            return await store.unary(spec, request, timeout)
+        try:
+            return await store.batch(field, request, timeout)
+        except _FallBackToUnaryError:
+            return await store.unary(spec, request, timeout)
+
+    def unary_error(self, address: str, exc: grpc.aio.AioRpcError, timeout: float) -> BaseException:
+        """Translate a failed unary call into the transport's error (used internally)."""
+        code = exc.code()
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            self.stats.timeouts += 1
+            error: TransportError = RPCTimeoutError(address, timeout, sent=True)
+            error.cause = exc
+            return error
+        if code == grpc.StatusCode.CANCELLED and self._closed:
+            return ClientClosedError("transport")
+        return TransportError(address, exc, sent=_may_have_been_sent(exc), code=code)
+
+    async def close_address(self, address: str) -> None:
+        """Close the connections to ``address`` (client-go ``CloseAddr``).
+
+        Used when the address now serves another store (``StoreNotMatch``) or the
+        connection is suspect. Requests in flight there fail with :class:`TransportError`;
+        the next request to the address opens new connections.
+        """
+        store = self._stores.pop(address, None)
+        if store is not None:
+            await store.close(lambda e: store.lost(e, ConnectionError("connection closed"), None))
+
+    async def close(self) -> None:
+        """Close every connection; waiting requests fail with ``ClientClosedError``.
+
+        Cancels the sender and receiver tasks and waits for them. Idempotent.
+        """
+        self._closed = True
+        stores = list(self._stores.values())
+        self._stores.clear()
+        for store in stores:
+            await store.close(lambda e: ClientClosedError("transport"))
+
+    async def __aenter__(self) -> Transport:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+# Texts gRPC core puts in UNAVAILABLE when it never connected (so nothing was sent).
+_NOT_CONNECTED_MARKERS: Sequence[str] = (
+    "failed to connect",
+    "Failed to connect",
+    "Connection refused",
+    "connection refused",
+    "DNS resolution failed",
+    "Name resolution failure",
+)
+
+
+def _may_have_been_sent(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether a failed unary call may have reached the server.
+
+    Only an ``UNAVAILABLE`` whose details say the connection was never established is
+    known not to have been sent; everything else may have been executed.
+    """
+    code = exc.code()
+    if code in FATAL_STATUS_CODES:
+        # The server (or the client library) refused the call before executing it.
+        return False
+    if code != grpc.StatusCode.UNAVAILABLE:
+        return True
+    details = exc.details() or ""
+    return not any(marker in details for marker in _NOT_CONNECTED_MARKERS)
