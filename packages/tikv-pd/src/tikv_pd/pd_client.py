@@ -1327,7 +1327,11 @@ class PDClient:
             PDError: PD failed or answered with an error.
 
         """
-        request = pdpb_pb2.GetClusterInfoRequest()
+        # kvproto declares this request's header as a ResponseHeader; fill its cluster id
+        # so that a PD validating it sees ours.
+        request = pdpb_pb2.GetClusterInfoRequest(
+            header=pdpb_pb2.ResponseHeader(cluster_id=self._cluster_id)
+        )
         resp = await self._call(
             "GetClusterInfo",
             lambda t: self._pd_stub(t).GetClusterInfo(request, timeout=self._config.pd_timeout),
