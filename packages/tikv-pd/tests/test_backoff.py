@@ -244,8 +244,9 @@ async def test_excluded_sleep_does_not_consume_budget() -> None:
 
 async def test_excluded_limit_exceeded() -> None:
     # client-go TestBackoffWithMaxExcludedExceed with the limit lowered to 1 ms.
-    busy = BackoffKind("tikvServerBusy", 2000, 10000, Jitter.EQUAL_JITTER, "busy",
-                       excluded_limit_ms=1)
+    busy = BackoffKind(
+        "tikvServerBusy", 2000, 10000, Jitter.EQUAL_JITTER, "busy", excluded_limit_ms=1
+    )
     b, _ = make(1)
     await b.backoff(busy, "server is busy")
     with pytest.raises(BackoffTimeout):

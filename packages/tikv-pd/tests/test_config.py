@@ -161,7 +161,9 @@ def test_transaction_options_defaults() -> None:
 
 def test_transaction_options_wire_values() -> None:
     o = TransactionOptions(
-        priority="high", assertion_level="Strict", disk_full_opt="AllowedOnAlreadyFull",
+        priority="high",
+        assertion_level="Strict",
+        disk_full_opt="AllowedOnAlreadyFull",
         isolation="RCCheckTS",
     )
     assert (o.priority_value, o.assertion_level_value, o.disk_full_opt_value) == (2, 2, 2)

@@ -63,14 +63,23 @@ def _all_errors() -> list[TiKVError]:
         StoreUnavailableError(1, "127.0.0.1:20160", OSError("refused")),
         ClientClosedError("oracle"),
         WriteConflictError(
-            start_ts=1, conflict_start_ts=2, conflict_commit_ts=3, key=b"k", primary=b"p",
+            start_ts=1,
+            conflict_start_ts=2,
+            conflict_commit_ts=3,
+            key=b"k",
+            primary=b"p",
             reason=1,
         ),
         KeyExistsError(b"k"),
-        DeadlockError(lock_ts=5, lock_key=b"k", deadlock_key_hash=42,
-                      wait_chain=[WaitForEntry(txn=1, wait_for_txn=2, key_hash=42)]),
-        AssertionFailedError(start_ts=1, key=b"k", assertion=2, existing_start_ts=3,
-                             existing_commit_ts=4),
+        DeadlockError(
+            lock_ts=5,
+            lock_key=b"k",
+            deadlock_key_hash=42,
+            wait_chain=[WaitForEntry(txn=1, wait_for_txn=2, key_hash=42)],
+        ),
+        AssertionFailedError(
+            start_ts=1, key=b"k", assertion=2, existing_start_ts=3, existing_commit_ts=4
+        ),
         TxnNotFoundError(9, b"pk"),
         TxnLockNotFoundError(b"k"),
         CommitTsExpiredError(start_ts=1, attempted_commit_ts=5, key=b"k", min_commit_ts=6),
@@ -94,8 +103,15 @@ def test_hierarchy() -> None:
         assert str(err)  # every error has a message
     assert issubclass(ServerBusyError, RegionError)
     assert issubclass(DataIsNotReadyError, RegionError)
-    for cls in (WriteConflictError, KeyExistsError, DeadlockError, KeyIsLockedError,
-                TxnTooLargeError, TransactionClosedError, GCTooEarlyError):
+    for cls in (
+        WriteConflictError,
+        KeyExistsError,
+        DeadlockError,
+        KeyIsLockedError,
+        TxnTooLargeError,
+        TransactionClosedError,
+        GCTooEarlyError,
+    ):
         assert issubclass(cls, TxnError)
     assert not issubclass(RegionError, TxnError)
 
@@ -134,8 +150,12 @@ def test_timeout_error_long_cause_list_is_bounded() -> None:
 
 def test_write_conflict_attributes_and_message() -> None:
     err = WriteConflictError(
-        start_ts=100, conflict_start_ts=90, conflict_commit_ts=110, key=b"user:1",
-        primary=b"user:0", reason=2,
+        start_ts=100,
+        conflict_start_ts=90,
+        conflict_commit_ts=110,
+        key=b"user:1",
+        primary=b"user:0",
+        reason=2,
     )
     assert (err.start_ts, err.conflict_start_ts, err.conflict_commit_ts) == (100, 90, 110)
     assert err.key == b"user:1"
@@ -146,8 +166,12 @@ def test_write_conflict_attributes_and_message() -> None:
     assert "100" in text
     assert "90" in text
     assert "110" in text
-    assert WriteConflictError(start_ts=1, conflict_start_ts=1, conflict_commit_ts=1,
-                              key=b"", reason=77).reason_name == "Reason(77)"
+    assert (
+        WriteConflictError(
+            start_ts=1, conflict_start_ts=1, conflict_commit_ts=1, key=b"", reason=77
+        ).reason_name
+        == "Reason(77)"
+    )
 
 
 def test_redaction_applies_to_messages_not_attributes() -> None:
@@ -192,8 +216,7 @@ def test_txn_too_large_kinds() -> None:
 
 
 def test_lock_info_validation() -> None:
-    lock = LockInfo(primary_lock=b"p", lock_version=1, key=b"k",
-                    secondaries=[b"s1", b"s2"])  # type: ignore[arg-type]
+    lock = LockInfo(primary_lock=b"p", lock_version=1, key=b"k", secondaries=[b"s1", b"s2"])  # type: ignore[arg-type]
     assert lock.secondaries == (b"s1", b"s2")
     with pytest.raises(TypeError, match="key"):
         LockInfo(primary_lock=b"p", lock_version=1, key="k")  # type: ignore[arg-type]

@@ -159,9 +159,7 @@ class BackoffKind:
 #: ``BoTiKVRPC``: a TiKV RPC failed at the transport level.
 TIKV_RPC = BackoffKind("tikvRPC", 100, 2000, Jitter.EQUAL_JITTER, "tikv server timeout")
 #: ``BoTiFlashRPC``: a TiFlash RPC failed at the transport level.
-TIFLASH_RPC = BackoffKind(
-    "tiflashRPC", 100, 2000, Jitter.EQUAL_JITTER, "tiflash server timeout"
-)
+TIFLASH_RPC = BackoffKind("tiflashRPC", 100, 2000, Jitter.EQUAL_JITTER, "tiflash server timeout")
 #: ``BoTxnLock``: a key is locked by a live transaction; wait before re-checking.
 TXN_LOCK = BackoffKind("txnLock", 100, 3000, Jitter.EQUAL_JITTER, "resolve lock timeout")
 #: ``BoPDRPC``: a PD RPC failed.
@@ -170,9 +168,7 @@ PD_RPC = BackoffKind("pdRPC", 500, 3000, Jitter.EQUAL_JITTER, "PD server timeout
 #: Base 2 ms because the condition usually clears quickly.
 REGION_MISS = BackoffKind("regionMiss", 2, 500, Jitter.NO_JITTER, "region unavailable")
 #: ``BoRegionScheduling``: the region is being scheduled (e.g. leader transfer pending).
-REGION_SCHEDULING = BackoffKind(
-    "regionScheduling", 2, 500, Jitter.NO_JITTER, "region unavailable"
-)
+REGION_SCHEDULING = BackoffKind("regionScheduling", 2, 500, Jitter.NO_JITTER, "region unavailable")
 #: ``BoTiKVServerBusy``: ServerIsBusy; its sleep is excluded from the budget up to 10 min.
 TIKV_SERVER_BUSY = BackoffKind(
     "tikvServerBusy",
@@ -217,9 +213,7 @@ IS_WITNESS = BackoffKind("isWitness", 1000, 10000, Jitter.EQUAL_JITTER, "peer is
 #: ``BoTxnLockFast``: fast lock backoff; the Backoffer replaces the base with
 #: ``BackoffVars.backoff_lock_fast_ms`` (10 ms by default, ``kv/variables.go``), as
 #: client-go's ``createBackoffFn`` does; the table's own base is 2.
-TXN_LOCK_FAST = BackoffKind(
-    "txnLockFast", 2, 3000, Jitter.EQUAL_JITTER, "resolve lock timeout"
-)
+TXN_LOCK_FAST = BackoffKind("txnLockFast", 2, 3000, Jitter.EQUAL_JITTER, "resolve lock timeout")
 
 #: Every built-in kind by client-go name.
 KINDS: Mapping[str, BackoffKind] = {
@@ -344,9 +338,7 @@ def expo(base_ms: int, cap_ms: int, attempt: int) -> int:
     return min(cap_ms, base_ms << attempt)
 
 
-def next_sleep_ms(
-    kind: BackoffKind, attempt: int, last_sleep_ms: int, rng: random.Random
-) -> int:
+def next_sleep_ms(kind: BackoffKind, attempt: int, last_sleep_ms: int, rng: random.Random) -> int:
     """Compute the sleep of one backoff, in milliseconds (pure; client-go ``newBackoffFn``).
 
     Args:
@@ -415,9 +407,7 @@ class _Totals:
     total_sleep_ms: int = 0
     excluded_sleep_ms: int = 0
     errors_num: int = 0
-    causes: deque[BackoffCause] = field(
-        default_factory=lambda: deque(maxlen=MAX_RECORDED_CAUSES)
-    )
+    causes: deque[BackoffCause] = field(default_factory=lambda: deque(maxlen=MAX_RECORDED_CAUSES))
     sleep_by_kind: dict[str, int] = field(default_factory=dict)
     times_by_kind: dict[str, int] = field(default_factory=dict)
 

@@ -200,9 +200,7 @@ def keyspace_prefix(mode: CodecMode, keyspace_id: int) -> bytes:
     if isinstance(keyspace_id, bool) or not isinstance(keyspace_id, int):
         raise TypeError(f"keyspace_id must be an int, got {type(keyspace_id).__name__}")
     if not 0 <= keyspace_id <= MAX_KEYSPACE_ID:
-        raise ValueError(
-            f"keyspace_id {keyspace_id} is out of range, maximum is {MAX_KEYSPACE_ID}"
-        )
+        raise ValueError(f"keyspace_id {keyspace_id} is out of range, maximum is {MAX_KEYSPACE_ID}")
     return head + keyspace_id.to_bytes(3, "big")
 
 
@@ -531,6 +529,4 @@ def make_codec(
         if keyspace_id is None:
             raise ValueError("API v2 needs a keyspace_id (0 is the default keyspace)")
         return KeyspaceCodec(mode, keyspace_id)
-    raise ValueError(
-        f"unsupported API version {api_version}: use 0 or 1 for API v1, 2 for API v2"
-    )
+    raise ValueError(f"unsupported API version {api_version}: use 0 or 1 for API v1, 2 for API v2")

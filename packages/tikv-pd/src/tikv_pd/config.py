@@ -91,9 +91,7 @@ def _check_choice(owner: str, name: str, value: object, choices: tuple[str, ...]
         raise ValueError(f"{owner}.{name} must be one of {list(choices)}, got {value!r}")
 
 
-def _check_number(
-    owner: str, name: str, value: object, *, minimum: float, integer: bool
-) -> None:
+def _check_number(owner: str, name: str, value: object, *, minimum: float, integer: bool) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{owner}.{name} must be a number, got {type(value).__name__}")
     if integer and not isinstance(value, int):
@@ -225,7 +223,6 @@ _CONFIG_MINIMUMS: dict[str, float] = {
     "raw_batch_pair_count": 1,
     "raw_scan_max_limit": 1,
 }
-
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -511,16 +508,36 @@ class TransactionOptions:
         _check_choice(own, "priority", self.priority, tuple(COMMAND_PRIORITIES))
         _check_choice(own, "disk_full_opt", self.disk_full_opt, tuple(DISK_FULL_OPTS))
         _check_choice(own, "replica_read", self.replica_read, REPLICA_READ_TYPES)
-        _check_number(own, "lock_wait_timeout_ms", self.lock_wait_timeout_ms,
-                      minimum=LOCK_NO_WAIT, integer=True)
+        _check_number(
+            own,
+            "lock_wait_timeout_ms",
+            self.lock_wait_timeout_ms,
+            minimum=LOCK_NO_WAIT,
+            integer=True,
+        )
         if self.lock_wait_timeout_ms > LOCK_ALWAYS_WAIT:
             raise ValueError(f"{own}.lock_wait_timeout_ms must fit in int64")
-        _check_number(own, "pipelined_flush_concurrency", self.pipelined_flush_concurrency,
-                      minimum=1, integer=True)
-        _check_number(own, "pipelined_resolve_lock_concurrency",
-                      self.pipelined_resolve_lock_concurrency, minimum=1, integer=True)
-        _check_number(own, "pipelined_write_throttle_ratio",
-                      self.pipelined_write_throttle_ratio, minimum=0.0, integer=False)
+        _check_number(
+            own,
+            "pipelined_flush_concurrency",
+            self.pipelined_flush_concurrency,
+            minimum=1,
+            integer=True,
+        )
+        _check_number(
+            own,
+            "pipelined_resolve_lock_concurrency",
+            self.pipelined_resolve_lock_concurrency,
+            minimum=1,
+            integer=True,
+        )
+        _check_number(
+            own,
+            "pipelined_write_throttle_ratio",
+            self.pipelined_write_throttle_ratio,
+            minimum=0.0,
+            integer=False,
+        )
         if self.pipelined_write_throttle_ratio >= 1.0:
             raise ValueError(
                 f"{own}.pipelined_write_throttle_ratio must be in [0, 1), "

@@ -414,9 +414,7 @@ class StoreUnavailableError(TiKVError):
 
     """
 
-    def __init__(
-        self, store_id: int, address: str, cause: BaseException | None = None
-    ) -> None:
+    def __init__(self, store_id: int, address: str, cause: BaseException | None = None) -> None:
         super().__init__(address)
         self.store_id = store_id
         self.address = address
@@ -481,8 +479,7 @@ class KeyOutOfKeyspaceError(CodecError):
 
     def _describe(self) -> str:
         return (
-            f"key {format_key(self.key)} does not belong to {self.mode} keyspace "
-            f"{self.keyspace_id}"
+            f"key {format_key(self.key)} does not belong to {self.mode} keyspace {self.keyspace_id}"
         )
 
 
@@ -741,10 +738,7 @@ class TxnNotFoundError(TxnError):
         self.primary_key = primary_key
 
     def _describe(self) -> str:
-        return (
-            f"transaction {self.start_ts} not found (primary key "
-            f"{format_key(self.primary_key)})"
-        )
+        return f"transaction {self.start_ts} not found (primary key {format_key(self.primary_key)})"
 
 
 class TxnLockNotFoundError(TxnError):
@@ -857,10 +851,7 @@ class PessimisticLockNotFoundError(TxnError):
         self.key = key
 
     def _describe(self) -> str:
-        return (
-            f"pessimistic lock not found on key {format_key(self.key)} "
-            f"(txn {self.start_ts})"
-        )
+        return f"pessimistic lock not found on key {format_key(self.key)} (txn {self.start_ts})"
 
 
 class TxnTooLargeError(TxnError):
