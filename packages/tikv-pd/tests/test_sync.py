@@ -1,0 +1,239 @@
+"""LoopThread: the private loop behind every sync facade."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import inspect
+import threading
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from tikv_pd.errors import ClientClosedError
+from tikv_pd.sync import LoopThread
+
+
+@pytest.fixture
+def lt() -> Iterator[LoopThread]:
+    thread = LoopThread(name="test-loop")
+    yield thread
+    thread.close()
+
+
+def test_run_returns_result_on_the_private_loop(lt: LoopThread) -> None:
+    async def where() -> tuple[str, bool]:
+        return threading.current_thread().name, asyncio.get_running_loop() is lt.loop
+
+    assert lt.run(where()) == ("test-loop", True)
+    assert lt.thread.daemon
+
+
+def test_run_propagates_exceptions(lt: LoopThread) -> None:
+    async def boom() -> None:
+        raise KeyError("x")
+
+    with pytest.raises(KeyError):
+        lt.run(boom())
+
+
+def test_state_and_background_tasks_persist_between_calls(lt: LoopThread) -> None:
+    state: dict[str, object] = {}
+
+    async def start() -> None:
+        queue: asyncio.Queue[tuple[int, asyncio.Future[int]]] = asyncio.Queue()
+
+        async def worker() -> None:
+            while True:
+                item, reply = await queue.get()
+                reply.set_result(item * 10)
+
+        state["queue"] = queue
+        state["task"] = asyncio.get_running_loop().create_task(worker())
+
+    async def put_and_wait(n: int) -> int:
+        queue = state["queue"]
+        assert isinstance(queue, asyncio.Queue)
+        reply: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        await queue.put((n, reply))
+        return await reply
+
+    lt.run(start())
+    assert lt.run(put_and_wait(5)) == 50
+    assert lt.run(put_and_wait(6)) == 60
+
+
+async def test_run_inside_a_running_loop_raises_instead_of_deadlocking(lt: LoopThread) -> None:
+    async def never_runs() -> int:
+        return 1
+
+    coro = never_runs()
+    with pytest.raises(RuntimeError, match="running event loop"):
+        lt.run(coro)
+    # The coroutine was closed, not leaked (filterwarnings=error would flag it).
+    assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED
+
+
+def test_run_from_the_loop_thread_itself_raises(lt: LoopThread) -> None:
+    async def nested() -> str:
+        async def inner() -> int:
+            return 1
+
+        try:
+            lt.run(inner())
+        except RuntimeError as exc:
+            return str(exc)
+        return "no error"
+
+    assert "running event loop" in lt.run(nested())
+
+
+def test_timeout_cancels_the_work(lt: LoopThread) -> None:
+    cancelled = threading.Event()
+
+    async def slow() -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    with pytest.raises(TimeoutError, match="within"):
+        lt.run(slow(), timeout=0.05)
+    assert cancelled.wait(10)
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan")])
+def test_bad_timeout_is_rejected(lt: LoopThread, bad: float) -> None:
+    async def quick() -> int:
+        return 1
+
+    with pytest.raises(ValueError, match="timeout"):
+        lt.run(quick(), timeout=bad)
+
+
+def test_submit_requires_a_coroutine(lt: LoopThread) -> None:
+    with pytest.raises(TypeError, match="coroutine"):
+        lt.submit(lambda: 1)  # type: ignore[arg-type]
+
+
+def test_many_threads_share_one_loop(lt: LoopThread) -> None:
+    results: list[int] = []
+    lock = threading.Lock()
+
+    async def double(n: int) -> int:
+        await asyncio.sleep(0)
+        return n * 2
+
+    def worker(base: int) -> None:
+        for i in range(50):
+            value = lt.run(double(base + i))
+            with lock:
+                results.append(value)
+
+    threads = [threading.Thread(target=worker, args=(k * 1000,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(results) == sorted((k * 1000 + i) * 2 for k in range(8) for i in range(50))
+
+
+def test_close_cancels_pending_work_and_fails_blocked_callers() -> None:
+    lt = LoopThread()
+    started = threading.Event()
+    cleanup_ran = threading.Event()
+    outcome: list[BaseException] = []
+
+    async def forever() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            cleanup_ran.set()
+
+    def blocked_caller() -> None:
+        try:
+            lt.run(forever())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=blocked_caller)
+    caller.start()
+    assert started.wait(10)
+    lt.close()
+    caller.join(10)
+    assert not caller.is_alive()
+    assert cleanup_ran.is_set()
+    assert len(outcome) == 1 and isinstance(outcome[0], ClientClosedError)
+    assert not lt.thread.is_alive()
+    assert lt.loop.is_closed()
+    lt.close()  # idempotent
+
+    async def after() -> int:
+        return 1
+
+    with pytest.raises(ClientClosedError):
+        lt.run(after())
+
+
+def test_context_manager_closes() -> None:
+    with LoopThread() as lt:
+
+        async def one() -> int:
+            return 1
+
+        assert lt.run(one()) == 1
+    assert lt.closed and not lt.thread.is_alive()
+
+
+def test_forgotten_loop_thread_stops_its_thread() -> None:
+    lt = LoopThread(name="forgotten")
+    thread = lt.thread
+    del lt
+    gc.collect()
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_iterate_bridges_async_iterators(lt: LoopThread) -> None:
+    async def numbers(n: int) -> AsyncIterator[int]:
+        for i in range(n):
+            await asyncio.sleep(0)
+            yield i
+
+    assert list(lt.iterate(numbers(5))) == [0, 1, 2, 3, 4]
+    assert list(lt.iterate(numbers(0))) == []
+
+
+def test_iterate_closing_early_closes_the_async_iterator(lt: LoopThread) -> None:
+    closed = threading.Event()
+
+    async def pages() -> AsyncIterator[int]:
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.set()
+
+    taken = []
+    for item in lt.iterate(pages()):
+        taken.append(item)
+        if item == 2:
+            break
+    assert taken == [0, 1, 2]
+    assert closed.wait(10)
+
+
+def test_iterate_propagates_errors_and_rejects_non_iterables(lt: LoopThread) -> None:
+    async def failing() -> AsyncIterator[int]:
+        yield 1
+        raise ValueError("page failed")
+
+    it = lt.iterate(failing())
+    assert next(it) == 1
+    with pytest.raises(ValueError, match="page failed"):
+        next(it)
+    with pytest.raises(TypeError, match="async iterable"):
+        lt.iterate([1, 2])  # type: ignore[arg-type]
