@@ -129,8 +129,6 @@ class AsyncRawClient:
             tikv_pd.errors.PDError: PD could not be reached or refused.
 
         """
-        from tikv_raw._pipeline import connect_router
-
         check_bool(atomic, "atomic")
         version = _resolve_api_version(api_version, keyspace)
         if timeout is not None and (
@@ -146,6 +144,8 @@ class AsyncRawClient:
             raise ValueError(
                 f"endpoints must be a non-empty list of 'host:port' strings, got {endpoints!r}"
             )
+        from tikv_raw._pipeline import connect_router
+
         cfg = config or Config()
         router = await connect_router(
             eps, api_version=version, keyspace=keyspace, config=cfg, timeout=timeout

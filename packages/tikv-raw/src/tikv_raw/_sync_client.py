@@ -205,7 +205,7 @@ class RawClient:
         Arguments are checked at once; pages are fetched on the loop thread as the
         iteration needs them.
         """
-        pages = self._client._page_iter(  # noqa: SLF001 (the facade bridges the pages)
+        pages = self._client._page_iter(
             start, end, key_only=key_only, reverse=reverse, page_size=page_size, limit=limit
         )
         return self._bridge(pages)
