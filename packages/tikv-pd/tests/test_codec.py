@@ -221,6 +221,7 @@ def test_codec_v1() -> None:
     assert txn.api_version == API_V1
     assert txn.keyspace_id is None
     assert txn.encode_key(b"k") == b"k"
+    assert txn.encode_keys(iter([b"a", b"b"])) == [b"a", b"b"]
     assert txn.encode_range(b"a", b"", reverse=True) == (b"a", b"")
     assert txn.encode_region_key(b"k") == encode_bytes(b"k")
     assert raw.encode_region_key(b"k") == b"k"

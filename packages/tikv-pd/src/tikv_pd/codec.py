@@ -236,6 +236,10 @@ class KeyCodec(Protocol):
         """Map a user key to the key TiKV stores."""
         ...
 
+    def encode_keys(self, keys: Iterable[bytes]) -> list[bytes]:
+        """Map several user keys (for batch requests)."""
+        ...
+
     def decode_key(self, key: bytes) -> bytes:
         """Map a stored key back to the user key."""
         ...
@@ -303,6 +307,10 @@ class CodecV1:
     def encode_key(self, key: bytes) -> bytes:
         """Return ``key`` unchanged."""
         return key
+
+    def encode_keys(self, keys: Iterable[bytes]) -> list[bytes]:
+        """Return the keys unchanged, as a list."""
+        return list(keys)
 
     def decode_key(self, key: bytes) -> bytes:
         """Return ``key`` unchanged."""
