@@ -211,23 +211,16 @@ class RawClient:
         return self._bridge(pages)
 
     def _bridge(self, pages: AsyncIterator[list[KeyValue]]) -> Iterator[KeyValue]:
-        async def next_page() -> list[KeyValue] | None:
-            try:
-                return await anext(pages)
-            except StopAsyncIteration:
-                return None
-
-        async def close_pages() -> None:
-            aclose = getattr(pages, "aclose", None)
-            if aclose is not None:
-                await aclose()
-
+        # One loop round trip per page, not per pair; leaving the loop early closes the
+        # async page iterator on the loop thread.
+        page_iter = self._loop.iterate(pages)
         try:
-            while (page := self._run(next_page())) is not None:
+            for page in page_iter:
                 yield from page
         finally:
-            if not self._loop.closed:
-                self._run(close_pages())
+            close = getattr(page_iter, "close", None)
+            if close is not None:
+                close()
 
     def batch_scan(
         self,
