@@ -124,16 +124,20 @@ def test_max_ts_read_of_async_commit_primary_is_blocked() -> None:
         e.get(b"p", MAX_TS)
 
 
-def test_reads_raise_max_ts_except_rc_and_max() -> None:
+def test_reads_raise_max_ts_except_stale_reads_and_max() -> None:
     e = MvccEngine()
     e.get(b"k", 100)
     assert e.max_ts == 100
-    e.get(b"k", 200, isolation_level=IsolationLevel.RC)
-    assert e.max_ts == 100
+    e.get(b"k", 120, isolation_level=IsolationLevel.RC)
+    assert e.max_ts == 120
+    e.get(b"k", 200, stale_read=True)
+    assert e.max_ts == 120
     e.get(b"k", MAX_TS)
-    assert e.max_ts == 100
+    assert e.max_ts == 120
     e.scan(b"", b"", 10, 150)
     assert e.max_ts == 150
+    e.batch_get([b"k"], 160)
+    assert e.max_ts == 160
 
 
 def test_batch_get_reports_locked_keys_per_key_and_omits_missing() -> None:

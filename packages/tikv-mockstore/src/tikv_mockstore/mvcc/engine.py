@@ -529,10 +529,11 @@ class MvccEngine:
                     self._check_lock_for_read(key, lock, ts, isolation_level, bypass_locks)
         return self._read_value(key, ts)
 
-    def _prepare_read(self, version: int, isolation_level: IsolationLevel) -> None:
-        # TiKV raises max_ts for reads that check locks, so that an async-commit or 1PC
-        # transaction prewritten later commits above this read (storage/mod.rs).
-        if isolation_level is not IsolationLevel.RC:
+    def _prepare_read(self, version: int, stale_read: bool) -> None:
+        # TiKV raises max_ts for every read that is not a stale read, so that an
+        # async-commit or 1PC transaction prewritten later commits above this read
+        # (``storage/mod.rs`` ``prepare_snap_ctx``; MAX_TS is ignored by the manager).
+        if not stale_read:
             self._bump_max_ts(version)
 
     def get(
@@ -543,6 +544,7 @@ class MvccEngine:
         isolation_level: IsolationLevel = IsolationLevel.SI,
         bypass_locks: Collection[int] = _EMPTY,
         access_locks: Collection[int] = _EMPTY,
+        stale_read: bool = False,
     ) -> bytes | None:
         """KvGet: the value of ``key`` visible at ``version``, or None.
 
@@ -555,6 +557,7 @@ class MvccEngine:
                 the read (kvrpcpb.Context.resolved_locks).
             access_locks: start_ts of transactions known committed: their Put/Delete
                 locks are read through (kvrpcpb.Context.committed_locks).
+            stale_read: a stale read (kvrpcpb.Context.stale_read) does not raise max_ts.
 
         Raises:
             KeyIsLockedError: a Put/Delete lock with start_ts <= version and
@@ -564,7 +567,7 @@ class MvccEngine:
         _check_bytes(key, "key")
         _check_ts(version, "version")
         with self._mu:
-            self._prepare_read(version, isolation_level)
+            self._prepare_read(version, stale_read)
             return self._point_read(key, version, isolation_level, bypass_locks, access_locks)
 
     def batch_get(
@@ -575,6 +578,7 @@ class MvccEngine:
         isolation_level: IsolationLevel = IsolationLevel.SI,
         bypass_locks: Collection[int] = _EMPTY,
         access_locks: Collection[int] = _EMPTY,
+        stale_read: bool = False,
     ) -> list[KvPair]:
         """KvBatchGet: the found keys in request order; a locked key is a pair with ``error``.
 
@@ -584,7 +588,7 @@ class MvccEngine:
         _check_ts(version, "version")
         out: list[KvPair] = []
         with self._mu:
-            self._prepare_read(version, isolation_level)
+            self._prepare_read(version, stale_read)
             for k in key_list:
                 try:
                     v = self._point_read(k, version, isolation_level, bypass_locks, access_locks)
@@ -607,6 +611,7 @@ class MvccEngine:
         isolation_level: IsolationLevel = IsolationLevel.SI,
         bypass_locks: Collection[int] = _EMPTY,
         access_locks: Collection[int] = _EMPTY,
+        stale_read: bool = False,
     ) -> list[KvPair]:
         """KvScan: up to ``limit`` visible pairs in key order (descending if ``reverse``).
 
@@ -625,7 +630,7 @@ class MvccEngine:
         if limit == 0:
             return out
         with self._mu:
-            self._prepare_read(version, isolation_level)
+            self._prepare_read(version, stale_read)
             for k in self._range_keys(start_key, end_key, reverse):
                 try:
                     v = self._point_read(k, version, isolation_level, bypass_locks, access_locks)
