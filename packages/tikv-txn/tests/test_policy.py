@@ -27,10 +27,12 @@ from tikv_txn.policy import (
     Mutation,
     Op,
     PessimisticAction,
+    PrewriteOutcome,
     RegionGroup,
     TxnNotFoundAction,
     TxnStatus,
     async_commit_max_commit_ts,
+    async_commit_secondaries,
     batch_mutations,
     build_mutations,
     check_async_commit,
@@ -41,9 +43,11 @@ from tikv_txn.policy import (
     group_sorted_by_region,
     heartbeat_should_stop,
     heartbeat_ttl,
+    interpret_prewrite_response,
     is_lock_expired,
     lock_ms_until_expired,
     mutation_for_entry,
+    needs_min_commit_ts_from_tso,
     needs_ttl_manager,
     one_pc_still_possible,
     pessimistic_lock_ttl,
@@ -323,6 +327,62 @@ def test_check_one_pc() -> None:
     assert one_pc_still_possible(1)
     assert one_pc_still_possible(0)
     assert not one_pc_still_possible(2)
+
+
+def test_local_assertion_failure_disables_async_commit_and_one_pc() -> None:
+    assert not check_async_commit([b"k"], enabled=True, assertion_failed=True)
+    assert not check_one_pc(enabled=True, assertion_failed=True)
+
+
+def test_needs_min_commit_ts_from_tso() -> None:
+    assert not needs_min_commit_ts_from_tso(async_commit=False, one_pc=False)
+    assert needs_min_commit_ts_from_tso(async_commit=True, one_pc=False)
+    assert needs_min_commit_ts_from_tso(async_commit=False, one_pc=True)
+    assert not needs_min_commit_ts_from_tso(async_commit=True, one_pc=True, causal_consistency=True)
+    assert needs_min_commit_ts_from_tso(
+        async_commit=True, one_pc=False, causal_consistency=True, commit_wait_until_tso=5
+    )
+
+
+def test_interpret_prewrite_response() -> None:
+    one = interpret_prewrite_response(
+        one_pc=True, async_commit=True, one_pc_commit_ts=77, min_commit_ts=0
+    )
+    assert one == PrewriteOutcome(77, False, 0)
+    fallback = interpret_prewrite_response(
+        one_pc=True, async_commit=True, one_pc_commit_ts=0, min_commit_ts=0
+    )
+    assert fallback.fall_back_to_2pc and fallback.one_pc_commit_ts == 0
+    with pytest.raises(TxnError, match="must be 0"):
+        interpret_prewrite_response(
+            one_pc=True, async_commit=False, one_pc_commit_ts=0, min_commit_ts=5
+        )
+    with pytest.raises(TxnError, match="did not ask"):
+        interpret_prewrite_response(
+            one_pc=False, async_commit=False, one_pc_commit_ts=9, min_commit_ts=0
+        )
+    ac = interpret_prewrite_response(
+        one_pc=False, async_commit=True, one_pc_commit_ts=0, min_commit_ts=123
+    )
+    assert ac == PrewriteOutcome(0, False, 123)
+    ac0 = interpret_prewrite_response(
+        one_pc=False, async_commit=True, one_pc_commit_ts=0, min_commit_ts=0
+    )
+    assert ac0.fall_back_to_2pc
+    plain = interpret_prewrite_response(
+        one_pc=False, async_commit=False, one_pc_commit_ts=0, min_commit_ts=50
+    )
+    assert plain == PrewriteOutcome(0, False, 0)
+
+
+def test_async_commit_secondaries() -> None:
+    muts = [
+        Mutation(Op.CHECK_NOT_EXISTS, b"a"),
+        Mutation(Op.PUT, b"b", b"1"),
+        Mutation(Op.DEL, b"c"),
+        Mutation(Op.LOCK, b"d"),
+    ]
+    assert async_commit_secondaries(muts, b"b") == [b"c", b"d"]
 
 
 # ---------------------------------------------------------------------------- batching

@@ -57,10 +57,12 @@ __all__ = [
     "MutationPlan",
     "Op",
     "PessimisticAction",
+    "PrewriteOutcome",
     "RegionGroup",
     "TxnNotFoundAction",
     "TxnStatus",
     "async_commit_max_commit_ts",
+    "async_commit_secondaries",
     "batch_mutations",
     "build_mutations",
     "check_async_commit",
@@ -71,9 +73,11 @@ __all__ = [
     "group_sorted_by_region",
     "heartbeat_should_stop",
     "heartbeat_ttl",
+    "interpret_prewrite_response",
     "is_lock_expired",
     "lock_ms_until_expired",
     "mutation_for_entry",
+    "needs_min_commit_ts_from_tso",
     "needs_ttl_manager",
     "one_pc_still_possible",
     "pessimistic_lock_ttl",
@@ -533,6 +537,7 @@ def check_async_commit(
     has_shared_locks: bool = False,
     global_scope: bool = True,
     commit_ts_upper_bound_check: bool = False,
+    assertion_failed: bool = False,
     keys_limit: int = ASYNC_COMMIT_KEYS_LIMIT,
     total_key_size_limit: int = ASYNC_COMMIT_TOTAL_KEY_SIZE_LIMIT,
 ) -> bool:
@@ -549,11 +554,20 @@ def check_async_commit(
         has_shared_locks: Some mutation is a shared lock.
         global_scope: The transaction uses the global TSO scope.
         commit_ts_upper_bound_check: A commit-ts upper bound check is installed.
+        assertion_failed: A local assertion check against the pessimistic lock results
+            failed; the error is stashed until prewrite finishes, and the commit must
+            not be decided by prewrite alone (client-go ``initKeysAndMutations``).
         keys_limit: Maximum number of keys.
         total_key_size_limit: Maximum bytes of keys.
 
     """
-    if not enabled or has_shared_locks or not global_scope or commit_ts_upper_bound_check:
+    if (
+        not enabled
+        or has_shared_locks
+        or not global_scope
+        or commit_ts_upper_bound_check
+        or assertion_failed
+    ):
         return False
     total = 0
     for count, key in enumerate(keys, 1):
@@ -570,11 +584,13 @@ def check_one_pc(
     global_scope: bool = True,
     commit_ts_upper_bound_check: bool = False,
     pipelined: bool = False,
+    assertion_failed: bool = False,
 ) -> bool:
     """Whether the commit may try 1PC (client-go ``checkOnePC`` and ``execute``).
 
     Off unless asked for, and with shared locks, local scopes, a commit-ts upper bound
-    check, or pipelined DML. Whether it really happens depends on the batches: see
+    check, pipelined DML, or a stashed local assertion failure (as for
+    :func:`check_async_commit`). Whether it really happens depends on the batches: see
     :func:`one_pc_still_possible`; TiKV may still answer with a normal prewrite.
     """
     return (
@@ -583,6 +599,7 @@ def check_one_pc(
         and global_scope
         and not commit_ts_upper_bound_check
         and not pipelined
+        and not assertion_failed
     )
 
 
@@ -593,6 +610,81 @@ def one_pc_still_possible(batch_count: int) -> bool:
     16 KiB batch falls back to 2PC (client-go ``checkOnePCFallBack``).
     """
     return batch_count <= 1
+
+
+def needs_min_commit_ts_from_tso(
+    *,
+    async_commit: bool,
+    one_pc: bool,
+    causal_consistency: bool = False,
+    commit_wait_until_tso: int = 0,
+) -> bool:
+    """Whether to fetch a fresh TSO before prewrite and use it + 1 as min_commit_ts.
+
+    With async commit or 1PC the commit ts is computed by TiKV from ``max_ts``; to stay
+    linearizable (later-starting readers must see the commit) it must exceed every
+    snapshot ts handed out so far, which a fresh TSO guarantees. Causal consistency
+    skips that round trip (client-go ``execute``, ``needLinearizability``).
+    """
+    if not (async_commit or one_pc):
+        return False
+    return not causal_consistency or commit_wait_until_tso > 0
+
+
+class PrewriteOutcome(NamedTuple):
+    """What one prewrite response means for the commit protocol.
+
+    Attributes:
+        one_pc_commit_ts: Non-zero when TiKV committed the batch with 1PC.
+        fall_back_to_2pc: 1PC or async commit could not proceed; finish with a normal
+            commit phase.
+        min_commit_ts: For async commit, this batch's min commit ts: the transaction
+            commits at the largest over all batches (and its own minimum).
+
+    """
+
+    one_pc_commit_ts: int
+    fall_back_to_2pc: bool
+    min_commit_ts: int
+
+
+def interpret_prewrite_response(
+    *, one_pc: bool, async_commit: bool, one_pc_commit_ts: int, min_commit_ts: int
+) -> PrewriteOutcome:
+    """Interpret the commit-protocol fields of a successful prewrite response.
+
+    Rules of client-go ``prewrite.go``: a 1PC attempt answered with
+    ``one_pc_commit_ts == 0`` fell back to 2PC (and then ``min_commit_ts`` must be 0);
+    an async-commit prewrite answered with ``min_commit_ts == 0`` cannot proceed
+    asynchronously (e.g. TiKV's max_ts was not ready) and falls back too.
+
+    Raises:
+        TxnError: TiKV broke the protocol: a 1PC fallback with a min commit ts, or a
+            1PC commit the client did not ask for.
+
+    """
+    if one_pc:
+        if one_pc_commit_ts == 0:
+            if min_commit_ts != 0:
+                raise TxnError("prewrite: min_commit_ts must be 0 when 1PC falls back to 2PC")
+            return PrewriteOutcome(0, True, 0)
+        return PrewriteOutcome(one_pc_commit_ts, False, 0)
+    if one_pc_commit_ts != 0:
+        raise TxnError("prewrite: TiKV committed a transaction with 1PC that did not ask for it")
+    if async_commit:
+        if min_commit_ts == 0:
+            return PrewriteOutcome(0, True, 0)
+        return PrewriteOutcome(0, False, min_commit_ts)
+    return PrewriteOutcome(0, False, 0)
+
+
+def async_commit_secondaries(mutations: Iterable[Mutation], primary: bytes) -> list[bytes]:
+    """The keys recorded in the primary lock of an async-commit transaction.
+
+    Every mutation's key except the primary's and CHECK_NOT_EXISTS keys, which leave no
+    lock to check during recovery (client-go ``asyncSecondaries``).
+    """
+    return [m.key for m in mutations if m.key != primary and m.op is not Op.CHECK_NOT_EXISTS]
 
 
 # ---------------------------------------------------------------------------------------
