@@ -362,3 +362,26 @@ async def test_deterministic_with_seeded_rng() -> None:
         b, _ = make(100_000)
         seqs.append([await b.backoff(bo.TIKV_RPC, "x") for _ in range(6)])
     assert seqs[0] == seqs[1]
+
+
+async def test_causes_keep_the_most_recent_in_order() -> None:
+    # client-go TestBackoffErrorsKeep, with our larger window.
+    b, _ = make(0)
+    n = bo.MAX_RECORDED_CAUSES + 5
+    for i in range(n):
+        await b.backoff(bo.REGION_MISS, f"err-{i}")
+    assert b.errors_num == n
+    reasons = [c.reason for c in b.causes]
+    assert reasons == [f"err-{i}" for i in range(5, n)]
+    times = [c.at for c in b.causes]
+    assert times == sorted(times)
+    assert str(b.causes[0]).startswith("regionMiss (")
+
+
+async def test_kinds_include_ancestors() -> None:
+    b, _ = make(100_000)
+    await b.backoff(bo.REGION_MISS, "x")
+    child = b.fork()
+    await child.backoff(bo.TIKV_RPC, "y")
+    assert child.kinds() == ["regionMiss", "tikvRPC", "regionMiss"]
+    assert "tikvRPC" in repr(child)

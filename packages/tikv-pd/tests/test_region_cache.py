@@ -521,3 +521,60 @@ def test_cache_invariants_under_any_insert_order(
         expected = latest[bisect.bisect_right(starts, key) - 1]
         assert c.locate_key(key) == expected
     assert list(c.regions()) == latest
+
+
+async def test_load_and_split_range_with_batch_loader() -> None:
+    layout = [
+        region(i + 1, bytes([97 + i]) if i else b"", bytes([98 + i]) if i < 9 else b"")
+        for i in range(10)
+    ]
+    loader = Loader(layout)
+    scans: list[tuple[bytes, bytes, int]] = []
+
+    async def scan(start: bytes, end: bytes, limit: int) -> list[Region]:
+        scans.append((start, end, limit))
+        out = [r for r in layout if r.overlaps(start, end)]
+        return out[:limit]
+
+    c = make_cache()
+    parts = await c.load_and_split_range(b"a", b"", loader, range_loader=scan, batch_limit=4)
+    assert [r.id for r, _, _ in parts] == list(range(1, 11))
+    assert parts[0][1] == b"a"
+    assert all(parts[i][2] == parts[i + 1][1] for i in range(9))
+    assert parts[-1][2] == b""
+    assert loader.calls == []  # everything came from batch loads
+    assert [s[0] for s in scans] == [b"a", b"e", b"i"]
+    assert len(c) == 10
+    # A batch loader that makes no progress falls back to the single-region loader.
+
+    async def useless(start: bytes, end: bytes, limit: int) -> list[Region]:
+        return []
+
+    c2 = make_cache()
+    parts = await c2.load_and_split_range(b"c", b"e", loader, range_loader=useless)
+    assert [(r.id, a, b) for r, a, b in parts] == [(3, b"c", b"d"), (4, b"d", b"e")]
+    with pytest.raises(ValueError, match="batch_limit"):
+        await c2.load_and_split_range(b"a", b"b", loader, batch_limit=0)
+
+
+def test_sweep_expired_walks_the_cache_in_rounds() -> None:
+    clock = Clock()
+    c = make_cache(clock, ttl=10, ttl_jitter=0)
+    layout = [
+        region(i + 1, bytes([97 + i]) if i else b"", bytes([98 + i]) if i < 9 else b"")
+        for i in range(10)
+    ]
+    c.insert_many(layout)
+    clock.now += 5
+    assert c.locate_key(b"a") is not None  # region 1 is accessed: deadline slides
+    assert c.locate_key(b"j") is not None  # region 10 too
+    clock.now += 6  # the other eight are now expired
+    removed = [c.sweep_expired(limit=4) for _ in range(3)]
+    assert sum(removed) == 8
+    assert removed == [3, 4, 1]
+    assert [r.id for r in c.regions()] == [1, 10]
+    assert c.invalid_reason(5) is InvalidReason.EXPIRED
+    assert c.sweep_expired() == 0
+    with pytest.raises(ValueError, match="limit"):
+        c.sweep_expired(0)
+    c.check_invariants()

@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 from tikv_pd.errors import PDError, format_key
 
 __all__ = [
+    "DEFAULT_REGIONS_PER_BATCH",
     "DEFAULT_REGION_CACHE_TTL",
     "DEFAULT_REGION_CACHE_TTL_JITTER",
     "EndKeyLoader",
@@ -49,6 +50,7 @@ __all__ = [
     "Liveness",
     "Peer",
     "PeerRole",
+    "RangeLoader",
     "RangeSplit",
     "Region",
     "RegionCache",
@@ -63,6 +65,9 @@ _T = TypeVar("_T")
 #: Idle seconds before a cached region must be reloaded (client-go ``config/client.go``
 #: RegionCacheTTL = 600).
 DEFAULT_REGION_CACHE_TTL = 600.0
+#: Regions per batch load when locating a key range (client-go
+#: ``internal/locate/region_cache.go`` defaultRegionsPerBatch = 128).
+DEFAULT_REGIONS_PER_BATCH = 128
 #: Max random extra TTL in seconds (``internal/locate/region_cache.go``
 #: regionCacheTTLJitterSec = 60).
 DEFAULT_REGION_CACHE_TTL_JITTER = 60.0
@@ -317,6 +322,12 @@ KeyLoader = Callable[[bytes], Awaitable[Region]]
 EndKeyLoader = Callable[[bytes], Awaitable[Region]]
 #: Loads a store by id (PD GetStore).
 StoreLoader = Callable[[int], Awaitable[Store]]
+#: Loads up to ``limit`` consecutive regions of ``[start, end)`` (PD ScanRegions).
+RangeLoader = Callable[[bytes, bytes, int], Awaitable[Sequence[Region]]]
+
+
+def _start_of(region: Region) -> bytes:
+    return region.start_key
 
 
 @dataclass(slots=True)
@@ -373,6 +384,7 @@ class RegionCache:
         self._invalid_reasons: dict[int, InvalidReason] = {}
         self._stores: dict[int, _StoreEntry] = {}
         self._inflight: dict[tuple[str, object], asyncio.Future[Any]] = {}
+        self._sweep_cursor = b""
 
     # ----------------------------------------------------------------------------------
     # TTL
@@ -829,22 +841,85 @@ class RegionCache:
         return groups
 
     async def load_and_split_range(
-        self, start: bytes, end: bytes, loader: KeyLoader
+        self,
+        start: bytes,
+        end: bytes,
+        loader: KeyLoader,
+        *,
+        range_loader: RangeLoader | None = None,
+        batch_limit: int = DEFAULT_REGIONS_PER_BATCH,
     ) -> list[tuple[Region, bytes, bytes]]:
-        """Cut ``[start, end)`` at region boundaries, loading uncached regions."""
+        """Cut ``[start, end)`` at region boundaries, loading uncached regions.
+
+        Args:
+            start: Range start.
+            end: Range end (empty = +inf).
+            loader: Loads the region of one key (PD GetRegion).
+            range_loader: Optional batch loader (PD ScanRegions) called as
+                ``range_loader(start, end, limit)``; with it a cache miss loads up to
+                ``batch_limit`` consecutive regions at once, as client-go's
+                ``LocateKeyRange`` does with ``BatchLoadRegionsWithKeyRange``.
+            batch_limit: Regions per batch load (client-go defaultRegionsPerBatch = 128).
+
+        """
+        if batch_limit < 1:
+            raise ValueError(f"batch_limit must be >= 1, got {batch_limit}")
         split = self.split_range_by_region(start, end)
         parts = list(split.parts)
         while split.resume_key is not None:
-            region = await self.get_or_load(split.resume_key, loader)
             cursor = split.resume_key
-            r_end = region.end_key
-            if not r_end or (end and r_end >= end):
-                parts.append((region, cursor, end))
-                break
-            parts.append((region, cursor, r_end))
-            split = self.split_range_by_region(r_end, end)
+            if range_loader is not None:
+                loaded = sorted(await range_loader(cursor, end, batch_limit), key=_start_of)
+                self.insert_many(loaded)
+                for region in loaded:
+                    if not region.contains(cursor):
+                        break
+                    r_end = region.end_key
+                    if not r_end or (end and r_end >= end):
+                        parts.append((region, cursor, end))
+                        return parts
+                    parts.append((region, cursor, r_end))
+                    cursor = r_end
+            if cursor == split.resume_key:
+                # No batch loader, or it made no progress: load the one region.
+                region = await self.get_or_load(cursor, loader)
+                r_end = region.end_key
+                if not r_end or (end and r_end >= end):
+                    parts.append((region, cursor, end))
+                    return parts
+                parts.append((region, cursor, r_end))
+                cursor = r_end
+            split = self.split_range_by_region(cursor, end)
             parts.extend(split.parts)
         return parts
+
+    def sweep_expired(self, limit: int = 50) -> int:
+        """Drop expired entries among the next ``limit`` cached regions.
+
+        Call it periodically (client-go sweeps 50 regions every second,
+        ``cleanRegionNumPerRound`` / ``cleanCacheInterval``) to free memory held by
+        regions nobody asks for. The scan resumes where the previous call stopped and
+        wraps around. It does not extend TTLs (a sweep is not an access).
+
+        Returns:
+            How many entries were dropped.
+
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        if not self._entries:
+            self._sweep_cursor = b""
+            return 0
+        now = self._clock()
+        idx = bisect.bisect_left(self._starts, self._sweep_cursor)
+        if idx >= len(self._entries):
+            idx = 0
+        stop = min(idx + limit, len(self._entries))
+        expired = [e for e in self._entries[idx:stop] if now > e.deadline]
+        self._sweep_cursor = self._starts[stop] if stop < len(self._starts) else b""
+        for entry in expired:
+            self._expire(entry)
+        return len(expired)
 
     # ----------------------------------------------------------------------------------
     # Stores
