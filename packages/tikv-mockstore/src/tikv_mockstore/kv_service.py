@@ -62,10 +62,12 @@ def _engine(scope: StoreScope) -> MvccEngine:
 def _read_options(ctx: kvrpcpb_pb2.Context) -> dict[str, Any]:
     # The isolation level and the lock sets a reader sends: resolved_locks are bypassed,
     # committed_locks are read through (TiKV storage/mod.rs: bypass_locks / access_locks).
+    # Every read except a stale one raises max_ts (prepare_snap_ctx), inside the engine.
     return {
         "isolation_level": IsolationLevel(ctx.isolation_level),
         "bypass_locks": frozenset(ctx.resolved_locks),
         "access_locks": frozenset(ctx.committed_locks),
+        "stale_read": ctx.stale_read,
     }
 
 
@@ -99,26 +101,40 @@ def _clip_upper(upper: bytes, region_end: bytes) -> bytes:
 
 
 def _check_range(
-    scope: StoreScope, ctx: kvrpcpb_pb2.Context, lower: bytes, upper: bytes, *, seek_upper: bool
+    scope: StoreScope, ctx: kvrpcpb_pb2.Context, lower: bytes, upper: bytes, *, reverse: bool
 ) -> tuple[errorpb_pb2.Error | None, bytes, bytes]:
-    """Check a scan of ``[lower, upper)`` and clip it to the region.
+    """Check a scan of ``[lower, upper)`` (``b""`` upper: unbounded) and clip it to the region.
 
-    TiKV's region snapshot clips the bound the scan does not start from
+    TiKV's region snapshot clips the bound a scan does not start from to the region
     (``region_snapshot.rs`` ``update_lower_bound`` / ``update_upper_bound``) and refuses a
-    seek key outside the region. So the region must contain the seek bound (``lower`` for a
-    forward scan, ``upper`` for a reverse one) while the other bound is clipped. Returns the
-    region error, or ``None`` and the clipped ``(lower, upper)`` (``b""`` upper: unbounded).
+    seek key outside it (``should_seekable``, inclusive of the region end). A forward scan
+    seeks ``lower``, which must lie in the region; a reverse scan seeks ``upper``, which may
+    equal the region end. Returns the region error, or ``None`` and the clipped bounds.
     """
-    region_error = scope.check(ctx, txn=True)
-    if region_error is not None:
-        return region_error, lower, upper
     region_start, region_end = scope.region_bounds(ctx, txn=True)
-    if seek_upper:
+    if reverse:
         lower = max(lower, region_start)
-    else:
-        upper = _clip_upper(upper, region_end)
-    region_error = scope.check(ctx, ranges=((lower, upper),), txn=True)
-    return region_error, lower, upper
+        return scope.check(ctx, ranges=((upper, lower),), txn=True, reverse=True), lower, upper
+    upper = _clip_upper(upper, region_end)
+    return scope.check(ctx, ranges=((lower, upper),), txn=True), lower, upper
+
+
+def _api_error(
+    scope: StoreScope,
+    ctx: kvrpcpb_pb2.Context,
+    cmd: str,
+    *,
+    keys: Sequence[bytes] = (),
+    ranges: Sequence[tuple[bytes, bytes]] = (),
+) -> kvrpcpb_pb2.KeyError | None:
+    """TiKV's ``check_api_version`` for the commands that run it, as an ``abort`` key error.
+
+    TiKV checks the request's API version (and, under API v2, the keys' mode) before it
+    touches the region, for the reads, Prewrite, Flush, PessimisticLock and DeleteRange;
+    ``cmd`` is TiKV's ``CommandKind`` name used in the message.
+    """
+    text = scope.check_api_version(ctx, cmd=cmd, txn=True, keys=keys, ranges=ranges)
+    return None if text is None else kvrpcpb_pb2.KeyError(abort=text)
 
 
 # --------------------------------------------------------------------------- reads
@@ -128,6 +144,10 @@ def _check_range(
 def kv_get(scope: StoreScope, req: kvrpcpb_pb2.GetRequest) -> kvrpcpb_pb2.GetResponse:
     """KvGet: ``value`` / ``not_found``, or the lock hiding the key in ``error``."""
     resp = kvrpcpb_pb2.GetResponse()
+    api_error = _api_error(scope, req.context, "get", keys=(req.key,))
+    if api_error is not None:
+        resp.error.CopyFrom(api_error)
+        return resp
     region_error = scope.check(req.context, keys=(req.key,), txn=True)
     if region_error is not None:
         resp.region_error.CopyFrom(region_error)
@@ -165,6 +185,11 @@ def kv_batch_get(
 ) -> kvrpcpb_pb2.BatchGetResponse:
     """KvBatchGet: the found keys as ``pairs``; a locked key is a pair carrying the error."""
     resp = kvrpcpb_pb2.BatchGetResponse()
+    api_error = _api_error(scope, req.context, "batch_get", keys=req.keys)
+    if api_error is not None:
+        resp.error.CopyFrom(api_error)
+        resp.pairs.add().error.CopyFrom(api_error)
+        return resp
     region_error = scope.check(req.context, keys=req.keys, txn=True)
     if region_error is not None:
         resp.region_error.CopyFrom(region_error)
@@ -191,13 +216,18 @@ def kv_scan(scope: StoreScope, req: kvrpcpb_pb2.ScanRequest) -> kvrpcpb_pb2.Scan
     ``sample_step``-th key, as TiKV's scanner does.
     """
     resp = kvrpcpb_pb2.ScanResponse()
+    api_error = _api_error(scope, req.context, "scan", ranges=((req.start_key, req.end_key),))
+    if api_error is not None:
+        resp.error.CopyFrom(api_error)
+        resp.pairs.add().error.CopyFrom(api_error)
+        return resp
     if req.reverse:
         region_error, lower, upper = _check_range(
-            scope, req.context, req.end_key, req.start_key, seek_upper=True
+            scope, req.context, req.end_key, req.start_key, reverse=True
         )
     else:
         region_error, lower, upper = _check_range(
-            scope, req.context, req.start_key, req.end_key, seek_upper=False
+            scope, req.context, req.start_key, req.end_key, reverse=False
         )
     if region_error is not None:
         resp.region_error.CopyFrom(region_error)
@@ -240,6 +270,10 @@ def kv_buffer_batch_get(
 ) -> kvrpcpb_pb2.BufferBatchGetResponse:
     """KvBufferBatchGet (pipelined DML): the transaction's own flushed values."""
     resp = kvrpcpb_pb2.BufferBatchGetResponse()
+    api_error = _api_error(scope, req.context, "buffer_batch_get", keys=req.keys)
+    if api_error is not None:
+        resp.error.CopyFrom(api_error)
+        return resp
     region_error = scope.check(req.context, keys=req.keys, txn=True)
     if region_error is not None:
         resp.region_error.CopyFrom(region_error)
@@ -263,8 +297,10 @@ def kv_scan_lock(
     transaction commits below a GC safe point that was just scanned.
     """
     resp = kvrpcpb_pb2.ScanLockResponse()
+    # An empty start_key is unbounded here (Key::from_raw_maybe_unbounded): the region start.
+    start_key = req.start_key or scope.region_bounds(req.context, txn=True)[0]
     region_error, lower, upper = _check_range(
-        scope, req.context, req.start_key, req.end_key, seek_upper=False
+        scope, req.context, start_key, req.end_key, reverse=False
     )
     if region_error is not None:
         resp.region_error.CopyFrom(region_error)
@@ -323,7 +359,12 @@ def kv_prewrite(
 ) -> kvrpcpb_pb2.PrewriteResponse:
     """KvPrewrite: lock errors per key in ``errors``; ``min_commit_ts`` / ``one_pc_commit_ts``."""
     resp = kvrpcpb_pb2.PrewriteResponse()
-    region_error = scope.check(req.context, keys=[m.key for m in req.mutations], txn=True)
+    keys = [m.key for m in req.mutations]
+    api_error = _api_error(scope, req.context, "prewrite", keys=keys)
+    if api_error is not None:
+        resp.errors.append(api_error)
+        return resp
+    region_error = scope.check(req.context, keys=keys, txn=True)
     if region_error is not None:
         resp.region_error.CopyFrom(region_error)
         return resp
@@ -457,7 +498,13 @@ def kv_pessimistic_lock(
     Returns the response, or a Future of it when the request waits for a lock (see
     :class:`~tikv_mockstore.kv_pessimistic.PessimisticLockRequest` for the shapes).
     """
-    region_error = scope.check(req.context, keys=[m.key for m in req.mutations], txn=True)
+    keys = [m.key for m in req.mutations]
+    api_error = _api_error(scope, req.context, "acquire_pessimistic_lock", keys=keys)
+    if api_error is not None:
+        resp = kvrpcpb_pb2.PessimisticLockResponse()
+        resp.errors.append(api_error)
+        return resp
+    region_error = scope.check(req.context, keys=keys, txn=True)
     if region_error is not None:
         resp = kvrpcpb_pb2.PessimisticLockResponse()
         resp.region_error.CopyFrom(region_error)
@@ -587,7 +634,12 @@ def kv_check_secondary_locks(
 def kv_flush(scope: StoreScope, req: kvrpcpb_pb2.FlushRequest) -> kvrpcpb_pb2.FlushResponse:
     """KvFlush (pipelined DML): write a generation of locks; lock errors in ``errors``."""
     resp = kvrpcpb_pb2.FlushResponse()
-    region_error = scope.check(req.context, keys=[m.key for m in req.mutations], txn=True)
+    keys = [m.key for m in req.mutations]
+    api_error = _api_error(scope, req.context, "flush", keys=keys)
+    if api_error is not None:
+        resp.errors.append(api_error)
+        return resp
+    region_error = scope.check(req.context, keys=keys, txn=True)
     if region_error is not None:
         resp.region_error.CopyFrom(region_error)
         return resp
@@ -639,8 +691,14 @@ def kv_delete_range(
     nothing (TiKV only tells its observers). A failure is the error's text in ``error``.
     """
     resp = kvrpcpb_pb2.DeleteRangeResponse()
+    api_error = _api_error(
+        scope, req.context, "delete_range", ranges=((req.start_key, req.end_key),)
+    )
+    if api_error is not None:
+        resp.error = api_error.abort
+        return resp
     region_error, start_key, end_key = _check_range(
-        scope, req.context, req.start_key, req.end_key, seek_upper=False
+        scope, req.context, req.start_key, req.end_key, reverse=False
     )
     if region_error is not None:
         resp.region_error.CopyFrom(region_error)
