@@ -9,7 +9,7 @@ deadlocking (use :class:`~tikv_raw.AsyncRawClient` there).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Generator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -199,7 +199,7 @@ class RawClient:
         reverse: bool = False,
         page_size: int = DEFAULT_SCAN_PAGE_SIZE,
         limit: int | None = None,
-    ) -> Iterator[KeyValue]:
+    ) -> Generator[KeyValue, None, None]:
         """Iterate over ``[start, end)`` lazily, a page per RPC (:meth:`AsyncRawClient.scan_iter`).
 
         Arguments are checked at once; pages are fetched on the loop thread as the
@@ -210,7 +210,7 @@ class RawClient:
         )
         return self._bridge(pages)
 
-    def _bridge(self, pages: AsyncIterator[list[KeyValue]]) -> Iterator[KeyValue]:
+    def _bridge(self, pages: AsyncIterator[list[KeyValue]]) -> Generator[KeyValue, None, None]:
         # One loop round trip per page, not per pair; leaving the loop early closes the
         # async page iterator on the loop thread.
         page_iter = self._loop.iterate(pages)
