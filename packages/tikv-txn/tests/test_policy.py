@@ -38,6 +38,7 @@ from tikv_txn.policy import (
     check_async_commit,
     check_one_pc,
     check_txn_status_current_ts,
+    choose_commit_protocol,
     decide_lock_resolution,
     decide_on_txn_not_found,
     group_sorted_by_region,
@@ -332,6 +333,56 @@ def test_check_one_pc() -> None:
 def test_local_assertion_failure_disables_async_commit_and_one_pc() -> None:
     assert not check_async_commit([b"k"], enabled=True, assertion_failed=True)
     assert not check_one_pc(enabled=True, assertion_failed=True)
+
+
+def test_choose_commit_protocol() -> None:
+    small = build_mutations([entry(b"v", key=b"a"), entry(b"w", key=b"b")], pessimistic=False)
+    both = choose_commit_protocol(
+        small, prewrite_batch_count=1, enable_async_commit=True, enable_one_pc=True
+    )
+    assert both.async_commit and both.one_pc and both.min_commit_ts_from_tso
+    assert both.commit_ts_from_prewrite
+    # Two regions: 1PC falls back, async commit stays.
+    two = choose_commit_protocol(
+        small, prewrite_batch_count=2, enable_async_commit=True, enable_one_pc=True
+    )
+    assert two.async_commit and not two.one_pc
+    causal = choose_commit_protocol(
+        small,
+        prewrite_batch_count=1,
+        enable_async_commit=False,
+        enable_one_pc=True,
+        causal_consistency=True,
+    )
+    assert causal.one_pc and not causal.min_commit_ts_from_tso
+    plain = choose_commit_protocol(
+        small, prewrite_batch_count=1, enable_async_commit=False, enable_one_pc=False
+    )
+    assert plain == type(plain)(False, False, False) and not plain.commit_ts_from_prewrite
+    piped = choose_commit_protocol(
+        small,
+        prewrite_batch_count=1,
+        enable_async_commit=True,
+        enable_one_pc=True,
+        pipelined=True,
+    )
+    assert not piped.async_commit and not piped.one_pc
+    shared = build_mutations(
+        [
+            entry(b"v", key=b"a"),
+            entry(None, FlagsOp.SET_KEY_LOCKED, FlagsOp.SET_KEY_LOCKED_IN_SHARE_MODE, key=b"b"),
+        ],
+        pessimistic=True,
+    )
+    no = choose_commit_protocol(
+        shared, prewrite_batch_count=1, enable_async_commit=True, enable_one_pc=True
+    )
+    assert not no.async_commit and not no.one_pc
+    many = build_mutations([entry(b"v", key=b"%04d" % i) for i in range(300)], pessimistic=False)
+    too_many = choose_commit_protocol(
+        many, prewrite_batch_count=1, enable_async_commit=True, enable_one_pc=False
+    )
+    assert not too_many.async_commit
 
 
 def test_needs_min_commit_ts_from_tso() -> None:

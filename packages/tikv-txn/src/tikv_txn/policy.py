@@ -50,6 +50,7 @@ __all__ = [
     "Action",
     "AsyncResolveData",
     "Batch",
+    "CommitProtocol",
     "LockCleanup",
     "LockDecision",
     "LockVisibility",
@@ -68,6 +69,7 @@ __all__ = [
     "check_async_commit",
     "check_one_pc",
     "check_txn_status_current_ts",
+    "choose_commit_protocol",
     "decide_lock_resolution",
     "decide_on_txn_not_found",
     "group_sorted_by_region",
@@ -538,6 +540,7 @@ def check_async_commit(
     global_scope: bool = True,
     commit_ts_upper_bound_check: bool = False,
     assertion_failed: bool = False,
+    pipelined: bool = False,
     keys_limit: int = ASYNC_COMMIT_KEYS_LIMIT,
     total_key_size_limit: int = ASYNC_COMMIT_TOTAL_KEY_SIZE_LIMIT,
 ) -> bool:
@@ -557,6 +560,7 @@ def check_async_commit(
         assertion_failed: A local assertion check against the pessimistic lock results
             failed; the error is stashed until prewrite finishes, and the commit must
             not be decided by prewrite alone (client-go ``initKeysAndMutations``).
+        pipelined: Pipelined DML (its locks are flushed earlier; committed normally).
         keys_limit: Maximum number of keys.
         total_key_size_limit: Maximum bytes of keys.
 
@@ -567,6 +571,7 @@ def check_async_commit(
         or not global_scope
         or commit_ts_upper_bound_check
         or assertion_failed
+        or pipelined
     ):
         return False
     total = 0
@@ -629,6 +634,88 @@ def needs_min_commit_ts_from_tso(
     if not (async_commit or one_pc):
         return False
     return not causal_consistency or commit_wait_until_tso > 0
+
+
+@dataclass(frozen=True, slots=True)
+class CommitProtocol:
+    """How a transaction commits, as :func:`choose_commit_protocol` decides.
+
+    Attributes:
+        async_commit: Prewrite with use_async_commit (the primary lists the secondaries).
+        one_pc: Prewrite with try_one_pc (commit inside the single prewrite).
+        min_commit_ts_from_tso: Fetch a TSO before prewrite; min_commit_ts = it + 1.
+
+    """
+
+    async_commit: bool
+    one_pc: bool
+    min_commit_ts_from_tso: bool
+
+    @property
+    def commit_ts_from_prewrite(self) -> bool:
+        """TiKV decides the commit ts during prewrite (async commit or 1PC)."""
+        return self.async_commit or self.one_pc
+
+
+def choose_commit_protocol(
+    plan: MutationPlan,
+    *,
+    prewrite_batch_count: int,
+    enable_async_commit: bool,
+    enable_one_pc: bool,
+    pipelined: bool = False,
+    causal_consistency: bool = False,
+    global_scope: bool = True,
+    commit_ts_upper_bound_check: bool = False,
+    assertion_failed: bool = False,
+    keys_limit: int = ASYNC_COMMIT_KEYS_LIMIT,
+    total_key_size_limit: int = ASYNC_COMMIT_TOTAL_KEY_SIZE_LIMIT,
+) -> CommitProtocol:
+    """Choose async commit / 1PC for a commit, before prewrite (client-go ``execute``).
+
+    Combines :func:`check_async_commit`, :func:`check_one_pc`,
+    :func:`one_pc_still_possible` (1PC needs a single prewrite batch; async commit does
+    not) and :func:`needs_min_commit_ts_from_tso`. TiKV may still refuse either at
+    prewrite: see :func:`interpret_prewrite_response`.
+
+    Args:
+        plan: The commit's mutations.
+        prewrite_batch_count: Number of prewrite batches (regions x 16 KiB).
+        enable_async_commit: The transaction asked for async commit.
+        enable_one_pc: The transaction asked for 1PC.
+        pipelined: Pipelined DML.
+        causal_consistency: Skip the linearizability TSO round trip.
+        global_scope: The transaction uses the global TSO scope.
+        commit_ts_upper_bound_check: A commit-ts upper bound check is installed.
+        assertion_failed: A stashed local assertion failure.
+        keys_limit: Async commit key count limit.
+        total_key_size_limit: Async commit key bytes limit.
+
+    """
+    common = {
+        "has_shared_locks": plan.has_shared_locks,
+        "global_scope": global_scope,
+        "commit_ts_upper_bound_check": commit_ts_upper_bound_check,
+        "assertion_failed": assertion_failed,
+        "pipelined": pipelined,
+    }
+    async_commit = check_async_commit(
+        (m.key for m in plan.mutations),
+        enabled=enable_async_commit,
+        keys_limit=keys_limit,
+        total_key_size_limit=total_key_size_limit,
+        **common,
+    )
+    one_pc = check_one_pc(enabled=enable_one_pc, **common) and one_pc_still_possible(
+        prewrite_batch_count
+    )
+    return CommitProtocol(
+        async_commit=async_commit,
+        one_pc=one_pc,
+        min_commit_ts_from_tso=needs_min_commit_ts_from_tso(
+            async_commit=async_commit, one_pc=one_pc, causal_consistency=causal_consistency
+        ),
+    )
 
 
 class PrewriteOutcome(NamedTuple):
