@@ -245,3 +245,34 @@ def test_make_codec() -> None:
         make_codec(API_V1, "raw", 3)
     with pytest.raises(ValueError, match="unsupported API version"):
         make_codec(3, "raw")
+
+
+def _in_range(key: bytes, start: bytes, end: bytes) -> bool:
+    return start <= key and (not end or key < end)
+
+
+KEYSPACE_BYTES = st.sampled_from(
+    [b"x\x00\x00\x04", b"x\x00\x00\x05", b"x\x00\x00\x06", b"r\x00\x00\x05", b"x\x00", b""]
+)
+
+
+@given(
+    start=st.tuples(KEYSPACE_BYTES, st.binary(max_size=3)).map(b"".join),
+    end=st.tuples(KEYSPACE_BYTES, st.binary(max_size=3)).map(b"".join),
+    users=st.lists(st.binary(max_size=4), min_size=1, max_size=8),
+)
+def test_keyspace_decode_range_is_the_intersection(
+    start: bytes, end: bytes, users: list[bytes]
+) -> None:
+    # For every user key u: prefix+u lies in [start, end) iff u lies in the decoded range.
+    c = KeyspaceCodec("txn", 5)
+    if end and end <= start:
+        return
+    try:
+        s, e = c.decode_range(start, end)
+    except KeyOutOfKeyspaceError:
+        assert not any(_in_range(c.encode_key(u), start, end) for u in [*users, b""])
+        assert start >= c.end_key or (end and end <= c.prefix)
+        return
+    for u in [*users, b"", s, e]:
+        assert _in_range(c.encode_key(u), start, end) == _in_range(u, s, e)
