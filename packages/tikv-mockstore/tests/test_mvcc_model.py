@@ -20,9 +20,11 @@ import threading
 from dataclasses import dataclass, field
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from tikv_mockstore.mvcc import (
+    Action,
     KeyIsLockedError,
     Mutation,
     MvccEngine,
@@ -142,6 +144,47 @@ class MvccMachine(RuleBasedStateMachine):
         self.clock = max(self.clock, commit_ts)
         self.model.commit(txn, commit_ts)
         self.active.remove(txn)
+
+    @precondition(lambda self: any(t.prewritten for t in self.active))
+    @rule(data=st.data())
+    def crash_and_resolve(self, data: st.DataObject) -> None:
+        """The owner dies after prewrite (maybe after committing the primary); a reader
+        whose clock is past the lock TTL resolves the transaction, as a lock resolver does.
+        """
+        txn = data.draw(st.sampled_from([t for t in self.active if t.prewritten]))
+        self.active.remove(txn)
+        secondaries = sorted(k for k in txn.writes if k != txn.primary)
+        primary_committed = txn.mode == "2pc" and data.draw(st.booleans())
+        if primary_committed:
+            commit_ts = self.tick()
+            self.engine.commit([txn.primary], txn.start_ts, commit_ts)
+        # Time passes beyond the 3000 ms TTL.
+        now = ((self.clock >> 18) + 3001) << 18
+        self.clock = now
+        status = self.engine.check_txn_status(
+            txn.primary, txn.start_ts, now, now, rollback_if_not_exist=True
+        )
+        if txn.mode == "2pc":
+            if primary_committed:
+                assert status.commit_version == commit_ts
+                self.engine.resolve_lock(txn.start_ts, commit_ts)
+                self.model.commit(txn, commit_ts)
+            else:
+                assert status.action is Action.TTL_EXPIRE_ROLLBACK
+                self.engine.resolve_lock(txn.start_ts, 0)
+                with pytest.raises(WriteConflictError):
+                    self.engine.prewrite(txn.mutations(), txn.primary, txn.start_ts, 3000)
+            return
+        # Async commit: the primary lock stays; the secondaries decide.
+        assert status.lock_ttl > 0
+        assert status.lock_info is not None and status.lock_info.use_async_commit
+        sec = self.engine.check_secondary_locks(secondaries, txn.start_ts)
+        assert sec.commit_ts == 0
+        assert len(sec.locks) == len(secondaries)
+        commit_ts = max([status.lock_info.min_commit_ts, *(li.min_commit_ts for li in sec.locks)])
+        assert commit_ts == txn.min_commit_ts
+        self.engine.resolve_lock(txn.start_ts, commit_ts)
+        self.model.commit(txn, commit_ts)
 
     @precondition(lambda self: bool(self.active))
     @rule(data=st.data())
