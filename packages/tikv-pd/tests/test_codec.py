@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 from tikv_pd.codec import (
     API_V1,
     API_V2,
+    V2_MODE_PREFIXES,
     CodecV1,
     KeyCodec,
     KeyspaceCodec,
@@ -16,7 +17,9 @@ from tikv_pd.codec import (
     keyspace_prefix,
     make_codec,
     next_key,
+    parse_keyspace_id,
     prefix_next,
+    split_keyspace_key,
 )
 from tikv_pd.errors import CodecError, KeyOutOfKeyspaceError
 
@@ -276,3 +279,26 @@ def test_keyspace_decode_range_is_the_intersection(
         return
     for u in [*users, b"", s, e]:
         assert _in_range(c.encode_key(u), start, end) == _in_range(u, s, e)
+
+
+def test_parse_keyspace_id() -> None:
+    # client-go TestParseKeyspaceID / TestDecodeKey.
+    assert parse_keyspace_id(bytes([0x78, 1, 2, 3, 1, 2, 3])) == 0x010203
+    assert parse_keyspace_id(bytes([0x72, 1, 2, 3, 1, 2, 3, 4])) == 0x010203
+    assert split_keyspace_key(bytes([0x72, 1, 2, 3, 1, 2, 3, 4])) == (
+        b"r\x01\x02\x03",
+        b"\x01\x02\x03\x04",
+    )
+    assert split_keyspace_key(b"x\x00\x00\x01") == (b"x\x00\x00\x01", b"")
+    with pytest.raises(CodecError, match="API v2"):
+        parse_keyspace_id(b"t\x00\x00")
+    with pytest.raises(CodecError, match="API v2"):
+        parse_keyspace_id(b"t\x00\x00\x01\x01")
+    assert list(V2_MODE_PREFIXES) == sorted(V2_MODE_PREFIXES)
+
+
+@given(st.sampled_from(["raw", "txn"]), st.integers(0, 0xFFFFFF), st.binary(max_size=8))
+def test_parse_keyspace_id_round_trip(mode: str, keyspace_id: int, key: bytes) -> None:
+    c = KeyspaceCodec(mode, keyspace_id)  # type: ignore[arg-type]
+    assert parse_keyspace_id(c.encode_key(key)) == keyspace_id
+    assert split_keyspace_key(c.encode_key(key)) == (c.prefix, key)

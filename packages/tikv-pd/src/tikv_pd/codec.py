@@ -33,6 +33,7 @@ __all__ = [
     "MAX_KEYSPACE_ID",
     "RAW_MODE_PREFIX",
     "TXN_MODE_PREFIX",
+    "V2_MODE_PREFIXES",
     "BytesLike",
     "CodecMode",
     "CodecV1",
@@ -45,7 +46,9 @@ __all__ = [
     "keyspace_prefix",
     "make_codec",
     "next_key",
+    "parse_keyspace_id",
     "prefix_next",
+    "split_keyspace_key",
 ]
 
 _GROUP = 8
@@ -202,6 +205,35 @@ def keyspace_prefix(mode: CodecMode, keyspace_id: int) -> bytes:
     if not 0 <= keyspace_id <= MAX_KEYSPACE_ID:
         raise ValueError(f"keyspace_id {keyspace_id} is out of range, maximum is {MAX_KEYSPACE_ID}")
     return head + keyspace_id.to_bytes(3, "big")
+
+
+#: The mode bytes API v2 reserves, sorted (client-go ``CodecV2Prefixes``). In a mixed
+#: v1 + v2 deployment, v1 keys must not start with them.
+V2_MODE_PREFIXES: tuple[bytes, ...] = (RAW_MODE_PREFIX, TXN_MODE_PREFIX)
+
+
+def split_keyspace_key(key: bytes) -> tuple[bytes, bytes]:
+    """Split an API v2 key into its 4-byte keyspace prefix and the user key.
+
+    Raises:
+        tikv_pd.errors.CodecError: ``key`` is shorter than 4 bytes or does not start
+            with ``r`` or ``x``.
+
+    """
+    if len(key) < 4 or key[:1] not in V2_MODE_PREFIXES:
+        raise CodecError("not an API v2 key (needs an 'r'/'x' keyspace prefix)", bytes(key))
+    return bytes(key[:4]), bytes(key[4:])
+
+
+def parse_keyspace_id(key: bytes) -> int:
+    """Return the keyspace id of an API v2 key (client-go ``ParseKeyspaceID``).
+
+    Raises:
+        tikv_pd.errors.CodecError: not an API v2 key.
+
+    """
+    prefix, _ = split_keyspace_key(key)
+    return int.from_bytes(prefix[1:], "big")
 
 
 # ---------------------------------------------------------------------------------------
