@@ -749,6 +749,17 @@ class MemBufferMachine(RuleBasedStateMachine):
             want.append(MemEntry(k, TOMBSTONE if v == "T" else v, KeyFlags(f)))  # type: ignore[arg-type]
         assert entries == want
         assert list(db.iterate_with_flags(reverse=True)) == want[::-1]
+        assert list(db.iterate()) == [(e.key, e.value) for e in want if e.value is not None]
+        assert list(db.keys(reverse=True)) == [e.key for e in reversed(want)]
+        if want:
+            mid = want[len(want) // 2].key
+            assert [e.key for e in db.iterate_with_flags(mid)] == [
+                e.key for e in want if e.key >= mid
+            ]
+            # An empty end key means "no upper bound", as in TiKV.
+            assert [e.key for e in db.iterate_with_flags(None, mid, reverse=True)] == [
+                e.key for e in reversed(want) if not mid or e.key < mid
+            ]
         for e in want[:5]:
             assert db.get(e.key) == e.value
             assert db.get_flags(e.key) == e.flags
