@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tikv_pd.backoff import Backoffer
+from tikv_pd.request import Ambiguity
 from tikv_proto import kvrpcpb_pb2 as pb
 from tikv_raw._router import BuildForKeys, BuildForRange, Span
 
@@ -41,6 +42,7 @@ class FakeRouter:
         self.now = 1_000_000.0
         self.ttl_enabled = ttl_enabled
         self.requests: list[tuple[str, Any]] = []
+        self.ambiguities: list[tuple[str, Ambiguity]] = []
         self.closed = False
 
     # -- cluster control -------------------------------------------------------------
@@ -204,8 +206,9 @@ class FakeRouter:
     # -- the Router protocol ----------------------------------------------------------
 
     async def call_key(
-        self, command: str, key: bytes, request: Any, *, idempotent: bool, bo: Backoffer
+        self, command: str, key: bytes, request: Any, *, ambiguity: Ambiguity, bo: Backoffer
     ) -> Any:
+        self.ambiguities.append((command, ambiguity))
         return self.execute(command, request, self.region_of(key))
 
     async def call_keys(
@@ -248,11 +251,11 @@ class FakeRouter:
         *,
         reverse: bool,
         bo: Backoffer,
-    ) -> tuple[list[Any], Span]:
+    ) -> tuple[list[Any], tuple[bytes, bytes]]:
         span = self.region_before(end) if reverse else self.region_of(start)
         lo = max(start, span.start)
         hi = end if not span.end or (end and end < span.end) else span.end
-        return [self.execute(command, build(lo, hi), span)], span
+        return [self.execute(command, build(lo, hi), span)], (lo, hi)
 
     async def close(self) -> None:
         self.closed = True

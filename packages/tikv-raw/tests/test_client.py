@@ -354,3 +354,52 @@ async def test_connect_validates_arguments_before_connecting() -> None:
         await AsyncRawClient.connect(["127.0.0.1:1"], config={})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="API v2 has no column families"):
         AsyncRawClient(FakeRouter(), api_version=2).with_cf("write")
+
+
+async def test_keyspaces_are_isolated_and_prefixed_on_the_wire() -> None:
+    from tikv_pd.codec import KeyspaceCodec
+
+    router = FakeRouter([b"r\x00\x00\x01m", b"r\x00\x00\x02"])
+    a = AsyncRawClient(router, api_version=2, keyspace="a", codec=KeyspaceCodec("raw", 1))
+    b = AsyncRawClient(router, api_version=2, keyspace="b", codec=KeyspaceCodec("raw", 2))
+    await a.batch_put({b"k1": b"a1", b"z": b"a2", b"": b"a-empty"})
+    await b.put(b"k1", b"b1")
+    assert await a.get(b"k1") == b"a1"
+    assert await b.get(b"k1") == b"b1"
+    assert await b.get(b"z") is None
+    assert await a.scan(limit=10) == [(b"", b"a-empty"), (b"k1", b"a1"), (b"z", b"a2")]
+    assert await a.scan(limit=10, reverse=True) == [
+        (b"z", b"a2"),
+        (b"k1", b"a1"),
+        (b"", b"a-empty"),
+    ]
+    assert await b.scan(limit=10) == [(b"k1", b"b1")]
+    assert await a.batch_get([b"k1", b"z", b"q"]) == {b"k1": b"a1", b"z": b"a2"}
+    assert (await a.checksum()).total_kvs == 3
+    await b.delete_range(b"", None)
+    assert await a.scan(limit=10) != []
+    assert await b.scan(limit=10) == []
+    # Every key TiKV saw carries a keyspace prefix; unbounded ranges end at the next one.
+    scans = [r for cmd, r in router.requests if cmd == "RawScan"]
+    assert all(r.start_key.startswith((b"r\x00\x00\x01", b"r\x00\x00\x02")) for r in scans)
+    ranges = [(r.start_key, r.end_key) for cmd, r in router.requests if cmd == "RawDeleteRange"]
+    assert ranges == [(b"r\x00\x00\x02", b"r\x00\x00\x03")]
+    assert router.data["default"].keys() == {
+        b"r\x00\x00\x01k1",
+        b"r\x00\x00\x01z",
+        b"r\x00\x00\x01",
+    }
+
+
+async def test_only_cas_refuses_to_be_resent_after_an_unknown_outcome(env: Env) -> None:
+    c = env.atomic
+    await c.put(b"k", b"v")
+    await c.get(b"k")
+    await c.compare_and_swap(b"k", b"v", b"w")
+    from tikv_pd.request import Ambiguity
+
+    assert env.router.ambiguities == [
+        ("RawPut", Ambiguity.IDEMPOTENT),
+        ("RawGet", Ambiguity.IDEMPOTENT),
+        ("RawCompareAndSwap", Ambiguity.RAISE),
+    ]

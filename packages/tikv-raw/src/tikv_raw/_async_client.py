@@ -8,12 +8,13 @@ from types import TracebackType
 from typing import Any, Self
 
 from tikv_pd.backoff import RAWKV_MAX_BACKOFF, Backoffer
+from tikv_pd.codec import KeyCodec, KeyspaceCodec
 from tikv_pd.config import Config
 from tikv_pd.errors import ClientClosedError
 
 from tikv_raw import _requests as rq
 from tikv_raw._batching import split_by_count, split_by_size
-from tikv_raw._router import Router, Span
+from tikv_raw._router import Ambiguity, Router
 from tikv_raw._types import Checksum
 from tikv_raw._validate import (
     check_bool,
@@ -70,7 +71,18 @@ class AsyncRawClient:
 
     """
 
-    __slots__ = ("_api_version", "_atomic", "_cf", "_keyspace", "_owner", "_shared", "_wire_cf")
+    __slots__ = (
+        "_api_version",
+        "_atomic",
+        "_cf",
+        "_codec",
+        "_keyspace",
+        "_keyspace_end",
+        "_owner",
+        "_prefix",
+        "_shared",
+        "_wire_cf",
+    )
 
     def __init__(
         self,
@@ -81,9 +93,13 @@ class AsyncRawClient:
         api_version: int = 1,
         keyspace: str | None = None,
         cf: str = "default",
+        codec: KeyCodec | None = None,
         _shared: _Shared | None = None,
     ) -> None:
-        """Wrap an already connected request router (use :meth:`connect` instead)."""
+        """Wrap an already connected request router (use :meth:`connect` instead).
+
+        ``codec`` is the API v2 keyspace codec (``None``: API v1, keys sent as given).
+        """
         self._shared = _shared if _shared is not None else _Shared(router, config or Config())
         self._owner = _shared is None
         self._atomic = check_bool(atomic, "atomic")
@@ -91,6 +107,13 @@ class AsyncRawClient:
         self._keyspace = keyspace
         self._wire_cf = check_cf(cf, api_version)
         self._cf = cf or "default"
+        self._codec = codec
+        # Under API v2 every key TiKV sees is the keyspace prefix + the user key, and the
+        # keyspace ends where the next prefix starts: an unbounded user range ends there.
+        if isinstance(codec, KeyspaceCodec):
+            self._prefix, self._keyspace_end = codec.prefix, codec.end_key
+        else:
+            self._prefix, self._keyspace_end = b"", b""
 
     # -- construction and lifetime -------------------------------------------------
 
@@ -192,6 +215,7 @@ class AsyncRawClient:
             api_version=self._api_version,
             keyspace=self._keyspace,
             cf=cf,
+            codec=self._codec,
             _shared=self._shared,
         )
 
@@ -227,6 +251,20 @@ class AsyncRawClient:
             raise ClientClosedError("the raw client is closed")
         return self._shared.router
 
+    def _enc(self, key: bytes) -> bytes:
+        return self._prefix + key if self._prefix else key
+
+    def _enc_end(self, end: bytes | None) -> bytes:
+        """The request form of an exclusive end: ``b""`` is unbounded (API v1 only)."""
+        if end is None:
+            return self._keyspace_end
+        return self._prefix + end if self._prefix else end
+
+    def _dec(self, key: bytes) -> bytes:
+        if self._codec is None or not self._prefix:
+            return key
+        return self._codec.decode_key(key)
+
     def _bo(self, operation: str) -> Backoffer:
         # client-go gives every raw operation (and every region step of a scan) a fresh
         # 20 s sleep budget (``rawkvMaxBackoff``).
@@ -254,10 +292,14 @@ class AsyncRawClient:
             (b'v', None)
 
         """
-        k = check_key(key)
+        k = self._enc(check_key(key))
         router = self._router()
         response = await router.call_key(
-            "RawGet", k, rq.build_get(k, self._wire_cf), idempotent=True, bo=self._bo("raw_get")
+            "RawGet",
+            k,
+            rq.build_get(k, self._wire_cf),
+            ambiguity=Ambiguity.IDEMPOTENT,
+            bo=self._bo("raw_get"),
         )
         return rq.read_get(response)
 
@@ -276,12 +318,12 @@ class AsyncRawClient:
             >>> await client.put(b"session", b"data", ttl=60)
 
         """
-        k = check_key(key)
+        k = self._enc(check_key(key))
         v = check_value(value)
         seconds = check_ttl(ttl)
         request = rq.build_put(k, v, self._wire_cf, ttl=seconds, for_cas=self._atomic)
         response = await self._router().call_key(
-            "RawPut", k, request, idempotent=True, bo=self._bo("raw_put")
+            "RawPut", k, request, ambiguity=Ambiguity.IDEMPOTENT, bo=self._bo("raw_put")
         )
         rq.check_response_error("RawPut", response)
 
@@ -292,10 +334,10 @@ class AsyncRawClient:
             >>> await client.delete(b"k")
 
         """
-        k = check_key(key)
+        k = self._enc(check_key(key))
         request = rq.build_delete(k, self._wire_cf, for_cas=self._atomic)
         response = await self._router().call_key(
-            "RawDelete", k, request, idempotent=True, bo=self._bo("raw_delete")
+            "RawDelete", k, request, ambiguity=Ambiguity.IDEMPOTENT, bo=self._bo("raw_delete")
         )
         rq.check_response_error("RawDelete", response)
 
@@ -312,12 +354,12 @@ class AsyncRawClient:
             True
 
         """
-        k = check_key(key)
+        k = self._enc(check_key(key))
         response = await self._router().call_key(
             "RawGetKeyTTL",
             k,
             rq.build_get_key_ttl(k, self._wire_cf),
-            idempotent=True,
+            ambiguity=Ambiguity.IDEMPOTENT,
             bo=self._bo("raw_get_key_ttl"),
         )
         return rq.read_key_ttl(response)
@@ -354,7 +396,7 @@ class AsyncRawClient:
             (b'me', False)
 
         """
-        k = check_key(key)
+        k = self._enc(check_key(key))
         exp = None if expected is None else check_value(expected, "expected")
         n = check_value(new, "new")
         seconds = check_ttl(ttl)
@@ -365,7 +407,7 @@ class AsyncRawClient:
             )
         request = rq.build_cas(k, exp, n, self._wire_cf, ttl=seconds)
         response = await self._router().call_key(
-            "RawCompareAndSwap", k, request, idempotent=False, bo=self._bo("raw_cas")
+            "RawCompareAndSwap", k, request, ambiguity=Ambiguity.RAISE, bo=self._bo("raw_cas")
         )
         return rq.read_cas(response)
 
@@ -392,10 +434,10 @@ class AsyncRawClient:
             return [(c, rq.build_batch_get(c, cf)) for c in split_by_count(group, per_rpc)]
 
         responses = await self._router().call_keys(
-            "RawBatchGet", ks, build, bo=self._bo("raw_batch_get")
+            "RawBatchGet", [self._enc(k) for k in ks], build, bo=self._bo("raw_batch_get")
         )
         found = rq.read_batch_get(responses)
-        return {k: found[k] for k in ks if k in found}
+        return {k: found[w] for k in ks if (w := self._enc(k)) in found}
 
     async def batch_put(
         self,
@@ -419,11 +461,13 @@ class AsyncRawClient:
             >>> await client.batch_put({b"a": b"1", b"b": b"2"}, ttls={b"b": 30})
 
         """
-        values = check_pairs(pairs)
+        user_values = check_pairs(pairs)
         default_ttl = check_ttl(ttl)
-        ttl_of = check_ttls(ttls, values.keys(), default_ttl)
-        if not values:
+        user_ttls = check_ttls(ttls, user_values.keys(), default_ttl)
+        if not user_values:
             return
+        values = {self._enc(k): v for k, v in user_values.items()}
+        ttl_of = {self._enc(k): t for k, t in user_ttls.items()}
         cf, for_cas, size = self._wire_cf, self._atomic, self._batch_put_size()
 
         def build(group: Sequence[bytes]) -> list[tuple[Sequence[bytes], Any]]:
@@ -459,7 +503,7 @@ class AsyncRawClient:
             ]
 
         responses = await self._router().call_keys(
-            "RawBatchDelete", ks, build, bo=self._bo("raw_batch_delete")
+            "RawBatchDelete", [self._enc(k) for k in ks], build, bo=self._bo("raw_batch_delete")
         )
         for response in responses:
             rq.check_response_error("RawBatchDelete", response)
@@ -488,7 +532,7 @@ class AsyncRawClient:
             return rq.build_delete_range(lo, hi, cf)
 
         responses = await self._router().call_range(
-            "RawDeleteRange", s, e or b"", build, bo=self._bo("raw_delete_range")
+            "RawDeleteRange", self._enc(s), self._enc_end(e), build, bo=self._bo("raw_delete_range")
         )
         for response in responses:
             rq.check_response_error("RawDeleteRange", response)
@@ -559,7 +603,10 @@ class AsyncRawClient:
         router = self._router()
         cf = self._wire_cf
         out: list[KeyValue] = []
-        lower, upper = start, end  # the part of the range not scanned yet
+        # The part of the range not scanned yet, as request keys (``upper == b""``:
+        # unbounded). Regions are visited one at a time in scan direction, each with the
+        # number of pairs still wanted, so no region is read past the limit.
+        lower, upper = self._enc(start), self._enc_end(end)
         while len(out) < limit:
             remaining = limit - len(out)
 
@@ -568,20 +615,21 @@ class AsyncRawClient:
                     lo, hi or None, remaining, cf, key_only=key_only, reverse=reverse
                 )
 
-            responses, span = await router.call_first_region(
-                "RawScan", lower, upper or b"", build, reverse=reverse, bo=self._bo("raw_scan")
+            responses, (part_lo, part_hi) = await router.call_first_region(
+                "RawScan", lower, upper, build, reverse=reverse, bo=self._bo("raw_scan")
             )
-            out.extend(rq.read_scan(responses, remaining))
-            if not _advance(span, reverse):
-                break
+            pairs = rq.read_scan(responses, remaining)
+            if self._prefix:
+                pairs = [(self._dec(k), v) for k, v in pairs]
+            out.extend(pairs)
             if reverse:
-                upper = span.start
-                if upper <= lower:
+                if part_lo <= lower:  # reached the lower bound (or the first region)
                     break
+                upper = part_lo
             else:
-                lower = span.end
-                if upper is not None and lower >= upper:
+                if not part_hi or (upper and part_hi >= upper):  # reached the upper bound
                     break
+                lower = part_hi
         return out
 
     def scan_iter(
@@ -739,14 +787,9 @@ class AsyncRawClient:
             return rq.build_checksum([(lo, hi)])
 
         responses = await self._router().call_range(
-            "RawChecksum", s, e or b"", build, bo=self._bo("raw_checksum")
+            "RawChecksum", self._enc(s), self._enc_end(e), build, bo=self._bo("raw_checksum")
         )
         return rq.read_checksum(responses)
-
-
-def _advance(span: Span, reverse: bool) -> bool:
-    """Whether a region walk may continue past ``span`` (it did not reach the key-space edge)."""
-    return bool(span.start) if reverse else bool(span.end)
 
 
 def _resolve_api_version(api_version: object, keyspace: object) -> int:

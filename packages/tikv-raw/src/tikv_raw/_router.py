@@ -7,8 +7,10 @@ leader, classifies region and transport errors, backs off, re-shards when region
 changed, and refuses to replay a non-idempotent request whose outcome is unknown. This
 module states exactly what the client needs from it, as a :class:`Router` protocol.
 
-All keys here are *user* keys; the router applies the key codec (API v2 keyspace
-prefixes) to requests, responses and region boundaries.
+All keys here are *request* keys, as TiKV sees them: under API v2 they carry the
+keyspace prefix (the client encodes user keys before building requests and decodes the
+keys in responses); region lookups toward PD are the locator's business.
+:class:`tikv_pd.request.RequestSender` provides exactly these methods.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tikv_pd.backoff import Backoffer
+from tikv_pd.request import Ambiguity
 
-__all__ = ["BuildForKeys", "BuildForRange", "Router", "Span"]
+__all__ = ["Ambiguity", "BuildForKeys", "BuildForRange", "Router", "Span"]
 
 
 @dataclass(frozen=True, slots=True)
 class Span:
-    """A key range ``[start, end)`` in user keys; ``end == b""`` means unbounded."""
+    """A key range ``[start, end)``; ``end == b""`` means unbounded."""
 
     start: bytes
     end: bytes
@@ -42,12 +45,12 @@ class Router(Protocol):
     """What the raw client needs from the request pipeline."""
 
     async def call_key(
-        self, command: str, key: bytes, request: Any, *, idempotent: bool, bo: Backoffer
+        self, command: str, key: bytes, request: Any, *, ambiguity: Ambiguity, bo: Backoffer
     ) -> Any:
         """Send ``request`` to the region of ``key``; retry region errors; return the response.
 
-        A non-idempotent request whose outcome becomes unknown raises
-        :class:`tikv_pd.errors.UndeterminedError`.
+        A request marked ``Ambiguity.RAISE`` whose outcome becomes unknown raises
+        :class:`tikv_pd.errors.UndeterminedError` instead of being resent.
         """
         ...
 
@@ -79,7 +82,7 @@ class Router(Protocol):
         *,
         reverse: bool,
         bo: Backoffer,
-    ) -> tuple[list[Any], Span]:
+    ) -> tuple[list[Any], tuple[bytes, bytes]]:
         """Send a request for the first region of ``[start, end)`` in scan direction.
 
         Forward: the region containing ``start``; reverse: the region holding the keys
@@ -87,8 +90,8 @@ class Router(Protocol):
         range clipped to that region. If the region changed and the part had to be split
         over several regions, one response per region comes back, in scan order.
 
-        Returns the responses and the part of the key space they covered, so the caller
-        continues from ``span.end`` (forward) or ``span.start`` (reverse).
+        Returns the responses and the ``(start, end)`` part of the range they covered,
+        so the caller continues from its end (forward) or its start (reverse).
         """
         ...
 
