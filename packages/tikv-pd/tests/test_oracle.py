@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 from hypothesis import given
@@ -238,3 +239,35 @@ async def test_refresh_forever_observes_and_survives_errors() -> None:
         await task
     assert cache.get() == compose_ts(2_000, 0)
     assert sleeps == [1.0, 1.0, 1.0]
+
+
+def test_local_oracle_unique_across_threads() -> None:
+    # client-go TestLocalOracle: many timestamps, no duplicates — here from 4 threads.
+    o = LocalOracle()
+    results: list[list[int]] = [[] for _ in range(4)]
+
+    async def draw(out: list[int]) -> None:
+        for _ in range(5000):
+            out.append(await o.get_timestamp())
+
+    threads = [threading.Thread(target=asyncio.run, args=(draw(r),)) for r in results]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    all_ts = [ts for r in results for ts in r]
+    assert len(set(all_ts)) == 20000
+    for r in results:
+        assert r == sorted(r)
+
+
+async def test_local_oracle_until_expired_matches_client_go() -> None:
+    # client-go TestLocalOracle_UntilExpired / TestIsExpired, 10 ms after the lock.
+    clock = ManualClock(1_700_000_000.0)
+    o = LocalOracle(clock)
+    ts = await o.get_timestamp()
+    clock.now += 0.010
+    assert o.until_expired(ts, 6) == -4
+    assert o.until_expired(ts, 14) == 4
+    assert o.is_expired(ts, 5)
+    assert not o.is_expired(ts, 200)
