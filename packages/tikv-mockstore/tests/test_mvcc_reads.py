@@ -191,3 +191,14 @@ def test_bad_input_is_rejected() -> None:
         e.scan(b"", b"", -1, 1)
     with pytest.raises(TypeError):
         e.batch_get(b"abc", 1)  # type: ignore[arg-type]
+
+
+def test_rc_check_ts_conflict_fails_a_scan_but_is_per_key_in_batch_get() -> None:
+    e = MvccEngine()
+    put(e, b"a", b"1", 1, 2)
+    e.prewrite([Mutation.put(b"b", b"x")], b"b", 10, 3000)
+    with pytest.raises(WriteConflictError):
+        e.scan(b"", b"", 10, 20, isolation_level=IsolationLevel.RC_CHECK_TS)
+    pairs = e.batch_get([b"a", b"b"], 20, isolation_level=IsolationLevel.RC_CHECK_TS)
+    assert pairs[0].value == b"1"
+    assert isinstance(pairs[1].error, WriteConflictError)

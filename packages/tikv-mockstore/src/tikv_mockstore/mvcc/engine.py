@@ -580,9 +580,11 @@ class MvccEngine:
         access_locks: Collection[int] = _EMPTY,
         stale_read: bool = False,
     ) -> list[KvPair]:
-        """KvBatchGet: the found keys in request order; a locked key is a pair with ``error``.
+        """KvBatchGet: the found keys in request order, unreadable keys with ``error``.
 
-        Keys that do not exist are left out, as in TiKV.
+        A key hidden by a lock is a pair whose ``error`` is a KeyIsLockedError (or a
+        WriteConflictError under RC_CHECK_TS). Keys that do not exist are left out, as in
+        TiKV.
         """
         key_list = _check_keys(keys, "keys")
         _check_ts(version, "version")
@@ -620,6 +622,10 @@ class MvccEngine:
         ``end_key`` the inclusive lower bound (empty = unbounded). A key hidden by a lock
         yields a pair with ``error`` set; it counts towards ``limit``, as in TiKV
         (``txn/store.rs``). ``key_only`` returns empty values.
+
+        Raises:
+            WriteConflictError: RC_CHECK_TS met a lock (fails the whole scan).
+
         """
         _check_bytes(start_key, "start_key")
         _check_bytes(end_key, "end_key")
@@ -634,7 +640,9 @@ class MvccEngine:
             for k in self._range_keys(start_key, end_key, reverse):
                 try:
                     v = self._point_read(k, version, isolation_level, bypass_locks, access_locks)
-                except (KeyIsLockedError, WriteConflictError) as e:
+                except KeyIsLockedError as e:
+                    # Only lock errors become per-pair entries; any other error (an
+                    # RC_CHECK_TS conflict) fails the whole scan (``txn/store.rs``).
                     out.append(KvPair(k, b"", e))
                 else:
                     if v is None:

@@ -347,9 +347,10 @@ class PrewriteResult:
 class PessimisticLockKeyResult:
     """Per-key result of a pessimistic lock request (kvrpcpb.PessimisticLockKeyResult).
 
-    ``value`` is set when values were requested and the key exists; ``existence`` when
-    existence was checked (or values requested); ``locked_with_conflict_ts`` is non-zero
-    when the lock was taken in force-lock mode over a write newer than ``for_update_ts``.
+    ``value`` is set when values were requested and the key exists. ``existence`` tells
+    whether the key exists; it is only computed when existence was checked or values were
+    requested (otherwise False). ``locked_with_conflict_ts`` is non-zero when the lock was
+    taken in force-lock mode over a write newer than ``for_update_ts``.
     """
 
     key: bytes
