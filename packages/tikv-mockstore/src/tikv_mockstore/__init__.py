@@ -1,7 +1,10 @@
-"""An embedded TiKV-compatible cluster.
+"""An embedded TiKV-compatible cluster: PD and N TiKV stores, real gRPC servers on loopback.
 
-One PD and N TiKV stores, each a real gRPC server on loopback, speaking the kvproto wire
-protocol as TiKV and PD do.
+``with MockCluster(stores=3) as cluster: cluster.pd_endpoints`` — see :mod:`tikv_mockstore.server`.
 """
+
+from tikv_mockstore.server import MockCluster
+
+__all__ = ["MockCluster", "__version__"]
 
 __version__ = "0.1.0"

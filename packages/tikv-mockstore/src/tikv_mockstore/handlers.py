@@ -9,6 +9,19 @@ command shares: counting, fault injection, a stopped store, and wrapping respons
 BatchCommands. The handler checks the request's region (through :meth:`StoreScope.check`),
 because only it knows which keys or ranges the command touches, and puts the region error in
 the response's ``region_error`` field when the check fails, as TiKV does.
+
+Command names: a ``tikvpb.Tikv`` method ``KvX`` / ``KVX`` whose ``X`` is a BatchCommands oneof
+name is the command ``X`` (``KvGet`` → ``"Get"``, ``KVPessimisticRollback`` →
+``"PessimisticRollback"``); any other method is its own command name (``"RawGet"``,
+``"RawCompareAndSwap"``, ``"SplitRegion"``, ``"UnsafeDestroyRange"``, ``"MvccGetByKey"``).
+``tikv_mockstore.faults.COMMAND_OF_METHOD`` holds the full map.
+
+Deferred results: a handler that must wait (a pessimistic lock waiting for another
+transaction) returns a :class:`concurrent.futures.Future` that completes with the response
+message instead of blocking. A unary call waits for it on its own server thread; in a
+BatchCommands stream the other sub-requests are answered at once and this one is sent in a
+later stream message when the future completes. A future that fails ends the call / stream
+with INTERNAL, so it should complete with a response carrying the error instead.
 """
 
 from __future__ import annotations
@@ -37,8 +50,37 @@ class StoreScope(Protocol):
         """The cluster's shared raw-KV engine."""
         ...
 
+    @property
+    def cluster(self) -> Any:
+        """The cluster state (:class:`tikv_mockstore.cluster.Cluster`): regions, clock, TSO."""
+        ...
+
+    @property
+    def api_version(self) -> int:
+        """The storage API version of the store (a ``kvrpcpb.APIVersion`` value)."""
+        ...
+
     def now_ms(self) -> int:
         """The cluster's clock in milliseconds (settable in tests), for TTLs."""
+        ...
+
+    def check_api_version(
+        self,
+        ctx: kvrpcpb_pb2.Context,
+        *,
+        cmd: str,
+        txn: bool,
+        keys: Sequence[bytes] = (),
+        ranges: Sequence[tuple[bytes, bytes]] = (),
+    ) -> str | None:
+        """TiKV's ``check_api_version`` for the request.
+
+        TiKV's ``check_api_version``: the error text when the request's ``api_version`` or
+        its keys' mode does not suit the storage, else ``None``. TiKV runs it before the
+        region checks; raw commands put the text in ``error``, transactional ones in a key
+        error's ``abort``. ``cmd`` is TiKV's command kind for the message (``"prewrite"``,
+        ...).
+        """
         ...
 
     def check(
@@ -48,6 +90,7 @@ class StoreScope(Protocol):
         keys: Sequence[bytes] = (),
         ranges: Sequence[tuple[bytes, bytes]] = (),
         txn: bool,
+        reverse: bool = False,
     ) -> errorpb_pb2.Error | None:
         """Check the request's region, epoch, peer and store, and that its keys lie inside it.
 
@@ -55,7 +98,15 @@ class StoreScope(Protocol):
         does for transactional commands; raw commands compare the keys as they are. An empty
         range end means "to the end of the region". Returns the region error TiKV would send,
         or ``None`` when the request may be served.
+
+        A range's start must lie inside the region; its end is not checked (scans are clipped
+        to the region). With ``reverse=True`` each range is ``(upper, lower)`` as reverse scans
+        send it, and the exclusive upper bound may equal the region's end.
         """
+        ...
+
+    def check_region(self, ctx: kvrpcpb_pb2.Context) -> errorpb_pb2.Error | None:
+        """The store, region, leader and epoch checks of :meth:`check`, without key checks."""
         ...
 
     def region_bounds(self, ctx: kvrpcpb_pb2.Context, *, txn: bool) -> tuple[bytes, bytes]:

@@ -1,0 +1,386 @@
+"""Fault injection and request counters for the mock cluster.
+
+A :class:`Fault` matches requests by method name, store and region, and then does any of: wait
+(``delay``), hang until released, fail with a region error (the response carries
+``region_error`` exactly as TiKV fills it), fail the call with a gRPC status, or drop the
+stream. It fires ``times`` times (``None``: until removed), each match with ``probability``.
+
+Method names are gRPC method names (``"KvPrewrite"``, ``"RawGet"``, ``"GetRegion"``, ``"Tso"``);
+the BatchCommands command names (``"Prewrite"``) are accepted and mean the same method, and a
+sub-request of a BatchCommands stream matches its method's faults exactly like a unary call.
+
+:class:`Counters` counts served requests per method and store (PD requests under store id 0),
+counting each BatchCommands sub-request under its unary method name, and keeps the last
+``kvrpcpb.Context`` seen per method and store.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import grpc
+from tikv_proto import errorpb_pb2, kvrpcpb_pb2, pdpb_pb2, tikvpb_pb2
+
+__all__ = [
+    "COMMAND_OF_METHOD",
+    "METHOD_OF_COMMAND",
+    "PD_METHODS",
+    "REGION_ERROR_KINDS",
+    "Counters",
+    "Fault",
+    "FaultInjector",
+    "method_name",
+]
+
+#: The BatchCommands oneof field names.
+_BATCH_COMMANDS = frozenset(
+    f.name for f in tikvpb_pb2.BatchCommandsRequest.Request.DESCRIPTOR.oneofs_by_name["cmd"].fields
+)
+
+
+def _command_of(method: str) -> str:
+    """Map a ``tikvpb.Tikv`` method to its command (BatchCommands oneof) name.
+
+    ``KvGet`` → ``Get``, ``KVPessimisticRollback`` → ``PessimisticRollback``, ``RawGet`` →
+    ``RawGet``; a method with no BatchCommands form keeps its own name (``RawCompareAndSwap``,
+    ``SplitRegion``, ``UnsafeDestroyRange``).
+    """
+    for prefix in ("Kv", "KV"):
+        if method.startswith(prefix) and method[len(prefix) :] in _BATCH_COMMANDS:
+            return method[len(prefix) :]
+    return method
+
+
+_TIKV_METHODS = tuple(m.name for m in tikvpb_pb2.DESCRIPTOR.services_by_name["Tikv"].methods)
+
+#: ``tikvpb.Tikv`` method name → command name (the key of ``handlers.HANDLERS``).
+COMMAND_OF_METHOD: Mapping[str, str] = {m: _command_of(m) for m in _TIKV_METHODS}
+#: Command name → ``tikvpb.Tikv`` method name.
+METHOD_OF_COMMAND: Mapping[str, str] = {c: m for m, c in COMMAND_OF_METHOD.items()}
+#: The ``pdpb.PD`` method names (plus the keyspace service's ``LoadKeyspace`` family).
+PD_METHODS = frozenset(
+    [m.name for m in pdpb_pb2.DESCRIPTOR.services_by_name["PD"].methods]
+    + ["LoadKeyspace", "LoadKeyspaceByID", "GetAllKeyspaces"]
+)
+
+#: The ``errorpb.Error`` field names a fault may produce.
+REGION_ERROR_KINDS = frozenset(
+    f.name for f in errorpb_pb2.Error.DESCRIPTOR.fields if f.message_type is not None
+)
+
+
+def method_name(name: str) -> str:
+    """Normalize a method or command name to the gRPC method name; raises on unknown names."""
+    if not isinstance(name, str):
+        raise TypeError(f"method name must be a str, not {type(name).__name__}")
+    if name in COMMAND_OF_METHOD or name in PD_METHODS:
+        return name
+    if name in METHOD_OF_COMMAND:
+        return METHOD_OF_COMMAND[name]
+    raise ValueError(f"unknown TiKV / PD method or command name {name!r}")
+
+
+def _status_code(status: grpc.StatusCode | int | str | None) -> grpc.StatusCode | None:
+    if status is None or isinstance(status, grpc.StatusCode):
+        return status
+    if isinstance(status, bool):
+        raise TypeError("status must be a grpc.StatusCode, its int value or its name")
+    for code in grpc.StatusCode:
+        if (isinstance(status, int) and code.value[0] == status) or (
+            isinstance(status, str) and code.name == status.upper()
+        ):
+            if code is grpc.StatusCode.OK:
+                raise ValueError("a fault's status must not be OK")
+            return code
+    raise ValueError(f"unknown gRPC status code {status!r}")
+
+
+@dataclass
+class Fault:
+    """One injected fault. Create it with :meth:`FaultInjector.add`."""
+
+    id: int
+    method: str | None
+    store_id: int | None
+    region_id: int | None
+    region_error: str | None
+    status: grpc.StatusCode | None
+    message: str
+    times: int | None
+    probability: float
+    delay_s: float
+    hang: bool
+    drop_stream: bool
+    hits: int = 0
+    _released: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def release(self) -> None:
+        """Let every request hanging on this fault continue (and stop hanging new ones)."""
+        self._released.set()
+
+    @property
+    def released(self) -> bool:
+        """Whether :meth:`release` was called."""
+        return self._released.is_set()
+
+
+@dataclass(frozen=True, slots=True)
+class FaultOutcome:
+    """What the framework must do for one request after waits are done."""
+
+    fault_id: int
+    region_error: str | None
+    status: grpc.StatusCode | None
+    message: str
+    drop_stream: bool
+
+
+class FaultInjector:
+    """The fault registry of one cluster; thread-safe."""
+
+    def __init__(self, *, seed: int | None = None) -> None:
+        self._mu = threading.Lock()
+        self._faults: dict[int, Fault] = {}
+        self._next = 0
+        self._rng = random.Random(seed)
+        self._hanging = 0
+        self._hang_cv = threading.Condition(self._mu)
+
+    def add(
+        self,
+        method: str | None = None,
+        *,
+        store: int | None = None,
+        region: int | None = None,
+        region_error: str | None = None,
+        status: grpc.StatusCode | int | str | None = None,
+        message: str = "injected by tikv-mockstore",
+        times: int | None = None,
+        probability: float = 1.0,
+        delay: float = 0.0,
+        hang: bool = False,
+        drop_stream: bool = False,
+    ) -> Fault:
+        """Register a fault and return it.
+
+        ``method`` — a gRPC method or command name (``None``: every TiKV method); ``store`` /
+        ``region`` — restrict to a store id / the request context's region id; ``region_error``
+        — an ``errorpb.Error`` field name such as ``"not_leader"``, ``"server_is_busy"``,
+        ``"epoch_not_match"``; ``status`` — fail the call with this gRPC status instead;
+        ``times`` — fire this many times (``None``: always); ``probability`` — chance that a
+        matching request fires it; ``delay`` — seconds to wait first; ``hang`` — block until
+        :meth:`Fault.release`; ``drop_stream`` — abort the call (for BatchCommands: the whole
+        stream) with UNAVAILABLE, as a dropped connection looks to a client.
+        """
+        norm = method_name(method) if method is not None else None
+        code = _status_code(status)
+        if region_error is not None and region_error not in REGION_ERROR_KINDS:
+            raise ValueError(
+                f"unknown region error kind {region_error!r}; expected one of "
+                f"{sorted(REGION_ERROR_KINDS)}"
+            )
+        if region_error is not None and code is not None:
+            raise ValueError("a fault returns either a region error or a gRPC status, not both")
+        if region_error is not None and norm is not None and norm in PD_METHODS:
+            raise ValueError(f"PD method {norm} has no region errors; use status=...")
+        if times is not None and (isinstance(times, bool) or not isinstance(times, int)):
+            raise TypeError(f"times must be an int or None, not {type(times).__name__}")
+        if times is not None and times < 1:
+            raise ValueError(f"times must be >= 1, got {times}")
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError(f"probability must be in [0, 1], got {probability}")
+        if delay < 0:
+            raise ValueError(f"delay must be >= 0, got {delay}")
+        if not (region_error or code or delay or hang or drop_stream):
+            raise ValueError(
+                "a fault needs an effect: region_error, status, delay, hang or drop_stream"
+            )
+        with self._mu:
+            self._next += 1
+            fault = Fault(
+                self._next,
+                norm,
+                store,
+                region,
+                region_error,
+                code,
+                message,
+                times,
+                float(probability),
+                float(delay),
+                hang,
+                drop_stream,
+            )
+            self._faults[fault.id] = fault
+            return fault
+
+    def active(self) -> bool:
+        """Whether any fault is registered (a cheap check for the hot path)."""
+        return bool(self._faults)
+
+    def get(self, fault_id: int) -> Fault | None:
+        """Fault ``fault_id`` if it is registered."""
+        with self._mu:
+            return self._faults.get(fault_id)
+
+    def remove(self, fault: Fault | int) -> None:
+        """Unregister a fault (releasing requests hanging on it)."""
+        fid = fault if isinstance(fault, int) else fault.id
+        with self._mu:
+            removed = self._faults.pop(fid, None)
+        if removed is not None:
+            removed.release()
+
+    def release(self, fault: Fault | int) -> None:
+        """Release the requests hanging on a fault."""
+        fid = fault if isinstance(fault, int) else fault.id
+        with self._mu:
+            found = self._faults.get(fid)
+        if found is not None:
+            found.release()
+
+    def clear(self) -> None:
+        """Remove every fault, releasing hanging requests."""
+        with self._mu:
+            faults = list(self._faults.values())
+            self._faults.clear()
+        for f in faults:
+            f.release()
+
+    def hanging(self) -> int:
+        """How many requests are hanging on a fault right now."""
+        with self._mu:
+            return self._hanging
+
+    def wait_hanging(self, count: int, timeout: float) -> bool:
+        """Wait until at least ``count`` requests hang on faults; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._hang_cv:
+            while self._hanging < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._hang_cv.wait(left)
+            return True
+
+    def apply(
+        self, method: str, store_id: int | None, region_id: int | None
+    ) -> FaultOutcome | None:
+        """Run the faults matching a request.
+
+        Run the faults matching a request: sleep / hang as told, and return the failure to
+        produce (``None``: serve the request normally). PD requests pass ``store_id=None``.
+        """
+        pd = method in PD_METHODS
+        with self._mu:
+            if not self._faults:
+                return None
+            fired: list[Fault] = []
+            for fault in self._faults.values():
+                if fault.method is None:
+                    if pd:
+                        continue
+                elif fault.method != method:
+                    continue
+                if fault.store_id is not None and fault.store_id != store_id:
+                    continue
+                if fault.region_id is not None and fault.region_id != region_id:
+                    continue
+                if fault.probability < 1.0 and self._rng.random() >= fault.probability:
+                    continue
+                fault.hits += 1
+                if fault.times is not None:
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        del self._faults[fault.id]
+                fired.append(fault)
+                if fault.region_error or fault.status or fault.drop_stream:
+                    break
+        outcome: FaultOutcome | None = None
+        for fault in fired:
+            if fault.delay_s:
+                time.sleep(fault.delay_s)
+            if fault.hang and not fault.released:
+                with self._hang_cv:
+                    self._hanging += 1
+                    self._hang_cv.notify_all()
+                try:
+                    fault._released.wait()
+                finally:
+                    with self._hang_cv:
+                        self._hanging -= 1
+            if fault.region_error or fault.status or fault.drop_stream:
+                outcome = FaultOutcome(
+                    fault.id, fault.region_error, fault.status, fault.message, fault.drop_stream
+                )
+        return outcome
+
+
+class Counters:
+    """Served-request counters and the last request context, per method and store; thread-safe.
+
+    PD methods are counted under store id 0.
+    """
+
+    def __init__(self) -> None:
+        self._mu = threading.Lock()
+        self._counts: dict[tuple[int, str], int] = {}
+        self._contexts: dict[tuple[int, str], tuple[int, bytes]] = {}
+        self._seq = 0
+
+    def record(self, method: str, store_id: int, ctx: kvrpcpb_pb2.Context | None = None) -> None:
+        """Count one request of ``method`` on ``store_id`` and remember its context."""
+        key = (store_id, method)
+        with self._mu:
+            self._counts[key] = self._counts.get(key, 0) + 1
+            if ctx is not None:
+                self._seq += 1
+                self._contexts[key] = (self._seq, ctx.SerializeToString())
+
+    def count(self, method: str, store: int | None = None) -> int:
+        """Requests of ``method`` served by ``store``.
+
+        Requests of ``method`` (method or command name)
+
+        served by ``store`` (None: all; 0: PD).
+
+        """
+        name = method_name(method)
+        with self._mu:
+            return sum(
+                n
+                for (sid, m), n in self._counts.items()
+                if m == name and (store is None or sid == store)
+            )
+
+    def snapshot(self) -> dict[tuple[int, str], int]:
+        """A copy of every counter: ``{(store_id, method): count}``."""
+        with self._mu:
+            return dict(self._counts)
+
+    def last_context(self, method: str, store: int | None = None) -> kvrpcpb_pb2.Context | None:
+        """The ``kvrpcpb.Context`` of the most recent ``method`` request.
+
+        The ``kvrpcpb.Context`` of the most recent ``method`` request (on ``store``, or on
+        any store).
+        """
+        name = method_name(method)
+        with self._mu:
+            found = [
+                seq_raw
+                for (sid, m), seq_raw in self._contexts.items()
+                if m == name and (store is None or sid == store)
+            ]
+        if not found:
+            return None
+        return kvrpcpb_pb2.Context.FromString(max(found)[1])
+
+    def reset(self) -> None:
+        """Zero every counter and forget the contexts."""
+        with self._mu:
+            self._counts.clear()
+            self._contexts.clear()

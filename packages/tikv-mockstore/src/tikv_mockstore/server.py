@@ -1,0 +1,690 @@
+"""``MockCluster``: an embedded PD + TiKV cluster over real gRPC, in-process or in a child process.
+
+In-process (the default) every server runs on threads of this process and the control API acts
+on the shared state directly. With ``process=True`` the cluster runs in a child process started
+with the ``spawn`` method, so a benchmark's client and the servers do not share a GIL; the
+control API is proxied over a pipe. Proxied: the region and store operations (``split``,
+``merge``, ``transfer_leader``, ``add_peer``, ``remove_peer``, ``add_store``, ``stop_store``,
+``restart_store``, ``remove_store``), ``move_pd_leader``, ``create_keyspace``, lookups
+(``regions``, ``region``, ``region_by_key``, ``stores``, ``current_ts``, ``gc_safe_point``),
+the clock (``clock.now_ms / advance / set / freeze / unfreeze``), fault injection
+(``faults.add`` returns a handle with ``release`` / ``remove`` / ``hits``; ``faults.clear``)
+and the counters (``counters.count / snapshot / reset / last_context``). The engines
+(``engine``, ``raw``) are only reachable in-process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import multiprocessing
+import threading
+import traceback
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+import grpc
+from tikv_proto import kvrpcpb_pb2
+
+from tikv_mockstore._codec import encode_bytes
+from tikv_mockstore.clock import Clock
+from tikv_mockstore.cluster import (
+    Cluster,
+    ClusterError,
+    Keyspace,
+    PdMember,
+    Region,
+    Store,
+    StoreState,
+)
+from tikv_mockstore.faults import Counters, Fault, FaultInjector
+from tikv_mockstore.pd_service import PdServer
+from tikv_mockstore.raw import RawEngine
+from tikv_mockstore.tikv_service import StoreServer, load_command_handlers
+
+__all__ = ["MockCluster"]
+
+
+def _make_engine() -> Any:
+    """The shared MVCC engine (``tikv_mockstore.mvcc.engine.MvccEngine``), if it is present."""
+    try:
+        module = importlib.import_module("tikv_mockstore.mvcc.engine")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("tikv_mockstore.mvcc"):
+            return None
+        raise
+    return module.MvccEngine()
+
+
+def even_split_keys(regions: int) -> list[bytes]:
+    """Split keys that cut the key space into ``regions`` regions by the first key byte.
+
+    They are memcomparable-encoded one-byte keys, so every boundary is also a valid encoded
+    transactional key (clients decode transactional region boundaries) while raw keys are
+    partitioned by their first byte too.
+    """
+    if isinstance(regions, bool) or not isinstance(regions, int):
+        raise TypeError(f"regions must be an int, not {type(regions).__name__}")
+    if not 1 <= regions <= 256:
+        raise ValueError(f"regions must be in [1, 256], got {regions}")
+    return [encode_bytes(bytes([256 * i // regions])) for i in range(1, regions)]
+
+
+class MockCluster:
+    """An embedded TiKV-compatible cluster: PD member(s) and ``stores`` TiKV stores.
+
+    ``with MockCluster(stores=3) as cluster: cluster.pd_endpoints`` gives
+    ``["127.0.0.1:PORT", ...]`` for any TiKV client.
+
+    Parameters: ``stores`` — number of stores; ``regions`` — pre-split into this many regions
+    (by the first key byte, see :func:`even_split_keys`); ``split_raw`` / ``split_txn`` —
+    extra split keys as raw keys / as transactional user keys (memcomparable-encoded);
+    ``pd_members`` — number of PD members (the first is the leader); ``pd_port`` — the first
+    member's port (0: a free one); ``api_version`` — the stores' storage API version: 1 / "V1"
+    (default; raw TTLs are refused as by TiKV without ``enable-ttl``), "V1TTL" (raw only,
+    with TTL) or 2 / "V2" (keyspaces); ``cluster_id`` — fixed cluster id; ``process`` — run in
+    a child process; ``max_workers`` — gRPC threads per server.
+    """
+
+    def __init__(
+        self,
+        stores: int = 3,
+        *,
+        regions: int | None = None,
+        split_raw: Sequence[bytes] = (),
+        split_txn: Sequence[bytes] = (),
+        pd_members: int = 1,
+        pd_port: int = 0,
+        api_version: int | str = 1,
+        cluster_id: int | None = None,
+        host: str = "127.0.0.1",
+        process: bool = False,
+        max_workers: int = 64,
+    ) -> None:
+        if isinstance(stores, bool) or not isinstance(stores, int):
+            raise TypeError(f"stores must be an int, not {type(stores).__name__}")
+        if stores < 1:
+            raise ValueError(f"stores must be >= 1, got {stores}")
+        if isinstance(pd_members, bool) or not isinstance(pd_members, int) or pd_members < 1:
+            raise ValueError(f"pd_members must be an int >= 1, got {pd_members!r}")
+        if not 0 <= pd_port < 65536:
+            raise ValueError(f"pd_port must be in [0, 65536), got {pd_port}")
+        for name, keys in (("split_raw", split_raw), ("split_txn", split_txn)):
+            if isinstance(keys, bytes | str):  # type: ignore[unreachable]
+                raise TypeError(f"{name} must be a sequence of bytes keys, not a single key")
+            for key in keys:
+                if not isinstance(key, bytes):
+                    raise TypeError(f"{name} keys must be bytes, not {type(key).__name__}")
+        if regions is not None:
+            even_split_keys(regions)  # validates
+        self._options: dict[str, Any] = {
+            "stores": stores,
+            "regions": regions,
+            "split_raw": list(split_raw),
+            "split_txn": list(split_txn),
+            "pd_members": pd_members,
+            "pd_port": pd_port,
+            "api_version": api_version,
+            "cluster_id": cluster_id,
+            "host": host,
+            "max_workers": max_workers,
+        }
+        self._process = process
+        self._closed = False
+        self._local: _LocalCluster | None = None
+        self._remote: _Remote | None = None
+        if process:
+            self._remote = _Remote(self._options)
+            info = self._remote.info
+        else:
+            self._local = _LocalCluster(**self._options)
+            info = self._local.info()
+        self.cluster_id: int = info["cluster_id"]
+        self.api_version: int = info["api_version"]
+        self._pd_addresses: list[str] = info["pd_addresses"]
+        self.clock: Any = self._local.clock if self._local else _ClockProxy(self._call)
+        self.faults: Any = self._local.faults if self._local else _FaultsProxy(self._call)
+        self.counters: Any = self._local.counters if self._local else _CountersProxy(self._call)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _call(self, op: str, *args: Any, **kwargs: Any) -> Any:
+        if self._closed:
+            raise RuntimeError("the mock cluster is closed")
+        if self._local is not None:
+            return _run_op(self._local, op, args, kwargs)
+        assert self._remote is not None
+        return self._remote.call(op, args, kwargs)
+
+    def __enter__(self) -> MockCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop every server (and the child process); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._local is not None:
+            self._local.close()
+        if self._remote is not None:
+            self._remote.close()
+
+    @property
+    def in_process(self) -> bool:
+        """Whether the servers run in this process."""
+        return self._local is not None
+
+    # ------------------------------------------------------------------ addresses
+
+    @property
+    def pd_endpoints(self) -> list[str]:
+        """Every PD member's ``host:port`` (the leader first at start)."""
+        return list(self._pd_addresses)
+
+    @property
+    def pd_address(self) -> str:
+        """The current PD leader's ``host:port``."""
+        leader: PdMember | None = self._call("pd_leader")
+        if leader is None:
+            raise ClusterError("there is no PD leader")
+        return leader.client_url.removeprefix("http://")
+
+    @property
+    def store_addresses(self) -> dict[int, str]:
+        """``{store_id: "host:port"}`` of every store that is not a tombstone."""
+        return {s.id: s.address for s in self.stores() if s.state is not StoreState.TOMBSTONE}
+
+    @property
+    def engine(self) -> Any:
+        """The shared MVCC engine (in-process only)."""
+        if self._local is None:
+            raise RuntimeError("the engines are not reachable when process=True")
+        return self._local.engine
+
+    @property
+    def raw(self) -> RawEngine:
+        """The shared raw engine (in-process only)."""
+        if self._local is None:
+            raise RuntimeError("the engines are not reachable when process=True")
+        return self._local.raw
+
+    @property
+    def state(self) -> Cluster:
+        """The cluster state object (in-process only)."""
+        if self._local is None:
+            raise RuntimeError("the cluster state is not reachable when process=True")
+        return self._local.cluster
+
+    # ------------------------------------------------------------------ control API
+
+    def stores(self) -> list[Store]:
+        """Every store (id, address, state)."""
+        result: list[Store] = self._call("stores")
+        return result
+
+    def regions(self) -> list[Region]:
+        """Every region in key order."""
+        result: list[Region] = self._call("regions")
+        return result
+
+    def region(self, region_id: int) -> Region | None:
+        """Region ``region_id``."""
+        result: Region | None = self._call("region", region_id)
+        return result
+
+    def region_by_key(self, key: bytes, *, txn: bool = False) -> Region | None:
+        """The region holding ``key`` (a transactional user key with ``txn=True``)."""
+        result: Region | None = self._call("region_by_key", key, txn)
+        return result
+
+    def split(self, keys: Sequence[bytes], *, txn: bool = False) -> list[Region]:
+        """Split regions at ``keys``.
+
+        Split at ``keys`` (``txn=True``: transactional user keys, encoded first); returns
+        the regions that resulted from splits.
+        """
+        if isinstance(keys, bytes):  # type: ignore[unreachable]
+            raise TypeError("keys must be a sequence of bytes, not a single bytes key")
+        result: list[Region] = self._call("split", list(keys), txn)
+        return result
+
+    def merge(self, source_id: int, target_id: int) -> Region:
+        """Merge region ``source_id`` into the adjacent ``target_id``; returns the target."""
+        result: Region = self._call("merge", source_id, target_id)
+        return result
+
+    def transfer_leader(self, region_id: int, store_id: int) -> Region:
+        """Move region ``region_id``'s leader to its peer on ``store_id``."""
+        result: Region = self._call("transfer_leader", region_id, store_id)
+        return result
+
+    def add_peer(self, region_id: int, store_id: int) -> Region:
+        """Add a peer of ``region_id`` on ``store_id``."""
+        result: Region = self._call("add_peer", region_id, store_id)
+        return result
+
+    def remove_peer(self, region_id: int, store_id: int) -> Region:
+        """Remove ``region_id``'s peer on ``store_id``."""
+        result: Region = self._call("remove_peer", region_id, store_id)
+        return result
+
+    def add_store(self) -> int:
+        """Start a new, empty store (no peers until :meth:`add_peer`); returns its id."""
+        result: int = self._call("add_store")
+        return result
+
+    def stop_store(self, store_id: int, *, move_leaders: bool = True) -> None:
+        """Stop a store's gRPC server (its port then refuses connections).
+
+        With ``move_leaders`` its region leaders move to other up peers, as Raft elects new
+        ones.
+        """
+        self._call("stop_store", store_id, move_leaders)
+
+    def restart_store(self, store_id: int) -> None:
+        """Restart a stopped store on the same port."""
+        self._call("restart_store", store_id)
+
+    def remove_store(self, store_id: int) -> None:
+        """Remove a store: its peers go, it becomes a tombstone and its server stops."""
+        self._call("remove_store", store_id)
+
+    def move_pd_leader(self, member_id: int | None = None) -> PdMember:
+        """Make another PD member (default: the next one) the leader; returns it."""
+        result: PdMember = self._call("move_pd_leader", member_id)
+        return result
+
+    def create_keyspace(self, name: str) -> Keyspace:
+        """Create a keyspace (ids from 1; ``DEFAULT`` is 0) and split at its v2 bounds."""
+        result: Keyspace = self._call("create_keyspace", name)
+        return result
+
+    def current_ts(self) -> int:
+        """A fresh PD timestamp."""
+        result: int = self._call("current_ts")
+        return result
+
+    @property
+    def gc_safe_point(self) -> int:
+        """PD's GC safepoint."""
+        result: int = self._call("gc_safe_point")
+        return result
+
+
+class _LocalCluster:
+    """The servers and state of a cluster running in this process."""
+
+    def __init__(
+        self,
+        *,
+        stores: int,
+        regions: int | None,
+        split_raw: list[bytes],
+        split_txn: list[bytes],
+        pd_members: int,
+        pd_port: int,
+        api_version: int | str,
+        cluster_id: int | None,
+        host: str,
+        max_workers: int,
+    ) -> None:
+        load_command_handlers()
+        self.clock = Clock()
+        self.cluster = Cluster(clock=self.clock, cluster_id=cluster_id, api_version=api_version)
+        self.faults = FaultInjector()
+        self.counters = Counters()
+        self.engine = _make_engine()
+        self.raw = RawEngine()
+        self.host = host
+        self.max_workers = max_workers
+        self.pd_servers: list[PdServer] = []
+        self.store_servers: dict[int, StoreServer] = {}
+        self._mu = threading.Lock()
+        try:
+            for i in range(pd_members):
+                pd = PdServer(
+                    self.cluster,
+                    faults=self.faults,
+                    counters=self.counters,
+                    name=f"pd-{i + 1}",
+                    host=host,
+                )
+                pd.start(pd_port if i == 0 else 0)
+                self.pd_servers.append(pd)
+            for _ in range(stores):
+                self._start_store()
+            self.cluster.bootstrap()
+            keys: list[bytes] = list(split_raw)
+            if regions is not None:
+                keys += even_split_keys(regions)
+            if keys:
+                self.cluster.split(keys)
+            if split_txn:
+                self.cluster.split(split_txn, txn=True)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start_store(self) -> int:
+        store_id = self.cluster.alloc_id()
+        server = StoreServer(
+            store_id,
+            self.cluster,
+            engine=self.engine,
+            raw=self.raw,
+            faults=self.faults,
+            counters=self.counters,
+            host=self.host,
+            max_workers=self.max_workers,
+        )
+        server.start(0)
+        self.cluster.add_store(server.address, store_id=store_id)
+        self.store_servers[store_id] = server
+        return store_id
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "cluster_id": self.cluster.cluster_id,
+            "api_version": self.cluster.api_version,
+            "pd_addresses": [pd.address for pd in self.pd_servers],
+        }
+
+    def close(self) -> None:
+        self.faults.clear()
+        for server in list(self.store_servers.values()):
+            server.stop(None)
+        for pd in self.pd_servers:
+            pd.stop(None)
+
+    # ------------------------------------------------------------------ operations
+
+    def stop_store(self, store_id: int, move_leaders: bool) -> None:
+        with self._mu:
+            server = self._server(store_id)
+            server.stop(None)
+            self.cluster.set_store_state(store_id, StoreState.STOPPED)
+            if move_leaders:
+                self.cluster.move_leaders_off(store_id)
+
+    def restart_store(self, store_id: int) -> None:
+        with self._mu:
+            server = self._server(store_id)
+            store = self.cluster.store(store_id)
+            if store is not None and store.state is StoreState.TOMBSTONE:
+                raise ClusterError(f"store {store_id} is a tombstone")
+            if not server.running:
+                server.start(server.port)
+            self.cluster.set_store_state(store_id, StoreState.UP)
+
+    def add_store(self) -> int:
+        with self._mu:
+            return self._start_store()
+
+    def remove_store(self, store_id: int) -> None:
+        with self._mu:
+            server = self._server(store_id)
+            self.cluster.remove_store(store_id)
+            server.stop(None)
+
+    def _server(self, store_id: int) -> StoreServer:
+        server = self.store_servers.get(store_id)
+        if server is None:
+            raise ClusterError(f"store {store_id} does not exist")
+        return server
+
+
+def _run_op(local: _LocalCluster, op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run one control operation against an in-process cluster (also the child's dispatcher)."""
+    c = local.cluster
+    if op == "stores":
+        return c.stores()
+    if op == "regions":
+        return c.regions()
+    if op == "region":
+        return c.region_by_id(*args)
+    if op == "region_by_key":
+        key, txn = args
+        return c.region_by_key(encode_bytes(key) if txn else key)
+    if op == "split":
+        return c.split(args[0], txn=args[1])
+    if op == "merge":
+        return c.merge(*args)
+    if op == "transfer_leader":
+        return c.transfer_leader(*args)
+    if op == "add_peer":
+        return c.add_peer(*args)
+    if op == "remove_peer":
+        return c.remove_peer(*args)
+    if op == "add_store":
+        return local.add_store()
+    if op == "stop_store":
+        return local.stop_store(*args)
+    if op == "restart_store":
+        return local.restart_store(*args)
+    if op == "remove_store":
+        return local.remove_store(*args)
+    if op == "pd_leader":
+        return c.pd_leader()
+    if op == "move_pd_leader":
+        return c.move_pd_leader(*args)
+    if op == "create_keyspace":
+        return c.create_keyspace(*args)
+    if op == "current_ts":
+        return c.current_ts()
+    if op == "gc_safe_point":
+        return c.gc_safe_point
+    if op.startswith("clock."):
+        return getattr(local.clock, op[6:])(*args, **kwargs)
+    if op == "faults.add":
+        return local.faults.add(*args, **kwargs).id
+    if op == "faults.hits":
+        fault: Fault | None = local.faults.get(args[0])
+        return fault.hits if fault is not None else None
+    if op in ("faults.remove", "faults.release", "faults.clear", "faults.hanging"):
+        return getattr(local.faults, op[7:])(*args)
+    if op == "faults.wait_hanging":
+        return local.faults.wait_hanging(*args)
+    if op == "counters.last_context":
+        ctx = local.counters.last_context(*args, **kwargs)
+        return ctx.SerializeToString() if ctx is not None else None
+    if op.startswith("counters."):
+        return getattr(local.counters, op[9:])(*args, **kwargs)
+    raise ValueError(f"unknown control operation {op!r}")
+
+
+# ---------------------------------------------------------------------------- process mode
+
+
+def _child_main(conn: Connection, options: dict[str, Any]) -> None:
+    """Entry point of the child process: build the cluster, then serve control calls."""
+    try:
+        local = _LocalCluster(**options)
+    except BaseException as exc:
+        conn.send(("err", exc, traceback.format_exc()))
+        conn.close()
+        return
+    conn.send(("ok", local.info(), ""))
+    try:
+        while True:
+            try:
+                op, args, kwargs = conn.recv()
+            except (EOFError, OSError):
+                break
+            if op == "close":
+                break
+            try:
+                conn.send(("ok", _run_op(local, op, args, kwargs), ""))
+            except BaseException as exc:  # sent back and re-raised in the parent
+                try:
+                    conn.send(("err", exc, traceback.format_exc()))
+                except Exception:
+                    conn.send(("err", RuntimeError(repr(exc)), traceback.format_exc()))
+    finally:
+        local.close()
+        with contextlib.suppress(OSError, ValueError):
+            conn.send(("ok", None, ""))
+        conn.close()
+
+
+class _Remote:
+    """The parent side of a cluster running in a child process."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe()
+        self._conn = parent
+        self._mu = threading.Lock()
+        self._proc = ctx.Process(
+            target=_child_main, args=(child, options), name="tikv-mockstore", daemon=True
+        )
+        self._proc.start()
+        child.close()
+        status, payload, tb = self._conn.recv()
+        if status != "ok":
+            self._proc.join(10)
+            raise RuntimeError(f"the mock cluster process failed to start:\n{tb}") from payload
+        self.info: dict[str, Any] = payload
+
+    def call(self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        with self._mu:
+            self._conn.send((op, args, kwargs))
+            status, payload, _tb = self._conn.recv()
+        if status == "err":
+            raise payload
+        return payload
+
+    def close(self) -> None:
+        with self._mu:
+            try:
+                self._conn.send(("close", (), {}))
+                if self._conn.poll(30):
+                    self._conn.recv()
+            except (OSError, EOFError):
+                pass
+            self._conn.close()
+        self._proc.join(30)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(10)
+
+
+class _ClockProxy:
+    """The clock of a cluster in a child process."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def now_ms(self) -> int:
+        """The cluster's time in milliseconds."""
+        result: int = self._call("clock.now_ms")
+        return result
+
+    def now_s(self) -> int:
+        """The cluster's time in seconds."""
+        result: int = self._call("clock.now_s")
+        return result
+
+    def advance(self, ms: int) -> int:
+        """Move the clock forward by ``ms``."""
+        result: int = self._call("clock.advance", ms)
+        return result
+
+    def set(self, now_ms: int) -> None:
+        """Set the clock."""
+        self._call("clock.set", now_ms)
+
+    def freeze(self) -> None:
+        """Stop the clock."""
+        self._call("clock.freeze")
+
+    def unfreeze(self) -> None:
+        """Let the clock run again."""
+        self._call("clock.unfreeze")
+
+
+class RemoteFault:
+    """A handle on a fault registered in a child-process cluster."""
+
+    def __init__(self, call: Any, fault_id: int) -> None:
+        self._call = call
+        self.id = fault_id
+
+    @property
+    def hits(self) -> int:
+        """How many requests matched the fault (0 once it was removed)."""
+        result: int | None = self._call("faults.hits", self.id)
+        return result or 0
+
+    def release(self) -> None:
+        """Release requests hanging on the fault."""
+        self._call("faults.release", self.id)
+
+    def remove(self) -> None:
+        """Unregister the fault."""
+        self._call("faults.remove", self.id)
+
+
+class _FaultsProxy:
+    """Fault injection of a cluster in a child process."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def add(self, method: str | None = None, **kwargs: Any) -> RemoteFault:
+        """See :meth:`tikv_mockstore.faults.FaultInjector.add`."""
+        status = kwargs.get("status")
+        if isinstance(status, grpc.StatusCode):
+            kwargs["status"] = status.name
+        return RemoteFault(self._call, self._call("faults.add", method, **kwargs))
+
+    def remove(self, fault: RemoteFault | int) -> None:
+        """Unregister a fault."""
+        self._call("faults.remove", fault if isinstance(fault, int) else fault.id)
+
+    def release(self, fault: RemoteFault | int) -> None:
+        """Release requests hanging on a fault."""
+        self._call("faults.release", fault if isinstance(fault, int) else fault.id)
+
+    def clear(self) -> None:
+        """Remove every fault."""
+        self._call("faults.clear")
+
+    def hanging(self) -> int:
+        """Requests hanging on faults now."""
+        result: int = self._call("faults.hanging")
+        return result
+
+    def wait_hanging(self, count: int, timeout: float) -> bool:
+        """Wait until ``count`` requests hang on faults."""
+        result: bool = self._call("faults.wait_hanging", count, timeout)
+        return result
+
+
+class _CountersProxy:
+    """Request counters of a cluster in a child process."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def count(self, method: str, store: int | None = None) -> int:
+        """See :meth:`tikv_mockstore.faults.Counters.count`."""
+        result: int = self._call("counters.count", method, store)
+        return result
+
+    def snapshot(self) -> dict[tuple[int, str], int]:
+        """Every counter."""
+        result: dict[tuple[int, str], int] = self._call("counters.snapshot")
+        return result
+
+    def reset(self) -> None:
+        """Zero the counters."""
+        self._call("counters.reset")
+
+    def last_context(self, method: str, store: int | None = None) -> kvrpcpb_pb2.Context | None:
+        """The last context seen for ``method``."""
+        raw: bytes | None = self._call("counters.last_context", method, store)
+        return kvrpcpb_pb2.Context.FromString(raw) if raw is not None else None

@@ -1,0 +1,751 @@
+"""The TiKV gRPC service of one mock store: region checks, dispatch, BatchCommands.
+
+Every unary ``tikvpb.Tikv`` method is served by looking up ``HANDLERS[command]`` (see
+:mod:`tikv_mockstore.handlers`), after counting the request and running the faults injected for
+it. ``BatchCommands`` serves each stream message's sub-requests in one pass and answers them in
+one message with the same request ids; a handler that must wait returns a
+:class:`concurrent.futures.Future` and its response goes out in a later message when it
+completes, so it never holds up the other sub-requests.
+
+:class:`StoreScope` implements the checks TiKV runs before a command touches data, in TiKV's
+order (``components/raftstore/src/store/fsm/peer.rs`` ``pre_propose_raft_command`` and
+``util.rs``): the request's peer must be on this store (StoreNotMatch), the region must have a
+peer here (RegionNotFound), this peer must lead (NotLeader, with the leader), the epoch version
+must match (EpochNotMatch with the current region and the regions split off it; ``conf_ver`` is
+not checked for reads and writes, ``NORMAL_REQ_CHECK_CONF_VER = false``), and every key must lie
+inside the region (KeyNotInRegion).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
+from typing import Any
+
+import grpc
+from tikv_proto import errorpb_pb2, kvrpcpb_pb2, metapb_pb2, tikvpb_pb2
+
+from tikv_mockstore._codec import decode_bytes_lenient, encode_bytes
+from tikv_mockstore.cluster import Cluster, Region
+from tikv_mockstore.faults import COMMAND_OF_METHOD, Counters, FaultInjector, FaultOutcome
+from tikv_mockstore.handlers import HANDLERS
+
+__all__ = [
+    "API_VERSION_NAMES",
+    "GRPC_SERVER_OPTIONS",
+    "StoreScope",
+    "StoreServer",
+    "build_region_error",
+    "load_command_handlers",
+]
+
+_log = logging.getLogger(__name__)
+
+#: Server options: no message size limit (large batches), as TiKV's are (tikv-python and
+#: client-go send unlimited sizes; grpcio's default receive limit is 4 MiB).
+GRPC_SERVER_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+    ("grpc.so_reuseport", 0),
+]
+
+#: How TiKV prints an ``ApiVersion`` in errors (Rust ``Debug`` of ``kvrpcpb::ApiVersion``).
+API_VERSION_NAMES: dict[int, str] = {
+    kvrpcpb_pb2.V1: "V1",
+    kvrpcpb_pb2.V1TTL: "V1ttl",
+    kvrpcpb_pb2.V2: "V2",
+}
+
+_RESPONSE_TYPES: dict[str, type[Any]] = {}
+_REQUEST_TYPES: dict[str, type[Any]] = {}
+
+
+def _message_types() -> None:
+    from google.protobuf import symbol_database
+
+    db = symbol_database.Default()
+    for m in tikvpb_pb2.DESCRIPTOR.services_by_name["Tikv"].methods:
+        _REQUEST_TYPES[m.name] = db.GetSymbol(m.input_type.full_name)
+        _RESPONSE_TYPES[m.name] = db.GetSymbol(m.output_type.full_name)
+
+
+_message_types()
+
+
+def load_command_handlers() -> None:
+    """Import the modules that register command handlers.
+
+    Import the modules that register command handlers (raw KV, and the transactional handlers in
+    :mod:`tikv_mockstore.kv_service` when that module exists).
+    """
+    importlib.import_module("tikv_mockstore.raw")
+    try:
+        importlib.import_module("tikv_mockstore.kv_service")
+    except ModuleNotFoundError as exc:
+        if exc.name != "tikv_mockstore.kv_service":
+            raise
+
+
+def _hex(key: bytes) -> str:
+    return key.hex().upper()
+
+
+class StoreScope:
+    """What a command handler sees of the store serving it.
+
+    What a command handler sees of the store serving it (implements
+    :class:`tikv_mockstore.handlers.StoreScope`).
+    """
+
+    def __init__(self, store_id: int, cluster: Cluster, engine: Any, raw: Any) -> None:
+        self._store_id = store_id
+        self._cluster = cluster
+        self._engine = engine
+        self._raw = raw
+
+    @property
+    def store_id(self) -> int:
+        """The id of the store that received the request."""
+        return self._store_id
+
+    @property
+    def cluster(self) -> Cluster:
+        """The cluster state (regions, clock, TSO)."""
+        return self._cluster
+
+    @property
+    def engine(self) -> Any:
+        """The cluster's shared MVCC engine."""
+        return self._engine
+
+    @property
+    def raw(self) -> Any:
+        """The cluster's shared raw-KV engine (:class:`tikv_mockstore.raw.RawEngine`)."""
+        return self._raw
+
+    @property
+    def api_version(self) -> int:
+        """The storage API version of the store (``kvrpcpb.APIVersion`` value)."""
+        return self._cluster.api_version
+
+    def now_ms(self) -> int:
+        """The cluster's clock in milliseconds."""
+        return self._cluster.clock.now_ms()
+
+    def check_api_version(
+        self,
+        ctx: kvrpcpb_pb2.Context,
+        *,
+        cmd: str,
+        txn: bool,
+        keys: Sequence[bytes] = (),
+        ranges: Sequence[tuple[bytes, bytes]] = (),
+    ) -> str | None:
+        """TiKV's ``Storage::check_api_version`` / ``check_api_version_ranges``.
+
+        Returns TiKV's error text, or ``None`` when the request's API version and keys suit
+        the storage. ``cmd`` is TiKV's command kind (``"raw_get"``, ``"prewrite"``, ...).
+        V1 storage takes V1 requests; V1TTL storage takes only raw V1 requests; V2 storage
+        takes V2 raw requests whose keys start with ``r``, V2 txn requests with keys starting
+        with ``x``, and V1 txn requests only for TiDB keys (``m`` / ``t``).
+        """
+        storage = self._cluster.api_version
+        req = ctx.api_version
+        names = API_VERSION_NAMES
+        if storage == kvrpcpb_pb2.V1 and req == kvrpcpb_pb2.V1:
+            return None
+        if storage == kvrpcpb_pb2.V1TTL and req == kvrpcpb_pb2.V1 and not txn:
+            return None
+        if storage == kvrpcpb_pb2.V2 and (req == kvrpcpb_pb2.V2 or (req == kvrpcpb_pb2.V1 and txn)):
+            if req == kvrpcpb_pb2.V1:
+                wanted: tuple[int, ...] = (ord("m"), ord("t"))
+            else:
+                wanted = (ord("x"),) if txn else (ord("r"),)
+            for key in keys:
+                if not key or key[0] not in wanted:
+                    return (
+                        f"Key mode mismatched with the request mode, cmd: {cmd}, "
+                        f"storage: {names[storage]}, key: {_hex(key)}"
+                    )
+            for start, end in ranges:
+                # ApiV2::parse_range_mode: both ends in the same mode, or end is the mode's
+                # successor prefix (the "whole mode" range).
+                ok = (
+                    bool(start)
+                    and bool(end)
+                    and start[0] in wanted
+                    and (start[0] == end[0] or end == bytes([start[0] + 1]))
+                )
+                if not ok:
+                    return (
+                        f"Key mode mismatched with the request mode, cmd: {cmd}, "
+                        f"storage: {names[storage]}, range: ({start!r}, {end!r})"
+                    )
+            return None
+        return (
+            "Api version in request does not match with TiKV storage, "
+            f"cmd: {cmd}, storage: {names.get(storage, storage)}, "
+            f"request: {names.get(req, req)}"
+        )
+
+    def check(
+        self,
+        ctx: kvrpcpb_pb2.Context,
+        *,
+        keys: Sequence[bytes] = (),
+        ranges: Sequence[tuple[bytes, bytes]] = (),
+        txn: bool,
+        reverse: bool = False,
+    ) -> errorpb_pb2.Error | None:
+        """TiKV's region checks for a request; see the module docstring for the order.
+
+        ``txn=True`` compares memcomparable-encoded keys with the boundaries (transactional
+        keys, and raw keys under API v2, which TiKV also stores encoded). A range's start must
+        lie in the region; its end is not checked (scans are clipped to the region). With
+        ``reverse=True`` each range is ``(upper, lower)`` as reverse scans send it, and the
+        upper bound may equal the region end (TiKV ``check_key_in_region_inclusive``).
+        """
+        region = self._cluster.region_by_id(ctx.region_id)
+        err = self._check_routing(ctx, region)
+        if err is not None or region is None:
+            return err
+        for key in keys:
+            k = encode_bytes(key) if txn else key
+            if not region.contains(k):
+                return _key_not_in_region(k, region)
+        for start, _end in ranges:
+            k = encode_bytes(start) if txn else start
+            if reverse:
+                inside = k >= region.start_key and (not region.end_key or k <= region.end_key)
+            else:
+                inside = region.contains(k)
+            if not inside:
+                return _key_not_in_region(k, region)
+        return None
+
+    def check_region(self, ctx: kvrpcpb_pb2.Context) -> errorpb_pb2.Error | None:
+        """The store, region, leader and epoch checks without any key check."""
+        return self._check_routing(ctx, self._cluster.region_by_id(ctx.region_id))
+
+    def _check_routing(
+        self, ctx: kvrpcpb_pb2.Context, region: Region | None
+    ) -> errorpb_pb2.Error | None:
+        if ctx.peer.store_id != self._store_id:
+            return errorpb_pb2.Error(
+                message=f"to store id {ctx.peer.store_id}, mine {self._store_id}",
+                store_not_match=errorpb_pb2.StoreNotMatch(
+                    request_store_id=ctx.peer.store_id, actual_store_id=self._store_id
+                ),
+            )
+        if region is None or region.peer_on(self._store_id) is None:
+            return _region_not_found(ctx.region_id)
+        # Replica and stale reads are served by followers (TiKV read index / safe ts).
+        if region.leader_store_id != self._store_id and not (ctx.replica_read or ctx.stale_read):
+            return _not_leader(region)
+        if not ctx.HasField("region_epoch"):
+            return errorpb_pb2.Error(message="missing epoch!")
+        if ctx.region_epoch.version != region.version:
+            current = [
+                region,
+                *self._cluster.siblings_for_epoch_error(region, ctx.region_epoch.version),
+            ]
+            return errorpb_pb2.Error(
+                message=(
+                    f"current epoch of region {region.id} is conf_ver: {region.conf_ver} "
+                    f"version: {region.version}, but you sent conf_ver: "
+                    f"{ctx.region_epoch.conf_ver} version: {ctx.region_epoch.version}"
+                ),
+                epoch_not_match=errorpb_pb2.EpochNotMatch(
+                    current_regions=[r.to_pb() for r in current]
+                ),
+            )
+        return None
+
+    def region_bounds(self, ctx: kvrpcpb_pb2.Context, *, txn: bool) -> tuple[bytes, bytes]:
+        """The ``[start, end)`` user-key bounds of the request's region.
+
+        The ``[start, end)`` user-key bounds of the request's region (``b""`` end:
+        unbounded); with ``txn=True`` decoded from the memcomparable boundaries (a boundary
+        that is not a valid encoding maps to the smallest key at or above it).
+        """
+        region = self._cluster.region_by_id(ctx.region_id)
+        if region is None:
+            return b"", b""
+        if not txn:
+            return region.start_key, region.end_key
+        end = decode_bytes_lenient(region.end_key) if region.end_key else b""
+        return decode_bytes_lenient(region.start_key), end
+
+
+def _region_not_found(region_id: int) -> errorpb_pb2.Error:
+    return errorpb_pb2.Error(
+        message=f"region {region_id} not found",
+        region_not_found=errorpb_pb2.RegionNotFound(region_id=region_id),
+    )
+
+
+def _not_leader(region: Region) -> errorpb_pb2.Error:
+    leader = region.leader
+    err = errorpb_pb2.Error(
+        message=f"peer is not leader for region {region.id}, leader may {leader}",
+        not_leader=errorpb_pb2.NotLeader(region_id=region.id),
+    )
+    if leader is not None:
+        err.not_leader.leader.CopyFrom(leader.to_pb())
+    return err
+
+
+def _key_not_in_region(key: bytes, region: Region) -> errorpb_pb2.Error:
+    return errorpb_pb2.Error(
+        message=(
+            f"key {_hex(key)} is not in region key range [{_hex(region.start_key)}, "
+            f"{_hex(region.end_key)}) for region {region.id}"
+        ),
+        key_not_in_region=errorpb_pb2.KeyNotInRegion(
+            key=key, region_id=region.id, start_key=region.start_key, end_key=region.end_key
+        ),
+    )
+
+
+def build_region_error(
+    kind: str, cluster: Cluster, store_id: int, ctx: kvrpcpb_pb2.Context, message: str
+) -> errorpb_pb2.Error:
+    """An ``errorpb.Error`` of ``kind`` for an injected fault.
+
+    An ``errorpb.Error`` of ``kind`` (a field name)
+
+    filled from the cluster's state, as TiKV would fill it for the request's region; used by
+    fault injection.
+
+    """
+    region = cluster.region_by_id(ctx.region_id)
+    rid = ctx.region_id
+    err = errorpb_pb2.Error(message=message)
+    if kind == "not_leader":
+        err.not_leader.region_id = rid
+        if region is not None and region.leader is not None:
+            err.not_leader.leader.CopyFrom(region.leader.to_pb())
+    elif kind == "region_not_found":
+        err.region_not_found.region_id = rid
+    elif kind == "key_not_in_region":
+        err.key_not_in_region.region_id = rid
+        if region is not None:
+            err.key_not_in_region.start_key = region.start_key
+            err.key_not_in_region.end_key = region.end_key
+    elif kind == "epoch_not_match":
+        err.epoch_not_match.SetInParent()
+        if region is not None:
+            err.epoch_not_match.current_regions.append(region.to_pb())
+    elif kind == "server_is_busy":
+        err.server_is_busy.reason = message
+    elif kind == "store_not_match":
+        err.store_not_match.request_store_id = ctx.peer.store_id
+        err.store_not_match.actual_store_id = store_id
+    elif kind == "disk_full":
+        err.disk_full.store_id.append(store_id)
+        err.disk_full.reason = message
+    elif kind == "mismatch_peer_id":
+        err.mismatch_peer_id.request_peer_id = ctx.peer.id
+        peer = region.peer_on(store_id) if region is not None else None
+        err.mismatch_peer_id.store_peer_id = peer.id if peer is not None else 0
+    elif kind == "undetermined_result":
+        err.undetermined_result.message = message
+    else:
+        sub = getattr(err, kind)
+        sub.SetInParent()
+        if "region_id" in sub.DESCRIPTOR.fields_by_name:
+            sub.region_id = rid
+    return err
+
+
+class _AbortError(Exception):
+    """Raised inside dispatch to end the call with a gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class StoreServer:
+    """One store's gRPC server (``tikvpb.Tikv``) on a loopback port.
+
+    It can be stopped (the port then refuses connections) and restarted on the same port.
+    """
+
+    def __init__(
+        self,
+        store_id: int,
+        cluster: Cluster,
+        *,
+        engine: Any,
+        raw: Any,
+        faults: FaultInjector,
+        counters: Counters,
+        host: str = "127.0.0.1",
+        max_workers: int = 64,
+    ) -> None:
+        self.store_id = store_id
+        self.cluster = cluster
+        self.scope = StoreScope(store_id, cluster, engine, raw)
+        self.faults = faults
+        self.counters = counters
+        self.host = host
+        self.port = 0
+        self.max_workers = max_workers
+        self._server: grpc.Server | None = None
+        self._executor: futures.ThreadPoolExecutor | None = None
+        self._streams: set[_BatchStream] = set()
+        self._streams_mu = threading.Lock()
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the server."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        """Whether the server is serving."""
+        return self._server is not None
+
+    def start(self, port: int | None = None) -> int:
+        """Start serving on ``port`` (default: the previous port, or a free one); return it."""
+        if self._server is not None:
+            raise RuntimeError(f"store {self.store_id} is already serving")
+        want = self.port if port is None else port
+        self._executor = futures.ThreadPoolExecutor(
+            max_workers=self.max_workers, thread_name_prefix=f"mock-tikv-{self.store_id}"
+        )
+        server = grpc.server(self._executor, options=GRPC_SERVER_OPTIONS)
+        server.add_generic_rpc_handlers((self._generic_handler(),))
+        bound = server.add_insecure_port(f"{self.host}:{want}")
+        if bound == 0:
+            self._executor.shutdown(wait=False)
+            raise OSError(f"store {self.store_id} could not bind {self.host}:{want}")
+        server.start()
+        self.port = bound
+        self._server = server
+        return bound
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop serving: open calls are cancelled and the port refuses connections."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        with self._streams_mu:
+            streams = list(self._streams)
+        for stream in streams:
+            stream.close()
+        server.stop(grace).wait()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _generic_handler(self) -> grpc.GenericRpcHandler[Any, Any]:
+        handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+        for method in COMMAND_OF_METHOD:
+            req_type = _REQUEST_TYPES[method]
+            resp_type = _RESPONSE_TYPES[method]
+            if method == "BatchCommands":
+                handlers[method] = grpc.stream_stream_rpc_method_handler(
+                    self._batch_commands,
+                    request_deserializer=req_type.FromString,
+                    response_serializer=resp_type.SerializeToString,
+                )
+            elif method == "CoprocessorStream":
+                handlers[method] = grpc.unary_stream_rpc_method_handler(
+                    self._unimplemented_stream,
+                    request_deserializer=req_type.FromString,
+                    response_serializer=resp_type.SerializeToString,
+                )
+            else:
+                handlers[method] = grpc.unary_unary_rpc_method_handler(
+                    self._unary(method),
+                    request_deserializer=req_type.FromString,
+                    response_serializer=resp_type.SerializeToString,
+                )
+        return grpc.method_handlers_generic_handler("tikvpb.Tikv", handlers)
+
+    def _unimplemented_stream(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "CoprocessorStream is not implemented")
+
+    def _unary(self, method: str) -> Callable[[Any, grpc.ServicerContext], Any]:
+        command = COMMAND_OF_METHOD[method]
+
+        def serve(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                result = self._dispatch(method, command, request)
+                if isinstance(result, futures.Future):
+                    result = result.result()
+                return result
+            except _AbortError as abort:
+                context.abort(abort.code, abort.details)
+
+        return serve
+
+    def _dispatch(self, method: str, command: str, request: Any) -> Any:
+        """Count, apply faults, and run the handler; returns a response or a Future."""
+        ctx = request.context if "context" in request.DESCRIPTOR.fields_by_name else None
+        self.counters.record(method, self.store_id, ctx)
+        outcome = self.faults.apply(
+            method, self.store_id, ctx.region_id if ctx is not None else None
+        )
+        if outcome is not None:
+            return self._fault_response(method, outcome, ctx)
+        fn = HANDLERS.get(command)
+        if fn is None:
+            raise _AbortError(
+                grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by tikv-mockstore"
+            )
+        try:
+            return fn(self.scope, request)
+        except _AbortError:
+            raise
+        except Exception as exc:
+            _log.exception("handler for %s failed", command)
+            raise _AbortError(
+                grpc.StatusCode.INTERNAL, f"{command} handler failed: {exc!r}"
+            ) from exc
+
+    def _fault_response(
+        self, method: str, outcome: FaultOutcome, ctx: kvrpcpb_pb2.Context | None
+    ) -> Any:
+        if outcome.drop_stream:
+            raise _DropStreamError(outcome.message)
+        if outcome.status is not None:
+            raise _AbortError(outcome.status, outcome.message)
+        assert outcome.region_error is not None
+        resp = _RESPONSE_TYPES[method]()
+        if "region_error" not in resp.DESCRIPTOR.fields_by_name:
+            raise _AbortError(grpc.StatusCode.UNAVAILABLE, outcome.message)
+        err = build_region_error(
+            outcome.region_error,
+            self.cluster,
+            self.store_id,
+            ctx if ctx is not None else kvrpcpb_pb2.Context(),
+            outcome.message,
+        )
+        resp.region_error.CopyFrom(err)
+        return resp
+
+    def _batch_commands(
+        self,
+        request_iterator: Iterator[tikvpb_pb2.BatchCommandsRequest],
+        context: grpc.ServicerContext,
+    ) -> Iterator[tikvpb_pb2.BatchCommandsResponse]:
+        stream = _BatchStream(self, request_iterator)
+        with self._streams_mu:
+            self._streams.add(stream)
+        context.add_callback(stream.close)
+        # TiKV sends response headers at once; clients may wait for them.
+        context.send_initial_metadata(())
+        try:
+            yield from stream.responses(context)
+        finally:
+            stream.close()
+            with self._streams_mu:
+                self._streams.discard(stream)
+
+
+class _DropStreamError(_AbortError):
+    def __init__(self, details: str) -> None:
+        super().__init__(grpc.StatusCode.UNAVAILABLE, details)
+
+
+_END = object()
+
+
+class _BatchStream:
+    """One BatchCommands stream.
+
+    One BatchCommands stream: a reader thread serves request messages; the gRPC thread sends
+    what it queues (immediate batches, and deferred responses as they complete).
+    """
+
+    def __init__(
+        self, server: StoreServer, requests: Iterator[tikvpb_pb2.BatchCommandsRequest]
+    ) -> None:
+        self._server = server
+        self._requests = requests
+        self._out: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._mu = threading.Lock()
+        self._pending = 0
+        self._reading = True
+        self._closed = False
+        self._side: futures.ThreadPoolExecutor | None = None
+        self._reader = threading.Thread(
+            target=self._read, name=f"mock-tikv-{server.store_id}-batch", daemon=True
+        )
+
+    def close(self) -> None:
+        """Stop the stream: the sender returns; deferred responses are dropped."""
+        with self._mu:
+            if self._closed:
+                return
+            self._closed = True
+        self._out.put(_END)
+
+    def responses(
+        self, context: grpc.ServicerContext
+    ) -> Iterator[tikvpb_pb2.BatchCommandsResponse]:
+        """Yield response messages until the stream is done.
+
+        Yield response messages until the client half-closes and every deferred response is
+        sent, or the stream is closed.
+        """
+        self._reader.start()
+        try:
+            while True:
+                item = self._out.get()
+                if item is _END:
+                    return
+                if isinstance(item, _AbortError):
+                    context.abort(item.code, item.details)
+                yield item
+        finally:
+            side = self._side
+            if side is not None:
+                side.shutdown(wait=False, cancel_futures=True)
+
+    def _finish_if_done(self) -> None:
+        with self._mu:
+            done = not self._reading and self._pending == 0 and not self._closed
+        if done:
+            self._out.put(_END)
+
+    def _read(self) -> None:
+        try:
+            for message in self._requests:
+                if self._closed:
+                    break
+                self._serve(message)
+        except grpc.RpcError:
+            pass
+        except _AbortError as abort:
+            self._out.put(abort)
+        except Exception:  # pragma: no cover - defensive: never leave the sender waiting
+            _log.exception("BatchCommands reader failed")
+            self._out.put(_AbortError(grpc.StatusCode.INTERNAL, "BatchCommands reader failed"))
+        finally:
+            with self._mu:
+                self._reading = False
+            self._finish_if_done()
+
+    def _serve(self, message: tikvpb_pb2.BatchCommandsRequest) -> None:
+        out = tikvpb_pb2.BatchCommandsResponse()
+        server = self._server
+        use_side = server.faults.active()  # faults may sleep or hang: run off-thread
+        for req, rid in zip(message.requests, message.request_ids, strict=False):
+            name = req.WhichOneof("cmd")
+            if name is None:
+                continue
+            sub = getattr(req, name)
+            if name == "Empty":
+                resp = tikvpb_pb2.BatchCommandsEmptyResponse(test_id=sub.test_id)
+                if sub.delay_time:
+                    self._defer_timer(rid, sub.delay_time / 1000.0, resp)
+                    continue
+                out.responses.add(Empty=resp)
+                out.request_ids.append(rid)
+                continue
+            method = _METHOD_OF_BATCH.get(name)
+            if method is None:
+                raise _AbortError(grpc.StatusCode.UNIMPLEMENTED, f"unknown batch command {name}")
+            if use_side:
+                self._run_side(rid, method, name, sub)
+                continue
+            result = server._dispatch(method, name, sub)
+            if isinstance(result, futures.Future):
+                self._defer(rid, name, result)
+            else:
+                out.responses.add(**{name: result})
+                out.request_ids.append(rid)
+        if out.request_ids:
+            self._out.put(out)
+
+    def _send_one(self, rid: int, name: str, resp: Any) -> None:
+        msg = tikvpb_pb2.BatchCommandsResponse(request_ids=[rid])
+        msg.responses.add(**{name: resp})
+        self._out.put(msg)
+
+    def _track(self) -> bool:
+        with self._mu:
+            if self._closed:
+                return False
+            self._pending += 1
+            return True
+
+    def _untrack(self) -> None:
+        with self._mu:
+            self._pending -= 1
+        self._finish_if_done()
+
+    def _defer(self, rid: int, name: str, fut: futures.Future[Any]) -> None:
+        if not self._track():
+            return
+
+        def done(f: futures.Future[Any]) -> None:
+            try:
+                exc = f.exception()
+                if exc is None:
+                    self._send_one(rid, name, f.result())
+                else:
+                    self._out.put(_AbortError(grpc.StatusCode.INTERNAL, f"{name} failed: {exc!r}"))
+            except futures.CancelledError:
+                pass
+            finally:
+                self._untrack()
+
+        fut.add_done_callback(done)
+
+    def _defer_timer(self, rid: int, delay: float, resp: Any) -> None:
+        if not self._track():
+            return
+
+        def fire() -> None:
+            try:
+                self._send_one(rid, "Empty", resp)
+            finally:
+                self._untrack()
+
+        timer = threading.Timer(delay, fire)
+        timer.daemon = True
+        timer.start()
+
+    def _run_side(self, rid: int, method: str, name: str, sub: Any) -> None:
+        if self._side is None:
+            self._side = futures.ThreadPoolExecutor(
+                max_workers=16, thread_name_prefix=f"mock-tikv-{self._server.store_id}-side"
+            )
+        if not self._track():
+            return
+
+        def run() -> None:
+            try:
+                result = self._server._dispatch(method, name, sub)
+                if isinstance(result, futures.Future):
+                    result = result.result()
+                self._send_one(rid, name, result)
+            except _AbortError as abort:
+                self._out.put(abort)
+            finally:
+                self._untrack()
+
+        try:
+            self._side.submit(run)
+        except RuntimeError:  # the executor was shut down: the stream is closing
+            self._untrack()
+
+
+_METHOD_OF_BATCH = {c: m for m, c in COMMAND_OF_METHOD.items() if m not in ("BatchCommands",)}
+
+
+def region_to_pb(region: Region) -> metapb_pb2.Region:
+    """The ``metapb.Region`` of ``region`` (convenience for handlers)."""
+    return region.to_pb()
