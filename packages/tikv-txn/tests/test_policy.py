@@ -52,6 +52,7 @@ from tikv_txn.policy import (
     needs_ttl_manager,
     one_pc_still_possible,
     pessimistic_lock_ttl,
+    pipelined_need_flush,
     pre_split_keys,
     prewrite_lock_ttl,
     prewrite_min_commit_ts,
@@ -512,6 +513,17 @@ def test_pre_split_keys() -> None:
         items, lambda x: x[0], lambda x: x[1], detect_threshold=1000, size_threshold=25_000
     )
     assert splits == [b"000249", b"000499", b"000749", b"000999"]
+
+
+def test_pipelined_need_flush() -> None:
+    # client-go PipelinedMemDB.needFlush's table.
+    assert not pipelined_need_flush(16 * MIB - 1, 1_000_000, flushing=False)
+    assert not pipelined_need_flush(16 * MIB, 9_999, flushing=False)
+    assert pipelined_need_flush(16 * MIB, 10_000, flushing=False)
+    assert not pipelined_need_flush(16 * MIB, 10_000, flushing=True)
+    assert pipelined_need_flush(128 * MIB, 1, flushing=False)
+    assert pipelined_need_flush(128 * MIB, 1, flushing=True)
+    assert not pipelined_need_flush(128 * MIB - 1, 1, flushing=False)
 
 
 # ---------------------------------------------------------------------------- lock resolver

@@ -41,6 +41,9 @@ __all__ = [
     "MANAGED_LOCK_TTL_MS",
     "MAX_PIPELINED_TXN_TTL_MS",
     "MAX_TXN_TTL_MS",
+    "PIPELINED_FORCE_FLUSH_SIZE",
+    "PIPELINED_MIN_FLUSH_KEYS",
+    "PIPELINED_MIN_FLUSH_SIZE",
     "PRE_SPLIT_DETECT_THRESHOLD",
     "PRE_SPLIT_SIZE_THRESHOLD",
     "RESOLVE_LOCK_LITE_THRESHOLD",
@@ -83,6 +86,7 @@ __all__ = [
     "needs_ttl_manager",
     "one_pc_still_possible",
     "pessimistic_lock_ttl",
+    "pipelined_need_flush",
     "pre_split_keys",
     "prewrite_lock_ttl",
     "prewrite_min_commit_ts",
@@ -136,6 +140,16 @@ RESOLVE_LOCK_LITE_THRESHOLD: Final = 512
 PRE_SPLIT_DETECT_THRESHOLD: Final = 100_000
 #: ... at every this many bytes of keys and values (``preSplitSizeThreshold``).
 PRE_SPLIT_SIZE_THRESHOLD: Final = 32 * 1024 * 1024
+
+#: Pipelined DML flushes its buffer only when it holds at least this many keys ...
+#: (``MinFlushKeys`` in ``internal/unionstore/pipelined_memdb.go``: small flushes waste
+#: resources under random writes) ...
+PIPELINED_MIN_FLUSH_KEYS: Final = 10_000
+#: ... and at least this many bytes (``MinFlushMemSize``) ...
+PIPELINED_MIN_FLUSH_SIZE: Final = 16 * 1024 * 1024
+#: ... or, regardless of the key count and of a flush in progress, this many bytes
+#: (``ForceFlushMemSizeThreshold``: bounds the memory of a pipelined transaction).
+PIPELINED_FORCE_FLUSH_SIZE: Final = 128 * 1024 * 1024
 
 _PHYSICAL_SHIFT: Final = 18
 _MAX_U64: Final = (1 << 64) - 1
@@ -923,6 +937,35 @@ def pre_split_keys(
             size = 0
             splits.append(key_of(item))
     return splits
+
+
+def pipelined_need_flush(
+    size: int,
+    key_count: int,
+    *,
+    flushing: bool,
+    min_keys: int = PIPELINED_MIN_FLUSH_KEYS,
+    min_size: int = PIPELINED_MIN_FLUSH_SIZE,
+    force_size: int = PIPELINED_FORCE_FLUSH_SIZE,
+) -> bool:
+    """Whether a pipelined transaction should flush its buffer now (not forced).
+
+    Flush when the buffer holds ``min_size`` bytes and ``min_keys`` keys, or
+    ``force_size`` bytes whatever the key count; while an earlier flush is still running
+    only the force threshold triggers one (client-go ``PipelinedMemDB.needFlush``).
+
+    Args:
+        size: The buffer's size in bytes.
+        key_count: The number of keys in the buffer.
+        flushing: A previous flush has not finished yet.
+        min_keys: Minimum keys for a normal flush.
+        min_size: Minimum bytes for any flush.
+        force_size: Bytes that force a flush.
+
+    """
+    if size < min_size or (key_count < min_keys and size < force_size):
+        return False
+    return not (flushing and size < force_size)
 
 
 # ---------------------------------------------------------------------------------------
