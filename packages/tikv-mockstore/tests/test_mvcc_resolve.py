@@ -324,3 +324,35 @@ def test_txn_heart_beat_only_extends() -> None:
         e.txn_heart_beat(b"p", START + 1, 5000)
     with pytest.raises(TxnNotFoundError):
         e.txn_heart_beat(b"nope", START, 5000)
+
+
+def test_rollback_recorded_in_async_lock_survives_its_commit_at_the_same_ts() -> None:
+    e = MvccEngine()
+    # Txn A (async commit) holds k with min_commit_ts 20.
+    e.prewrite([Mutation.put(b"k", b"a")], b"k", 10, 100, use_async_commit=True, min_commit_ts=20)
+    # Txn B (start 25) is rolled back on k while A's lock is there: the rollback is
+    # remembered in A's lock, because A may commit at exactly 25.
+    st = e.check_txn_status(b"k", 25, 0, 0, rollback_if_not_exist=True)
+    assert st.action is Action.LOCK_NOT_EXIST_ROLLBACK
+    lock = e.mvcc_by_key(b"k").lock
+    assert lock is not None
+    assert lock.rollback_ts == (25,)
+    e.commit([b"k"], 10, 25)
+    (commit_ts, w), *_ = e.mvcc_by_key(b"k").writes
+    assert (commit_ts, w.start_ts, w.write_type, w.has_overlapped_rollback) == (
+        25,
+        10,
+        WriteType.PUT,
+        True,
+    )
+    # B's late prewrite is refused, and B is reported rolled back.
+    with pytest.raises(WriteConflictError):
+        e.prewrite([Mutation.put(b"k", b"b")], b"k", 25, 100)
+    assert e.check_txn_status(b"k", 25, 0, 0).is_rolled_back
+
+
+def test_rollback_below_min_commit_ts_is_not_recorded_in_the_lock() -> None:
+    e = MvccEngine()
+    e.prewrite([Mutation.put(b"k", b"a")], b"k", 10, 100, use_async_commit=True, min_commit_ts=30)
+    e.check_txn_status(b"k", 25, 0, 0, rollback_if_not_exist=True)
+    assert e.mvcc_by_key(b"k").lock.rollback_ts == ()  # type: ignore[union-attr]
