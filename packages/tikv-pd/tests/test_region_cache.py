@@ -578,3 +578,67 @@ def test_sweep_expired_walks_the_cache_in_rounds() -> None:
     with pytest.raises(ValueError, match="limit"):
         c.sweep_expired(0)
     c.check_invariants()
+
+
+def test_send_fail_invalidates_regions_led_from_the_same_store() -> None:
+    # client-go TestSendFailInvalidateRegionsInSameStore.
+    c = make_cache()
+    c.insert(region(1, b"", b"m", leader_store=1))
+    c.insert(region(2, b"m", b"", leader_store=1))
+    c.put_store(Store(1, "s1:20160"))
+    assert c.on_send_fail(1, 1) == 2
+    assert c.locate_key(b"a") is None
+    assert c.locate_key(b"x") is None
+    assert c.invalid_reason(2) is InvalidReason.SEND_FAIL
+    assert c.store_failures(1) == 1
+    # Regions led from other stores are untouched.
+    c.insert(region(4, b"", b"m", ver=2, leader_store=2))
+    assert c.on_send_fail(9, 1) == 0
+    assert c.locate_key(b"a") is not None
+
+
+def test_down_peers_expire_after_ttl_despite_hits() -> None:
+    # client-go TestNeedExpireRegionAfterTTL (WithDownPeers): hits do not extend it.
+    clock = Clock()
+    c = make_cache(clock, ttl=2, ttl_jitter=0)
+    c.insert(LAYOUT[0], has_down_peers=True)
+    c.insert(LAYOUT[1])
+    for _ in range(4):  # up to the deadline, 2 s after insertion
+        clock.now += 0.5
+        assert c.locate_key(b"a") is not None
+        assert c.locate_key(b"c") is not None
+    clock.now += 0.5
+    assert c.locate_key(b"a") is None
+    assert c.locate_key(b"c") is not None  # the healthy region slid forward
+
+
+def test_sweep_marks_regions_with_unreachable_peers() -> None:
+    # client-go TestNeedExpireRegionAfterTTL (WithUnreachableStores).
+    clock = Clock()
+    c = make_cache(clock, ttl=2, ttl_jitter=0)
+    c.put_store(Store(2, "s2:20160"))
+    c.mark_store_unreachable(2)
+    c.insert(LAYOUT[0])  # has a peer on store 2
+    assert c.sweep_expired() == 0
+    clock.now += 1.5
+    assert c.locate_key(b"a") is not None  # hit, but no extension any more
+    clock.now += 0.6
+    assert c.locate_key(b"a") is None
+
+
+def test_remove_intersecting_regions_like_client_go() -> None:
+    # client-go TestRemoveIntersectingRegions: 5 regions split at b, c, d, e; regions
+    # 1..4 merge into one; inserting it leaves 2 entries; merging the last leaves 1.
+    c = make_cache()
+    bounds = [b"", b"b", b"c", b"d", b"e", b""]
+    c.insert_many(region(i + 1, bounds[i], bounds[i + 1], ver=5) for i in range(5))
+    for i, key in enumerate([b"a", b"b", b"c", b"d", b"e"]):
+        assert c.locate_key(key).id == i + 1  # type: ignore[union-attr]
+    assert c.insert(region(1, b"", b"e", ver=9))
+    assert c.locate_key(b"c").id == 1  # type: ignore[union-attr]
+    assert c.locate_key(b"e").id == 5  # type: ignore[union-attr]
+    assert len(c) == 2
+    assert c.insert(region(1, b"", b"", ver=10))
+    assert c.locate_key(b"e").id == 1  # type: ignore[union-attr]
+    assert len(c) == 1
+    c.check_invariants()

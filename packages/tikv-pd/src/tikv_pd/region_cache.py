@@ -334,6 +334,9 @@ def _start_of(region: Region) -> bytes:
 class _Entry:
     region: Region
     deadline: float
+    # client-go needExpireAfterTTL: the entry is not extended by hits, so a region
+    # with down peers or a peer on an unreachable store is reloaded every TTL.
+    expire_after_ttl: bool = False
 
 
 @dataclass(slots=True)
@@ -400,7 +403,7 @@ class RegionCache:
             return False
         # Only extend when the deadline is within one base TTL of now: entries still in
         # their jitter window keep it, which spreads reloads over time.
-        if entry.deadline <= now + self._ttl:
+        if not entry.expire_after_ttl and entry.deadline <= now + self._ttl:
             entry.deadline = self._next_deadline(now)
         return True
 
@@ -424,12 +427,18 @@ class RegionCache:
         self._remove_entry(entry)
         self._invalid_reasons[entry.region.id] = InvalidReason.EXPIRED
 
-    def insert(self, region: Region) -> bool:
+    def insert(self, region: Region, *, has_down_peers: bool = False) -> bool:
         """Insert a region, evicting the cached regions it overlaps.
 
         Rejected (returns ``False``, cache unchanged) when it is stale: the same region
         id was seen with a newer ``version`` or ``conf_ver``, or an overlapping cached
         region has a newer ``version``.
+
+        Args:
+            region: The region.
+            has_down_peers: PD reported down peers for it; the entry then expires after
+                one TTL even if it is used continuously, so the client notices when the
+                peers come back or are replaced (client-go needExpireAfterTTL).
 
         Returns:
             Whether the region was inserted.
@@ -464,7 +473,7 @@ class RegionCache:
         old = self._by_id.get(region.id)
         if old is not None:  # same id cached elsewhere (its range changed)
             self._remove_entry(old)
-        entry = _Entry(region, self._next_deadline(self._clock()))
+        entry = _Entry(region, self._next_deadline(self._clock()), has_down_peers)
         pos = bisect.bisect_left(self._starts, start)
         self._starts.insert(pos, start)
         self._entries.insert(pos, entry)
@@ -726,16 +735,32 @@ class RegionCache:
             cursor = region.end_key
         return False
 
-    def on_send_fail(self, region_id: int, store_id: int) -> None:
+    def on_send_fail(self, region_id: int, store_id: int) -> int:
         """Record a transport failure sending ``region_id``'s request to ``store_id``.
 
-        The region is invalidated (so the next attempt reloads leader and peers) and
-        the store's failure count grows; the transport decides liveness separately.
+        The region is invalidated, and so is every cached region whose leader is on
+        that store: they would fail the same way, and reloading them finds the new
+        leaders once the store's regions move (client-go bumps the store's epoch, which
+        invalidates all regions using it; ``TestSendFailInvalidateRegionsInSameStore``).
+        The store's failure count grows; liveness is decided by the transport.
+
+        Returns:
+            How many cached regions were invalidated.
+
         """
-        self.invalidate(region_id, InvalidReason.SEND_FAIL)
+        dropped = [
+            e.region.id
+            for e in self._entries
+            if e.region.id == region_id or e.region.leader_store_id == store_id
+        ]
+        for rid in dropped:
+            self.invalidate(rid, InvalidReason.SEND_FAIL)
+        if region_id not in dropped and self.invalidate(region_id, InvalidReason.SEND_FAIL):
+            dropped.append(region_id)
         entry = self._stores.get(store_id)
         if entry is not None:
             entry.failures += 1
+        return len(dropped)
 
     # ----------------------------------------------------------------------------------
     # Loading (single-flight)
@@ -899,7 +924,9 @@ class RegionCache:
         Call it periodically (client-go sweeps 50 regions every second,
         ``cleanRegionNumPerRound`` / ``cleanCacheInterval``) to free memory held by
         regions nobody asks for. The scan resumes where the previous call stopped and
-        wraps around. It does not extend TTLs (a sweep is not an access).
+        wraps around. It does not extend TTLs (a sweep is not an access). Live entries
+        with a peer on an unreachable store stop being extended by hits, so they are
+        reloaded after their TTL.
 
         Returns:
             How many entries were dropped.
@@ -915,7 +942,16 @@ class RegionCache:
         if idx >= len(self._entries):
             idx = 0
         stop = min(idx + limit, len(self._entries))
-        expired = [e for e in self._entries[idx:stop] if now > e.deadline]
+        expired = []
+        for entry in self._entries[idx:stop]:
+            if now > entry.deadline:
+                expired.append(entry)
+            elif not entry.expire_after_ttl and any(
+                self.store_liveness(p.store_id) is Liveness.UNREACHABLE for p in entry.region.peers
+            ):
+                # A peer on an unreachable store: stop extending, reload after the TTL
+                # (client-go's GC round sets needExpireAfterTTL the same way).
+                entry.expire_after_ttl = True
         self._sweep_cursor = self._starts[stop] if stop < len(self._starts) else b""
         for entry in expired:
             self._expire(entry)
