@@ -356,3 +356,11 @@ def test_rollback_below_min_commit_ts_is_not_recorded_in_the_lock() -> None:
     e.prewrite([Mutation.put(b"k", b"a")], b"k", 10, 100, use_async_commit=True, min_commit_ts=30)
     e.check_txn_status(b"k", 25, 0, 0, rollback_if_not_exist=True)
     assert e.mvcc_by_key(b"k").lock.rollback_ts == ()  # type: ignore[union-attr]
+
+
+def test_resolve_lock_needs_a_transaction() -> None:
+    e = MvccEngine()
+    with pytest.raises(ValueError, match="start_version or txn_infos"):
+        e.resolve_lock()
+    with pytest.raises(ValueError, match="exactly one"):
+        e.resolve_lock(txn_infos={5: 0, 6: 0}, keys=[b"k"])

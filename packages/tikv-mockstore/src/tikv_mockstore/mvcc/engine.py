@@ -1522,8 +1522,9 @@ class MvccEngine:
         With ``keys`` (resolve-lock-lite) only those keys are resolved, each like
         Commit / BatchRollback. Without keys every lock in ``[start_key, end_key)``
         (empty end = unbounded) whose start_ts is in the status map is resolved; the
-        map is ``txn_infos`` (``{start_ts: commit_ts}``) or ``{start_version:
-        commit_version}``. Follows TiKV ``commands/resolve_lock{,_lite}.rs``.
+        map is ``{start_version: commit_version}`` when ``start_version`` is non-zero,
+        else ``txn_infos`` (``{start_ts: commit_ts}``). Follows TiKV
+        ``commands/resolve_lock{,_lite}.rs``.
 
         Raises:
             InvalidTxnTsoError: a commit ts not greater than its start ts.
@@ -1535,15 +1536,18 @@ class MvccEngine:
         _check_bytes(start_key, "start_key")
         _check_bytes(end_key, "end_key")
         status: dict[int, int] = {}
-        if txn_infos:
+        _check_ts(start_version, "start_version")
+        _check_ts(commit_version, "commit_version")
+        if start_version != 0:
+            # As TiKV (server/service/kv.rs): a non-zero start_version wins over txn_infos.
+            status[start_version] = commit_version
+        elif txn_infos:
             for s, c in txn_infos.items():
                 status[_check_ts(s, "txn_infos start_ts", allow_zero=False)] = _check_ts(
                     c, "txn_infos commit_ts"
                 )
         else:
-            status[_check_ts(start_version, "start_version", allow_zero=False)] = _check_ts(
-                commit_version, "commit_version"
-            )
+            raise ValueError("resolve_lock needs a start_version or txn_infos")
         for s, c in status.items():
             if c != 0 and c <= s:
                 raise InvalidTxnTsoError(s, c)
