@@ -95,7 +95,9 @@ def test_bad_value_and_op_types() -> None:
         db.update_flags(b"k", 3)  # type: ignore[arg-type]
     assert len(db) == 0
     with pytest.raises(TypeError, match="start must be bytes"):
-        list(db.iterate("a"))  # type: ignore[arg-type]
+        db.iterate("a")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="end must be bytes"):
+        db.iterate_with_flags(None, 5)  # type: ignore[arg-type]
 
 
 def test_key_value_oversize() -> None:

@@ -198,12 +198,15 @@ def test_out_of_order_sources_rejected() -> None:
 
 
 def test_bad_arguments() -> None:
+    # Checked at the call, before any iteration.
     with pytest.raises(TypeError, match="start must be bytes"):
-        list(union_iter(MemBuffer(), [], start="a"))  # type: ignore[arg-type]
+        union_iter(MemBuffer(), [], start="a")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="end must be bytes"):
-        list(union_iter(MemBuffer(), [], end=1))  # type: ignore[arg-type]
+        union_iter(MemBuffer(), [], end=1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="iterable"):
-        asyncio.run(collect(union_aiter(MemBuffer(), 5)))  # type: ignore[arg-type]
+        union_aiter(MemBuffer(), 5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="start must be bytes"):
+        union_aiter(MemBuffer(), agen([]), start=3)  # type: ignore[arg-type]
 
 
 def test_tombstone_type_is_usable_in_plain_dirty_lists() -> None:

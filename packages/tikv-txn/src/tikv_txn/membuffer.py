@@ -708,8 +708,12 @@ class MemBuffer:
             TypeError: A bound is not bytes.
 
         """
+        # Validate the bounds now, not at the first next().
+        return self._iter_values(self._keys(start, end, reverse))
+
+    def _iter_values(self, keys: Iterator[bytes]) -> Iterator[tuple[bytes, bytes | Tombstone]]:
         values = self._values
-        for key in self._keys(start, end, reverse):
+        for key in keys:
             value = values.get(key)
             if value is not None:
                 yield key, value
@@ -730,9 +734,12 @@ class MemBuffer:
             TypeError: A bound is not bytes.
 
         """
+        return self._iter_entries(self._keys(start, end, reverse))
+
+    def _iter_entries(self, keys: Iterator[bytes]) -> Iterator[MemEntry]:
         values = self._values
         flags = self._flags
-        for key in self._keys(start, end, reverse):
+        for key in keys:
             yield MemEntry(key, values.get(key), KeyFlags(flags.get(key, 0)))
 
     def keys(

@@ -21,7 +21,14 @@ results.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterable, Generator, Iterable, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Generator,
+    Iterable,
+    Iterator,
+)
 from typing import Any
 
 from tikv_txn.membuffer import TOMBSTONE, MemBuffer, Tombstone
@@ -110,9 +117,20 @@ def union_iter(
         ValueError: A source is not strictly ordered in the scan direction.
 
     """
+    # Arguments are checked here, at the call, not at the first next().
     lo, hi = _bounds(start, end)
     snap_src = iter(snapshot)
     d_it = _dirty_iter(dirty, lo, hi, reverse)
+    return _merge(d_it, snap_src, lo, hi, reverse)
+
+
+def _merge(
+    d_it: Iterator[tuple[bytes, bytes | Tombstone]],
+    snap_src: Iterator[tuple[bytes, bytes]],
+    lo: bytes,
+    hi: bytes | None,
+    reverse: bool,
+) -> Generator[tuple[bytes, bytes], None, None]:
     s_it = _clip(snap_src, lo, hi, reverse, "snapshot")
     try:
         d = next(d_it, None)
@@ -141,7 +159,7 @@ def union_iter(
         _close(snap_src)
 
 
-async def union_aiter(
+def union_aiter(
     dirty: DirtySource,
     snapshot: AsyncIterable[tuple[bytes, bytes]] | Iterable[tuple[bytes, bytes]],
     *,
@@ -176,13 +194,29 @@ async def union_aiter(
             raise TypeError(
                 f"snapshot must be an iterable or async iterable, got {type(snapshot).__name__}"
             )
-        for item in union_iter(dirty, snapshot, start=start, end=end, reverse=reverse):
-            yield item
-        return
-
+        return _as_async(union_iter(dirty, snapshot, start=start, end=end, reverse=reverse))
     lo, hi = _bounds(start, end)
     d_it = _dirty_iter(dirty, lo, hi, reverse)
-    s_src = snapshot.__aiter__()
+    return _amerge(d_it, snapshot.__aiter__(), lo, hi, reverse)
+
+
+async def _as_async(
+    items: Generator[tuple[bytes, bytes], None, None],
+) -> AsyncGenerator[tuple[bytes, bytes], None]:
+    try:
+        for item in items:
+            yield item
+    finally:
+        items.close()
+
+
+async def _amerge(
+    d_it: Iterator[tuple[bytes, bytes | Tombstone]],
+    s_src: AsyncIterator[tuple[bytes, bytes]],
+    lo: bytes,
+    hi: bytes | None,
+    reverse: bool,
+) -> AsyncGenerator[tuple[bytes, bytes], None]:
     last: bytes | None = None
     s_done = False
 
