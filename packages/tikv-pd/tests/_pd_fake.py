@@ -79,6 +79,7 @@ class FakeState:
     headers_seen: list[int] = field(default_factory=list)
     strip_header: set[str] = field(default_factory=set)
     tso_wrong_count: int = 0  # the next N TSO answers carry count + 1
+    region_keys_seen: list[bytes] = field(default_factory=list)
 
     def alloc_ts(self, count: int) -> tuple[int, int]:
         now = int(time.time() * 1000)
@@ -185,6 +186,7 @@ class _Servicer(pdpb_pb2_grpc.PDServicer):
 
     async def GetRegion(self, request, context):  # type: ignore[no-untyped-def]
         await self._enter("GetRegion", request, context)
+        self.st.region_keys_seen.append(request.region_key)
         return region_response(self.st.region_for(request.region_key))
 
     async def GetPrevRegion(self, request, context):  # type: ignore[no-untyped-def]
@@ -371,6 +373,9 @@ class FakePDCluster:
 
     def add_store(self, store_id: int, address: str) -> None:
         self.state.stores[store_id] = metapb_pb2.Store(id=store_id, address=address)
+
+    def set_store_state(self, store_id: int, state: int) -> None:
+        self.state.stores[store_id].state = state  # type: ignore[assignment]
 
     def set_regions(self, boundaries: list[bytes], stores: list[int]) -> None:
         """Regions split at ``boundaries`` (sorted), each with one peer per store."""
