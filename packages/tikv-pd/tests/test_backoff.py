@@ -55,6 +55,8 @@ CLIENT_GO_TABLE = [
     ("regionNotInitialized", 2, 1000, Jitter.NO_JITTER),
     ("isWitness", 1000, 10000, Jitter.EQUAL_JITTER),
     ("txnLockFast", 2, 3000, Jitter.EQUAL_JITTER),
+    # Removed from client-go in #1423; kept (see backoff.DATA_NOT_READY).
+    ("dataNotReady", 2, 2000, Jitter.NO_JITTER),
 ]
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "COMMIT_MAX_BACKOFF",
     "COMMIT_SECONDARY_MAX_BACKOFF",
     "COMMIT_TS_LAG",
+    "DATA_NOT_READY",
     "DEFAULT_VARS",
     "DELETE_RANGE_ONE_REGION_MAX_BACKOFF",
     "GC_RESOLVE_LOCK_MAX_BACKOFF",
@@ -215,6 +216,11 @@ IS_WITNESS = BackoffKind("isWitness", 1000, 10000, Jitter.EQUAL_JITTER, "peer is
 #: client-go's ``createBackoffFn`` does; the table's own base is 2.
 TXN_LOCK_FAST = BackoffKind("txnLockFast", 2, 3000, Jitter.EQUAL_JITTER, "resolve lock timeout")
 
+#: ``BoMaxDataNotReady`` (2/2000, no jitter): a stale read hit a replica whose safe-ts
+#: lags. client-go removed it in #1423 (2024): its stale reads now fall back to the
+#: leader at once instead of backing off. Kept for callers that choose to back off.
+DATA_NOT_READY = BackoffKind("dataNotReady", 2, 2000, Jitter.NO_JITTER, "region data not ready")
+
 #: Every built-in kind by client-go name.
 KINDS: Mapping[str, BackoffKind] = {
     k.name: k
@@ -236,6 +242,7 @@ KINDS: Mapping[str, BackoffKind] = {
         REGION_NOT_INITIALIZED,
         IS_WITNESS,
         TXN_LOCK_FAST,
+        DATA_NOT_READY,
     )
 }
 
