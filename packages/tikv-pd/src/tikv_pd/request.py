@@ -1,0 +1,1094 @@
+"""The one request pipeline shared by the raw and transactional clients.
+
+Every KV request goes through :class:`RequestSender`:
+
+1. **shard** — a :class:`Sharder` splits the request's payload (a key, keys, a key range)
+   into per-region parts using the region :class:`Locator` (and, for batches, the size
+   limits the caller gives per command);
+2. **fill the context** — ``kvrpcpb.Context`` gets the region id, epoch and target peer
+   plus the per-request :class:`RequestOptions` (API version, keyspace, request source,
+   resource group, priority, isolation, replica / stale read, disk-full option, ...).
+   Contexts are cached per (region, peer, options): building one costs ~2 µs, copying a
+   cached one well under 1 µs (``../shared/reference/grpc-limits.md``);
+3. **dispatch** — parts go to the store transport (:mod:`tikv_pd.transport`), several
+   regions at a time (bounded concurrency);
+4. **classify** — a transport failure, a region error (decided by
+   :mod:`tikv_pd.region_errors`), or a response for the caller's handler (key errors
+   included: the transactional layer resolves locks, this layer does not);
+5. **retry** — back off with the named kind on the part's :class:`~tikv_pd.backoff.Backoffer`
+   (forked per part), update the region cache, and *re-shard*: the part's payload is
+   located again, so a request that spanned one region may now span two;
+6. **merge** — per-region results come back in key order; a :class:`Plan` folds them with
+   the caller's merge function.
+
+Writes whose outcome becomes unknown are never resent blindly: the caller marks each
+request with an :class:`Ambiguity`. A non-idempotent request (``Ambiguity.RAISE``, e.g. a
+raw CAS) that fails after it may have reached the store raises
+:class:`~tikv_pd.errors.UndeterminedError`; ``Ambiguity.RETRY_THEN_RAISE`` (a
+server-side idempotent write whose loss matters, like committing a primary key) is
+resent, but if it ultimately fails after such an ambiguous failure the error is an
+UndeterminedError too — client-go's ``setUndeterminedErr`` in ``txnkv/transaction/commit.go``.
+When the backoff budget runs out, :class:`tikv_pd.errors.TimeoutError` lists the causes.
+
+The retry loop exists once, here; commands differ only in their sharder, request builder,
+response handler and merge function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from google.protobuf.message import Message
+from tikv_proto import errorpb_pb2, kvrpcpb_pb2, metapb_pb2
+
+from tikv_pd.backoff import (
+    RAWKV_MAX_BACKOFF,
+    REGION_MISS,
+    REGION_SCHEDULING,
+    TIKV_RPC,
+    Backoffer,
+    BackoffKind,
+)
+from tikv_pd.config import (
+    COMMAND_PRIORITIES,
+    DISK_FULL_OPTS,
+    ISOLATION_LEVELS,
+    REPLICA_READ_TYPES,
+    CommandPriority,
+    DiskFullOpt,
+    IsolationLevel,
+    ReplicaReadType,
+)
+from tikv_pd.errors import RegionError, UndeterminedError
+from tikv_pd.region_cache import InvalidReason, Peer, PeerRole, Region
+from tikv_pd.region_errors import Action, decide, to_exception
+from tikv_pd.transport import FATAL_STATUS_CODES, TransportError
+
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_OPTIONS",
+    "MAX_RETRIES_WITHOUT_BACKOFF",
+    "Ambiguity",
+    "ContextCache",
+    "KeySharder",
+    "KeysSharder",
+    "Locator",
+    "Plan",
+    "RangeSharder",
+    "RequestOptions",
+    "RequestSender",
+    "RetryShard",
+    "Sender",
+    "Shard",
+    "Sharder",
+    "build_context",
+    "select_peer",
+]
+
+_log = logging.getLogger(__name__)
+
+P = TypeVar("P")
+T = TypeVar("T")
+R = TypeVar("R")
+Item = TypeVar("Item")
+
+#: Regions dispatched at the same time by one request (client-go's 2PC
+#: ``CommitterConcurrency``; every part shares the per-store BatchCommands streams, so
+#: more concurrency means bigger batches, not more messages).
+DEFAULT_CONCURRENCY = 128
+
+#: Resends without any sleep (leader switches, EpochNotMatch updates) allowed in a row
+#: before the pipeline forces a ``regionMiss`` backoff, so that a store that keeps
+#: answering with a hint that leads nowhere cannot spin the client (client-go bounds
+#: replica attempts at 10 in ``region_request.go``).
+MAX_RETRIES_WITHOUT_BACKOFF = 10
+
+
+# ---------------------------------------------------------------------------------------
+# Contracts
+# ---------------------------------------------------------------------------------------
+
+
+class Locator(Protocol):
+    """What the pipeline needs from the region locator (region cache + PD).
+
+    Keys are in the request key space (keyspace-prefixed under API v2): the locator is
+    responsible for any encoding toward PD.
+    """
+
+    async def locate_key(self, key: bytes) -> Region:
+        """The region containing ``key`` (loading it from PD on a miss)."""
+        ...
+
+    async def locate_end_key(self, key: bytes) -> Region:
+        """The region containing ``key`` as an exclusive end (``b""``: the last region)."""
+        ...
+
+    async def store_address(self, store_id: int) -> str:
+        """The gRPC address of ``store_id`` (loading it from PD when unknown)."""
+        ...
+
+    def invalidate_region(self, region_id: int, reason: InvalidReason) -> None:
+        """Drop ``region_id`` from the cache; the next lookup reloads it."""
+        ...
+
+    def invalidate_store(self, store_id: int) -> None:
+        """Forget ``store_id``'s address; the next lookup re-resolves it from PD."""
+        ...
+
+    def on_not_leader(self, region: Region, leader: metapb_pb2.Peer) -> bool:
+        """Switch ``region``'s cached leader to ``leader``; False when that is impossible."""
+        ...
+
+    def on_epoch_not_match(
+        self, region: Region, current_regions: Sequence[metapb_pb2.Region], store_id: int
+    ) -> bool:
+        """Insert TiKV's current regions; True when they cover ``region``'s range."""
+        ...
+
+    def on_send_fail(self, region: Region, store_id: int) -> None:
+        """Record a transport failure sending ``region``'s request to ``store_id``."""
+        ...
+
+
+class Sender(Protocol):
+    """What the pipeline needs from the transport (:class:`tikv_pd.transport.Transport`)."""
+
+    async def send(
+        self,
+        address: str,
+        command: str,
+        request: Message,
+        timeout: float | None = None,  # noqa: ASYNC109 - the RPC's deadline
+    ) -> Any:
+        """Send one request to one store and return the response message."""
+        ...
+
+    async def close_address(self, address: str) -> None:
+        """Close the connections to ``address``."""
+        ...
+
+
+#: One part of a request: the region it goes to and the payload it carries there.
+Shard = tuple[Region, P]
+
+
+class Sharder(Protocol[P]):
+    """Splits a payload into per-region parts (called again to re-shard after a change)."""
+
+    async def shard(self, locator: Locator, payload: P) -> list[tuple[Region, P]]:
+        """Return ``payload``'s parts, one or more per region, in key order."""
+        ...
+
+
+class Ambiguity(enum.Enum):
+    """How a request may be resent after a failure that leaves its outcome unknown.
+
+    An outcome is unknown after a transport failure once the request may have left
+    the client (``TransportError.sent``), after ``StaleCommand`` and after
+    ``UndeterminedResult``.
+
+    Attributes:
+        IDEMPOTENT: Resending is harmless (reads, blind writes of the same value).
+        RAISE: Not idempotent (raw CAS, ...): raise UndeterminedError at once.
+        RETRY_THEN_RAISE: Idempotent on the server but the outcome matters (committing
+            the primary key): resend, and if the request finally fails after such a
+            failure, raise UndeterminedError with the final error as its cause.
+
+    """
+
+    IDEMPOTENT = "idempotent"
+    RAISE = "raise"
+    RETRY_THEN_RAISE = "retry_then_raise"
+
+
+class RetryShard(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised by a response handler to resend (part of) its shard.
+
+    For example, the transactional layer resolves the locks a batch get met and asks
+    for the locked keys again. The pipeline runs ``before_retry`` (if any), backs off
+    with ``backoff`` (if any), re-shards ``payload`` and sends it; its results replace
+    the handler's result for this shard.
+
+    Args:
+        payload: What to resend (same type as the shard's payload).
+        backoff: The backoff kind to sleep before resending, or ``None``.
+        reason: Why (recorded in the Backoffer's causes).
+        before_retry: A coroutine function run first (e.g. resolving locks).
+
+    """
+
+    def __init__(
+        self,
+        payload: object,
+        *,
+        backoff: BackoffKind | None = None,
+        reason: str = "retry requested by handler",
+        before_retry: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.payload = payload
+        self.backoff = backoff
+        self.reason = reason
+        self.before_retry = before_retry
+
+
+# ---------------------------------------------------------------------------------------
+# Options and the context
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestOptions:
+    """Per-request settings that go into ``kvrpcpb.Context`` (client-go ``tikvrpc``).
+
+    Create one per client / transaction / snapshot and reuse it: contexts are cached per
+    options object.
+
+    Attributes:
+        api_version: ``kvrpcpb.APIVersion`` value (0 = V1, 1 = V1TTL, 2 = V2).
+        keyspace_id: The keyspace id under API v2 (``None`` = not set).
+        keyspace_name: The keyspace name (informational for TiKV).
+        request_source: The request source label (client-go ``util/request_source.go``).
+        resource_group_name: Resource control group ("" = default group).
+        resource_group_tag: Opaque tag (Top SQL).
+        priority: ``"normal"``, ``"low"`` or ``"high"``.
+        isolation: ``"SI"``, ``"RC"`` or ``"RCCheckTS"``.
+        not_fill_cache: Ask TiKV not to fill its block cache.
+        replica_read: Which replica serves reads: ``"leader"``, ``"follower"``,
+            ``"mixed"``, ``"learner"`` or ``"prefer-leader"`` (reads only).
+        stale_read: Read at a timestamp from any replica whose safe-ts allows it; a
+            ``DataIsNotReady`` answer is retried on the leader as a normal read.
+        disk_full_opt: Whether writes may proceed on an (almost) full disk.
+        txn_source: ``Context.txn_source`` (CDC origin marker).
+        max_execution_duration_ms: Server-side execution deadline (0 = none).
+        busy_threshold_ms: Load-based replica read threshold (0 = off).
+        sync_log: Ask TiKV to sync the Raft log before answering (writes).
+        timeout: Seconds per RPC attempt (``None``: the transport default,
+            ``Config.read_timeout_short`` = 30 s).
+        concurrency: Regions dispatched at once (``None``: :data:`DEFAULT_CONCURRENCY`).
+
+    """
+
+    api_version: int = 0
+    keyspace_id: int | None = None
+    keyspace_name: str = ""
+    request_source: str = ""
+    resource_group_name: str = ""
+    resource_group_tag: bytes = b""
+    priority: CommandPriority = "normal"
+    isolation: IsolationLevel = "SI"
+    not_fill_cache: bool = False
+    replica_read: ReplicaReadType = "leader"
+    stale_read: bool = False
+    disk_full_opt: DiskFullOpt = "NotAllowedOnFull"
+    txn_source: int = 0
+    max_execution_duration_ms: int = 0
+    busy_threshold_ms: int = 0
+    sync_log: bool = False
+    timeout: float | None = None
+    concurrency: int | None = None
+
+    def __post_init__(self) -> None:
+        own = "RequestOptions"
+        if self.api_version not in (0, 1, 2):
+            raise ValueError(f"{own}.api_version must be 0, 1 or 2, got {self.api_version!r}")
+        if self.keyspace_id is not None and not 0 <= self.keyspace_id < 2**32:
+            raise ValueError(f"{own}.keyspace_id must fit in uint32, got {self.keyspace_id}")
+        for name, choices in (
+            ("priority", COMMAND_PRIORITIES),
+            ("isolation", ISOLATION_LEVELS),
+            ("disk_full_opt", DISK_FULL_OPTS),
+        ):
+            if getattr(self, name) not in choices:
+                raise ValueError(
+                    f"{own}.{name} must be one of {list(choices)}, got {getattr(self, name)!r}"
+                )
+        if self.replica_read not in REPLICA_READ_TYPES:
+            raise ValueError(
+                f"{own}.replica_read must be one of {list(REPLICA_READ_TYPES)}, "
+                f"got {self.replica_read!r}"
+            )
+        if not isinstance(self.resource_group_tag, bytes):
+            raise TypeError(f"{own}.resource_group_tag must be bytes")
+        for name in ("txn_source", "max_execution_duration_ms", "busy_threshold_ms"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{own}.{name} must be a non-negative int, got {value!r}")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ValueError(f"{own}.timeout must be > 0 seconds, got {self.timeout!r}")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ValueError(f"{own}.concurrency must be >= 1, got {self.concurrency!r}")
+
+
+#: Options with every default (API v1, leader reads, normal priority, SI).
+DEFAULT_OPTIONS = RequestOptions()
+
+
+def build_context(
+    region: Region,
+    peer: Peer,
+    options: RequestOptions,
+    *,
+    replica_read: bool = False,
+    stale_read: bool = False,
+) -> kvrpcpb_pb2.Context:
+    """Build the ``kvrpcpb.Context`` of a request to ``peer`` of ``region`` (pure).
+
+    Args:
+        region: The target region (id and epoch).
+        peer: The peer the request goes to.
+        options: The request's options.
+        replica_read: Set ``Context.replica_read`` (a read served by a non-leader).
+        stale_read: Set ``Context.stale_read``.
+
+    """
+    ctx = kvrpcpb_pb2.Context(
+        region_id=region.id,
+        region_epoch=metapb_pb2.RegionEpoch(
+            conf_ver=region.epoch.conf_ver, version=region.epoch.version
+        ),
+        peer=metapb_pb2.Peer(
+            id=peer.id,
+            store_id=peer.store_id,
+            role=int(peer.role),  # type: ignore[arg-type]
+            is_witness=peer.is_witness,
+        ),
+        priority=COMMAND_PRIORITIES[options.priority],  # type: ignore[arg-type]
+        isolation_level=ISOLATION_LEVELS[options.isolation],  # type: ignore[arg-type]
+        not_fill_cache=options.not_fill_cache,
+        sync_log=options.sync_log,
+        replica_read=replica_read,
+        stale_read=stale_read,
+        max_execution_duration_ms=options.max_execution_duration_ms,
+        resource_group_tag=options.resource_group_tag,
+        disk_full_opt=DISK_FULL_OPTS[options.disk_full_opt],  # type: ignore[arg-type]
+        api_version=options.api_version,  # type: ignore[arg-type]
+        request_source=options.request_source,
+        txn_source=options.txn_source,
+        busy_threshold_ms=options.busy_threshold_ms,
+        keyspace_name=options.keyspace_name,
+    )
+    if options.keyspace_id is not None:
+        ctx.keyspace_id = options.keyspace_id
+    if options.resource_group_name:
+        ctx.resource_control_context.resource_group_name = options.resource_group_name
+    return ctx
+
+
+class ContextCache:
+    """Built contexts per (region, peer, options, read mode), reused across requests.
+
+    Entries are checked by identity of the cached :class:`Region` object (a new epoch or
+    leader is a new object) and of the options object, so a stale entry is never used.
+    The cache is cleared when it exceeds ``max_entries``.
+    """
+
+    __slots__ = ("_entries", "max_entries")
+
+    def __init__(self, max_entries: int = 65536) -> None:
+        self._entries: dict[
+            tuple[int, int, int, int], tuple[Region, RequestOptions, kvrpcpb_pb2.Context]
+        ] = {}
+        self.max_entries = max_entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(
+        self, region: Region, peer: Peer, options: RequestOptions, mode: int
+    ) -> kvrpcpb_pb2.Context:
+        """Return the cached context (``mode``: 0 leader, 1 replica read, 2 stale read)."""
+        key = (region.id, peer.id, id(options), mode)
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] is region and hit[1] is options:
+            return hit[2]
+        ctx = build_context(region, peer, options, replica_read=mode == 1, stale_read=mode == 2)
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[key] = (region, options, ctx)
+        return ctx
+
+
+def _serving_peers(region: Region) -> list[Peer]:
+    return [p for p in region.peers if not p.is_witness]
+
+
+def select_peer(
+    region: Region, options: RequestOptions, attempt: int, leader_only: bool
+) -> tuple[Peer | None, int]:
+    """Choose the peer for one attempt and the context mode (pure).
+
+    Leader reads (and every write) go to the cached leader — or, while the leader is
+    unknown, to the first voter, which answers NotLeader with a hint. Replica reads
+    rotate through the eligible peers with ``attempt`` (so a busy peer is not asked
+    twice in a row), as client-go's replica selector does for each read type.
+
+    Args:
+        region: The target region.
+        options: Its ``replica_read`` / ``stale_read`` choose the policy.
+        attempt: How many peers were already tried for this part.
+        leader_only: Force a leader read (after ``DataIsNotReady``).
+
+    Returns:
+        ``(peer, mode)``: mode 0 = leader read, 1 = replica read, 2 = stale read; the
+        peer is ``None`` when the region has no usable peer.
+
+    """
+    leader = region.leader
+    if leader_only or (options.replica_read == "leader" and not options.stale_read):
+        if leader is not None:
+            return leader, 0
+        voters = [p for p in _serving_peers(region) if p.role != PeerRole.LEARNER]
+        return (voters[0] if voters else None), 0
+    peers = _serving_peers(region)
+    if not peers:
+        return None, 0
+    if options.stale_read:
+        peer = peers[attempt % len(peers)]
+        return peer, 2
+    kind = options.replica_read
+    if kind == "prefer-leader" and leader is not None and attempt == 0:
+        return leader, 0
+    if kind == "learner":
+        candidates = [p for p in peers if p.role == PeerRole.LEARNER]
+    elif kind == "mixed":
+        candidates = peers
+    else:  # follower, or prefer-leader after the leader failed
+        candidates = [p for p in peers if p != leader and p.role != PeerRole.LEARNER]
+    if not candidates:
+        if leader is not None:
+            return leader, 0
+        candidates = peers
+    peer = candidates[attempt % len(candidates)]
+    return peer, (0 if peer == leader else 1)
+
+
+# ---------------------------------------------------------------------------------------
+# Sharders
+# ---------------------------------------------------------------------------------------
+
+
+class KeySharder:
+    """A payload routed by one key: the region containing it.
+
+    Args:
+        key_of: Extracts the routing key from the payload (default: the payload is the
+            key).
+        reverse: Route by the key as an exclusive end (reverse scans: the region holding
+            the keys just below it).
+
+    """
+
+    __slots__ = ("key_of", "reverse")
+
+    def __init__(
+        self, key_of: Callable[[Any], bytes] | None = None, *, reverse: bool = False
+    ) -> None:
+        self.key_of = key_of
+        self.reverse = reverse
+
+    async def shard(self, locator: Locator, payload: Any) -> list[tuple[Region, Any]]:
+        """Return the one region of the payload's key."""
+        key = payload if self.key_of is None else self.key_of(payload)
+        if self.reverse:
+            region = await locator.locate_end_key(key)
+        else:
+            region = await locator.locate_key(key)
+        return [(region, payload)]
+
+
+class KeysSharder(Generic[Item]):
+    """A batch of items (keys, pairs, mutations) grouped by region, then cut by size.
+
+    Items are sorted by key and grouped by the region containing each; each region's
+    group is cut into batches of at most ``max_count`` items and ``max_bytes`` bytes
+    (a single larger item still travels alone), as client-go's raw batch and 2PC
+    batching do (16 KiB / 512 keys for raw, ``txn_commit_batch_size`` for 2PC).
+
+    Args:
+        key_of: The routing key of an item (default: the item is the key).
+        size_of: The byte size of an item (default: ``len`` of its key).
+        max_count: Max items per batch (``None``: unlimited).
+        max_bytes: Max bytes per batch (``None``: unlimited).
+        first: When set, the batches of the region containing this key come first
+            (2PC sends the primary key's batch before the others).
+
+    """
+
+    __slots__ = ("first", "key_of", "max_bytes", "max_count", "size_of")
+
+    def __init__(
+        self,
+        key_of: Callable[[Item], bytes] | None = None,
+        *,
+        size_of: Callable[[Item], int] | None = None,
+        max_count: int | None = None,
+        max_bytes: int | None = None,
+        first: bytes | None = None,
+    ) -> None:
+        if max_count is not None and max_count < 1:
+            raise ValueError(f"max_count must be >= 1, got {max_count}")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
+        self.key_of = key_of
+        self.size_of = size_of
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+        self.first = first
+
+    def _key(self, item: Item) -> bytes:
+        return item if self.key_of is None else self.key_of(item)  # type: ignore[return-value]
+
+    def _size(self, item: Item) -> int:
+        return len(self._key(item)) if self.size_of is None else self.size_of(item)
+
+    async def shard(
+        self, locator: Locator, payload: Sequence[Item]
+    ) -> list[tuple[Region, Sequence[Item]]]:
+        """Group ``payload`` by region and cut each group into batches."""
+        key = self._key
+        items = sorted(payload, key=key)
+        groups: list[tuple[Region, list[Item]]] = []
+        region: Region | None = None
+        for item in items:
+            k = key(item)
+            if region is None or not region.contains(k):
+                region = await locator.locate_key(k)
+                groups.append((region, []))
+            groups[-1][1].append(item)
+        if self.first is not None:
+            first = self.first
+            groups.sort(key=lambda g: not g[0].contains(first))
+        if self.max_count is None and self.max_bytes is None:
+            return [(r, g) for r, g in groups]
+        out: list[tuple[Region, Sequence[Item]]] = []
+        max_count = self.max_count or len(items) or 1
+        max_bytes = self.max_bytes
+        for r, group in groups:
+            batch: list[Item] = []
+            size = 0
+            for item in group:
+                n = self._size(item) if max_bytes is not None else 0
+                if batch and (
+                    len(batch) >= max_count or (max_bytes is not None and size + n > max_bytes)
+                ):
+                    out.append((r, batch))
+                    batch, size = [], 0
+                batch.append(item)
+                size += n
+            if batch:
+                out.append((r, batch))
+        return out
+
+
+class RangeSharder:
+    """A key range ``(start, end)`` cut at region boundaries (empty end = +inf)."""
+
+    __slots__ = ()
+
+    async def shard(
+        self, locator: Locator, payload: tuple[bytes, bytes]
+    ) -> list[tuple[Region, tuple[bytes, bytes]]]:
+        """Return one part per region overlapping the range, clipped to the region."""
+        start, end = payload
+        out: list[tuple[Region, tuple[bytes, bytes]]] = []
+        cursor = start
+        while True:
+            region = await locator.locate_key(cursor)
+            r_end = region.end_key
+            if not r_end or (end and r_end >= end):
+                out.append((region, (cursor, end)))
+                return out
+            out.append((region, (cursor, r_end)))
+            cursor = r_end
+
+
+# ---------------------------------------------------------------------------------------
+# The pipeline
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Call(Generic[P, T]):
+    """One execution's fixed parameters and shared state."""
+
+    command: str
+    sharder: Sharder[P]
+    build: Callable[[Region, P], Message]
+    handle: Callable[[Region, P, Any], T] | None
+    options: RequestOptions
+    ambiguity: Ambiguity
+    budget_ms: int
+    concurrency: int
+    timeout: float | None
+    # The first failure after which the outcome was unknown (RETRY_THEN_RAISE).
+    ambiguous: BaseException | None = None
+    # Backoffers created lazily by parts that had no parent Backoffer.
+    roots: list[Backoffer] = field(default_factory=list)
+
+
+class RequestSender:
+    """Executes requests: shard, fill context, send, classify, retry, merge.
+
+    Args:
+        locator: The region locator (region cache + PD).
+        transport: The store transport.
+        budget_ms: The backoff budget of operations that bring no Backoffer (client-go's
+            raw budget, 20 s, before ``BackOffWeight``).
+
+    """
+
+    def __init__(
+        self, locator: Locator, transport: Sender, *, budget_ms: int = RAWKV_MAX_BACKOFF
+    ) -> None:
+        self.locator = locator
+        self.transport = transport
+        self.budget_ms = budget_ms
+        self.contexts = ContextCache()
+
+    # -- the generic entry point -----------------------------------------------------
+
+    async def execute(
+        self,
+        command: str,
+        sharder: Sharder[P],
+        payload: P,
+        build: Callable[[Region, P], Message],
+        handle: Callable[[Region, P, Any], T] | None = None,
+        *,
+        bo: Backoffer | None = None,
+        options: RequestOptions = DEFAULT_OPTIONS,
+        ambiguity: Ambiguity = Ambiguity.IDEMPOTENT,
+    ) -> list[T]:
+        """Send ``payload`` as ``command`` to every region it covers; return the results.
+
+        Args:
+            command: The transport command (``"RawGet"``, ``"Prewrite"``, ...).
+            sharder: Splits the payload by region.
+            payload: What to send (a key, a list of keys / items, a range, ...).
+            build: Builds the request message for one part (without its context).
+            handle: Turns one part's response into a result; may raise
+                :class:`RetryShard`, or a :class:`~tikv_pd.errors.TiKVError` to stop the
+                whole request. Default: the response itself.
+            bo: The operation's Backoffer (forked per part); ``None`` creates one with
+                this sender's budget when the first backoff is needed.
+            options: Context settings, per-RPC timeout and concurrency.
+            ambiguity: How the request may be resent when its outcome becomes unknown.
+
+        Returns:
+            One result per part, in shard (key) order; a part re-sharded into several
+            contributes one result per new part, at its place.
+
+        Raises:
+            tikv_pd.errors.TimeoutError: The backoff budget ran out (lists the causes).
+            tikv_pd.errors.UndeterminedError: See :class:`Ambiguity`.
+            tikv_pd.errors.RegionError: A region error that cannot be retried.
+            TransportError: A transport failure that cannot be retried (bad request,
+                unimplemented method).
+
+        """
+        call: _Call[P, T] = _Call(
+            command,
+            sharder,
+            build,
+            handle,
+            options,
+            ambiguity,
+            self.budget_ms,
+            options.concurrency or DEFAULT_CONCURRENCY,
+            options.timeout,
+        )
+        shards = await sharder.shard(self.locator, payload)
+        try:
+            return await self._dispatch(call, shards, bo)
+        except (asyncio.CancelledError, UndeterminedError):
+            raise
+        except Exception as exc:
+            if call.ambiguous is not None:
+                raise UndeterminedError(command, exc) from exc
+            raise
+
+    # -- dispatch --------------------------------------------------------------------
+
+    async def _dispatch(
+        self, call: _Call[P, T], shards: list[tuple[Region, P]], bo: Backoffer | None
+    ) -> list[T]:
+        if len(shards) == 1:
+            region, payload = shards[0]
+            return await self._run(call, region, payload, bo)
+        if not shards:
+            return []
+        results: list[list[T] | None] = [None] * len(shards)
+        indexes = iter(range(len(shards)))
+
+        async def worker() -> None:
+            for i in indexes:
+                region, payload = shards[i]
+                results[i] = await self._run(
+                    call, region, payload, bo.fork() if bo is not None else None
+                )
+
+        workers = [
+            asyncio.ensure_future(worker()) for _ in range(min(call.concurrency, len(shards)))
+        ]
+        try:
+            await asyncio.gather(*workers)
+        except BaseException:
+            # One part failed: stop the others (client-go cancels the forked Backoffers).
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            raise
+        out: list[T] = []
+        for part in results:
+            assert part is not None
+            out.extend(part)
+        return out
+
+    async def _backoff(
+        self, call: _Call[P, T], bo: Backoffer | None, kind: BackoffKind, error: BaseException
+    ) -> Backoffer:
+        if bo is None:
+            bo = Backoffer(call.budget_ms, operation=call.command)
+            call.roots.append(bo)
+        await bo.backoff(kind, error)
+        return bo
+
+    # -- one part --------------------------------------------------------------------
+
+    async def _run(
+        self, call: _Call[P, T], region: Region, payload: P, bo: Backoffer | None
+    ) -> list[T]:
+        locator = self.locator
+        transport = self.transport
+        command = call.command
+        options = call.options
+        attempt = 0  # how many sends this part made (peer rotation, is_retry_request)
+        free_retries = 0  # resends in a row without sleeping
+        leader_only = False
+        while True:
+            peer, mode = select_peer(region, options, attempt, leader_only)
+            if peer is None:
+                locator.invalidate_region(region.id, InvalidReason.NO_LEADER)
+                bo = await self._backoff(
+                    call, bo, REGION_MISS, RegionError("no_peer", region.id, "no usable peer")
+                )
+                region, payload, more = await self._reshard(call, payload)
+                if more is not None:
+                    return await self._dispatch(call, more, bo)
+                continue
+            address = await locator.store_address(peer.store_id)
+            request = call.build(region, payload)
+            request.context.CopyFrom(self.contexts.get(region, peer, options, mode))  # type: ignore[attr-defined]
+            if attempt:
+                request.context.is_retry_request = True  # type: ignore[attr-defined]
+            attempt += 1
+            slept = False
+            try:
+                response = await transport.send(address, command, request, call.timeout)
+            except TransportError as exc:
+                if exc.code in FATAL_STATUS_CODES:
+                    raise
+                if exc.sent:
+                    if call.ambiguity is Ambiguity.RAISE:
+                        raise UndeterminedError(command, exc) from exc
+                    if call.ambiguity is Ambiguity.RETRY_THEN_RAISE and call.ambiguous is None:
+                        call.ambiguous = exc
+                # client-go onSendFail: the peer may be down; reload the region (its
+                # leader may have moved) and back off tikvRPC before trying again.
+                locator.on_send_fail(region, peer.store_id)
+                bo = await self._backoff(call, bo, TIKV_RPC, exc)
+                region, payload, more = await self._reshard(call, payload)
+                if more is not None:
+                    return await self._dispatch(call, more, bo)
+                free_retries = 0
+                continue
+
+            if response.HasField("region_error"):
+                err: errorpb_pb2.Error = response.region_error
+                d = decide(
+                    err,
+                    region_id=region.id,
+                    conf_ver=region.epoch.conf_ver,
+                    version=region.epoch.version,
+                    peer_id=peer.id,
+                )
+                if d.action is Action.FAIL:
+                    raise to_exception(err, region.id)
+                if d.action is Action.UNDETERMINED or d.ambiguous:
+                    if call.ambiguity is Ambiguity.RAISE:
+                        raise UndeterminedError(command, to_exception(err, region.id))
+                    if call.ambiguity is Ambiguity.RETRY_THEN_RAISE and call.ambiguous is None:
+                        call.ambiguous = to_exception(err, region.id)
+                kind = d.backoff
+                if d.action is Action.UNDETERMINED and kind is None:
+                    kind = REGION_MISS
+                if d.switch_leader and not locator.on_not_leader(region, err.not_leader.leader):
+                    kind = REGION_SCHEDULING
+                if d.update_regions and not locator.on_epoch_not_match(
+                    region, err.epoch_not_match.current_regions, peer.store_id
+                ):
+                    kind = REGION_MISS
+                if d.invalidate_region:
+                    locator.invalidate_region(region.id, _INVALID_REASONS.get(d.kind, _OTHER))
+                if d.invalidate_store:
+                    locator.invalidate_store(peer.store_id)
+                    await transport.close_address(address)
+                if d.leader_read:
+                    leader_only = True
+                if kind is None and free_retries >= MAX_RETRIES_WITHOUT_BACKOFF:
+                    kind = REGION_MISS
+                if kind is not None:
+                    bo = await self._backoff(call, bo, kind, to_exception(err, region.id))
+                    slept = True
+                free_retries = 0 if slept else free_retries + 1
+                region, payload, more = await self._reshard(call, payload)
+                if more is not None:
+                    return await self._dispatch(call, more, bo)
+                continue
+
+            if call.handle is None:
+                return [response]
+            try:
+                return [call.handle(region, payload, response)]
+            except RetryShard as retry:
+                if retry.before_retry is not None:
+                    await retry.before_retry()
+                if retry.backoff is not None:
+                    bo = await self._backoff(call, bo, retry.backoff, retry)
+                new_shards = await call.sharder.shard(locator, retry.payload)  # type: ignore[arg-type]
+                return await self._dispatch(call, new_shards, bo)
+
+    async def _reshard(
+        self, call: _Call[P, T], payload: P
+    ) -> tuple[Region, P, list[tuple[Region, P]] | None]:
+        """Locate ``payload`` again: one part continues the loop, several are dispatched."""
+        shards = await call.sharder.shard(self.locator, payload)
+        if len(shards) == 1:
+            region, payload = shards[0]
+            return region, payload, None
+        return shards[0][0], payload, shards
+
+    # -- conveniences over execute() ---------------------------------------------------
+
+    async def call_key(
+        self,
+        command: str,
+        key: bytes,
+        request: Message,
+        *,
+        ambiguity: Ambiguity = Ambiguity.IDEMPOTENT,
+        bo: Backoffer | None = None,
+        options: RequestOptions = DEFAULT_OPTIONS,
+        reverse: bool = False,
+    ) -> Any:
+        """Send a prebuilt ``request`` to the region of ``key`` and return its response.
+
+        ``reverse`` routes by ``key`` as an exclusive end (reverse scans).
+        """
+        results: list[Any] = await self.execute(
+            command,
+            _REVERSE_KEY if reverse else _SINGLE_KEY,
+            key,
+            lambda region, k: request,
+            bo=bo,
+            options=options,
+            ambiguity=ambiguity,
+        )
+        if len(results) != 1:  # a single key always lives in one region
+            raise AssertionError(f"{command} for one key produced {len(results)} responses")
+        return results[0]
+
+    async def call_keys(
+        self,
+        command: str,
+        keys: Sequence[bytes],
+        build: Callable[[Sequence[bytes]], Sequence[tuple[Sequence[bytes], Message]]],
+        *,
+        bo: Backoffer | None = None,
+        options: RequestOptions = DEFAULT_OPTIONS,
+        ambiguity: Ambiguity = Ambiguity.IDEMPOTENT,
+    ) -> list[Any]:
+        """Group ``keys`` by region; ``build`` turns one region's keys into requests.
+
+        ``build(keys)`` returns ``[(keys of the request, request), ...]`` so that the
+        caller applies its own size limits; after a region change the keys of a failed
+        request are grouped and built again. Returns the responses in key order.
+        """
+        payload: Sequence[tuple[Sequence[bytes], Message | None]] = [(tuple(keys), None)]
+        return await self.execute(
+            command,
+            _BuiltKeysSharder(build),
+            payload,
+            _prebuilt,
+            bo=bo,
+            options=options,
+            ambiguity=ambiguity,
+        )
+
+    async def call_range(
+        self,
+        command: str,
+        start: bytes,
+        end: bytes,
+        build: Callable[[bytes, bytes], Message],
+        *,
+        bo: Backoffer | None = None,
+        options: RequestOptions = DEFAULT_OPTIONS,
+        ambiguity: Ambiguity = Ambiguity.IDEMPOTENT,
+    ) -> list[Any]:
+        """One request per region overlapping ``[start, end)`` (clipped); key order."""
+        return await self.execute(
+            command,
+            _RANGE,
+            (start, end),
+            lambda region, part: build(part[0], part[1]),
+            bo=bo,
+            options=options,
+            ambiguity=ambiguity,
+        )
+
+    async def call_first_region(
+        self,
+        command: str,
+        start: bytes,
+        end: bytes,
+        build: Callable[[bytes, bytes], Message],
+        *,
+        reverse: bool,
+        bo: Backoffer | None = None,
+        options: RequestOptions = DEFAULT_OPTIONS,
+    ) -> tuple[list[Any], tuple[bytes, bytes]]:
+        """Send one request for the first region of ``[start, end)`` in scan direction.
+
+        Forward: the region containing ``start``; reverse: the region holding the keys
+        just below ``end``. The request covers the range clipped to that region; if the
+        region changed meanwhile, the part is re-sharded and one response per new region
+        comes back, in scan order.
+
+        Returns:
+            The responses and the ``(start, end)`` part of the range they covered.
+
+        """
+        if reverse:
+            region = await self.locator.locate_end_key(end)
+            part = (max(start, region.start_key), end)
+        else:
+            region = await self.locator.locate_key(start)
+            r_end = region.end_key
+            part = (start, r_end if r_end and (not end or r_end < end) else end)
+        results: list[Any] = await self.execute(
+            command,
+            _RANGE,
+            part,
+            lambda region, p: build(p[0], p[1]),
+            bo=bo,
+            options=options,
+        )
+        if reverse:
+            results.reverse()
+        return results, part
+
+
+class _BuiltKeysSharder:
+    """Sharder for :meth:`RequestSender.call_keys`: group keys, then the caller builds."""
+
+    __slots__ = ("build",)
+
+    def __init__(
+        self, build: Callable[[Sequence[bytes]], Sequence[tuple[Sequence[bytes], Message]]]
+    ) -> None:
+        self.build = build
+
+    async def shard(
+        self, locator: Locator, payload: Sequence[tuple[Sequence[bytes], Message | None]]
+    ) -> list[tuple[Region, Sequence[tuple[Sequence[bytes], Message | None]]]]:
+        keys = sorted({k for ks, _ in payload for k in ks})
+        out: list[tuple[Region, Sequence[tuple[Sequence[bytes], Message | None]]]] = []
+        region: Region | None = None
+        group: list[bytes] = []
+        for k in keys:
+            if region is None or not region.contains(k):
+                if region is not None:
+                    out.extend((region, [b]) for b in self.build(group))
+                region = await locator.locate_key(k)
+                group = []
+            group.append(k)
+        if region is not None:
+            out.extend((region, [b]) for b in self.build(group))
+        return out
+
+
+def _prebuilt(region: Region, payload: Sequence[tuple[Sequence[bytes], Message | None]]) -> Message:
+    request = payload[0][1]
+    assert request is not None
+    return request
+
+
+_SINGLE_KEY = KeySharder()
+_REVERSE_KEY = KeySharder(reverse=True)
+_RANGE = RangeSharder()
+_OTHER = InvalidReason.OTHER
+_INVALID_REASONS: dict[str, InvalidReason] = {
+    "not_leader": InvalidReason.NO_LEADER,
+    "region_not_found": InvalidReason.REGION_NOT_FOUND,
+    "epoch_not_match": InvalidReason.EPOCH_NOT_MATCH,
+    "store_not_match": InvalidReason.STORE_NOT_FOUND,
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Plans: a command's shape, composed once, run many times
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Plan(Generic[P, T, R]):
+    """A command's complete shape: sharder → build → handle → merge.
+
+    Define one per command (module level) and run it with :meth:`run`; like client-rust's
+    plan builder, the parts compose and the retry loop is the shared one.
+
+    Attributes:
+        command: The transport command.
+        sharder: How the payload is split by region.
+        build: Builds one part's request.
+        handle: Turns one part's response into a result (may raise :class:`RetryShard`).
+        merge: Folds the results (in key order) into the answer.
+        ambiguity: How the request may be resent when its outcome becomes unknown.
+
+    """
+
+    command: str
+    sharder: Sharder[P]
+    build: Callable[[Region, P], Message]
+    handle: Callable[[Region, P, Any], T]
+    merge: Callable[[list[T]], R]
+    ambiguity: Ambiguity = Ambiguity.IDEMPOTENT
+
+    async def run(
+        self,
+        sender: RequestSender,
+        payload: P,
+        *,
+        bo: Backoffer | None = None,
+        options: RequestOptions = DEFAULT_OPTIONS,
+    ) -> R:
+        """Execute the plan for ``payload`` through ``sender`` and merge the results."""
+        results = await sender.execute(
+            self.command,
+            self.sharder,
+            payload,
+            self.build,
+            self.handle,
+            bo=bo,
+            options=options,
+            ambiguity=self.ambiguity,
+        )
+        return self.merge(results)
