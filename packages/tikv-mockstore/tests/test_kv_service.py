@@ -906,3 +906,48 @@ def test_reads_raise_max_ts_unless_stale(scope: Scope, engine: MvccEngine) -> No
         kvrpcpb_pb2.ScanRequest(context=scope.ctx(), start_key=b"c", limit=1, version=ts(70)),
     )
     assert engine.max_ts == ts(70)
+
+
+def test_need_commit_ts_through_a_committed_lock_is_zero(scope: Scope) -> None:
+    put(scope, b"c", b"old", ts(1), ts(2))
+    assert not prewrite(scope, [mut(Op.Put, b"c", b"new")], ts(5)).errors
+    ctx = scope.ctx(committed_locks=[ts(5)])
+    resp = call(
+        scope,
+        "Get",
+        kvrpcpb_pb2.GetRequest(context=ctx, key=b"c", version=ts(9), need_commit_ts=True),
+    )
+    assert (resp.value, resp.commit_ts) == (b"new", 0)
+
+
+def test_mvcc_get_by_key_and_start_ts(scope: Scope) -> None:
+    put(scope, b"c", b"v" * 300, ts(1), ts(2))
+    put(scope, b"c", b"short", ts(3), ts(4))
+    assert not prewrite(scope, [mut(Op.Del, b"c")], ts(5)).errors
+    resp = call(
+        scope, "MvccGetByKey", kvrpcpb_pb2.MvccGetByKeyRequest(context=scope.ctx(), key=b"c")
+    )
+    info = resp.info
+    assert (info.lock.type, info.lock.start_ts, info.lock.primary) == (Op.Del, ts(5), b"c")
+    assert [(w.type, w.start_ts, w.commit_ts, w.short_value) for w in info.writes] == [
+        (Op.Put, ts(3), ts(4), b"short"),
+        (Op.Put, ts(1), ts(2), b""),
+    ]
+    assert [(v.start_ts, v.value) for v in info.values] == [(ts(1), b"v" * 300)]
+    by_ts = call(
+        scope,
+        "MvccGetByStartTs",
+        kvrpcpb_pb2.MvccGetByStartTsRequest(context=scope.ctx(), start_ts=ts(3)),
+    )
+    assert by_ts.key == b"c"
+    assert len(by_ts.info.writes) == 2
+    missing = call(
+        scope,
+        "MvccGetByStartTs",
+        kvrpcpb_pb2.MvccGetByStartTsRequest(context=scope.ctx(), start_ts=ts(99)),
+    )
+    assert (missing.key, missing.HasField("info")) == (b"", True)
+    outside = call(
+        scope, "MvccGetByKey", kvrpcpb_pb2.MvccGetByKeyRequest(context=scope.ctx(), key=b"z")
+    )
+    assert outside.region_error.HasField("key_not_in_region")

@@ -4,15 +4,20 @@ Importing this module registers one handler per transactional ``tikvpb.Tikv`` co
 :data:`tikv_mockstore.handlers.HANDLERS` (``Get``, ``Scan``, ``BatchGet``, ``Prewrite``,
 ``Commit``, ``Cleanup``, ``BatchRollback``, ``ScanLock``, ``ResolveLock``, ``GC``,
 ``DeleteRange``, ``PessimisticLock``, ``PessimisticRollback``, ``TxnHeartBeat``,
-``CheckTxnStatus``, ``CheckSecondaryLocks``, ``Flush``, ``BufferBatchGet``).
+``CheckTxnStatus``, ``CheckSecondaryLocks``, ``Flush``, ``BufferBatchGet``, and the debugging
+commands ``MvccGetByKey`` / ``MvccGetByStartTs``). ``Import`` is left unregistered: TiKV
+does not implement ``KvImport`` either.
 
-Every handler first checks the request's region with exactly the keys or ranges the
-command touches; a region error is the whole answer (``region_error``), as TiKV's
-``extract_region_error`` makes it. Otherwise the request goes to the cluster's
-:class:`~tikv_mockstore.mvcc.MvccEngine` and the result is shaped as
+Order of checks, as in TiKV: the commands that run ``Storage::check_api_version`` (the
+reads, Prewrite, Flush, PessimisticLock, DeleteRange) answer an API-version or key-mode
+mismatch with an ``abort`` key error first; then every handler checks the request's region
+with exactly the keys or ranges the command touches, and a region error is the whole answer
+(``region_error``), as TiKV's ``extract_region_error`` makes it. Otherwise the request goes to
+the cluster's :class:`~tikv_mockstore.mvcc.MvccEngine` and the result is shaped as
 ``src/server/service/kv.rs`` shapes it: reads and most writes put one key error in ``error``;
 Prewrite, PessimisticLock, PessimisticRollback and Flush put a list in ``errors``; Cleanup
-turns "already committed" into ``commit_version``.
+turns "already committed" into ``commit_version``; DeleteRange and the Mvcc commands report a
+failure as text.
 
 ``PessimisticLock`` may return a :class:`concurrent.futures.Future` instead of a response
 when the request waits for another transaction's lock (see :mod:`.kv_pessimistic`). After
@@ -43,11 +48,14 @@ from tikv_mockstore.mvcc import (
     CommittedError,
     IsolationLevel,
     KvPair,
+    LockType,
     MvccEngine,
+    MvccInfo,
     Op,
     PessimisticAction,
     WriteType,
 )
+from tikv_mockstore.mvcc.types import SHORT_VALUE_MAX_LEN
 
 __all__: list[str] = []
 
@@ -71,13 +79,23 @@ def _read_options(ctx: kvrpcpb_pb2.Context) -> dict[str, Any]:
     }
 
 
-def _commit_ts_of_visible(engine: MvccEngine, key: bytes, version: int) -> int:
+def _commit_ts_of_visible(
+    engine: MvccEngine, key: bytes, version: int, committed_locks: Collection[int] = ()
+) -> int:
     """The commit ts of the Put a read at ``version`` sees on ``key`` (for need_commit_ts).
 
     0 when the value came from a committed transaction's lock (``committed_locks``): that
-    lock has no commit record yet.
+    lock has no commit record yet, and TiKV reports no commit ts for it.
     """
-    for commit_ts, write in engine.mvcc_by_key(key).writes:
+    info = engine.mvcc_by_key(key)
+    lock = info.lock
+    if (
+        lock is not None
+        and lock.start_ts in committed_locks
+        and lock.lock_type in (LockType.PUT, LockType.DELETE)
+    ):
+        return 0
+    for commit_ts, write in info.writes:
         if commit_ts > version:
             continue
         if write.write_type is WriteType.PUT:
@@ -163,18 +181,22 @@ def kv_get(scope: StoreScope, req: kvrpcpb_pb2.GetRequest) -> kvrpcpb_pb2.GetRes
     else:
         resp.value = value
         if req.need_commit_ts:
-            resp.commit_ts = _commit_ts_of_visible(engine, req.key, req.version)
+            resp.commit_ts = _commit_ts_of_visible(
+                engine, req.key, req.version, req.context.committed_locks
+            )
     return resp
 
 
 def _pairs_to_pb(
-    engine: MvccEngine, pairs: Sequence[KvPair], version: int, need_commit_ts: bool
+    engine: MvccEngine, pairs: Sequence[KvPair], req: kvrpcpb_pb2.BatchGetRequest
 ) -> list[kvrpcpb_pb2.KvPair]:
     out = []
     for pair in pairs:
         pb = kv_pair_to_pb(pair)
-        if need_commit_ts and pair.error is None:
-            pb.commit_ts = _commit_ts_of_visible(engine, pair.key, version)
+        if req.need_commit_ts and pair.error is None:
+            pb.commit_ts = _commit_ts_of_visible(
+                engine, pair.key, req.version, req.context.committed_locks
+            )
         out.append(pb)
     return out
 
@@ -202,7 +224,7 @@ def kv_batch_get(
         resp.error.CopyFrom(key_error(e))
         resp.pairs.add().error.CopyFrom(resp.error)
         return resp
-    resp.pairs.extend(_pairs_to_pb(engine, pairs, req.version, req.need_commit_ts))
+    resp.pairs.extend(_pairs_to_pb(engine, pairs, req))
     return resp
 
 
@@ -712,4 +734,93 @@ def kv_delete_range(
         resp.error = f"{type(e).__name__}: {e}"
     finally:
         _poke_waiters(engine)
+    return resp
+
+
+# --------------------------------------------------------------------------- debugging
+
+_WRITE_OP = {
+    WriteType.PUT: kvrpcpb_pb2.Put,
+    WriteType.DELETE: kvrpcpb_pb2.Del,
+    WriteType.LOCK: kvrpcpb_pb2.Lock,
+    WriteType.ROLLBACK: kvrpcpb_pb2.Rollback,
+}
+
+
+def _short_value(value: bytes | None) -> bytes:
+    # Values up to SHORT_VALUE_MAX_LEN live in the lock / write record; longer ones are in
+    # the default column family and show up in MvccInfo.values instead.
+    if value is None or len(value) > SHORT_VALUE_MAX_LEN:
+        return b""
+    return value
+
+
+def _mvcc_info_to_pb(info: MvccInfo) -> kvrpcpb_pb2.MvccInfo:
+    """``MvccInfo::into_proto`` (``src/storage/types.rs``): the fields TiKV fills."""
+    pb = kvrpcpb_pb2.MvccInfo()
+    if info.lock is not None:
+        pb.lock.CopyFrom(
+            kvrpcpb_pb2.MvccLock(
+                type=kvrpcpb_pb2.Op.ValueType(info.lock.lock_type.to_op()),
+                start_ts=info.lock.start_ts,
+                primary=info.lock.primary,
+                short_value=_short_value(info.lock.value),
+            )
+        )
+    for commit_ts, write in info.writes:
+        pb.writes.add(
+            type=_WRITE_OP[write.write_type],
+            start_ts=write.start_ts,
+            commit_ts=commit_ts,
+            short_value=_short_value(write.value),
+            has_overlapped_rollback=write.has_overlapped_rollback,
+        )
+    for start_ts, value in info.values:
+        pb.values.add(start_ts=start_ts, value=value)
+    return pb
+
+
+@handler("MvccGetByKey")
+def kv_mvcc_get_by_key(
+    scope: StoreScope, req: kvrpcpb_pb2.MvccGetByKeyRequest
+) -> kvrpcpb_pb2.MvccGetByKeyResponse:
+    """MvccGetByKey: the key's lock, writes (newest first) and long values."""
+    resp = kvrpcpb_pb2.MvccGetByKeyResponse()
+    region_error = scope.check(req.context, keys=(req.key,), txn=True)
+    if region_error is not None:
+        resp.region_error.CopyFrom(region_error)
+        return resp
+    try:
+        resp.info.CopyFrom(_mvcc_info_to_pb(_engine(scope).mvcc_by_key(req.key)))
+    except KEY_ERROR_TYPES as e:
+        resp.error = f"{type(e).__name__}: {e}"
+    return resp
+
+
+@handler("MvccGetByStartTs")
+def kv_mvcc_get_by_start_ts(
+    scope: StoreScope, req: kvrpcpb_pb2.MvccGetByStartTsRequest
+) -> kvrpcpb_pb2.MvccGetByStartTsResponse:
+    """MvccGetByStartTs: a key the transaction touched and its MVCC info (empty if none).
+
+    The engine looks for the transaction's smallest key in the whole cluster; a key outside
+    this region counts as "not found here".
+    """
+    resp = kvrpcpb_pb2.MvccGetByStartTsResponse()
+    region_error = scope.check(req.context, txn=True)
+    if region_error is not None:
+        resp.region_error.CopyFrom(region_error)
+        return resp
+    start_key, end_key = scope.region_bounds(req.context, txn=True)
+    try:
+        info = _engine(scope).mvcc_by_start_ts(req.start_ts)
+    except KEY_ERROR_TYPES as e:
+        resp.error = f"{type(e).__name__}: {e}"
+        return resp
+    inside = info is not None and info.key >= start_key and (not end_key or info.key < end_key)
+    if info is not None and inside:
+        resp.key = info.key
+        resp.info.CopyFrom(_mvcc_info_to_pb(info))
+    else:
+        resp.info.CopyFrom(kvrpcpb_pb2.MvccInfo())
     return resp
