@@ -1,0 +1,51 @@
+"""Memcomparable encoding used for transactional region boundaries."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from tikv_mockstore._codec import decode_bytes, decode_bytes_lenient, encode_bytes
+
+
+def test_known_encoding_matches_the_wire() -> None:
+    # tikv-client sends region_key=b'tk1\x00\x00\x00\x00\x00\xfa' for b"tk1".
+    assert encode_bytes(b"tk1") == b"tk1\x00\x00\x00\x00\x00\xfa"
+    assert encode_bytes(b"") == b"\x00" * 8 + b"\xf7"
+    assert encode_bytes(b"12345678") == b"12345678\xff" + b"\x00" * 8 + b"\xf7"
+
+
+@given(st.binary(max_size=40))
+def test_roundtrip(key: bytes) -> None:
+    assert decode_bytes(encode_bytes(key) + b"rest") == (key, b"rest")
+
+
+@given(st.binary(max_size=20), st.binary(max_size=20))
+def test_order_is_preserved(a: bytes, b: bytes) -> None:
+    assert (a < b) == (encode_bytes(a) < encode_bytes(b))
+
+
+@pytest.mark.parametrize("bad", [b"", b"abc", b"12345678\x00", b"1234567\x01\xfe"])
+def test_invalid_encodings_raise(bad: bytes) -> None:
+    with pytest.raises(ValueError, match="memcomparable"):
+        decode_bytes(bad)
+
+
+def test_encode_rejects_str() -> None:
+    with pytest.raises(TypeError, match="bytes"):
+        encode_bytes("abc")  # type: ignore[arg-type]
+
+
+_small = st.binary(max_size=12).map(lambda b: bytes(x % 4 if x < 128 else 255 - x % 4 for x in b))
+
+
+@given(st.one_of(_small, _small.map(encode_bytes)), st.lists(_small, max_size=30))
+def test_lenient_decode_splits_user_keys_exactly(boundary: bytes, keys: list[bytes]) -> None:
+    cut = decode_bytes_lenient(boundary)
+    for key in keys:
+        assert (encode_bytes(key) >= boundary) == (key >= cut)
+
+
+def test_lenient_decode_of_valid_encoding_is_the_key() -> None:
+    assert decode_bytes_lenient(encode_bytes(b"m")) == b"m"
+    assert decode_bytes_lenient(b"") == b""
