@@ -14,6 +14,7 @@ from tikv_pd.errors import ClientClosedError, RegionError, StoreUnavailableError
 from tikv_pd.locator import RegionLocator
 from tikv_pd.pd_client import PDClient
 from tikv_pd.region_cache import Region, RegionCache, RegionEpoch
+from tikv_pd.request import Locator
 from tikv_proto import metapb_pb2
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -311,6 +312,12 @@ async def test_sweeper_drops_expired_regions_and_close_stops_it(
     await locator.close()
     with pytest.raises(ClientClosedError):
         await locator.locate_key(b"a")
+
+
+async def test_satisfies_the_request_pipeline_locator_protocol(client: PDClient) -> None:
+    # Checked by mypy: RegionLocator must be usable wherever request.Locator is expected.
+    locator: Locator = RegionLocator(client, codec=CodecV1("raw"))
+    assert callable(locator.locate_key)
 
 
 def test_constructor_validation() -> None:

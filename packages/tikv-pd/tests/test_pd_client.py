@@ -13,6 +13,7 @@ from tikv_pd.channels import ChannelCache, parse_endpoint
 from tikv_pd.config import Config
 from tikv_pd.errors import ClientClosedError, PDError
 from tikv_pd.pd_client import PDClient
+from tikv_pd.region_cache import Store, StoreState
 from tikv_proto import keyspacepb_pb2
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -184,7 +185,8 @@ async def test_stores_safepoints_ids_and_keyspaces(pd3: FakePDCluster) -> None:
     )
     async with await PDClient.connect(pd3.endpoints, config=FAST) as client:
         store = await client.get_store(2)
-        assert store.address == "127.0.0.1:20162"
+        assert isinstance(store, Store)
+        assert (store.id, store.address, store.state) == (2, "127.0.0.1:20162", StoreState.UP)
         assert sorted(s.id for s in await client.get_all_stores()) == [1, 2, 3]
         with pytest.raises(PDError) as info:
             await client.get_store(77)

@@ -87,22 +87,6 @@ def _to_peer(peer: metapb_pb2.Peer) -> Peer:
     return Peer(peer.id, peer.store_id, role, peer.is_witness)
 
 
-def _to_store(meta: metapb_pb2.Store) -> Store:
-    try:
-        state = StoreState(meta.state)
-    except ValueError:
-        state = StoreState.UP
-    return Store(
-        id=meta.id,
-        address=meta.address,
-        state=state,
-        labels=tuple((label.key, label.value) for label in meta.labels),
-        version=meta.version,
-        peer_address=meta.peer_address,
-        status_address=meta.status_address,
-    )
-
-
 class RegionLocator:
     """Locates regions and stores for request keys, loading from PD on a miss.
 
@@ -480,8 +464,7 @@ class RegionLocator:
 
     async def _load_store(self, store_id: int) -> Store:
         self._count("GetStore")
-        meta = await self._pd.get_store(store_id, backoffer=self._backoffer("get_store"))
-        return _to_store(meta)
+        return await self._pd.get_store(store_id, backoffer=self._backoffer("get_store"))
 
     async def get_store(self, store_id: int) -> Store:
         """Return store ``store_id`` (cached; ``GetStore`` once per id).

@@ -57,6 +57,7 @@ from tikv_pd.backoff import PD_RPC, Backoffer
 from tikv_pd.channels import ChannelCache, parse_endpoint
 from tikv_pd.config import Config
 from tikv_pd.errors import ClientClosedError, PDError
+from tikv_pd.region_cache import Store, StoreState
 
 if TYPE_CHECKING:
     from tikv_proto.keyspacepb_pb2_grpc import KeyspaceAsyncStub
@@ -75,6 +76,7 @@ __all__ = [
     "PDMember",
     "PDRegion",
     "ServiceSafePoint",
+    "store_from_meta",
 ]
 
 logger = logging.getLogger(__name__)
@@ -237,6 +239,32 @@ class ServiceSafePoint:
 # ---------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------
+
+
+def store_from_meta(meta: metapb_pb2.Store) -> Store:
+    """Convert a ``metapb.Store`` to the region cache's :class:`~tikv_pd.region_cache.Store`.
+
+    Raises:
+        PDError: The store has no id.
+
+    """
+    if meta.id == 0:
+        raise PDError("PD returned a store without an id")
+    try:
+        state = StoreState(meta.state)
+    except ValueError:
+        # A state this client does not know (newer PD): treat it as serving; the
+        # transport's liveness checks decide reachability.
+        state = StoreState.UP
+    return Store(
+        id=meta.id,
+        address=meta.address,
+        state=state,
+        labels=tuple((label.key, label.value) for label in meta.labels),
+        version=meta.version,
+        peer_address=meta.peer_address,
+        status_address=meta.status_address,
+    )
 
 
 def _rpc_text(exc: grpc.aio.AioRpcError) -> str:
@@ -553,7 +581,7 @@ class _TsoDispatcher:
         # refresh and pause before reconnecting.
         old_leader = client.leader
         if _is_leader_change(exc):
-            with contextlib.suppress(PDError):
+            with contextlib.suppress(PDError, ClientClosedError):
                 await client.check_members()
         else:
             client.schedule_member_check()
@@ -883,7 +911,14 @@ class PDClient:
                 self._update_members(), name="tikv-pd-member-check"
             )
             self._member_check = task
-        await asyncio.shield(task)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self.closed and task.cancelled() and (current is None or not current.cancelling()):
+                # close() cancelled the shared refresh, not our caller.
+                raise ClientClosedError("PD client was closed during a member refresh") from None
+            raise
 
     def schedule_member_check(self) -> None:
         """Ask the background loop to refresh the members soon (never blocks)."""
@@ -1164,10 +1199,8 @@ class PDClient:
             if r.HasField("region")
         ]
 
-    async def get_store(
-        self, store_id: int, *, backoffer: Backoffer | None = None
-    ) -> metapb_pb2.Store:
-        """Return store ``store_id``'s metadata (address, state, labels, ...).
+    async def get_store(self, store_id: int, *, backoffer: Backoffer | None = None) -> Store:
+        """Return store ``store_id`` (address, state, labels, version, ...).
 
         Raises:
             TypeError / ValueError: ``store_id`` is not a positive int.
@@ -1186,11 +1219,11 @@ class PDClient:
             raise PDError(f"GetStore: PD returned no store for id {store_id}")
         if resp.store.id != store_id:
             raise PDError(f"GetStore: asked for store {store_id}, PD returned {resp.store.id}")
-        return resp.store
+        return store_from_meta(resp.store)
 
     async def get_all_stores(
         self, *, exclude_tombstone: bool = True, backoffer: Backoffer | None = None
-    ) -> list[metapb_pb2.Store]:
+    ) -> list[Store]:
         """Return every store PD knows (without tombstones unless asked).
 
         Raises:
@@ -1205,7 +1238,7 @@ class PDClient:
             lambda t: self._pd_stub(t).GetAllStores(request, timeout=self._config.pd_timeout),
             backoffer,
         )
-        return list(resp.stores)
+        return [store_from_meta(m) for m in resp.stores if m.id]
 
     async def get_gc_safe_point(self, *, backoffer: Backoffer | None = None) -> int:
         """Return the cluster's GC safepoint.
