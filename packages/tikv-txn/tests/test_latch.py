@@ -13,6 +13,7 @@ from tikv_txn.latch import (
     EXPIRE_DURATION_MS,
     AcquireResult,
     Latches,
+    LatchLock,
     LatchScheduler,
     murmur3_32,
 )
@@ -330,3 +331,61 @@ async def _until(cond: object) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition not reached before the deadline")
         await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_latches_randomised_against_model(seed: int) -> None:
+    # Random acquire / release interleavings of the sans-IO table, checked against a
+    # model: mutual exclusion per key, stale exactly when a needed key has a newer
+    # commit, and no lock left waiting once every holder has released (sorted
+    # acquisition cannot deadlock).
+    rng = random.Random(seed)
+    latches = Latches(4)  # few slots: keys share slots
+    keys = [b"k%d" % i for i in range(8)]
+    ts = itertools.count(1)
+    max_commit: dict[bytes, int] = {}
+    holding: list[LatchLock] = []  # SUCCESS or STALE: must be released
+    waiting: list[LatchLock] = []
+
+    def check_outcome(lock: LatchLock, result: AcquireResult) -> None:
+        if result is AcquireResult.SUCCESS:
+            assert all(max_commit.get(k, 0) <= lock.start_ts for k in lock.keys)
+            holding.append(lock)
+        elif result is AcquireResult.STALE:
+            assert lock.stale_key is not None
+            assert max_commit.get(lock.stale_key, 0) > lock.start_ts
+            assert lock.conflict_commit_ts == max_commit[lock.stale_key]
+            holding.append(lock)
+        else:
+            waiting.append(lock)
+
+    def check_exclusion() -> None:
+        owners: dict[bytes, LatchLock] = {}
+        for lk in holding + waiting:
+            for k in lk.keys[: lk.acquired_count]:
+                assert k not in owners, "two locks hold one latch"
+                owners[k] = lk
+
+    for _ in range(600):
+        if rng.random() < 0.5 or not holding:
+            lock = latches.gen_lock(next(ts), rng.sample(keys, rng.randint(1, 4)))
+            check_outcome(lock, latches.acquire(lock))
+        else:
+            lock = holding.pop(rng.randrange(len(holding)))
+            commit = 0 if lock.is_stale or rng.random() < 0.3 else next(ts)
+            lock.set_commit_ts(commit)
+            for k in lock.keys[: lock.acquired_count]:
+                max_commit[k] = max(max_commit.get(k, 0), commit)
+            for woken in latches.release(lock):
+                waiting.remove(woken)
+                check_outcome(woken, latches.acquire(woken))
+        check_exclusion()
+
+    while holding:
+        lock = holding.pop()
+        for woken in latches.release(lock):
+            waiting.remove(woken)
+            check_outcome(woken, latches.acquire(woken))
+        check_exclusion()
+    assert waiting == []
+    assert latches.waiting_count() == 0
