@@ -19,7 +19,7 @@ from tikv_pd.transport import (
     RPCTimeoutError,
     Transport,
     TransportError,
-    channel_options,
+    store_channel_options,
 )
 from tikv_proto import kvrpcpb_pb2, tikvpb_pb2, tikvpb_pb2_grpc
 
@@ -178,13 +178,10 @@ def test_command_table_maps_batch_fields_to_unary_methods() -> None:
     assert batchable == {c.name for c in COMMANDS.values() if c.batch_field}
 
 
-def test_channel_options_follow_config() -> None:
-    opts = dict(channel_options(Config(grpc_keepalive_time=7, grpc_keepalive_timeout=2)))
-    assert opts["grpc.keepalive_time_ms"] == 7000
-    assert opts["grpc.keepalive_timeout_ms"] == 2000
-    assert opts["grpc.max_receive_message_length"] == -1
-    assert opts["grpc.max_send_message_length"] == -1
-    assert opts["grpc.max_reconnect_backoff_ms"] == 3000
+def test_store_channel_options_follow_config() -> None:
+    opts = dict(store_channel_options(Config(grpc_initial_window_size=1 << 20)))
+    assert opts["grpc.http2.lookahead_bytes"] == 1 << 20
+    assert opts["grpc.use_local_subchannel_pool"] == 1
 
 
 # ---------------------------------------------------------------------------------------

@@ -28,9 +28,9 @@ response message. By default every batchable command travels on the store's
 Connections: ``Config.grpc_connection_count`` channels per store (client-go's
 ``GrpcConnectionCount`` = 4, because TiKV binds each connection to one gRPC thread). The
 sender picks a connection per *batch* (round robin), not per request, so spreading the
-load over connections does not shrink the batches. Channels use keepalive from the
-config, unlimited message sizes, and client-go's reconnect backoff (100 ms … 3 s instead
-of gRPC's 1 s … 120 s, ``internal/client/conn_pool.go``).
+load over connections does not shrink the batches. Channels are built by
+:mod:`tikv_pd.channels` (keepalive, unlimited message sizes, client-go's reconnect
+backoff, TLS) plus :func:`store_channel_options`.
 
 Commands are named by the ``BatchCommandsRequest.Request`` oneof field (``"Get"``,
 ``"RawPut"``, ``"Prewrite"``, ...); commands that cannot be batched use their unary method
@@ -54,6 +54,7 @@ from google.protobuf import message_factory
 from google.protobuf.message import Message
 from tikv_proto import tikvpb_pb2
 
+from tikv_pd.channels import create_channel
 from tikv_pd.config import Config
 from tikv_pd.errors import ClientClosedError, StoreUnavailableError
 
@@ -66,8 +67,8 @@ __all__ = [
     "Transport",
     "TransportError",
     "TransportStats",
-    "channel_options",
     "default_channel_factory",
+    "store_channel_options",
 ]
 
 _log = logging.getLogger(__name__)
@@ -225,54 +226,36 @@ COMMANDS: Mapping[str, Command] = _build_commands()
 ChannelFactory = Callable[[str, int], grpc.aio.Channel]
 
 
-def channel_options(config: Config) -> list[tuple[str, Any]]:
-    """The gRPC channel arguments of a TiKV connection, from ``config``.
+def store_channel_options(config: Config) -> list[tuple[str, int | str]]:
+    """The gRPC options a store connection adds to :func:`tikv_pd.channels.channel_options`.
 
-    * Unlimited message sizes (client-go ``MaxRecvMsgSize`` = MaxInt64).
-    * Keepalive every ``grpc_keepalive_time`` with ``grpc_keepalive_timeout``
-      (``config/client.go``: 10 s / 3 s), pings allowed on an idle stream.
-    * Reconnect backoff 100 ms growing to 3 s (client-go's ``ConnectParams`` in
-      ``conn_pool.go``; gRPC's default grows to 120 s, far too slow after a store
-      restart).
-    * The stream flow-control window as C-core's per-stream lookahead
-      (``grpc_initial_window_size``).
-    * A local subchannel pool, so that each channel of a store's pool really is its own
+    The shared options (keepalive, unlimited message sizes, client-go's 100 ms … 3 s
+    reconnect backoff, no gRPC-level retries, TLS) come from :mod:`tikv_pd.channels`;
+    a store connection adds:
+
+    * the stream flow-control window as C-core's per-stream lookahead
+      (``grpc_initial_window_size``, client-go's 128 MiB);
+    * a local subchannel pool, so that each channel of a store's pool really is its own
       TCP connection (C-core would otherwise share one subchannel between channels with
-      equal arguments).
+      equal arguments, and TiKV would see one connection instead of
+      ``grpc_connection_count``).
     """
     return [
-        ("grpc.max_send_message_length", -1),
-        ("grpc.max_receive_message_length", -1),
-        ("grpc.keepalive_time_ms", int(config.grpc_keepalive_time * 1000)),
-        ("grpc.keepalive_timeout_ms", int(config.grpc_keepalive_timeout * 1000)),
-        ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 3000),
         ("grpc.http2.lookahead_bytes", config.grpc_initial_window_size),
         ("grpc.use_local_subchannel_pool", 1),
     ]
 
 
 def default_channel_factory(config: Config) -> ChannelFactory:
-    """Return a factory of plaintext or TLS channels built from ``config``.
+    """Return a factory of store channels built with :func:`tikv_pd.channels.create_channel`.
 
-    TLS is used when ``config.security`` is enabled (CA, optional client certificate).
+    TLS, compression and keepalive follow ``config``.
     """
-    options = channel_options(config)
-    compression = grpc.Compression.Gzip if config.grpc_compression == "gzip" else None
-    credentials: grpc.ChannelCredentials | None = None
-    if config.security.enabled:
-        ca, cert, key = config.security.read_files()
-        credentials = grpc.ssl_channel_credentials(ca, key, cert)
+    extra = store_channel_options(config)
 
     def factory(address: str, index: int) -> grpc.aio.Channel:
         del index  # every connection of the pool has the same arguments
-        if credentials is None:
-            return grpc.aio.insecure_channel(address, options=options, compression=compression)
-        return grpc.aio.secure_channel(
-            address, credentials, options=options, compression=compression
-        )
+        return create_channel(address, config=config, options=extra)
 
     return factory
 
