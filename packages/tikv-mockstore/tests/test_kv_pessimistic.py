@@ -7,6 +7,8 @@ for them with ``Future.result(timeout=...)``, a deadline, never a fixed sleep.
 
 from __future__ import annotations
 
+import itertools
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
@@ -442,3 +444,69 @@ def test_manager_answers_at_once_when_the_lock_is_already_gone() -> None:
     assert manager.wait(waiter) == Released(5, 77)
     assert manager.waiter_count == 0
     assert outcomes == []
+
+
+def test_concurrent_pessimistic_increments_never_lose_a_wake_up(engine: MvccEngine) -> None:
+    """Threads increment one counter in pessimistic transactions that wait for each other.
+
+    The wait ceiling is 30 s and every wait must end within RESULT_TIMEOUT, so a lost
+    wake-up fails the test instead of being hidden by a timeout-and-retry.
+    """
+    scope = Scope(engine)
+    clock = itertools.count(1)
+    clock_lock = threading.Lock()
+
+    def next_ts() -> int:
+        with clock_lock:
+            return ts(next(clock))
+
+    workers, increments = 4, 8
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(increments):
+                start = for_update = next_ts()
+                while True:
+                    answer = lock(
+                        scope, [b"n"], start, for_update_ts=for_update, return_values=True
+                    )
+                    resp = answer.result(RESULT_TIMEOUT) if isinstance(answer, Future) else answer
+                    if not resp.errors:
+                        break
+                    # Woken after another increment committed: retry with a newer for_update_ts.
+                    assert (
+                        resp.errors[0].conflict.reason == kvrpcpb_pb2.WriteConflict.PessimisticRetry
+                    )
+                    for_update = next_ts()
+                value = int(resp.values[0] or b"0")
+                req = kvrpcpb_pb2.PrewriteRequest(
+                    context=scope.ctx(),
+                    mutations=[
+                        kvrpcpb_pb2.Mutation(op=PB_OP.Put, key=b"n", value=b"%d" % (value + 1))
+                    ],
+                    primary_lock=b"n",
+                    start_version=start,
+                    for_update_ts=for_update,
+                    pessimistic_actions=[kvrpcpb_pb2.PrewriteRequest.DO_PESSIMISTIC_CHECK],
+                    lock_ttl=3000,
+                )
+                assert not call(scope, "Prewrite", req).errors
+                commit_req = kvrpcpb_pb2.CommitRequest(
+                    context=scope.ctx(), keys=[b"n"], start_version=start, commit_version=next_ts()
+                )
+                assert call(scope, "Commit", commit_req).commit_version
+        except BaseException as e:  # reported by the main thread
+            failures.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    assert failures == []
+    got = call(
+        scope, "Get", kvrpcpb_pb2.GetRequest(context=scope.ctx(), key=b"n", version=next_ts())
+    )
+    assert got.value == b"%d" % (workers * increments)

@@ -615,6 +615,8 @@ def test_resolve_lock_by_txn_keys_and_txn_infos(scope: Scope) -> None:
     assert get(scope, b"g", ts(50)).not_found
     bad = resolve(start_version=ts(60), commit_version=ts(59))
     assert bad.error.abort
+    nothing = resolve()  # no transaction named: TiKV resolves nothing and succeeds
+    assert not nothing.HasField("error")
 
 
 def test_pessimistic_rollback_without_keys_scans_the_region(scope: Scope) -> None:

@@ -495,6 +495,9 @@ def kv_resolve_lock(
     txn_infos = None
     if req.start_version == 0:
         txn_infos = {info.txn: info.status for info in req.txn_infos}
+        if not txn_infos and not req.keys:
+            # TiKV scans the region with an empty status map: nothing to resolve.
+            return resp
     try:
         engine.resolve_lock(
             req.start_version,
