@@ -121,7 +121,8 @@ class _Member:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.cluster.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
 
 class _Servicer(pdpb_pb2_grpc.PDServicer):
@@ -330,10 +331,14 @@ class _KeyspaceServicer(keyspacepb_pb2_grpc.KeyspaceServicer):
 
 
 class FakePDCluster:
-    """``async with FakePDCluster(members=3) as pd: pd.endpoints``."""
+    """``async with FakePDCluster(members=3) as pd: pd.endpoints``.
 
-    def __init__(self, members: int = 1) -> None:
+    With ``tls=(key_pem, cert_pem)`` every member serves TLS and reports https URLs.
+    """
+
+    def __init__(self, members: int = 1, *, tls: tuple[bytes, bytes] | None = None) -> None:
         self.state = FakeState()
+        self.tls = tls
         self.members = [_Member(self, i) for i in range(members)]
 
     @property
@@ -345,7 +350,11 @@ class FakePDCluster:
         server = grpc.aio.server()
         pdpb_pb2_grpc.add_PDServicer_to_server(_Servicer(m), server)  # type: ignore[abstract]
         keyspacepb_pb2_grpc.add_KeyspaceServicer_to_server(_KeyspaceServicer(m), server)  # type: ignore[abstract]
-        port = server.add_insecure_port(f"127.0.0.1:{m.port}")
+        if self.tls is not None:
+            creds = grpc.ssl_server_credentials([self.tls])
+            port = server.add_secure_port(f"127.0.0.1:{m.port}", creds)
+        else:
+            port = server.add_insecure_port(f"127.0.0.1:{m.port}")
         assert port != 0
         m.port = port
         await server.start()

@@ -282,7 +282,13 @@ def _is_leader_change(exc: BaseException) -> bool:
 
 
 def _is_retryable(exc: grpc.aio.AioRpcError) -> bool:
-    return exc.code() in _RETRYABLE_CODES or _is_leader_change(exc)
+    # CANCELLED reaches here only while the client is open: the call's channel was
+    # closed because its member left the cluster, so the request may go elsewhere.
+    return (
+        exc.code() in _RETRYABLE_CODES
+        or exc.code() == grpc.StatusCode.CANCELLED
+        or _is_leader_change(exc)
+    )
 
 
 def _header_error(method: str, response: object) -> PDError | None:
