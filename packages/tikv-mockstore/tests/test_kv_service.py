@@ -722,6 +722,19 @@ def test_force_lock_mode_results(scope: Scope) -> None:
     assert result.locked_with_conflict_ts == ts(21)
     assert (result.value, result.existence) == (b"cv", True)
     assert (list(resp.values), list(resp.not_founds)) == ([], [])
+    # The value comes with a locked-with-conflict result even without return_values.
+    put(scope, b"c2", b"c2v", ts(22), ts(23))
+    resp = call(
+        scope,
+        "PessimisticLock",
+        lock_req(scope, [b"c2"], ts(11), for_update_ts=ts(15), wake_up_mode=mode),
+    )
+    (result,) = resp.results
+    assert (result.type, result.value, result.existence) == (
+        kvrpcpb_pb2.LockResultLockedWithConflict,
+        b"c2v",
+        True,
+    )
     resp = call(
         scope,
         "PessimisticLock",

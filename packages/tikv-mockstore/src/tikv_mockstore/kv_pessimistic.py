@@ -268,9 +268,17 @@ class PessimisticLockRequest:
         if self._force:
             for r in result.results:
                 if r.locked_with_conflict_ts:
+                    value = r.value
+                    if value is None and r.existence:
+                        # TiKV returns the latest value with a locked-with-conflict result even
+                        # without return_values (acquire_pessimistic_lock.rs: the client reads
+                        # it from this cache when it retries the statement). The engine only
+                        # returns values when asked, so read it back: the key is now locked by
+                        # this transaction, so the version at the conflict ts is stable.
+                        value = self._engine.get(r.key, r.locked_with_conflict_ts, stale_read=True)
                     resp.results.add(
                         type=_RESULT_CONFLICT,
-                        value=r.value or b"",
+                        value=value or b"",
                         existence=r.existence,
                         locked_with_conflict_ts=r.locked_with_conflict_ts,
                     )
