@@ -323,6 +323,26 @@ async def test_deadline_fails_request_and_drops_late_response(batch_server: Serv
         assert t.stats.stream_failures == 0
 
 
+async def test_deadlines_with_mixed_timeouts(batch_server: Server) -> None:
+    async with Transport(_config()) as t:
+        addr = batch_server.address
+        batch_server.servicer.data[b"slow"] = b"late"
+        patient = asyncio.ensure_future(t.send(addr, "RawGet", _get(b"slow"), timeout=30))
+        hasty = [
+            asyncio.ensure_future(t.send(addr, "RawGet", _get(b"slow"), timeout=0.1 * (i + 1)))
+            for i in range(3)
+        ]
+        for h in hasty:
+            with pytest.raises(RPCTimeoutError):
+                await h
+        assert t.stats.timeouts == 3
+        assert not patient.done()
+        batch_server.servicer.release.set()
+        assert (await patient).value == b"late"
+        assert (await t.send(addr, "RawGet", _get(b"x"), timeout=0.5)).not_found
+        assert t.stats.timeouts == 3
+
+
 async def test_unary_deadline(unary_server: Server) -> None:
     async with Transport(_config(enable_batch_commands=False)) as t:
         with pytest.raises(RPCTimeoutError) as info:
