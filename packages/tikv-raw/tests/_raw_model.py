@@ -26,8 +26,9 @@ class RawEnv:
     """What the machine needs: a client, a way to split regions, and a key prefix."""
 
     client: RawClient
-    split: Callable[[bytes], None]
+    split: Callable[[bytes], object]
     prefix: bytes
+    close: Callable[[], None] | None = None
 
 
 def make_machine(new_env: Callable[[], RawEnv]) -> type[RuleBasedStateMachine]:
@@ -121,7 +122,11 @@ def make_machine(new_env: Callable[[], RawEnv]) -> type[RuleBasedStateMachine]:
             assert check.total_kvs == len(self.model)
 
         def teardown(self) -> None:
-            self.c.delete_range(self.p, _prefix_end(self.p))
+            try:
+                self.c.delete_range(self.p, _prefix_end(self.p))
+            finally:
+                if self.env.close is not None:
+                    self.env.close()
 
     return RawModel
 

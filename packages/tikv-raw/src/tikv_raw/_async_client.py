@@ -173,7 +173,14 @@ class AsyncRawClient:
         router = await connect_router(
             eps, api_version=version, keyspace=keyspace, config=cfg, timeout=timeout
         )
-        return cls(router, config=cfg, atomic=atomic, api_version=version, keyspace=keyspace)
+        return cls(
+            router,
+            config=cfg,
+            atomic=atomic,
+            api_version=version,
+            keyspace=keyspace,
+            codec=router.codec,
+        )
 
     async def close(self) -> None:
         """Close the client: its PD client, store connections and background tasks.
