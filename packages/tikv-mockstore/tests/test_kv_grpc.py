@@ -250,3 +250,63 @@ def test_batch_commands_answer_others_while_a_lock_waits(client: Client) -> None
     assert not answers[3].errors
     conflict = answers[1].errors[0].conflict
     assert (conflict.start_ts, conflict.conflict_ts) == (waiter, holder)
+
+
+def test_deadlock_between_two_stores(client: Client) -> None:
+    cluster = client.cluster
+    upper = cluster.region_by_key(b"zz", txn=True)
+    assert upper is not None
+    cluster.transfer_leader(upper.id, 2)  # the two keys are now served by different stores
+    k1, k2 = b"grpc-dl", b"zz-dl"
+    stub1, ctx1 = client.route(k1)
+    stub2, ctx2 = client.route(k2)
+    assert ctx1.peer.store_id != ctx2.peer.store_id
+
+    def lock_req(
+        ctx: kvrpcpb_pb2.Context, key: bytes, primary: bytes, start: int, first: bool
+    ) -> kvrpcpb_pb2.PessimisticLockRequest:
+        return kvrpcpb_pb2.PessimisticLockRequest(
+            context=ctx,
+            mutations=[kvrpcpb_pb2.Mutation(op=Op.PessimisticLock, key=key)],
+            primary_lock=primary,
+            start_version=start,
+            for_update_ts=start,
+            lock_ttl=20_000,
+            is_first_lock=first,
+            wait_timeout=5000,
+        )
+
+    t1, t2 = client.ts(), client.ts()
+    assert not stub1.KvPessimisticLock(lock_req(ctx1, k1, k1, t1, True), timeout=DEADLINE).errors
+    assert not stub2.KvPessimisticLock(lock_req(ctx2, k2, k2, t2, True), timeout=DEADLINE).errors
+    t1_waits = stub2.KvPessimisticLock.future(lock_req(ctx2, k2, k1, t1, False), timeout=DEADLINE)
+    manager = lock_wait_manager(cluster.engine)
+    event = threading.Event()
+    for _ in range(200):
+        if manager.waiter_count:
+            break
+        event.wait(0.01)
+    assert manager.waiter_count == 1
+    resp = stub1.KvPessimisticLock(lock_req(ctx1, k1, k2, t2, False), timeout=DEADLINE)
+    deadlock = resp.errors[0].deadlock
+    assert (deadlock.lock_ts, deadlock.lock_key) == (t1, k1)
+    assert [(e.txn, e.wait_for_txn, e.key) for e in deadlock.wait_chain] == [
+        (t1, t2, k2),
+        (t2, t1, k1),
+    ]
+    assert not t1_waits.done()
+    rollback = stub2.KVPessimisticRollback(
+        kvrpcpb_pb2.PessimisticRollbackRequest(
+            context=ctx2, start_version=t2, for_update_ts=t2, keys=[k2]
+        ),
+        timeout=DEADLINE,
+    )
+    assert not rollback.errors
+    conflict = t1_waits.result(timeout=DEADLINE).errors[0].conflict
+    assert (conflict.start_ts, conflict.conflict_ts, conflict.conflict_commit_ts) == (t1, t2, 0)
+    stub1.KVPessimisticRollback(
+        kvrpcpb_pb2.PessimisticRollbackRequest(
+            context=ctx1, start_version=t1, for_update_ts=t1, keys=[k1]
+        ),
+        timeout=DEADLINE,
+    )
