@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from tikv_pd import pd_client as pd_client_module
 from tikv_pd.config import Config
 from tikv_pd.errors import ClientClosedError, PDError
 from tikv_pd.pd_client import PDClient
@@ -209,3 +210,18 @@ async def test_cancelled_caller_does_not_disturb_others(pd3: FakePDCluster) -> N
         values = [d for i, d in enumerate(done) if i != 2]
         assert all(isinstance(v, int) for v in values)
         assert pd3.state.tso_counts == [5]
+
+
+async def test_dispatcher_crash_fails_waiters_instead_of_hanging(
+    pd3: FakePDCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with await PDClient.connect(pd3.endpoints) as client:
+
+        def broken(self: object) -> list[object]:
+            raise RuntimeError("bug in batching")
+
+        monkeypatch.setattr(pd_client_module._TsoDispatcher, "_take_batch", broken)
+        with pytest.raises(PDError, match="stopped unexpectedly"):
+            await asyncio.wait_for(client.get_timestamp(), NO_HANG)
+        with pytest.raises(PDError, match="stopped unexpectedly"):
+            client.request_timestamp()

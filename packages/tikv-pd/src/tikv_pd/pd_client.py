@@ -396,6 +396,7 @@ class _TsoDispatcher:
         self._stream: _TsoStream | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._dead: PDError | None = None
         self._last_ts = 0
         #: TsoRequests sent (each carries a whole batch).
         self.requests_sent = 0
@@ -408,10 +409,24 @@ class _TsoDispatcher:
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name="tikv-pd-tso-dispatcher"
         )
+        self._task.add_done_callback(self._on_task_done)
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            # Unreachable by design (_run catches per batch); if it happens anyway,
+            # nobody may wait forever: fail the queue and refuse new requests.
+            logger.error("TSO dispatcher stopped: %r", exc)
+            self._dead = PDError("the TSO dispatcher stopped unexpectedly", cause=exc)
+            self._fail_all(self._dead)
 
     def submit(self) -> asyncio.Future[int]:
         if self._closed:
             raise ClientClosedError("PD client is closed")
+        if self._dead is not None:
+            raise self._dead
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queue.append(_TsoWaiter(future))
         self._wake.set()
@@ -420,7 +435,7 @@ class _TsoDispatcher:
     async def close(self) -> None:
         self._closed = True
         task = self._task
-        if task is not None:
+        if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -944,6 +959,10 @@ class PDClient:
                 logger.warning("PD member refresh failed: %s", exc)
             except ClientClosedError:
                 return
+            except Exception as exc:
+                # A bug must not end the refresh loop silently.
+                logger.exception("PD member refresh crashed")
+                self.last_member_error = PDError("member refresh crashed", cause=exc)
 
     # -- unary calls -----------------------------------------------------------------
 

@@ -196,8 +196,9 @@ class PDOracle:
                 ts = await self._pd.get_timestamp()
             except ClientClosedError:
                 return
-            except PDError as exc:
-                # Surfaces in last_refresh_error and the log; the next tick retries.
+            except Exception as exc:
+                # PDError (or a bug): surfaces in last_refresh_error and the log; the
+                # next tick retries.
                 self.last_refresh_error = exc
                 logger.warning("low-resolution timestamp refresh failed: %s", exc)
                 continue
