@@ -280,7 +280,7 @@ class FaultInjector:
             if not self._faults:
                 return None
             fired: list[Fault] = []
-            for fault in self._faults.values():
+            for fault in list(self._faults.values()):
                 if fault.method is None:
                     if pd:
                         continue

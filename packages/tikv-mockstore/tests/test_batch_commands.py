@@ -1,0 +1,216 @@
+"""BatchCommands: one pass per message, same answers as unary, Empty, deferred responses."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import pytest
+from tikv_mockstore import MockCluster
+from tikv_mockstore.handlers import HANDLERS, StoreScope
+from tikv_mockstore.testing import Stubs, context_for
+from tikv_proto import kvrpcpb_pb2, tikvpb_pb2
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[MockCluster]:
+    with MockCluster(stores=2, split_raw=[b"m"]) as c:
+        yield c
+
+
+@pytest.fixture
+def stubs(cluster: MockCluster) -> Iterator[Stubs]:
+    with Stubs(cluster) as s:
+        yield s
+
+
+class Stream:
+    """A BatchCommands stream driven one message at a time."""
+
+    def __init__(self, stubs: Stubs, store_id: int) -> None:
+        self._q: queue.Queue[tikvpb_pb2.BatchCommandsRequest | None] = queue.Queue()
+        self._call = stubs.tikv(store_id).BatchCommands(self._gen())
+        self._it = iter(self._call)
+
+    def _gen(self) -> Iterator[tikvpb_pb2.BatchCommandsRequest]:
+        while (item := self._q.get()) is not None:
+            yield item
+
+    def send(self, items: list[tuple[int, str, Any]]) -> None:
+        req = tikvpb_pb2.BatchCommandsRequest()
+        for rid, name, sub in items:
+            req.requests.add(**{name: sub})
+            req.request_ids.append(rid)
+        self._q.put(req)
+
+    def recv(self) -> dict[int, Any]:
+        resp = next(self._it)
+        return {
+            rid: getattr(r, r.WhichOneof("cmd") or "")
+            for rid, r in zip(resp.request_ids, resp.responses, strict=True)
+        }
+
+    def close(self) -> list[tikvpb_pb2.BatchCommandsResponse]:
+        self._q.put(None)
+        return list(self._it)
+
+
+def test_same_results_as_unary(cluster: MockCluster, stubs: Stubs) -> None:
+    left = cluster.region_by_key(b"a")
+    right = cluster.region_by_key(b"z")
+    assert left is not None and right is not None
+    store = left.leader_store_id
+    lctx = context_for(left)
+    stale = context_for(left)
+    stale.region_epoch.version = 1  # before the split at b"m"
+    for k in (b"a", b"b", b"c"):
+        stubs.tikv(store).RawPut(kvrpcpb_pb2.RawPutRequest(context=lctx, key=k, value=k * 2))
+    requests: list[tuple[str, Any, str]] = [
+        ("RawGet", kvrpcpb_pb2.RawGetRequest(context=lctx, key=b"a"), "RawGet"),
+        ("RawGet", kvrpcpb_pb2.RawGetRequest(context=lctx, key=b"zz"), "RawGet"),
+        ("RawScan", kvrpcpb_pb2.RawScanRequest(context=lctx, start_key=b"a", limit=5), "RawScan"),
+        (
+            "RawBatchGet",
+            kvrpcpb_pb2.RawBatchGetRequest(context=lctx, keys=[b"b", b"q"]),
+            "RawBatchGet",
+        ),
+        ("RawGet", kvrpcpb_pb2.RawGetRequest(context=stale, key=b"a"), "RawGet"),
+        ("RawGet", kvrpcpb_pb2.RawGetRequest(context=context_for(right), key=b"z"), "RawGet"),
+    ]
+    unary = [getattr(stubs.tikv(store), method)(req) for _, req, method in requests]
+    stream = Stream(stubs, store)
+    stream.send([(100 + i, name, req) for i, (name, req, _) in enumerate(requests)])
+    got: dict[int, Any] = {}
+    while len(got) < len(requests):
+        got.update(stream.recv())
+    for i, want in enumerate(unary):
+        assert got[100 + i] == want
+    assert got[104].region_error.HasField("epoch_not_match")
+    assert got[105].not_found
+    stream.close()
+
+
+def test_empty_is_answered_with_its_test_id(stubs: Stubs) -> None:
+    stream = Stream(stubs, 1)
+    stream.send([(1, "Empty", tikvpb_pb2.BatchCommandsEmptyRequest(test_id=77))])
+    assert stream.recv() == {1: tikvpb_pb2.BatchCommandsEmptyResponse(test_id=77)}
+    assert stream.close() == []
+
+
+def test_counts_sub_requests_under_the_method(cluster: MockCluster, stubs: Stubs) -> None:
+    region = cluster.region_by_key(b"a")
+    assert region is not None
+    before = cluster.counters.count("RawGet", store=region.leader_store_id)
+    ctx = context_for(region)
+    ctx.request_source = "batch-test"
+    stream = Stream(stubs, region.leader_store_id)
+    stream.send([(i, "RawGet", kvrpcpb_pb2.RawGetRequest(context=ctx, key=b"a")) for i in range(3)])
+    assert len(stream.recv()) == 3
+    stream.close()
+    assert cluster.counters.count("RawGet", store=region.leader_store_id) == before + 3
+    last = cluster.counters.last_context("RawGet")
+    assert last is not None and last.request_source == "batch-test"
+
+
+@pytest.fixture
+def deferred_handler() -> Iterator[tuple[list[futures.Future[Any]], threading.Event]]:
+    """A test-only handler for RawCoprocessor that answers through a Future."""
+    if "RawCoprocessor" in HANDLERS:
+        pytest.skip("RawCoprocessor has a real handler")
+    pending: list[futures.Future[Any]] = []
+    called = threading.Event()
+
+    def handle(scope: StoreScope, req: Any) -> futures.Future[Any]:
+        fut: futures.Future[Any] = futures.Future()
+        pending.append(fut)
+        called.set()
+        return fut
+
+    HANDLERS["RawCoprocessor"] = handle
+    try:
+        yield pending, called
+    finally:
+        del HANDLERS["RawCoprocessor"]
+        for fut in pending:
+            if not fut.done():
+                fut.set_result(kvrpcpb_pb2.RawCoprocessorResponse())
+
+
+def test_deferred_response_does_not_hold_up_others(
+    cluster: MockCluster,
+    stubs: Stubs,
+    deferred_handler: tuple[list[futures.Future[Any]], threading.Event],
+) -> None:
+    pending, _ = deferred_handler
+    region = cluster.region_by_key(b"a")
+    assert region is not None
+    ctx = context_for(region)
+    stream = Stream(stubs, region.leader_store_id)
+    stream.send(
+        [
+            (1, "RawCoprocessor", kvrpcpb_pb2.RawCoprocessorRequest(context=ctx, data=b"q")),
+            (2, "RawGet", kvrpcpb_pb2.RawGetRequest(context=ctx, key=b"a")),
+        ]
+    )
+    first = stream.recv()
+    assert list(first) == [2]
+    (fut,) = pending
+    fut.set_result(kvrpcpb_pb2.RawCoprocessorResponse(data=b"done"))
+    second = stream.recv()
+    assert second == {1: kvrpcpb_pb2.RawCoprocessorResponse(data=b"done")}
+    assert stream.close() == []
+
+
+def test_half_close_waits_for_deferred(
+    cluster: MockCluster,
+    stubs: Stubs,
+    deferred_handler: tuple[list[futures.Future[Any]], threading.Event],
+) -> None:
+    pending, called = deferred_handler
+    region = cluster.region_by_key(b"a")
+    assert region is not None
+    stream = Stream(stubs, region.leader_store_id)
+    stream.send(
+        [(5, "RawCoprocessor", kvrpcpb_pb2.RawCoprocessorRequest(context=context_for(region)))]
+    )
+    assert called.wait(10)
+    result: list[list[tikvpb_pb2.BatchCommandsResponse]] = []
+    closer = threading.Thread(target=lambda: result.append(stream.close()))
+    closer.start()
+    pending[0].set_result(kvrpcpb_pb2.RawCoprocessorResponse(data=b"late"))
+    closer.join(10)
+    assert not closer.is_alive()
+    (msgs,) = result
+    assert [list(m.request_ids) for m in msgs] == [[5]]
+
+
+def test_unary_waits_for_a_deferred_result(
+    cluster: MockCluster,
+    stubs: Stubs,
+    deferred_handler: tuple[list[futures.Future[Any]], threading.Event],
+) -> None:
+    pending, called = deferred_handler
+    region = cluster.region_by_key(b"a")
+    assert region is not None
+    call = stubs.tikv(region.leader_store_id).RawCoprocessor.future(
+        kvrpcpb_pb2.RawCoprocessorRequest(context=context_for(region))
+    )
+    assert called.wait(10)
+    assert not call.done()
+    pending[0].set_result(kvrpcpb_pb2.RawCoprocessorResponse(data=b"u"))
+    assert call.result(timeout=10).data == b"u"
+
+
+def test_unimplemented_method(cluster: MockCluster, stubs: Stubs) -> None:
+    candidates = ["RegisterLockObserver", "CheckLockObserver", "RemoveLockObserver"]
+    name = next((n for n in candidates if n not in HANDLERS), None)
+    if name is None:
+        pytest.skip("every candidate method has a handler")
+    request_type = type(getattr(kvrpcpb_pb2, f"{name}Request")())
+    with pytest.raises(grpc.RpcError) as err:
+        getattr(stubs.tikv(1), name)(request_type())
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
