@@ -525,7 +525,14 @@ class _TsoDispatcher:
         try:
             response = await asyncio.wait_for(stream.round_trip(request), client.config.pd_timeout)
             first, step = self._check_response(stream.target, response, count)
-        except (grpc.aio.AioRpcError, PDError, TimeoutError) as exc:
+        except (
+            grpc.aio.AioRpcError,
+            grpc.aio.UsageError,
+            asyncio.InvalidStateError,
+            PDError,
+            TimeoutError,
+        ) as exc:
+            # A stream failure (including writing to a call that already ended).
             await self._on_failure(stream, batch, exc)
             return
         ts = first
@@ -578,9 +585,10 @@ class _TsoDispatcher:
                 f"Tso request to {stream.target} timed out after {client.config.pd_timeout} s",
                 cause=exc,
             )
-        else:
-            assert isinstance(exc, PDError)
+        elif isinstance(exc, PDError):
             err = exc
+        else:
+            err = PDError(f"Tso stream to {stream.target} failed: {exc!r}", cause=exc)
         self.last_error = err
         logger.warning("TSO batch of %d failed: %s", len(batch), err)
         if self._stream is stream:
@@ -599,14 +607,15 @@ class _TsoDispatcher:
             return
         # tikv/pd handleProcessRequestError: after a leader change refresh the members
         # right away so the next batch goes to the new leader; otherwise schedule a
-        # refresh and pause before reconnecting.
+        # refresh. Unless the leader did move, pause before reconnecting (RetryInterval)
+        # so that a failing PD is not hammered.
         old_leader = client.leader
         if _is_leader_change(exc):
             with contextlib.suppress(PDError, ClientClosedError):
                 await client.check_members()
         else:
             client.schedule_member_check()
-        if client.leader == old_leader and not _is_leader_change(exc):
+        if client.leader == old_leader:
             await asyncio.sleep(_TSO_RETRY_INTERVAL)
 
 
