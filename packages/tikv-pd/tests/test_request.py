@@ -619,3 +619,42 @@ async def test_call_range_and_first_region() -> None:
     last, span = await sender.call_first_region("RawScan", b"b", b"", scan, reverse=True)
     assert span == (b"f", b"")
     assert [kv.key for kv in last[0].kvs] == [b"g", b"h"]
+
+
+async def test_retry_then_raise_answer_after_loss_is_authoritative() -> None:
+    # The lost first attempt is resolved by the answer of the second: a key error in
+    # that answer is the outcome, not an undetermined result.
+    _, _, transport, sender = _setup()
+    transport.faults["RawPut"] = [TransportError(STORES[1], None, sent=True)]
+
+    class RejectedError(Exception):
+        pass
+
+    def reject(region: Region, key: bytes, resp: Any) -> None:
+        raise RejectedError("the server said no")
+
+    bo, _ = _bo()
+    with pytest.raises(RejectedError):
+        await sender.execute(
+            "RawPut",
+            KeySharder(),
+            b"k",
+            lambda r, k: kvrpcpb_pb2.RawPutRequest(key=k, value=b"v"),
+            reject,
+            bo=bo,
+            ambiguity=Ambiguity.RETRY_THEN_RAISE,
+        )
+
+
+async def test_replica_read_applies_to_reads_only() -> None:
+    cluster, _, transport, sender = _setup()
+    cluster.data[b"k"] = b"v"
+    follower = RequestOptions(replica_read="follower")
+    await sender.call_key("RawGet", b"k", kvrpcpb_pb2.RawGetRequest(key=b"k"), options=follower)
+    assert transport.sent[-1].address != STORES[1]
+    assert transport.sent[-1].request.context.replica_read
+    await sender.call_key(
+        "RawPut", b"k", kvrpcpb_pb2.RawPutRequest(key=b"k", value=b"w"), options=follower
+    )
+    assert transport.sent[-1].address == STORES[1]
+    assert not transport.sent[-1].request.context.replica_read

@@ -65,6 +65,7 @@ from tikv_pd.config import (
     ReplicaReadType,
 )
 from tikv_pd.errors import RegionError, UndeterminedError
+from tikv_pd.errors import TimeoutError as BackoffTimeoutError
 from tikv_pd.region_cache import InvalidReason, Peer, PeerRole, Region
 from tikv_pd.region_errors import Action, decide, to_exception
 from tikv_pd.transport import FATAL_STATUS_CODES, TransportError
@@ -73,6 +74,7 @@ __all__ = [
     "DEFAULT_CONCURRENCY",
     "DEFAULT_OPTIONS",
     "MAX_RETRIES_WITHOUT_BACKOFF",
+    "REPLICA_READ_COMMANDS",
     "Ambiguity",
     "ContextCache",
     "KeySharder",
@@ -627,8 +629,6 @@ class _Call(Generic[P, T]):
     budget_ms: int
     concurrency: int
     timeout: float | None
-    # The first failure after which the outcome was unknown (RETRY_THEN_RAISE).
-    ambiguous: BaseException | None = None
     # Backoffers created lazily by parts that had no parent Backoffer.
     roots: list[Backoffer] = field(default_factory=list)
 
@@ -705,23 +705,20 @@ class RequestSender:
             options.timeout,
         )
         shards = await sharder.shard(self.locator, payload)
-        try:
-            return await self._dispatch(call, shards, bo)
-        except (asyncio.CancelledError, UndeterminedError):
-            raise
-        except Exception as exc:
-            if call.ambiguous is not None:
-                raise UndeterminedError(command, exc) from exc
-            raise
+        return await self._dispatch(call, shards, bo, None)
 
     # -- dispatch --------------------------------------------------------------------
 
     async def _dispatch(
-        self, call: _Call[P, T], shards: list[tuple[Region, P]], bo: Backoffer | None
+        self,
+        call: _Call[P, T],
+        shards: list[tuple[Region, P]],
+        bo: Backoffer | None,
+        ambiguous: BaseException | None,
     ) -> list[T]:
         if len(shards) == 1:
             region, payload = shards[0]
-            return await self._run(call, region, payload, bo)
+            return await self._run(call, region, payload, bo, ambiguous)
         if not shards:
             return []
         results: list[list[T] | None] = [None] * len(shards)
@@ -731,7 +728,7 @@ class RequestSender:
             for i in indexes:
                 region, payload = shards[i]
                 results[i] = await self._run(
-                    call, region, payload, bo.fork() if bo is not None else None
+                    call, region, payload, bo.fork() if bo is not None else None, ambiguous
                 )
 
         workers = [
@@ -752,36 +749,60 @@ class RequestSender:
         return out
 
     async def _backoff(
-        self, call: _Call[P, T], bo: Backoffer | None, kind: BackoffKind, error: BaseException
+        self,
+        call: _Call[P, T],
+        bo: Backoffer | None,
+        kind: BackoffKind,
+        error: BaseException,
+        ambiguous: BaseException | None,
     ) -> Backoffer:
         if bo is None:
             bo = Backoffer(call.budget_ms, operation=call.command)
             call.roots.append(bo)
-        await bo.backoff(kind, error)
+        try:
+            await bo.backoff(kind, error)
+        except BackoffTimeoutError as exc:
+            raise _final(call, exc, ambiguous) from exc.last_error
         return bo
 
     # -- one part --------------------------------------------------------------------
 
     async def _run(
-        self, call: _Call[P, T], region: Region, payload: P, bo: Backoffer | None
+        self,
+        call: _Call[P, T],
+        region: Region,
+        payload: P,
+        bo: Backoffer | None,
+        ambiguous: BaseException | None,
     ) -> list[T]:
+        """Send one part until it succeeds, fails for good, or is re-sharded.
+
+        ``ambiguous`` is the failure after which this part's outcome became unknown
+        (``Ambiguity.RETRY_THEN_RAISE``); a response clears it, and a final failure while
+        it is set becomes an UndeterminedError. Parts re-sharded from this one inherit it.
+        """
         locator = self.locator
         transport = self.transport
         command = call.command
         options = call.options
         attempt = 0  # how many sends this part made (peer rotation, is_retry_request)
         free_retries = 0  # resends in a row without sleeping
-        leader_only = False
+        # Only reads may go to a replica; everything else is served by the leader.
+        leader_only = command not in REPLICA_READ_COMMANDS
         while True:
             peer, mode = select_peer(region, options, attempt, leader_only)
             if peer is None:
                 locator.invalidate_region(region.id, InvalidReason.NO_LEADER)
                 bo = await self._backoff(
-                    call, bo, REGION_MISS, RegionError("no_peer", region.id, "no usable peer")
+                    call,
+                    bo,
+                    REGION_MISS,
+                    RegionError("no_peer", region.id, "no usable peer"),
+                    ambiguous,
                 )
                 region, payload, more = await self._reshard(call, payload)
                 if more is not None:
-                    return await self._dispatch(call, more, bo)
+                    return await self._dispatch(call, more, bo, ambiguous)
                 continue
             address = await locator.store_address(peer.store_id)
             request = call.build(region, payload)
@@ -794,19 +815,19 @@ class RequestSender:
                 response = await transport.send(address, command, request, call.timeout)
             except TransportError as exc:
                 if exc.code in FATAL_STATUS_CODES:
-                    raise
+                    raise _final(call, exc, ambiguous) from exc
                 if exc.sent:
                     if call.ambiguity is Ambiguity.RAISE:
                         raise UndeterminedError(command, exc) from exc
-                    if call.ambiguity is Ambiguity.RETRY_THEN_RAISE and call.ambiguous is None:
-                        call.ambiguous = exc
+                    if call.ambiguity is Ambiguity.RETRY_THEN_RAISE and ambiguous is None:
+                        ambiguous = exc
                 # client-go onSendFail: the peer may be down; reload the region (its
                 # leader may have moved) and back off tikvRPC before trying again.
                 locator.on_send_fail(region, peer.store_id)
-                bo = await self._backoff(call, bo, TIKV_RPC, exc)
+                bo = await self._backoff(call, bo, TIKV_RPC, exc, ambiguous)
                 region, payload, more = await self._reshard(call, payload)
                 if more is not None:
-                    return await self._dispatch(call, more, bo)
+                    return await self._dispatch(call, more, bo, ambiguous)
                 free_retries = 0
                 continue
 
@@ -820,12 +841,12 @@ class RequestSender:
                     peer_id=peer.id,
                 )
                 if d.action is Action.FAIL:
-                    raise to_exception(err, region.id)
+                    raise _final(call, to_exception(err, region.id), ambiguous)
                 if d.action is Action.UNDETERMINED or d.ambiguous:
                     if call.ambiguity is Ambiguity.RAISE:
                         raise UndeterminedError(command, to_exception(err, region.id))
-                    if call.ambiguity is Ambiguity.RETRY_THEN_RAISE and call.ambiguous is None:
-                        call.ambiguous = to_exception(err, region.id)
+                    if call.ambiguity is Ambiguity.RETRY_THEN_RAISE and ambiguous is None:
+                        ambiguous = to_exception(err, region.id)
                 kind = d.backoff
                 if d.action is Action.UNDETERMINED and kind is None:
                     kind = REGION_MISS
@@ -845,14 +866,19 @@ class RequestSender:
                 if kind is None and free_retries >= MAX_RETRIES_WITHOUT_BACKOFF:
                     kind = REGION_MISS
                 if kind is not None:
-                    bo = await self._backoff(call, bo, kind, to_exception(err, region.id))
+                    bo = await self._backoff(
+                        call, bo, kind, to_exception(err, region.id), ambiguous
+                    )
                     slept = True
                 free_retries = 0 if slept else free_retries + 1
                 region, payload, more = await self._reshard(call, payload)
                 if more is not None:
-                    return await self._dispatch(call, more, bo)
+                    return await self._dispatch(call, more, bo, ambiguous)
                 continue
 
+            # TiKV executed this attempt: whatever an earlier lost attempt did, this
+            # answer is authoritative (client-go clears the undetermined error here).
+            ambiguous = None
             if call.handle is None:
                 return [response]
             try:
@@ -861,9 +887,9 @@ class RequestSender:
                 if retry.before_retry is not None:
                     await retry.before_retry()
                 if retry.backoff is not None:
-                    bo = await self._backoff(call, bo, retry.backoff, retry)
+                    bo = await self._backoff(call, bo, retry.backoff, retry, None)
                 new_shards = await call.sharder.shard(locator, retry.payload)  # type: ignore[arg-type]
-                return await self._dispatch(call, new_shards, bo)
+                return await self._dispatch(call, new_shards, bo, None)
 
     async def _reshard(
         self, call: _Call[P, T], payload: P
@@ -994,6 +1020,35 @@ class RequestSender:
         if reverse:
             results.reverse()
         return results, part
+
+
+def _final(
+    call: _Call[Any, Any], error: BaseException, ambiguous: BaseException | None
+) -> BaseException:
+    """The error a part fails with: UndeterminedError if an earlier attempt was lost."""
+    if ambiguous is None or isinstance(error, UndeterminedError):
+        return error
+    return UndeterminedError(call.command, error)
+
+
+#: Commands that may be served by a follower / learner / stale replica when the options
+#: ask for it (client-go only applies replica read to read requests); every other command
+#: goes to the leader.
+REPLICA_READ_COMMANDS: frozenset[str] = frozenset(
+    {
+        "Get",
+        "BatchGet",
+        "Scan",
+        "BufferBatchGet",
+        "Coprocessor",
+        "RawGet",
+        "RawBatchGet",
+        "RawScan",
+        "RawBatchScan",
+        "RawGetKeyTTL",
+        "RawChecksum",
+    }
+)
 
 
 class _BuiltKeysSharder:
