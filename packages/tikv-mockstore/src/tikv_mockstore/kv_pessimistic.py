@@ -24,6 +24,8 @@ batch and waits for the blocking key only).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
 import weakref
@@ -53,6 +55,8 @@ from tikv_mockstore.mvcc import (
 )
 
 __all__ = ["PessimisticLockRequest", "lock_wait_manager"]
+
+_log = logging.getLogger(__name__)
 
 _MANAGERS: weakref.WeakKeyDictionary[MvccEngine, LockWaitManager] = weakref.WeakKeyDictionary()
 _MANAGERS_LOCK = threading.Lock()
@@ -233,25 +237,19 @@ class PessimisticLockRequest:
         return self._manager.wait(waiter)
 
     def _on_done(self, outcome: WaitOutcome) -> None:
-        # Runs on the lock-wait timer thread.
+        # Runs on the lock-wait timer thread. A failure here must still answer the request:
+        # a failed Future would end a whole BatchCommands stream with INTERNAL, so an
+        # unexpected error becomes an abort key error of this request only.
         try:
             resp = self._advance(outcome)
         except Exception as e:
-            self._settle(None, e)
-            raise
-        if resp is not None:
-            self._settle(resp, None)
-
-    def _settle(
-        self, resp: kvrpcpb_pb2.PessimisticLockResponse | None, error: BaseException | None
-    ) -> None:
-        try:
-            if error is not None:
-                self._future.set_exception(error)
-            else:
-                self._future.set_result(resp)  # type: ignore[arg-type]
-        except InvalidStateError:  # the framework gave up on the request (cancelled it)
-            pass
+            _log.exception("a woken pessimistic lock request failed")
+            resp = self._failed(e, per_key=True)
+        if resp is None:
+            return
+        # InvalidStateError: the framework gave up on the request (cancelled its Future).
+        with contextlib.suppress(InvalidStateError):
+            self._future.set_result(resp)
 
     # -- response shapes --
 
