@@ -403,3 +403,24 @@ async def test_unknown_command() -> None:
     async with Transport(_config()) as t:
         with pytest.raises(ValueError, match="unknown TiKV command"):
             await t.send("127.0.0.1:1", "Bogus", _get(b"k"))
+
+
+async def test_sender_bug_is_delivered_to_its_requests(
+    batch_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tikv_pd import transport as transport_module
+
+    async def broken(self: Any, batch: Any) -> None:
+        raise RuntimeError("bug in the sender")
+
+    async with Transport(_config()) as t:
+        addr = batch_server.address
+        with monkeypatch.context() as m:
+            m.setattr(transport_module._Store, "send_batch", broken)
+            with pytest.raises(TransportError) as info:
+                await t.send(addr, "RawPut", _put(b"a", b"b"))
+            assert info.value.sent is False
+            assert isinstance(info.value.cause, RuntimeError)
+        # The sender survived and serves the next request.
+        await t.send(addr, "RawPut", _put(b"a", b"b"))
+        assert batch_server.servicer.data[b"a"] == b"b"

@@ -440,8 +440,11 @@ class _Store:
             self.wakeup = None
             if not wakeup.done():
                 wakeup.set_result(None)
-        elif self.sender is None:
+        elif self.sender is None or self.sender.done():
+            # First request, or the sender ended unexpectedly (its error was logged by
+            # _sender_done): start one so queued requests are not stranded.
             self.sender = loop.create_task(self.send_loop(), name=f"tikv-batch-send-{self.address}")
+            self.sender.add_done_callback(self._sender_done)
         try:
             return await future
         except asyncio.CancelledError:
@@ -449,6 +452,17 @@ class _Store:
             if entry.stream is not None:
                 entry.stream.inflight.pop(entry.id, None)
             raise
+
+    def _sender_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self.closed:
+            return
+        exc = task.exception()
+        if exc is not None:
+            _log.error("BatchCommands sender for %s stopped", self.address, exc_info=exc)
+            # Requests still queued would wait for a sender; fail them (not sent).
+            while self.queue:
+                entry = self.queue.popleft()
+                entry.fail(TransportError(self.address, exc, sent=False))
 
     def track_deadline(self, loop: asyncio.AbstractEventLoop, entry: _Entry) -> None:
         """Register ``entry``'s deadline.
