@@ -403,3 +403,39 @@ async def test_only_cas_refuses_to_be_resent_after_an_unknown_outcome(env: Env) 
         ("RawGet", Ambiguity.IDEMPOTENT),
         ("RawCompareAndSwap", Ambiguity.RAISE),
     ]
+
+
+async def test_failed_batch_write_says_what_is_unknown() -> None:
+    from tikv_raw import RawKVError
+
+    c = AsyncRawClient(FakeRouter(SPLITS, ttl_enabled=False))
+    with pytest.raises(RawKVError, match="TTL is not enabled") as info:
+        await c.batch_put({b"a": b"1", b"z": b"2"}, ttl=5)
+    assert any("all 2 pairs" in note and "may or may not" in note for note in info.value.__notes__)
+
+
+def test_exported_names() -> None:
+    import tikv_raw
+
+    assert sorted(tikv_raw.__all__) == [
+        "AsyncRawClient",
+        "Checksum",
+        "ClientClosedError",
+        "PDError",
+        "RawClient",
+        "RawKVError",
+        "RegionError",
+        "StoreUnavailableError",
+        "TiKVError",
+        "TimeoutError",
+        "UndeterminedError",
+    ]
+    for name in tikv_raw.__all__:
+        obj = getattr(tikv_raw, name)
+        assert obj.__doc__, name
+    for cls in (tikv_raw.RawClient, tikv_raw.AsyncRawClient):
+        public = [n for n in dir(cls) if not n.startswith("_")]
+        assert all(getattr(cls, n).__doc__ for n in public), cls
+    sync_api = {n for n in dir(tikv_raw.RawClient) if not n.startswith("_")}
+    async_api = {n for n in dir(tikv_raw.AsyncRawClient) if not n.startswith("_")}
+    assert sync_api == async_api

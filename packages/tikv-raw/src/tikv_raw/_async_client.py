@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -10,7 +11,7 @@ from typing import Any, Self
 from tikv_pd.backoff import RAWKV_MAX_BACKOFF, Backoffer
 from tikv_pd.codec import KeyCodec, KeyspaceCodec
 from tikv_pd.config import Config
-from tikv_pd.errors import ClientClosedError
+from tikv_pd.errors import ClientClosedError, TiKVError
 
 from tikv_raw import _requests as rq
 from tikv_raw._batching import split_by_count, split_by_size
@@ -351,6 +352,10 @@ class AsyncRawClient:
     async def get_key_ttl(self, key: bytes) -> int | None:
         """Return the seconds left before ``key`` expires.
 
+        TTLs exist only on TTL-enabled storage (API v2, or API v1 with
+        ``storage.enable-ttl``); do not ask a cluster without them (TiKV has no TTL to
+        report there).
+
         Returns:
             ``None`` if the key does not exist (or has expired), ``0`` if it exists
             without a TTL, else the remaining whole seconds (at least 1).
@@ -485,11 +490,12 @@ class AsyncRawClient:
                 out.append((chunk_keys, rq.build_batch_put(chunk, chunk_ttls, cf, for_cas=for_cas)))
             return out
 
-        responses = await self._router().call_keys(
-            "RawBatchPut", list(values), build, bo=self._bo("raw_batch_put")
-        )
-        for response in responses:
-            rq.check_response_error("RawBatchPut", response)
+        async with _unknown_outcome_note("batch_put", len(values), "pairs"):
+            responses = await self._router().call_keys(
+                "RawBatchPut", list(values), build, bo=self._bo("raw_batch_put")
+            )
+            for response in responses:
+                rq.check_response_error("RawBatchPut", response)
 
     async def batch_delete(self, keys: Iterable[bytes]) -> None:
         """Delete many keys (512 per RPC, concurrently; missing keys are fine).
@@ -509,11 +515,15 @@ class AsyncRawClient:
                 for c in split_by_count(group, per_rpc)
             ]
 
-        responses = await self._router().call_keys(
-            "RawBatchDelete", [self._enc(k) for k in ks], build, bo=self._bo("raw_batch_delete")
-        )
-        for response in responses:
-            rq.check_response_error("RawBatchDelete", response)
+        async with _unknown_outcome_note("batch_delete", len(ks), "keys"):
+            responses = await self._router().call_keys(
+                "RawBatchDelete",
+                [self._enc(k) for k in ks],
+                build,
+                bo=self._bo("raw_batch_delete"),
+            )
+            for response in responses:
+                rq.check_response_error("RawBatchDelete", response)
 
     # -- range operations ------------------------------------------------------------
 
@@ -538,11 +548,16 @@ class AsyncRawClient:
         def build(lo: bytes, hi: bytes) -> Any:
             return rq.build_delete_range(lo, hi, cf)
 
-        responses = await self._router().call_range(
-            "RawDeleteRange", self._enc(s), self._enc_end(e), build, bo=self._bo("raw_delete_range")
-        )
-        for response in responses:
-            rq.check_response_error("RawDeleteRange", response)
+        async with _unknown_outcome_note("delete_range", None, "regions"):
+            responses = await self._router().call_range(
+                "RawDeleteRange",
+                self._enc(s),
+                self._enc_end(e),
+                build,
+                bo=self._bo("raw_delete_range"),
+            )
+            for response in responses:
+                rq.check_response_error("RawDeleteRange", response)
 
     async def delete_prefix(self, prefix: bytes) -> None:
         """Delete every key that starts with ``prefix`` (a non-empty prefix).
@@ -797,6 +812,28 @@ class AsyncRawClient:
             "RawChecksum", self._enc(s), self._enc_end(e), build, bo=self._bo("raw_checksum")
         )
         return rq.read_checksum(responses)
+
+
+@contextlib.asynccontextmanager
+async def _unknown_outcome_note(
+    operation: str, count: int | None, what: str
+) -> AsyncIterator[None]:
+    """Say, on any failure of a multi-region write, which part of it is unknown.
+
+    A batch goes to its regions concurrently and the first failure cancels the rest, so
+    when one fails the others may or may not have been applied. Every raw write except
+    CAS is idempotent, so repeating the whole call is safe.
+    """
+    try:
+        yield
+    except TiKVError as exc:
+        size = "all" if count is None else f"all {count}"
+        exc.add_note(
+            f"{operation} failed part-way: {size} {what} of this call may or may not have "
+            f"been written (the regions are written concurrently and independently); "
+            f"the call is idempotent and can be repeated"
+        )
+        raise
 
 
 def _resolve_api_version(api_version: object, keyspace: object) -> int:
