@@ -482,12 +482,30 @@ class StoreServer:
             try:
                 result = self._dispatch(method, command, request)
                 if isinstance(result, futures.Future):
-                    result = result.result()
+                    result = self._wait(result, context)
                 return result
             except _AbortError as abort:
                 context.abort(abort.code, abort.details)
 
         return serve
+
+    @staticmethod
+    def _wait(fut: futures.Future[Any], context: grpc.ServicerContext) -> Any:
+        """Wait for a deferred result, giving up when the call ends.
+
+        The call ends when the client goes away or the server stops; the future is left
+        alone, since its handler still owns it.
+        """
+        done = threading.Event()
+        fut.add_done_callback(lambda _f: done.set())
+        context.add_callback(done.set)
+        done.wait()
+        if not fut.done():
+            raise _AbortError(grpc.StatusCode.CANCELLED, "the call ended before its result")
+        exc = fut.exception()
+        if exc is not None:
+            raise _AbortError(grpc.StatusCode.INTERNAL, f"deferred result failed: {exc!r}")
+        return fut.result()
 
     def _dispatch(self, method: str, command: str, request: Any) -> Any:
         """Count, apply faults, and run the handler; returns a response or a Future."""
