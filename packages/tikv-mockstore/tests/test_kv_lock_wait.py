@@ -26,6 +26,8 @@ DEADLINE = 10.0  # seconds for any expected outcome to arrive
 
 class World:
     def __init__(self, **kw: Any) -> None:
+        # Only the explicit pokes of release() may wake waiters, unless a test opts in.
+        kw.setdefault("safety_poll_ms", 0)
         self.locks: dict[bytes, int] = {}
         self.commits: dict[tuple[bytes, int], int] = {}
         self.manager = LockWaitManager(
@@ -212,3 +214,13 @@ def test_wait_duration_rules() -> None:
     assert manager.wait_duration_ms(0) == 1000
     assert manager.wait_duration_ms(300) == 300
     assert manager.wait_duration_ms(5000) == 1000
+
+
+def test_safety_poll_finds_locks_released_without_a_poke() -> None:
+    world = World(safety_poll_ms=20)
+    world.locks[b"k"] = 5
+    out = waiter(world, b"k", 10)
+    world.commits[(b"k", 5)] = 6
+    del world.locks[b"k"]  # e.g. the control API or a test changed the engine directly
+    assert out.get() == Released(5, 6)
+    assert world.manager.waiter_count == 0

@@ -106,6 +106,8 @@ def engine() -> Iterator[MvccEngine]:
     # Generous ceiling so that a slow shared machine never turns a wake-up into a timeout;
     # the tests about timeouts lower it themselves.
     lock_wait_manager(e).wait_for_lock_timeout_ms = 30_000
+    # No safety-net polling: every wake-up must come from the handlers' own pokes.
+    lock_wait_manager(e).safety_poll_ms = 0
     yield e
     assert lock_wait_manager(e).waiter_count == 0, "a test left a request waiting"
 
@@ -320,6 +322,17 @@ def test_force_lock_waiters_take_turns(scope: Scope, engine: MvccEngine) -> None
         kvrpcpb_pb2.LockResultLockedWithConflict,
         ts(50),
     )
+
+
+def test_lock_removed_outside_the_handlers_wakes_the_waiter(
+    scope: Scope, engine: MvccEngine
+) -> None:
+    lock_wait_manager(engine).safety_poll_ms = 20
+    assert not done(lock(scope, [b"k"], ts(10))).errors
+    pending = waiting(lock(scope, [b"k"], ts(20), wait_timeout=5000))
+    engine.unsafe_destroy_range(b"a", b"z")  # no handler, no poke
+    conflict = pending.result(timeout=RESULT_TIMEOUT).errors[0].conflict
+    assert (conflict.conflict_ts, conflict.conflict_commit_ts) == (ts(10), 0)
 
 
 # ----------------------------------------------------------------------------- timeouts

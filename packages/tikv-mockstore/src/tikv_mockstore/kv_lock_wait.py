@@ -23,7 +23,8 @@ three things then finishes the request:
 This module is protocol-free: the command handlers turn a :data:`WaitOutcome` into a response.
 The manager learns about releases by polling: after every write command the handlers call
 :meth:`LockWaitManager.poke`, which compares the lock now on each waited-for key with the one
-seen before. Code that changes the engine outside the handlers should call ``poke`` too.
+seen before. Code that changes the engine outside the handlers should call ``poke`` too; as a
+safety net, the manager also polls every ``safety_poll_ms`` while requests wait.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from tikv_mockstore.mvcc.errors import DeadlockError
 from tikv_mockstore.mvcc.types import LockInfo
 
 __all__ = [
+    "DEFAULT_SAFETY_POLL_MS",
     "DEFAULT_WAIT_FOR_LOCK_TIMEOUT_MS",
     "DEFAULT_WAKE_UP_DELAY_MS",
     "Deadlocked",
@@ -62,6 +64,8 @@ DEFAULT_WAIT_FOR_LOCK_TIMEOUT_MS = 1000
 #: TiKV's ``pessimistic-txn.wake-up-delay-duration``: how long the other legacy waiters of a
 #: key wait after the first one was woken, before they are told to retry too.
 DEFAULT_WAKE_UP_DELAY_MS = 20
+#: How often waiting requests also look for locks released outside the handlers.
+DEFAULT_SAFETY_POLL_MS = 100
 
 
 class WaitForGraph(Protocol):
@@ -215,6 +219,10 @@ class LockWaitManager:
         detector: the cluster's deadlock detector.
         wait_for_lock_timeout_ms: TiKV's ``wait-for-lock-timeout``.
         wake_up_delay_ms: TiKV's ``wake-up-delay-duration``.
+        safety_poll_ms: while requests wait, also look for released locks this often (0:
+            never). The handlers poke the manager after every write command, so this only
+            catches locks removed by other paths (the control API, UnsafeDestroyRange, code
+            that drives the engine directly), which TiKV would have woken at once.
         timer: the thread that runs timeouts and answers.
 
     """
@@ -227,6 +235,7 @@ class LockWaitManager:
         detector: WaitForGraph,
         wait_for_lock_timeout_ms: int = DEFAULT_WAIT_FOR_LOCK_TIMEOUT_MS,
         wake_up_delay_ms: int = DEFAULT_WAKE_UP_DELAY_MS,
+        safety_poll_ms: int = DEFAULT_SAFETY_POLL_MS,
         timer: TimerThread | None = None,
     ) -> None:
         self._lock_ts_of = lock_ts_of
@@ -234,6 +243,8 @@ class LockWaitManager:
         self._detector = detector
         self.wait_for_lock_timeout_ms = wait_for_lock_timeout_ms
         self.wake_up_delay_ms = wake_up_delay_ms
+        self.safety_poll_ms = safety_poll_ms
+        self._poller: _TimerHandle | None = None
         self._timer = timer if timer is not None else _SHARED_TIMER
         self._mutex = threading.Lock()
         self._queues: dict[bytes, _KeyQueue] = {}
@@ -303,6 +314,7 @@ class LockWaitManager:
                     waiter._timer = self._timer.call_at(
                         waiter.deadline, lambda: self._on_timeout(waiter)
                     )
+                    self._arm_poller()
             if not queue.waiters:
                 self._queues.pop(waiter.key, None)
         self._deliver(deliveries)
@@ -319,6 +331,20 @@ class LockWaitManager:
         self._deliver(deliveries)
 
     # -- internals (called with self._mutex held unless noted) --
+
+    def _arm_poller(self) -> None:
+        if self.safety_poll_ms > 0 and self._poller is None:
+            deadline = time.monotonic() + self.safety_poll_ms / 1000
+            self._poller = self._timer.call_at(deadline, self._safety_poll)
+
+    def _safety_poll(self) -> None:
+        # Runs on the timer thread (takes the mutex itself).
+        with self._mutex:
+            self._poller = None
+        self.poke()
+        with self._mutex:
+            if self._queues:
+                self._arm_poller()
 
     def _check_key(
         self, key: bytes, queue: _KeyQueue, out: list[tuple[Waiter, WaitOutcome]]
