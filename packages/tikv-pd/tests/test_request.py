@@ -158,6 +158,11 @@ def test_context_cache_reuses_and_refreshes() -> None:
     assert b is not a
     assert b.region_epoch.version == 2
     assert cache.get(region, region.leader, RequestOptions(priority="low"), 0) is not a
+    # Equal options built separately share the entry.
+    c = cache.get(newer, newer.leader, RequestOptions(), 0)
+    assert c is b
+    assert hash(RequestOptions(txn_source=1)) == hash(RequestOptions(txn_source=1))
+    assert RequestOptions(txn_source=1) != RequestOptions(txn_source=2)
     small = ContextCache(max_entries=2)
     for i in range(5):
         small.get(region, region.leader, RequestOptions(txn_source=i), 0)

@@ -40,7 +40,7 @@ import asyncio
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Generic, Protocol, TypeVar
 
 from google.protobuf.message import Message
@@ -295,6 +295,11 @@ class RequestOptions:
     sync_log: bool = False
     timeout: float | None = None
     concurrency: int | None = None
+    # The hash, computed once: options are hashed on every request (context cache key).
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def __post_init__(self) -> None:
         own = "RequestOptions"
@@ -326,6 +331,8 @@ class RequestOptions:
             raise ValueError(f"{own}.timeout must be > 0 seconds, got {self.timeout!r}")
         if self.concurrency is not None and self.concurrency < 1:
             raise ValueError(f"{own}.concurrency must be >= 1, got {self.concurrency!r}")
+        values = tuple(getattr(self, f.name) for f in fields(self) if f.compare)
+        object.__setattr__(self, "_hash", hash(values))
 
 
 #: Options with every default (API v1, leader reads, normal priority, SI).
@@ -386,16 +393,17 @@ def build_context(
 class ContextCache:
     """Built contexts per (region, peer, options, read mode), reused across requests.
 
-    Entries are checked by identity of the cached :class:`Region` object (a new epoch or
-    leader is a new object) and of the options object, so a stale entry is never used.
-    The cache is cleared when it exceeds ``max_entries``.
+    Entries are keyed by region id, peer id, the options' *value* (equal options built
+    separately share entries) and the read mode, and checked by identity of the cached
+    :class:`Region` object (a new epoch or leader is a new object), so a stale entry is
+    never used. The cache is cleared when it exceeds ``max_entries``.
     """
 
     __slots__ = ("_entries", "max_entries")
 
     def __init__(self, max_entries: int = 65536) -> None:
         self._entries: dict[
-            tuple[int, int, int, int], tuple[Region, RequestOptions, kvrpcpb_pb2.Context]
+            tuple[int, int, RequestOptions, int], tuple[Region, kvrpcpb_pb2.Context]
         ] = {}
         self.max_entries = max_entries
 
@@ -406,14 +414,14 @@ class ContextCache:
         self, region: Region, peer: Peer, options: RequestOptions, mode: int
     ) -> kvrpcpb_pb2.Context:
         """Return the cached context (``mode``: 0 leader, 1 replica read, 2 stale read)."""
-        key = (region.id, peer.id, id(options), mode)
+        key = (region.id, peer.id, options, mode)
         hit = self._entries.get(key)
-        if hit is not None and hit[0] is region and hit[1] is options:
-            return hit[2]
+        if hit is not None and hit[0] is region:
+            return hit[1]
         ctx = build_context(region, peer, options, replica_read=mode == 1, stale_read=mode == 2)
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
-        self._entries[key] = (region, options, ctx)
+        self._entries[key] = (region, ctx)
         return ctx
 
 
