@@ -275,10 +275,10 @@ class FaultInjector:
         Run the faults matching a request: sleep / hang as told, and return the failure to
         produce (``None``: serve the request normally). PD requests pass ``store_id=None``.
         """
+        if not self._faults:  # the common case, without taking the lock
+            return None
         pd = method in PD_METHODS
         with self._mu:
-            if not self._faults:
-                return None
             fired: list[Fault] = []
             for fault in list(self._faults.values()):
                 if fault.method is None:
