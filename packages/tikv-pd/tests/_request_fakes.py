@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from google.protobuf.message import Message
+from tikv_pd.errors import StoreUnavailableError
 from tikv_pd.region_cache import InvalidReason, Peer, Region, RegionEpoch
 from tikv_proto import errorpb_pb2, kvrpcpb_pb2, metapb_pb2
 
@@ -96,6 +97,8 @@ class FakeLocator:
         self.invalidated_stores: list[int] = []
         self.send_fails: list[tuple[int, int]] = []
         self.loads = 0
+        # Stores whose next address lookup fails once (a tombstone in PD).
+        self.gone_stores: set[int] = set()
 
     def _load(self, key: bytes) -> Region:
         self.loads += 1
@@ -121,6 +124,9 @@ class FakeLocator:
         raise AssertionError("no region")
 
     async def store_address(self, store_id: int) -> str:
+        if store_id in self.gone_stores:
+            self.gone_stores.discard(store_id)
+            raise StoreUnavailableError(store_id, STORES[store_id])
         return STORES[store_id]
 
     def invalidate_region(self, region_id: int, reason: InvalidReason) -> None:

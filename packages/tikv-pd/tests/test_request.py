@@ -663,3 +663,15 @@ async def test_replica_read_applies_to_reads_only() -> None:
     )
     assert transport.sent[-1].address == STORES[1]
     assert not transport.sent[-1].request.context.replica_read
+
+
+async def test_store_without_address_relocates_the_region() -> None:
+    cluster, locator, transport, sender = _setup()
+    cluster.data[b"k"] = b"v"
+    locator.gone_stores.add(1)
+    bo, _ = _bo()
+    resp = await sender.call_key("RawGet", b"k", kvrpcpb_pb2.RawGetRequest(key=b"k"), bo=bo)
+    assert resp.value == b"v"
+    assert locator.invalidated == [(1, InvalidReason.STORE_NOT_FOUND)]
+    assert bo.backoff_times == {"regionMiss": 1}
+    assert len(transport.sent) == 1

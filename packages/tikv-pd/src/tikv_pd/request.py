@@ -64,7 +64,7 @@ from tikv_pd.config import (
     IsolationLevel,
     ReplicaReadType,
 )
-from tikv_pd.errors import RegionError, UndeterminedError
+from tikv_pd.errors import RegionError, StoreUnavailableError, UndeterminedError
 from tikv_pd.errors import TimeoutError as BackoffTimeoutError
 from tikv_pd.region_cache import InvalidReason, Peer, PeerRole, Region
 from tikv_pd.region_errors import Action, decide, to_exception
@@ -812,7 +812,20 @@ class RequestSender:
                 if more is not None:
                     return await self._dispatch(call, more, bo, ambiguous)
                 continue
-            address = await locator.store_address(peer.store_id)
+            try:
+                address = await locator.store_address(peer.store_id)
+            except TransportError:
+                raise
+            except StoreUnavailableError as exc:
+                # The peer's store is gone (tombstone, no address): the cached peers are
+                # outdated. client-go answers with a fake region error here, invalidates
+                # the region and relocates after a regionMiss backoff.
+                locator.invalidate_region(region.id, InvalidReason.STORE_NOT_FOUND)
+                bo = await self._backoff(call, bo, REGION_MISS, exc, ambiguous)
+                region, payload, more = await self._reshard(call, payload)
+                if more is not None:
+                    return await self._dispatch(call, more, bo, ambiguous)
+                continue
             request = call.build(region, payload)
             request.context.CopyFrom(self.contexts.get(region, peer, options, mode))  # type: ignore[attr-defined]
             if attempt:
