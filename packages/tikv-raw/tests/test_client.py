@@ -439,3 +439,17 @@ def test_exported_names() -> None:
     sync_api = {n for n in dir(tikv_raw.RawClient) if not n.startswith("_")}
     async_api = {n for n in dir(tikv_raw.AsyncRawClient) if not n.startswith("_")}
     assert sync_api == async_api
+
+
+async def test_budget_exhausted_batch_is_a_typed_timeout_with_a_note() -> None:
+    from tikv_raw import TimeoutError as RawTimeoutError
+
+    class DownRouter(FakeRouter):
+        async def call_keys(self, *args: object, **kwargs: object) -> list[object]:
+            raise RawTimeoutError("RawBatchDelete", budget_ms=40_000, total_sleep_ms=40_100)
+
+    c = AsyncRawClient(DownRouter(SPLITS))
+    with pytest.raises(TimeoutError) as info:  # the builtin catches it too
+        await c.batch_delete([b"a", b"b", b"c"])
+    assert isinstance(info.value, RawTimeoutError)
+    assert any("all 3 keys" in note for note in info.value.__notes__)

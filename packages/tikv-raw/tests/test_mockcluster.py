@@ -336,3 +336,41 @@ RawModelOnMock.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestRawModelOnMockCluster = RawModelOnMock.TestCase
+
+
+async def test_cas_with_unknown_outcome_raises_undetermined(cluster: MockCluster) -> None:
+    from tikv_raw import UndeterminedError
+
+    async with await AsyncRawClient.connect(cluster.pd_endpoints, atomic=True) as c:
+        await c.put(b"k", b"0")
+        cluster.faults.add("RawCompareAndSwap", drop_stream=True, times=1)
+        with pytest.raises(UndeterminedError) as info:
+            await c.compare_and_swap(b"k", b"0", b"1")
+        assert info.value.operation == "RawCompareAndSwap"
+        # Not resent: the fault dropped the only attempt, so the value is unchanged here;
+        # the caller decides what to do next (e.g. read and compare again).
+        assert cluster.counters.count("RawCompareAndSwap") == 1
+        assert await c.compare_and_swap(b"k", b"0", b"2") == (b"0", True)
+
+
+@pytest.mark.parametrize(
+    "kind", ["not_leader", "epoch_not_match", "server_is_busy", "region_not_found", "stale_command"]
+)
+async def test_region_errors_are_retried(
+    cluster: MockCluster, client: AsyncRawClient, kind: str
+) -> None:
+    model = spread_model(5)
+    methods = ["RawBatchPut", "RawGet", "RawScan", "RawBatchGet", "RawDeleteRange"]
+    times = 2
+    if kind == "server_is_busy":
+        # Its backoff is 1-2 s, then 2-4 s (client-go tikvServerBusy): keep the test short.
+        methods, times = ["RawGet", "RawScan"], 1
+    for method in methods:
+        cluster.faults.add(method, region_error=kind, times=times)
+    await client.batch_put(model)
+    assert await client.get(b"c0001") == model[b"c0001"]
+    assert await client.scan(limit=1000) == sorted(model.items())
+    assert await client.batch_get(list(model)) == model
+    await client.delete_range(b"a", b"c")
+    model = {k: v for k, v in model.items() if k >= b"c"}
+    assert await client.scan(limit=1000, reverse=True) == sorted(model.items(), reverse=True)
