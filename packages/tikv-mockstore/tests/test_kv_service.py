@@ -966,3 +966,12 @@ def test_mvcc_get_by_key_and_start_ts(scope: Scope) -> None:
         scope, "MvccGetByKey", kvrpcpb_pb2.MvccGetByKeyRequest(context=scope.ctx(), key=b"z")
     )
     assert outside.region_error.HasField("key_not_in_region")
+
+
+def test_keys_above_max_key_size_are_refused(scope: Scope, engine: MvccEngine) -> None:
+    big = b"c" + b"x" * 8200  # encoded: 9 bytes per started group of 8
+    resp = prewrite(scope, [mut(Op.Put, b"c", b"1"), mut(Op.Put, big, b"1")], ts(10))
+    assert "KeyTooLarge" in resp.errors[0].abort
+    assert engine.lock_count() == 0
+    fits = b"c" + b"x" * 900
+    assert not prewrite(scope, [mut(Op.Put, fits, b"1")], ts(11)).errors

@@ -57,7 +57,7 @@ from tikv_mockstore.mvcc import (
 )
 from tikv_mockstore.mvcc.types import SHORT_VALUE_MAX_LEN
 
-__all__: list[str] = []
+__all__ = ["MAX_KEY_SIZE"]
 
 
 def _engine(scope: StoreScope) -> MvccEngine:
@@ -137,6 +137,31 @@ def _check_range(
     return scope.check(ctx, ranges=((lower, upper),), txn=True), lower, upper
 
 
+#: TiKV's ``storage.max-key-size`` (``src/storage/config.rs``): the largest encoded key a
+#: Prewrite, Flush or PessimisticLock may carry.
+MAX_KEY_SIZE = 8 * 1024
+
+
+def _encoded_len(key: bytes) -> int:
+    # Memcomparable encoding: every started group of 8 bytes becomes 9, plus a final group.
+    return (len(key) // 8 + 1) * 9
+
+
+def _key_size_error(keys: Sequence[bytes]) -> kvrpcpb_pb2.KeyError | None:
+    """TiKV's ``check_key_size!``: an encoded key above :data:`MAX_KEY_SIZE` is refused.
+
+    The write commands check it right after the API version, before touching the region;
+    the error has no typed field, so it is an ``abort`` with TiKV's wording.
+    """
+    for key in keys:
+        size = _encoded_len(key)
+        if size > MAX_KEY_SIZE:
+            return kvrpcpb_pb2.KeyError(
+                abort=f"Error(KeyTooLarge {{ size: {size}, limit: {MAX_KEY_SIZE} }})"
+            )
+    return None
+
+
 def _api_error(
     scope: StoreScope,
     ctx: kvrpcpb_pb2.Context,
@@ -153,6 +178,16 @@ def _api_error(
     """
     text = scope.check_api_version(ctx, cmd=cmd, txn=True, keys=keys, ranges=ranges)
     return None if text is None else kvrpcpb_pb2.KeyError(abort=text)
+
+
+def _write_precheck(
+    scope: StoreScope, ctx: kvrpcpb_pb2.Context, cmd: str, keys: Sequence[bytes]
+) -> kvrpcpb_pb2.KeyError | None:
+    """The API-version check, then the key-size check, of Prewrite / Flush / PessimisticLock."""
+    api_error = _api_error(scope, ctx, cmd, keys=keys)
+    if api_error is not None:
+        return api_error
+    return _key_size_error(keys)
 
 
 # --------------------------------------------------------------------------- reads
@@ -382,7 +417,7 @@ def kv_prewrite(
     """KvPrewrite: lock errors per key in ``errors``; ``min_commit_ts`` / ``one_pc_commit_ts``."""
     resp = kvrpcpb_pb2.PrewriteResponse()
     keys = [m.key for m in req.mutations]
-    api_error = _api_error(scope, req.context, "prewrite", keys=keys)
+    api_error = _write_precheck(scope, req.context, "prewrite", keys)
     if api_error is not None:
         resp.errors.append(api_error)
         return resp
@@ -524,7 +559,7 @@ def kv_pessimistic_lock(
     :class:`~tikv_mockstore.kv_pessimistic.PessimisticLockRequest` for the shapes).
     """
     keys = [m.key for m in req.mutations]
-    api_error = _api_error(scope, req.context, "acquire_pessimistic_lock", keys=keys)
+    api_error = _write_precheck(scope, req.context, "acquire_pessimistic_lock", keys)
     if api_error is not None:
         resp = kvrpcpb_pb2.PessimisticLockResponse()
         resp.errors.append(api_error)
@@ -660,7 +695,7 @@ def kv_flush(scope: StoreScope, req: kvrpcpb_pb2.FlushRequest) -> kvrpcpb_pb2.Fl
     """KvFlush (pipelined DML): write a generation of locks; lock errors in ``errors``."""
     resp = kvrpcpb_pb2.FlushResponse()
     keys = [m.key for m in req.mutations]
-    api_error = _api_error(scope, req.context, "flush", keys=keys)
+    api_error = _write_precheck(scope, req.context, "flush", keys)
     if api_error is not None:
         resp.errors.append(api_error)
         return resp
