@@ -24,7 +24,7 @@ from tikv_mockstore._codec import encode_bytes
 from tikv_mockstore._sorted import SortedDict
 from tikv_mockstore.handlers import StoreScope, handler
 
-__all__ = ["CFS", "RawEngine", "crc64_xz", "raw_checksum_value"]
+__all__ = ["CFS", "RawEngine", "crc64_xz"]
 
 #: The column families raw requests may name (API v1 / v1ttl).
 CFS = ("default", "lock", "write")
@@ -61,23 +61,6 @@ def crc64_xz(*parts: bytes) -> int:
         for byte in data:
             crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
     return crc ^ 0xFFFFFFFFFFFFFFFF
-
-
-def raw_checksum_value(api_version: int, value: bytes, expire_ts: int | None) -> bytes:
-    """The value bytes TiKV hashes for a raw checksum: the stored encoding, not the user value.
-
-    TiKV's ``raw_checksum_ranges`` (``src/storage/raw/store.rs``) hashes the decoded user key
-    and the value exactly as stored: V1 stores the value as is; V1TTL appends the expire time
-    as a big-endian u64 (0: none); V2 appends the expire time when there is one and then a
-    flags byte (bit 0: has expire time) — ``components/api_version``.
-    """
-    if api_version == kvrpcpb_pb2.V1TTL:
-        return value + (expire_ts or 0).to_bytes(8, "big")
-    if api_version == kvrpcpb_pb2.V2:
-        if expire_ts is not None:
-            return value + expire_ts.to_bytes(8, "big") + b"\x01"
-        return value + b"\x00"
-    return value
 
 
 class RawEngine:
@@ -609,8 +592,10 @@ def raw_checksum(
 ) -> kvrpcpb_pb2.RawChecksumResponse:
     """RawChecksum (Crc64_Xor).
 
-    RawChecksum (Crc64_Xor): XOR over pairs of crc64(key + stored value); ``total_bytes`` sums
-    key and stored-value lengths (TiKV ``raw_checksum_ranges``, default cf).
+    RawChecksum (Crc64_Xor): XOR over pairs of crc64(user key + user value); ``total_bytes``
+    sums their lengths (TiKV ``raw_checksum_ranges``, default cf). For V1TTL and V2 TiKV reads
+    through ``RawEncodeSnapshot``, which strips the stored TTL / flag suffixes from values, so
+    the checksum never depends on expiry times.
     """
     resp = kvrpcpb_pb2.RawChecksumResponse()
     if req.algorithm != kvrpcpb_pb2.Crc64_Xor:
@@ -626,15 +611,13 @@ def raw_checksum(
     if _region_error(resp, scope.check(req.context, ranges=ranges, txn=_encoded(scope))):
         return resp
     now = _now_s(scope)
-    api = scope.api_version
     checksum = total_kvs = total_bytes = 0
     for start, end in ranges:
         lower, upper = _scan_bounds(scope, req.context, start, end, False)
-        for key, (value, expire_ts) in scope.raw.items("default", lower, upper, now):
-            stored = raw_checksum_value(api, value, expire_ts)
-            checksum ^= crc64_xz(key, stored)
+        for key, (value, _expire_ts) in scope.raw.items("default", lower, upper, now):
+            checksum ^= crc64_xz(key, value)
             total_kvs += 1
-            total_bytes += len(key) + len(stored)
+            total_bytes += len(key) + len(value)
     resp.checksum = checksum
     resp.total_kvs = total_kvs
     resp.total_bytes = total_bytes
