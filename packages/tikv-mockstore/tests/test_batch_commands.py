@@ -214,3 +214,47 @@ def test_unimplemented_method(cluster: MockCluster, stubs: Stubs) -> None:
     with pytest.raises(grpc.RpcError) as err:
         getattr(stubs.tikv(1), name)(request_type())
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_health_feedback(cluster: MockCluster, stubs: Stubs) -> None:
+    one = stubs.tikv(1).GetHealthFeedback(kvrpcpb_pb2.GetHealthFeedbackRequest())
+    two = stubs.tikv(1).GetHealthFeedback(kvrpcpb_pb2.GetHealthFeedbackRequest())
+    assert one.health_feedback.store_id == 1
+    assert one.health_feedback.slow_score == 1
+    assert two.health_feedback.feedback_seq_no > one.health_feedback.feedback_seq_no
+    stream = tikvpb_pb2.BatchCommandsRequest(request_ids=[1])
+    stream.requests.add(GetHealthFeedback=kvrpcpb_pb2.GetHealthFeedbackRequest())
+    (resp,) = list(stubs.tikv(2).BatchCommands(iter([stream])))
+    assert resp.health_feedback.store_id == 2
+    assert resp.responses[0].GetHealthFeedback.health_feedback == resp.health_feedback
+
+
+def test_store_safe_ts_follows_the_clock(cluster: MockCluster, stubs: Stubs) -> None:
+    first = stubs.tikv(1).GetStoreSafeTS(kvrpcpb_pb2.StoreSafeTSRequest()).safe_ts
+    cluster.clock.advance(5_000)
+    second = stubs.tikv(1).GetStoreSafeTS(kvrpcpb_pb2.StoreSafeTSRequest()).safe_ts
+    assert (second >> 18) - (first >> 18) >= 5_000
+
+
+def test_store_safe_ts_stays_below_prewrite_locks(cluster: MockCluster, stubs: Stubs) -> None:
+    if "Prewrite" not in HANDLERS:
+        pytest.skip("no transactional handlers")
+    start_ts = cluster.current_ts()
+    stub, ctx = stubs.route(b"safe-ts", txn=True)
+    resp = stub.KvPrewrite(
+        kvrpcpb_pb2.PrewriteRequest(
+            context=ctx,
+            mutations=[kvrpcpb_pb2.Mutation(op=kvrpcpb_pb2.Put, key=b"safe-ts", value=b"v")],
+            primary_lock=b"safe-ts",
+            start_version=start_ts,
+            lock_ttl=3000,
+        )
+    )
+    assert not resp.errors and not resp.HasField("region_error")
+    cluster.clock.advance(1_000)
+    safe = stubs.tikv(1).GetStoreSafeTS(kvrpcpb_pb2.StoreSafeTSRequest()).safe_ts
+    assert safe == start_ts - 1
+    stub.KvBatchRollback(
+        kvrpcpb_pb2.BatchRollbackRequest(context=ctx, start_version=start_ts, keys=[b"safe-ts"])
+    )
+    assert stubs.tikv(1).GetStoreSafeTS(kvrpcpb_pb2.StoreSafeTSRequest()).safe_ts > start_ts

@@ -19,9 +19,11 @@ inside the region (KeyNotInRegion).
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from typing import Any
@@ -83,6 +85,7 @@ def load_command_handlers() -> None:
     :mod:`tikv_mockstore.kv_service` when that module exists).
     """
     importlib.import_module("tikv_mockstore.raw")
+    importlib.import_module("tikv_mockstore.store_service")
     try:
         importlib.import_module("tikv_mockstore.kv_service")
     except ModuleNotFoundError as exc:
@@ -106,6 +109,17 @@ class StoreScope:
         self._cluster = cluster
         self._engine = engine
         self._raw = raw
+        # TiKV seeds the feedback sequence with the Unix time at start and only increments it.
+        self._feedback_seq = itertools.count(int(time.time()))
+        self._feedback_mu = threading.Lock()
+
+    def health_feedback(self) -> kvrpcpb_pb2.HealthFeedback:
+        """A fresh ``HealthFeedback`` of this store (slow score 1: healthy)."""
+        with self._feedback_mu:
+            seq = next(self._feedback_seq)
+        return kvrpcpb_pb2.HealthFeedback(
+            store_id=self._store_id, feedback_seq_no=seq, slow_score=1
+        )
 
     @property
     def store_id(self) -> int:
@@ -578,6 +592,9 @@ class _DropStreamError(_AbortError):
 
 _END = object()
 
+#: TiKV's default ``server.health-feedback-interval``.
+_FEEDBACK_INTERVAL_S = 1.0
+
 
 class _BatchStream:
     """One BatchCommands stream.
@@ -597,6 +614,7 @@ class _BatchStream:
         self._reading = True
         self._closed = False
         self._side: futures.ThreadPoolExecutor | None = None
+        self._last_feedback: float | None = None
         self._reader = threading.Thread(
             target=self._read, name=f"mock-tikv-{server.store_id}-batch", daemon=True
         )
@@ -685,7 +703,23 @@ class _BatchStream:
                 out.responses.add(**{name: result})
                 out.request_ids.append(rid)
         if out.request_ids:
+            self._attach_feedback(out)
             self._out.put(out)
+
+    def _attach_feedback(self, out: tikvpb_pb2.BatchCommandsResponse) -> None:
+        """Attach the store's health feedback as TiKV's ``HealthFeedbackAttacher`` does.
+
+        Always when the message answers a GetHealthFeedback, otherwise at most once a second.
+        """
+        asked = [r.GetHealthFeedback for r in out.responses if r.HasField("GetHealthFeedback")]
+        now = time.monotonic()
+        if asked:
+            out.health_feedback.CopyFrom(asked[0].health_feedback)
+        elif self._last_feedback is None or now - self._last_feedback >= _FEEDBACK_INTERVAL_S:
+            out.health_feedback.CopyFrom(self._server.scope.health_feedback())
+        else:
+            return
+        self._last_feedback = now
 
     def _send_one(self, rid: int, name: str, resp: Any) -> None:
         msg = tikvpb_pb2.BatchCommandsResponse(request_ids=[rid])
