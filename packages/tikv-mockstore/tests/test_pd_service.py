@@ -249,3 +249,19 @@ def test_followers_refuse_and_leader_moves(cluster: MockCluster, stubs: Stubs) -
         stubs.pd(leader).GetRegion(pdpb_pb2.GetRegionRequest(header=h, region_key=b""))
     ok = stubs.pd(cluster.pd_address).GetRegion(pdpb_pb2.GetRegionRequest(header=h, region_key=b""))
     assert ok.HasField("region")
+
+
+def test_query_region_stream(cluster: MockCluster, stubs: Stubs) -> None:
+    cluster.split([b"qr-m"])
+    right = cluster.region_by_key(b"qr-z")
+    left = cluster.region_by_key(b"qr-a")
+    assert right is not None and left is not None
+    req = pdpb_pb2.QueryRegionRequest(
+        header=stubs.header(), keys=[b"qr-z"], prev_keys=[b"qr-m"], ids=[left.id, 10**9]
+    )
+    (resp,) = list(stubs.pd().QueryRegion(iter([req])))
+    assert list(resp.key_id_map) == [right.id]
+    assert list(resp.prev_key_id_map) == [left.id]
+    assert set(resp.regions_by_id) == {left.id, right.id}
+    assert resp.regions_by_id[right.id].region == right.to_pb()
+    assert resp.regions_by_id[right.id].leader.store_id == right.leader_store_id

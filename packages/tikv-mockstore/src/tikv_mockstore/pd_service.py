@@ -373,6 +373,45 @@ class PdServer:
     ) -> pdpb_pb2.GetRegionResponse:
         return self._region_response(self.cluster.region_by_id(request.region_id))
 
+    def _rpc_query_region(
+        self, request: pdpb_pb2.QueryRegionRequest
+    ) -> pdpb_pb2.QueryRegionResponse:
+        """QueryRegion (the router stream): regions by key, by previous key and by id."""
+        if request.header.cluster_id != self.cluster.cluster_id:
+            raise _AbortError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"mismatch cluster id, need {self.cluster.cluster_id} "
+                f"but got {request.header.cluster_id}",
+            )
+        if not self.cluster.is_pd_leader(self.member_id):
+            # A follower without a running region syncer answers "region not found".
+            return pdpb_pb2.QueryRegionResponse(
+                header=self._error_header(pdpb_pb2.REGION_NOT_FOUND, "region not found")
+            )
+        resp = pdpb_pb2.QueryRegionResponse(header=self._header())
+        found: dict[int, Region] = {}
+        for key in request.keys:
+            region = self.cluster.region_by_key(key)
+            resp.key_id_map.append(region.id if region is not None else 0)
+            if region is not None:
+                found[region.id] = region
+        for key in request.prev_keys:
+            region = self.cluster.prev_region(key)
+            resp.prev_key_id_map.append(region.id if region is not None else 0)
+            if region is not None:
+                found[region.id] = region
+        for rid in request.ids:
+            region = self.cluster.region_by_id(rid)
+            if region is not None:
+                found[rid] = region
+        for rid, region in found.items():
+            entry = resp.regions_by_id[rid]
+            entry.region.CopyFrom(region.to_pb())
+            leader = region.leader
+            if leader is not None:
+                entry.leader.CopyFrom(leader.to_pb())
+        return resp
+
     def _rpc_scan_regions(
         self, request: pdpb_pb2.ScanRegionsRequest
     ) -> pdpb_pb2.ScanRegionsResponse:
