@@ -118,12 +118,20 @@ def scope(engine: MvccEngine) -> Scope:
 
 
 def lock(
-    scope: Scope, keys: list[bytes], start: int, *, primary: bytes | None = None, **kw: Any
+    scope: Scope,
+    keys: list[bytes],
+    start: int,
+    *,
+    primary: bytes | None = None,
+    tag: bytes = b"",
+    **kw: Any,
 ) -> Any:
     kw.setdefault("for_update_ts", start)
     kw.setdefault("lock_ttl", 20_000)
+    ctx = scope.ctx()
+    ctx.resource_group_tag = tag
     req = kvrpcpb_pb2.PessimisticLockRequest(
-        context=scope.ctx(),
+        context=ctx,
         mutations=[kvrpcpb_pb2.Mutation(op=PB_OP.PessimisticLock, key=k) for k in keys],
         primary_lock=primary if primary is not None else keys[0],
         start_version=start,
@@ -377,8 +385,8 @@ def test_two_txn_deadlock_fails_exactly_one(engine: MvccEngine) -> None:
     t1, t2 = ts(10), ts(20)
     assert not done(lock(store1, [b"k1"], t1, is_first_lock=True)).errors
     assert not done(lock(store2, [b"k2"], t2, is_first_lock=True)).errors
-    t1_waits = waiting(lock(store1, [b"k2"], t1, primary=b"k1", wait_timeout=5000))
-    resp = done(lock(store2, [b"k1"], t2, primary=b"k2", wait_timeout=5000))
+    t1_waits = waiting(lock(store1, [b"k2"], t1, primary=b"k1", wait_timeout=5000, tag=b"t1-tag"))
+    resp = done(lock(store2, [b"k1"], t2, primary=b"k2", wait_timeout=5000, tag=b"t2-tag"))
     (err,) = resp.errors
     deadlock = err.deadlock
     assert deadlock.lock_ts == t1
@@ -389,6 +397,7 @@ def test_two_txn_deadlock_fails_exactly_one(engine: MvccEngine) -> None:
         (t1, t2, key_hash(b"k2"), b"k2"),
         (t2, t1, key_hash(b"k1"), b"k1"),
     ]
+    assert [e.resource_group_tag for e in deadlock.wait_chain] == [b"t1-tag", b"t2-tag"]
     assert not t1_waits.done()  # only the request that closed the cycle fails
     # t2 gives up; t1's wait ends (and it retries as TiKV's legacy waiters do).
     release_by(store2, "PessimisticRollback", b"k2", t2)

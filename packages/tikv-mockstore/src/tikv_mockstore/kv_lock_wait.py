@@ -74,7 +74,14 @@ class WaitForGraph(Protocol):
     :class:`tikv_mockstore.mvcc.DeadlockDetector` is the implementation.
     """
 
-    def detect(self, txn_ts: int, lock_ts: int, key_hash: int, key: bytes = b"") -> Deadlock | None:
+    def detect(
+        self,
+        txn_ts: int,
+        lock_ts: int,
+        key_hash: int,
+        key: bytes = b"",
+        resource_group_tag: bytes = b"",
+    ) -> Deadlock | None:
         """Add the edge ``txn_ts -> lock_ts``, or return the cycle it would close."""
         ...
 
@@ -192,6 +199,8 @@ class Waiter:
     #: ``time.monotonic()`` at which the wait times out.
     deadline: float
     on_done: Callable[[WaitOutcome], None]
+    #: The request's ``Context.resource_group_tag``, recorded in wait-for entries as TiKV does.
+    resource_group_tag: bytes = b""
     _seq: int = 0
     _legacy_index: int = 0
     _in_detector: bool = False
@@ -289,7 +298,11 @@ class LockWaitManager:
             else:
                 if not waiter.is_first_lock:
                     found = self._detector.detect(
-                        waiter.start_ts, lock_ts, waiter.key_hash, waiter.key
+                        waiter.start_ts,
+                        lock_ts,
+                        waiter.key_hash,
+                        waiter.key,
+                        waiter.resource_group_tag,
                     )
                     if found is not None:
                         # TiKV's waiter manager fills lock_ts, lock_key, deadlock_key_hash

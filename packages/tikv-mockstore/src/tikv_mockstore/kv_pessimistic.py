@@ -233,6 +233,7 @@ class PessimisticLockRequest:
             resumable=self._force,
             deadline=time.monotonic() + duration_ms / 1000,
             on_done=self._on_done,
+            resource_group_tag=req.context.resource_group_tag,
         )
         return self._manager.wait(waiter)
 
