@@ -399,6 +399,16 @@ def test_two_txn_deadlock_fails_exactly_one(engine: MvccEngine) -> None:
     ]
     assert [e.resource_group_tag for e in deadlock.wait_chain] == [b"t1-tag", b"t2-tag"]
     assert not t1_waits.done()  # only the request that closed the cycle fails
+    # GetLockWaitInfo: each store reports the requests waiting on it.
+    info = call(store1, "GetLockWaitInfo", kvrpcpb_pb2.GetLockWaitInfoRequest(context=store1.ctx()))
+    assert [(e.txn, e.wait_for_txn, e.key, e.resource_group_tag) for e in info.entries] == [
+        (t1, t2, b"k2", b"t1-tag")
+    ]
+    assert info.entries[0].key_hash == key_hash(b"k2")
+    other = call(
+        store2, "GetLockWaitInfo", kvrpcpb_pb2.GetLockWaitInfoRequest(context=store2.ctx())
+    )
+    assert list(other.entries) == []
     # t2 gives up; t1's wait ends (and it retries as TiKV's legacy waiters do).
     release_by(store2, "PessimisticRollback", b"k2", t2)
     conflict = t1_waits.result(timeout=RESULT_TIMEOUT).errors[0].conflict

@@ -41,7 +41,7 @@ from typing import Protocol
 
 from tikv_mockstore.mvcc.deadlock import Deadlock
 from tikv_mockstore.mvcc.errors import DeadlockError
-from tikv_mockstore.mvcc.types import LockInfo
+from tikv_mockstore.mvcc.types import LockInfo, WaitForEntry
 
 __all__ = [
     "DEFAULT_SAFETY_POLL_MS",
@@ -201,6 +201,8 @@ class Waiter:
     on_done: Callable[[WaitOutcome], None]
     #: The request's ``Context.resource_group_tag``, recorded in wait-for entries as TiKV does.
     resource_group_tag: bytes = b""
+    #: The store that received the request (TiKV keeps one waiter table per store).
+    store_id: int = 0
     _seq: int = 0
     _legacy_index: int = 0
     _in_detector: bool = False
@@ -272,6 +274,26 @@ class LockWaitManager:
         """The number of requests waiting now."""
         with self._mutex:
             return sum(len(q.waiters) for q in self._queues.values())
+
+    def wait_for_entries(self, store_id: int | None = None) -> list[WaitForEntry]:
+        """The wait-for edges of the waiting requests (of one store, or of all).
+
+        What TiKV's ``GetLockWaitInfo`` returns (``waiter_manager.rs``
+        ``to_wait_for_entries``): waiter, holder, key hash, key and resource group tag.
+        """
+        with self._mutex:
+            return [
+                WaitForEntry(
+                    txn=w.start_ts,
+                    wait_for_txn=w.lock_info.lock_version,
+                    key_hash=w.key_hash,
+                    key=w.key,
+                    resource_group_tag=w.resource_group_tag,
+                )
+                for q in self._queues.values()
+                for w in q.waiters
+                if store_id is None or w.store_id == store_id
+            ]
 
     def wait(self, waiter: Waiter) -> WaitOutcome | None:
         """Park ``waiter`` until its lock goes, it times out, or return an outcome now.

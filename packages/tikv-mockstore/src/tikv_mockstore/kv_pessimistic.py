@@ -118,6 +118,7 @@ class PessimisticLockRequest:
         engine: the cluster's MVCC engine.
         req: the request (its region already checked).
         manager: the lock-wait manager (default: the engine's cluster-wide one).
+        store_id: the store serving the request (named in GetLockWaitInfo answers).
 
     """
 
@@ -126,8 +127,10 @@ class PessimisticLockRequest:
         engine: MvccEngine,
         req: kvrpcpb_pb2.PessimisticLockRequest,
         manager: LockWaitManager | None = None,
+        store_id: int = 0,
     ) -> None:
         self._engine = engine
+        self._store_id = store_id
         self._req = req
         self._manager = manager if manager is not None else lock_wait_manager(engine)
         self._force = req.wake_up_mode == _FORCE_LOCK
@@ -234,6 +237,7 @@ class PessimisticLockRequest:
             deadline=time.monotonic() + duration_ms / 1000,
             on_done=self._on_done,
             resource_group_tag=req.context.resource_group_tag,
+            store_id=self._store_id,
         )
         return self._manager.wait(waiter)
 

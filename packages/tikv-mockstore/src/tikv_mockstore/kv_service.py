@@ -5,8 +5,8 @@ Importing this module registers one handler per transactional ``tikvpb.Tikv`` co
 ``Commit``, ``Cleanup``, ``BatchRollback``, ``ScanLock``, ``ResolveLock``, ``GC``,
 ``DeleteRange``, ``PessimisticLock``, ``PessimisticRollback``, ``TxnHeartBeat``,
 ``CheckTxnStatus``, ``CheckSecondaryLocks``, ``Flush``, ``BufferBatchGet``, and the debugging
-commands ``MvccGetByKey`` / ``MvccGetByStartTs``). ``Import`` is left unregistered: TiKV
-does not implement ``KvImport`` either.
+commands ``MvccGetByKey`` / ``MvccGetByStartTs`` / ``GetLockWaitInfo``). ``Import`` is left
+unregistered: TiKV does not implement ``KvImport`` either.
 
 Order of checks, as in TiKV: the commands that run ``Storage::check_api_version`` (the
 reads, Prewrite, Flush, PessimisticLock, DeleteRange) answer an API-version or key-mode
@@ -41,6 +41,7 @@ from tikv_mockstore.kv_errors import (
     kv_pair_to_pb,
     lock_info_to_pb,
     mutation_from_pb,
+    wait_for_entry_to_pb,
 )
 from tikv_mockstore.kv_pessimistic import PessimisticLockRequest, lock_wait_manager
 from tikv_mockstore.mvcc import (
@@ -569,7 +570,7 @@ def kv_pessimistic_lock(
         resp = kvrpcpb_pb2.PessimisticLockResponse()
         resp.region_error.CopyFrom(region_error)
         return resp
-    return PessimisticLockRequest(_engine(scope), req).start()
+    return PessimisticLockRequest(_engine(scope), req, store_id=scope.store_id).start()
 
 
 @handler("PessimisticRollback")
@@ -776,6 +777,22 @@ def kv_delete_range(
 
 
 # --------------------------------------------------------------------------- debugging
+
+
+@handler("GetLockWaitInfo")
+def kv_get_lock_wait_info(
+    scope: StoreScope, req: kvrpcpb_pb2.GetLockWaitInfoRequest
+) -> kvrpcpb_pb2.GetLockWaitInfoResponse:
+    """GetLockWaitInfo: the wait-for edges of the requests waiting on this store.
+
+    TiKV answers from its waiter table without any region check (``kv.rs``
+    ``get_lock_wait_info``).
+    """
+    resp = kvrpcpb_pb2.GetLockWaitInfoResponse()
+    entries = lock_wait_manager(_engine(scope)).wait_for_entries(scope.store_id)
+    resp.entries.extend(wait_for_entry_to_pb(e) for e in entries)
+    return resp
+
 
 _WRITE_OP = {
     WriteType.PUT: kvrpcpb_pb2.Put,
