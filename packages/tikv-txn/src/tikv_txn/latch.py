@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from tikv_pd.errors import ClientClosedError
+from tikv_pd.oracle import extract_physical
 
 __all__ = [
     "CHECK_COUNTER",
@@ -67,8 +68,6 @@ LATCH_LIST_COUNT: Final = 5
 #: ``[txn-local-latches] capacity`` is 2048000, which rounds up to 2^21 slots.
 DEFAULT_CAPACITY: Final = 2_048_000
 
-# TSO layout: physical milliseconds << 18 | logical (client-go ``oracle/oracle.go``).
-_PHYSICAL_SHIFT: Final = 18
 _MASK32: Final = 0xFFFFFFFF
 
 
@@ -119,7 +118,7 @@ def murmur3_32(data: bytes, seed: int = 0) -> int:
 
 def _tso_sub_ms(ts1: int, ts2: int) -> int:
     """Physical time difference ``ts1 - ts2`` in milliseconds."""
-    return (ts1 >> _PHYSICAL_SHIFT) - (ts2 >> _PHYSICAL_SHIFT)
+    return extract_physical(ts1) - extract_physical(ts2)
 
 
 class AcquireResult(enum.Enum):

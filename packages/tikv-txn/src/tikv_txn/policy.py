@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Final, Generic, NamedTuple, TypeVar
 
 from tikv_pd.errors import LockInfo, TxnError
+from tikv_pd.oracle import LOGICAL_BITS, extract_physical
 
 from tikv_txn.membuffer import TOMBSTONE, KeyFlags, MemEntry
 
@@ -151,13 +152,12 @@ PIPELINED_MIN_FLUSH_SIZE: Final = 16 * 1024 * 1024
 #: (``ForceFlushMemSizeThreshold``: bounds the memory of a pipelined transaction).
 PIPELINED_FORCE_FLUSH_SIZE: Final = 128 * 1024 * 1024
 
-_PHYSICAL_SHIFT: Final = 18
 _MAX_U64: Final = (1 << 64) - 1
 _MIB: Final = 1024 * 1024
 
 
 def _physical(ts: int) -> int:
-    return ts >> _PHYSICAL_SHIFT
+    return extract_physical(ts)
 
 
 def _check_ts(name: str, value: int) -> None:
@@ -334,8 +334,8 @@ def async_commit_max_commit_ts(
     _check_ts("start_ts", start_ts)
     _check_ts("elapsed_ms", elapsed_ms)
     _check_ts("safe_window_ms", safe_window_ms)
-    current = start_ts + (elapsed_ms << _PHYSICAL_SHIFT)
-    return current + (safe_window_ms << _PHYSICAL_SHIFT)
+    current = start_ts + (elapsed_ms << LOGICAL_BITS)
+    return current + (safe_window_ms << LOGICAL_BITS)
 
 
 def prewrite_min_commit_ts(start_ts: int, for_update_ts: int, min_commit_ts: int) -> int:
