@@ -15,10 +15,12 @@ import pytest
 from tikv_pd.config import Config
 from tikv_pd.errors import ClientClosedError, StoreUnavailableError
 from tikv_pd.transport import (
+    BATCH_POLICIES,
     COMMANDS,
     RPCTimeoutError,
     Transport,
     TransportError,
+    TurboBatchTrigger,
     store_channel_options,
 )
 from tikv_proto import kvrpcpb_pb2, tikvpb_pb2, tikvpb_pb2_grpc
@@ -40,6 +42,8 @@ class KVServicer(tikvpb_pb2_grpc.TikvServicer):
         # When set, the next BatchCommands message breaks the stream unanswered.
         self.break_next = threading.Event()
         self.broken_messages: list[int] = []
+        # The transport_layer_load the store reports (client-go waits when > 200).
+        self.load = 1
 
     # -- command bodies shared by unary and batch paths -------------------------------
 
@@ -88,7 +92,7 @@ class BatchKVServicer(KVServicer):
                 self.broken_messages.append(n)
                 context.abort(grpc.StatusCode.UNAVAILABLE, "injected stream failure")
             self.batch_sizes.append(n)
-            out = tikvpb_pb2.BatchCommandsResponse(transport_layer_load=1)
+            out = tikvpb_pb2.BatchCommandsResponse(transport_layer_load=self.load)
             for rid, sub in zip(message.request_ids, message.requests, strict=True):
                 kind = sub.WhichOneof("cmd")
                 r = out.responses.add()
@@ -424,3 +428,59 @@ async def test_sender_bug_is_delivered_to_its_requests(
         # The sender survived and serves the next request.
         await t.send(addr, "RawPut", _put(b"a", b"b"))
         assert batch_server.servicer.data[b"a"] == b"b"
+
+
+# ---------------------------------------------------------------------------------------
+# Batch policies
+# ---------------------------------------------------------------------------------------
+
+
+def test_standard_policy_waits_only_for_dense_arrivals() -> None:
+    t = TurboBatchTrigger("standard")
+    assert t.wait == 0.0001
+    # Sparse arrivals (1 ms apart, clipped to 5 * 100 µs) never trigger a wait.
+    assert not any(t.need_fetch_more(0.001) for _ in range(20))
+    # Dense arrivals pull the moving average below 80 µs after a few batches.
+    decisions = [t.need_fetch_more(0.00001) for _ in range(20)]
+    assert not decisions[0]
+    assert decisions[-1]
+    assert t.preferred_batch_wait_size(7.9, 8) == 8
+    assert t.preferred_batch_wait_size(7.5, 8) == 7
+
+
+def test_basic_positive_and_custom_policies() -> None:
+    assert TurboBatchTrigger("basic").wait == 0
+    positive = TurboBatchTrigger("positive")
+    assert positive.need_fetch_more(10.0)
+    assert positive.preferred_batch_wait_size(3.9, 8) == 8
+    # Config carries no custom parameters: client-go falls back to the default.
+    assert TurboBatchTrigger("custom").opts == BATCH_POLICIES["standard"]
+
+
+async def test_overloaded_store_makes_the_sender_wait_for_a_fuller_batch(
+    batch_server: Server,
+) -> None:
+    batch_server.servicer.load = 500
+    config = _config(max_batch_wait_time=5.0, batch_wait_size=8, batch_policy="basic")
+    async with Transport(config) as t:
+        addr = batch_server.address
+        await t.send(addr, "RawPut", _put(b"load", b"x"))  # learn the store's load
+        tasks = []
+        for i in range(8):
+            tasks.append(asyncio.ensure_future(t.send(addr, "RawPut", _put(b"k%d" % i, b"v"))))
+            await asyncio.sleep(0)  # let the sender run between requests
+        await asyncio.gather(*tasks)
+        assert batch_server.servicer.batch_sizes[-1] == 8
+
+
+async def test_unloaded_store_does_not_wait(batch_server: Server) -> None:
+    config = _config(max_batch_wait_time=5.0, batch_wait_size=8, batch_policy="basic")
+    async with Transport(config) as t:
+        addr = batch_server.address
+        await t.send(addr, "RawPut", _put(b"load", b"x"))
+        tasks = []
+        for i in range(8):
+            tasks.append(asyncio.ensure_future(t.send(addr, "RawPut", _put(b"k%d" % i, b"v"))))
+            await asyncio.sleep(0)
+        await asyncio.gather(*tasks)
+        assert batch_server.servicer.batch_sizes[1] < 8

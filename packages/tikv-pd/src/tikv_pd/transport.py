@@ -10,8 +10,9 @@ response message. By default every batchable command travels on the store's
   request ids, and writes it. There is no timer: while one message is being written the
   queue fills, so batches grow with the load by themselves (see
   ``../shared/reference/grpc-limits.md``: the gRPC message, not the request, is the unit of
-  cost). An optional wait (``max_batch_wait_time``) applies only when the store reports an
-  overloaded transport layer, as client-go's ``basic`` policy does.
+  cost). Extra waits follow client-go's batch policies (:class:`TurboBatchTrigger`): up to
+  ``max_batch_wait_time`` when the store reports an overloaded transport layer, and with the
+  default ``standard`` policy up to 100 µs when requests arrive less than 80 µs apart.
 * Each connection's stream has a *receiver* task that resolves the waiting futures by
   request id. A response for an id nobody waits for (its request timed out) is dropped.
 * Every request has a deadline; when it passes, the request fails with
@@ -59,6 +60,7 @@ from tikv_pd.config import Config
 from tikv_pd.errors import ClientClosedError, StoreUnavailableError
 
 __all__ = [
+    "BATCH_POLICIES",
     "COMMANDS",
     "FATAL_STATUS_CODES",
     "ChannelFactory",
@@ -67,6 +69,8 @@ __all__ = [
     "Transport",
     "TransportError",
     "TransportStats",
+    "TurboBatchOptions",
+    "TurboBatchTrigger",
     "default_channel_factory",
     "store_channel_options",
 ]
@@ -261,6 +265,101 @@ def default_channel_factory(config: Config) -> ChannelFactory:
 
 
 # ---------------------------------------------------------------------------------------
+# Batch policy
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TurboBatchOptions:
+    """Parameters of a batch policy (client-go ``turboBatchOptions``, ``client_batch.go``).
+
+    Attributes:
+        strategy: ``"always"`` (always wait for more), ``"time"`` (wait when the smoothed
+            request arrival interval is short) or ``"prob"`` (wait when the smoothed
+            probability of a short interval is high).
+        wait: The longest extra wait for more requests, seconds (0 = never wait).
+        n: Arrival intervals are clipped at ``n * wait`` (time strategy).
+        w: Weight of the newest sample in the moving averages.
+        p: Threshold: wait when ``interval < p * wait`` (time) or ``prob > p`` (prob).
+        q: Round the average batch size up when its fraction is at least ``q``.
+
+    """
+
+    strategy: str = "always"
+    wait: float = 0.0
+    n: int = 0
+    w: float = 0.0
+    p: float = 0.0
+    q: float = 0.0
+
+
+#: client-go's preset policies (``presetBatchPolicies``): ``basic`` never waits beyond
+#: the overload rule; ``standard`` (the default) waits up to 100 µs when requests arrive
+#: less than 80 µs apart on average; ``positive`` always waits up to 100 µs.
+BATCH_POLICIES: Mapping[str, TurboBatchOptions] = {
+    "basic": TurboBatchOptions(),
+    "standard": TurboBatchOptions("time", 0.0001, 5, 0.2, 0.8, 0.8),
+    "positive": TurboBatchOptions("always", 0.0001),
+}
+
+
+class TurboBatchTrigger:
+    """Decides whether the sender waits for more requests before writing a batch (pure).
+
+    client-go ``turboBatchTrigger``: fed the arrival interval of each batch's first
+    request (the time since the previous batch's last request), it keeps a moving
+    average and answers :meth:`need_fetch_more`; :meth:`preferred_batch_wait_size`
+    turns the moving average of batch sizes into the number of requests to wait for.
+
+    Args:
+        policy: ``"basic"``, ``"standard"``, ``"positive"`` or ``"custom"``. ``Config``
+            carries no parameters for ``"custom"``; like client-go given unparsable
+            custom options, it falls back to ``"standard"``.
+
+    """
+
+    __slots__ = ("est_arrival_interval", "est_fetch_more_prob", "max_arrival_interval", "opts")
+
+    def __init__(self, policy: str) -> None:
+        self.opts = BATCH_POLICIES.get(policy, BATCH_POLICIES["standard"])
+        self.est_fetch_more_prob = 0.0
+        self.est_arrival_interval = 0.0
+        self.max_arrival_interval = 0.0
+
+    @property
+    def wait(self) -> float:
+        """The longest extra wait for more requests, seconds (0: never)."""
+        return self.opts.wait
+
+    def need_fetch_more(self, arrival_interval: float) -> bool:
+        """Whether to wait for more requests, given the head request's arrival interval."""
+        opts = self.opts
+        if opts.strategy == "time":
+            if self.max_arrival_interval == 0:
+                self.max_arrival_interval = opts.wait * opts.n
+            interval = min(arrival_interval, self.max_arrival_interval)
+            if self.est_arrival_interval == 0:
+                self.est_arrival_interval = interval
+            else:
+                self.est_arrival_interval = (
+                    opts.w * interval + (1 - opts.w) * self.est_arrival_interval
+                )
+            return self.est_arrival_interval < opts.wait * opts.p
+        if opts.strategy == "prob":
+            this = 1.0 if arrival_interval < opts.wait else 0.0
+            self.est_fetch_more_prob = opts.w * this + (1 - opts.w) * self.est_fetch_more_prob
+            return self.est_fetch_more_prob > opts.p
+        return True
+
+    def preferred_batch_wait_size(self, avg_batch_size: float, default: int) -> int:
+        """How many requests to wait for, from the moving average of batch sizes."""
+        if self.opts.strategy == "always":
+            return default
+        whole = int(avg_batch_size)
+        return whole + 1 if avg_batch_size - whole >= self.opts.q else whole
+
+
+# ---------------------------------------------------------------------------------------
 # Statistics
 # ---------------------------------------------------------------------------------------
 
@@ -396,6 +495,13 @@ class _Store:
         # waits to fill batches only when it exceeds ``overload_threshold``).
         self.load = 0
         self.closed = False
+        # Batch policy state (client-go batchSendLoop): the trigger, the moving average
+        # of batch sizes, the arrival time of the last request sent, and the waiter of
+        # fetch_more (a future and the queue length that resolves it).
+        self.trigger = TurboBatchTrigger(config.batch_policy)
+        self.avg_batch_size = float(config.batch_wait_size)
+        self.latest_arrival = 0.0
+        self.more_waiter: tuple[asyncio.Future[None], int] | None = None
         # Deadline tracking: per distinct timeout, a FIFO of entries and one timer.
         self.deadlines: dict[float, collections.deque[_Entry]] = {}
         self.deadline_timers: dict[float, asyncio.TimerHandle] = {}
@@ -435,6 +541,9 @@ class _Store:
         entry = _Entry(self.next_id, field, request, future, seconds)
         self.track_deadline(loop, entry)
         self.queue.append(entry)
+        more = self.more_waiter
+        if more is not None and len(self.queue) >= more[1] and not more[0].done():
+            more[0].set_result(None)
         wakeup = self.wakeup
         if wakeup is not None:
             self.wakeup = None
@@ -533,19 +642,12 @@ class _Store:
                 while queue:
                     queue.popleft().fail(_FallBackToUnaryError())
                 continue
-            if (
-                config.max_batch_wait_time > 0
-                and len(queue) < config.batch_wait_size
-                and self.load > config.overload_threshold
-            ):
-                # client-go "basic" policy: only an overloaded store makes us wait for
-                # a fuller batch, and never longer than max_batch_wait_time.
-                await asyncio.sleep(config.max_batch_wait_time)
             batch: list[_Entry] = []
-            while queue and len(batch) < max_batch:
-                entry = queue.popleft()
-                if not entry.future.done():
-                    batch.append(entry)
+            self.drain(batch, max_batch)
+            if not batch:
+                continue
+            if len(batch) < max_batch:
+                await self.maybe_fetch_more(batch, max_batch)
             if not batch:
                 continue
             try:
@@ -557,6 +659,56 @@ class _Store:
                 for entry in batch:
                     if entry.stream is None:
                         entry.fail(TransportError(self.address, exc, sent=False))
+
+    def drain(self, batch: list[_Entry], max_batch: int) -> None:
+        """Move queued live requests into ``batch`` until it holds ``max_batch``."""
+        queue = self.queue
+        while queue and len(batch) < max_batch:
+            entry = queue.popleft()
+            if not entry.future.done():
+                batch.append(entry)
+
+    async def maybe_fetch_more(self, batch: list[_Entry], max_batch: int) -> None:
+        """Wait briefly for more requests when the batch policy says so (client-go).
+
+        An overloaded store (``transport_layer_load`` above ``overload_threshold``) makes
+        the sender wait up to ``max_batch_wait_time`` for ``batch_wait_size`` requests;
+        otherwise the policy's trigger decides from the head request's arrival interval.
+        With the defaults nothing waits unless requests arrive < 80 µs apart.
+        """
+        config = self.transport.config
+        head_arrival = batch[0].deadline - batch[0].timeout
+        latest = self.latest_arrival
+        interval = head_arrival - latest if latest and head_arrival > latest else 0.0
+        if config.max_batch_wait_time > 0 and self.load > config.overload_threshold:
+            await self.fetch_more(
+                batch, max_batch, config.batch_wait_size, config.max_batch_wait_time
+            )
+        elif self.trigger.wait > 0 and interval > 0 and self.trigger.need_fetch_more(interval):
+            size = self.trigger.preferred_batch_wait_size(
+                self.avg_batch_size, config.batch_wait_size
+            )
+            await self.fetch_more(batch, max_batch, size, self.trigger.wait)
+        self.avg_batch_size = 0.2 * len(batch) + 0.8 * self.avg_batch_size
+        last = batch[-1]
+        self.latest_arrival = last.deadline - last.timeout
+
+    async def fetch_more(
+        self, batch: list[_Entry], max_batch: int, wait_size: int, wait_s: float
+    ) -> None:
+        """Collect up to ``wait_size`` requests or wait ``wait_s``, then take what is queued."""
+        need = wait_size - len(batch)
+        if need > len(self.queue):
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[None] = loop.create_future()
+            self.more_waiter = (future, need)
+            timer = loop.call_later(wait_s, _resolve, future)
+            try:
+                await future
+            finally:
+                timer.cancel()
+                self.more_waiter = None
+        self.drain(batch, max_batch)
 
     async def open_stream(self, conn: _Conn) -> _Stream | BaseException:
         """Open a stream on ``conn``; return it, or the error that prevented it."""
@@ -838,6 +990,11 @@ class Transport:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 # Texts gRPC core puts in UNAVAILABLE when it never connected (so nothing was sent).
