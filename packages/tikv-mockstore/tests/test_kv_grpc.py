@@ -310,3 +310,89 @@ def test_deadlock_between_two_stores(client: Client) -> None:
         ),
         timeout=DEADLINE,
     )
+
+
+def test_client_rust_lock_resolution_flows(client: Client) -> None:
+    """The calls tikv-client 0.0.4 makes for an abandoned lock and for gc()."""
+    key, other = b"grpc-crash", b"grpc-crash2"
+    stub, ctx = client.route(key)
+    crashed = client.ts()
+    pw = stub.KvPrewrite(
+        kvrpcpb_pb2.PrewriteRequest(
+            context=ctx,
+            mutations=[
+                kvrpcpb_pb2.Mutation(op=Op.Put, key=key, value=b"lost"),
+                kvrpcpb_pb2.Mutation(op=Op.Put, key=other, value=b"lost"),
+            ],
+            primary_lock=key,
+            start_version=crashed,
+            lock_ttl=3000,
+            txn_size=2**64 - 1,
+            secondaries=[other],  # sent without async commit; ignored
+        ),
+        timeout=DEADLINE,
+    )
+    assert not pw.errors
+    read_ts = client.ts()
+    locked = stub.KvGet(
+        kvrpcpb_pb2.GetRequest(context=ctx, key=other, version=read_ts), timeout=DEADLINE
+    )
+    assert locked.error.locked.primary_lock == key
+    # Cleanup of the primary without current_ts rolls it back whatever its TTL...
+    cleanup = stub.KvCleanup(
+        kvrpcpb_pb2.CleanupRequest(context=ctx, key=key, start_version=crashed), timeout=DEADLINE
+    )
+    assert (cleanup.commit_version, cleanup.HasField("error")) == (0, False)
+    # ... then ResolveLock with no keys resolves the transaction in the whole region.
+    resolve = stub.KvResolveLock(
+        kvrpcpb_pb2.ResolveLockRequest(context=ctx, start_version=crashed, commit_version=0),
+        timeout=DEADLINE,
+    )
+    assert not resolve.HasField("error")
+    again = stub.KvGet(
+        kvrpcpb_pb2.GetRequest(context=ctx, key=other, version=read_ts), timeout=DEADLINE
+    )
+    assert again.not_found and not again.HasField("error")
+    # gc(): ScanLock, CheckTxnStatus(current_ts=u64::MAX), ResolveLock(txn_infos), for a
+    # transaction that prewrote and never committed.
+    committed = client.ts()
+    assert not stub.KvPrewrite(
+        kvrpcpb_pb2.PrewriteRequest(
+            context=ctx,
+            mutations=[kvrpcpb_pb2.Mutation(op=Op.Put, key=key, value=b"kept")],
+            primary_lock=key,
+            start_version=committed,
+            lock_ttl=3000,
+        ),
+        timeout=DEADLINE,
+    ).errors
+    safepoint = client.ts()
+    locks = stub.KvScanLock(
+        kvrpcpb_pb2.ScanLockRequest(context=ctx, max_version=safepoint, limit=1024),
+        timeout=DEADLINE,
+    ).locks
+    mine = [(lk.key, lk.lock_version) for lk in locks if lk.key.startswith(b"grpc-crash")]
+    assert mine == [(key, committed)]
+    status = stub.KvCheckTxnStatus(
+        kvrpcpb_pb2.CheckTxnStatusRequest(
+            context=ctx,
+            primary_key=key,
+            lock_ts=committed,
+            current_ts=2**64 - 1,
+            rollback_if_not_exist=True,
+        ),
+        timeout=DEADLINE,
+    )
+    # The lock's TTL has long passed against u64::MAX: rolled back.
+    assert status.action == kvrpcpb_pb2.TTLExpireRollback
+    resolve = stub.KvResolveLock(
+        kvrpcpb_pb2.ResolveLockRequest(
+            context=ctx, txn_infos=[kvrpcpb_pb2.TxnInfo(txn=committed, status=0)]
+        ),
+        timeout=DEADLINE,
+    )
+    assert not resolve.HasField("error")
+    left = stub.KvScanLock(
+        kvrpcpb_pb2.ScanLockRequest(context=ctx, max_version=safepoint), timeout=DEADLINE
+    ).locks
+    assert [lk.key for lk in left if lk.key.startswith(b"grpc-crash")] == []
