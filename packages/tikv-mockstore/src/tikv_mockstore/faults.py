@@ -329,7 +329,9 @@ class Counters:
     def __init__(self) -> None:
         self._mu = threading.Lock()
         self._counts: dict[tuple[int, str], int] = {}
-        self._contexts: dict[tuple[int, str], tuple[int, bytes]] = {}
+        # The request's own Context message: requests are never mutated after parsing, so
+        # keeping a reference is as good as a copy and costs nothing per request.
+        self._contexts: dict[tuple[int, str], tuple[int, kvrpcpb_pb2.Context]] = {}
         self._seq = 0
 
     def record(self, method: str, store_id: int, ctx: kvrpcpb_pb2.Context | None = None) -> None:
@@ -339,7 +341,7 @@ class Counters:
             self._counts[key] = self._counts.get(key, 0) + 1
             if ctx is not None:
                 self._seq += 1
-                self._contexts[key] = (self._seq, ctx.SerializeToString())
+                self._contexts[key] = (self._seq, ctx)
 
     def count(self, method: str, store: int | None = None) -> int:
         """Requests of ``method`` served by ``store``.
@@ -377,7 +379,10 @@ class Counters:
             ]
         if not found:
             return None
-        return kvrpcpb_pb2.Context.FromString(max(found)[1])
+        latest = max(found, key=lambda item: item[0])[1]
+        copy = kvrpcpb_pb2.Context()
+        copy.CopyFrom(latest)
+        return copy
 
     def reset(self) -> None:
         """Zero every counter and forget the contexts."""

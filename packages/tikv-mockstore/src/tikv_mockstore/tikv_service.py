@@ -77,6 +77,11 @@ def _message_types() -> None:
 
 _message_types()
 
+#: Methods whose request carries a ``kvrpcpb.Context`` in its ``context`` field.
+_HAS_CONTEXT = frozenset(
+    m for m, t in _REQUEST_TYPES.items() if "context" in t.DESCRIPTOR.fields_by_name
+)
+
 
 def load_command_handlers() -> None:
     """Import the modules that register command handlers.
@@ -523,7 +528,7 @@ class StoreServer:
 
     def _dispatch(self, method: str, command: str, request: Any) -> Any:
         """Count, apply faults, and run the handler; returns a response or a Future."""
-        ctx = request.context if "context" in request.DESCRIPTOR.fields_by_name else None
+        ctx = request.context if method in _HAS_CONTEXT else None
         self.counters.record(method, self.store_id, ctx)
         outcome = self.faults.apply(
             method, self.store_id, ctx.region_id if ctx is not None else None
