@@ -80,6 +80,7 @@ class FakeState:
     strip_header: set[str] = field(default_factory=set)
     tso_wrong_count: int = 0  # the next N TSO answers carry count + 1
     region_keys_seen: list[bytes] = field(default_factory=list)
+    tso_end_stream_after_answer: bool = False  # end the stream (status OK) after each answer
 
     def alloc_ts(self, count: int) -> tuple[int, int]:
         now = int(time.time() * 1000)
@@ -184,6 +185,8 @@ class _Servicer(pdpb_pb2_grpc.PDServicer):
                 count=count,
                 timestamp=pdpb_pb2.Timestamp(physical=physical, logical=logical),
             )
+            if self.st.tso_end_stream_after_answer:
+                return
 
     async def GetRegion(self, request, context):  # type: ignore[no-untyped-def]
         await self._enter("GetRegion", request, context)

@@ -225,3 +225,19 @@ async def test_dispatcher_crash_fails_waiters_instead_of_hanging(
             await asyncio.wait_for(client.get_timestamp(), NO_HANG)
         with pytest.raises(PDError, match="stopped unexpectedly"):
             client.request_timestamp()
+
+
+async def test_stream_that_ended_while_idle_is_reopened_without_a_failure(
+    pd3: FakePDCluster,
+) -> None:
+    async with await PDClient.connect(pd3.endpoints) as client:
+        pd3.state.tso_end_stream_after_answer = True
+        for _ in range(3):
+            await asyncio.wait_for(client.get_timestamp(), NO_HANG)
+            # White-box: wait until the client has seen the stream end (status OK).
+            deadline = asyncio.get_running_loop().time() + NO_HANG
+            while not client._tso._stream or not client._tso._stream.done():
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.005)
+        assert client._tso.last_error is None
+        assert client.tso_requests_sent == 3

@@ -382,6 +382,10 @@ class _TsoStream:
             raise PDError(f"TSO stream to {self.target} was closed by PD")
         return response
 
+    def done(self) -> bool:
+        """Whether the call has ended (PD closed it, or the connection went away)."""
+        return self._call.done()
+
     def cancel(self) -> None:
         self._call.cancel()
 
@@ -506,8 +510,12 @@ class _TsoDispatcher:
     def _current_stream(self) -> _TsoStream:
         leader = self._client.leader
         stream = self._stream
-        if stream is not None and stream.target == leader:
+        if stream is not None and stream.target == leader and not stream.done():
             return stream
+        if stream is not None and stream.done():
+            # The stream ended while idle (e.g. the server sent GOAWAY): nothing was in
+            # flight, so this is no failure of the next batch; just open a new one.
+            logger.debug("TSO stream to %s ended while idle; reopening", stream.target)
         # No stream yet, or the leader moved: open one to the current leader. The call
         # connects lazily; a dead leader shows up as an error of the first round trip.
         self._drop_stream()
