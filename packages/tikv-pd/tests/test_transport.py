@@ -484,3 +484,19 @@ async def test_unloaded_store_does_not_wait(batch_server: Server) -> None:
             await asyncio.sleep(0)
         await asyncio.gather(*tasks)
         assert batch_server.servicer.batch_sizes[1] < 8
+
+
+async def test_close_while_connecting_fails_the_batch_in_hand() -> None:
+    # A listener that never speaks HTTP/2: the stream waits for its connection.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        addr = f"127.0.0.1:{silent.getsockname()[1]}"
+        t = Transport(_config(dial_timeout=60.0))
+        waiter = asyncio.ensure_future(t.send(addr, "RawGet", _get(b"k"), timeout=60))
+        await _poll(lambda: addr in t._stores, "the store")
+        store = t._stores[addr]
+        await _poll(lambda: not store.queue, "the sender to take the request")
+        await t.close()
+        with pytest.raises(ClientClosedError):
+            await asyncio.wait_for(waiter, 5)

@@ -502,6 +502,8 @@ class _Store:
         self.avg_batch_size = float(config.batch_wait_size)
         self.latest_arrival = 0.0
         self.more_waiter: tuple[asyncio.Future[None], int] | None = None
+        # How requests fail once close() started (set by close()).
+        self.close_error: Callable[[_Entry], BaseException] | None = None
         # Deadline tracking: per distinct timeout, a FIFO of entries and one timer.
         self.deadlines: dict[float, collections.deque[_Entry]] = {}
         self.deadline_timers: dict[float, asyncio.TimerHandle] = {}
@@ -646,13 +648,18 @@ class _Store:
             self.drain(batch, max_batch)
             if not batch:
                 continue
-            if len(batch) < max_batch:
-                await self.maybe_fetch_more(batch, max_batch)
-            if not batch:
-                continue
             try:
+                if len(batch) < max_batch:
+                    await self.maybe_fetch_more(batch, max_batch)
                 await self.send_batch(batch)
             except asyncio.CancelledError:
+                # Closed while this batch was in the sender's hands (waiting for more
+                # requests or for a connection): it is in no queue or stream, so fail it
+                # here or its callers would wait forever.
+                make_error = self.close_error or (lambda e: ClientClosedError("transport"))
+                for entry in batch:
+                    if entry.stream is None:
+                        entry.fail(make_error(entry))
                 raise
             except Exception as exc:  # a bug; deliver it to the requests it concerns
                 _log.exception("BatchCommands sender for %s failed", self.address)
@@ -833,6 +840,7 @@ class _Store:
 
     async def close(self, make_error: Callable[[_Entry], BaseException]) -> None:
         self.closed = True
+        self.close_error = make_error
         for timer in self.deadline_timers.values():
             timer.cancel()
         self.deadline_timers.clear()
