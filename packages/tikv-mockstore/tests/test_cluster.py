@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tikv_mockstore._codec import encode_bytes
 from tikv_mockstore.clock import Clock
 from tikv_mockstore.cluster import Cluster, ClusterError, StoreState
@@ -208,3 +210,38 @@ def test_bad_api_version() -> None:
         Cluster(api_version="V3")
     with pytest.raises(ValueError, match="cluster_id"):
         Cluster(cluster_id=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("split"), st.lists(st.binary(min_size=1, max_size=3), max_size=4)),
+            st.tuples(st.just("merge"), st.integers(min_value=0, max_value=20)),
+        ),
+        max_size=25,
+    )
+)
+def test_regions_always_tile_the_key_space(ops: list[tuple[str, object]]) -> None:
+    c = make(2)
+    versions: dict[int, int] = {}
+    for op, arg in ops:
+        if op == "split":
+            assert isinstance(arg, list)
+            c.split(arg)
+        else:
+            assert isinstance(arg, int)
+            regions = c.regions()
+            if len(regions) >= 2:
+                i = arg % (len(regions) - 1)
+                c.merge(regions[i].id, regions[i + 1].id)
+        regions = c.regions()
+        assert regions[0].start_key == b""
+        assert regions[-1].end_key == b""
+        for a, b in zip(regions, regions[1:], strict=False):
+            assert a.end_key == b.start_key
+            assert a.start_key < a.end_key
+        for r in regions:
+            assert r.version >= versions.get(r.id, 0)  # epochs never go back
+            versions[r.id] = r.version
+            assert c.region_by_key(r.start_key) == r

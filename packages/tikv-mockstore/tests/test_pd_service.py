@@ -265,3 +265,24 @@ def test_query_region_stream(cluster: MockCluster, stubs: Stubs) -> None:
     assert set(resp.regions_by_id) == {left.id, right.id}
     assert resp.regions_by_id[right.id].region == right.to_pb()
     assert resp.regions_by_id[right.id].leader.store_id == right.leader_store_id
+
+
+def test_tso_stream_sends_headers_before_any_request(stubs: Stubs) -> None:
+    # client-rust waits for the response headers before it sends its first TsoRequest.
+    q: queue.Queue[pdpb_pb2.TsoRequest | None] = queue.Queue()
+
+    def gen() -> Iterator[pdpb_pb2.TsoRequest]:
+        while (item := q.get()) is not None:
+            yield item
+
+    call = stubs.pd().Tso(gen())
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(call.initial_metadata()))
+    waiter.start()
+    waiter.join(10)
+    try:
+        assert not waiter.is_alive()
+        assert got
+    finally:
+        q.put(None)
+        list(call)
