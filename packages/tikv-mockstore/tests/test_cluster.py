@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import pytest
@@ -238,7 +239,7 @@ def test_regions_always_tile_the_key_space(ops: list[tuple[str, object]]) -> Non
         regions = c.regions()
         assert regions[0].start_key == b""
         assert regions[-1].end_key == b""
-        for a, b in zip(regions, regions[1:], strict=False):
+        for a, b in itertools.pairwise(regions):
             assert a.end_key == b.start_key
             assert a.start_key < a.end_key
         for r in regions:
