@@ -429,6 +429,7 @@ def test_exported_names() -> None:
         "TiKVError",
         "TimeoutError",
         "UndeterminedError",
+        "prefix_range",
     ]
     for name in tikv_raw.__all__:
         obj = getattr(tikv_raw, name)
@@ -453,3 +454,13 @@ async def test_budget_exhausted_batch_is_a_typed_timeout_with_a_note() -> None:
         await c.batch_delete([b"a", b"b", b"c"])
     assert isinstance(info.value, RawTimeoutError)
     assert any("all 3 keys" in note for note in info.value.__notes__)
+
+
+async def test_prefix_range_scans_exactly_the_prefix(env: Env) -> None:
+    from tikv_raw import prefix_range
+
+    c = env.client
+    await c.batch_put({b"user:1": b"a", b"user:2": b"b", b"user;": b"x", b"user": b"y"})
+    assert await c.scan(*prefix_range(b"user:"), limit=10) == [(b"user:1", b"a"), (b"user:2", b"b")]
+    assert prefix_range(b"\xff") == (b"\xff", None)
+    assert (await c.checksum(*prefix_range(b"user:"))).total_kvs == 2

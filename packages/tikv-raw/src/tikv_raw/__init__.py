@@ -18,6 +18,7 @@ from tikv_pd.errors import (
 from tikv_raw._async_client import AsyncRawClient
 from tikv_raw._sync_client import RawClient
 from tikv_raw._types import Checksum, RawKVError
+from tikv_raw._validate import prefix_range
 
 __all__ = [
     "AsyncRawClient",
@@ -31,6 +32,7 @@ __all__ = [
     "TiKVError",
     "TimeoutError",
     "UndeterminedError",
+    "prefix_range",
 ]
 
 __version__ = "0.1.0"

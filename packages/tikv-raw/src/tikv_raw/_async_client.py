@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -41,7 +42,7 @@ BATCH_SCAN_CONCURRENCY = 16
 #: A key and its value (empty for key-only scans).
 KeyValue = tuple[bytes, bytes]
 #: A TTL argument: whole seconds (int or timedelta), or ``None`` for no expiry.
-TTL = Any
+TTL = int | datetime.timedelta | None
 
 
 class _Shared:

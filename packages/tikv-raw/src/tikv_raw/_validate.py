@@ -48,6 +48,7 @@ __all__ = [
     "check_ttls",
     "check_value",
     "prefix_end",
+    "prefix_range",
 ]
 
 #: client-go ``rawkv.MaxRawKVScanLimit``: the largest ``limit`` of one raw scan.
@@ -303,3 +304,16 @@ def prefix_end(prefix: bytes) -> bytes | None:
     if not trimmed:
         return None
     return trimmed[:-1] + bytes([trimmed[-1] + 1])
+
+
+def prefix_range(prefix: bytes) -> tuple[bytes, bytes | None]:
+    r"""The ``(start, end)`` range of the keys that start with ``prefix``, for ranged calls.
+
+    Example:
+        >>> prefix_range(b"user:")
+        (b'user:', b'user;')
+        >>> client.scan(*prefix_range(b"user:"), limit=100)  # doctest: +SKIP
+
+    """
+    p = check_key(prefix, "prefix")
+    return p, prefix_end(p)
