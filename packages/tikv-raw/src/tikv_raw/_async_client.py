@@ -1,4 +1,23 @@
-"""The asyncio raw client: the one implementation behind both flavours."""
+"""The asyncio raw client: the one implementation behind both flavours.
+
+Every method runs the same steps:
+
+1. **validate** the arguments (:mod:`tikv_raw._validate`), raising ``TypeError`` /
+   ``ValueError`` before anything is sent;
+2. **encode** user keys into request keys (API v2: the 4-byte keyspace prefix; an
+   unbounded range ends at the next keyspace);
+3. **build** the kvrpcpb requests (:mod:`tikv_raw._requests`), cutting batches by
+   client-go's limits (:mod:`tikv_raw._batching`);
+4. **route** them through the shared pipeline (:class:`tikv_raw._router.Router`, bound to
+   :class:`tikv_pd.request.RequestSender`), which locates regions, retries region errors
+   and transport failures with client-go's backoffs, and refuses to resend a CAS whose
+   outcome is unknown;
+5. **read** the responses into Python values and decode keys back to user keys.
+
+Scans walk the regions one at a time in scan direction with the number of pairs still
+wanted, like client-go's ``Scan`` / ``ReverseScan``; batches and range writes go to every
+region concurrently.
+"""
 
 from __future__ import annotations
 
