@@ -383,3 +383,21 @@ async def test_region_errors_are_retried(
     await client.delete_range(b"a", b"c")
     model = {k: v for k, v in model.items() if k >= b"c"}
     assert await client.scan(limit=1000, reverse=True) == sorted(model.items(), reverse=True)
+
+
+async def test_request_context_on_the_wire() -> None:
+    with MockCluster(stores=3, api_version=2) as cluster:
+        ks = cluster.create_keyspace("ctx")
+        async with await AsyncRawClient.connect(cluster.pd_endpoints, keyspace="ctx") as c:
+            await c.put(b"k", b"v")
+            assert await c.get(b"k") == b"v"
+            put_ctx = cluster.counters.last_context("RawPut")
+            get_ctx = cluster.counters.last_context("RawGet")
+    assert put_ctx is not None
+    assert get_ctx is not None
+    assert put_ctx.api_version == 2  # kvrpcpb.APIVersion.V2
+    assert put_ctx.keyspace_id == ks.id
+    assert put_ctx.keyspace_name == "ctx"
+    assert put_ctx.max_execution_duration_ms == 20_000  # client-go MaxWriteExecutionTime
+    assert get_ctx.max_execution_duration_ms == 0
+    assert put_ctx.region_id and put_ctx.peer.store_id

@@ -23,13 +23,11 @@ from tikv_pd.transport import Transport
 
 from tikv_raw._router import BuildForKeys, BuildForRange
 
-__all__ = ["MAX_WRITE_EXECUTION_MS", "REQUEST_SOURCE", "PipelineRouter", "connect_router"]
+__all__ = ["MAX_WRITE_EXECUTION_MS", "PipelineRouter", "connect_router"]
 
 #: client-go ``MaxWriteExecutionTime`` (ReadTimeoutShort 30 s - 10 s): TiKV drops a raw
 #: write that waited longer than this, so a late duplicate cannot apply out of order.
 MAX_WRITE_EXECUTION_MS = 20_000
-#: ``Context.request_source`` of raw requests (shown in TiKV's metrics).
-REQUEST_SOURCE = "external_rawkv"
 
 _WRITES = frozenset(
     {
@@ -73,7 +71,6 @@ class PipelineRouter:
             "api_version": codec.api_version,
             "keyspace_id": codec.keyspace_id,
             "keyspace_name": keyspace_name,
-            "request_source": REQUEST_SOURCE,
         }
         self._read_options = RequestOptions(**common)
         self._write_options = RequestOptions(
