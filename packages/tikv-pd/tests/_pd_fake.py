@@ -80,6 +80,8 @@ class FakeState:
     strip_header: set[str] = field(default_factory=set)
     tso_wrong_count: int = 0  # the next N TSO answers carry count + 1
     region_keys_seen: list[bytes] = field(default_factory=list)
+    keyspace_safe_points: dict[int, int] = field(default_factory=dict)
+    external_ts: int = 0
     tso_end_stream_after_answer: bool = False  # end the stream (status OK) after each answer
 
     def alloc_ts(self, count: int) -> tuple[int, int]:
@@ -295,6 +297,44 @@ class _Servicer(pdpb_pb2_grpc.PDServicer):
         return pdpb_pb2.UpdateServiceGCSafePointResponse(
             header=self._hdr(), service_id=request.service_id, TTL=request.TTL, min_safe_point=low
         )
+
+    async def GetGCSafePointV2(self, request, context):  # type: ignore[no-untyped-def]
+        await self._enter("GetGCSafePointV2", request, context)
+        return pdpb_pb2.GetGCSafePointV2Response(
+            header=self._hdr(), safe_point=self.st.keyspace_safe_points.get(request.keyspace_id, 0)
+        )
+
+    async def UpdateGCSafePointV2(self, request, context):  # type: ignore[no-untyped-def]
+        await self._enter("UpdateGCSafePointV2", request, context)
+        current = self.st.keyspace_safe_points.get(request.keyspace_id, 0)
+        new = max(current, request.safe_point)
+        self.st.keyspace_safe_points[request.keyspace_id] = new
+        return pdpb_pb2.UpdateGCSafePointV2Response(header=self._hdr(), new_safe_point=new)
+
+    async def UpdateServiceSafePointV2(self, request, context):  # type: ignore[no-untyped-def]
+        await self._enter("UpdateServiceSafePointV2", request, context)
+        return pdpb_pb2.UpdateServiceSafePointV2Response(
+            header=self._hdr(),
+            service_id=request.service_id,
+            ttl=request.ttl,
+            min_safe_point=request.safe_point,
+        )
+
+    async def GetExternalTimestamp(self, request, context):  # type: ignore[no-untyped-def]
+        await self._enter("GetExternalTimestamp", request, context)
+        return pdpb_pb2.GetExternalTimestampResponse(
+            header=self._hdr(), timestamp=self.st.external_ts
+        )
+
+    async def SetExternalTimestamp(self, request, context):  # type: ignore[no-untyped-def]
+        await self._enter("SetExternalTimestamp", request, context)
+        header = self._hdr()
+        if request.timestamp < self.st.external_ts:
+            header.error.type = pdpb_pb2.UNKNOWN
+            header.error.message = "external timestamp is less than the current one"
+        else:
+            self.st.external_ts = request.timestamp
+        return pdpb_pb2.SetExternalTimestampResponse(header=header)
 
     async def GetMinTS(self, request, context):  # type: ignore[no-untyped-def]
         await self._enter("GetMinTS", request, context)

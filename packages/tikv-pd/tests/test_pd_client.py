@@ -284,3 +284,21 @@ async def test_background_member_refresh_notices_leader_move(pd3: FakePDCluster)
         pd3.move_leader(2)
         await wait_until(lambda: client.leader == pd3.endpoints[2])
         assert client.member_updates > before
+
+
+async def test_keyspace_safepoints_and_external_timestamp(pd3: FakePDCluster) -> None:
+    async with await PDClient.connect(pd3.endpoints, config=FAST) as client:
+        assert await client.get_gc_safe_point_v2(7) == 0
+        assert await client.update_gc_safe_point_v2(7, 90) == 90
+        assert await client.update_gc_safe_point_v2(7, 10) == 90
+        assert await client.get_gc_safe_point_v2(7) == 90
+        assert await client.get_gc_safe_point_v2(8) == 0
+        sp = await client.update_service_safe_point_v2(7, b"cdc", 30, 85)
+        assert (sp.service_id, sp.ttl, sp.min_safe_point) == (b"cdc", 30, 85)
+        with pytest.raises(ValueError, match="keyspace_id"):
+            await client.get_gc_safe_point_v2(1 << 24)
+        assert await client.get_external_timestamp() == 0
+        await client.set_external_timestamp(500)
+        assert await client.get_external_timestamp() == 500
+        with pytest.raises(PDError, match="less than"):
+            await client.set_external_timestamp(100)

@@ -96,6 +96,9 @@ async def test_expiry_against_the_cached_timestamp(pd: tuple[FakePDCluster, PDCl
         old = now - (5_000 << 18)
         assert oracle.is_expired(old, 3_000)
         assert oracle.until_expired(old, 3_000) == -2_000
+        await oracle.set_external_timestamp(now)
+        assert await oracle.get_external_timestamp() == now
+        assert await oracle.get_min_timestamp() > now
 
 
 async def test_get_timestamp_retries_through_a_tso_outage(

@@ -320,6 +320,16 @@ def _check_uint(name: str, value: object, *, minimum: int = 0, bits: int = 64) -
     return value
 
 
+def _service_id(service_id: object) -> bytes:
+    if isinstance(service_id, str):
+        service_id = service_id.encode()
+    if not isinstance(service_id, bytes):
+        raise TypeError(f"service_id must be str or bytes, got {type(service_id).__name__}")
+    if not service_id:
+        raise ValueError("service_id must not be empty")
+    return service_id
+
+
 def _region_from(
     method: str,
     meta: metapb_pb2.Region,
@@ -1337,12 +1347,7 @@ class PDClient:
             PDError: PD failed or answered with an error.
 
         """
-        if isinstance(service_id, str):
-            service_id = service_id.encode()
-        if not isinstance(service_id, bytes):
-            raise TypeError("service_id must be str or bytes")
-        if not service_id:
-            raise ValueError("service_id must not be empty")
+        service_id = _service_id(service_id)
         if isinstance(ttl, bool) or not isinstance(ttl, int):
             raise TypeError(f"ttl must be an int (seconds), got {type(ttl).__name__}")
         _check_uint("safe_point", safe_point)
@@ -1357,6 +1362,126 @@ class PDClient:
             backoffer,
         )
         return ServiceSafePoint(resp.service_id, resp.TTL, resp.min_safe_point)
+
+    async def get_gc_safe_point_v2(
+        self, keyspace_id: int, *, backoffer: Backoffer | None = None
+    ) -> int:
+        """Return the GC safepoint of one keyspace (API v2 keyspace-level GC).
+
+        Raises:
+            TypeError / ValueError: ``keyspace_id`` is not a 24-bit id.
+            PDError: PD failed or answered with an error.
+
+        """
+        _check_uint("keyspace_id", keyspace_id, bits=24)
+        request = pdpb_pb2.GetGCSafePointV2Request(header=self._header(), keyspace_id=keyspace_id)
+        resp = await self._call(
+            "GetGCSafePointV2",
+            lambda t: self._pd_stub(t).GetGCSafePointV2(request, timeout=self._config.pd_timeout),
+            backoffer,
+        )
+        return resp.safe_point
+
+    async def update_gc_safe_point_v2(
+        self, keyspace_id: int, safe_point: int, *, backoffer: Backoffer | None = None
+    ) -> int:
+        """Advance one keyspace's GC safepoint; return the safepoint PD now holds.
+
+        Raises:
+            TypeError / ValueError: Bad keyspace id or safepoint.
+            PDError: PD failed or answered with an error.
+
+        """
+        _check_uint("keyspace_id", keyspace_id, bits=24)
+        _check_uint("safe_point", safe_point)
+        request = pdpb_pb2.UpdateGCSafePointV2Request(
+            header=self._header(), keyspace_id=keyspace_id, safe_point=safe_point
+        )
+        resp = await self._call(
+            "UpdateGCSafePointV2",
+            lambda t: self._pd_stub(t).UpdateGCSafePointV2(
+                request, timeout=self._config.pd_timeout
+            ),
+            backoffer,
+        )
+        return resp.new_safe_point
+
+    async def update_service_safe_point_v2(
+        self,
+        keyspace_id: int,
+        service_id: str | bytes,
+        ttl: int,
+        safe_point: int,
+        *,
+        backoffer: Backoffer | None = None,
+    ) -> ServiceSafePoint:
+        """Register a service safepoint on one keyspace (see update_service_gc_safe_point).
+
+        Raises:
+            TypeError / ValueError: Bad keyspace id, service id, ttl or safepoint.
+            PDError: PD failed or answered with an error.
+
+        """
+        _check_uint("keyspace_id", keyspace_id, bits=24)
+        sid = _service_id(service_id)
+        if isinstance(ttl, bool) or not isinstance(ttl, int):
+            raise TypeError(f"ttl must be an int (seconds), got {type(ttl).__name__}")
+        _check_uint("safe_point", safe_point)
+        request = pdpb_pb2.UpdateServiceSafePointV2Request(
+            header=self._header(),
+            keyspace_id=keyspace_id,
+            service_id=sid,
+            ttl=ttl,
+            safe_point=safe_point,
+        )
+        resp = await self._call(
+            "UpdateServiceSafePointV2",
+            lambda t: self._pd_stub(t).UpdateServiceSafePointV2(
+                request, timeout=self._config.pd_timeout
+            ),
+            backoffer,
+        )
+        return ServiceSafePoint(resp.service_id, resp.ttl, resp.min_safe_point)
+
+    async def get_external_timestamp(self, *, backoffer: Backoffer | None = None) -> int:
+        """Return the cluster's external timestamp (0 when never set).
+
+        Raises:
+            PDError: PD failed or answered with an error.
+
+        """
+        request = pdpb_pb2.GetExternalTimestampRequest(header=self._header())
+        resp = await self._call(
+            "GetExternalTimestamp",
+            lambda t: self._pd_stub(t).GetExternalTimestamp(
+                request, timeout=self._config.pd_timeout
+            ),
+            backoffer,
+        )
+        return resp.timestamp
+
+    async def set_external_timestamp(
+        self, timestamp: int, *, backoffer: Backoffer | None = None
+    ) -> None:
+        """Set the cluster's external timestamp.
+
+        PD refuses values it considers invalid (for example one beyond its current
+        TSO); the refusal is a PDError carrying PD's message.
+
+        Raises:
+            TypeError / ValueError: ``timestamp`` is not a uint64.
+            PDError: PD failed or refused the timestamp.
+
+        """
+        _check_uint("timestamp", timestamp)
+        request = pdpb_pb2.SetExternalTimestampRequest(header=self._header(), timestamp=timestamp)
+        await self._call(
+            "SetExternalTimestamp",
+            lambda t: self._pd_stub(t).SetExternalTimestamp(
+                request, timeout=self._config.pd_timeout
+            ),
+            backoffer,
+        )
 
     async def get_min_ts(self, *, backoffer: Backoffer | None = None) -> int:
         """Return the minimum timestamp across TSO keyspace groups (``GetMinTS``).

@@ -173,6 +173,16 @@ class PDOracle:
         self._check_open()
         return await self._pd.get_min_ts()
 
+    async def get_external_timestamp(self) -> int:
+        """Return the cluster's external timestamp (client-go ``GetExternalTimestamp``)."""
+        self._check_open()
+        return await self._pd.get_external_timestamp()
+
+    async def set_external_timestamp(self, ts: int) -> None:
+        """Set the cluster's external timestamp (client-go ``SetExternalTimestamp``)."""
+        self._check_open()
+        await self._pd.set_external_timestamp(ts)
+
     def is_expired(self, lock_ts: int, ttl_ms: int) -> bool:
         """Whether ``physical(lock_ts) + ttl_ms`` is at or before the cached timestamp.
 
