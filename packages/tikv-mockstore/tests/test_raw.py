@@ -430,3 +430,20 @@ def test_api_v2_key_modes() -> None:
             kvrpcpb_pb2.RawPutRequest(context=ctx, key=b"r\x00\x00\x00a", value=b"1")
         )
         assert outside.region_error.HasField("key_not_in_region")
+
+
+def test_check_order_reads_vs_writes(stubs: Stubs, cluster: MockCluster) -> None:
+    # TiKV checks a read's cf after taking the region snapshot, a write's cf before it.
+    left = cluster.region_by_key(b"a")
+    assert left is not None
+    stub = stubs.tikv(left.leader_store_id)
+    ctx = context_for(left)
+    read = stub.RawGet(kvrpcpb_pb2.RawGetRequest(context=ctx, key=b"zz", cf="bad"))
+    assert read.region_error.HasField("key_not_in_region")
+    assert not read.error
+    write = stub.RawPut(kvrpcpb_pb2.RawPutRequest(context=ctx, key=b"zz", value=b"v", cf="bad"))
+    assert write.error == "invalid cf name: bad"
+    assert not write.HasField("region_error")
+    # raw_put checks the TTL before the cf.
+    ttl = stub.RawPut(kvrpcpb_pb2.RawPutRequest(context=ctx, key=b"a", value=b"v", cf="bad", ttl=3))
+    assert ttl.error == "ttl is not enabled, but get put request with ttl"

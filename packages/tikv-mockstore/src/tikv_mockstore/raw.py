@@ -258,17 +258,27 @@ def _precheck(
     keys: Sequence[bytes] = (),
     ranges: Sequence[tuple[bytes, bytes]] = (),
     ttls: Sequence[int] = (),
+    read: bool = False,
+    ttl_first: bool = False,
 ) -> str | None:
-    """API version, column family and TTL checks, in TiKV's order; returns the error text."""
+    """The checks TiKV runs before the region checks; returns the error text.
+
+    Always the API version first. A write then checks the column family and the TTLs (a
+    single ``raw_put`` checks the TTL before the cf). A read (``read=True``) checks its
+    column family only after taking the region snapshot: see :func:`_cf_error`, called by the
+    read handlers after :meth:`StoreScope.check` (``src/storage/mod.rs``).
+    """
     err: str | None = scope.check_api_version(ctx, cmd=cmd, txn=False, keys=keys, ranges=ranges)
-    if err is not None:
+    if err is not None or read:
         return err
-    err = _cf_error(scope, cf)
-    if err is not None:
-        return err
-    if not _ttl_enabled(scope) and any(ttls):
-        return "ttl is not enabled, but get put request with ttl"
-    return None
+    ttl_err = (
+        "ttl is not enabled, but get put request with ttl"
+        if not _ttl_enabled(scope) and any(ttls)
+        else None
+    )
+    if ttl_first and ttl_err is not None:
+        return ttl_err
+    return _cf_error(scope, cf) or ttl_err
 
 
 def _scan_bounds(
@@ -300,11 +310,14 @@ def _region_error(resp: Any, err: errorpb_pb2.Error | None) -> bool:
 def raw_get(scope: StoreScope, req: kvrpcpb_pb2.RawGetRequest) -> kvrpcpb_pb2.RawGetResponse:
     """RawGet: the value, or ``not_found``."""
     resp = kvrpcpb_pb2.RawGetResponse()
-    err = _precheck(scope, req.context, "raw_get", req.cf, keys=[req.key])
+    err = _precheck(scope, req.context, "raw_get", req.cf, keys=[req.key], read=True)
+    if err is None and _region_error(
+        resp, scope.check(req.context, keys=[req.key], txn=_encoded(scope))
+    ):
+        return resp
+    err = err or _cf_error(scope, req.cf)
     if err is not None:
         resp.error = err
-        return resp
-    if _region_error(resp, scope.check(req.context, keys=[req.key], txn=_encoded(scope))):
         return resp
     value = scope.raw.get(req.cf, req.key, _now_s(scope))
     if value is None:
@@ -321,11 +334,14 @@ def raw_batch_get(
     """RawBatchGet: the pairs of the keys that exist (missing keys are left out, as TiKV)."""
     resp = kvrpcpb_pb2.RawBatchGetResponse()
     keys = list(req.keys)
-    err = _precheck(scope, req.context, "raw_batch_get", req.cf, keys=keys)
+    err = _precheck(scope, req.context, "raw_batch_get", req.cf, keys=keys, read=True)
+    if err is None and _region_error(
+        resp, scope.check(req.context, keys=keys, txn=_encoded(scope))
+    ):
+        return resp
+    err = err or _cf_error(scope, req.cf)
     if err is not None:
         resp.pairs.add(error=kvrpcpb_pb2.KeyError(abort=err))
-        return resp
-    if _region_error(resp, scope.check(req.context, keys=keys, txn=_encoded(scope))):
         return resp
     now = _now_s(scope)
     for key in keys:
@@ -340,7 +356,7 @@ def raw_put(scope: StoreScope, req: kvrpcpb_pb2.RawPutRequest) -> kvrpcpb_pb2.Ra
     """RawPut (``for_cas`` takes TiKV's atomic path; the mock is atomic either way)."""
     resp = kvrpcpb_pb2.RawPutResponse()
     cmd = "raw_atomic_store" if req.for_cas else "raw_put"
-    err = _precheck(scope, req.context, cmd, req.cf, keys=[req.key], ttls=[req.ttl])
+    err = _precheck(scope, req.context, cmd, req.cf, keys=[req.key], ttls=[req.ttl], ttl_first=True)
     if err is not None:
         resp.error = err
         return resp
@@ -432,14 +448,17 @@ def raw_scan(scope: StoreScope, req: kvrpcpb_pb2.RawScanRequest) -> kvrpcpb_pb2.
         req.cf,
         keys=[] if end else [start],
         ranges=_range_for_api_check(start, end),
+        read=True,
     )
+    if err is None:
+        region_err = scope.check(
+            req.context, ranges=[(start, end)], txn=_encoded(scope), reverse=req.reverse
+        )
+        if _region_error(resp, region_err):
+            return resp
+        err = _cf_error(scope, req.cf)
     if err is not None:
         resp.kvs.add(error=kvrpcpb_pb2.KeyError(abort=err))
-        return resp
-    region_err = scope.check(
-        req.context, ranges=[(start, end)], txn=_encoded(scope), reverse=req.reverse
-    )
-    if _region_error(resp, region_err):
         return resp
     lower, upper = _scan_bounds(scope, req.context, start, end, req.reverse)
     for k, v in scope.raw.scan(
@@ -463,14 +482,19 @@ def raw_batch_scan(
         req.cf,
         ranges=[r for r in ranges if r[1]],
         keys=[r[0] for r in ranges if not r[1]],
+        read=True,
     )
+    if err is None:
+        region_err = scope.check(
+            req.context, ranges=ranges, txn=_encoded(scope), reverse=req.reverse
+        )
+        if _region_error(resp, region_err):
+            return resp
+        err = _cf_error(scope, req.cf)
     if err is None and not _ranges_ordered(ranges, req.reverse):
         err = "Invalid KeyRanges"
     if err is not None:
         resp.kvs.add(error=kvrpcpb_pb2.KeyError(abort=err))
-        return resp
-    region_err = scope.check(req.context, ranges=ranges, txn=_encoded(scope), reverse=req.reverse)
-    if _region_error(resp, region_err):
         return resp
     now = _now_s(scope)
     for start, end in ranges:
@@ -535,11 +559,14 @@ def raw_get_key_ttl(
 ) -> kvrpcpb_pb2.RawGetKeyTTLResponse:
     """RawGetKeyTTL: seconds left (0: no TTL), or ``not_found``."""
     resp = kvrpcpb_pb2.RawGetKeyTTLResponse()
-    err = _precheck(scope, req.context, "raw_get_key_ttl", req.cf, keys=[req.key])
+    err = _precheck(scope, req.context, "raw_get_key_ttl", req.cf, keys=[req.key], read=True)
+    if err is None and _region_error(
+        resp, scope.check(req.context, keys=[req.key], txn=_encoded(scope))
+    ):
+        return resp
+    err = err or _cf_error(scope, req.cf)
     if err is not None:
         resp.error = err
-        return resp
-    if _region_error(resp, scope.check(req.context, keys=[req.key], txn=_encoded(scope))):
         return resp
     now = _now_s(scope)
     entry = scope.raw.get_entry(req.cf, req.key, now)
