@@ -315,6 +315,10 @@ async def test_split_reshards_batch_from_epoch_not_match_without_sleeping() -> N
     assert sleeps.calls == []
     assert locator.loads == 0
     assert {r.id for r in locator.cache.values()} == set(cluster.regions)
+    assert sender.stats.region_errors == {"epoch_not_match": 1}
+    assert sender.stats.reshards == 1
+    assert sender.stats.attempts == 3
+    assert sender.stats.backoffs == 0
 
 
 async def test_region_not_found_invalidates_and_reshards_into_two() -> None:

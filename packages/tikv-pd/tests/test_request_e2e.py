@@ -176,6 +176,7 @@ async def test_injected_region_errors_are_retried(stack: Stack, kind: str) -> No
     got = await RAW_BATCH_GET.run(stack.sender, [k for k, _ in pairs], bo=bo)
     assert got == dict(pairs)
     assert fault.hits == 2
+    assert stack.sender.stats.region_errors == {kind: 2}
 
 
 async def test_split_and_leader_transfer_lose_and_duplicate_nothing(stack: Stack) -> None:

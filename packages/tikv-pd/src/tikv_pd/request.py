@@ -84,6 +84,7 @@ __all__ = [
     "RangeSharder",
     "RequestOptions",
     "RequestSender",
+    "RequestStats",
     "RetryShard",
     "Sender",
     "Shard",
@@ -637,8 +638,26 @@ class _Call(Generic[P, T]):
     budget_ms: int
     concurrency: int
     timeout: float | None
-    # Backoffers created lazily by parts that had no parent Backoffer.
-    roots: list[Backoffer] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class RequestStats:
+    """Counters of one :class:`RequestSender` (tests, benchmarks, diagnostics).
+
+    Attributes:
+        attempts: Requests handed to the transport (every retry included).
+        send_failures: Attempts that failed at the transport level.
+        region_errors: Region errors received, by kind (``"not_leader"``, ...).
+        backoffs: Backoffs taken.
+        reshards: Times a part had to be split over several regions.
+
+    """
+
+    attempts: int = 0
+    send_failures: int = 0
+    region_errors: dict[str, int] = field(default_factory=dict)
+    backoffs: int = 0
+    reshards: int = 0
 
 
 class RequestSender:
@@ -659,6 +678,7 @@ class RequestSender:
         self.transport = transport
         self.budget_ms = budget_ms
         self.contexts = ContextCache()
+        self.stats = RequestStats()
 
     # -- the generic entry point -----------------------------------------------------
 
@@ -766,7 +786,7 @@ class RequestSender:
     ) -> Backoffer:
         if bo is None:
             bo = Backoffer(call.budget_ms, operation=call.command)
-            call.roots.append(bo)
+        self.stats.backoffs += 1
         try:
             await bo.backoff(kind, error)
         except BackoffTimeoutError as exc:
@@ -832,9 +852,11 @@ class RequestSender:
                 request.context.is_retry_request = True  # type: ignore[attr-defined]
             attempt += 1
             slept = False
+            self.stats.attempts += 1
             try:
                 response = await transport.send(address, command, request, call.timeout)
             except TransportError as exc:
+                self.stats.send_failures += 1
                 if exc.code in FATAL_STATUS_CODES:
                     raise _final(call, exc, ambiguous) from exc
                 if exc.sent:
@@ -861,6 +883,8 @@ class RequestSender:
                     version=region.epoch.version,
                     peer_id=peer.id,
                 )
+                errors = self.stats.region_errors
+                errors[d.kind] = errors.get(d.kind, 0) + 1
                 if d.action is Action.FAIL:
                     raise _final(call, to_exception(err, region.id), ambiguous)
                 if d.action is Action.UNDETERMINED or d.ambiguous:
@@ -920,6 +944,7 @@ class RequestSender:
         if len(shards) == 1:
             region, payload = shards[0]
             return region, payload, None
+        self.stats.reshards += 1
         return shards[0][0], payload, shards
 
     # -- conveniences over execute() ---------------------------------------------------
