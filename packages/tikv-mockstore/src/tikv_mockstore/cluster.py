@@ -453,14 +453,15 @@ class Cluster:
         """Split regions at ``keys``.
 
         Split regions at ``keys``; with ``txn=True`` the keys are user keys of transactional
-        data and are memcomparable-encoded first. Keys that already are region boundaries
-        are skipped. Returns every region that resulted from a split, in key order.
+        data and are memcomparable-encoded first (under API v2 every key is, as v2 stores all
+        keys encoded). Keys that already are region boundaries are skipped. Returns every region that resulted from a split, in key order.
         """
         split_keys = []
         for key in keys:
             if not isinstance(key, bytes):
                 raise TypeError(f"split keys must be bytes, not {type(key).__name__}")
-            split_keys.append(encode_bytes(key) if txn else key)
+            # API v2 stores every key (raw too) memcomparable-encoded.
+            split_keys.append(encode_bytes(key) if txn or self.api_version == 2 else key)
         with self._mu:
             by_region: dict[int, list[bytes]] = {}
             for key in sorted(set(split_keys)):

@@ -237,7 +237,11 @@ class MockCluster:
         return result
 
     def region_by_key(self, key: bytes, *, txn: bool = False) -> Region | None:
-        """The region holding ``key`` (a transactional user key with ``txn=True``)."""
+        """The region holding ``key``.
+
+        ``key`` is a transactional user key with ``txn=True`` (looked up encoded); under API v2
+        every key is looked up encoded.
+        """
         result: Region | None = self._call("region_by_key", key, txn)
         return result
 
@@ -448,7 +452,8 @@ def _run_op(local: _LocalCluster, op: str, args: tuple[Any, ...], kwargs: dict[s
         return c.region_by_id(*args)
     if op == "region_by_key":
         key, txn = args
-        return c.region_by_key(encode_bytes(key) if txn else key)
+        encoded = txn or c.api_version == kvrpcpb_pb2.V2
+        return c.region_by_key(encode_bytes(key) if encoded else key)
     if op == "split":
         return c.split(args[0], txn=args[1])
     if op == "merge":
