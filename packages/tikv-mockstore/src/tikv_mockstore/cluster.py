@@ -454,7 +454,8 @@ class Cluster:
 
         Split regions at ``keys``; with ``txn=True`` the keys are user keys of transactional
         data and are memcomparable-encoded first (under API v2 every key is, as v2 stores all
-        keys encoded). Keys that already are region boundaries are skipped. Returns every region that resulted from a split, in key order.
+        keys encoded). Keys that already are region boundaries are skipped. Returns every
+        region that resulted from a split, in key order.
         """
         split_keys = []
         for key in keys:
