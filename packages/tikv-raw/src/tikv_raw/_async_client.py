@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import random
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -57,6 +58,10 @@ __all__ = ["DEFAULT_SCAN_PAGE_SIZE", "TTL", "AsyncRawClient", "KeyValue"]
 DEFAULT_SCAN_PAGE_SIZE = 512
 #: Ranges of one :meth:`AsyncRawClient.batch_scan` scanned at the same time.
 BATCH_SCAN_CONCURRENCY = 16
+
+#: One jitter source for every operation's Backoffer: a fresh ``random.Random()`` per
+#: operation would seed itself from the OS each time (a measurable cost per request).
+_JITTER_RNG = random.Random()
 
 #: A key and its value (empty for key-only scans).
 KeyValue = tuple[bytes, bytes]
@@ -296,7 +301,7 @@ class AsyncRawClient:
     def _bo(self, operation: str) -> Backoffer:
         # client-go gives every raw operation (and every region step of a scan) a fresh
         # 20 s sleep budget (``rawkvMaxBackoff``).
-        return Backoffer(RAWKV_MAX_BACKOFF, operation=operation)
+        return Backoffer(RAWKV_MAX_BACKOFF, operation=operation, rng=_JITTER_RNG)
 
     def _batch_pair_count(self) -> int:
         return int(self._shared.config.raw_batch_pair_count)
