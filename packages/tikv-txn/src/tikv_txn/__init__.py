@@ -1,6 +1,72 @@
 """Transactional client for TiKV.
 
-Percolator two-phase commit, 1PC, async commit, pessimistic locks and pipelined DML.
+Percolator two-phase commit, 1PC and async commit over the shared ``tikv_pd`` request
+pipeline, with client-go's lock resolution. Pessimistic locks and pipelined DML are not
+supported yet (``begin(pessimistic=True)`` raises ``ValueError``).
+
+Errors are the hierarchy of :mod:`tikv_pd.errors`, re-exported here.
 """
+
+from tikv_pd.config import Config, TransactionOptions
+from tikv_pd.errors import (
+    AssertionFailedError,
+    ClientClosedError,
+    CommitTsExpiredError,
+    CommitTsTooLargeError,
+    DeadlockError,
+    KeyExistsError,
+    KeyIsLockedError,
+    LockInfo,
+    PDError,
+    RegionError,
+    TiKVError,
+    TimeoutError,
+    TransactionClosedError,
+    TxnError,
+    TxnLockNotFoundError,
+    TxnNotFoundError,
+    TxnTooLargeError,
+    UndeterminedError,
+    WriteConflictError,
+)
+
+from tikv_txn._sync import Snapshot, Transaction, TransactionClient
+from tikv_txn.client import AsyncTransactionClient
+from tikv_txn.lock_resolver import LockResolver, ResolveResult
+from tikv_txn.snapshot import AsyncSnapshot
+from tikv_txn.transaction import AsyncTransaction
+
+__all__ = [
+    "AssertionFailedError",
+    "AsyncSnapshot",
+    "AsyncTransaction",
+    "AsyncTransactionClient",
+    "ClientClosedError",
+    "CommitTsExpiredError",
+    "CommitTsTooLargeError",
+    "Config",
+    "DeadlockError",
+    "KeyExistsError",
+    "KeyIsLockedError",
+    "LockInfo",
+    "LockResolver",
+    "PDError",
+    "RegionError",
+    "ResolveResult",
+    "Snapshot",
+    "TiKVError",
+    "TimeoutError",
+    "Transaction",
+    "TransactionClient",
+    "TransactionClosedError",
+    "TransactionOptions",
+    "TxnError",
+    "TxnLockNotFoundError",
+    "TxnNotFoundError",
+    "TxnTooLargeError",
+    "UndeterminedError",
+    "WriteConflictError",
+    "__version__",
+]
 
 __version__ = "0.1.0"

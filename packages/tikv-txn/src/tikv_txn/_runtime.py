@@ -1,0 +1,190 @@
+"""What every transaction, snapshot and committer of one client shares.
+
+A :class:`TxnRuntime` bundles the pieces of ``tikv_pd`` a transactional client runs on
+(PD client, region locator, store transport, the request pipeline and the PD oracle), the
+key codec (API v1 or a keyspace's API v2 prefix), the lock resolver, the optional local
+latches, and the registry of background tasks (secondary commits, cleanups, heartbeats):
+each task is owned here, its failure is logged, and :meth:`TxnRuntime.close` waits for
+them briefly and cancels the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tikv_pd.backoff import (
+    BATCH_GET_MAX_BACKOFF,
+    CLEANUP_MAX_BACKOFF,
+    COMMIT_MAX_BACKOFF,
+    COMMIT_SECONDARY_MAX_BACKOFF,
+    GET_MAX_BACKOFF,
+    KEEP_ALIVE_MAX_BACKOFF,
+    PREWRITE_MAX_BACKOFF,
+    SCANNER_NEXT_MAX_BACKOFF,
+    TSO_MAX_BACKOFF,
+)
+from tikv_pd.codec import KeyCodec
+from tikv_pd.config import Config
+from tikv_pd.errors import ClientClosedError
+from tikv_pd.request import RequestOptions, RequestSender
+
+from tikv_txn.latch import LatchScheduler
+from tikv_txn.policy import HEARTBEAT_INTERVAL_MS
+
+if TYPE_CHECKING:
+    from tikv_pd.oracle import Oracle
+
+    from tikv_txn.lock_resolver import LockResolver
+
+__all__ = ["HEARTBEAT_TASK_PREFIX", "REQUEST_SOURCE", "Budgets", "TxnRuntime"]
+
+_log = logging.getLogger("tikv_txn")
+
+#: ``Context.request_source`` of transactional requests (shown in TiKV's metrics).
+REQUEST_SOURCE = "external_txn"
+#: Name prefix of heartbeat tasks (cancelled first on close).
+HEARTBEAT_TASK_PREFIX = "tikv-txn-heartbeat"
+
+
+@dataclass(slots=True)
+class Budgets:
+    """Backoff budgets (ms, before client-go's BackOffWeight) and the heartbeat period.
+
+    The defaults are client-go's (``txnkv/transaction/2pc.go``, ``txnsnapshot/*.go``);
+    tests shorten them through :attr:`TxnRuntime.budgets`, as client-go's test probes do.
+    """
+
+    get: int = GET_MAX_BACKOFF
+    batch_get: int = BATCH_GET_MAX_BACKOFF
+    scan: int = SCANNER_NEXT_MAX_BACKOFF
+    prewrite: int = PREWRITE_MAX_BACKOFF
+    commit: int = COMMIT_MAX_BACKOFF
+    commit_secondary: int = COMMIT_SECONDARY_MAX_BACKOFF
+    cleanup: int = CLEANUP_MAX_BACKOFF
+    tso: int = TSO_MAX_BACKOFF
+    heartbeat: int = KEEP_ALIVE_MAX_BACKOFF
+    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_MS / 1000.0
+
+
+class TxnRuntime:
+    """Shared state of one transactional client (see the module docstring).
+
+    Args:
+        sender: The request pipeline.
+        oracle: The timestamp oracle.
+        codec: Maps user keys to the keys TiKV stores (API v2 keyspace prefix).
+        config: Client configuration.
+        keyspace_name: The keyspace's name ("" for API v1).
+
+    """
+
+    def __init__(
+        self,
+        sender: RequestSender,
+        oracle: Oracle,
+        codec: KeyCodec,
+        config: Config,
+        *,
+        keyspace_name: str = "",
+    ) -> None:
+        from tikv_txn.lock_resolver import LockResolver
+
+        self.sender = sender
+        self.oracle = oracle
+        self.codec = codec
+        self.config = config
+        self.keyspace_name = keyspace_name
+        self.budgets = Budgets()
+        #: Options of the requests the client sends on its own (lock resolution, GC).
+        self.base_options = RequestOptions(
+            api_version=codec.api_version,
+            keyspace_id=codec.keyspace_id,
+            keyspace_name=keyspace_name,
+            request_source=REQUEST_SOURCE,
+        )
+        self.resolver: LockResolver = LockResolver(self)
+        self.latches: LatchScheduler | None = (
+            LatchScheduler(config.txn_local_latches_capacity)
+            if config.txn_local_latches_enabled
+            else None
+        )
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.closed = False
+        #: Background task failures seen so far (also logged), newest last.
+        self.background_errors: list[BaseException] = []
+
+    def check_open(self) -> None:
+        """Raise :class:`ClientClosedError` once the client is closed."""
+        if self.closed:
+            raise ClientClosedError("transaction client")
+
+    def request_options(self, **overrides: Any) -> RequestOptions:
+        """Request options with this client's API version / keyspace plus ``overrides``."""
+        fields: dict[str, Any] = {
+            "api_version": self.codec.api_version,
+            "keyspace_id": self.codec.keyspace_id,
+            "keyspace_name": self.keyspace_name,
+            "request_source": REQUEST_SOURCE,
+        }
+        fields.update(overrides)
+        return RequestOptions(**fields)
+
+    # -- background tasks ------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run ``coro`` as a background task owned by the client; its error is logged."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.background_errors.append(exc)
+            del self.background_errors[:-100]
+            _log.warning("background task %s failed: %s", task.get_name(), exc, exc_info=exc)
+
+    @property
+    def pending_tasks(self) -> int:
+        """How many background tasks are still running."""
+        return len(self._tasks)
+
+    async def wait_background(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+        """Wait until every background task finished; False if ``timeout`` passed first."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while self._tasks:
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                return False
+            await asyncio.wait(set(self._tasks), timeout=left)
+        return True
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Let background work finish for up to ``grace`` seconds, then cancel it."""
+        if self.closed:
+            return
+        self.closed = True
+        # Heartbeats of transactions still open must stop (their locks then expire);
+        # secondary commits and cleanups get ``grace`` seconds to save readers work.
+        for task in list(self._tasks):
+            if task.get_name().startswith(HEARTBEAT_TASK_PREFIX):
+                task.cancel()
+        await self.wait_background(grace)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        if self.latches is not None:
+            self.latches.close()

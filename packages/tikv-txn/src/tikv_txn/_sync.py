@@ -1,0 +1,281 @@
+"""The blocking facade: :class:`TransactionClient`, :class:`Transaction`, :class:`Snapshot`.
+
+Each :class:`TransactionClient` owns a private event loop on a daemon thread
+(:class:`tikv_pd.sync.LoopThread`) and runs the async client's coroutines there: one
+implementation, one set of connections and background tasks (heartbeats, secondary
+commits, cleanups), usable from any number of threads. Buffered writes (``put``,
+``insert``, ``delete``) touch only the transaction's buffer and run in the caller's
+thread; a transaction must be used by one thread at a time. Calling the blocking API
+from inside a running event loop raises a clear error (use the async client there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine, Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from tikv_pd.config import Config, TransactionOptions
+from tikv_pd.sync import LoopThread
+
+from tikv_txn.client import AsyncTransactionClient, resolve_options
+from tikv_txn.snapshot import AsyncSnapshot
+from tikv_txn.transaction import AsyncTransaction
+
+__all__ = ["Snapshot", "Transaction", "TransactionClient"]
+
+T = TypeVar("T")
+
+
+class Snapshot:
+    """A read-only view at :attr:`ts` (blocking); see :class:`~tikv_txn.AsyncSnapshot`."""
+
+    __slots__ = ("_loop", "_snap")
+
+    def __init__(self, snapshot: AsyncSnapshot, loop: LoopThread) -> None:
+        """Wrap an async snapshot whose client runs on ``loop``."""
+        self._snap = snapshot
+        self._loop = loop
+
+    @property
+    def ts(self) -> int:
+        """The read timestamp."""
+        return self._snap.ts
+
+    def get(self, key: bytes) -> bytes | None:
+        """The value of ``key`` at :attr:`ts`, or ``None``."""
+        return self._loop.run(self._snap.get(key))
+
+    def batch_get(self, keys: Iterable[bytes]) -> dict[bytes, bytes]:
+        """The existing keys among ``keys`` with their values."""
+        return self._loop.run(self._snap.batch_get(list(keys)))
+
+    def scan(
+        self,
+        start: bytes,
+        end: bytes | None = None,
+        *,
+        limit: int,
+        key_only: bool = False,
+        reverse: bool = False,
+    ) -> list[tuple[bytes, bytes]]:
+        """Up to ``limit`` pairs of ``[start, end)`` in key order (descending if ``reverse``)."""
+        return self._loop.run(
+            self._snap.scan(start, end, limit=limit, key_only=key_only, reverse=reverse)
+        )
+
+    def scan_iter(
+        self,
+        start: bytes,
+        end: bytes | None = None,
+        *,
+        key_only: bool = False,
+        reverse: bool = False,
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Iterate over ``[start, end)``, fetching pages lazily."""
+        return self._loop.iterate(
+            self._snap.scan_iter(start, end, key_only=key_only, reverse=reverse)
+        )
+
+
+class Transaction:
+    """An optimistic transaction (blocking); see :class:`~tikv_txn.AsyncTransaction`.
+
+    ``with client.begin() as txn:`` commits when the block ends normally and rolls back
+    when it raises.
+    """
+
+    __slots__ = ("_loop", "_txn")
+
+    def __init__(self, txn: AsyncTransaction, loop: LoopThread) -> None:
+        """Wrap an async transaction whose client runs on ``loop``."""
+        self._txn = txn
+        self._loop = loop
+
+    @property
+    def start_ts(self) -> int:
+        """The start ts."""
+        return self._txn.start_ts
+
+    @property
+    def commit_ts(self) -> int:
+        """The commit ts once committed (0 before, and for read-only transactions)."""
+        return self._txn.commit_ts
+
+    @property
+    def state(self) -> str:
+        """``"active"``, ``"committing"``, ``"committed"``, ``"rolled back"`` or ``"failed"``."""
+        return self._txn.state
+
+    @property
+    def options(self) -> TransactionOptions:
+        """The transaction's options."""
+        return self._txn.options
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The snapshot at the start ts."""
+        return Snapshot(self._txn.snapshot, self._loop)
+
+    @property
+    def async_transaction(self) -> AsyncTransaction:
+        """The underlying async transaction."""
+        return self._txn
+
+    def get(self, key: bytes) -> bytes | None:
+        """The value of ``key`` as this transaction sees it, or ``None``."""
+        return self._loop.run(self._txn.get(key))
+
+    def batch_get(self, keys: Iterable[bytes]) -> dict[bytes, bytes]:
+        """The existing keys among ``keys`` with their values (own writes first)."""
+        return self._loop.run(self._txn.batch_get(list(keys)))
+
+    def scan(
+        self,
+        start: bytes,
+        end: bytes | None = None,
+        *,
+        limit: int,
+        key_only: bool = False,
+        reverse: bool = False,
+    ) -> list[tuple[bytes, bytes]]:
+        """Up to ``limit`` pairs of ``[start, end)``: own writes merged over the snapshot."""
+        return self._loop.run(
+            self._txn.scan(start, end, limit=limit, key_only=key_only, reverse=reverse)
+        )
+
+    def scan_iter(
+        self,
+        start: bytes,
+        end: bytes | None = None,
+        *,
+        key_only: bool = False,
+        reverse: bool = False,
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Iterate over ``[start, end)`` lazily (own writes merged over the snapshot)."""
+        return self._loop.iterate(
+            self._txn.scan_iter(start, end, key_only=key_only, reverse=reverse)
+        )
+
+    def put(self, key: bytes, value: bytes) -> None:
+        """Buffer ``key = value``."""
+        self._txn.put(key, value)
+
+    def insert(self, key: bytes, value: bytes) -> None:
+        """Buffer an insert of ``key`` (commit raises KeyExistsError if it exists)."""
+        self._txn.insert(key, value)
+
+    def delete(self, key: bytes) -> None:
+        """Buffer a deletion of ``key``."""
+        self._txn.delete(key)
+
+    def commit(self) -> int:
+        """Commit; return the commit ts (0 when nothing was written)."""
+        return self._loop.run(self._txn.commit())
+
+    def rollback(self) -> None:
+        """Discard the transaction (nothing is sent)."""
+        self._loop.run(self._txn.rollback())
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._loop.run(self._txn.__aexit__(exc_type, exc, tb))
+
+    def __repr__(self) -> str:
+        return f"Transaction(start_ts={self.start_ts}, state={self.state!r})"
+
+
+class TransactionClient:
+    """Transactional client for TiKV (blocking); see :class:`~tikv_txn.AsyncTransactionClient`.
+
+    Example:
+        >>> with TransactionClient.connect(["127.0.0.1:2379"]) as client:
+        ...     with client.begin() as txn:
+        ...         txn.put(b"k", b"v")
+        ...     client.snapshot(client.current_timestamp()).get(b"k")
+        b'v'
+
+    """
+
+    __slots__ = ("_client", "_loop")
+
+    def __init__(self, client: AsyncTransactionClient, loop: LoopThread) -> None:
+        """Wrap an async client running on ``loop`` (use :meth:`connect`)."""
+        self._client = client
+        self._loop = loop
+
+    @classmethod
+    def connect(
+        cls,
+        pd_endpoints: Sequence[str] | str,
+        *,
+        config: Config | None = None,
+        keyspace: str | None = None,
+        api_version: int = 1,
+    ) -> TransactionClient:
+        """Connect to a TiKV cluster; arguments as :meth:`AsyncTransactionClient.connect`."""
+        loop = LoopThread(name="tikv-txn-loop")
+        try:
+            client = loop.run(
+                AsyncTransactionClient.connect(
+                    pd_endpoints, config=config, keyspace=keyspace, api_version=api_version
+                )
+            )
+        except BaseException:
+            loop.close()
+            raise
+        return cls(client, loop)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._loop.run(coro)
+
+    @property
+    def async_client(self) -> AsyncTransactionClient:
+        """The underlying async client (runs on this client's loop thread)."""
+        return self._client
+
+    @property
+    def loop_thread(self) -> LoopThread:
+        """The private loop thread."""
+        return self._loop
+
+    def begin(
+        self, options: TransactionOptions | None = None, *, pessimistic: bool = False
+    ) -> Transaction:
+        """Start a transaction; see :meth:`AsyncTransactionClient.begin`."""
+        opts = resolve_options(self._client.config, options, pessimistic)
+        return Transaction(self._run(self._client._begin(opts)), self._loop)
+
+    def snapshot(self, ts: int, options: TransactionOptions | None = None) -> Snapshot:
+        """A read-only view at ``ts``."""
+        return Snapshot(self._client.snapshot(ts, options), self._loop)
+
+    def current_timestamp(self) -> int:
+        """A fresh timestamp from PD."""
+        return self._run(self._client.current_timestamp())
+
+    def close(self) -> None:
+        """Close the client and stop its loop thread. Idempotent."""
+        try:
+            if not self._loop.closed:
+                self._run(self._client.close())
+        finally:
+            self._loop.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

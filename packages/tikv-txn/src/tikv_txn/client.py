@@ -1,0 +1,287 @@
+"""Transactional clients: :class:`AsyncTransactionClient` (asyncio) and its blocking facade.
+
+The async client is the implementation. :meth:`AsyncTransactionClient.connect` builds the
+stack every request runs on — the PD client, the PD oracle (timestamps, with the 2 s
+low-resolution refresh), the region locator (transactional keys are memcomparable-encoded
+toward PD), the store transport (BatchCommands streams) and the shared request pipeline —
+the same pieces, wired the same way, as the raw client. The blocking
+:class:`TransactionClient` owns a private event loop thread
+(:class:`tikv_pd.sync.LoopThread`) and runs the async client's coroutines there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+from tikv_pd.codec import KeyCodec, make_codec
+from tikv_pd.config import Config, TransactionOptions
+from tikv_pd.locator import RegionLocator
+from tikv_pd.pd_client import PDClient
+from tikv_pd.pd_oracle import PDOracle
+from tikv_pd.request import RequestSender
+from tikv_pd.transport import Transport
+
+from tikv_txn._runtime import TxnRuntime
+from tikv_txn.snapshot import AsyncSnapshot
+from tikv_txn.transaction import AsyncTransaction
+
+__all__ = ["AsyncTransactionClient"]
+
+
+def _check_endpoints(endpoints: Sequence[str] | str) -> list[str]:
+    if isinstance(endpoints, str):
+        endpoints = [endpoints]
+    eps = list(endpoints)
+    if not eps or not all(isinstance(e, str) and e for e in eps):
+        raise ValueError(
+            f"pd_endpoints must be a non-empty list of 'host:port' strings, got {endpoints!r}"
+        )
+    return eps
+
+
+def resolve_options(
+    config: Config, options: TransactionOptions | None, pessimistic: bool
+) -> TransactionOptions:
+    """The options of a new transaction, checked before anything is sent.
+
+    Without ``options`` the client's defaults apply (``Config.enable_async_commit`` and
+    ``Config.enable_1pc``, client-go's global switches); explicit options are used as
+    given.
+
+    Raises:
+        TypeError: ``options`` is not a TransactionOptions.
+        ValueError: A mode that is not supported yet (pessimistic, pipelined).
+
+    """
+    if options is not None and not isinstance(options, TransactionOptions):
+        raise TypeError(
+            f"options must be a tikv_pd.config.TransactionOptions, got {type(options).__name__}"
+        )
+    if not isinstance(pessimistic, bool):
+        raise TypeError(f"pessimistic must be a bool, got {type(pessimistic).__name__}")
+    if pessimistic or (options is not None and options.is_pessimistic):
+        raise ValueError("pessimistic transactions are not supported yet")
+    if options is None:
+        return TransactionOptions(
+            async_commit=config.enable_async_commit, try_one_pc=config.enable_1pc
+        )
+    if options.pipelined:
+        raise ValueError("pipelined DML transactions are not supported yet")
+    return options
+
+
+class _Begin:
+    """What ``client.begin()`` returns: awaitable, and an async context manager.
+
+    ``await client.begin()`` gives the transaction; ``async with client.begin() as txn``
+    commits on success and rolls back on error.
+    """
+
+    __slots__ = ("_client", "_options", "_txn")
+
+    def __init__(self, client: AsyncTransactionClient, options: TransactionOptions) -> None:
+        self._client = client
+        self._options = options
+        self._txn: AsyncTransaction | None = None
+
+    def __await__(self) -> Generator[Any, None, AsyncTransaction]:
+        return self._client._begin(self._options).__await__()
+
+    async def __aenter__(self) -> AsyncTransaction:
+        self._txn = await self._client._begin(self._options)
+        return self._txn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._txn is not None
+        await self._txn.__aexit__(exc_type, exc, tb)
+
+
+class AsyncTransactionClient:
+    """Transactional client for TiKV (asyncio).
+
+    Create one with :meth:`connect`; use it as an async context manager or call
+    :meth:`close`.
+
+    Example:
+        >>> async with await AsyncTransactionClient.connect(["127.0.0.1:2379"]) as client:
+        ...     async with client.begin() as txn:
+        ...         txn.put(b"k", b"v")
+        ...     snap = client.snapshot(await client.current_timestamp())
+        ...     assert await snap.get(b"k") == b"v"
+
+    """
+
+    __slots__ = ("_locator", "_pd", "_rt", "_transport")
+
+    def __init__(
+        self,
+        pd: PDClient,
+        locator: RegionLocator,
+        transport: Transport,
+        runtime: TxnRuntime,
+    ) -> None:
+        """Wrap a connected stack (use :meth:`connect` instead)."""
+        self._pd = pd
+        self._locator = locator
+        self._transport = transport
+        self._rt = runtime
+
+    @classmethod
+    async def connect(
+        cls,
+        pd_endpoints: Sequence[str] | str,
+        *,
+        config: Config | None = None,
+        keyspace: str | None = None,
+        api_version: int = 1,
+    ) -> AsyncTransactionClient:
+        """Connect to a TiKV cluster through its PD endpoints.
+
+        Args:
+            pd_endpoints: PD addresses (``"host:port"``), or one address.
+            config: Client configuration (default: client-go's defaults).
+            keyspace: Keyspace name (API v2); implies ``api_version=2``.
+            api_version: 1 (keys stored as given) or 2 (keys prefixed with the keyspace;
+                without ``keyspace``, the default keyspace).
+
+        Raises:
+            TypeError / ValueError: Bad arguments (before connecting).
+            tikv_pd.errors.PDError: PD unreachable, or the keyspace does not exist.
+
+        """
+        eps = _check_endpoints(pd_endpoints)
+        if config is not None and not isinstance(config, Config):
+            raise TypeError(f"config must be a tikv_pd.config.Config, got {type(config).__name__}")
+        if keyspace is not None and (not isinstance(keyspace, str) or not keyspace):
+            raise ValueError(f"keyspace must be a non-empty str or None, got {keyspace!r}")
+        if isinstance(api_version, bool) or api_version not in (1, 2):
+            raise ValueError(f"api_version must be 1 or 2, got {api_version!r}")
+        if keyspace is not None:
+            api_version = 2
+        cfg = config or Config()
+        pd = await PDClient.connect(eps, config=cfg, caller_id="tikv-txn")
+        oracle: PDOracle | None = None
+        locator: RegionLocator | None = None
+        transport: Transport | None = None
+        try:
+            codec: KeyCodec
+            if api_version == 2:
+                keyspace_id = 0 if keyspace is None else (await pd.load_keyspace(keyspace)).id
+                codec = make_codec(2, "txn", keyspace_id)
+            else:
+                codec = make_codec(0, "txn")
+            oracle = await PDOracle.create(pd)
+            locator = RegionLocator(pd, codec=codec)
+            locator.start()
+            transport = Transport(cfg)
+            sender = RequestSender(locator, transport)
+            runtime = TxnRuntime(sender, oracle, codec, cfg, keyspace_name=keyspace or "")
+        except BaseException:
+            if oracle is not None:
+                await oracle.close()
+            if locator is not None:
+                await locator.close()
+            if transport is not None:
+                await transport.close()
+            await pd.close()
+            raise
+        return cls(pd, locator, transport, runtime)
+
+    # -- accessors ---------------------------------------------------------------------
+
+    @property
+    def config(self) -> Config:
+        """The client configuration."""
+        return self._rt.config
+
+    @property
+    def runtime(self) -> TxnRuntime:
+        """Shared internals (pipeline, oracle, lock resolver, background tasks)."""
+        return self._rt
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._rt.closed
+
+    # -- API ---------------------------------------------------------------------------
+
+    def begin(
+        self, options: TransactionOptions | None = None, *, pessimistic: bool = False
+    ) -> _Begin:
+        """Start a transaction at a fresh start ts.
+
+        ``txn = await client.begin()``, or ``async with client.begin() as txn:`` to
+        commit when the block ends and roll back when it raises.
+
+        Args:
+            options: Transaction options (default: optimistic, with the client's
+                async-commit / 1PC defaults).
+            pessimistic: Ask for a pessimistic transaction (not supported yet).
+
+        Raises:
+            ValueError: A pessimistic or pipelined transaction was requested.
+            TypeError: ``options`` is not a TransactionOptions.
+
+        """
+        opts = resolve_options(self._rt.config, options, pessimistic)
+        self._rt.check_open()
+        return _Begin(self, opts)
+
+    async def _begin(self, options: TransactionOptions) -> AsyncTransaction:
+        self._rt.check_open()
+        start_ts = options.start_ts
+        if start_ts is None:
+            start_ts = await self._rt.oracle.get_timestamp()
+        return AsyncTransaction(self._rt, start_ts, options)
+
+    def snapshot(self, ts: int, options: TransactionOptions | None = None) -> AsyncSnapshot:
+        """A read-only view of the data committed at or before ``ts``.
+
+        Raises:
+            TypeError / ValueError: ``ts`` is not a positive 64-bit int.
+
+        """
+        if options is not None and not isinstance(options, TransactionOptions):
+            raise TypeError(
+                f"options must be a tikv_pd.config.TransactionOptions, got {type(options).__name__}"
+            )
+        self._rt.check_open()
+        return AsyncSnapshot(self._rt, ts, options)
+
+    async def current_timestamp(self) -> int:
+        """A fresh timestamp from PD's TSO."""
+        self._rt.check_open()
+        return await self._rt.oracle.get_timestamp()
+
+    async def close(self) -> None:
+        """Finish background work (up to 5 s), then close connections and PD. Idempotent."""
+        if self._rt.closed:
+            return
+        try:
+            await self._rt.close()
+        finally:
+            try:
+                await self._rt.oracle.close()
+                await self._locator.close()
+                await self._transport.close()
+            finally:
+                await self._pd.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

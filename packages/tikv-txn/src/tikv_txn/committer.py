@@ -1,0 +1,652 @@
+"""Two-phase commit of an optimistic transaction: 2PC, 1PC and async commit.
+
+:class:`TwoPhaseCommitter` follows client-go's ``txnkv/transaction/2pc.go``,
+``prewrite.go``, ``commit.go`` and ``cleanup.go``:
+
+1. **Mutations** — the write buffer becomes Percolator mutations
+   (:func:`tikv_txn.policy.build_mutations`); the primary is the first key.
+2. **Batches** — mutations are grouped by region and cut into ``txn_commit_batch_size``
+   (16 KiB) batches, the primary's batch first (:func:`tikv_txn.policy.batch_mutations`).
+3. **Protocol** — :func:`tikv_txn.policy.choose_commit_protocol` decides async commit
+   (≤ 256 keys, ≤ 4 KiB of keys) and 1PC (one batch); both need ``min_commit_ts`` above
+   every ts handed out so far (a fresh TSO + 1) unless causal consistency is enough, and
+   a ``max_commit_ts`` of start ts + elapsed + 2 s (the safe window).
+4. **Prewrite** — every batch concurrently (at most ``committer_concurrency``), each with
+   the lock TTL for the transaction's size, its region's key count as ``txn_size``, the
+   secondaries on the primary's batch for async commit. Locks of other transactions are
+   resolved (then the batch is retried, after a ``txnLock`` backoff capped by their TTL if
+   they are still alive); any other key error (write conflict, key exists, ...) fails the
+   commit with its typed error. TiKV may refuse 1PC / async commit (zero commit ts in the
+   answer, or ``CommitTsTooLarge``): the commit falls back to 2PC.
+5. **Commit** — 1PC: done, no commit RPC. Async commit: the commit ts is the largest
+   ``min_commit_ts`` TiKV returned, and every key is committed in the background.
+   2PC: a commit ts from the oracle; the primary batch is committed before returning (a
+   ``CommitTsExpired`` answer gets a newer ts; a transport failure after sending makes the
+   outcome unknown: :class:`~tikv_pd.errors.UndeterminedError`, never retried blindly);
+   the secondaries are committed in the background (errors are logged: readers resolve
+   their locks from the committed primary).
+6. **Cleanup** — when prewrite or the primary commit fails (not undetermined), every key is
+   rolled back with ``KvBatchRollback``, primary first, in the background.
+7. **Heartbeat** — a transaction larger than ``ttl_refreshed_txn_size`` keeps its primary
+   lock alive with ``TxnHeartBeat`` every 10 s until it finishes, it has lived
+   ``max_txn_ttl_ms``, or 10 beats in a row failed.
+
+All keys here are the keys TiKV stores (keyspace-prefixed under API v2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from tikv_pd.backoff import TXN_LOCK, Backoffer
+from tikv_pd.config import TransactionOptions
+from tikv_pd.errors import (
+    CommitTsExpiredError,
+    KeyIsLockedError,
+    LockInfo,
+    TxnError,
+    UndeterminedError,
+    WriteConflictError,
+)
+from tikv_pd.region_cache import Region
+from tikv_pd.request import Ambiguity, KeysSharder, RequestOptions, RetryShard
+from tikv_proto import kvrpcpb_pb2
+
+from tikv_txn._kv import key_error_to_exception, locks_of, mutation_to_pb
+from tikv_txn._runtime import HEARTBEAT_TASK_PREFIX
+from tikv_txn.latch import LatchLock
+from tikv_txn.membuffer import MemBuffer
+from tikv_txn.policy import (
+    Batch,
+    CommitProtocol,
+    Mutation,
+    MutationPlan,
+    Op,
+    async_commit_max_commit_ts,
+    async_commit_secondaries,
+    batch_mutations,
+    build_mutations,
+    choose_commit_protocol,
+    group_sorted_by_region,
+    heartbeat_should_stop,
+    heartbeat_ttl,
+    interpret_prewrite_response,
+    prewrite_lock_ttl,
+    prewrite_min_commit_ts,
+    txn_lock_ttl,
+)
+
+if TYPE_CHECKING:
+    from tikv_txn._runtime import TxnRuntime
+
+__all__ = ["TwoPhaseCommitter"]
+
+_log = logging.getLogger("tikv_txn.committer")
+
+#: Keys grouped by region, one request per region (no size limit).
+_BY_KEYS: KeysSharder[bytes] = KeysSharder()
+
+_MutBatch = Batch[Region, Mutation]
+
+
+def _mutation_size(m: Mutation) -> int:
+    return len(m.key) + len(m.value)
+
+
+def _key_size(m: Mutation) -> int:
+    return len(m.key)
+
+
+class TwoPhaseCommitter:
+    """Commits one transaction's buffer (see the module docstring).
+
+    The steps are separate methods so that tests can stop a commit half-way, as
+    client-go's ``test_probe.go`` does: :meth:`prepare`, :meth:`prewrite`,
+    :meth:`commit_primary`, :meth:`commit_secondaries`; :meth:`execute` runs them all.
+
+    Args:
+        runtime: The client's shared state.
+        start_ts: The transaction's start ts.
+        options: The transaction's options.
+        buffer: The write buffer (read, never changed).
+        started_at: ``time.monotonic()`` when the transaction began (TTL and
+            max_commit_ts grow with the time it has run).
+
+    """
+
+    def __init__(
+        self,
+        runtime: TxnRuntime,
+        start_ts: int,
+        options: TransactionOptions,
+        buffer: MemBuffer,
+        started_at: float,
+    ) -> None:
+        self._rt = runtime
+        self.start_ts = start_ts
+        self._opts = options
+        self._buffer = buffer
+        self._started_at = started_at
+        cfg = runtime.config
+        self._write_options: RequestOptions = runtime.request_options(
+            priority=options.priority,
+            disk_full_opt=options.disk_full_opt,
+            txn_source=options.txn_source,
+            resource_group_name=options.resource_group_name,
+            resource_group_tag=options.resource_group_tag,
+            **({"request_source": options.request_source} if options.request_source else {}),
+        )
+        self._concurrency = cfg.committer_concurrency
+        #: The mutations (encoded keys, key order) once :meth:`prepare` ran.
+        self.plan: MutationPlan | None = None
+        self.batches: list[_MutBatch] = []
+        self.primary = b""
+        self.protocol = CommitProtocol(False, False, False)
+        #: Whether async commit / 1PC are still in use (TiKV may refuse them).
+        self.async_commit = False
+        self.one_pc = False
+        self.min_commit_ts = 0
+        self.max_commit_ts = 0
+        self.lock_ttl = 0
+        self.one_pc_commit_ts = 0
+        self.commit_ts = 0
+        self._region_sizes: dict[int, int] = {}
+        self._secondaries: list[bytes] = []
+        self._prewrite_started = False
+        self._heartbeat: asyncio.Task[None] | None = None
+        #: Set when the primary batch was prewritten (heartbeats may start).
+        self.primary_prewritten = False
+        #: Number of heartbeats sent successfully (for tests and metrics).
+        self.heartbeats = 0
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _elapsed_ms(self) -> int:
+        return max(0, int((time.monotonic() - self._started_at) * 1000))
+
+    # -- 1. + 2. + 3. ------------------------------------------------------------------
+
+    async def prepare(self) -> bool:
+        """Build mutations, group and batch them, and choose the protocol.
+
+        Returns:
+            ``False`` when there is nothing to commit (a read-only transaction).
+
+        """
+        codec = self._rt.codec
+        cfg = self._rt.config
+        plan = build_mutations(
+            self._buffer.iterate_with_flags(),
+            pessimistic=False,
+            assertions=self._opts.assertion_level != "Off",
+        )
+        if not plan.mutations:
+            return False
+        if codec.api_version == 2:
+            mutations = tuple(m._replace(key=codec.encode_key(m.key)) for m in plan.mutations)
+            plan = MutationPlan(
+                mutations,
+                codec.encode_key(plan.primary),
+                plan.size,
+                tuple(codec.encode_key(k) for k in plan.prewrite_only_keys),
+                plan.has_shared_locks,
+            )
+        self.plan = plan
+        self.primary = plan.primary
+        regions = await self._locate_all([m.key for m in plan.mutations])
+        starts = [r.start_key for r in regions]
+
+        def locate(key: bytes) -> tuple[Region, bytes]:
+            region = regions[bisect.bisect_right(starts, key) - 1]
+            return region, region.end_key
+
+        groups = group_sorted_by_region(plan.mutations, lambda m: m.key, locate)
+        for group in groups:
+            self._region_sizes[group.region.id] = len(group.items)
+        self.batches = batch_mutations(
+            groups,
+            plan.primary,
+            lambda m: m.key,
+            _mutation_size,
+            limit=cfg.txn_commit_batch_size,
+        )
+        self.protocol = choose_commit_protocol(
+            plan,
+            prewrite_batch_count=len(self.batches),
+            enable_async_commit=self._opts.async_commit,
+            enable_one_pc=self._opts.try_one_pc,
+            causal_consistency=self._opts.causal_consistency,
+            global_scope=self._opts.txn_scope == "global",
+            keys_limit=cfg.async_commit_keys_limit,
+            total_key_size_limit=cfg.async_commit_total_key_size_limit,
+        )
+        self.async_commit = self.protocol.async_commit
+        self.one_pc = self.protocol.one_pc
+        if self.async_commit:
+            self._secondaries = async_commit_secondaries(plan.mutations, plan.primary)
+        return True
+
+    async def _locate_all(self, keys: Sequence[bytes]) -> list[Region]:
+        """The regions covering sorted ``keys``, one lookup per region."""
+        locator = self._rt.sender.locator
+        regions: list[Region] = []
+        for key in keys:
+            if regions and regions[-1].contains(key):
+                continue
+            regions.append(await locator.locate_key(key))
+        return regions
+
+    # -- 4. prewrite -------------------------------------------------------------------
+
+    async def prewrite(self) -> None:
+        """Prewrite every batch concurrently; raise the first failure.
+
+        Raises:
+            WriteConflictError, KeyExistsError, AssertionFailedError, ...: A key error
+                from TiKV, with the server's facts.
+            tikv_pd.errors.TimeoutError: The 40 s prewrite budget ran out (locks that
+                stayed, region errors).
+
+        """
+        assert self.plan is not None, "prepare() first"
+        cfg = self._rt.config
+        elapsed = self._elapsed_ms()
+        if self.protocol.min_commit_ts_from_tso:
+            self.min_commit_ts = await self._rt.oracle.get_timestamp() + 1
+        self.min_commit_ts = prewrite_min_commit_ts(self.start_ts, 0, self.min_commit_ts)
+        if self.async_commit or self.one_pc:
+            self.max_commit_ts = async_commit_max_commit_ts(
+                self.start_ts,
+                self._elapsed_ms(),
+                safe_window_ms=int(cfg.async_commit_safe_window * 1000),
+            )
+        ttl = txn_lock_ttl(
+            self.plan.size,
+            elapsed,
+            commit_batch_size=cfg.txn_commit_batch_size,
+            managed_lock_ttl_ms=cfg.managed_lock_ttl_ms,
+        )
+        self.lock_ttl = prewrite_lock_ttl(
+            ttl,
+            async_commit=self.async_commit,
+            pessimistic=False,
+            start_ts=self.start_ts,
+            max_commit_ts=self.max_commit_ts,
+        )
+        self._prewrite_started = True
+        bo = Backoffer(self._rt.budgets.prewrite, operation="prewrite")
+        await self._run_batches(self.batches, lambda b: self._prewrite_batch(b, bo.fork()))
+
+    async def _run_batches(self, batches: Sequence[_MutBatch], action: Any) -> None:
+        """Run ``action`` on every batch, at most ``committer_concurrency`` at a time."""
+        if len(batches) == 1:
+            await action(batches[0])
+            return
+        sem = asyncio.Semaphore(self._concurrency)
+
+        async def one(batch: _MutBatch) -> None:
+            async with sem:
+                await action(batch)
+
+        tasks = [asyncio.ensure_future(one(b)) for b in batches]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    def _build_prewrite(
+        self, region: Region, part: Sequence[Mutation]
+    ) -> kvrpcpb_pb2.PrewriteRequest:
+        req = kvrpcpb_pb2.PrewriteRequest(
+            mutations=[mutation_to_pb(m, m.key) for m in part],
+            primary_lock=self.primary,
+            start_version=self.start_ts,
+            lock_ttl=self.lock_ttl,
+            txn_size=self._region_sizes.get(region.id, len(part)),
+            min_commit_ts=self.min_commit_ts,
+            assertion_level=self._opts.assertion_level_value,  # type: ignore[arg-type]
+        )
+        if self.async_commit:
+            req.use_async_commit = True
+            req.max_commit_ts = self.max_commit_ts
+            if any(m.key == self.primary for m in part):
+                req.secondaries.extend(self._secondaries)
+        if self.one_pc:
+            req.try_one_pc = True
+            req.max_commit_ts = self.max_commit_ts
+        return req
+
+    def _fall_back_to_2pc(self, reason: str) -> None:
+        if self.async_commit or self.one_pc:
+            _log.info("txn %d: %s; falling back to 2PC", self.start_ts, reason)
+        self.async_commit = False
+        self.one_pc = False
+
+    async def _prewrite_batch(self, batch: _MutBatch, bo: Backoffer) -> None:
+        cfg = self._rt.config
+        sharder: KeysSharder[Mutation] = KeysSharder(
+            lambda m: m.key, size_of=_mutation_size, max_bytes=cfg.txn_commit_batch_size
+        )
+
+        def handle(
+            region: Region, part: Sequence[Mutation], resp: Any
+        ) -> tuple[Sequence[Mutation], Any]:
+            return part, resp
+
+        payload: Sequence[Mutation] = batch.items
+        while payload:
+            parts = await self._rt.sender.execute(
+                "Prewrite",
+                sharder,
+                payload,
+                self._build_prewrite,
+                handle,
+                bo=bo,
+                options=self._write_options,
+            )
+            locks: list[LockInfo] = []
+            retry: list[Mutation] = []
+            for part, resp in parts:
+                errors = list(resp.errors)
+                if errors:
+                    if any(e.HasField("commit_ts_too_large") for e in errors):
+                        # Older TiKV refuses a too-large async-commit / 1PC commit ts with
+                        # an error instead of a zero ts: prewrite again as plain 2PC.
+                        self._fall_back_to_2pc("commit ts too large")
+                        retry.extend(part)
+                        continue
+                    locks.extend(locks_of(errors, start_ts=self.start_ts))
+                    retry.extend(part)
+                    continue
+                outcome = interpret_prewrite_response(
+                    one_pc=self.one_pc,
+                    async_commit=self.async_commit,
+                    one_pc_commit_ts=resp.one_pc_commit_ts,
+                    min_commit_ts=resp.min_commit_ts,
+                )
+                if outcome.fall_back_to_2pc:
+                    self._fall_back_to_2pc("TiKV did not commit with the requested protocol")
+                elif outcome.one_pc_commit_ts:
+                    self.one_pc_commit_ts = outcome.one_pc_commit_ts
+                elif outcome.min_commit_ts > self.min_commit_ts:
+                    self.min_commit_ts = outcome.min_commit_ts
+                if any(m.key == self.primary for m in part):
+                    self.primary_prewritten = True
+                    self._maybe_start_heartbeat()
+            if locks:
+                res = await self._rt.resolver.resolve_locks(
+                    bo, self.start_ts, locks, for_read=False
+                )
+                if res.ms_before_expired > 0:
+                    await bo.backoff(
+                        TXN_LOCK, KeyIsLockedError(locks[0]), max_sleep_ms=res.ms_before_expired
+                    )
+            payload = retry
+
+    # -- 7. heartbeat ------------------------------------------------------------------
+
+    def _maybe_start_heartbeat(self) -> None:
+        assert self.plan is not None
+        if self._heartbeat is not None or self.one_pc_commit_ts:
+            return
+        if self.plan.size <= self._rt.config.ttl_refreshed_txn_size:
+            return
+        self._heartbeat = self._rt.spawn(
+            self._keep_alive(), name=f"{HEARTBEAT_TASK_PREFIX}-{self.start_ts}"
+        )
+
+    async def _keep_alive(self) -> None:
+        """Extend the primary lock's TTL periodically (client-go ``keepAlive``)."""
+        cfg = self._rt.config
+        failures = 0
+        while True:
+            await asyncio.sleep(self._rt.budgets.heartbeat_interval_s)
+            now = await self._rt.oracle.get_timestamp()
+            ttl = heartbeat_ttl(
+                self.start_ts,
+                now,
+                max_txn_ttl_ms=cfg.max_txn_ttl_ms,
+                managed_lock_ttl_ms=cfg.managed_lock_ttl_ms,
+            )
+            if ttl is None:
+                _log.warning(
+                    "txn %d: lived longer than max_txn_ttl; heartbeat stops", self.start_ts
+                )
+                return
+            req = kvrpcpb_pb2.TxnHeartBeatRequest(
+                primary_lock=self.primary, start_version=self.start_ts, advise_lock_ttl=ttl
+            )
+            bo = Backoffer(self._rt.budgets.heartbeat, operation="txn heartbeat")
+            try:
+                resp = await self._rt.sender.call_key(
+                    "TxnHeartBeat", self.primary, req, bo=bo, options=self._write_options
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                _log.warning(
+                    "txn %d: heartbeat failed (%d in a row): %s", self.start_ts, failures, exc
+                )
+                if heartbeat_should_stop(failures, key_error=False):
+                    raise
+                continue
+            if resp.HasField("error"):
+                # The primary lock is gone (committed, rolled back, resolved): stop.
+                _log.info(
+                    "txn %d: heartbeat stops: %s",
+                    self.start_ts,
+                    key_error_to_exception(resp.error, start_ts=self.start_ts),
+                )
+                return
+            failures = 0
+            self.heartbeats += 1
+
+    def stop_heartbeat(self) -> None:
+        """Stop the heartbeat task, if any."""
+        task, self._heartbeat = self._heartbeat, None
+        if task is not None:
+            task.cancel()
+
+    # -- 5. commit ---------------------------------------------------------------------
+
+    def _commit_keys(self, batch: _MutBatch) -> list[bytes]:
+        # CHECK_NOT_EXISTS keys leave no lock: nothing to commit (PREWRITE_ONLY).
+        return [m.key for m in batch.items if m.op is not Op.CHECK_NOT_EXISTS]
+
+    async def get_commit_ts(self) -> int:
+        """Fetch a commit ts from the oracle (2PC) and check it is after the start ts."""
+        commit_ts = await self._rt.oracle.get_timestamp()
+        if commit_ts <= self.start_ts:
+            raise TxnError(f"commit ts {commit_ts} is not after start ts {self.start_ts}")
+        self.commit_ts = commit_ts
+        return commit_ts
+
+    async def commit_primary(self) -> None:
+        """Commit the primary batch synchronously (2PC).
+
+        Raises:
+            UndeterminedError: The request may have been applied but no answer came.
+            TxnLockNotFoundError: The primary lock is gone (rolled back by a resolver).
+
+        """
+        batch = self.batches[0]
+        keys = self._commit_keys(batch)
+        bo = Backoffer(self._rt.budgets.commit, operation="commit primary")
+
+        async def newer_commit_ts() -> None:
+            await self.get_commit_ts()
+
+        def build(region: Region, part: Sequence[bytes]) -> kvrpcpb_pb2.CommitRequest:
+            return kvrpcpb_pb2.CommitRequest(
+                start_version=self.start_ts, keys=list(part), commit_version=self.commit_ts
+            )
+
+        def handle(region: Region, part: Sequence[bytes], resp: Any) -> None:
+            if resp.HasField("error"):
+                err = key_error_to_exception(resp.error, start_ts=self.start_ts)
+                if isinstance(err, CommitTsExpiredError):
+                    # A reader pushed min_commit_ts past our ts: retry with a newer one
+                    # (client-go commit.go).
+                    raise RetryShard(part, reason=str(err), before_retry=newer_commit_ts)
+                raise err
+
+        await self._rt.sender.execute(
+            "Commit",
+            _BY_KEYS,
+            keys,
+            build,
+            handle,
+            bo=bo,
+            options=self._write_options,
+            ambiguity=Ambiguity.RETRY_THEN_RAISE,
+        )
+
+    async def commit_batches(self, batches: Sequence[_MutBatch]) -> None:
+        """Commit ``batches`` at :attr:`commit_ts` (secondaries; every batch for async commit)."""
+        bo = Backoffer(self._rt.budgets.commit_secondary, operation="commit secondaries")
+
+        def build(region: Region, part: Sequence[bytes]) -> kvrpcpb_pb2.CommitRequest:
+            return kvrpcpb_pb2.CommitRequest(
+                start_version=self.start_ts, keys=list(part), commit_version=self.commit_ts
+            )
+
+        def handle(region: Region, part: Sequence[bytes], resp: Any) -> None:
+            if resp.HasField("error"):
+                raise key_error_to_exception(resp.error, start_ts=self.start_ts)
+
+        async def one(batch: _MutBatch) -> None:
+            keys = self._commit_keys(batch)
+            if keys:
+                await self._rt.sender.execute(
+                    "Commit",
+                    _BY_KEYS,
+                    keys,
+                    build,
+                    handle,
+                    bo=bo.fork(),
+                    options=self._write_options,
+                )
+
+        await self._run_batches(batches, one)
+
+    def commit_secondaries_in_background(self, batches: Sequence[_MutBatch]) -> asyncio.Task[None]:
+        """Commit ``batches`` in a task owned by the client (errors are logged)."""
+        return self._rt.spawn(
+            self.commit_batches(batches), name=f"tikv-txn-commit-secondaries-{self.start_ts}"
+        )
+
+    # -- 6. cleanup --------------------------------------------------------------------
+
+    async def cleanup(self) -> None:
+        """Roll back every prewritten key (``KvBatchRollback``), primary batch first."""
+        if not self.batches:
+            return
+        bo = Backoffer(self._rt.budgets.cleanup, operation="cleanup")
+
+        def build(region: Region, part: Sequence[bytes]) -> kvrpcpb_pb2.BatchRollbackRequest:
+            return kvrpcpb_pb2.BatchRollbackRequest(start_version=self.start_ts, keys=list(part))
+
+        def handle(region: Region, part: Sequence[bytes], resp: Any) -> None:
+            if resp.HasField("error"):
+                raise key_error_to_exception(resp.error, start_ts=self.start_ts)
+
+        async def one(batch: _MutBatch) -> None:
+            await self._rt.sender.execute(
+                "BatchRollback",
+                _BY_KEYS,
+                [m.key for m in batch.items],
+                build,
+                handle,
+                bo=bo.fork(),
+                options=self._write_options,
+            )
+
+        await one(self.batches[0])
+        await self._run_batches(self.batches[1:], one)
+
+    # -- everything --------------------------------------------------------------------
+
+    async def execute(self) -> int:
+        """Commit the transaction and return its commit ts (0 when nothing was written).
+
+        Raises:
+            WriteConflictError: Another transaction wrote a key after this one started
+                (found by local latches or by prewrite); nothing was committed.
+            KeyExistsError: An inserted key exists.
+            UndeterminedError: The primary commit's outcome is unknown.
+            tikv_pd.errors.TiKVError: Other failures; the transaction was rolled back.
+
+        """
+        if not await self.prepare():
+            return 0
+        assert self.plan is not None
+        latches = self._rt.latches
+        latch: LatchLock | None = None
+        if latches is not None:
+            latch = await latches.acquire(self.start_ts, [m.key for m in self.plan.mutations])
+            if latch.is_stale:
+                latches.release(latch)
+                raise WriteConflictError(
+                    start_ts=self.start_ts,
+                    conflict_start_ts=0,
+                    conflict_commit_ts=latch.conflict_commit_ts,
+                    key=latch.stale_key or b"",
+                    primary=self.primary,
+                    reason=1,
+                )
+        commit_ts = 0
+        try:
+            commit_ts = await self._execute_locked()
+            return commit_ts
+        finally:
+            self.stop_heartbeat()
+            if latches is not None and latch is not None:
+                latches.release(latch, commit_ts)
+
+    async def _execute_locked(self) -> int:
+        try:
+            await self.prewrite()
+        except BaseException:
+            self._spawn_cleanup()
+            raise
+        if self.one_pc_commit_ts:
+            self.commit_ts = self.one_pc_commit_ts
+            return self.commit_ts
+        if self.async_commit:
+            # Every key is prewritten with its min_commit_ts: the transaction is committed
+            # at the largest one and the commit phase only cleans up locks.
+            self.commit_ts = self.min_commit_ts
+            self.commit_secondaries_in_background(self.batches)
+            return self.commit_ts
+        try:
+            await self.get_commit_ts()
+            await self.commit_primary()
+        except UndeterminedError:
+            raise
+        except asyncio.CancelledError:
+            # Cancelled while the primary commit may be in flight: the outcome is
+            # unknown, so leave the locks to the resolvers.
+            raise
+        except BaseException:
+            self._spawn_cleanup()
+            raise
+        if len(self.batches) > 1:
+            self.commit_secondaries_in_background(self.batches[1:])
+        return self.commit_ts
+
+    def _spawn_cleanup(self) -> None:
+        if not self._prewrite_started or self._rt.closed:
+            return
+        try:
+            self._rt.spawn(self.cleanup(), name=f"tikv-txn-cleanup-{self.start_ts}")
+        except RuntimeError:  # no running loop (interpreter shutdown)
+            _log.warning("txn %d: could not schedule cleanup", self.start_ts)

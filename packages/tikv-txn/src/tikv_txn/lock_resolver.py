@@ -1,0 +1,491 @@
+"""The lock resolver: settle the locks of other transactions that block a read or write.
+
+Percolator leaves a lock on every key a transaction prewrote until the transaction is
+committed or rolled back; a client that crashed leaves them forever. Whoever meets such a
+lock asks the transaction's *primary* key for the outcome and acts on it, as client-go's
+``txnkv/txnlock/lock_resolver.go`` does:
+
+1. **Status** — ``CheckTxnStatus`` on the primary (:meth:`LockResolver.get_txn_status`)
+   with the caller's start ts (TiKV may push the lock's ``min_commit_ts`` past a reader so
+   the reader can ignore it) and the current ts (TiKV rolls back a primary whose TTL has
+   expired). A missing primary gets the ``rollback_if_not_exist`` rules (TxnNotFound:
+   retry with rollback once the lock expired, treat a pessimistic lock as alive, or back
+   off and retry). Final outcomes are cached (2048 transactions, client-go
+   ``ResolvedCacheSize``).
+2. **Decision** — :func:`tikv_txn.policy.decide_lock_resolution`: wait for a live
+   transaction, read past a pushed one, or clean up.
+3. **Cleanup** — ``ResolveLock`` with the commit ts (or 0 to roll back): only the key when
+   the transaction is small (``txn_size`` below 512, "lite"), else the whole region once
+   per transaction; a pessimistic lock gets ``PessimisticRollback``; an async-commit
+   transaction whose primary expired is settled by ``CheckSecondaryLocks`` on every
+   secondary (:class:`tikv_txn.policy.AsyncResolveData`) and resolved key by key, or,
+   when a secondary turns out not to be an async-commit lock, checked again with
+   ``force_sync_commit``.
+
+All keys here are the keys TiKV stores (keyspace-prefixed under API v2).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tikv_pd.backoff import (
+    ASYNC_RESOLVE_LOCK_MAX_BACKOFF,
+    GET_TXN_STATUS_MAX_BACKOFF,
+    TXN_NOT_FOUND,
+    Backoffer,
+)
+from tikv_pd.errors import LockInfo, TxnError, TxnNotFoundError
+from tikv_pd.region_cache import Region
+from tikv_pd.request import KeysSharder
+from tikv_proto import kvrpcpb_pb2
+
+from tikv_txn._kv import key_error_to_exception, lock_from_pb
+from tikv_txn.policy import (
+    Action,
+    AsyncResolveData,
+    LockCleanup,
+    LockVisibility,
+    TxnNotFoundAction,
+    TxnStatus,
+    check_txn_status_current_ts,
+    decide_lock_resolution,
+    decide_on_txn_not_found,
+    is_lock_expired,
+)
+
+if TYPE_CHECKING:
+    from tikv_txn._runtime import TxnRuntime
+
+__all__ = ["RESOLVED_CACHE_SIZE", "LockResolver", "ResolveResult"]
+
+_log = logging.getLogger("tikv_txn.lock_resolver")
+
+#: Keys grouped by region, one request per region (no size limit).
+_BY_KEYS: KeysSharder[bytes] = KeysSharder()
+
+#: Transactions whose final status is remembered (client-go ``ResolvedCacheSize``).
+RESOLVED_CACHE_SIZE = 2048
+
+_PESSIMISTIC_LOCK_TYPES = (5, 8)  # kvrpcpb.Op PessimisticLock, SharedPessimisticLock
+
+
+@dataclass(slots=True)
+class ResolveResult:
+    """What :meth:`LockResolver.resolve_locks` achieved.
+
+    Attributes:
+        ms_before_expired: The shortest time, in ms, until a lock that still blocks the
+            caller expires (0: nothing blocks any more; retry at once).
+        ignored: Start ts of transactions whose locks the caller may read past (rolled
+            back, committed after the reader, or pushed beyond it).
+        committed: Start ts of transactions committed before the reader (their values
+            are visible once the locks are resolved).
+        resolved: How many locks were cleaned up by this call.
+
+    """
+
+    ms_before_expired: int = 0
+    ignored: set[int] = field(default_factory=set)
+    committed: set[int] = field(default_factory=set)
+    resolved: int = 0
+
+
+class _NotAsyncCommitError(Exception):
+    """A secondary of an async-commit transaction is a normal lock: check with force."""
+
+
+class LockResolver:
+    """Resolves locks for one client (client-go ``LockResolver``).
+
+    Args:
+        runtime: The client's shared state (pipeline, oracle, options).
+
+    """
+
+    def __init__(self, runtime: TxnRuntime) -> None:
+        self._rt = runtime
+        self._resolved: OrderedDict[int, TxnStatus] = OrderedDict()
+        #: Counters for tests and metrics: CheckTxnStatus / ResolveLock / async checks.
+        self.stats: dict[str, int] = {
+            "check_txn_status": 0,
+            "resolve_lock": 0,
+            "check_secondary_locks": 0,
+            "pessimistic_rollback": 0,
+            "cache_hits": 0,
+        }
+
+    # -- cache -------------------------------------------------------------------------
+
+    def cached_status(self, txn_id: int) -> TxnStatus | None:
+        """The cached final status of transaction ``txn_id``, if any."""
+        return self._resolved.get(txn_id)
+
+    def _save_resolved(self, txn_id: int, status: TxnStatus) -> None:
+        if not status.is_determined:
+            return
+        self._resolved[txn_id] = status
+        self._resolved.move_to_end(txn_id)
+        while len(self._resolved) > RESOLVED_CACHE_SIZE:
+            self._resolved.popitem(last=False)
+
+    # -- status ------------------------------------------------------------------------
+
+    async def get_txn_status(
+        self,
+        bo: Backoffer,
+        txn_id: int,
+        primary: bytes,
+        *,
+        caller_start_ts: int,
+        current_ts: int,
+        rollback_if_not_exist: bool,
+        force_sync_commit: bool = False,
+        resolving_pessimistic_lock: bool = False,
+    ) -> TxnStatus:
+        """Send ``CheckTxnStatus`` for ``txn_id`` to its primary key's region.
+
+        Args:
+            bo: The caller's Backoffer (region errors and transport failures retry on it).
+            txn_id: The transaction's start ts.
+            primary: Its primary key.
+            caller_start_ts: The start ts of the reader / writer that met the lock: TiKV
+                pushes a live lock's ``min_commit_ts`` beyond it (0: never push).
+            current_ts: Now (a TSO ts): TiKV rolls back a primary whose TTL expired.
+            rollback_if_not_exist: Write a rollback record when neither a lock nor a
+                commit exists (settles a transaction whose primary was never written).
+            force_sync_commit: Treat an async-commit primary as a normal one.
+            resolving_pessimistic_lock: The lock met is a pessimistic lock.
+
+        Raises:
+            TxnNotFoundError: No lock, no commit record, and no rollback was requested.
+            TxnError: Another key error from TiKV.
+
+        """
+        cached = self._resolved.get(txn_id)
+        if cached is not None:
+            self.stats["cache_hits"] += 1
+            return cached
+        req = kvrpcpb_pb2.CheckTxnStatusRequest(
+            primary_key=primary,
+            lock_ts=txn_id,
+            caller_start_ts=caller_start_ts,
+            current_ts=current_ts,
+            rollback_if_not_exist=rollback_if_not_exist,
+            force_sync_commit=force_sync_commit,
+            resolving_pessimistic_lock=resolving_pessimistic_lock,
+            verify_is_primary=True,
+        )
+        self.stats["check_txn_status"] += 1
+        resp = await self._rt.sender.call_key(
+            "CheckTxnStatus", primary, req, bo=bo, options=self._rt.base_options
+        )
+        if resp.HasField("error"):
+            raise key_error_to_exception(resp.error, start_ts=txn_id)
+        status = TxnStatus(
+            ttl=resp.lock_ttl,
+            commit_ts=resp.commit_version,
+            action=Action(int(resp.action)),
+            primary_lock=lock_from_pb(resp.lock_info) if resp.HasField("lock_info") else None,
+        )
+        self._save_resolved(txn_id, status)
+        return status
+
+    async def _current_ts(self, lock: LockInfo) -> int:
+        # client-go compares TTLs against the low-resolution ts (a few seconds late at
+        # worst: a lock looks alive a little longer, never expired too early).
+        return check_txn_status_current_ts(
+            lock, await self._rt.oracle.get_low_resolution_timestamp()
+        )
+
+    async def _status_from_lock(
+        self, bo: Backoffer, lock: LockInfo, caller_start_ts: int, force_sync_commit: bool
+    ) -> tuple[TxnStatus, int]:
+        """CheckTxnStatus for ``lock`` with client-go's TxnNotFound rules (getTxnStatusFromLock)."""
+        rollback = False
+        while True:
+            current_ts = await self._current_ts(lock)
+            try:
+                status = await self.get_txn_status(
+                    bo,
+                    lock.lock_version,
+                    lock.primary_lock,
+                    caller_start_ts=caller_start_ts,
+                    current_ts=current_ts,
+                    rollback_if_not_exist=rollback,
+                    force_sync_commit=force_sync_commit,
+                    resolving_pessimistic_lock=lock.lock_type in _PESSIMISTIC_LOCK_TYPES,
+                )
+                return status, current_ts
+            except TxnNotFoundError as exc:
+                action = decide_on_txn_not_found(lock, current_ts)
+                if action is TxnNotFoundAction.RETRY_WITH_ROLLBACK:
+                    rollback = True
+                elif action is TxnNotFoundAction.TREAT_AS_ALIVE:
+                    return TxnStatus(ttl=lock.lock_ttl), current_ts
+                else:
+                    # The primary may not be prewritten yet: its secondaries raced ahead.
+                    await bo.backoff(TXN_NOT_FOUND, exc)
+
+    # -- resolution --------------------------------------------------------------------
+
+    async def resolve_locks(
+        self,
+        bo: Backoffer,
+        caller_start_ts: int,
+        locks: Sequence[LockInfo],
+        *,
+        for_read: bool,
+        lite: bool = False,
+    ) -> ResolveResult:
+        """Settle ``locks`` met by a reader or writer (client-go ``ResolveLocks``).
+
+        Args:
+            bo: The caller's Backoffer.
+            caller_start_ts: The caller's start ts (a reader's snapshot ts).
+            locks: The locks the caller met.
+            for_read: The caller is a reader (may read past pushed / later-committed
+                transactions instead of waiting).
+            lite: Resolve only the locked keys, never whole regions.
+
+        Returns:
+            How long the caller should wait before retrying, and what it may ignore.
+
+        """
+        result = ResolveResult()
+        cleaned: dict[int, set[int]] = {}
+        for lock in locks:
+            await self._resolve_one(bo, lock, caller_start_ts, for_read, lite, cleaned, result)
+        return result
+
+    async def _resolve_one(
+        self,
+        bo: Backoffer,
+        lock: LockInfo,
+        caller_start_ts: int,
+        for_read: bool,
+        lite: bool,
+        cleaned: dict[int, set[int]],
+        result: ResolveResult,
+    ) -> None:
+        force = False
+        while True:
+            status, current_ts = await self._status_from_lock(bo, lock, caller_start_ts, force)
+            decision = decide_lock_resolution(
+                lock,
+                status,
+                caller_start_ts=caller_start_ts,
+                current_ts=current_ts,
+                for_read=for_read,
+                force_sync_commit=force,
+                lite=lite,
+                lite_threshold=self._rt.config.resolve_lock_lite_threshold,
+            )
+            if decision.visibility is LockVisibility.IGNORE:
+                result.ignored.add(lock.lock_version)
+            elif decision.visibility is LockVisibility.ACCESS:
+                result.committed.add(lock.lock_version)
+            cleanup = decision.cleanup
+            if cleanup is LockCleanup.NONE:
+                if decision.visibility is LockVisibility.BLOCKED:
+                    wait = max(decision.ms_before_expired, 1)
+                    if result.ms_before_expired == 0 or wait < result.ms_before_expired:
+                        result.ms_before_expired = wait
+                return
+            if cleanup in (LockCleanup.CHECK_SECONDARIES, LockCleanup.RESOLVE_ASYNC_COMMIT):
+                try:
+                    await self._resolve_async_commit(lock, status)
+                except _NotAsyncCommitError:
+                    # The transaction fell back to 2PC after prewriting part of its
+                    # keys: decide on the primary as a normal lock (client-go retries
+                    # with forceSyncCommit).
+                    force = True
+                    continue
+                result.resolved += 1
+                return
+            if decision.skip_rpc:
+                return
+            if cleanup is LockCleanup.PESSIMISTIC_ROLLBACK:
+                await self._pessimistic_rollback(bo, lock)
+            else:
+                await self._resolve_regular(bo, lock, decision.commit_ts, decision.lite, cleaned)
+            result.resolved += 1
+            return
+
+    async def _resolve_regular(
+        self,
+        bo: Backoffer,
+        lock: LockInfo,
+        commit_ts: int,
+        lite: bool,
+        cleaned: dict[int, set[int]],
+    ) -> None:
+        """ResolveLock for one lock: its key only (lite) or its whole region, once."""
+        region: Region | None = None
+        if not lite:
+            region = await self._rt.sender.locator.locate_key(lock.key)
+            if region.id in cleaned.get(lock.lock_version, ()):
+                return
+        req = kvrpcpb_pb2.ResolveLockRequest(
+            start_version=lock.lock_version, commit_version=commit_ts
+        )
+        if lite:
+            req.keys.append(lock.key)
+        self.stats["resolve_lock"] += 1
+        resp = await self._rt.sender.call_key(
+            "ResolveLock", lock.key, req, bo=bo, options=self._rt.base_options
+        )
+        if resp.HasField("error"):
+            raise key_error_to_exception(resp.error, start_ts=lock.lock_version)
+        if region is not None:
+            cleaned.setdefault(lock.lock_version, set()).add(region.id)
+
+    async def _pessimistic_rollback(self, bo: Backoffer, lock: LockInfo) -> None:
+        """Roll back a finished txn's pessimistic lock (client-go resolvePessimisticLock)."""
+        for_update_ts = lock.lock_for_update_ts or (2**64 - 1)
+        req = kvrpcpb_pb2.PessimisticRollbackRequest(
+            start_version=lock.lock_version, for_update_ts=for_update_ts, keys=[lock.key]
+        )
+        self.stats["pessimistic_rollback"] += 1
+        resp = await self._rt.sender.call_key(
+            "PessimisticRollback", lock.key, req, bo=bo, options=self._rt.base_options
+        )
+        errors = list(resp.errors)
+        if errors:
+            raise key_error_to_exception(errors[0], start_ts=lock.lock_version)
+
+    async def _resolve_async_commit(self, lock: LockInfo, status: TxnStatus) -> None:
+        """Settle an async-commit transaction whose primary lock expired.
+
+        client-go ``resolveAsyncCommitLock``: with a final status, resolve the primary and
+        every secondary with it; otherwise ask every secondary's region (CheckSecondaryLocks)
+        and decide from the answers (:class:`AsyncResolveData`).
+        """
+        bo = Backoffer(ASYNC_RESOLVE_LOCK_MAX_BACKOFF, operation="async commit resolve")
+        primary = status.primary_lock
+        if primary is None:
+            raise TxnError(f"async commit lock of txn {lock.lock_version} without primary lock")
+        if status.is_determined:
+            keys = [*primary.secondaries, lock.primary_lock]
+            final = status
+        else:
+            data = await self._check_all_secondaries(bo, lock, primary)
+            keys = [*data.keys, lock.primary_lock]
+            final = data.status()
+            self._save_resolved(lock.lock_version, final)
+        await self._resolve_keys(bo, lock.lock_version, final.commit_ts, keys)
+
+    async def _check_all_secondaries(
+        self, bo: Backoffer, lock: LockInfo, primary: LockInfo
+    ) -> AsyncResolveData:
+        data = AsyncResolveData(start_ts=lock.lock_version, commit_ts=primary.min_commit_ts)
+        secondaries = list(primary.secondaries)
+        if not secondaries:
+            return data
+        start_ts = lock.lock_version
+
+        def build(region: Region, keys: Sequence[bytes]) -> kvrpcpb_pb2.CheckSecondaryLocksRequest:
+            return kvrpcpb_pb2.CheckSecondaryLocksRequest(keys=list(keys), start_version=start_ts)
+
+        def handle(region: Region, keys: Sequence[bytes], resp: Any) -> tuple[int, Any]:
+            return len(keys), resp
+
+        self.stats["check_secondary_locks"] += 1
+        parts = await self._rt.sender.execute(
+            "CheckSecondaryLocks",
+            _BY_KEYS,
+            secondaries,
+            build,
+            handle,
+            bo=bo,
+            options=self._rt.base_options,
+        )
+        for expected, resp in parts:
+            if resp.HasField("error"):
+                raise key_error_to_exception(resp.error, start_ts=start_ts)
+            locks = [lock_from_pb(pb) for pb in resp.locks]
+            if not data.add(locks, expected, resp.commit_ts):
+                raise _NotAsyncCommitError
+        return data
+
+    async def _resolve_keys(
+        self, bo: Backoffer, start_ts: int, commit_ts: int, keys: Sequence[bytes]
+    ) -> None:
+        """ResolveLock on exactly ``keys``, one request per region (lite, per region)."""
+        if not keys:
+            return
+
+        def build(region: Region, ks: Sequence[bytes]) -> kvrpcpb_pb2.ResolveLockRequest:
+            return kvrpcpb_pb2.ResolveLockRequest(
+                start_version=start_ts, commit_version=commit_ts, keys=list(ks)
+            )
+
+        self.stats["resolve_lock"] += 1
+        responses: list[Any] = await self._rt.sender.execute(
+            "ResolveLock",
+            _BY_KEYS,
+            sorted(set(keys)),
+            build,
+            bo=bo,
+            options=self._rt.base_options,
+        )
+        for resp in responses:
+            if resp.HasField("error"):
+                raise key_error_to_exception(resp.error, start_ts=start_ts)
+
+    # -- GC ----------------------------------------------------------------------------
+
+    async def batch_resolve_locks(
+        self, bo: Backoffer, locks: Sequence[LockInfo], region: Region
+    ) -> bool:
+        """Resolve many locks of one region in a single ResolveLock (GC's path).
+
+        Every lock's transaction is checked with a fresh ts and ``rollback_if_not_exist``
+        (client-go ``BatchResolveLocks``); then one request with ``txn_infos`` settles
+        them all in ``region``.
+
+        Returns:
+            ``False`` if some transaction is still alive (its locks were left), else
+            ``True``.
+
+        """
+        infos: dict[int, int] = {}
+        status_bo = Backoffer(GET_TXN_STATUS_MAX_BACKOFF, operation="batch resolve locks")
+        for lock in locks:
+            if lock.lock_version in infos:
+                continue
+            current_ts = await self._rt.oracle.get_timestamp()
+            status = await self.get_txn_status(
+                status_bo,
+                lock.lock_version,
+                lock.primary_lock,
+                caller_start_ts=0,
+                current_ts=current_ts,
+                rollback_if_not_exist=True,
+            )
+            if status.ttl != 0:
+                primary = status.primary_lock
+                expired = is_lock_expired(lock.lock_version, status.ttl, current_ts)
+                if primary is None or not primary.use_async_commit or not expired:
+                    return False
+                # An expired async-commit transaction: its outcome comes from the
+                # secondaries; settle it here (its keys are resolved individually).
+                await self._resolve_async_commit(lock, status)
+                continue
+            infos[lock.lock_version] = status.commit_ts
+        if not infos:
+            return True
+        req = kvrpcpb_pb2.ResolveLockRequest(
+            txn_infos=[kvrpcpb_pb2.TxnInfo(txn=t, status=c) for t, c in infos.items()]
+        )
+        self.stats["resolve_lock"] += 1
+        resp = await self._rt.sender.call_key(
+            "ResolveLock", region.start_key, req, bo=bo, options=self._rt.base_options
+        )
+        if resp.HasField("error"):
+            raise key_error_to_exception(resp.error)
+        return True

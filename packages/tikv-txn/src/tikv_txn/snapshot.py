@@ -1,0 +1,378 @@
+"""Snapshot reads: the data committed before a timestamp (client-go ``txnsnapshot``).
+
+A snapshot reads every key at one ts. Point reads (``KvGet``), batch reads (``KvBatchGet``,
+keys grouped by region in batches of 5120 and sent concurrently, client-go
+``batchGetSize``) and scans (``KvScan``, pages of 256 keys clipped to one region,
+client-go ``scanBatchSize``) all go through the shared request pipeline, which handles
+region errors and re-sharding. A key locked by another transaction is handed to the lock
+resolver (:mod:`tikv_txn.lock_resolver`): resolved, read past when TiKV pushed the lock
+beyond this snapshot, or waited for with the ``txnLockFast`` backoff capped by the lock's
+remaining TTL, as client-go's ``KVSnapshot.get`` and ``batchGetSingleRegion`` do. A
+locked key inside a scan page is read again with a point get once its lock is resolved
+(client-go ``Scanner.resolveCurrentLock``).
+
+Under snapshot isolation the values read are cached (a snapshot never changes), including
+"not found"; read-committed snapshots do not cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from tikv_pd.backoff import TXN_LOCK_FAST, Backoffer
+from tikv_pd.config import IsolationLevel, TransactionOptions
+from tikv_pd.errors import KeyIsLockedError, LockInfo
+from tikv_pd.region_cache import Region
+from tikv_pd.request import KeysSharder, RequestOptions
+from tikv_proto import kvrpcpb_pb2
+
+from tikv_txn._kv import key_error_to_exception, lock_from_pb
+from tikv_txn._validate import check_key, check_keys, check_limit, check_range
+
+if TYPE_CHECKING:
+    from tikv_txn._runtime import TxnRuntime
+
+__all__ = ["AsyncSnapshot"]
+
+_MISSING = object()
+
+#: A key greater than every key TiKV can store: longer than ``storage.max-key-size``
+#: (8 KiB; TiKV refuses longer keys on write), and made of 0xFF bytes, so that any
+#: storable key is either smaller at some byte or a proper prefix of it.
+_ABOVE_ALL_KEYS = b"\xff" * (8 * 1024 + 1)
+
+
+class AsyncSnapshot:
+    """A consistent read view at :attr:`ts` (asyncio).
+
+    Get one from :meth:`tikv_txn.AsyncTransactionClient.snapshot` or use the snapshot of
+    a transaction. Keys and values are bytes; absent keys are ``None`` / left out.
+
+    Args:
+        runtime: The client's shared state.
+        ts: The read timestamp.
+        options: Transaction options (isolation, priority, replica read, ...).
+
+    """
+
+    __slots__ = ("_cache", "_isolation", "_options", "_rt", "_scan_batch", "_scan_options", "ts")
+
+    def __init__(
+        self, runtime: TxnRuntime, ts: int, options: TransactionOptions | None = None
+    ) -> None:
+        if isinstance(ts, bool) or not isinstance(ts, int):
+            raise TypeError(f"ts must be an int, got {type(ts).__name__}")
+        if ts <= 0 or ts >= 2**64:
+            raise ValueError(f"ts must be a positive 64-bit timestamp, got {ts}")
+        opts = options or TransactionOptions()
+        self._rt = runtime
+        self.ts = ts
+        self._isolation: IsolationLevel = opts.isolation
+        self._options = _read_options(runtime, opts)
+        cfg = runtime.config
+        self._scan_options = _read_options(runtime, opts, timeout=cfg.read_timeout_medium)
+        self._scan_batch = opts.scan_batch_size or cfg.txn_scan_batch
+        self._cache: dict[bytes, bytes | None] | None = {} if opts.isolation == "SI" else None
+
+    @property
+    def isolation(self) -> IsolationLevel:
+        """The isolation level reads use (``"SI"``, ``"RC"`` or ``"RCCheckTS"``)."""
+        return self._isolation
+
+    # -- point reads -------------------------------------------------------------------
+
+    async def get(self, key: bytes) -> bytes | None:
+        """Return the value of ``key`` at :attr:`ts`, or ``None`` if it does not exist.
+
+        Raises:
+            TypeError / ValueError: ``key`` is not non-empty bytes.
+            tikv_pd.errors.TimeoutError: The read kept failing (locks, region errors)
+                for client-go's 20 s budget.
+
+        """
+        check_key(key)
+        self._rt.check_open()
+        enc = self._rt.codec.encode_key(key)
+        bo = Backoffer(self._rt.budgets.get, operation="txn get")
+        return await self._get_encoded(enc, bo)
+
+    async def _get_encoded(self, key: bytes, bo: Backoffer) -> bytes | None:
+        cache = self._cache
+        if cache is not None:
+            hit = cache.get(key, _MISSING)
+            if hit is not _MISSING:
+                return hit  # type: ignore[return-value]
+        sender = self._rt.sender
+        while True:
+            req = kvrpcpb_pb2.GetRequest(key=key, version=self.ts)
+            resp = await sender.call_key("Get", key, req, bo=bo, options=self._options)
+            if resp.HasField("error"):
+                err = resp.error
+                if not err.HasField("locked"):
+                    raise key_error_to_exception(err, start_ts=self.ts)
+                await self.resolve_for_read(bo, [lock_from_pb(err.locked)])
+                continue
+            value: bytes | None = None if resp.not_found else resp.value
+            if cache is not None:
+                cache[key] = value
+            return value
+
+    async def batch_get(self, keys: Iterable[bytes]) -> dict[bytes, bytes]:
+        """Return the existing keys among ``keys`` with their values at :attr:`ts`.
+
+        Keys are grouped by region into requests of at most ``Config.batch_get_size``
+        keys, sent concurrently.
+
+        Raises:
+            TypeError / ValueError: A key is not non-empty bytes.
+            tikv_pd.errors.TimeoutError: The read kept failing for the 20 s budget.
+
+        """
+        wanted = check_keys(keys)
+        self._rt.check_open()
+        codec = self._rt.codec
+        enc = {codec.encode_key(k): k for k in wanted}
+        bo = Backoffer(self._rt.budgets.batch_get, operation="txn batch_get")
+        found = await self._batch_get_encoded(list(enc), bo)
+        return {enc[k]: v for k, v in found.items()}
+
+    async def _batch_get_encoded(self, keys: Sequence[bytes], bo: Backoffer) -> dict[bytes, bytes]:
+        out: dict[bytes, bytes] = {}
+        cache = self._cache
+        pending: list[bytes] = []
+        for key in keys:
+            hit = cache.get(key, _MISSING) if cache is not None else _MISSING
+            if hit is _MISSING:
+                pending.append(key)
+            elif hit is not None:
+                out[key] = hit  # type: ignore[assignment]
+        ts = self.ts
+        sharder: KeysSharder[bytes] = KeysSharder(max_count=self._rt.config.batch_get_size)
+
+        def build(region: Region, part: Sequence[bytes]) -> kvrpcpb_pb2.BatchGetRequest:
+            return kvrpcpb_pb2.BatchGetRequest(keys=list(part), version=ts)
+
+        def handle(region: Region, part: Sequence[bytes], resp: Any) -> tuple[Sequence[bytes], Any]:
+            return part, resp
+
+        while pending:
+            parts = await self._rt.sender.execute(
+                "BatchGet", sharder, pending, build, handle, bo=bo, options=self._options
+            )
+            locks: list[LockInfo] = []
+            for part, resp in parts:
+                if resp.HasField("error"):
+                    if not resp.error.HasField("locked"):
+                        raise key_error_to_exception(resp.error, start_ts=ts)
+                    locks.append(lock_from_pb(resp.error.locked))
+                    continue
+                got: set[bytes] = set()
+                for pair in resp.pairs:
+                    if pair.HasField("error"):
+                        if not pair.error.HasField("locked"):
+                            raise key_error_to_exception(pair.error, start_ts=ts)
+                        locks.append(lock_from_pb(pair.error.locked))
+                        continue
+                    out[pair.key] = pair.value
+                    got.add(pair.key)
+                if cache is not None:
+                    for key in part:
+                        if key in got:
+                            cache[key] = out[key]
+                locked_keys = {lock.key for lock in locks}
+                if cache is not None:
+                    for key in part:
+                        if key not in got and key not in locked_keys:
+                            cache[key] = None
+            if not locks:
+                break
+            await self.resolve_for_read(bo, locks)
+            pending = sorted({lock.key for lock in locks})
+        return out
+
+    async def resolve_for_read(self, bo: Backoffer, locks: Sequence[LockInfo]) -> None:
+        """Resolve the locks a read met and wait (back off) if some still block it.
+
+        client-go ``KVSnapshot.get``: back off ``txnLockFast`` for at most the time until
+        the first lock expires. When nothing was resolved and nothing blocks (the locks
+        were pushed past this snapshot), the retry happens after a short txnLockFast
+        backoff so that a lock the server keeps reporting cannot spin the reader.
+        """
+        res = await self._rt.resolver.resolve_locks(bo, self.ts, locks, for_read=True)
+        if res.ms_before_expired > 0:
+            await bo.backoff(
+                TXN_LOCK_FAST, KeyIsLockedError(locks[0]), max_sleep_ms=res.ms_before_expired
+            )
+        elif res.resolved == 0:
+            await bo.backoff(TXN_LOCK_FAST, KeyIsLockedError(locks[0]))
+
+    # -- scans -------------------------------------------------------------------------
+
+    async def scan(
+        self,
+        start: bytes,
+        end: bytes | None = None,
+        *,
+        limit: int,
+        key_only: bool = False,
+        reverse: bool = False,
+    ) -> list[tuple[bytes, bytes]]:
+        """Return up to ``limit`` pairs of ``[start, end)`` at :attr:`ts`, in key order.
+
+        Args:
+            start: Inclusive lower bound (``b""``: the first key).
+            end: Exclusive upper bound (``None`` or ``b""``: no bound).
+            limit: Maximum number of pairs (positive).
+            key_only: Return empty values.
+            reverse: Descending order (the largest keys below ``end`` first).
+
+        Raises:
+            TypeError / ValueError: Bad bounds or limit.
+            tikv_pd.errors.TimeoutError: A page kept failing for the 20 s budget.
+
+        """
+        check_limit(limit)
+        out: list[tuple[bytes, bytes]] = []
+        async for pair in self.scan_iter(
+            start, end, key_only=key_only, reverse=reverse, _limit=limit
+        ):
+            out.append(pair)
+            if len(out) >= limit:
+                break
+        return out
+
+    def scan_iter(
+        self,
+        start: bytes,
+        end: bytes | None = None,
+        *,
+        key_only: bool = False,
+        reverse: bool = False,
+        _limit: int | None = None,
+    ) -> AsyncIterator[tuple[bytes, bytes]]:
+        """Iterate over ``[start, end)`` at :attr:`ts`, fetching pages lazily.
+
+        Pages hold ``Config.txn_scan_batch`` (256) pairs and never cross a region.
+
+        Raises:
+            TypeError / ValueError: Bad bounds (checked at the call).
+
+        """
+        lo, hi = check_range(start, end)
+        if not isinstance(key_only, bool) or not isinstance(reverse, bool):
+            raise TypeError("key_only and reverse must be bools")
+        self._rt.check_open()
+        enc_lo, enc_hi = self._rt.codec.encode_range(lo, hi)
+        return self._iterate(enc_lo, enc_hi, key_only, reverse, _limit)
+
+    async def _iterate(
+        self, lo: bytes, hi: bytes, key_only: bool, reverse: bool, limit: int | None
+    ) -> AsyncIterator[tuple[bytes, bytes]]:
+        decode = self._rt.codec.decode_key
+        produced = 0
+        async for page in self._pages(lo, hi, key_only, reverse, limit):
+            for key, value in page:
+                yield decode(key), value
+                produced += 1
+
+    async def _pages(
+        self, lo: bytes, hi: bytes, key_only: bool, reverse: bool, limit: int | None
+    ) -> AsyncIterator[list[tuple[bytes, bytes]]]:
+        """Yield pages of encoded pairs, region by region, in scan order."""
+        ts = self.ts
+        bo = Backoffer(self._rt.budgets.scan, operation="txn scan")
+        remaining = limit
+        while True:
+            if hi and lo >= hi:
+                return
+            batch = self._scan_batch if remaining is None else min(self._scan_batch, remaining)
+
+            def build(s: bytes, e: bytes, batch: int = batch) -> kvrpcpb_pb2.ScanRequest:
+                if reverse:
+                    # TiKV's reverse scan: start_key is the exclusive upper bound and
+                    # end_key the inclusive lower one. TiKV reads an empty start_key as the
+                    # key b"" (not "unbounded"), so an open upper bound in the last region
+                    # is sent as a key above every storable key.
+                    return kvrpcpb_pb2.ScanRequest(
+                        start_key=e or _ABOVE_ALL_KEYS,
+                        end_key=s,
+                        limit=batch,
+                        version=ts,
+                        key_only=key_only,
+                        reverse=True,
+                    )
+                return kvrpcpb_pb2.ScanRequest(
+                    start_key=s, end_key=e, limit=batch, version=ts, key_only=key_only
+                )
+
+            responses, part = await self._rt.sender.call_first_region(
+                "Scan", lo, hi, build, reverse=reverse, bo=bo, options=self._scan_options
+            )
+            page: list[tuple[bytes, bytes]] = []
+            cursor: bytes | None = None
+            retry_locks: list[LockInfo] = []
+            for resp in responses:
+                if resp.HasField("error"):
+                    # A whole-request error (TiKV also copies it into a first pair for
+                    # old clients); per-key locks come in the pairs only.
+                    if not resp.error.HasField("locked"):
+                        raise key_error_to_exception(resp.error, start_ts=ts)
+                    retry_locks.append(lock_from_pb(resp.error.locked))
+                    break
+                pairs = list(resp.pairs)
+                for pair in pairs:
+                    if pair.HasField("error"):
+                        if not pair.error.HasField("locked"):
+                            raise key_error_to_exception(pair.error, start_ts=ts)
+                        lock = lock_from_pb(pair.error.locked)
+                        value = await self._get_encoded(lock.key, bo)
+                        if value is not None:
+                            page.append((lock.key, b"" if key_only else value))
+                        continue
+                    page.append((pair.key, pair.value))
+                if len(pairs) >= batch:
+                    last = pairs[-1]
+                    last_key = last.key or lock_from_pb(last.error.locked).key
+                    cursor = last_key
+                    break
+            if retry_locks:
+                await self.resolve_for_read(bo, retry_locks)
+                continue
+            if page:
+                if remaining is not None:
+                    remaining -= len(page)
+                yield page
+                if remaining is not None and remaining <= 0:
+                    return
+            if cursor is not None:
+                if reverse:
+                    hi = cursor
+                else:
+                    lo = cursor + b"\x00"
+                continue
+            if reverse:
+                if not part[0] or part[0] <= lo:
+                    return
+                hi = part[0]
+            else:
+                if not part[1] or (hi and part[1] >= hi):
+                    return
+                lo = part[1]
+
+
+def _read_options(
+    runtime: TxnRuntime, opts: TransactionOptions, *, timeout: float | None = None
+) -> RequestOptions:
+    """Request options of a transaction's reads (context fields from its options)."""
+    return runtime.request_options(
+        priority=opts.priority,
+        isolation=opts.isolation,
+        not_fill_cache=opts.not_fill_cache,
+        replica_read=opts.replica_read,
+        resource_group_name=opts.resource_group_name,
+        resource_group_tag=opts.resource_group_tag,
+        txn_source=opts.txn_source,
+        **({"request_source": opts.request_source} if opts.request_source else {}),
+        timeout=timeout,
+    )

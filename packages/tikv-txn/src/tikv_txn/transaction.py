@@ -1,0 +1,306 @@
+"""Optimistic transactions: buffered writes over a snapshot, committed by 2PC / 1PC / async commit.
+
+An :class:`AsyncTransaction` reads at its start ts through an
+:class:`~tikv_txn.snapshot.AsyncSnapshot` and keeps its writes in a
+:class:`~tikv_txn.membuffer.MemBuffer`; reads see the transaction's own writes first
+(``get`` / ``batch_get`` look in the buffer, ``scan`` merges it over the snapshot with
+:func:`~tikv_txn.union_iter.union_aiter`). Nothing is sent for a write until
+:meth:`AsyncTransaction.commit` runs the :class:`~tikv_txn.committer.TwoPhaseCommitter`.
+Conflicts are found at commit: another transaction that committed one of the keys after
+this one started makes prewrite fail with :class:`~tikv_pd.errors.WriteConflictError`
+(the caller retries the whole transaction, client-go does not retry it either).
+
+After :meth:`commit` or :meth:`rollback` every method raises
+:class:`~tikv_pd.errors.TransactionClosedError`. A transaction that wrote nothing commits
+without any RPC, and rolling back an optimistic transaction sends nothing (nothing of it
+is on the servers before commit).
+
+Use it as a context manager: ``async with client.begin() as txn:`` commits when the block
+ends normally and rolls back when it raises.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+from tikv_pd.config import TransactionOptions
+from tikv_pd.errors import TransactionClosedError
+
+from tikv_txn._validate import check_key, check_keys, check_limit, check_range, check_value
+from tikv_txn.committer import TwoPhaseCommitter
+from tikv_txn.membuffer import TOMBSTONE, FlagsOp, MemBuffer
+from tikv_txn.snapshot import AsyncSnapshot
+from tikv_txn.union_iter import union_aiter
+
+if TYPE_CHECKING:
+    from tikv_txn._runtime import TxnRuntime
+
+__all__ = ["AsyncTransaction"]
+
+_ACTIVE = "active"
+_COMMITTING = "committing"
+_COMMITTED = "committed"
+_ROLLED_BACK = "rolled back"
+_FAILED = "failed"
+
+
+class AsyncTransaction:
+    """An optimistic transaction (asyncio). Create it with ``AsyncTransactionClient.begin()``.
+
+    Args:
+        runtime: The client's shared state.
+        start_ts: The start ts (the snapshot the transaction reads).
+        options: The transaction's options.
+
+    """
+
+    __slots__ = (
+        "_buffer",
+        "_committer",
+        "_options",
+        "_rt",
+        "_snapshot",
+        "_started_at",
+        "_state",
+        "commit_ts",
+        "start_ts",
+    )
+
+    def __init__(self, runtime: TxnRuntime, start_ts: int, options: TransactionOptions) -> None:
+        self._rt = runtime
+        self.start_ts = start_ts
+        self._options = options
+        cfg = runtime.config
+        self._buffer = MemBuffer(
+            entry_size_limit=options.entry_size_limit or cfg.txn_entry_size_limit,
+            total_size_limit=options.total_size_limit or cfg.txn_total_size_limit,
+        )
+        self._snapshot = AsyncSnapshot(runtime, start_ts, options)
+        self._started_at = time.monotonic()
+        self._state = _ACTIVE
+        self._committer: TwoPhaseCommitter | None = None
+        #: The commit ts once committed (0 before, and for a read-only transaction).
+        self.commit_ts = 0
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def options(self) -> TransactionOptions:
+        """The transaction's options."""
+        return self._options
+
+    @property
+    def snapshot(self) -> AsyncSnapshot:
+        """The snapshot at the start ts (reads without the transaction's own writes)."""
+        return self._snapshot
+
+    @property
+    def state(self) -> str:
+        """``"active"``, ``"committing"``, ``"committed"``, ``"rolled back"`` or ``"failed"``."""
+        return self._state
+
+    @property
+    def is_read_only(self) -> bool:
+        """Whether nothing was written so far."""
+        return not self._buffer.dirty
+
+    @property
+    def buffer(self) -> MemBuffer:
+        """The write buffer (read it, do not change it behind the transaction's back)."""
+        return self._buffer
+
+    def _check_active(self) -> None:
+        if self._state != _ACTIVE:
+            raise TransactionClosedError(self.start_ts, self._state)
+        self._rt.check_open()
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def get(self, key: bytes) -> bytes | None:
+        """Return the value of ``key`` as this transaction sees it (own writes first)."""
+        check_key(key)
+        self._check_active()
+        buffered = self._buffer.get(key)
+        if buffered is TOMBSTONE:
+            return None
+        if buffered is not None:
+            return buffered
+        return await self._snapshot.get(key)
+
+    async def batch_get(self, keys: Iterable[bytes]) -> dict[bytes, bytes]:
+        """Return the existing keys among ``keys`` with their values (own writes first)."""
+        wanted = check_keys(keys)
+        self._check_active()
+        out: dict[bytes, bytes] = {}
+        remote: list[bytes] = []
+        for key in wanted:
+            buffered = self._buffer.get(key)
+            if buffered is None:
+                remote.append(key)
+            elif buffered is not TOMBSTONE:
+                out[key] = buffered
+        if remote:
+            out.update(await self._snapshot.batch_get(remote))
+        return out
+
+    async def scan(
+        self,
+        start: bytes,
+        end: bytes | None = None,
+        *,
+        limit: int,
+        key_only: bool = False,
+        reverse: bool = False,
+    ) -> list[tuple[bytes, bytes]]:
+        """Return up to ``limit`` pairs of ``[start, end)``: own writes merged over the snapshot.
+
+        Args:
+            start: Inclusive lower bound.
+            end: Exclusive upper bound (``None``: unbounded).
+            limit: Maximum number of pairs (positive).
+            key_only: Values are ``b""``.
+            reverse: Descending key order.
+
+        """
+        check_limit(limit)
+        out: list[tuple[bytes, bytes]] = []
+        it = self.scan_iter(start, end, key_only=key_only, reverse=reverse)
+        try:
+            async for pair in it:
+                out.append(pair)
+                if len(out) >= limit:
+                    break
+        finally:
+            await it.aclose()  # type: ignore[attr-defined]
+        return out
+
+    def scan_iter(
+        self,
+        start: bytes,
+        end: bytes | None = None,
+        *,
+        key_only: bool = False,
+        reverse: bool = False,
+    ) -> AsyncIterator[tuple[bytes, bytes]]:
+        """Iterate over ``[start, end)`` lazily: own writes merged over the snapshot."""
+        lo, hi = check_range(start, end)
+        self._check_active()
+        remote = self._snapshot.scan_iter(lo, hi, key_only=key_only, reverse=reverse)
+        merged = union_aiter(self._buffer, remote, start=lo, end=hi or None, reverse=reverse)
+        if not key_only:
+            return merged
+        return _keys_only(merged)
+
+    # -- writes ------------------------------------------------------------------------
+
+    def put(self, key: bytes, value: bytes) -> None:
+        """Buffer ``key = value`` (sent at commit)."""
+        check_key(key)
+        check_value(value)
+        self._check_active()
+        self._buffer.set(key, value)
+
+    def insert(self, key: bytes, value: bytes) -> None:
+        """Buffer ``key = value`` presuming the key does not exist.
+
+        Prewrite sends an ``Insert`` mutation; if the key exists, commit raises
+        :class:`~tikv_pd.errors.KeyExistsError` (TiKV's ``AlreadyExist``).
+        """
+        check_key(key)
+        check_value(value)
+        self._check_active()
+        flags = self._buffer.get_flags(key)
+        if flags is not None and self._buffer.get(key) is not None:
+            # The key was already written in this transaction: its existence is known
+            # from that write, so this is a plain overwrite (as client-go's Set).
+            self._buffer.set(key, value)
+            return
+        self._buffer.set(key, value, FlagsOp.SET_PRESUME_KEY_NOT_EXISTS, FlagsOp.SET_NEWLY_INSERTED)
+
+    def delete(self, key: bytes) -> None:
+        """Buffer a deletion of ``key`` (sent at commit)."""
+        check_key(key)
+        self._check_active()
+        self._buffer.delete(key)
+
+    # -- finish ------------------------------------------------------------------------
+
+    def _new_committer(self) -> TwoPhaseCommitter:
+        return TwoPhaseCommitter(
+            self._rt, self.start_ts, self._options, self._buffer, self._started_at
+        )
+
+    async def commit(self) -> int:
+        """Commit and return the commit ts (0 when the transaction wrote nothing).
+
+        Raises:
+            WriteConflictError: Another transaction committed a written key after this
+                one started (retry the whole transaction).
+            KeyExistsError: An inserted key exists.
+            UndeterminedError: The outcome is unknown (the primary commit got no answer).
+            TransactionClosedError: Already committed or rolled back.
+
+        """
+        self._check_active()
+        self._state = _COMMITTING
+        if not self._buffer.dirty:
+            self._state = _COMMITTED
+            return 0
+        committer = self._new_committer()
+        self._committer = committer
+        try:
+            self.commit_ts = await committer.execute()
+        except BaseException:
+            self._state = _FAILED
+            raise
+        self._state = _COMMITTED
+        return self.commit_ts
+
+    async def rollback(self) -> None:
+        """Discard the transaction.
+
+        Nothing is sent: an optimistic transaction has nothing on the servers before
+        commit (client-go ``KVTxn.Rollback``).
+
+        Raises:
+            TransactionClosedError: Already committed or rolled back.
+
+        """
+        if self._state != _ACTIVE:
+            raise TransactionClosedError(self.start_ts, self._state)
+        self._state = _ROLLED_BACK
+        self._buffer.reset()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._state != _ACTIVE:
+            return
+        if exc_type is None:
+            await self.commit()
+        else:
+            await self.rollback()
+
+    def __repr__(self) -> str:
+        return f"AsyncTransaction(start_ts={self.start_ts}, state={self._state!r})"
+
+
+async def _keys_only(
+    source: AsyncIterator[tuple[bytes, bytes]],
+) -> AsyncIterator[tuple[bytes, bytes]]:
+    try:
+        async for key, _ in source:
+            yield key, b""
+    finally:
+        aclose = getattr(source, "aclose", None)
+        if aclose is not None:
+            await aclose()
