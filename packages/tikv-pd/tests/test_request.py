@@ -679,3 +679,29 @@ async def test_store_without_address_relocates_the_region() -> None:
     assert locator.invalidated == [(1, InvalidReason.STORE_NOT_FOUND)]
     assert bo.backoff_times == {"regionMiss": 1}
     assert len(transport.sent) == 1
+
+
+async def test_busy_leader_with_threshold_reads_from_a_follower_at_once() -> None:
+    cluster, _, transport, sender = _setup()
+    cluster.data[b"k"] = b"v"
+    busy = errorpb_pb2.Error(server_is_busy=errorpb_pb2.ServerIsBusy(estimated_wait_ms=80))
+    transport.faults["RawGet"] = [busy]
+    bo, sleeps = _bo()
+    opts = RequestOptions(busy_threshold_ms=20)
+    resp = await sender.call_key(
+        "RawGet", b"k", kvrpcpb_pb2.RawGetRequest(key=b"k"), bo=bo, options=opts
+    )
+    assert resp.value == b"v"
+    first, second = transport.sent
+    assert first.address == STORES[1]
+    assert first.request.context.busy_threshold_ms == 20
+    assert second.address != STORES[1]
+    assert second.request.context.replica_read
+    assert second.request.context.busy_threshold_ms == 0
+    assert sleeps.calls == []
+    # Without a threshold the leader is asked again after a serverBusy backoff.
+    transport.faults["RawGet"] = [busy]
+    bo, sleeps = _bo()
+    await sender.call_key("RawGet", b"k", kvrpcpb_pb2.RawGetRequest(key=b"k"), bo=bo)
+    assert transport.sent[-1].address == STORES[1]
+    assert bo.backoff_times == {"tikvServerBusy": 1}

@@ -40,7 +40,7 @@ import asyncio
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Generic, Protocol, TypeVar
 
 from google.protobuf.message import Message
@@ -908,6 +908,17 @@ class RequestSender:
                     await transport.close_address(address)
                 if d.leader_read:
                     leader_only = True
+                if (
+                    d.kind == "server_is_busy"
+                    and options.busy_threshold_ms
+                    and not leader_only
+                    and err.server_is_busy.estimated_wait_ms
+                ):
+                    # Load-based replica read (client-go replicaSelector.onServerIsBusy
+                    # with a busy threshold): the leader's queue is longer than the
+                    # caller accepts, so read from a follower at once instead of waiting.
+                    options = _load_based_read(options)
+                    kind = None
                 if kind is None and free_retries >= MAX_RETRIES_WITHOUT_BACKOFF:
                     kind = REGION_MISS
                 if kind is not None:
@@ -1066,6 +1077,23 @@ class RequestSender:
         if reverse:
             results.reverse()
         return results, part
+
+
+_LOAD_BASED: dict[RequestOptions, RequestOptions] = {}
+
+
+def _load_based_read(options: RequestOptions) -> RequestOptions:
+    """The options of the follower read that replaces a busy leader read (cached)."""
+    derived = _LOAD_BASED.get(options)
+    if derived is None:
+        replica: ReplicaReadType = (
+            "follower" if options.replica_read == "leader" else options.replica_read
+        )
+        derived = replace(options, replica_read=replica, busy_threshold_ms=0)
+        if len(_LOAD_BASED) > 1024:
+            _LOAD_BASED.clear()
+        _LOAD_BASED[options] = derived
+    return derived
 
 
 def _final(
