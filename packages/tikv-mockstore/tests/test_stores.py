@@ -112,3 +112,16 @@ def test_bad_arguments() -> None:
         MockCluster(split_raw=b"abc")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="regions"):
         MockCluster(regions=1000)
+
+
+def test_stopping_a_store_with_a_hanging_request() -> None:
+    with MockCluster(stores=2) as cluster, Stubs(cluster) as stubs:
+        fault = cluster.faults.add("RawGet", store=1, hang=True)
+        stub, ctx = stubs.route(b"k")
+        call = stub.RawGet.future(kvrpcpb_pb2.RawGetRequest(context=ctx, key=b"k"))
+        assert cluster.faults.wait_hanging(1, timeout=10)
+        cluster.stop_store(1)  # must not wait for the hanging handler
+        with pytest.raises(grpc.RpcError):
+            call.result(timeout=10)
+        fault.release()
+        cluster.restart_store(1)

@@ -461,7 +461,9 @@ class StoreServer:
             stream.close()
         server.stop(grace).wait()
         if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            # Do not wait for handler threads: one may hang on an injected fault until the
+            # test releases it; it finishes on its own then.
+            self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
     # ------------------------------------------------------------------ dispatch
