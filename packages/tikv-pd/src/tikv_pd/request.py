@@ -733,6 +733,9 @@ class RequestSender:
             options.timeout,
         )
         shards = await sharder.shard(self.locator, payload)
+        if len(shards) == 1:  # the common case, one coroutine layer less
+            region, part = shards[0]
+            return await self._run(call, region, part, bo, None)
         return await self._dispatch(call, shards, bo, None)
 
     # -- dispatch --------------------------------------------------------------------
