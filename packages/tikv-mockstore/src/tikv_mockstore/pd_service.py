@@ -117,7 +117,7 @@ class PdServer:
             return
         server.stop(grace).wait()
         if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
     # ------------------------------------------------------------------ plumbing
