@@ -241,3 +241,17 @@ async def test_stream_that_ended_while_idle_is_reopened_without_a_failure(
                 await asyncio.sleep(0.005)
         assert client._tso.last_error is None
         assert client.tso_requests_sent == 3
+
+
+async def test_leader_crash_callers_get_timestamps_from_the_new_leader(
+    pd3: FakePDCluster,
+) -> None:
+    async with await PDClient.connect(pd3.endpoints) as client:
+        assert await client.get_timestamp() > 0
+        await pd3.stop_member(0)
+        pd3.move_leader(2)
+        stamps = await asyncio.wait_for(
+            asyncio.gather(*(client.get_timestamp() for _ in range(30))), NO_HANG
+        )
+        assert len(set(stamps)) == 30
+        assert client.leader == pd3.endpoints[2]

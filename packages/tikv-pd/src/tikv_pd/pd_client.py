@@ -625,10 +625,15 @@ class _TsoDispatcher:
             return
         # tikv/pd handleProcessRequestError: after a leader change refresh the members
         # right away so the next batch goes to the new leader; otherwise schedule a
-        # refresh. Unless the leader did move, pause before reconnecting (RetryInterval)
+        # refresh. We also refresh right away when the leader is unreachable: a dead
+        # leader usually means an election, and the re-sent batch should go to the
+        # winner. Unless the leader did move, pause before reconnecting (RetryInterval)
         # so that a failing PD is not hammered.
         old_leader = client.leader
-        if _is_leader_change(exc):
+        unreachable = (
+            isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE
+        )
+        if _is_leader_change(exc) or unreachable:
             with contextlib.suppress(PDError, ClientClosedError):
                 await client.check_members()
         else:
