@@ -170,8 +170,9 @@ class AsyncRawClient:
                 ``storage.api-version = 2``). Without a keyspace, v2 uses the default
                 keyspace.
             config: Client configuration (defaults: client-go's).
-            timeout: Seconds allowed for connecting to PD (default: the config's PD
-                timeout).
+            timeout: Seconds allowed for discovering the PD cluster (default: the PD
+                client's 10 s). Per-RPC timeouts and retry budgets come from ``config``
+                and client-go's backoff budgets (20 s of sleep per raw operation).
 
         Raises:
             TypeError, ValueError: Bad arguments (checked before connecting).
