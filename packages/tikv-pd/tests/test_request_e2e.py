@@ -257,3 +257,50 @@ async def test_stopped_store_fails_over_to_new_leaders() -> None:
             assert all(r.leader.store_id != victim for r in cluster.regions())
         finally:
             await _close(s)
+
+
+async def test_cas_increments_under_churn_are_applied_exactly_once(stack: Stack) -> None:
+    # Non-idempotent writes retried across NotLeader / EpochNotMatch / splits: every
+    # increment that reported success is applied once, none is applied twice.
+    cluster = stack.cluster
+    counters = [bytes([b]) + b"counter" for b in (0x10, 0x50, 0x90, 0xD0)]
+    successes = dict.fromkeys(counters, 0)
+    undetermined = 0
+
+    async def increment(key: bytes) -> None:
+        nonlocal undetermined
+        for _ in range(15):
+            while True:
+                current = await stack.get(key)
+                new = b"%d" % (int(current or b"0") + 1)
+                cas = kvrpcpb_pb2.RawCASRequest(key=key, value=new)
+                if current is None:
+                    cas.previous_not_exist = True
+                else:
+                    cas.previous_value = current
+                try:
+                    resp = await stack.sender.call_key(
+                        "RawCompareAndSwap", key, cas, ambiguity=Ambiguity.RAISE
+                    )
+                except UndeterminedError:
+                    undetermined += 1
+                    break
+                if resp.succeed:
+                    successes[key] += 1
+                    break
+
+    async def churn() -> None:
+        for b in range(0x18, 0xFF, 0x20):
+            await asyncio.to_thread(cluster.split, [bytes([b])])
+            for j, region in enumerate(cluster.regions()):
+                await asyncio.to_thread(
+                    cluster.transfer_leader, region.id, cluster.stores()[(b + j) % 3].id
+                )
+            await asyncio.sleep(0)
+
+    await asyncio.gather(churn(), *(increment(k) for k in counters for _ in range(3)))
+    assert undetermined == 0  # region errors are never ambiguous for CAS
+    for key in counters:
+        assert await stack.get(key) == b"%d" % successes[key]
+        assert successes[key] == 45
+    assert stack.sender.stats.region_errors  # the churn was seen
