@@ -405,3 +405,42 @@ async def test_request_context_on_the_wire() -> None:
     assert put_ctx.max_execution_duration_ms == 20_000  # client-go MaxWriteExecutionTime
     assert get_ctx.max_execution_duration_ms == 0
     assert put_ctx.region_id and put_ctx.peer.store_id
+
+
+async def test_store_replaced_by_a_new_one(cluster: MockCluster, client: AsyncRawClient) -> None:
+    # client-go rawkv_test TestReplaceStore: the old store is removed, a new store takes
+    # its peers and leadership; the client's cached leader and address are stale.
+    model = spread_model(10)
+    await client.batch_put(model)
+    region = cluster.region_by_key(b"k0001")
+    assert region is not None
+    assert region.leader is not None
+    old = region.leader.store_id
+    new = cluster.add_store()
+    for r in cluster.regions():
+        if any(p.store_id == old for p in r.peers):
+            cluster.add_peer(r.id, new)
+            if r.leader is not None and r.leader.store_id == old:
+                cluster.transfer_leader(r.id, new)
+            cluster.remove_peer(r.id, old)
+    cluster.remove_store(old)
+    await client.put(b"k0001", b"after the replacement")
+    model[b"k0001"] = b"after the replacement"
+    assert await client.batch_get(list(model)) == model
+    assert await client.scan(limit=10240, reverse=True) == sorted(model.items(), reverse=True)
+
+
+async def test_merged_regions_and_whole_keyspace_delete(
+    cluster: MockCluster, client: AsyncRawClient
+) -> None:
+    # client-go rawkv_test TestDeleteRangeEmptyKeysMultiRegion: delete everything over
+    # many regions, after the layout changed under the client's cache.
+    model = spread_model(10)
+    await client.batch_put(model)
+    assert await client.scan(limit=10240) == sorted(model.items())
+    regions = cluster.regions()
+    cluster.merge(regions[1].id, regions[2].id)
+    await client.delete_range(b"", None)
+    assert await client.scan(limit=10240) == []
+    assert await client.scan(limit=10240, reverse=True) == []
+    assert (await client.checksum()).total_kvs == 0
