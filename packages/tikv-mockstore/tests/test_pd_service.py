@@ -286,3 +286,46 @@ def test_tso_stream_sends_headers_before_any_request(stubs: Stubs) -> None:
     finally:
         q.put(None)
         list(call)
+
+
+def test_keyspace_gc_safepoints(cluster: MockCluster, stubs: Stubs) -> None:
+    ks = cluster.create_keyspace("gc-v2")
+    pd, h = stubs.pd(), stubs.header()
+    up = pd.UpdateGCSafePointV2(
+        pdpb_pb2.UpdateGCSafePointV2Request(header=h, keyspace_id=ks.id, safe_point=500)
+    )
+    assert up.new_safe_point == 500
+    back = pd.UpdateGCSafePointV2(
+        pdpb_pb2.UpdateGCSafePointV2Request(header=h, keyspace_id=ks.id, safe_point=100)
+    )
+    assert back.new_safe_point == 500
+    got = pd.GetGCSafePointV2(pdpb_pb2.GetGCSafePointV2Request(header=h, keyspace_id=ks.id))
+    assert got.safe_point == 500
+    # Keyspaces have their own GC state.
+    other = pd.GetGCSafePointV2(pdpb_pb2.GetGCSafePointV2Request(header=h, keyspace_id=0))
+    assert other.safe_point == 0
+    svc = pd.UpdateServiceSafePointV2(
+        pdpb_pb2.UpdateServiceSafePointV2Request(
+            header=h, keyspace_id=ks.id, service_id=b"br", safe_point=800, ttl=30
+        )
+    )
+    assert (svc.service_id, svc.min_safe_point) == (b"br", 800)
+    with pytest.raises(grpc.RpcError) as err:
+        pd.GetGCSafePointV2(pdpb_pb2.GetGCSafePointV2Request(header=h, keyspace_id=4242))
+    assert err.value.code() == grpc.StatusCode.UNKNOWN
+
+
+def test_external_timestamp(cluster: MockCluster, stubs: Stubs) -> None:
+    pd, h = stubs.pd(), stubs.header()
+    ts = cluster.current_ts()
+    assert not pd.SetExternalTimestamp(
+        pdpb_pb2.SetExternalTimestampRequest(header=h, timestamp=ts)
+    ).header.HasField("error")
+    got = pd.GetExternalTimestamp(pdpb_pb2.GetExternalTimestampRequest(header=h))
+    assert got.timestamp == ts
+    again = pd.SetExternalTimestamp(pdpb_pb2.SetExternalTimestampRequest(header=h, timestamp=ts))
+    assert again.header.error.type == pdpb_pb2.INVALID_VALUE
+    future = pd.SetExternalTimestamp(
+        pdpb_pb2.SetExternalTimestampRequest(header=h, timestamp=ts + (10**6 << 18))
+    )
+    assert "larger than global ts" in future.header.error.message

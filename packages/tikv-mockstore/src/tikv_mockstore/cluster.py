@@ -198,6 +198,14 @@ class ServiceSafePoint:
     expired_at: int
 
 
+@dataclass(slots=True)
+class _GcState:
+    """The GC safepoint and service safepoints of one keyspace (or of the whole cluster)."""
+
+    safe_point: int = 0
+    services: dict[str, ServiceSafePoint] = field(default_factory=dict)
+
+
 def _api_version_value(api_version: int | str) -> int:
     names = {"V1": kvrpcpb_pb2.V1, "V1TTL": kvrpcpb_pb2.V1TTL, "V2": kvrpcpb_pb2.V2}
     if isinstance(api_version, str):
@@ -259,8 +267,9 @@ class Cluster:
         self._pd_leader: int | None = None
         self._tso_physical = 0
         self._tso_logical = 0
-        self._gc_safe_point = 0
-        self._service_safe_points: dict[str, ServiceSafePoint] = {}
+        # GC state per keyspace id; None is PD's null keyspace (the classic, cluster-wide API).
+        self._gc_states: dict[int | None, _GcState] = {}
+        self._external_ts = 0
         now_s = self.clock.now_s()
         self._keyspaces: dict[str, Keyspace] = {
             "DEFAULT": Keyspace(0, "DEFAULT", keyspacepb_pb2.ENABLED, now_s, now_s)
@@ -715,41 +724,56 @@ class Cluster:
 
     # ------------------------------------------------------------------ GC
 
+    def _gc(self, keyspace_id: int | None) -> _GcState:
+        if keyspace_id is not None and self.keyspace_by_id(keyspace_id) is None:
+            raise ClusterError(f"keyspace {keyspace_id} does not exist")
+        state = self._gc_states.get(keyspace_id)
+        if state is None:
+            state = self._gc_states[keyspace_id] = _GcState()
+        return state
+
     @property
     def gc_safe_point(self) -> int:
-        """The GC safepoint."""
-        with self._mu:
-            return self._gc_safe_point
+        """The GC safepoint (of the whole cluster: PD's null keyspace)."""
+        return self.gc_safe_point_of(None)
 
-    def _live_service_safe_points(self, now_s: int) -> list[ServiceSafePoint]:
-        for sid in [s for s, sp in self._service_safe_points.items() if sp.expired_at <= now_s]:
-            del self._service_safe_points[sid]
-        return list(self._service_safe_points.values())
-
-    def min_service_safe_point(self) -> ServiceSafePoint | None:
-        """The smallest live service safepoint, if any."""
+    def gc_safe_point_of(self, keyspace_id: int | None) -> int:
+        """The GC safepoint of a keyspace (``None``: the cluster-wide one)."""
         with self._mu:
-            live = self._live_service_safe_points(self.clock.now_s())
+            return self._gc(keyspace_id).safe_point
+
+    def _live_service_safe_points(self, state: _GcState, now_s: int) -> list[ServiceSafePoint]:
+        services = state.services
+        for sid in [s for s, sp in services.items() if sp.expired_at <= now_s]:
+            del services[sid]
+        return list(services.values())
+
+    def min_service_safe_point(self, keyspace_id: int | None = None) -> ServiceSafePoint | None:
+        """The smallest live service safepoint (of a keyspace), if any."""
+        with self._mu:
+            live = self._live_service_safe_points(self._gc(keyspace_id), self.clock.now_s())
             return min(live, key=lambda sp: sp.safe_point) if live else None
 
-    def update_gc_safe_point(self, safe_point: int) -> int:
+    def update_gc_safe_point(self, safe_point: int, keyspace_id: int | None = None) -> int:
         """Advance the GC safepoint; returns the value in force afterwards.
 
-        As PD's ``UpdateGCSafePoint`` it never moves backwards (a smaller value is ignored and
-        the current one returned). It does not pass the smallest live service safepoint: those
-        bound how far GC may go (PD's GC barriers block the txn safe point the same way).
+        As PD's ``UpdateGCSafePoint`` (and ``UpdateGCSafePointV2`` per keyspace) it never moves
+        backwards: a smaller value is ignored and the current one returned. It does not pass
+        the smallest live service safepoint: those bound how far GC may go (PD's GC barriers
+        block the txn safe point the same way).
         """
         with self._mu:
+            state = self._gc(keyspace_id)
             target = safe_point
-            bound = self.min_service_safe_point()
+            bound = self.min_service_safe_point(keyspace_id)
             if bound is not None and bound.service_id != _GC_WORKER:
                 target = min(target, bound.safe_point)
-            if target > self._gc_safe_point:
-                self._gc_safe_point = target
-            return self._gc_safe_point
+            if target > state.safe_point:
+                state.safe_point = target
+            return state.safe_point
 
     def update_service_safe_point(
-        self, service_id: str, ttl: int, safe_point: int
+        self, service_id: str, ttl: int, safe_point: int, keyspace_id: int | None = None
     ) -> ServiceSafePoint:
         """Set (``ttl > 0``) or remove (``ttl <= 0``) a service safepoint; return the smallest.
 
@@ -760,23 +784,45 @@ class Cluster:
         if not service_id:
             raise ValueError("service_id must not be empty")
         with self._mu:
+            state = self._gc(keyspace_id)
             now_s = self.clock.now_s()
-            live = self._live_service_safe_points(now_s)
+            live = self._live_service_safe_points(state, now_s)
             current_min = min(live, key=lambda sp: sp.safe_point) if live else None
             if ttl <= 0:
-                self._service_safe_points.pop(service_id, None)
+                state.services.pop(service_id, None)
             elif current_min is None or safe_point >= current_min.safe_point:
                 if service_id == _GC_WORKER or ttl >= _INT64_MAX - now_s:
                     expired_at = _INT64_MAX
                 else:
                     expired_at = now_s + ttl
-                self._service_safe_points[service_id] = ServiceSafePoint(
-                    service_id, safe_point, expired_at
-                )
-            live = self._live_service_safe_points(now_s)
+                state.services[service_id] = ServiceSafePoint(service_id, safe_point, expired_at)
+            live = self._live_service_safe_points(state, now_s)
             if not live:
-                return ServiceSafePoint(_GC_WORKER, self._gc_safe_point, _INT64_MAX)
+                return ServiceSafePoint(_GC_WORKER, state.safe_point, _INT64_MAX)
             return min(live, key=lambda sp: sp.safe_point)
+
+    # ------------------------------------------------------------------ external timestamp
+
+    @property
+    def external_ts(self) -> int:
+        """The external timestamp (0 until set)."""
+        with self._mu:
+            return self._external_ts
+
+    def set_external_ts(self, ts: int) -> None:
+        """Set the external timestamp.
+
+        PD requires it to be at most a fresh global timestamp and larger than the current
+        external timestamp (``Server.SetExternalTS``).
+        """
+        with self._mu:
+            if ts > self.current_ts():
+                raise ValueError("the external timestamp should not be larger than global ts")
+            if ts <= self._external_ts:
+                raise ValueError(
+                    "the external timestamp should be larger than current external timestamp"
+                )
+            self._external_ts = ts
 
     # ------------------------------------------------------------------ keyspaces
 

@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 from tikv_proto import keyspacepb_pb2, metapb_pb2, pdpb_pb2
 
-from tikv_mockstore.cluster import TSO_LOGICAL_BITS, Cluster, Region
+from tikv_mockstore.cluster import TSO_LOGICAL_BITS, Cluster, ClusterError, Region
 from tikv_mockstore.faults import Counters, FaultInjector
 from tikv_mockstore.tikv_service import GRPC_SERVER_OPTIONS
 
@@ -500,6 +500,74 @@ class PdServer:
             TTL=smallest.expired_at - now_s,
             min_safe_point=smallest.safe_point,
         )
+
+    @staticmethod
+    def _keyspace_id(request: Any) -> int:
+        """The keyspace id of a V2 GC request (``keyspace_id`` or ``keyspace_identity``)."""
+        if request.WhichOneof("keyspace") == "keyspace_identity":
+            return int(request.keyspace_identity.keyspace_id)
+        return int(request.keyspace_id)
+
+    def _gc_call(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except ClusterError as exc:  # an unknown keyspace: PD fails the call
+            raise _AbortError(grpc.StatusCode.UNKNOWN, str(exc)) from exc
+
+    def _rpc_get_gc_safe_point_v2(
+        self, request: pdpb_pb2.GetGCSafePointV2Request
+    ) -> pdpb_pb2.GetGCSafePointV2Response:
+        kid = self._keyspace_id(request)
+        safe_point = self._gc_call(lambda: self.cluster.gc_safe_point_of(kid))
+        return pdpb_pb2.GetGCSafePointV2Response(header=self._header(), safe_point=safe_point)
+
+    def _rpc_update_gc_safe_point_v2(
+        self, request: pdpb_pb2.UpdateGCSafePointV2Request
+    ) -> pdpb_pb2.UpdateGCSafePointV2Response:
+        kid = self._keyspace_id(request)
+        new = self._gc_call(lambda: self.cluster.update_gc_safe_point(request.safe_point, kid))
+        return pdpb_pb2.UpdateGCSafePointV2Response(header=self._header(), new_safe_point=new)
+
+    def _rpc_update_service_safe_point_v2(
+        self, request: pdpb_pb2.UpdateServiceSafePointV2Request
+    ) -> pdpb_pb2.UpdateServiceSafePointV2Response:
+        kid = self._keyspace_id(request)
+        service_id = request.service_id.decode("utf-8", "replace")
+        if not service_id:
+            return pdpb_pb2.UpdateServiceSafePointV2Response(
+                header=self._error_header(pdpb_pb2.UNKNOWN, "service id is empty")
+            )
+        smallest = self._gc_call(
+            lambda: self.cluster.update_service_safe_point(
+                service_id, request.ttl, request.safe_point, kid
+            )
+        )
+        return pdpb_pb2.UpdateServiceSafePointV2Response(
+            header=self._header(),
+            service_id=smallest.service_id.encode(),
+            ttl=smallest.expired_at - self.cluster.clock.now_s(),
+            min_safe_point=smallest.safe_point,
+        )
+
+    # ------------------------------------------------------------------ external timestamp
+
+    def _rpc_get_external_timestamp(
+        self, request: pdpb_pb2.GetExternalTimestampRequest
+    ) -> pdpb_pb2.GetExternalTimestampResponse:
+        return pdpb_pb2.GetExternalTimestampResponse(
+            header=self._header(), timestamp=self.cluster.external_ts
+        )
+
+    def _rpc_set_external_timestamp(
+        self, request: pdpb_pb2.SetExternalTimestampRequest
+    ) -> pdpb_pb2.SetExternalTimestampResponse:
+        try:
+            self.cluster.set_external_ts(request.timestamp)
+        except ValueError as exc:
+            return pdpb_pb2.SetExternalTimestampResponse(
+                header=self._error_header(pdpb_pb2.INVALID_VALUE, str(exc))
+            )
+        return pdpb_pb2.SetExternalTimestampResponse(header=self._header())
 
     # ------------------------------------------------------------------ keyspaces
 
