@@ -11,6 +11,7 @@ package calls.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -129,10 +130,16 @@ def connect_txn(
 ) -> TxnClientLike:
     """Connect a blocking transactional client to the PD ``endpoints``.
 
+    ``timeout`` bounds the connection when the installed client accepts one; otherwise
+    the client's own PD discovery deadline applies.
+
     Raises:
         TxnUnavailableError: ``tikv_txn.TransactionClient`` does not exist (yet).
 
     """
     cls = _txn_class()
-    client: TxnClientLike = cls.connect(list(endpoints), api_version=api_version, timeout=timeout)
+    kwargs: dict[str, Any] = {"api_version": api_version}
+    if timeout is not None and "timeout" in inspect.signature(cls.connect).parameters:
+        kwargs["timeout"] = timeout
+    client: TxnClientLike = cls.connect(list(endpoints), **kwargs)
     return client

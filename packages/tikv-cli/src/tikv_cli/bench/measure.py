@@ -54,6 +54,7 @@ __all__ = [
     "raw_key",
     "run_async",
     "run_threads",
+    "self_cpu",
     "summarize",
     "txn_key",
     "txn_write_key",
@@ -249,7 +250,8 @@ def cpu_seconds_of(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-def _self_cpu() -> tuple[float, float]:
+def self_cpu() -> tuple[float, float]:
+    """User and system CPU seconds this process has used so far (``getrusage``)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime, usage.ru_stime
 
@@ -300,7 +302,7 @@ class Window:
     def open(self) -> None:
         """Start the measurement window (after warm-up)."""
         self._server0 = cpu_seconds_of(self.server_pid) if self.server_pid else None
-        self._cpu0 = _self_cpu()
+        self._cpu0 = self_cpu()
         self.t0 = time.perf_counter()
         self.measuring = True
 
@@ -351,7 +353,7 @@ class Window:
     def result(self) -> dict[str, Any]:
         """The cell's figures (call after every worker finished)."""
         elapsed = time.perf_counter() - self.t0 if self.measuring else 0.0
-        user, sys_ = _self_cpu()
+        user, sys_ = self_cpu()
         cpu_user = user - self._cpu0[0]
         cpu_sys = sys_ - self._cpu0[1]
         cpu = cpu_user + cpu_sys

@@ -181,8 +181,7 @@ async def _txn_async_op(workload: str, client: Any, *, preload: bool) -> AsyncOp
                 try:
                     await _aw(txn.commit())
                 except WriteConflictError:
-                    await _aw(txn.rollback())
-                    continue
+                    continue  # a failed commit has rolled the transaction back
                 return attempt
             raise RuntimeError(f"no commit after {MAX_CONFLICT_RETRIES} write conflicts")
 
@@ -318,8 +317,7 @@ def _txn_sync_op(workload: str, client: Any, *, preload: bool) -> SyncOp:
                 try:
                     txn.commit()
                 except WriteConflictError:
-                    txn.rollback()
-                    continue
+                    continue  # a failed commit has rolled the transaction back
                 return attempt
             raise RuntimeError(f"no commit after {MAX_CONFLICT_RETRIES} write conflicts")
 
