@@ -1,4 +1,4 @@
-"""Transactions against the embedded cluster: CRUD, own writes, isolation, conflicts, 1PC, async commit.
+"""Transactions on the embedded cluster: CRUD, own writes, isolation, conflicts, 1PC, async commit.
 
 Every test uses its own key prefix inside a shared 3-store, 4-region cluster (regions
 split at first bytes 0x40 / 0x80 / 0xC0), so keys ``K(b"\\x10", ...)`` and
@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from tikv_mockstore import MockCluster
 from tikv_txn import (
+    AsyncTransaction,
     AsyncTransactionClient,
     KeyExistsError,
     TransactionClient,
@@ -44,7 +45,7 @@ def p() -> bytes:
     return b"t%04d/" % next(_ids)
 
 
-def K(first: bytes, p: bytes, name: bytes | str) -> bytes:  # noqa: N802 - reads like a key literal
+def K(first: bytes, p: bytes, name: bytes | str) -> bytes:
     """A test key in the region of ``first``."""
     return first + p + (name.encode() if isinstance(name, str) else name)
 
@@ -67,7 +68,7 @@ async def test_put_get_delete_round_trip(client: AsyncTransactionClient, p: byte
         txn.delete(keys[1])
         txn.put(keys[2], b"new")
     snap = client.snapshot(await client.current_timestamp())
-    assert await snap.batch_get(keys + [K(b"\x50", p, "nope")]) == {
+    assert await snap.batch_get([*keys, K(b"\x50", p, "nope")]) == {
         keys[0]: b"v0",
         keys[2]: b"new",
         keys[3]: b"v3",
@@ -217,10 +218,15 @@ async def test_context_manager_rolls_back_on_error(
     client: AsyncTransactionClient, p: bytes
 ) -> None:
     key = K(b"\x50", p, "cm")
-    with pytest.raises(RuntimeError, match="boom"):
+
+    async def body() -> AsyncTransaction:
         async with client.begin() as txn:
             txn.put(key, b"v")
-            raise RuntimeError("boom")
+            raise RuntimeError(txn)
+
+    with pytest.raises(RuntimeError) as info:
+        await body()
+    txn = info.value.args[0]
     assert txn.state == "rolled back"
     assert await client.snapshot(await client.current_timestamp()).get(key) is None
 
@@ -248,9 +254,9 @@ async def test_bad_input_is_refused_before_sending(
         await txn.scan(b"a", b"b", limit=0)
     with pytest.raises(ValueError, match="greater"):
         await txn.scan(b"b", b"a", limit=1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="positive"):
         client.snapshot(0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="pd_endpoints"):
         await AsyncTransactionClient.connect([])
     after = cluster.counters.snapshot()
     kv = {k: v for k, v in after.items() if k[0] != 0}
