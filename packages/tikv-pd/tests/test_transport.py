@@ -500,3 +500,20 @@ async def test_close_while_connecting_fails_the_batch_in_hand() -> None:
         await t.close()
         with pytest.raises(ClientClosedError):
             await asyncio.wait_for(waiter, 5)
+
+
+async def test_failed_dial_fails_the_requests_queued_behind_it() -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        addr = f"127.0.0.1:{silent.getsockname()[1]}"
+        async with Transport(_config(dial_timeout=0.5)) as t:
+            first = asyncio.ensure_future(t.send(addr, "RawGet", _get(b"k"), timeout=30))
+            await _poll(lambda: addr in t._stores and not t._stores[addr].queue, "the dial")
+            later = [
+                asyncio.ensure_future(t.send(addr, "RawGet", _get(b"k"), timeout=30))
+                for _ in range(20)
+            ]
+            results = await asyncio.gather(first, *later, return_exceptions=True)
+            assert all(isinstance(r, TransportError) and not r.sent for r in results)
+            assert t.stats.stream_failures == 1

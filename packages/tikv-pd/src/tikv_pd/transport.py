@@ -752,8 +752,13 @@ class _Store:
         if stream is None or stream.broken:
             opened = await self.open_stream(conn)
             if not isinstance(opened, _Stream):
-                # Nothing left the client: the batch fails unsent (safe to retry).
+                # Nothing left the client: the batch fails unsent (safe to retry). So do
+                # the requests queued behind it: they would only wait for another dial
+                # to the same unreachable address, while the pipeline can re-locate
+                # them (the region's leader may have moved off this store).
                 code = opened.code() if isinstance(opened, grpc.aio.AioRpcError) else None
+                batch.extend(self.queue)
+                self.queue.clear()
                 for entry in batch:
                     if self.unary_only:
                         entry.fail(_FallBackToUnaryError())
