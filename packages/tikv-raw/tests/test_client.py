@@ -6,15 +6,19 @@ double (``fake``) here; ``test_mockcluster.py`` runs the same kind of checks ove
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from _raw_fake_router import FakeRouter, crc64_xz
+from tikv_pd.backoff import Backoffer
 from tikv_pd.errors import ClientClosedError
 from tikv_raw import AsyncRawClient, Checksum
 from tikv_raw._requests import REVERSE_SCAN_UNBOUNDED_UPPER
+from tikv_raw._router import BuildForRange
 
 SPLITS = [b"b", b"d", b"f", b"h", b"k", b"m", b"p", b"s", b"v"]
 
@@ -464,3 +468,29 @@ async def test_prefix_range_scans_exactly_the_prefix(env: Env) -> None:
     assert await c.scan(*prefix_range(b"user:"), limit=10) == [(b"user:1", b"a"), (b"user:2", b"b")]
     assert prefix_range(b"\xff") == (b"\xff", None)
     assert (await c.checksum(*prefix_range(b"user:"))).total_kvs == 2
+
+
+async def test_batch_scan_failure_is_the_error_itself() -> None:
+    from tikv_raw import RawKVError
+
+    class FailingRouter(FakeRouter):
+        async def call_first_region(
+            self,
+            command: str,
+            start: bytes,
+            end: bytes,
+            build: BuildForRange,
+            *,
+            reverse: bool,
+            bo: Backoffer,
+        ) -> tuple[list[Any], tuple[bytes, bytes]]:
+            if start >= b"x":
+                raise RawKVError("RawScan", "boom")
+            await asyncio.sleep(0)
+            return await super().call_first_region(
+                command, start, end, build, reverse=reverse, bo=bo
+            )
+
+    c = AsyncRawClient(FailingRouter(SPLITS))
+    with pytest.raises(RawKVError, match="boom"):  # not an ExceptionGroup
+        await c.batch_scan([(b"a", b"b"), (b"x", None), (b"c", b"d")], each_limit=5)

@@ -805,7 +805,14 @@ class AsyncRawClient:
             async with gate:
                 return await self._scan(s, e, n, key_only=ko, reverse=rev)
 
-        return list(await asyncio.gather(*(one(s, e) for s, e in checked)))
+        # A TaskGroup cancels the other scans as soon as one fails (gather would leave
+        # them running in the background); the caller gets that failure itself.
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(one(s, e)) for s, e in checked]
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        return [t.result() for t in tasks]
 
     async def checksum(self, start: bytes = b"", end: bytes | None = None) -> Checksum:
         """Return the CRC64-XOR checksum, pair count and byte count of ``[start, end)``.
