@@ -790,6 +790,8 @@ class RequestSender:
         if bo is None:
             bo = Backoffer(call.budget_ms, operation=call.command)
         self.stats.backoffs += 1
+        # Error path only; the message is formatted only when DEBUG is enabled.
+        _log.debug("%s: backing off %s after %r", call.command, kind.name, error)
         try:
             await bo.backoff(kind, error)
         except BackoffTimeoutError as exc:
