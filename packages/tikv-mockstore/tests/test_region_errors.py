@@ -136,3 +136,13 @@ def test_region_pb_has_peers_and_epoch(cluster: MockCluster) -> None:
     pb = region.to_pb()
     assert pb.region_epoch == metapb_pb2.RegionEpoch(conf_ver=1, version=1)
     assert len(pb.peers) == 3
+
+
+def test_mismatch_peer_id(cluster: MockCluster, stubs: Stubs) -> None:
+    (region,) = cluster.regions()
+    ctx = context_for(region)
+    ctx.peer.id += 1000
+    resp = _get(stubs, 1, ctx, b"k")
+    mpi = resp.region_error.mismatch_peer_id
+    assert resp.region_error.HasField("mismatch_peer_id")
+    assert (mpi.request_peer_id, mpi.store_peer_id) == (ctx.peer.id, region.leader.id)  # type: ignore[union-attr]

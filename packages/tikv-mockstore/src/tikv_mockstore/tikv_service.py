@@ -10,10 +10,11 @@ completes, so it never holds up the other sub-requests.
 :class:`StoreScope` implements the checks TiKV runs before a command touches data, in TiKV's
 order (``components/raftstore/src/store/fsm/peer.rs`` ``pre_propose_raft_command`` and
 ``util.rs``): the request's peer must be on this store (StoreNotMatch), the region must have a
-peer here (RegionNotFound), this peer must lead (NotLeader, with the leader), the epoch version
-must match (EpochNotMatch with the current region and the regions split off it; ``conf_ver`` is
-not checked for reads and writes, ``NORMAL_REQ_CHECK_CONF_VER = false``), and every key must lie
-inside the region (KeyNotInRegion).
+peer here (RegionNotFound), the request must name that peer (MismatchPeerId), this peer must
+lead (NotLeader, with the leader), the epoch version must match (EpochNotMatch with the current
+region and the regions split off it; ``conf_ver`` is not checked for reads and writes,
+``NORMAL_REQ_CHECK_CONF_VER = false``), and every key must lie inside the region
+(KeyNotInRegion).
 """
 
 from __future__ import annotations
@@ -260,8 +261,17 @@ class StoreScope:
                     request_store_id=ctx.peer.store_id, actual_store_id=self._store_id
                 ),
             )
-        if region is None or region.peer_on(self._store_id) is None:
+        peer = region.peer_on(self._store_id) if region is not None else None
+        if region is None or peer is None:
             return _region_not_found(ctx.region_id)
+        if ctx.peer.id != peer.id:
+            # raftstore ``check_peer_id``: the request must name this store's peer.
+            return errorpb_pb2.Error(
+                message=f"mismatch peer id {ctx.peer.id} != {peer.id}",
+                mismatch_peer_id=errorpb_pb2.MismatchPeerId(
+                    request_peer_id=ctx.peer.id, store_peer_id=peer.id
+                ),
+            )
         # Replica and stale reads are served by followers (TiKV read index / safe ts).
         if region.leader_store_id != self._store_id and not (ctx.replica_read or ctx.stale_read):
             return _not_leader(region)
