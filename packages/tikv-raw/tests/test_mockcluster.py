@@ -444,3 +444,46 @@ async def test_merged_regions_and_whole_keyspace_delete(
     assert await client.scan(limit=10240) == []
     assert await client.scan(limit=10240, reverse=True) == []
     assert (await client.checksum()).total_kvs == 0
+
+
+async def test_unknown_keyspace_is_a_pd_error() -> None:
+    from tikv_raw import PDError
+
+    with MockCluster(stores=1, api_version=2) as cluster, pytest.raises(PDError):
+        await AsyncRawClient.connect(cluster.pd_endpoints, keyspace="no-such-keyspace")
+
+
+def test_unknown_keyspace_is_a_pd_error_sync() -> None:
+    from tikv_raw import PDError
+
+    with MockCluster(stores=1, api_version=2) as cluster, pytest.raises(PDError):
+        RawClient.connect(cluster.pd_endpoints, keyspace="no-such-keyspace")
+
+
+def test_sync_scan_iter_stops_early_and_threads_share_one_client(cluster: MockCluster) -> None:
+    import threading
+
+    with RawClient.connect(cluster.pd_endpoints) as c:
+        c.batch_put({b"i%05d" % i: b"v" for i in range(3000)})
+        it = c.scan_iter(b"i", b"j", page_size=100)
+        first = [next(it) for _ in range(150)]
+        it.close()
+        assert first == [(b"i%05d" % i, b"v") for i in range(150)]
+
+        errors: list[BaseException] = []
+
+        def work(n: int) -> None:
+            try:
+                for i in range(50):
+                    c.put(b"t%d-%03d" % (n, i), b"%d" % n)
+                    assert c.get(b"t%d-%03d" % (n, i)) == b"%d" % n
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert len(list(c.scan_iter(b"t", b"u"))) == 200
