@@ -57,6 +57,7 @@ from tikv_pd.backoff import PD_RPC, Backoffer
 from tikv_pd.channels import ChannelCache, parse_endpoint
 from tikv_pd.config import Config
 from tikv_pd.errors import ClientClosedError, PDError
+from tikv_pd.oracle import LOGICAL_BITS
 from tikv_pd.region_cache import Store, StoreState
 
 if TYPE_CHECKING:
@@ -65,7 +66,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_PD_RETRY_BUDGET_MS",
-    "LOGICAL_BITS",
     "MAX_TSO_RETRIES",
     "UPDATE_MEMBER_BACKOFF_BASE",
     "UPDATE_MEMBER_BACKOFF_MAX",
@@ -81,8 +81,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Bits of the logical part of a timestamp: ``ts = physical_ms << 18 | logical``.
-LOGICAL_BITS = 18
 _MAX_LOGICAL = 1 << LOGICAL_BITS
 
 #: Timeout of one GetMembers call during a refresh (tikv/pd UpdateMemberTimeout, 1 s);
