@@ -68,3 +68,11 @@ def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["serve", "--stores", "0"])
     assert "must be >= 1" in capsys.readouterr().err
+
+
+def test_split_flags_accumulate() -> None:
+    args = build_parser().parse_args(
+        ["serve", "--split-raw", "a", "b", "--split-raw", "c", "--split-txn", "x"]
+    )
+    assert args.split_raw == [b"a", b"b", b"c"]
+    assert args.split_txn == [b"x"]

@@ -72,12 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--stores", type=_positive, default=3, help="number of TiKV stores")
     serve.add_argument("--pd-members", type=_positive, default=1, help="number of PD members")
     serve.add_argument(
-        "--split-raw", type=parse_key, nargs="+", default=[], metavar="KEY", help="raw split keys"
+        "--split-raw",
+        type=parse_key,
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY",
+        help="raw split keys (repeatable)",
     )
     serve.add_argument(
         "--split-txn",
         type=parse_key,
         nargs="+",
+        action="extend",
         default=[],
         metavar="KEY",
         help="transactional split keys (memcomparable-encoded for region boundaries)",
