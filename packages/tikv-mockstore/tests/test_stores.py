@@ -125,3 +125,29 @@ def test_stopping_a_store_with_a_hanging_request() -> None:
             call.result(timeout=10)
         fault.release()
         cluster.restart_store(1)
+
+
+def test_stopping_the_pd_leader_elects_another() -> None:
+    with MockCluster(stores=1, pd_members=3) as cluster, Stubs(cluster) as stubs:
+        old_address = cluster.pd_address
+        stopped = cluster.stop_pd()
+        assert stopped.client_url == f"http://{old_address}"
+        assert cluster.pd_address != old_address
+        with pytest.raises(grpc.RpcError) as err:
+            stubs.pd(old_address).GetMembers(pdpb_pb2.GetMembersRequest(), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        follower = next(
+            a for a in cluster.pd_endpoints if a not in (old_address, cluster.pd_address)
+        )
+        members = stubs.pd(follower).GetMembers(pdpb_pb2.GetMembersRequest())
+        assert members.leader.client_urls == [f"http://{cluster.pd_address}"]
+        region = stubs.pd().GetRegion(
+            pdpb_pb2.GetRegionRequest(header=stubs.header(), region_key=b"")
+        )
+        assert region.HasField("region")
+        cluster.restart_pd(stopped.member_id)
+        again = stubs.pd(old_address).GetMembers(
+            pdpb_pb2.GetMembersRequest(), timeout=10, wait_for_ready=True
+        )
+        assert again.leader.member_id != stopped.member_id
+        assert len(cluster.pd_members()) == 3

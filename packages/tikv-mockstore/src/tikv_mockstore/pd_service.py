@@ -88,6 +88,11 @@ class PdServer:
         """``host:port`` of this member."""
         return f"{self.host}:{self.port}"
 
+    @property
+    def running(self) -> bool:
+        """Whether the member is serving."""
+        return self._server is not None
+
     def start(self, port: int = 0) -> int:
         """Bind and serve; registers the member with the cluster the first time."""
         if self._server is not None:

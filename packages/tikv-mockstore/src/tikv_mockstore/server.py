@@ -5,7 +5,8 @@ on the shared state directly. With ``process=True`` the cluster runs in a child 
 with the ``spawn`` method, so a benchmark's client and the servers do not share a GIL; the
 control API is proxied over a pipe. Proxied: the region and store operations (``split``,
 ``merge``, ``transfer_leader``, ``add_peer``, ``remove_peer``, ``add_store``, ``stop_store``,
-``restart_store``, ``remove_store``), ``move_pd_leader``, ``create_keyspace``, lookups
+``restart_store``, ``remove_store``), the PD members (``move_pd_leader``, ``stop_pd``,
+``restart_pd``, ``pd_members``), ``create_keyspace``, lookups
 (``regions``, ``region``, ``region_by_key``, ``stores``, ``current_ts``, ``gc_safe_point``),
 the clock (``clock.now_ms / advance / set / freeze / unfreeze``), fault injection
 (``faults.add`` returns a handle with ``release`` / ``remove`` / ``hits``; ``faults.clear``)
@@ -302,6 +303,24 @@ class MockCluster:
         result: PdMember = self._call("move_pd_leader", member_id)
         return result
 
+    def pd_members(self) -> list[PdMember]:
+        """The PD members (name, member id, client URL)."""
+        result: list[PdMember] = self._call("pd_members")
+        return result
+
+    def stop_pd(self, member_id: int | None = None) -> PdMember:
+        """Stop a PD member's server (default: the leader); its port refuses connections.
+
+        When it led, another running member becomes the leader, as an election would.
+        Returns the stopped member.
+        """
+        result: PdMember = self._call("stop_pd", member_id)
+        return result
+
+    def restart_pd(self, member_id: int) -> None:
+        """Restart a stopped PD member on its port (as a follower)."""
+        self._call("restart_pd", member_id)
+
     def create_keyspace(self, name: str) -> Keyspace:
         """Create a keyspace (ids from 1; ``DEFAULT`` is 0) and split at its v2 bounds."""
         result: Keyspace = self._call("create_keyspace", name)
@@ -434,6 +453,35 @@ class _LocalCluster:
             self.cluster.remove_store(store_id)
             server.stop(None)
 
+    def _pd(self, member_id: int | None) -> PdServer:
+        if member_id is None:
+            leader = self.cluster.pd_leader()
+            member_id = leader.member_id if leader is not None else None
+        for pd in self.pd_servers:
+            if pd.member_id == member_id:
+                return pd
+        raise ClusterError(f"PD member {member_id} does not exist")
+
+    def stop_pd(self, member_id: int | None) -> PdMember:
+        with self._mu:
+            pd = self._pd(member_id)
+            pd.stop(None)
+            if self.cluster.is_pd_leader(pd.member_id):
+                running = [p for p in self.pd_servers if p.running]
+                if running:
+                    self.cluster.move_pd_leader(running[0].member_id)
+            return next(m for m in self.cluster.pd_members() if m.member_id == pd.member_id)
+
+    def restart_pd(self, member_id: int) -> None:
+        with self._mu:
+            pd = self._pd(member_id)
+            if not pd.running:
+                pd.start(pd.port)
+            if not any(
+                p.running and self.cluster.is_pd_leader(p.member_id) for p in self.pd_servers
+            ):
+                self.cluster.move_pd_leader(pd.member_id)
+
     def _server(self, store_id: int) -> StoreServer:
         server = self.store_servers.get(store_id)
         if server is None:
@@ -476,6 +524,12 @@ def _run_op(local: _LocalCluster, op: str, args: tuple[Any, ...], kwargs: dict[s
         return c.pd_leader()
     if op == "move_pd_leader":
         return c.move_pd_leader(*args)
+    if op == "pd_members":
+        return c.pd_members()
+    if op == "stop_pd":
+        return local.stop_pd(*args)
+    if op == "restart_pd":
+        return local.restart_pd(*args)
     if op == "create_keyspace":
         return c.create_keyspace(*args)
     if op == "current_ts":
