@@ -304,3 +304,26 @@ async def test_cas_increments_under_churn_are_applied_exactly_once(stack: Stack)
         assert await stack.get(key) == b"%d" % successes[key]
         assert successes[key] == 45
     assert stack.sender.stats.region_errors  # the churn was seen
+
+
+async def test_store_restart_is_survived_by_retrying_until_it_is_back() -> None:
+    # The leader's store stops without handing its leaders over: requests fail unsent
+    # (connection refused), back off tikvRPC and re-locate; once the store is back on
+    # the same port, the transport dials it again and the requests complete.
+    with MockCluster(stores=1) as cluster:
+        s = await _stack(cluster, Config(pd_timeout=2.0, dial_timeout=2.0))
+        try:
+            await s.put(b"k", b"v")
+            store_id = cluster.stores()[0].id
+            cluster.stop_store(store_id, move_leaders=False)
+            pending = asyncio.ensure_future(s.get(b"k"))
+            deadline = asyncio.get_running_loop().time() + 20
+            while s.sender.stats.send_failures < 2:  # poll: it is failing and retrying
+                assert not pending.done(), pending
+                assert asyncio.get_running_loop().time() < deadline, "no retries seen"
+                await asyncio.sleep(0.01)
+            await asyncio.to_thread(cluster.restart_store, store_id)
+            assert await asyncio.wait_for(pending, 30) == b"v"
+            assert s.sender.stats.backoffs >= 2
+        finally:
+            await _close(s)
