@@ -148,6 +148,10 @@ async def _poll(cond: Callable[[], bool], what: str, deadline_s: float = 5.0) ->
         await asyncio.sleep(0.01)
 
 
+def _our_tasks() -> list[asyncio.Task[Any]]:
+    return [x for x in asyncio.all_tasks() if x.get_name().startswith("tikv-") and not x.done()]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -279,6 +283,10 @@ async def test_stream_broken_mid_batch_fails_each_inflight_request_once(
         # The next request re-establishes the stream.
         assert (await t.send(addr, "RawGet", _get(b"warm"))).value == b"up"
         assert t.stats.streams_opened >= 2
+        # Only the live stream's receiver and the sender remain; close ends them too.
+        ours = sorted(x.get_name().split("-")[2] for x in _our_tasks())
+        assert ours == ["recv", "send"]
+    assert _our_tasks() == []
 
 
 async def test_store_down_fails_unsent(batch_server: Server) -> None:
