@@ -26,6 +26,7 @@ __all__ = [
     "TXN_COMMANDS",
     "ArgParser",
     "add_kv_commands",
+    "check_kv_args",
     "run_raw",
     "run_txn",
 ]
@@ -145,6 +146,29 @@ def add_kv_commands(
         group.add_argument(
             "--expect-absent", action="store_true", help="swap only if KEY does not exist"
         )
+
+
+_BYTE_ARGS = {
+    "key": "key",
+    "value": "value",
+    "start": "start",
+    "end": "end",
+    "new": "new value",
+    "expected": "expected value",
+}
+
+
+def check_kv_args(args: argparse.Namespace) -> None:
+    """Parse every key / value argument of ``args`` once, before connecting to anything.
+
+    Raises:
+        UsageError: A key or value is not valid hex (``--hex``) or not encodable.
+
+    """
+    for name, what in _BYTE_ARGS.items():
+        text = getattr(args, name, None)
+        if isinstance(text, str):
+            parse_bytes(text, hex_input=args.hex, what=what)
 
 
 def _key(args: argparse.Namespace, name: str = "key") -> bytes:

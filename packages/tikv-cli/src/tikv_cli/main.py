@@ -155,9 +155,10 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return run_demo(endpoints, api_version=args.api_version, timeout=args.timeout, out=out)
     if command == "raw":
         from tikv_cli._clients import connect_raw
-        from tikv_cli.commands import run_raw
+        from tikv_cli.commands import check_kv_args, run_raw
 
         endpoints = _endpoints(args)
+        check_kv_args(args)
         with connect_raw(
             endpoints,
             api_version=args.api_version,
@@ -167,9 +168,10 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             return run_raw(client, args, out, err)
     if command == "txn":
         from tikv_cli._clients import connect_txn
-        from tikv_cli.commands import run_txn
+        from tikv_cli.commands import check_kv_args, run_txn
 
         endpoints = _endpoints(args)
+        check_kv_args(args)
         with connect_txn(endpoints, api_version=args.api_version, timeout=args.timeout) as tc:
             txn = tc.begin()
             try:

@@ -170,7 +170,8 @@ def _cell_command(
     argv += ["--client", client, "--workload", workload, "--concurrency", str(level)]
     argv += ["--duration", str(plan.duration), "--pd", ",".join(endpoints)]
     argv += ["--server-pid", str(server_pid)]
-    if plan.warmup is not None:
+    if plan.warmup is not None and WORKLOADS[workload].warmup > 0:
+        # A workload without warm-up (one operation may outlast the window) keeps none.
         argv += ["--warmup", str(plan.warmup)]
     if preload:
         argv.append("--preload")

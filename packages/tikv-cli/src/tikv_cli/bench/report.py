@@ -89,6 +89,8 @@ def _order(workload: str) -> int:
 def _num(value: Any, digits: int = 1) -> str:
     if value is None:
         return "—"
+    if 0 < abs(value) < 10 and digits < 3:
+        digits = 3  # e.g. 0.213 ops/s of a large transaction
     return f"{value:,.{digits}f}"
 
 
@@ -227,7 +229,7 @@ def write_chart(path: Path, results: Sequence[dict[str, Any]]) -> str | None:
         ax.set_xticklabels([f"c={level}" for level in levels])
         ax.set_title(WORKLOADS[workload].title, fontsize=10)
         ax.set_ylabel("ops/s")
-        ax.set_yscale("log")
+        ax.set_ylim(bottom=0)
         ax.grid(axis="y", alpha=0.3)
     for index in range(len(workloads), rows * cols):
         axes[index // cols][index % cols].axis("off")
