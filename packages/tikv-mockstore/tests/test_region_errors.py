@@ -146,3 +146,13 @@ def test_mismatch_peer_id(cluster: MockCluster, stubs: Stubs) -> None:
     mpi = resp.region_error.mismatch_peer_id
     assert resp.region_error.HasField("mismatch_peer_id")
     assert (mpi.request_peer_id, mpi.store_peer_id) == (ctx.peer.id, region.leader.id)  # type: ignore[union-attr]
+
+
+def test_followers_serve_replica_reads_but_not_writes(cluster: MockCluster, stubs: Stubs) -> None:
+    (region,) = cluster.regions()
+    ctx = context_for(region, store_id=2)
+    ctx.replica_read = True
+    read = stubs.tikv(2).RawGet(kvrpcpb_pb2.RawGetRequest(context=ctx, key=b"k"))
+    assert not read.HasField("region_error")
+    write = stubs.tikv(2).RawPut(kvrpcpb_pb2.RawPutRequest(context=ctx, key=b"k", value=b"v"))
+    assert write.region_error.not_leader.leader.store_id == region.leader_store_id

@@ -19,6 +19,7 @@ region and the regions split off it; ``conf_ver`` is not checked for reads and w
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import itertools
 import logging
@@ -40,6 +41,7 @@ from tikv_mockstore.handlers import HANDLERS
 __all__ = [
     "API_VERSION_NAMES",
     "GRPC_SERVER_OPTIONS",
+    "READ_COMMANDS",
     "StoreScope",
     "StoreServer",
     "build_region_error",
@@ -272,8 +274,13 @@ class StoreScope:
                     request_peer_id=ctx.peer.id, store_peer_id=peer.id
                 ),
             )
-        # Replica and stale reads are served by followers (TiKV read index / safe ts).
-        if region.leader_store_id != self._store_id and not (ctx.replica_read or ctx.stale_read):
+        # Replica and stale reads are served by followers (TiKV read index / safe ts), but
+        # only for read commands: raftstore allows a follower when the request is read-only
+        # and asks for replica read (``allow_replica_read = read_only && replica_read``).
+        follower_ok = (ctx.replica_read or ctx.stale_read) and (
+            _CURRENT_COMMAND.get() in READ_COMMANDS
+        )
+        if region.leader_store_id != self._store_id and not follower_ok:
             return _not_leader(region)
         if not ctx.HasField("region_epoch"):
             return errorpb_pb2.Error(message="missing epoch!")
@@ -552,6 +559,7 @@ class StoreServer:
             raise _AbortError(
                 grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by tikv-mockstore"
             )
+        token = _CURRENT_COMMAND.set(command)
         try:
             return fn(self.scope, request)
         except _AbortError:
@@ -561,6 +569,8 @@ class StoreServer:
             raise _AbortError(
                 grpc.StatusCode.INTERNAL, f"{command} handler failed: {exc!r}"
             ) from exc
+        finally:
+            _CURRENT_COMMAND.reset(token)
 
     def _fault_response(
         self, method: str, outcome: FaultOutcome, ctx: kvrpcpb_pb2.Context | None
@@ -608,6 +618,27 @@ class _DropStreamError(_AbortError):
 
 
 _END = object()
+
+#: Commands TiKV serves from a snapshot on the read path, so that a follower may serve them
+#: for replica / stale reads (``src/server/service/kv.rs`` read-pool commands).
+READ_COMMANDS = frozenset(
+    {
+        "Get",
+        "BatchGet",
+        "Scan",
+        "BufferBatchGet",
+        "Coprocessor",
+        "RawGet",
+        "RawBatchGet",
+        "RawScan",
+        "RawBatchScan",
+        "RawGetKeyTTL",
+        "RawChecksum",
+    }
+)
+
+#: The command the current thread is serving (set by the dispatcher for the region checks).
+_CURRENT_COMMAND: contextvars.ContextVar[str] = contextvars.ContextVar("command", default="")
 
 #: TiKV's default ``server.health-feedback-interval``.
 _FEEDBACK_INTERVAL_S = 1.0
