@@ -11,7 +11,7 @@ import pytest
 from tikv_mockstore import MockCluster
 from tikv_mockstore.faults import FaultInjector
 from tikv_mockstore.testing import Stubs, context_for
-from tikv_proto import kvrpcpb_pb2, pdpb_pb2, tikvpb_pb2
+from tikv_proto import errorpb_pb2, kvrpcpb_pb2, pdpb_pb2, tikvpb_pb2
 
 
 @pytest.fixture
@@ -199,3 +199,13 @@ def test_counters_and_last_context(cluster: MockCluster, stubs: Stubs) -> None:
     assert snap[(ctx.peer.store_id, "RawPut")] == 1
     stubs.pd().GetMembers(pdpb_pb2.GetMembersRequest())
     assert cluster.counters.count("GetMembers", store=0) == 1
+
+
+def test_custom_region_error(cluster: MockCluster, stubs: Stubs) -> None:
+    busy = errorpb_pb2.Error(
+        message="busy", server_is_busy=errorpb_pb2.ServerIsBusy(reason="r", estimated_wait_ms=80)
+    )
+    cluster.faults.add("RawGet", region_error=busy, times=1)
+    assert _get(stubs).region_error == busy
+    with pytest.raises(ValueError, match="one error field"):
+        cluster.faults.add("RawGet", region_error=errorpb_pb2.Error(message="nothing"))

@@ -115,6 +115,7 @@ class Fault:
     delay_s: float
     hang: bool
     drop_stream: bool
+    custom_error: bytes | None = None
     hits: int = 0
     _released: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -137,6 +138,7 @@ class FaultOutcome:
     status: grpc.StatusCode | None
     message: str
     drop_stream: bool
+    custom_error: bytes | None = None
 
 
 class FaultInjector:
@@ -156,7 +158,7 @@ class FaultInjector:
         *,
         store: int | None = None,
         region: int | None = None,
-        region_error: str | None = None,
+        region_error: str | errorpb_pb2.Error | None = None,
         status: grpc.StatusCode | int | str | None = None,
         message: str = "injected by tikv-mockstore",
         times: int | None = None,
@@ -170,13 +172,22 @@ class FaultInjector:
         ``method`` — a gRPC method or command name (``None``: every TiKV method); ``store`` /
         ``region`` — restrict to a store id / the request context's region id; ``region_error``
         — an ``errorpb.Error`` field name such as ``"not_leader"``, ``"server_is_busy"``,
-        ``"epoch_not_match"``; ``status`` — fail the call with this gRPC status instead;
+        ``"epoch_not_match"`` (filled from the cluster's state), or a whole ``errorpb.Error``
+        sent as given (e.g. ``ServerIsBusy`` with ``estimated_wait_ms``); ``status`` — fail
+        the call with this gRPC status instead;
         ``times`` — fire this many times (``None``: always); ``probability`` — chance that a
         matching request fires it; ``delay`` — seconds to wait first; ``hang`` — block until
         :meth:`Fault.release`; ``drop_stream`` — abort the call (for BatchCommands: the whole
         stream) with UNAVAILABLE, as a dropped connection looks to a client.
         """
         norm = method_name(method) if method is not None else None
+        custom: bytes | None = None
+        if isinstance(region_error, errorpb_pb2.Error):
+            kinds = [f.name for f, _ in region_error.ListFields() if f.message_type is not None]
+            if not kinds:
+                raise ValueError("a custom region error must set one error field")
+            custom = region_error.SerializeToString()
+            region_error = kinds[0]
         code = _status_code(status)
         if region_error is not None and region_error not in REGION_ERROR_KINDS:
             raise ValueError(
@@ -214,6 +225,7 @@ class FaultInjector:
                 float(delay),
                 hang,
                 drop_stream,
+                custom,
             )
             self._faults[fault.id] = fault
             return fault
@@ -315,7 +327,12 @@ class FaultInjector:
                         self._hanging -= 1
             if fault.region_error or fault.status or fault.drop_stream:
                 outcome = FaultOutcome(
-                    fault.id, fault.region_error, fault.status, fault.message, fault.drop_stream
+                    fault.id,
+                    fault.region_error,
+                    fault.status,
+                    fault.message,
+                    fault.drop_stream,
+                    fault.custom_error,
                 )
         return outcome
 

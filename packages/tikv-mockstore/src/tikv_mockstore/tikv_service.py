@@ -583,6 +583,9 @@ class StoreServer:
         resp = _RESPONSE_TYPES[method]()
         if "region_error" not in resp.DESCRIPTOR.fields_by_name:
             raise _AbortError(grpc.StatusCode.UNAVAILABLE, outcome.message)
+        if outcome.custom_error is not None:
+            resp.region_error.MergeFromString(outcome.custom_error)
+            return resp
         err = build_region_error(
             outcome.region_error,
             self.cluster,
