@@ -447,3 +447,15 @@ def test_check_order_reads_vs_writes(stubs: Stubs, cluster: MockCluster) -> None
     # raw_put checks the TTL before the cf.
     ttl = stub.RawPut(kvrpcpb_pb2.RawPutRequest(context=ctx, key=b"a", value=b"v", cf="bad", ttl=3))
     assert ttl.error == "ttl is not enabled, but get put request with ttl"
+
+
+def test_split_region_checks_conf_ver(stubs: Stubs, cluster: MockCluster) -> None:
+    region = cluster.region_by_key(b"e")
+    assert region is not None
+    ctx = context_for(region)
+    ctx.region_epoch.conf_ver += 1
+    resp = stubs.tikv(region.leader_store_id).SplitRegion(
+        kvrpcpb_pb2.SplitRegionRequest(context=ctx, split_keys=[b"e5"], is_raw_kv=True)
+    )
+    assert resp.region_error.epoch_not_match.current_regions[0].id == region.id
+    assert cluster.region_by_key(b"e5") == region

@@ -705,6 +705,12 @@ def split_region(
     cluster = scope.cluster
     boundary_keys = [encode_bytes(k) if encoded else k for k in keys]
     region = cluster.region_by_id(req.context.region_id)
+    if region is not None and req.context.region_epoch.conf_ver != region.conf_ver:
+        # An admin split checks conf_ver as well as version (raftstore
+        # ``admin_cmd_epoch_lookup``: BatchSplit checks both).
+        resp.region_error.message = f"epoch of region {region.id} changed: conf_ver differs"
+        resp.region_error.epoch_not_match.current_regions.append(region.to_pb())
+        return resp
     if region is not None and region.start_key in boundary_keys:
         resp.errors.add(abort=f"invalid split key: {region.start_key!r} is the region start")
         return resp
