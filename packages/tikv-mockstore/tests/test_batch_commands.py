@@ -258,3 +258,22 @@ def test_store_safe_ts_stays_below_prewrite_locks(cluster: MockCluster, stubs: S
         kvrpcpb_pb2.BatchRollbackRequest(context=ctx, start_version=start_ts, keys=[b"safe-ts"])
     )
     assert stubs.tikv(1).GetStoreSafeTS(kvrpcpb_pb2.StoreSafeTSRequest()).safe_ts > start_ts
+
+
+def test_cancelled_stream_releases_its_threads(cluster: MockCluster, stubs: Stubs) -> None:
+    import time
+
+    def readers() -> int:
+        return sum(1 for t in threading.enumerate() if t.name.endswith("-batch"))
+
+    before = readers()
+    stream = Stream(stubs, 1)
+    stream.send([(1, "Empty", tikvpb_pb2.BatchCommandsEmptyRequest(test_id=1))])
+    assert stream.recv() == {1: tikvpb_pb2.BatchCommandsEmptyResponse(test_id=1)}
+    assert readers() == before + 1
+    stream._call.cancel()
+    deadline = time.monotonic() + 10
+    while readers() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert readers() == before
+    stream._q.put(None)
