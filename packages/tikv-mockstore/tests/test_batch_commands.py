@@ -271,7 +271,7 @@ def test_cancelled_stream_releases_its_threads(cluster: MockCluster, stubs: Stub
     stream.send([(1, "Empty", tikvpb_pb2.BatchCommandsEmptyRequest(test_id=1))])
     assert stream.recv() == {1: tikvpb_pb2.BatchCommandsEmptyResponse(test_id=1)}
     assert readers() == before + 1
-    stream._call.cancel()
+    stream._call.cancel()  # type: ignore[no-untyped-call]
     deadline = time.monotonic() + 10
     while readers() > before and time.monotonic() < deadline:
         time.sleep(0.01)
