@@ -16,7 +16,6 @@ Behaviour follows PD's ``server/grpc_service.go``, ``server/gc_service.go``,
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -25,13 +24,11 @@ from typing import Any
 import grpc
 from tikv_proto import keyspacepb_pb2, metapb_pb2, pdpb_pb2
 
-from tikv_mockstore.cluster import TSO_LOGICAL_BITS, Cluster, ClusterError, Region
+from tikv_mockstore.cluster import Cluster, ClusterError, Region
 from tikv_mockstore.faults import Counters, FaultInjector
 from tikv_mockstore.tikv_service import GRPC_SERVER_OPTIONS
 
 __all__ = ["PdServer"]
-
-_log = logging.getLogger(__name__)
 
 _ERR_GENERATE_TS = "[PD:tso:ErrGenerateTimestamp]generate timestamp failed, {}"
 
@@ -611,11 +608,3 @@ class PdServer:
         return keyspacepb_pb2.GetAllKeyspacesResponse(
             header=self._header(), keyspaces=[k.to_pb() for k in found]
         )
-
-
-def tso_to_int(physical: int, logical: int) -> int:
-    """Compose a TSO integer (``physical << 18 | logical``)."""
-    return physical << TSO_LOGICAL_BITS | logical
-
-
-_ = _log

@@ -20,7 +20,7 @@ from typing import Any
 
 from tikv_proto import errorpb_pb2, kvrpcpb_pb2
 
-from tikv_mockstore._codec import encode_bytes
+from tikv_mockstore._codec import decode_bytes_lenient, encode_bytes
 from tikv_mockstore._sorted import SortedDict
 from tikv_mockstore.handlers import StoreScope, handler
 
@@ -669,19 +669,13 @@ def unsafe_destroy_range(
         return resp
     lo, hi = encode_bytes(start), encode_bytes(end)
     if _encoded(scope):
-        scope.raw.destroy_where(lambda k: encode_bytes(k) < hi, _first_key_at_or_above(lo))
+        scope.raw.destroy_where(lambda k: encode_bytes(k) < hi, decode_bytes_lenient(lo))
     else:
         scope.raw.destroy_where(lambda k: k < hi, lo)
     engine = scope.engine
     if engine is not None:
         engine.unsafe_destroy_range(start, end)
     return resp
-
-
-def _first_key_at_or_above(encoded: bytes) -> bytes:
-    from tikv_mockstore._codec import decode_bytes_lenient
-
-    return decode_bytes_lenient(encoded)
 
 
 @handler("SplitRegion")

@@ -31,7 +31,7 @@ from concurrent import futures
 from typing import Any
 
 import grpc
-from tikv_proto import errorpb_pb2, kvrpcpb_pb2, metapb_pb2, tikvpb_pb2
+from tikv_proto import errorpb_pb2, kvrpcpb_pb2, tikvpb_pb2
 
 from tikv_mockstore._codec import decode_bytes_lenient, encode_bytes
 from tikv_mockstore.cluster import Cluster, Region
@@ -847,8 +847,3 @@ class _BatchStream:
 
 
 _METHOD_OF_BATCH = {c: m for m, c in COMMAND_OF_METHOD.items() if m not in ("BatchCommands",)}
-
-
-def region_to_pb(region: Region) -> metapb_pb2.Region:
-    """The ``metapb.Region`` of ``region`` (convenience for handlers)."""
-    return region.to_pb()
