@@ -1,0 +1,239 @@
+"""The lock resolver against the embedded cluster (client-go ``txnlock/lock_resolver.go`` rules).
+
+Locks are left by transactions stopped half-way through their commit (the committer's
+steps run one by one); a second client meets them and must settle them: lite or
+whole-region resolution, the status cache, TxnNotFound handling, async-commit recovery
+through the secondaries, and GC's batch resolution.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from tikv_mockstore import MockCluster
+from tikv_pd.backoff import Backoffer
+from tikv_pd.config import Config, TransactionOptions
+from tikv_pd.errors import LockInfo, TxnError
+from tikv_txn import AsyncTransactionClient
+from tikv_txn.committer import TwoPhaseCommitter
+from tikv_txn.lock_resolver import RESOLVED_CACHE_SIZE
+from tikv_txn.policy import TxnStatus
+
+_ids = itertools.count()
+FIRST_BYTES = (b"\x10", b"\x50", b"\x90", b"\xd0")
+NO_HANG = 60.0
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[MockCluster]:
+    with MockCluster(stores=3, regions=4) as mock:
+        yield mock
+
+
+@pytest.fixture
+async def client(cluster: MockCluster) -> AsyncIterator[AsyncTransactionClient]:
+    async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as c:
+        yield c
+
+
+@pytest.fixture
+async def reader(cluster: MockCluster) -> AsyncIterator[AsyncTransactionClient]:
+    async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as c:
+        yield c
+
+
+@pytest.fixture
+def p() -> bytes:
+    return b"r%04d/" % next(_ids)
+
+
+def locks_of_prefix(cluster: MockCluster, p: bytes) -> list[bytes]:
+    return sorted(lock.key for lock in cluster.engine.scan_lock(2**63 - 1) if p in lock.key)
+
+
+async def prepared(
+    client: AsyncTransactionClient,
+    keys: list[bytes],
+    value: bytes = b"new",
+    options: TransactionOptions | None = None,
+) -> TwoPhaseCommitter:
+    txn = await client.begin(options)
+    for key in keys:
+        txn.put(key, value)
+    committer = txn._new_committer()
+    assert await committer.prepare()
+    return committer
+
+
+async def seed(client: AsyncTransactionClient, keys: list[bytes]) -> None:
+    async with client.begin() as txn:
+        for key in keys:
+            txn.put(key, b"old")
+    assert await client.runtime.wait_background(NO_HANG)
+
+
+async def expire(cluster: MockCluster, client: AsyncTransactionClient) -> None:
+    cluster.clock.advance(60_000)
+    await client.current_timestamp()
+
+
+async def test_lite_resolve_touches_only_the_read_key_and_caches_the_status(
+    client: AsyncTransactionClient, reader: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    primary = b"\x10" + p + b"primary"
+    others = [b"\x90" + p + b"%02d" % i for i in range(10)]
+    committer = await prepared(client, [primary, *others])
+    await committer.prewrite()
+    await committer.get_commit_ts()
+    await committer.commit_primary()
+    assert locks_of_prefix(cluster, p) == sorted(others)
+    snap = reader.snapshot(await reader.current_timestamp())
+    assert await asyncio.wait_for(snap.get(others[0]), NO_HANG) == b"new"
+    # Small transaction (txn_size < 512): only the key that was read is resolved.
+    assert locks_of_prefix(cluster, p) == sorted(others[1:])
+    stats = reader.runtime.resolver.stats
+    checks = stats["check_txn_status"]
+    assert await asyncio.wait_for(snap.get(others[1]), NO_HANG) == b"new"
+    # The committed status was cached: no second CheckTxnStatus.
+    assert stats["check_txn_status"] == checks
+    assert stats["cache_hits"] >= 1
+    cached = reader.runtime.resolver.cached_status(committer.start_ts)
+    assert cached is not None
+    assert cached.commit_ts == committer.commit_ts
+
+
+async def test_region_resolve_cleans_every_lock_of_the_txn_in_the_region(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    config = Config(resolve_lock_lite_threshold=0)  # never lite
+    primary = b"\x10" + p + b"primary"
+    others = [b"\x90" + p + b"%02d" % i for i in range(10)]
+    committer = await prepared(client, [primary, *others])
+    await committer.prewrite()
+    await committer.get_commit_ts()
+    await committer.commit_primary()
+    async with await AsyncTransactionClient.connect(cluster.pd_endpoints, config=config) as r:
+        snap = r.snapshot(await r.current_timestamp())
+        assert await asyncio.wait_for(snap.get(others[3]), NO_HANG) == b"new"
+        assert locks_of_prefix(cluster, p) == []
+        assert r.runtime.resolver.stats["resolve_lock"] == 1
+        assert await snap.batch_get(others) == dict.fromkeys(others, b"new")
+
+
+async def test_status_cache_is_bounded(client: AsyncTransactionClient) -> None:
+    resolver = client.runtime.resolver
+    for txn in range(1, RESOLVED_CACHE_SIZE + 101):
+        resolver._save_resolved(txn, TxnStatus(commit_ts=txn + 1))
+    assert resolver.cached_status(1) is None
+    assert resolver.cached_status(100) is None
+    assert resolver.cached_status(101) is not None
+    assert len(resolver._resolved) == RESOLVED_CACHE_SIZE
+    # Undetermined statuses are never cached.
+    resolver._save_resolved(10**9, TxnStatus(ttl=3000))
+    assert resolver.cached_status(10**9) is None
+
+
+async def test_secondary_without_primary_is_rolled_back_once_expired(
+    client: AsyncTransactionClient, reader: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    keys = [b"\x10" + p + b"a", b"\xd0" + p + b"b"]
+    await seed(client, keys)
+    committer = await prepared(client, keys)
+    # Prewrite the secondary only: the primary lock never reaches TiKV (client crash).
+    bo = Backoffer(10_000)
+    await committer._run_batches(committer.batches[1:], lambda b: committer._prewrite_batch(b, bo))
+    assert locks_of_prefix(cluster, p) == [keys[1]]
+    await expire(cluster, reader)
+    snap = reader.snapshot(await reader.current_timestamp())
+    assert await asyncio.wait_for(snap.get(keys[1]), NO_HANG) == b"old"
+    assert locks_of_prefix(cluster, p) == []
+    status = reader.runtime.resolver.cached_status(committer.start_ts)
+    assert status is not None
+    assert status.is_rolled_back
+    # The rollback record protects against the late primary prewrite.
+    with pytest.raises(TxnError):
+        await committer._prewrite_batch(committer.batches[0], Backoffer(10_000))
+
+
+async def test_async_commit_recovery_commits_when_every_secondary_is_locked(
+    client: AsyncTransactionClient, reader: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    keys = [f + p + b"ac" for f in FIRST_BYTES]
+    await seed(client, keys)
+    committer = await prepared(client, keys, options=TransactionOptions(async_commit=True))
+    assert committer.async_commit
+    await committer.prewrite()  # then the client dies: no commit RPC at all
+    assert committer.async_commit, "TiKV accepted async commit"
+    assert locks_of_prefix(cluster, p) == sorted(keys)
+    await expire(cluster, reader)
+    snap = reader.snapshot(await reader.current_timestamp())
+    # Reading any one key settles the whole transaction through CheckSecondaryLocks.
+    assert await asyncio.wait_for(snap.get(keys[2]), NO_HANG) == b"new"
+    assert reader.runtime.resolver.stats["check_secondary_locks"] >= 1
+    assert locks_of_prefix(cluster, p) == []
+    status = reader.runtime.resolver.cached_status(committer.start_ts)
+    assert status is not None
+    assert status.commit_ts == committer.min_commit_ts
+    assert await snap.batch_get(keys) == dict.fromkeys(keys, b"new")
+
+
+async def test_async_commit_recovery_rolls_back_when_a_secondary_is_missing(
+    client: AsyncTransactionClient, reader: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    keys = [f + p + b"am" for f in FIRST_BYTES]
+    await seed(client, keys)
+    committer = await prepared(client, keys, options=TransactionOptions(async_commit=True))
+    committer.min_commit_ts = await client.current_timestamp() + 1
+    committer.max_commit_ts = committer.min_commit_ts + (60_000 << 18)
+    committer.lock_ttl = 3000
+    committer._prewrite_started = True
+    bo = Backoffer(10_000)
+    # The primary and one secondary are prewritten; the other two never are.
+    await committer._prewrite_batch(committer.batches[0], bo)
+    await committer._prewrite_batch(committer.batches[1], bo)
+    assert len(locks_of_prefix(cluster, p)) == 2
+    await expire(cluster, reader)
+    snap = reader.snapshot(await reader.current_timestamp())
+    assert await asyncio.wait_for(snap.batch_get(keys), NO_HANG) == dict.fromkeys(keys, b"old")
+    assert locks_of_prefix(cluster, p) == []
+    status = reader.runtime.resolver.cached_status(committer.start_ts)
+    assert status is not None
+    assert status.is_rolled_back
+
+
+async def test_batch_resolve_locks_for_gc(
+    client: AsyncTransactionClient, reader: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    committed_keys = [b"\x50" + p + b"c%d" % i for i in range(3)]
+    aborted_keys = [b"\x50" + p + b"x%d" % i for i in range(3)]
+    # One transaction committed its primary (in another region) and crashed...
+    done = await prepared(client, [b"\x10" + p + b"cp", *committed_keys])
+    await done.prewrite()
+    await done.get_commit_ts()
+    await done.commit_primary()
+    # ...and one crashed after prewrite.
+    dead = await prepared(client, [b"\x10" + p + b"xp", *aborted_keys])
+    await dead.prewrite()
+    await expire(cluster, reader)
+    region = await reader.runtime.sender.locator.locate_key(committed_keys[0])
+    locks = [
+        LockInfo(
+            primary_lock=lk.primary_lock,
+            lock_version=lk.lock_version,
+            key=lk.key,
+            lock_ttl=lk.lock_ttl,
+            txn_size=lk.txn_size,
+            lock_type=int(lk.lock_type),
+        )
+        for lk in cluster.engine.scan_lock(2**63 - 1, b"\x50", b"\x90")
+        if p in lk.key
+    ]
+    assert sorted(lk.key for lk in locks) == sorted(committed_keys + aborted_keys)
+    assert await reader.runtime.resolver.batch_resolve_locks(Backoffer(20_000), locks, region)
+    assert [k for k in locks_of_prefix(cluster, p) if k.startswith(b"\x50")] == []
+    snap = reader.snapshot(await reader.current_timestamp())
+    got = await snap.batch_get(committed_keys + aborted_keys)
+    assert got == dict.fromkeys(committed_keys, b"new")
