@@ -38,6 +38,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 
+from tikv_pd import observability as _obs
 from tikv_pd.errors import TimeoutError as BackoffTimeoutError
 
 __all__ = [
@@ -659,7 +660,11 @@ class Backoffer:
         totals.causes.append(BackoffCause(kind.name, reason, time.time(), real_sleep))
         totals.errors_num += 1
 
-        await self._sleep(real_sleep / 1000.0)
+        if _obs.metrics is None and _obs.tracing is None:
+            await self._sleep(real_sleep / 1000.0)
+        else:
+            # Observability hook: backoff_seconds metric and a tikv.backoff.<kind> span.
+            await _obs.observed_backoff(kind.name, real_sleep, self._sleep)
 
         state.attempts += 1
         state.last_sleep_ms = sleep_ms
