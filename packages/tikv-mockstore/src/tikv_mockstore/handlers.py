@@ -101,7 +101,9 @@ class StoreScope(Protocol):
 
         A range's start must lie inside the region; its end is not checked (scans are clipped
         to the region). With ``reverse=True`` each range is ``(upper, lower)`` as reverse scans
-        send it, and the exclusive upper bound may equal the region's end.
+        send it, and the exclusive upper bound may equal the region's end. A follower passes
+        the leader check when the context asks for a replica or stale read and the command is
+        a read (``tikv_mockstore.tikv_service.READ_COMMANDS``).
         """
         ...
 
