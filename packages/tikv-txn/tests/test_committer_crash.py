@@ -218,7 +218,9 @@ async def test_prewrite_survives_a_split_and_leader_moves(
     cluster.split([extra[10]], txn=True)
     moved = cluster.region_by_key(extra[15], txn=True)
     assert moved is not None
-    target = next(p.store_id for p in moved.peers if p.store_id != moved.leader.store_id)
+    assert moved.leader is not None
+    leader_store = moved.leader.store_id
+    target = next(p.store_id for p in moved.peers if p.store_id != leader_store)
     cluster.transfer_leader(moved.id, target)
     await asyncio.wait_for(committer.prewrite(), NO_HANG)
     await committer.get_commit_ts()

@@ -249,7 +249,7 @@ async def test_bad_input_is_refused_before_sending(
     with pytest.raises(TypeError):
         await txn.get("k")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        await txn.batch_get(b"abc")
+        await txn.batch_get(b"abc")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="limit"):
         await txn.scan(b"a", b"b", limit=0)
     with pytest.raises(ValueError, match="greater"):
