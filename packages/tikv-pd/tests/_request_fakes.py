@@ -16,6 +16,7 @@ from typing import Any
 from google.protobuf.message import Message
 from tikv_pd.errors import StoreUnavailableError
 from tikv_pd.region_cache import InvalidReason, Peer, Region, RegionEpoch
+from tikv_pd.transport import TransportError
 from tikv_proto import errorpb_pb2, kvrpcpb_pb2, metapb_pb2
 
 STORES = {1: "s1:20160", 2: "s2:20160", 3: "s3:20160"}
@@ -99,10 +100,14 @@ class FakeLocator:
         self.loads = 0
         # Stores whose next address lookup fails once (a tombstone in PD).
         self.gone_stores: set[int] = set()
+        # Region id -> the leader store PD still reports (lagging behind the truth).
+        self.pd_leaders: dict[int, int] = {}
 
     def _load(self, key: bytes) -> Region:
         self.loads += 1
         r = self.cluster.find(key)
+        if r.id in self.pd_leaders:  # PD has not learnt the new leader yet
+            r = r.with_leader(r.peer_on_store(self.pd_leaders[r.id]))
         for rid in [i for i, c in self.cache.items() if c.overlaps(r.start_key, r.end_key)]:
             del self.cache[rid]
         self.cache[r.id] = r
@@ -185,6 +190,8 @@ class FakeTransport:
     # Extra delay of requests to a region (by id).
     region_delay: dict[int, float] = field(default_factory=dict)
     cancelled: int = 0
+    # Addresses that refuse connections.
+    down: set[str] = field(default_factory=set)
 
     async def send(
         self,
@@ -202,6 +209,8 @@ class FakeTransport:
         try:
             await asyncio.sleep(self.delay + self.region_delay.get(req.context.region_id, 0.0))
             resp_type = _RESPONSES[command]
+            if address in self.down:
+                raise TransportError(address, ConnectionRefusedError(address), sent=False)
             queue = self.faults.get(command)
             if queue:
                 fault = queue.pop(0)

@@ -705,3 +705,29 @@ async def test_busy_leader_with_threshold_reads_from_a_follower_at_once() -> Non
     await sender.call_key("RawGet", b"k", kvrpcpb_pb2.RawGetRequest(key=b"k"), bo=bo)
     assert transport.sent[-1].address == STORES[1]
     assert bo.backoff_times == {"tikvServerBusy": 1}
+
+
+async def test_send_failure_to_the_leader_probes_another_peer() -> None:
+    # The leader's store died and the leader moved, but PD still reports the old one:
+    # the next attempt asks another voter instead of waiting for PD.
+    cluster, locator, transport, sender = _setup()
+    cluster.data[b"k"] = b"v"
+    cluster.transfer_leader(1, 2)
+    locator.pd_leaders[1] = 1
+    transport.down.add(STORES[1])
+    bo, _ = _bo()
+    resp = await sender.call_key("RawGet", b"k", kvrpcpb_pb2.RawGetRequest(key=b"k"), bo=bo)
+    assert resp.value == b"v"
+    assert [s.address for s in transport.sent] == [STORES[1], STORES[2]]
+    assert bo.backoff_times == {"tikvRPC": 1}
+
+
+def test_select_peer_avoids_unreachable_stores() -> None:
+    region = _region_with_learner()
+    leader = RequestOptions()
+    assert select_peer(region, leader, 0, False, {1}) == (region.peers[1], 0)
+    assert select_peer(region, leader, 1, False, {1, 2}) == (region.peers[2], 0)
+    # Everything failed: back to the leader.
+    assert select_peer(region, leader, 0, False, {1, 2, 3}) == (region.peers[0], 0)
+    follower = RequestOptions(replica_read="follower")
+    assert select_peer(region, follower, 0, False, {2}) == (region.peers[2], 1)

@@ -431,20 +431,28 @@ def _serving_peers(region: Region) -> list[Peer]:
 
 
 def select_peer(
-    region: Region, options: RequestOptions, attempt: int, leader_only: bool
+    region: Region,
+    options: RequestOptions,
+    attempt: int,
+    leader_only: bool,
+    unreachable: frozenset[int] | set[int] = frozenset(),
 ) -> tuple[Peer | None, int]:
     """Choose the peer for one attempt and the context mode (pure).
 
     Leader reads (and every write) go to the cached leader — or, while the leader is
-    unknown, to the first voter, which answers NotLeader with a hint. Replica reads
-    rotate through the eligible peers with ``attempt`` (so a busy peer is not asked
-    twice in a row), as client-go's replica selector does for each read type.
+    unknown or its store just failed a send, to another voter, which answers NotLeader
+    with the current leader as soon as one is elected (client-go's replica selector
+    tries the next peer after a send failure instead of waiting for PD to learn the new
+    leader). Replica reads rotate through the eligible peers with ``attempt`` (so a busy
+    peer is not asked twice in a row), as the replica selector does per read type.
 
     Args:
         region: The target region.
         options: Its ``replica_read`` / ``stale_read`` choose the policy.
         attempt: How many peers were already tried for this part.
-        leader_only: Force a leader read (after ``DataIsNotReady``).
+        leader_only: Force a leader read (writes, and reads after ``DataIsNotReady``).
+        unreachable: Stores that failed a send for this part; avoided while another
+            peer remains.
 
     Returns:
         ``(peer, mode)``: mode 0 = leader read, 1 = replica read, 2 = stale read; the
@@ -453,18 +461,28 @@ def select_peer(
     """
     leader = region.leader
     if leader_only or (options.replica_read == "leader" and not options.stale_read):
-        if leader is not None:
+        if leader is not None and leader.store_id not in unreachable:
             return leader, 0
         voters = [p for p in _serving_peers(region) if p.role != PeerRole.LEARNER]
+        reachable = [p for p in voters if p.store_id not in unreachable]
+        if reachable:
+            # A failed peer joins ``unreachable``, so the next voter comes next.
+            return reachable[0], 0
+        if leader is not None:
+            return leader, 0
         return (voters[0] if voters else None), 0
     peers = _serving_peers(region)
     if not peers:
         return None, 0
+    if unreachable:
+        reachable = [p for p in peers if p.store_id not in unreachable]
+        if reachable:
+            peers = reachable
     if options.stale_read:
         peer = peers[attempt % len(peers)]
         return peer, 2
     kind = options.replica_read
-    if kind == "prefer-leader" and leader is not None and attempt == 0:
+    if kind == "prefer-leader" and leader in peers and attempt == 0:
         return leader, 0
     if kind == "learner":
         candidates = [p for p in peers if p.role == PeerRole.LEARNER]
@@ -822,8 +840,10 @@ class RequestSender:
         free_retries = 0  # resends in a row without sleeping
         # Only reads may go to a replica; everything else is served by the leader.
         leader_only = command not in REPLICA_READ_COMMANDS
+        # Stores that failed a send for this part (client-go's failStoreIDs).
+        unreachable: set[int] = set()
         while True:
-            peer, mode = select_peer(region, options, attempt, leader_only)
+            peer, mode = select_peer(region, options, attempt, leader_only, unreachable)
             if peer is None:
                 locator.invalidate_region(region.id, InvalidReason.NO_LEADER)
                 bo = await self._backoff(
@@ -870,8 +890,12 @@ class RequestSender:
                     if call.ambiguity is Ambiguity.RETRY_THEN_RAISE and ambiguous is None:
                         ambiguous = exc
                 # client-go onSendFail: the peer may be down; reload the region (its
-                # leader may have moved) and back off tikvRPC before trying again.
+                # leader may have moved), try another peer next, and back off tikvRPC.
+                # When every peer failed, start over (client-go NeedReloadRegion).
                 locator.on_send_fail(region, peer.store_id)
+                unreachable.add(peer.store_id)
+                if unreachable.issuperset(p.store_id for p in region.peers):
+                    unreachable.clear()
                 bo = await self._backoff(call, bo, TIKV_RPC, exc, ambiguous)
                 region, payload, more = await self._reshard(call, payload)
                 if more is not None:
@@ -900,8 +924,13 @@ class RequestSender:
                 kind = d.backoff
                 if d.action is Action.UNDETERMINED and kind is None:
                     kind = REGION_MISS
-                if d.switch_leader and not locator.on_not_leader(region, err.not_leader.leader):
-                    kind = REGION_SCHEDULING
+                if d.switch_leader:
+                    hinted = err.not_leader.leader.store_id
+                    if not locator.on_not_leader(region, err.not_leader.leader):
+                        kind = REGION_SCHEDULING
+                    # A live peer names this leader: that is fresher than our own failed
+                    # send to its store, so try it again (it may have been a blip).
+                    unreachable.discard(hinted)
                 if d.update_regions and not locator.on_epoch_not_match(
                     region, err.epoch_not_match.current_regions, peer.store_id
                 ):
