@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from tikv_pd import observability as _obs
 from tikv_pd.errors import PDError, format_key
 
 __all__ = [
@@ -798,6 +799,8 @@ class RegionCache:
         _check_key("key", key)
         region = self.locate_key(key)
         if region is not None:
+            if _obs.metrics is not None:
+                _obs.metrics.region_cache_hit()
             return region
 
         async def load() -> Region:
@@ -810,6 +813,8 @@ class RegionCache:
             self.insert(loaded)
             return loaded
 
+        if _obs.metrics is not None:
+            return await _observed_miss(self._single_flight(("key", key), load))
         return await self._single_flight(("key", key), load)
 
     async def get_or_load_end(self, key: bytes, loader: EndKeyLoader) -> Region:
@@ -822,6 +827,8 @@ class RegionCache:
         _check_key("key", key)
         region = self.locate_end_key(key)
         if region is not None:
+            if _obs.metrics is not None:
+                _obs.metrics.region_cache_hit()
             return region
 
         async def load() -> Region:
@@ -833,6 +840,8 @@ class RegionCache:
             self.insert(loaded)
             return loaded
 
+        if _obs.metrics is not None:
+            return await _observed_miss(self._single_flight(("end", key), load))
         return await self._single_flight(("end", key), load)
 
     async def load_and_group_keys(
@@ -1060,3 +1069,23 @@ class RegionCache:
         ids = {e.region.id: e for e in self._entries}
         if ids.keys() != self._by_id.keys() or any(ids[i] is not self._by_id[i] for i in ids):
             raise AssertionError("id index out of sync")
+
+
+async def _observed_miss(load: Awaitable[Region]) -> Region:
+    """Await a region load for a cache miss, observing it (metrics are on).
+
+    client-go counts ``region_cache_operations_total{type="get_region_when_miss"}`` with
+    ``ok`` / ``err`` and times successful loads in ``load_region_cache_seconds``.
+    """
+    start = time.perf_counter()
+    try:
+        region = await load
+    except BaseException:
+        m = _obs.metrics
+        if m is not None:
+            m.region_cache_miss(False, time.perf_counter() - start)
+        raise
+    m = _obs.metrics
+    if m is not None:
+        m.region_cache_miss(True, time.perf_counter() - start)
+    return region
