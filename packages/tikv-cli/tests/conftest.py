@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from tikv_cli.main import main
 from tikv_mockstore import MockCluster
 
+# Make the test helpers importable (import-mode=importlib does not add this folder).
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
 
-@dataclass
-class Outcome:
-    code: int
-    out: str
-    err: str
+from _cli_runner import Outcome, Tikv  # noqa: E402
 
 
 @pytest.fixture
-def tikv(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
+def tikv(capsys: pytest.CaptureFixture[str]) -> Tikv:
     """Run ``tikv ARGS...`` in this process; returns the exit status and the output."""
 
     def run(*argv: str) -> Outcome:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 import pytest
+from _cli_runner import Tikv
 from tikv_cli._clients import txn_available
 from tikv_mockstore import MockCluster
 
@@ -46,20 +47,20 @@ def _closed_port() -> int:
         ([], "required: COMMAND"),
     ],
 )
-def test_usage_errors_exit_2_with_a_message(tikv, argv: list[str], message: str) -> None:
+def test_usage_errors_exit_2_with_a_message(tikv: Tikv, argv: list[str], message: str) -> None:
     result = tikv(*argv)
     assert result.code == 2, result
     assert message in result.err
     assert "Traceback" not in result.err
 
 
-def test_unreachable_pd_exits_3(tikv) -> None:
+def test_unreachable_pd_exits_3(tikv: Tikv) -> None:
     result = tikv("raw", "get", "k", "--pd", f"127.0.0.1:{_closed_port()}", "--timeout", "0.5")
     assert result.code == 3
     assert result.err.startswith("tikv: cannot reach PD")
 
 
-def test_raw_one_shot_commands(tikv, raw_cluster: MockCluster) -> None:
+def test_raw_one_shot_commands(tikv: Tikv, raw_cluster: MockCluster) -> None:
     pd = ["--pd", ",".join(raw_cluster.pd_endpoints)]
     assert tikv("raw", "put", "fruit/apple", "red", *pd).out == "OK\n"
     assert tikv("raw", "put", "fruit/kiwi", "green", "--ttl", "60", *pd).code == 0
@@ -87,7 +88,7 @@ def test_raw_one_shot_commands(tikv, raw_cluster: MockCluster) -> None:
     assert tikv("raw", "scan", "fruit/", "fruit0", *pd).out == ""
 
 
-def test_raw_hex_and_cas(tikv, raw_cluster: MockCluster) -> None:
+def test_raw_hex_and_cas(tikv: Tikv, raw_cluster: MockCluster) -> None:
     pd = ["--pd", raw_cluster.pd_endpoints[0]]
     assert tikv("raw", "put", "00ff01", "deadbeef", "--hex", *pd).code == 0
     assert tikv("raw", "get", "00ff01", "--hex", *pd).out == "deadbeef\n"
@@ -100,7 +101,7 @@ def test_raw_hex_and_cas(tikv, raw_cluster: MockCluster) -> None:
     assert tikv("raw", "get", "counter", *pd).out == "2\n"
 
 
-def test_ttl_refused_by_cluster_exits_3(tikv, txn_cluster: MockCluster) -> None:
+def test_ttl_refused_by_cluster_exits_3(tikv: Tikv, txn_cluster: MockCluster) -> None:
     # API v1 without TTL support refuses a TTL, as TiKV does: a readable failure, not a crash.
     result = tikv("raw", "put", "k", "v", "--ttl", "5", "--pd", txn_cluster.pd_endpoints[0])
     assert result.code == 3
@@ -109,7 +110,7 @@ def test_ttl_refused_by_cluster_exits_3(tikv, txn_cluster: MockCluster) -> None:
 
 
 @needs_txn
-def test_txn_one_shot_commands(tikv, txn_cluster: MockCluster) -> None:
+def test_txn_one_shot_commands(tikv: Tikv, txn_cluster: MockCluster) -> None:
     pd = ["--pd", txn_cluster.pd_endpoints[0]]
     put = tikv("txn", "put", "acct/alice", "100", *pd)
     assert put.code == 0 and put.out.startswith("OK (committed at ")

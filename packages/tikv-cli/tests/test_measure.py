@@ -137,7 +137,8 @@ def test_window_gives_up_after_only_failures() -> None:
         window.fail(window.t0, OSError("down"))
     assert window.aborted is None
     window.fail(window.t0, OSError("down"))
-    assert window.aborted == "200 failures and no success"
+    aborted: str | None = window.aborted  # (mypy narrowed it to None above)
+    assert aborted == "200 failures and no success"
     assert window.should_stop()
 
 

@@ -190,7 +190,9 @@ def _run_all(
     if args.json:
         print(json.dumps(rows, indent=2), file=out)
     else:
-        Console(file=out, highlight=False).print(summary_table(rows))
+        # Not a terminal (a pipe, a file): wide enough that the table is not squeezed.
+        width = None if out.isatty() else 160
+        Console(file=out, highlight=False, width=width).print(summary_table(rows))
     return status
 
 

@@ -89,7 +89,7 @@ def _order(workload: str) -> int:
 def _num(value: Any, digits: int = 1) -> str:
     if value is None:
         return "—"
-    if 0 < abs(value) < 10 and digits < 3:
+    if 0 < abs(value) < 10 and digits < 2:
         digits = 3  # e.g. 0.213 ops/s of a large transaction
     return f"{value:,.{digits}f}"
 

@@ -1,0 +1,215 @@
+"""Benchmark harness pieces: a quick in-process cell, ``tikv bench``, the plan and the report."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _cli_runner import Tikv
+from tikv_cli.bench.harness import Plan, parse_args, plan_cells
+from tikv_cli.bench.report import compare, markdown_report, write_chart, write_json
+from tikv_cli.bench.runner import run_cell
+from tikv_mockstore import MockCluster
+
+
+@pytest.fixture(scope="module")
+def bench_cluster() -> Iterator[MockCluster]:
+    with MockCluster(stores=3, regions=4) as cluster:
+        yield cluster
+
+
+@pytest.mark.parametrize("client", ["ours-async", "ours-sync"])
+def test_quick_cell_of_our_client(bench_cluster: MockCluster, client: str) -> None:
+    result = run_cell(
+        client,
+        "raw_get",
+        bench_cluster.pd_endpoints,
+        concurrency=4,
+        duration=0.3,
+        warmup=0.1,
+        preload=True,
+    )
+    # Every get found its preloaded key (a missing key counts as an error).
+    assert result["errors"] == 0 and result["warmup_errors"] == 0, result["first_error"]
+    assert result["ops"] > 0
+    assert result["latency_ms"]["count"] == result["ops"]
+    assert result["latency_ms"]["p50_ms"] <= result["latency_ms"]["p99_ms"]
+    assert result["client_cpu_s"] > 0
+    assert result["peak_rss_mb"] > 10
+
+
+def test_quick_cell_bad_names(bench_cluster: MockCluster) -> None:
+    with pytest.raises(ValueError, match="client must be one of"):
+        run_cell("theirs", "raw_get", bench_cluster.pd_endpoints, concurrency=1, duration=0.1)
+    with pytest.raises(ValueError, match="unknown workload"):
+        run_cell("ours-async", "nope", bench_cluster.pd_endpoints, concurrency=1, duration=0.1)
+
+
+def test_tikv_bench_json_against_pd(tikv: Tikv, bench_cluster: MockCluster) -> None:
+    result = tikv(
+        "bench",
+        "raw_put",
+        "tso",
+        "--pd",
+        bench_cluster.pd_endpoints[0],
+        "--concurrency",
+        "1,4",
+        "--duration",
+        "0.2",
+        "--warmup",
+        "0.05",
+        "--json",
+    )
+    assert result.code == 0, result.err
+    rows = json.loads(result.out)
+    assert [(r["workload"], r["concurrency"]) for r in rows] == [
+        ("raw_put", 1),
+        ("raw_put", 4),
+        ("tso", 1),
+        ("tso", 4),
+    ]
+    assert all(r["ops"] > 0 and r["errors"] == 0 and r["client"] == "ours-async" for r in rows)
+
+
+def test_tikv_bench_table(tikv: Tikv, bench_cluster: MockCluster) -> None:
+    result = tikv(
+        "bench",
+        "raw_get",
+        "--pd",
+        bench_cluster.pd_endpoints[0],
+        "--duration",
+        "0.2",
+        "--concurrency",
+        "2",
+        "--client",
+        "sync",
+    )
+    assert result.code == 0, result.err
+    assert "raw_get" in result.out and "ours-sync" in result.out and "ops/s" in result.out
+
+
+def _cell(
+    workload: str, conc: int, client: str, ops_s: float, p99: float, cpu: float
+) -> dict[str, Any]:
+    return {
+        "workload": workload,
+        "concurrency": conc,
+        "client": client,
+        "ops": int(ops_s),
+        "errors": 0,
+        "ops_per_s": ops_s,
+        "latency_ms": {"p50_ms": p99 / 2, "p99_ms": p99},
+        "client_cpu_s_per_1k_ops": cpu,
+        "peak_rss_mb": 50.0,
+        "client_util": 0.5,
+        "server_util": 0.9,
+    }
+
+
+RESULTS = [
+    _cell("raw_get", 16, "ours-async", 9000.0, 2.0, 0.05),
+    _cell("raw_get", 16, "ours-sync", 3000.0, 6.0, 0.1),
+    _cell("raw_get", 16, "tikv-client", 3000.0, 8.0, 0.2),
+    _cell("raw_get", 16, "tikv-python", 1500.0, 4.0, 0.1),
+    _cell("tso", 16, "ours-async", 20000.0, 1.0, 0.01),
+    {"workload": "tso", "concurrency": 16, "client": "tikv-python", "unsupported": "no API"},
+    {"workload": "tso", "concurrency": 16, "client": "tikv-client", "error": "crashed | badly"},
+]
+
+
+def test_compare_ratios() -> None:
+    rows = {(r["ours"], r["peer"], r["workload"]): r for r in compare(RESULTS)}
+    assert set(rows) == {
+        ("ours-async", "tikv-client", "raw_get"),
+        ("ours-async", "tikv-python", "raw_get"),
+        ("ours-sync", "tikv-client", "raw_get"),
+        ("ours-sync", "tikv-python", "raw_get"),
+    }
+    row = rows[("ours-async", "tikv-client", "raw_get")]
+    assert row["ops_ratio"] == pytest.approx(3.0)
+    assert row["p99_ratio"] == pytest.approx(0.25)
+    assert row["cpu_ratio"] == pytest.approx(0.25)
+    assert rows[("ours-sync", "tikv-python", "raw_get")]["ops_ratio"] == pytest.approx(2.0)
+
+
+def test_markdown_report() -> None:
+    text = markdown_report(
+        RESULTS,
+        meta={"window": "3 s"},
+        capacity=[
+            {
+                "mode": "batch_get",
+                "requests_per_s": 100000.0,
+                "messages_per_s": 781.0,
+                "in_flight": 1024,
+                "server_util": 0.98,
+                "client_util": 0.5,
+                "errors": 0,
+            },
+            {"mode": "unary_get", "error": "boom"},
+        ],
+    )
+    assert "- **window**: 3 s" in text
+    assert "| raw_get | 16 | ours-async | 9,000.0 | 1.00 | 2.00 | 0.050 | 50.0 |" in text
+    assert "| tso | 16 | tikv-python | no API |" in text
+    assert "| tso | 16 | tikv-client | failed: crashed \\| badly |" in text
+    assert "| raw_get | 16 | ours-async | tikv-client | 3.00× | 0.25× | 0.25× |" in text
+    assert "| batch_get | 100,000.0 | 781.0 | 1024 | 0.98 | 0.50 | 0 |" in text
+    assert "| unary_get | failed: boom |" in text
+
+
+def test_write_json_and_chart(tmp_path: Path) -> None:
+    write_json(tmp_path / "r.json", {"results": RESULTS})
+    assert json.loads((tmp_path / "r.json").read_text())["results"] == RESULTS
+    why = write_chart(tmp_path / "r.png", RESULTS)
+    try:
+        import matplotlib  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
+    except ImportError:
+        assert why == "matplotlib is not installed"
+        assert not (tmp_path / "r.png").exists()
+    else:
+        assert why is None
+        assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert write_chart(tmp_path / "none.png", RESULTS[5:]) in (
+        "no measured cells",
+        "matplotlib is not installed",
+    )
+
+
+def test_plan_skips_what_peers_cannot_run() -> None:
+    plan = Plan(
+        workloads=["raw_get", "tso", "txn_large"],
+        clients=["ours-async", "tikv-client", "tikv-python"],
+        duration=1.0,
+        warmup=None,
+    )
+    cells = plan_cells(plan)
+    assert cells[:3] == [
+        ("raw_get", 1, "ours-async"),
+        ("raw_get", 1, "tikv-client"),
+        ("raw_get", 1, "tikv-python"),
+    ]
+    assert ("tso", 16, "tikv-client") in cells
+    assert not any(c[2] == "tikv-python" and c[0] != "raw_get" for c in cells)
+    assert [c for c in cells if c[0] == "txn_large"] == [
+        ("txn_large", 1, "ours-async"),
+        ("txn_large", 1, "tikv-client"),
+    ]
+    skipped = {(s["workload"], s["concurrency"]) for s in plan.skipped}
+    assert skipped == {("tso", 1), ("tso", 16), ("tso", 128), ("txn_large", 1)}
+    assert all(s["client"] == "tikv-python" for s in plan.skipped)
+
+
+def test_harness_arguments() -> None:
+    args = parse_args(["--quick", "--workloads", "raw_get,tso", "--clients", "ours-async"])
+    assert args.quick and args.workload_list == ["raw_get", "tso"]
+    assert args.client_list == ["ours-async"]
+    with pytest.raises(SystemExit):
+        parse_args(["--workloads", "raw_get,nope"])
+    with pytest.raises(SystemExit):
+        parse_args(["--clients", "etcd"])
+    with pytest.raises(SystemExit):
+        parse_args(["--concurrency", "1,x"])
