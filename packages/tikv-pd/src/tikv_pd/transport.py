@@ -532,7 +532,7 @@ class _Store:
         try:
             return await mc(request, timeout=seconds)
         except grpc.aio.AioRpcError as exc:
-            raise self.transport.unary_error(self.address, exc, seconds) from exc
+            raise self.transport._unary_error(self.address, exc, seconds) from exc
 
     # -- batch -----------------------------------------------------------------------
 
@@ -964,7 +964,9 @@ class Transport:
         except _FallBackToUnaryError:
             return await store.unary(spec, request, timeout)
 
-    def unary_error(self, address: str, exc: grpc.aio.AioRpcError, timeout: float) -> BaseException:
+    def _unary_error(
+        self, address: str, exc: grpc.aio.AioRpcError, timeout: float
+    ) -> BaseException:
         """Translate a failed unary call into the transport's error (used internally)."""
         code = exc.code()
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
