@@ -45,6 +45,7 @@ import collections
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
@@ -53,6 +54,7 @@ import grpc
 import grpc.aio
 from tikv_proto import keyspacepb_pb2, keyspacepb_pb2_grpc, metapb_pb2, pdpb_pb2, pdpb_pb2_grpc
 
+from tikv_pd import observability as _obs
 from tikv_pd.backoff import PD_RPC, Backoffer
 from tikv_pd.channels import ChannelCache, parse_endpoint
 from tikv_pd.config import Config
@@ -79,7 +81,7 @@ __all__ = [
     "store_from_meta",
 ]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("tikv.pd")
 
 _MAX_LOGICAL = 1 << LOGICAL_BITS
 
@@ -536,6 +538,9 @@ class _TsoDispatcher:
         client = self._client
         stream = self._current_stream()
         count = len(batch)
+        metrics = _obs.metrics
+        if metrics is not None:
+            metrics.observe_tso_batch(count)
         request = pdpb_pb2.TsoRequest(header=client._header(), count=count)
         self.requests_sent += 1
         try:
@@ -1610,7 +1615,15 @@ class PDClient:
             ClientClosedError: The client was closed before the timestamp arrived.
 
         """
-        return await self._tso.submit()
+        metrics = _obs.metrics
+        if metrics is None:
+            return await self._tso.submit()
+        # client-go observes ts_future_wait_seconds around every timestamp wait.
+        start = time.perf_counter()
+        try:
+            return await self._tso.submit()
+        finally:
+            metrics.observe_tso_wait(time.perf_counter() - start)
 
     # -- lifecycle -------------------------------------------------------------------
 
