@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Generic, Protocol, TypeVar
@@ -46,6 +47,8 @@ from typing import Any, Generic, Protocol, TypeVar
 from google.protobuf.message import Message
 from tikv_proto import errorpb_pb2, kvrpcpb_pb2, metapb_pb2
 
+from tikv_pd import interceptor as _interceptor
+from tikv_pd import observability as _obs
 from tikv_pd.backoff import (
     RAWKV_MAX_BACKOFF,
     REGION_MISS,
@@ -66,6 +69,8 @@ from tikv_pd.config import (
 )
 from tikv_pd.errors import RegionError, StoreUnavailableError, UndeterminedError
 from tikv_pd.errors import TimeoutError as BackoffTimeoutError
+from tikv_pd.interceptor import RPCInterceptor, RPCInvoker, RPCRequest
+from tikv_pd.logs import SLOW_REQUEST_SECONDS, log_request_outcome
 from tikv_pd.region_cache import InvalidReason, Peer, PeerRole, Region
 from tikv_pd.region_errors import Action, decide, to_exception
 from tikv_pd.transport import FATAL_STATUS_CODES, TransportError
@@ -93,7 +98,7 @@ __all__ = [
     "select_peer",
 ]
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("tikv.request")
 
 P = TypeVar("P")
 T = TypeVar("T")
@@ -275,6 +280,9 @@ class RequestOptions:
         timeout: Seconds per RPC attempt (``None``: the transport default,
             ``Config.read_timeout_short`` = 30 s).
         concurrency: Regions dispatched at once (``None``: :data:`DEFAULT_CONCURRENCY`).
+        interceptor: RPC interceptor (chain) run around every attempt of these requests
+            (:mod:`tikv_pd.interceptor`); not part of the options' value (equal options
+            with different interceptors share cached contexts).
 
     """
 
@@ -296,6 +304,7 @@ class RequestOptions:
     sync_log: bool = False
     timeout: float | None = None
     concurrency: int | None = None
+    interceptor: RPCInterceptor | None = field(default=None, compare=False)
     # The hash, computed once: options are hashed on every request (context cache key).
     _hash: int = field(init=False, repr=False, compare=False, default=0)
 
@@ -324,6 +333,8 @@ class RequestOptions:
             )
         if not isinstance(self.resource_group_tag, bytes):
             raise TypeError(f"{own}.resource_group_tag must be bytes")
+        if self.interceptor is not None and not isinstance(self.interceptor, RPCInterceptor):
+            raise TypeError(f"{own}.interceptor must have .name and .wrap(next)")
         for name in ("txn_source", "max_execution_duration_ms", "busy_threshold_ms"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -656,6 +667,12 @@ class _Call(Generic[P, T]):
     budget_ms: int
     concurrency: int
     timeout: float | None
+    # Observability / request control (tikv_pd.interceptor, tikv_pd.logs):
+    invoke: RPCInvoker | None = None  # the hooked send; None = transport.send directly
+    attempts: int = 0  # attempts sent, all parts
+    retries: int = 0  # attempts that met a send failure or a region error
+    backoff_ms: int = 0  # milliseconds slept in backoffs, all parts
+    last_error: BaseException | None = None
 
 
 @dataclass(slots=True)
@@ -750,11 +767,45 @@ class RequestSender:
             options.concurrency or DEFAULT_CONCURRENCY,
             options.timeout,
         )
-        shards = await sharder.shard(self.locator, payload)
-        if len(shards) == 1:  # the common case, one coroutine layer less
-            region, part = shards[0]
-            return await self._run(call, region, part, bo, None)
-        return await self._dispatch(call, shards, bo, None)
+        if (
+            options.interceptor is not None
+            or _interceptor.process_chain is not None
+            or _interceptor.process_inner_chain is not None
+        ):
+            call.invoke = _interceptor.build_invoker(self.transport.send, options.interceptor)
+        started = time.monotonic()
+        try:
+            shards = await sharder.shard(self.locator, payload)
+            if len(shards) == 1:  # the common case, one coroutine layer less
+                region, part = shards[0]
+                results = await self._run(call, region, part, bo, None)
+            else:
+                results = await self._dispatch(call, shards, bo, None)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._outcome(call, started, exc)
+            raise
+        if call.retries or time.monotonic() - started > SLOW_REQUEST_SECONDS:
+            self._outcome(call, started, None)
+        return results
+
+    def _outcome(self, call: _Call[Any, Any], started: float, failed: BaseException | None) -> None:
+        """Slow / troubled request log (client-go region_request.go) and retry metrics."""
+        log_request_outcome(
+            command=call.command,
+            elapsed_s=time.monotonic() - started,
+            attempts=call.attempts,
+            retries=call.retries,
+            backoff_ms=call.backoff_ms,
+            regions=max(1, call.attempts - call.retries),
+            last_error=call.last_error,
+            failed=failed,
+            logger=_log,
+        )
+        metrics = _obs.metrics
+        if metrics is not None:
+            metrics.observe_retry_times(call.retries)
 
     # -- dispatch --------------------------------------------------------------------
 
@@ -811,7 +862,7 @@ class RequestSender:
         # Error path only; the message is formatted only when DEBUG is enabled.
         _log.debug("%s: backing off %s after %r", call.command, kind.name, error)
         try:
-            await bo.backoff(kind, error)
+            call.backoff_ms += await bo.backoff(kind, error)
         except BackoffTimeoutError as exc:
             raise _final(call, exc, ambiguous) from exc.last_error
         return bo
@@ -878,10 +929,27 @@ class RequestSender:
             attempt += 1
             slept = False
             self.stats.attempts += 1
+            call.attempts += 1
             try:
-                response = await transport.send(address, command, request, call.timeout)
+                invoke = call.invoke
+                if invoke is None:
+                    response = await transport.send(address, command, request, call.timeout)
+                else:
+                    response = await invoke(
+                        RPCRequest(
+                            address,
+                            command,
+                            request,
+                            peer.store_id,
+                            region.id,
+                            attempt - 1,
+                            call.timeout,
+                        )
+                    )
             except TransportError as exc:
                 self.stats.send_failures += 1
+                call.retries += 1
+                call.last_error = exc
                 if exc.code in FATAL_STATUS_CODES:
                     raise _final(call, exc, ambiguous) from exc
                 if exc.sent:
@@ -914,6 +982,8 @@ class RequestSender:
                 )
                 errors = self.stats.region_errors
                 errors[d.kind] = errors.get(d.kind, 0) + 1
+                call.retries += 1
+                call.last_error = to_exception(err, region.id)
                 if d.action is Action.FAIL:
                     raise _final(call, to_exception(err, region.id), ambiguous)
                 if d.action is Action.UNDETERMINED or d.ambiguous:
