@@ -308,6 +308,8 @@ class LockResolver:
                 result.resolved += 1
                 return
             if decision.skip_rpc:
+                # CheckTxnStatus already settled this lock (it is the primary).
+                result.resolved += 1
                 return
             if cleanup is LockCleanup.PESSIMISTIC_ROLLBACK:
                 await self._pessimistic_rollback(bo, lock)

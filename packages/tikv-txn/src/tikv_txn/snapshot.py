@@ -56,7 +56,16 @@ class AsyncSnapshot:
 
     """
 
-    __slots__ = ("_cache", "_isolation", "_options", "_rt", "_scan_batch", "_scan_options", "ts")
+    __slots__ = (
+        "_cache",
+        "_ignored",
+        "_isolation",
+        "_options",
+        "_rt",
+        "_scan_batch",
+        "_scan_options",
+        "ts",
+    )
 
     def __init__(
         self, runtime: TxnRuntime, ts: int, options: TransactionOptions | None = None
@@ -74,6 +83,8 @@ class AsyncSnapshot:
         self._scan_options = _read_options(runtime, opts, timeout=cfg.read_timeout_medium)
         self._scan_batch = opts.scan_batch_size or cfg.txn_scan_batch
         self._cache: dict[bytes, bytes | None] | None = {} if opts.isolation == "SI" else None
+        # Transactions whose locks this snapshot was told to read past.
+        self._ignored: set[int] = set()
 
     @property
     def isolation(self) -> IsolationLevel:
@@ -195,16 +206,20 @@ class AsyncSnapshot:
         """Resolve the locks a read met and wait (back off) if some still block it.
 
         client-go ``KVSnapshot.get``: back off ``txnLockFast`` for at most the time until
-        the first lock expires. When nothing was resolved and nothing blocks (the locks
-        were pushed past this snapshot), the retry happens after a short txnLockFast
-        backoff so that a lock the server keeps reporting cannot spin the reader.
+        the first lock expires. A lock that may be read past (its transaction was pushed
+        beyond this snapshot) is retried at once, but only once per transaction: if the
+        server reports it again, the retry backs off too, so a lock that keeps coming
+        back cannot make the reader spin without consuming its budget.
         """
         res = await self._rt.resolver.resolve_locks(bo, self.ts, locks, for_read=True)
         if res.ms_before_expired > 0:
             await bo.backoff(
                 TXN_LOCK_FAST, KeyIsLockedError(locks[0]), max_sleep_ms=res.ms_before_expired
             )
-        elif res.resolved == 0:
+            return
+        seen_again = not res.ignored.isdisjoint(self._ignored)
+        self._ignored.update(res.ignored)
+        if seen_again or (res.resolved == 0 and not res.ignored):
             await bo.backoff(TXN_LOCK_FAST, KeyIsLockedError(locks[0]))
 
     # -- scans -------------------------------------------------------------------------
@@ -270,11 +285,9 @@ class AsyncSnapshot:
         self, lo: bytes, hi: bytes, key_only: bool, reverse: bool, limit: int | None
     ) -> AsyncIterator[tuple[bytes, bytes]]:
         decode = self._rt.codec.decode_key
-        produced = 0
         async for page in self._pages(lo, hi, key_only, reverse, limit):
             for key, value in page:
                 yield decode(key), value
-                produced += 1
 
     async def _pages(
         self, lo: bytes, hi: bytes, key_only: bool, reverse: bool, limit: int | None
