@@ -44,6 +44,8 @@ class KVServicer(tikvpb_pb2_grpc.TikvServicer):
         self.broken_messages: list[int] = []
         # The transport_layer_load the store reports (client-go waits when > 200).
         self.load = 1
+        # tikv-forwarded-host of each unary call / stream ("" when absent).
+        self.forwarded: list[str] = []
 
     # -- command bodies shared by unary and batch paths -------------------------------
 
@@ -63,8 +65,13 @@ class KVServicer(tikvpb_pb2_grpc.TikvServicer):
 
     # -- unary ------------------------------------------------------------------------
 
+    def _record_forwarding(self, context: Any) -> None:
+        meta = dict(context.invocation_metadata())
+        self.forwarded.append(meta.get("tikv-forwarded-host", ""))
+
     def RawGet(self, request: Any, context: Any) -> Any:
         self.unary_calls += 1
+        self._record_forwarding(context)
         return self._raw_get(request)
 
     def RawPut(self, request: Any, context: Any) -> Any:
@@ -85,6 +92,7 @@ class KVServicer(tikvpb_pb2_grpc.TikvServicer):
 
 class BatchKVServicer(KVServicer):
     def BatchCommands(self, request_iterator: Any, context: Any) -> Iterator[Any]:
+        self._record_forwarding(context)
         for message in request_iterator:
             n = len(message.request_ids)
             if self.break_next.is_set():
@@ -525,3 +533,21 @@ async def test_failed_dial_fails_the_requests_queued_behind_it() -> None:
             results = await asyncio.gather(first, *later, return_exceptions=True)
             assert all(isinstance(r, TransportError) and not r.sent for r in results)
             assert t.stats.stream_failures == 1
+
+
+@pytest.mark.parametrize("batch", [True, False])
+async def test_forwarded_requests_carry_the_forwarding_metadata(
+    batch_server: Server, batch: bool
+) -> None:
+    batch_server.servicer.data[b"f"] = b"v"
+    async with Transport(_config(enable_batch_commands=batch)) as t:
+        addr = batch_server.address
+        plain = await t.send(addr, "RawGet", _get(b"f"))
+        forwarded = await t.send(addr, "RawGet", _get(b"f"), forwarded_host="10.0.0.9:20160")
+        assert plain == forwarded
+        assert batch_server.servicer.forwarded == ["", "10.0.0.9:20160"]
+        # Forwarding shares the proxy's connections; closing the proxy closes both.
+        await t.close_address(addr)
+        assert _our_tasks() == []
+        await t.send(addr, "RawGet", _get(b"f"), forwarded_host="10.0.0.9:20160")
+        assert batch_server.servicer.forwarded[-1] == "10.0.0.9:20160"

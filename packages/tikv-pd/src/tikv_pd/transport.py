@@ -78,6 +78,7 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 _BATCH_COMMANDS_METHOD = "/tikvpb.Tikv/BatchCommands"
+_FORWARD_METADATA_KEY = "tikv-forwarded-host"
 
 
 # ---------------------------------------------------------------------------------------
@@ -477,14 +478,31 @@ class _Conn:
 class _Store:
     """Everything the transport keeps for one store address."""
 
-    def __init__(self, transport: Transport, address: str) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        address: str,
+        *,
+        forwarded_host: str = "",
+        channels: Sequence[grpc.aio.Channel] = (),
+    ) -> None:
         self.transport = transport
         self.address = address
         config = transport.config
-        self.conns = [
-            _Conn(transport.channel_factory(address, i))
-            for i in range(config.grpc_connection_count)
-        ]
+        # A forwarding store shares the proxy's channels (its own streams, opened with
+        # the forwarding metadata); only the plain store owns and closes them.
+        self.owns_channels = not channels
+        if not channels:
+            channels = [
+                transport.channel_factory(address, i) for i in range(config.grpc_connection_count)
+            ]
+        self.conns = [_Conn(ch) for ch in channels]
+        # client-go forwards through a follower's store with this gRPC metadata; TiKV
+        # relays the call to the leader (``internal/client/client.go`` forwardMetadataKey).
+        self.forwarded_host = forwarded_host
+        self.metadata: tuple[tuple[str, str], ...] | None = (
+            ((_FORWARD_METADATA_KEY, forwarded_host),) if forwarded_host else None
+        )
         self.next_conn = 0
         self.queue: collections.deque[_Entry] = collections.deque()
         self.wakeup: asyncio.Future[None] | None = None
@@ -523,6 +541,10 @@ class _Store:
     ) -> TransportError:
         return TransportError(self.address, cause, sent=entry.stream is not None, code=code)
 
+    def connection_closed(self, entry: _Entry) -> TransportError:
+        """The error of a request caught by :meth:`Transport.close_address`."""
+        return self.lost(entry, ConnectionError("connection closed"), None)
+
     # -- unary -----------------------------------------------------------------------
 
     async def unary(self, command: Command, request: Message, seconds: float) -> Any:
@@ -530,7 +552,7 @@ class _Store:
         mc = conn.unary_callable(command)
         self.transport.stats.unary_requests += 1
         try:
-            return await mc(request, timeout=seconds)
+            return await mc(request, timeout=seconds, metadata=self.metadata)
         except grpc.aio.AioRpcError as exc:
             raise self.transport._unary_error(self.address, exc, seconds) from exc
 
@@ -720,7 +742,7 @@ class _Store:
     async def open_stream(self, conn: _Conn) -> _Stream | BaseException:
         """Open a stream on ``conn``; return it, or the error that prevented it."""
         transport = self.transport
-        call = conn.batch_callable()
+        call = conn.batch_callable(metadata=self.metadata)
         try:
             await asyncio.wait_for(call.wait_for_connection(), transport.config.dial_timeout)
         except (TimeoutError, grpc.aio.AioRpcError) as exc:
@@ -868,7 +890,8 @@ class _Store:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await asyncio.gather(*(conn.channel.close(None) for conn in self.conns))
+        if self.owns_channels:
+            await asyncio.gather(*(conn.channel.close(None) for conn in self.conns))
 
 
 # ---------------------------------------------------------------------------------------
@@ -901,6 +924,8 @@ class Transport:
         )
         self.stats = TransportStats()
         self._stores: dict[str, _Store] = {}
+        # (proxy address, forwarded host) -> the streams forwarding through that proxy.
+        self._forwarding: dict[tuple[str, str], _Store] = {}
         self._closed = False
         self._batch = self.config.enable_batch_commands
 
@@ -924,6 +949,8 @@ class Transport:
         command: str,
         request: Message,
         timeout: float | None = None,  # noqa: ASYNC109 - the RPC's deadline, not ours
+        *,
+        forwarded_host: str | None = None,
     ) -> Any:
         """Send ``request`` to the store at ``address`` and return the response message.
 
@@ -933,6 +960,11 @@ class Transport:
             request: The request message, its ``context`` already filled.
             timeout: Seconds until the request fails with :class:`RPCTimeoutError`;
                 ``None`` = ``Config.read_timeout_short``.
+            forwarded_host: Ask the store at ``address`` (a proxy) to forward the request
+                to the store at this address (client-go's ``EnableForwarding``: used when
+                the leader's store is unreachable from the client but not from its
+                peers). It travels as ``tikv-forwarded-host`` gRPC metadata, on separate
+                streams of the proxy's connections.
 
         Returns:
             The response message (e.g. ``kvrpcpb.RawGetResponse``), region errors and
@@ -956,6 +988,8 @@ class Transport:
         store = self._stores.get(address)
         if store is None:
             store = self._stores[address] = _Store(self, address)
+        if forwarded_host:
+            store = self._forwarding_store(store, forwarded_host)
         field = spec.batch_field
         if field is None or not self._batch or store.unary_only:
             return await store.unary(spec, request, timeout)
@@ -963,6 +997,18 @@ class Transport:
             return await store.batch(field, request, timeout)
         except _FallBackToUnaryError:
             return await store.unary(spec, request, timeout)
+
+    def _forwarding_store(self, proxy: _Store, forwarded_host: str) -> _Store:
+        key = (proxy.address, forwarded_host)
+        store = self._forwarding.get(key)
+        if store is None:
+            store = self._forwarding[key] = _Store(
+                self,
+                proxy.address,
+                forwarded_host=forwarded_host,
+                channels=[c.channel for c in proxy.conns],
+            )
+        return store
 
     def _unary_error(
         self, address: str, exc: grpc.aio.AioRpcError, timeout: float
@@ -985,9 +1031,12 @@ class Transport:
         connection is suspect. Requests in flight there fail with :class:`TransportError`;
         the next request to the address opens new connections.
         """
+        closing = [self._forwarding.pop(k) for k in list(self._forwarding) if k[0] == address]
         store = self._stores.pop(address, None)
         if store is not None:
-            await store.close(lambda e: store.lost(e, ConnectionError("connection closed"), None))
+            closing.append(store)  # last: it owns the channels the others share
+        for victim in closing:
+            await victim.close(victim.connection_closed)
 
     async def close(self) -> None:
         """Close every connection; waiting requests fail with ``ClientClosedError``.
@@ -995,7 +1044,8 @@ class Transport:
         Cancels the sender and receiver tasks and waits for them. Idempotent.
         """
         self._closed = True
-        stores = list(self._stores.values())
+        stores = [*self._forwarding.values(), *self._stores.values()]
+        self._forwarding.clear()
         self._stores.clear()
         for store in stores:
             await store.close(lambda e: ClientClosedError("transport"))
