@@ -51,11 +51,18 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 #: Server options: no message size limit (large batches), as TiKV's are (tikv-python and
-#: client-go send unlimited sizes; grpcio's default receive limit is 4 MiB).
+#: client-go send unlimited sizes; grpcio's default receive limit is 4 MiB). Clients send
+#: HTTP/2 keepalive pings (client-go every 10 s, also on idle connections); TiKV and PD accept
+#: them, while grpc core's default server policy answers pings more frequent than every
+#: 5 minutes with GOAWAY "too_many_pings" after two strikes. Accept pings every 5 s or more,
+#: with or without calls, and never count strikes.
 GRPC_SERVER_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", -1),
     ("grpc.max_send_message_length", -1),
     ("grpc.so_reuseport", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+    ("grpc.http2.max_ping_strikes", 0),
 ]
 
 #: How TiKV prints an ``ApiVersion`` in errors (Rust ``Debug`` of ``kvrpcpb::ApiVersion``).
