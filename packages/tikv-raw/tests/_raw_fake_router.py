@@ -257,5 +257,9 @@ class FakeRouter:
         hi = end if not span.end or (end and end < span.end) else span.end
         return [self.execute(command, build(lo, hi), span)], (lo, hi)
 
+    def set_request_control(self, context: Any, interceptor: Any) -> None:
+        # No wire here: keep what the client asked for, so tests can check it.
+        self.request_control = (context, interceptor)
+
     async def close(self) -> None:
         self.closed = True

@@ -33,6 +33,9 @@ from tikv_pd.backoff import RAWKV_MAX_BACKOFF, Backoffer
 from tikv_pd.codec import KeyCodec, KeyspaceCodec
 from tikv_pd.config import Config
 from tikv_pd.errors import ClientClosedError, TiKVError
+from tikv_pd.interceptor import RPCInterceptor, chain_interceptors
+from tikv_pd.observability import register_operations
+from tikv_pd.request_context import RequestContext
 
 from tikv_raw import _requests as rq
 from tikv_raw._batching import split_by_count, split_by_size
@@ -72,12 +75,14 @@ TTL = int | datetime.timedelta | None
 class _Shared:
     """State shared by a client and its column-family views."""
 
-    __slots__ = ("closed", "config", "router")
+    __slots__ = ("closed", "config", "interceptor", "request_context", "router")
 
     def __init__(self, router: Router, config: Config) -> None:
         self.router = router
         self.config = config
         self.closed = False
+        self.request_context: RequestContext | None = None
+        self.interceptor: RPCInterceptor | None = None
 
 
 class AsyncRawClient:
@@ -153,6 +158,7 @@ class AsyncRawClient:
         api_version: int | None = None,
         config: Config | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (the PD connect deadline, DESIGN §5)
+        request_context: RequestContext | None = None,
     ) -> AsyncRawClient:
         """Connect to a TiKV cluster through its PD endpoints.
 
@@ -173,6 +179,10 @@ class AsyncRawClient:
             timeout: Seconds allowed for discovering the PD cluster (default: the PD
                 client's 10 s). Per-RPC timeouts and retry budgets come from ``config``
                 and client-go's backoff budgets (20 s of sleep per raw operation).
+            request_context: Request source, resource group (name and tag), priority
+                and ``txn_source`` put in every request's ``kvrpcpb.Context`` (see
+                :meth:`set_request_context`). client-go's raw client sends none of them;
+                by default neither do we.
 
         Raises:
             TypeError, ValueError: Bad arguments (checked before connecting).
@@ -197,10 +207,15 @@ class AsyncRawClient:
         from tikv_raw._pipeline import connect_router
 
         cfg = config or Config()
+        if request_context is not None and not isinstance(request_context, RequestContext):
+            raise TypeError(
+                "request_context must be a tikv_pd.request_context.RequestContext, "
+                f"got {type(request_context).__name__}"
+            )
         router = await connect_router(
             eps, api_version=version, keyspace=keyspace, config=cfg, timeout=timeout
         )
-        return cls(
+        client = cls(
             router,
             config=cfg,
             atomic=atomic,
@@ -208,6 +223,9 @@ class AsyncRawClient:
             keyspace=keyspace,
             codec=router.codec,
         )
+        if request_context is not None:
+            client.set_request_context(request_context)
+        return client
 
     async def close(self) -> None:
         """Close the client: its PD client, store connections and background tasks.
@@ -277,6 +295,62 @@ class AsyncRawClient:
     def closed(self) -> bool:
         """Whether the client (or the parent of this view) has been closed."""
         return self._shared.closed
+
+    # -- request control -----------------------------------------------------------
+
+    @property
+    def request_context(self) -> RequestContext | None:
+        """The request source / resource group / priority settings, or ``None``."""
+        return self._shared.request_context
+
+    def set_request_context(self, context: RequestContext | None) -> None:
+        """Put ``context``'s fields in the ``kvrpcpb.Context`` of every later request.
+
+        Applies to this client and its column-family views. ``None`` restores the
+        defaults.
+
+        Example:
+            >>> from tikv_pd.request_context import RequestContext, RequestSource
+            >>> client.set_request_context(RequestContext(
+            ...     request_source=RequestSource(source_type="ingest"),
+            ...     resource_group_name="etl", priority="low"))
+
+        """
+        if context is not None and not isinstance(context, RequestContext):
+            raise TypeError(f"context must be a RequestContext, got {type(context).__name__}")
+        self._shared.request_context = context
+        self._shared.router.set_request_control(context, self._shared.interceptor)
+
+    @property
+    def rpc_interceptor(self) -> RPCInterceptor | None:
+        """The RPC interceptor (chain) run around every RPC attempt, or ``None``."""
+        return self._shared.interceptor
+
+    def set_rpc_interceptor(self, interceptor: RPCInterceptor | None) -> None:
+        """Replace the client's RPC interceptor (client-go ``SetRPCInterceptor``).
+
+        It sees (and may patch) every request before it is sent, incl. its
+        ``kvrpcpb.Context``, and every response; see :mod:`tikv_pd.interceptor`.
+        Applies to this client and its column-family views; ``None`` removes it.
+        """
+        if interceptor is not None and not isinstance(interceptor, RPCInterceptor):
+            raise TypeError(
+                f"interceptor must have .name and .wrap(next), got {type(interceptor).__name__}"
+            )
+        self._shared.interceptor = interceptor
+        self._shared.router.set_request_control(self._shared.request_context, interceptor)
+
+    def add_rpc_interceptor(self, interceptor: RPCInterceptor) -> None:
+        """Append ``interceptor`` to the chain (client-go ``AddRPCInterceptor``).
+
+        Interceptors run in the order they were added, the first outermost; adding one
+        whose name is already in the chain replaces the earlier one.
+        """
+        current = self._shared.interceptor
+        if current is None:
+            self.set_rpc_interceptor(interceptor)
+        else:
+            self.set_rpc_interceptor(chain_interceptors(current, interceptor))
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -884,3 +958,32 @@ def _resolve_api_version(api_version: object, keyspace: object) -> int:
     if api_version == 1 and keyspace is not None:
         raise ValueError("keyspaces need API v2: pass api_version=2 (or leave it out)")
     return api_version
+
+
+def _scan_label(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    return "raw_reverse_scan" if kwargs.get("reverse") else "raw_scan"
+
+
+# Client operations, instrumented while metrics or tracing is on (tikv_pd.observability):
+# a span tikv.raw.<method> and tikv_client_go_rawkv_cmd_seconds{type=<label>} with
+# client-go's labels (rawkv/rawkv.go) where it has them; get_key_ttl, compare_and_swap,
+# delete_prefix and batch_scan have no client-go series and use their own names.
+register_operations(
+    AsyncRawClient,
+    "rawkv",
+    {
+        "get": "get",
+        "put": "batch_put",  # client-go's PutWithTTL observes the batch_put series
+        "delete": "delete",
+        "get_key_ttl": "get_key_ttl",
+        "compare_and_swap": "compare_and_swap",
+        "batch_get": "batch_get",
+        "batch_put": "batch_put",
+        "batch_delete": "batch_delete",
+        "delete_range": "delete_range",
+        "delete_prefix": "delete_prefix",
+        "scan": _scan_label,
+        "batch_scan": "batch_scan",
+        "checksum": "raw_checksum",
+    },
+)

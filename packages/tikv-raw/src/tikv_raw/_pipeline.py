@@ -10,15 +10,18 @@ per-request settings: API version and keyspace in every context, and client-go's
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 from tikv_pd.backoff import Backoffer
 from tikv_pd.codec import KeyCodec, make_codec
 from tikv_pd.config import Config
+from tikv_pd.interceptor import RPCInterceptor
 from tikv_pd.locator import RegionLocator
 from tikv_pd.pd_client import PDClient
 from tikv_pd.request import Ambiguity, RequestOptions, RequestSender
+from tikv_pd.request_context import RequestContext
 from tikv_pd.transport import Transport
 
 from tikv_raw._router import BuildForKeys, BuildForRange
@@ -72,10 +75,24 @@ class PipelineRouter:
             "keyspace_id": codec.keyspace_id,
             "keyspace_name": keyspace_name,
         }
-        self._read_options = RequestOptions(**common)
-        self._write_options = RequestOptions(
+        self._base_read = RequestOptions(**common)
+        self._base_write = RequestOptions(
             **common, max_execution_duration_ms=MAX_WRITE_EXECUTION_MS
         )
+        self._read_options = self._base_read
+        self._write_options = self._base_write
+
+    def set_request_control(
+        self, context: RequestContext | None, interceptor: RPCInterceptor | None
+    ) -> None:
+        """See :meth:`tikv_raw._router.Router.set_request_control`."""
+        read, write = self._base_read, self._base_write
+        if context is not None:
+            read, write = context.apply(read), context.apply(write)
+        if interceptor is not None:
+            read = dataclasses.replace(read, interceptor=interceptor)
+            write = dataclasses.replace(write, interceptor=interceptor)
+        self._read_options, self._write_options = read, write
 
     def _options(self, command: str) -> RequestOptions:
         return self._write_options if command in _WRITES else self._read_options

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tikv_pd.backoff import Backoffer
+from tikv_pd.interceptor import RPCInterceptor
 from tikv_pd.request import Ambiguity
+from tikv_pd.request_context import RequestContext
 
 __all__ = ["Ambiguity", "BuildForKeys", "BuildForRange", "Router", "Span"]
 
@@ -92,6 +94,16 @@ class Router(Protocol):
 
         Returns the responses and the ``(start, end)`` part of the range they covered,
         so the caller continues from its end (forward) or its start (reverse).
+        """
+        ...
+
+    def set_request_control(
+        self, context: RequestContext | None, interceptor: RPCInterceptor | None
+    ) -> None:
+        """Use ``context`` and ``interceptor`` for every request sent from now on.
+
+        ``context`` sets the request source, resource group, priority, ... of each
+        ``kvrpcpb.Context``; ``interceptor`` runs around each RPC attempt (``None``: none).
         """
         ...
 

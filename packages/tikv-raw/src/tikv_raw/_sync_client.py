@@ -14,6 +14,8 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from tikv_pd.config import Config
+from tikv_pd.interceptor import RPCInterceptor
+from tikv_pd.request_context import RequestContext
 from tikv_pd.sync import LoopThread
 
 from tikv_raw._async_client import DEFAULT_SCAN_PAGE_SIZE, TTL, AsyncRawClient, KeyValue
@@ -57,6 +59,7 @@ class RawClient:
         api_version: int | None = None,
         config: Config | None = None,
         timeout: float | None = None,
+        request_context: RequestContext | None = None,
     ) -> RawClient:
         """Connect to a TiKV cluster through its PD endpoints.
 
@@ -76,6 +79,7 @@ class RawClient:
                     api_version=api_version,
                     config=config,
                     timeout=timeout,
+                    request_context=request_context,
                 )
             )
         except BaseException:
@@ -135,6 +139,30 @@ class RawClient:
     def closed(self) -> bool:
         """Whether the client has been closed."""
         return self._client.closed
+
+    # -- request control: see AsyncRawClient ---------------------------------------
+
+    @property
+    def request_context(self) -> RequestContext | None:
+        """The request source / resource group / priority settings, or ``None``."""
+        return self._client.request_context
+
+    def set_request_context(self, context: RequestContext | None) -> None:
+        """See :meth:`AsyncRawClient.set_request_context`."""
+        self._client.set_request_context(context)
+
+    @property
+    def rpc_interceptor(self) -> RPCInterceptor | None:
+        """The RPC interceptor (chain), or ``None``."""
+        return self._client.rpc_interceptor
+
+    def set_rpc_interceptor(self, interceptor: RPCInterceptor | None) -> None:
+        """See :meth:`AsyncRawClient.set_rpc_interceptor` (interceptors run on the loop thread)."""
+        self._client.set_rpc_interceptor(interceptor)
+
+    def add_rpc_interceptor(self, interceptor: RPCInterceptor) -> None:
+        """See :meth:`AsyncRawClient.add_rpc_interceptor`."""
+        self._client.add_rpc_interceptor(interceptor)
 
     # -- operations: see AsyncRawClient for the documentation -------------------------
 
