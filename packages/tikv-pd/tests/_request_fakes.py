@@ -173,6 +173,7 @@ class Sent:
     address: str
     command: str
     request: Any
+    forwarded_host: str = ""
 
 
 @dataclass
@@ -199,11 +200,13 @@ class FakeTransport:
         command: str,
         request: Message,
         timeout: float | None = None,  # noqa: ASYNC109 - the Sender protocol
+        *,
+        forwarded_host: str | None = None,
     ) -> Any:
         req: Any = request
         snapshot = type(request)()
         snapshot.CopyFrom(request)
-        self.sent.append(Sent(address, command, snapshot))
+        self.sent.append(Sent(address, command, snapshot, forwarded_host or ""))
         self.inflight += 1
         self.max_inflight = max(self.max_inflight, self.inflight)
         try:
@@ -217,7 +220,9 @@ class FakeTransport:
                 if isinstance(fault, BaseException):
                     raise fault
                 return resp_type(region_error=fault)
-            err = self._check(address, req.context, _keys_of(command, req))
+            # A proxy relays a forwarded request to the store it names.
+            target = forwarded_host or address
+            err = self._check(target, req.context, _keys_of(command, req))
             if err is not None:
                 return resp_type(region_error=err)
             return self._execute(command, req)

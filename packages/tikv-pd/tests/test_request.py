@@ -731,3 +731,43 @@ def test_select_peer_avoids_unreachable_stores() -> None:
     assert select_peer(region, leader, 0, False, {1, 2, 3}) == (region.peers[0], 0)
     follower = RequestOptions(replica_read="follower")
     assert select_peer(region, follower, 0, False, {2}) == (region.peers[2], 1)
+
+
+async def test_forwarding_reaches_an_unreachable_leader_through_a_follower() -> None:
+    # The client cannot reach store 1, but the leader there is alive: with forwarding,
+    # store 2 relays the request to it; the context still names the leader.
+    cluster, locator, transport, _ = _setup()
+    sender = RequestSender(locator, transport, forwarding=True)
+    transport.down.add(STORES[1])
+    bo, _sleeps = _bo()
+    await sender.call_key("RawPut", b"k", kvrpcpb_pb2.RawPutRequest(key=b"k", value=b"v"), bo=bo)
+    assert cluster.data[b"k"] == b"v"
+    first, second = transport.sent
+    assert (first.address, first.forwarded_host) == (STORES[1], "")
+    assert (second.address, second.forwarded_host) == (STORES[2], STORES[1])
+    assert second.request.context.peer.store_id == 1
+
+
+async def test_without_forwarding_an_unreachable_leader_exhausts_the_budget() -> None:
+    _, locator, transport, _ = _setup()
+    sender = RequestSender(locator, transport)
+    assert not sender.forwarding
+    transport.down.add(STORES[1])
+    bo, _sleeps = _bo(budget_ms=500)
+    with pytest.raises(TimeoutError):
+        await sender.call_key("RawGet", b"k", kvrpcpb_pb2.RawGetRequest(key=b"k"), bo=bo)
+    # Followers were probed (they name store 1 again), never used as proxies.
+    assert {s.address for s in transport.sent} >= {STORES[1], STORES[2]}
+    assert all(not s.forwarded_host for s in transport.sent)
+
+
+def test_forwarding_defaults_to_the_transport_config() -> None:
+    from tikv_pd.config import Config
+    from tikv_pd.transport import Transport
+
+    cluster = FakeCluster([make_region(1, b"", b"")])
+    locator = FakeLocator(cluster)
+    on = RequestSender(locator, Transport(Config(enable_forwarding=True)))
+    off = RequestSender(locator, Transport(Config()))
+    assert on.forwarding
+    assert not off.forwarding

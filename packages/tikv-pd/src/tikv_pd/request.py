@@ -703,15 +703,27 @@ class RequestSender:
         transport: The store transport.
         budget_ms: The backoff budget of operations that bring no Backoffer (client-go's
             raw budget, 20 s, before ``BackOffWeight``).
+        forwarding: When the leader's store cannot be reached, send leader requests
+            through another peer's store, which relays them (client-go
+            ``EnableForwarding``). ``None``: the transport's ``Config.enable_forwarding``.
 
     """
 
     def __init__(
-        self, locator: Locator, transport: Sender, *, budget_ms: int = RAWKV_MAX_BACKOFF
+        self,
+        locator: Locator,
+        transport: Sender,
+        *,
+        budget_ms: int = RAWKV_MAX_BACKOFF,
+        forwarding: bool | None = None,
     ) -> None:
         self.locator = locator
         self.transport = transport
         self.budget_ms = budget_ms
+        if forwarding is None:
+            config = getattr(transport, "config", None)
+            forwarding = bool(getattr(config, "enable_forwarding", False))
+        self.forwarding = forwarding
         self.contexts = ContextCache()
         self.stats = RequestStats()
 
@@ -908,8 +920,24 @@ class RequestSender:
                 if more is not None:
                     return await self._dispatch(call, more, bo, ambiguous)
                 continue
+            # Forwarding (client-go EnableForwarding): the leader's store failed a send
+            # and select_peer fell back to another voter; keep the leader as the target
+            # and let that voter's store relay the request to it.
+            proxy: Peer | None = None
+            if (
+                self.forwarding
+                and mode == 0
+                and region.leader is not None
+                and peer != region.leader
+                and region.leader.store_id in unreachable
+            ):
+                proxy, peer = peer, region.leader
             try:
                 address = await locator.store_address(peer.store_id)
+                forwarded_host = ""
+                if proxy is not None:
+                    forwarded_host = address
+                    address = await locator.store_address(proxy.store_id)
             except TransportError:
                 raise
             except StoreUnavailableError as exc:
@@ -932,7 +960,11 @@ class RequestSender:
             call.attempts += 1
             try:
                 invoke = call.invoke
-                if invoke is None:
+                if forwarded_host:
+                    response = await self._send_forwarded(
+                        call, address, forwarded_host, request, peer, region, attempt
+                    )
+                elif invoke is None:
                     response = await transport.send(address, command, request, call.timeout)
                 else:
                     response = await invoke(
@@ -960,8 +992,9 @@ class RequestSender:
                 # client-go onSendFail: the peer may be down; reload the region (its
                 # leader may have moved), try another peer next, and back off tikvRPC.
                 # When every peer failed, start over (client-go NeedReloadRegion).
-                locator.on_send_fail(region, peer.store_id)
-                unreachable.add(peer.store_id)
+                failed_store = proxy.store_id if proxy is not None else peer.store_id
+                locator.on_send_fail(region, failed_store)
+                unreachable.add(failed_store)
                 if unreachable.issuperset(p.store_id for p in region.peers):
                     unreachable.clear()
                 bo = await self._backoff(call, bo, TIKV_RPC, exc, ambiguous)
@@ -1050,6 +1083,39 @@ class RequestSender:
                     bo = await self._backoff(call, bo, retry.backoff, retry, None)
                 new_shards = await call.sharder.shard(locator, retry.payload)  # type: ignore[arg-type]
                 return await self._dispatch(call, new_shards, bo, None)
+
+    async def _send_forwarded(
+        self,
+        call: _Call[P, T],
+        proxy_address: str,
+        forwarded_host: str,
+        request: Message,
+        peer: Peer,
+        region: Region,
+        attempt: int,
+    ) -> Any:
+        """Send one attempt through a proxy store (rare path: built per attempt)."""
+        transport: Any = self.transport
+
+        async def send(address: str, command: str, message: Message, seconds: float | None) -> Any:
+            return await transport.send(
+                address, command, message, seconds, forwarded_host=forwarded_host
+            )
+
+        invoke = _interceptor.build_invoker(send, call.options.interceptor)
+        if invoke is None:
+            return await send(proxy_address, call.command, request, call.timeout)
+        return await invoke(
+            RPCRequest(
+                proxy_address,
+                call.command,
+                request,
+                peer.store_id,
+                region.id,
+                attempt - 1,
+                call.timeout,
+            )
+        )
 
     async def _reshard(
         self, call: _Call[P, T], payload: P
