@@ -13,10 +13,11 @@
    a ``max_commit_ts`` of start ts + elapsed + 2 s (the safe window).
 4. **Prewrite** — every batch concurrently (at most ``committer_concurrency``), each with
    the lock TTL for the transaction's size, its region's key count as ``txn_size``, the
-   secondaries on the primary's batch for async commit. Locks of other transactions are
+   secondaries on the primary's batch for async commit. Locks of older transactions are
    resolved (then the batch is retried, after a ``txnLock`` backoff capped by their TTL if
-   they are still alive); any other key error (write conflict, key exists, ...) fails the
-   commit with its typed error. TiKV may refuse 1PC / async commit (zero commit ts in the
+   they are still alive); a lock of a younger transaction is a write conflict at once; any
+   other key error (write conflict, key exists, ...) fails the commit with its typed error.
+   A lost answer to an async-commit / 1PC prewrite makes the outcome undetermined. TiKV may refuse 1PC / async commit (zero commit ts in the
    answer, or ``CommitTsTooLarge``): the commit falls back to 2PC.
 5. **Commit** — 1PC: done, no commit RPC. Async commit: the commit ts is the largest
    ``min_commit_ts`` TiKV returned, and every key is committed in the background.
@@ -92,6 +93,7 @@ _log = logging.getLogger("tikv_txn.committer")
 _BY_KEYS: KeysSharder[bytes] = KeysSharder()
 
 _MutBatch = Batch[Region, Mutation]
+_MAX_U64 = 2**64 - 1
 
 
 def _mutation_size(m: Mutation) -> int:
@@ -310,7 +312,10 @@ class TwoPhaseCommitter:
             primary_lock=self.primary,
             start_version=self.start_ts,
             lock_ttl=self.lock_ttl,
-            txn_size=self._region_sizes.get(region.id, len(part)),
+            # A region that changed since grouping gets the maximum, so that resolvers
+            # never resolve its locks key by key on a wrong small size (client-go
+            # sets MaxUint64 when it re-groups after a region miss).
+            txn_size=self._region_sizes.get(region.id, _MAX_U64),
             min_commit_ts=self.min_commit_ts,
             assertion_level=self._opts.assertion_level_value,  # type: ignore[arg-type]
         )
@@ -343,6 +348,14 @@ class TwoPhaseCommitter:
 
         payload: Sequence[Mutation] = batch.items
         while payload:
+            # With async commit or 1PC a prewrite that reached TiKV may have decided the
+            # transaction: a lost answer makes the outcome unknown (client-go
+            # prewrite.go sets the undetermined error for them).
+            ambiguity = (
+                Ambiguity.RETRY_THEN_RAISE
+                if self.async_commit or self.one_pc
+                else Ambiguity.IDEMPOTENT
+            )
             parts = await self._rt.sender.execute(
                 "Prewrite",
                 sharder,
@@ -351,6 +364,7 @@ class TwoPhaseCommitter:
                 handle,
                 bo=bo,
                 options=self._write_options,
+                ambiguity=ambiguity,
             )
             locks: list[LockInfo] = []
             retry: list[Mutation] = []
@@ -363,7 +377,20 @@ class TwoPhaseCommitter:
                         self._fall_back_to_2pc("commit ts too large")
                         retry.extend(part)
                         continue
-                    locks.extend(locks_of(errors, start_ts=self.start_ts))
+                    for lock in locks_of(errors, start_ts=self.start_ts):
+                        if lock.lock_version > self.start_ts:
+                            # A younger transaction holds the key: whatever it does, this
+                            # optimistic one can only end in a write conflict, so fail now
+                            # instead of waiting for that lock (client-go extractKeyErrs).
+                            raise WriteConflictError(
+                                start_ts=self.start_ts,
+                                conflict_start_ts=lock.lock_version,
+                                conflict_commit_ts=0,
+                                key=lock.key,
+                                primary=self.primary,
+                                reason=1,
+                            )
+                        locks.append(lock)
                     retry.extend(part)
                     continue
                 outcome = interpret_prewrite_response(
@@ -615,6 +642,9 @@ class TwoPhaseCommitter:
     async def _execute_locked(self) -> int:
         try:
             await self.prewrite()
+        except UndeterminedError:
+            # An async-commit / 1PC prewrite may have committed: never roll it back.
+            raise
         except BaseException:
             self._spawn_cleanup()
             raise
