@@ -1042,7 +1042,8 @@ class RequestSender:
                     locator.invalidate_region(region.id, _INVALID_REASONS.get(d.kind, _OTHER))
                 if d.invalidate_store:
                     locator.invalidate_store(peer.store_id)
-                    await transport.close_address(address)
+                    # A relayed request: the mismatch is at the forwarded host.
+                    await transport.close_address(forwarded_host or address)
                 if d.leader_read:
                     leader_only = True
                 if (
