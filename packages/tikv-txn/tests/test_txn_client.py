@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from tikv_mockstore import MockCluster
+from tikv_pd.codec import keyspace_prefix
 from tikv_txn import (
     AsyncTransaction,
     AsyncTransactionClient,
@@ -348,3 +349,31 @@ def test_sync_client_round_trip(cluster: MockCluster) -> None:
             txn.commit()
         with pytest.raises(ValueError, match="pessimistic"):
             client.begin(pessimistic=True)
+
+
+async def test_keyspaces_isolate_transactions_under_api_v2() -> None:
+    with MockCluster(stores=3, api_version=2) as cluster:
+        alpha_id = cluster.create_keyspace("alpha").id
+        cluster.create_keyspace("beta")
+        alpha = await AsyncTransactionClient.connect(cluster.pd_endpoints, keyspace="alpha")
+        beta = await AsyncTransactionClient.connect(cluster.pd_endpoints, keyspace="beta")
+        try:
+            async with alpha.begin() as txn:
+                txn.put(b"k1", b"a1")
+                txn.put(b"k2", b"a2")
+            async with beta.begin() as txn:
+                txn.put(b"k1", b"b1")
+            a_snap = alpha.snapshot(await alpha.current_timestamp())
+            b_snap = beta.snapshot(await beta.current_timestamp())
+            assert await a_snap.get(b"k1") == b"a1"
+            assert await b_snap.get(b"k1") == b"b1"
+            assert await a_snap.scan(b"", None, limit=10) == [(b"k1", b"a1"), (b"k2", b"a2")]
+            assert await b_snap.scan(b"", None, limit=10, reverse=True) == [(b"k1", b"b1")]
+            assert await b_snap.batch_get([b"k1", b"k2"]) == {b"k1": b"b1"}
+            # On the server every key carries its keyspace's prefix.
+            stored = cluster.engine.mvcc_by_key(keyspace_prefix("txn", alpha_id) + b"k2")
+            assert len(stored.writes) == 1
+            assert cluster.engine.mvcc_by_key(b"k2").writes == ()
+        finally:
+            await alpha.close()
+            await beta.close()
