@@ -52,6 +52,7 @@ from tikv_pd.region_cache import InvalidReason, Region
 
 __all__ = [
     "DEFAULT_RANGE_TASK_CONCURRENCY",
+    "ProgressCallback",
     "RangeLocator",
     "RangeProgress",
     "RangeTaskProgress",

@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from tikv_pd.config import Config, TransactionOptions
+from tikv_pd.pd_client import ServiceSafePoint
 from tikv_pd.sync import LoopThread
 
 from tikv_txn.client import AsyncTransactionClient, resolve_options
@@ -260,6 +261,33 @@ class TransactionClient:
     def current_timestamp(self) -> int:
         """A fresh timestamp from PD."""
         return self._run(self._client.current_timestamp())
+
+    def gc(self, safe_point: int, *, concurrency: int = 8) -> int:
+        """Garbage-collect below ``safe_point``; see :meth:`AsyncTransactionClient.gc`."""
+        return self._run(self._client.gc(safe_point, concurrency=concurrency))
+
+    def gc_safe_point(self) -> int:
+        """PD's GC safepoint; see :meth:`AsyncTransactionClient.gc_safe_point`."""
+        return self._run(self._client.gc_safe_point())
+
+    def update_service_gc_safe_point(
+        self, service_id: str, ttl: int, safe_point: int
+    ) -> ServiceSafePoint:
+        """Register a service GC safepoint; see the async client's method."""
+        return self._run(self._client.update_service_gc_safe_point(service_id, ttl, safe_point))
+
+    def delete_range(
+        self,
+        start: bytes,
+        end: bytes | None = None,
+        *,
+        notify_only: bool = False,
+        concurrency: int = 8,
+    ) -> int:
+        """Delete ``[start, end)``; see :meth:`AsyncTransactionClient.delete_range`."""
+        return self._run(
+            self._client.delete_range(start, end, notify_only=notify_only, concurrency=concurrency)
+        )
 
     def close(self) -> None:
         """Close the client and stop its loop thread. Idempotent."""

@@ -18,12 +18,14 @@ from typing import Any, Self
 from tikv_pd.codec import KeyCodec, make_codec
 from tikv_pd.config import Config, TransactionOptions
 from tikv_pd.locator import RegionLocator
-from tikv_pd.pd_client import PDClient
+from tikv_pd.pd_client import PDClient, ServiceSafePoint
 from tikv_pd.pd_oracle import PDOracle
 from tikv_pd.request import RequestSender
 from tikv_pd.transport import Transport
 
+from tikv_txn import gc as _gc
 from tikv_txn._runtime import TxnRuntime
+from tikv_txn.delete_range import DeleteRangeTask
 from tikv_txn.snapshot import AsyncSnapshot
 from tikv_txn.transaction import AsyncTransaction
 
@@ -260,6 +262,59 @@ class AsyncTransactionClient:
         """A fresh timestamp from PD's TSO."""
         self._rt.check_open()
         return await self._rt.oracle.get_timestamp()
+
+    # -- GC and ranges (tikv_txn.gc, tikv_txn.delete_range) -----------------------------
+
+    async def gc(self, safe_point: int, *, concurrency: int = _gc.GC_CONCURRENCY) -> int:
+        """Resolve every lock at or below ``safe_point``, then advance PD's GC safepoint.
+
+        client-go ``KVStore.GC``; see :func:`tikv_txn.gc.run_gc`. A transaction that
+        started at or below ``safe_point`` and is still running gets rolled back. The
+        safepoint never moves backwards and never passes a service safepoint.
+
+        Returns:
+            PD's GC safepoint afterwards.
+
+        """
+        self._rt.check_open()
+        result = await _gc.run_gc(self._rt, self._pd, safe_point, concurrency=concurrency)
+        return result.safe_point
+
+    async def gc_safe_point(self) -> int:
+        """PD's current GC safepoint (the keyspace's under API v2)."""
+        self._rt.check_open()
+        return await _gc.get_gc_safe_point(self._pd, self._rt.codec)
+
+    async def update_service_gc_safe_point(
+        self, service_id: str, ttl: int, safe_point: int
+    ) -> ServiceSafePoint:
+        """Register a service GC safepoint (``ttl`` seconds; ``ttl <= 0`` removes it).
+
+        See :func:`tikv_txn.gc.update_service_gc_safe_point`.
+        """
+        self._rt.check_open()
+        return await _gc.update_service_gc_safe_point(
+            self._pd, self._rt.codec, service_id, ttl, safe_point
+        )
+
+    async def delete_range(
+        self,
+        start: bytes,
+        end: bytes | None = None,
+        *,
+        notify_only: bool = False,
+        concurrency: int = _gc.GC_CONCURRENCY,
+    ) -> int:
+        """Delete every version of every key in ``[start, end)``; return the regions done.
+
+        client-go ``KVStore.DeleteRange``; see :class:`tikv_txn.delete_range.DeleteRangeTask`
+        (use it directly to resume a failed deletion).
+        """
+        self._rt.check_open()
+        task = DeleteRangeTask(
+            self._rt, start, end, notify_only=notify_only, concurrency=concurrency
+        )
+        return await task.execute()
 
     async def close(self) -> None:
         """Finish background work (up to 5 s), then close connections and PD. Idempotent."""

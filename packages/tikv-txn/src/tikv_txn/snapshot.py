@@ -11,6 +11,10 @@ remaining TTL, as client-go's ``KVSnapshot.get`` and ``batchGetSingleRegion`` do
 locked key inside a scan page is read again with a point get once its lock is resolved
 (client-go ``Scanner.resolveCurrentLock``).
 
+After every read (point, batch, scan page) the snapshot ts is checked against the GC
+safepoint (:func:`tikv_txn.gc.check_visibility`, client-go ``CheckVisibility``): a read
+below it raises :class:`~tikv_pd.errors.GCTooEarlyError`.
+
 Under snapshot isolation the values read are cached (a snapshot never changes), including
 "not found"; read-committed snapshots do not cache.
 """
@@ -29,6 +33,7 @@ from tikv_proto import kvrpcpb_pb2
 
 from tikv_txn._kv import key_error_to_exception, lock_from_pb
 from tikv_txn._validate import check_key, check_keys, check_limit, check_range
+from tikv_txn.gc import check_visibility
 
 if TYPE_CHECKING:
     from tikv_txn._runtime import TxnRuntime
@@ -106,7 +111,10 @@ class AsyncSnapshot:
         self._rt.check_open()
         enc = self._rt.codec.encode_key(key)
         bo = Backoffer(self._rt.budgets.get, operation="txn get")
-        return await self._get_encoded(enc, bo)
+        value = await self._get_encoded(enc, bo)
+        # client-go checks the GC safepoint after the read (GC may advance meanwhile).
+        await check_visibility(self._rt, self.ts)
+        return value
 
     async def _get_encoded(self, key: bytes, bo: Backoffer) -> bytes | None:
         cache = self._cache
@@ -146,6 +154,7 @@ class AsyncSnapshot:
         enc = {codec.encode_key(k): k for k in wanted}
         bo = Backoffer(self._rt.budgets.batch_get, operation="txn batch_get")
         found = await self._batch_get_encoded(list(enc), bo)
+        await check_visibility(self._rt, self.ts)
         return {enc[k]: v for k, v in found.items()}
 
     async def _batch_get_encoded(self, keys: Sequence[bytes], bo: Backoffer) -> dict[bytes, bytes]:
@@ -352,6 +361,7 @@ class AsyncSnapshot:
             if retry_locks:
                 await self.resolve_for_read(bo, retry_locks)
                 continue
+            await check_visibility(self._rt, ts)  # client-go scan.go, after each batch
             if page:
                 if remaining is not None:
                     remaining -= len(page)
