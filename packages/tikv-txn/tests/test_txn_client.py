@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from tikv_mockstore import MockCluster
 from tikv_pd.codec import keyspace_prefix
+from tikv_pd.config import Config
 from tikv_txn import (
     AsyncTransaction,
     AsyncTransactionClient,
@@ -377,3 +378,66 @@ async def test_keyspaces_isolate_transactions_under_api_v2() -> None:
         finally:
             await alpha.close()
             await beta.close()
+
+
+async def test_large_transaction_is_cut_into_16k_batches_primary_first(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    keys = [K(b"\x50", p, f"big{i:02d}") for i in range(10)]
+    value = b"x" * 5000
+    prewrites = cluster.counters.count("KvPrewrite")
+    commits = cluster.counters.count("KvCommit")
+    txn = await client.begin()
+    for key in keys:
+        txn.put(key, value)
+    await txn.commit()
+    assert await client.runtime.wait_background(60)
+    # ~5 KiB per mutation, batches close once they reach 16 KiB: 4 + 4 + 2 mutations.
+    assert cluster.counters.count("KvPrewrite") - prewrites == 3
+    assert cluster.counters.count("KvCommit") - commits == 3
+    snap = client.snapshot(await client.current_timestamp())
+    assert await snap.batch_get(keys) == dict.fromkeys(keys, value)
+
+
+async def test_async_commit_and_one_pc_fall_back_to_2pc_when_tikv_refuses(
+    cluster: MockCluster, p: bytes
+) -> None:
+    # No safe window: TiKV's computed commit ts exceeds max_commit_ts and it answers
+    # with a zero commit ts; the commit must still succeed, through 2PC.
+    config = Config(async_commit_safe_window=0.0)
+    async with await AsyncTransactionClient.connect(cluster.pd_endpoints, config=config) as c:
+        for opts in (TransactionOptions(async_commit=True), TransactionOptions(try_one_pc=True)):
+            key = K(b"\x90", p, f"fb-{opts.async_commit}")
+            commits = cluster.counters.count("KvCommit")
+            txn = await c.begin(opts)
+            txn.put(key, b"v")
+            commit_ts = await txn.commit()
+            committer = txn._committer
+            assert committer is not None
+            assert not committer.async_commit
+            assert not committer.one_pc
+            assert cluster.counters.count("KvCommit") == commits + 1
+            snap = c.snapshot(await c.current_timestamp())
+            assert await snap.get(key) == b"v"
+            assert commit_ts > txn.start_ts
+
+
+async def test_prewrite_resolves_an_abandoned_older_lock(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    key = K(b"\x10", p, "abandoned")
+    dead = await client.begin()
+    dead.put(key, b"dead")
+    committer = dead._new_committer()
+    assert await committer.prepare()
+    await committer.prewrite()  # and the client dies
+    cluster.clock.advance(60_000)
+    await client.current_timestamp()
+    async with client.begin() as txn:
+        txn.put(key, b"alive")
+    snap = client.snapshot(await client.current_timestamp())
+    assert await snap.get(key) == b"alive"
+    assert locks_in(cluster, p) == []
+    status = client.runtime.resolver.cached_status(dead.start_ts)
+    assert status is not None
+    assert status.is_rolled_back

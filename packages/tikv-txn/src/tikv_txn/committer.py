@@ -17,8 +17,9 @@
    resolved (then the batch is retried, after a ``txnLock`` backoff capped by their TTL if
    they are still alive); a lock of a younger transaction is a write conflict at once; any
    other key error (write conflict, key exists, ...) fails the commit with its typed error.
-   A lost answer to an async-commit / 1PC prewrite makes the outcome undetermined. TiKV may refuse 1PC / async commit (zero commit ts in the
-   answer, or ``CommitTsTooLarge``): the commit falls back to 2PC.
+   A lost answer to an async-commit / 1PC prewrite makes the outcome undetermined. TiKV
+   may refuse 1PC / async commit (zero commit ts in the answer, or ``CommitTsTooLarge``):
+   the commit falls back to 2PC.
 5. **Commit** — 1PC: done, no commit RPC. Async commit: the commit ts is the largest
    ``min_commit_ts`` TiKV returned, and every key is committed in the background.
    2PC: a commit ts from the oracle; the primary batch is committed before returning (a
@@ -336,10 +337,9 @@ class TwoPhaseCommitter:
         self.one_pc = False
 
     async def _prewrite_batch(self, batch: _MutBatch, bo: Backoffer) -> None:
-        cfg = self._rt.config
-        sharder: KeysSharder[Mutation] = KeysSharder(
-            lambda m: m.key, size_of=_mutation_size, max_bytes=cfg.txn_commit_batch_size
-        )
+        # The batch is already cut to size (policy.batch_mutations); the sharder only
+        # re-groups it by region when a region changed under it.
+        sharder: KeysSharder[Mutation] = KeysSharder(lambda m: m.key)
 
         def handle(
             region: Region, part: Sequence[Mutation], resp: Any
