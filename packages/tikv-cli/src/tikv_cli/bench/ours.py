@@ -92,12 +92,24 @@ async def prepare_async(
                 await raw.batch_put({raw_key(i): make_value(i) for i in range(start, start + 1000)})
         return _raw_async_op(workload, raw), raw.close
     if kind == "tso":
-        pd = await PDClient.connect(eps, caller_id="tikv-bench")
+        try:
+            txn_client = await _txn_module_class("AsyncTransactionClient").connect(eps)
+        except UnsupportedError:
+            # Before tikv-txn has its client: the PD client's TSO, which it builds on.
+            pd = await PDClient.connect(eps, caller_id="tikv-bench")
+
+            async def pd_tso(rng: random.Random) -> None:
+                await pd.get_timestamp()
+
+            return pd_tso, pd.close
 
         async def tso(rng: random.Random) -> None:
-            await pd.get_timestamp()
+            await txn_client.current_timestamp()
 
-        return tso, pd.close
+        async def close_tso() -> None:
+            await _aw(txn_client.close())
+
+        return tso, close_tso
     cls = _txn_module_class("AsyncTransactionClient")
     client = await cls.connect(eps)
     try:
@@ -223,21 +235,15 @@ def prepare_sync(
                 raw.batch_put({raw_key(i): make_value(i) for i in range(start, start + 1000)})
         return _raw_sync_op(workload, raw), raw.close
     if kind == "tso":
-        # The blocking TSO path: the PD client on a private loop thread, as the sync
-        # clients run their async core.
-        loop = LoopThread(name="tikv-bench-pd")
-        pd = loop.run(PDClient.connect(eps, caller_id="tikv-bench"))
+        try:
+            txn_client = _txn_module_class("TransactionClient").connect(eps)
+        except UnsupportedError:
+            return _pd_tso_sync(eps)
 
-        def tso(rng: random.Random) -> None:
-            loop.run(pd.get_timestamp())
+        def txn_tso(rng: random.Random) -> None:
+            txn_client.current_timestamp()
 
-        def close() -> None:
-            try:
-                loop.run(pd.close())
-            finally:
-                loop.close()
-
-        return tso, close
+        return txn_tso, txn_client.close
     cls = _txn_module_class("TransactionClient")
     client = cls.connect(eps)
     try:
@@ -246,6 +252,23 @@ def prepare_sync(
         client.close()
         raise
     return op, client.close
+
+
+def _pd_tso_sync(eps: list[str]) -> tuple[SyncOp, SyncCleanup]:
+    """The blocking TSO path before tikv-txn has its client: the PD client on a loop thread."""
+    loop = LoopThread(name="tikv-bench-pd")
+    pd = loop.run(PDClient.connect(eps, caller_id="tikv-bench"))
+
+    def tso(rng: random.Random) -> None:
+        loop.run(pd.get_timestamp())
+
+    def close() -> None:
+        try:
+            loop.run(pd.close())
+        finally:
+            loop.close()
+
+    return tso, close
 
 
 def _raw_sync_op(workload: str, raw: RawClient) -> SyncOp:
