@@ -47,6 +47,8 @@ _log = logging.getLogger("tikv_txn")
 
 #: ``Context.request_source`` of transactional requests (shown in TiKV's metrics).
 REQUEST_SOURCE = "external_txn"
+#: Distinct request-option sets remembered by :meth:`TxnRuntime.request_options`.
+_OPTIONS_MEMO_SIZE = 256
 #: Name prefix of heartbeat tasks (cancelled first on close).
 HEARTBEAT_TASK_PREFIX = "tikv-txn-heartbeat"
 
@@ -100,13 +102,9 @@ class TxnRuntime:
         self.config = config
         self.keyspace_name = keyspace_name
         self.budgets = Budgets()
+        self._options_memo: dict[tuple[tuple[str, Any], ...], RequestOptions] = {}
         #: Options of the requests the client sends on its own (lock resolution, GC).
-        self.base_options = RequestOptions(
-            api_version=codec.api_version,
-            keyspace_id=codec.keyspace_id,
-            keyspace_name=keyspace_name,
-            request_source=REQUEST_SOURCE,
-        )
+        self.base_options = self.request_options()
         self.resolver: LockResolver = LockResolver(self)
         self.latches: LatchScheduler | None = (
             LatchScheduler(config.txn_local_latches_capacity)
@@ -124,7 +122,16 @@ class TxnRuntime:
             raise ClientClosedError("transaction client")
 
     def request_options(self, **overrides: Any) -> RequestOptions:
-        """Request options with this client's API version / keyspace plus ``overrides``."""
+        """Request options with this client's API version / keyspace plus ``overrides``.
+
+        Equal overrides return the same object: the pipeline caches built
+        ``kvrpcpb.Context`` messages per options object, so transactions with the same
+        options share cached contexts instead of building new ones.
+        """
+        memo_key = tuple(sorted(overrides.items()))
+        cached = self._options_memo.get(memo_key)
+        if cached is not None:
+            return cached
         fields: dict[str, Any] = {
             "api_version": self.codec.api_version,
             "keyspace_id": self.codec.keyspace_id,
@@ -132,7 +139,11 @@ class TxnRuntime:
             "request_source": REQUEST_SOURCE,
         }
         fields.update(overrides)
-        return RequestOptions(**fields)
+        options = RequestOptions(**fields)
+        if len(self._options_memo) >= _OPTIONS_MEMO_SIZE:
+            self._options_memo.clear()
+        self._options_memo[memo_key] = options
+        return options
 
     # -- background tasks ------------------------------------------------------------
 
