@@ -65,7 +65,8 @@ def parent_id(span: ReadableSpan) -> int | None:
 
 def span_id(span: ReadableSpan) -> int:
     assert span.context is not None
-    return span.context.span_id
+    sid: int = span.context.span_id
+    return sid
 
 
 async def test_multi_region_batch_nests_one_rpc_span_per_region(
