@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ from tikv_pd.backoff import (
     PREWRITE_MAX_BACKOFF,
     SCANNER_NEXT_MAX_BACKOFF,
     TSO_MAX_BACKOFF,
+    Backoffer,
 )
 from tikv_pd.codec import KeyCodec
 from tikv_pd.config import Config
@@ -102,6 +104,7 @@ class TxnRuntime:
         self.config = config
         self.keyspace_name = keyspace_name
         self.budgets = Budgets()
+        self._rng = random.Random()
         self._options_memo: dict[tuple[tuple[str, Any], ...], RequestOptions] = {}
         #: Options of the requests the client sends on its own (lock resolution, GC).
         self.base_options = self.request_options()
@@ -115,6 +118,14 @@ class TxnRuntime:
         self.closed = False
         #: Background task failures seen so far (also logged), newest last.
         self.background_errors: list[BaseException] = []
+
+    def backoffer(self, budget_ms: int, operation: str) -> Backoffer:
+        """A Backoffer for one operation, drawing its jitter from the client's RNG.
+
+        One shared :class:`random.Random` instead of one per Backoffer: seeding a new one
+        from the OS costs more than a whole cached-context request.
+        """
+        return Backoffer(budget_ms, operation=operation, rng=self._rng)
 
     def check_open(self) -> None:
         """Raise :class:`ClientClosedError` once the client is closed."""

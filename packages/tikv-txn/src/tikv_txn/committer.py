@@ -282,7 +282,7 @@ class TwoPhaseCommitter:
             max_commit_ts=self.max_commit_ts,
         )
         self._prewrite_started = True
-        bo = Backoffer(self._rt.budgets.prewrite, operation="prewrite")
+        bo = self._rt.backoffer(self._rt.budgets.prewrite, "prewrite")
         await self._run_batches(self.batches, lambda b: self._prewrite_batch(b, bo.fork()))
 
     async def _run_batches(self, batches: Sequence[_MutBatch], action: Any) -> None:
@@ -451,7 +451,7 @@ class TwoPhaseCommitter:
             req = kvrpcpb_pb2.TxnHeartBeatRequest(
                 primary_lock=self.primary, start_version=self.start_ts, advise_lock_ttl=ttl
             )
-            bo = Backoffer(self._rt.budgets.heartbeat, operation="txn heartbeat")
+            bo = self._rt.backoffer(self._rt.budgets.heartbeat, "txn heartbeat")
             try:
                 resp = await self._rt.sender.call_key(
                     "TxnHeartBeat", self.primary, req, bo=bo, options=self._write_options
@@ -507,7 +507,7 @@ class TwoPhaseCommitter:
         """
         batch = self.batches[0]
         keys = self._commit_keys(batch)
-        bo = Backoffer(self._rt.budgets.commit, operation="commit primary")
+        bo = self._rt.backoffer(self._rt.budgets.commit, "commit primary")
 
         async def newer_commit_ts() -> None:
             await self.get_commit_ts()
@@ -539,7 +539,7 @@ class TwoPhaseCommitter:
 
     async def commit_batches(self, batches: Sequence[_MutBatch]) -> None:
         """Commit ``batches`` at :attr:`commit_ts` (secondaries; every batch for async commit)."""
-        bo = Backoffer(self._rt.budgets.commit_secondary, operation="commit secondaries")
+        bo = self._rt.backoffer(self._rt.budgets.commit_secondary, "commit secondaries")
 
         def build(region: Region, part: Sequence[bytes]) -> kvrpcpb_pb2.CommitRequest:
             return kvrpcpb_pb2.CommitRequest(
@@ -577,7 +577,7 @@ class TwoPhaseCommitter:
         """Roll back every prewritten key (``KvBatchRollback``), primary batch first."""
         if not self.batches:
             return
-        bo = Backoffer(self._rt.budgets.cleanup, operation="cleanup")
+        bo = self._rt.backoffer(self._rt.budgets.cleanup, "cleanup")
 
         def build(region: Region, part: Sequence[bytes]) -> kvrpcpb_pb2.BatchRollbackRequest:
             return kvrpcpb_pb2.BatchRollbackRequest(start_version=self.start_ts, keys=list(part))

@@ -367,7 +367,7 @@ class LockResolver:
         every secondary with it; otherwise ask every secondary's region (CheckSecondaryLocks)
         and decide from the answers (:class:`AsyncResolveData`).
         """
-        bo = Backoffer(ASYNC_RESOLVE_LOCK_MAX_BACKOFF, operation="async commit resolve")
+        bo = self._rt.backoffer(ASYNC_RESOLVE_LOCK_MAX_BACKOFF, "async commit resolve")
         primary = status.primary_lock
         if primary is None:
             raise TxnError(f"async commit lock of txn {lock.lock_version} without primary lock")
@@ -456,7 +456,7 @@ class LockResolver:
 
         """
         infos: dict[int, int] = {}
-        status_bo = Backoffer(GET_TXN_STATUS_MAX_BACKOFF, operation="batch resolve locks")
+        status_bo = self._rt.backoffer(GET_TXN_STATUS_MAX_BACKOFF, "batch resolve locks")
         for lock in locks:
             if lock.lock_version in infos:
                 continue

@@ -110,7 +110,7 @@ class AsyncSnapshot:
         check_key(key)
         self._rt.check_open()
         enc = self._rt.codec.encode_key(key)
-        bo = Backoffer(self._rt.budgets.get, operation="txn get")
+        bo = self._rt.backoffer(self._rt.budgets.get, "txn get")
         value = await self._get_encoded(enc, bo)
         # client-go checks the GC safepoint after the read (GC may advance meanwhile).
         await check_visibility(self._rt, self.ts)
@@ -152,7 +152,7 @@ class AsyncSnapshot:
         self._rt.check_open()
         codec = self._rt.codec
         enc = {codec.encode_key(k): k for k in wanted}
-        bo = Backoffer(self._rt.budgets.batch_get, operation="txn batch_get")
+        bo = self._rt.backoffer(self._rt.budgets.batch_get, "txn batch_get")
         found = await self._batch_get_encoded(list(enc), bo)
         await check_visibility(self._rt, self.ts)
         return {enc[k]: v for k, v in found.items()}
@@ -303,7 +303,7 @@ class AsyncSnapshot:
     ) -> AsyncIterator[list[tuple[bytes, bytes]]]:
         """Yield pages of encoded pairs, region by region, in scan order."""
         ts = self.ts
-        bo = Backoffer(self._rt.budgets.scan, operation="txn scan")
+        bo = self._rt.backoffer(self._rt.budgets.scan, "txn scan")
         remaining = limit
         while True:
             if hi and lo >= hi:
