@@ -243,6 +243,10 @@ async def test_bad_input_is_refused_before_sending(
         client.begin(TransactionOptions.pessimistic())
     with pytest.raises(TypeError):
         client.begin(options="fast")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="pipelined"):
+        client.begin(TransactionOptions(pipelined=True))
+    with pytest.raises(ValueError, match="txn_scope"):
+        client.begin(TransactionOptions(txn_scope="dc-1"))
     txn = await client.begin()
     with pytest.raises(TypeError):
         txn.put("k", b"v")  # type: ignore[arg-type]

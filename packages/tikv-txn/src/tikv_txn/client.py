@@ -54,7 +54,8 @@ def resolve_options(
 
     Raises:
         TypeError: ``options`` is not a TransactionOptions.
-        ValueError: A mode that is not supported yet (pessimistic, pipelined).
+        ValueError: A mode that is not supported yet (pessimistic, pipelined, a local
+            txn scope).
 
     """
     if options is not None and not isinstance(options, TransactionOptions):
@@ -71,6 +72,10 @@ def resolve_options(
         )
     if options.pipelined:
         raise ValueError("pipelined DML transactions are not supported yet")
+    if options.txn_scope != "global":
+        # Local (per-DC) TSO scopes are gone from PD; a local start ts would silently be
+        # a global one here, so refuse the option instead of ignoring it.
+        raise ValueError(f"only the 'global' txn_scope is supported, got {options.txn_scope!r}")
     return options
 
 
