@@ -69,7 +69,7 @@ __all__ = [
     "RegionLocator",
 ]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("tikv.region_cache")
 
 #: Seconds between background sweeps of expired regions (client-go cleanCacheInterval).
 SWEEP_INTERVAL = 1.0
@@ -189,7 +189,7 @@ class RegionLocator:
         if rest:
             # client-go keeps the decoded value and ignores trailing bytes of a boundary
             # (``decodeRegionKeyInPlace`` in ``internal/locate/pd_codec.go``).
-            logger.debug("region boundary %r has %d trailing bytes", key, len(rest))
+            logger.debug("region boundary %s has %d trailing bytes", format_key(key), len(rest))
         return value
 
     def region_from_meta(

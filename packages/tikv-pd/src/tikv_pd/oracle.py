@@ -42,7 +42,7 @@ __all__ = [
     "ts_from_time",
 ]
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("tikv.oracle")
 
 #: Number of logical bits in a timestamp (client-go ``physicalShiftBits``).
 LOGICAL_BITS = 18

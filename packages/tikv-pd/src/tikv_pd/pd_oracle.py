@@ -28,7 +28,7 @@ from tikv_pd.pd_client import PDClient
 
 __all__ = ["PDOracle"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("tikv.oracle")
 
 
 class PDOracle:

@@ -75,7 +75,7 @@ __all__ = [
     "store_channel_options",
 ]
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("tikv.transport")
 
 _BATCH_COMMANDS_METHOD = "/tikvpb.Tikv/BatchCommands"
 _FORWARD_METADATA_KEY = "tikv-forwarded-host"
