@@ -22,7 +22,7 @@ Collected (name — labels — what moves it):
   PD (``get_region_when_miss``); ``tikv_client_go_load_region_cache_seconds`` — their time;
 * ``tikv_client_python_region_cache_lookups_total`` — result — every region lookup, hit
   or miss (client-go counts only the misses);
-* ``tikv_client_go_rawkv_cmd_seconds`` — type — every successful raw client operation;
+* ``tikv_client_go_rawkv_cmd_seconds`` — type — every raw client operation;
 * ``tikv_client_go_txn_cmd_duration_seconds`` — type, scope — transaction operations;
 * ``tikv_client_go_ts_future_wait_seconds`` — each wait for a timestamp;
 * ``pd_client_request_handle_tso_batch_size`` — timestamps per TSO request sent to PD;
@@ -398,15 +398,13 @@ class ClientMetrics:
 
     # -- operations ------------------------------------------------------------------
 
-    def observe_operation(self, family: str, label: str, seconds: float, failed: bool) -> None:
+    def observe_operation(self, family: str, label: str, seconds: float) -> None:
         """A client operation finished (see :func:`tikv_pd.observability.register_operations`).
 
-        client-go observes raw commands only when they succeed and transaction commands
-        always; so do we.
+        Observed whether it succeeded or not, as client-go's deferred observations do.
         """
         if family == "rawkv":
-            if not failed:
-                self.rawkv_cmd_seconds.labels(label).observe(seconds)
+            self.rawkv_cmd_seconds.labels(label).observe(seconds)
         else:
             self.txn_cmd_duration_seconds.labels(label, "general").observe(seconds)
 

@@ -124,19 +124,15 @@ def _wrap_operation(
         t = tracing
         m = metrics
         start = time.perf_counter()
-        failed = True
         try:
             if t is None:
-                result = await fn(*args, **kwargs)
-            else:
-                with t.operation_span(span_name, method):
-                    result = await fn(*args, **kwargs)
-            failed = False
-            return result
+                return await fn(*args, **kwargs)
+            with t.operation_span(span_name, method):
+                return await fn(*args, **kwargs)
         finally:
             if m is not None:
                 text = label if isinstance(label, str) else label(args, kwargs)
-                m.observe_operation(family, text, time.perf_counter() - start, failed)
+                m.observe_operation(family, text, time.perf_counter() - start)
 
     operation.__tikv_instrumented__ = True  # type: ignore[attr-defined]
     return operation
