@@ -285,3 +285,28 @@ async def test_local_latches_fail_stale_transactions_before_any_rpc(
         results = await asyncio.gather(*(t.commit() for t in txns), return_exceptions=True)
         assert all(isinstance(r, int | WriteConflictError) for r in results), results
         assert sum(isinstance(r, int) for r in results) >= 1
+
+
+async def test_close_cancels_stuck_background_commits(
+    cluster: MockCluster, reader: AsyncTransactionClient, keys: list[bytes]
+) -> None:
+    c = await AsyncTransactionClient.connect(cluster.pd_endpoints)
+    await seed(c, keys)
+    region = cluster.region_by_key(keys[3], txn=True)
+    assert region is not None
+    fault = cluster.faults.add("KvCommit", region=region.id, hang=True)
+    try:
+        txn = await c.begin()
+        for key in keys:
+            txn.put(key, b"new")
+        await asyncio.wait_for(txn.commit(), NO_HANG)
+        assert await asyncio.to_thread(cluster.faults.wait_hanging, 1, NO_HANG)
+        assert c.runtime.pending_tasks >= 1
+        c.runtime.budgets.close_grace_s = 0.05
+        await asyncio.wait_for(c.close(), NO_HANG)
+        assert c.runtime.pending_tasks == 0
+        assert c.closed
+    finally:
+        cluster.faults.remove(fault)
+    # The secondary left behind is committed by the next reader.
+    assert await read_all(reader, keys) == dict.fromkeys(keys, b"new")

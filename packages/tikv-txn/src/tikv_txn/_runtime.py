@@ -73,6 +73,8 @@ class Budgets:
     tso: int = TSO_MAX_BACKOFF
     heartbeat: int = KEEP_ALIVE_MAX_BACKOFF
     heartbeat_interval_s: float = HEARTBEAT_INTERVAL_MS / 1000.0
+    #: How long ``close()`` lets secondary commits and cleanups finish before cancelling.
+    close_grace_s: float = 5.0
 
 
 class TxnRuntime:

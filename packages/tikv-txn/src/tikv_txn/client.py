@@ -326,7 +326,7 @@ class AsyncTransactionClient:
         if self._rt.closed:
             return
         try:
-            await self._rt.close()
+            await self._rt.close(self._rt.budgets.close_grace_s)
         finally:
             try:
                 await self._rt.oracle.close()
