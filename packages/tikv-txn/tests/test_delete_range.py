@@ -66,6 +66,20 @@ def held(cluster: MockCluster, key: bytes) -> bool:
     return bool(info.writes) or info.lock is not None
 
 
+def region_id(cluster: MockCluster, key: bytes) -> int:
+    region = cluster.region_by_key(key, txn=True)
+    assert region is not None
+    return int(region.id)
+
+
+def _finished(task: DeleteRangeTask) -> bool:
+    return task.finished
+
+
+def _resume(task: DeleteRangeTask) -> bytes | None:
+    return task.resume_key
+
+
 def in_range(key: bytes, start: bytes, end: bytes) -> bool:
     return start <= key and (not end or key < end)
 
@@ -93,7 +107,7 @@ async def test_split_mid_task_and_store_errors_then_resume(
     client: AsyncTransactionClient, cluster: MockCluster
 ) -> None:
     await seed(client, KEYS)
-    region_of = {k: cluster.region_by_key(k, txn=True).id for k in (b"\x50", b"\xd0")}
+    region_of = {k: region_id(cluster, k) for k in (b"\x50", b"\xd0")}
     # A store error that the pipeline retries, and one that stops the task at region 4.
     transient = cluster.faults.add(
         "KvDeleteRange", region=region_of[b"\x50"], status="UNAVAILABLE", times=2
@@ -117,13 +131,14 @@ async def test_split_mid_task_and_store_errors_then_resume(
     assert fatal.hits == 1
     assert split
     assert task.resume_key == b"\xc0"
-    assert not task.finished
+    assert not _finished(task)
     assert task.completed_regions == 4  # regions 1, 2 and both halves of region 3
     for key in KEYS:
         assert held(cluster, key) is not in_range(key, b"\x10", b"\xc0"), key
     # Resume: the rest goes, and nothing outside the range.
     assert await task.execute() == 5
-    assert task.finished and task.resume_key is None
+    assert _finished(task)
+    assert _resume(task) is None
     for key in KEYS:
         assert held(cluster, key) is not in_range(key, b"\x10", b"\xe0"), key
     assert seen[-1].finished
