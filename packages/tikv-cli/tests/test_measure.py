@@ -217,6 +217,27 @@ def test_run_threads_measures_and_uses_distinct_generators() -> None:
     assert "warmup" in phases and "measure" in phases
 
 
+@pytest.mark.parametrize("flavour", ["threads", "tasks"])
+def test_without_warmup_the_first_operation_counts(flavour: str) -> None:
+    # One worker, one operation that outlasts the window: it must be the one measured.
+    calls = 0
+
+    def op(rng: random.Random) -> None:
+        nonlocal calls
+        calls += 1
+
+    async def aop(rng: random.Random) -> None:
+        op(rng)
+        await asyncio.sleep(0)
+
+    if flavour == "threads":
+        result = run_threads(op, concurrency=1, duration=0.05, warmup=0.0)
+    else:
+        result = asyncio.run(run_async(aop, concurrency=1, duration=0.05, warmup=0.0))
+    assert result["ops"] == calls
+    assert result["warmup_errors"] == 0
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="concurrency"):
         run_threads(lambda rng: None, concurrency=0, duration=1, warmup=0)

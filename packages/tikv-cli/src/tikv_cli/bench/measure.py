@@ -490,10 +490,15 @@ def run_threads(
         threading.Thread(target=worker, args=(i,), name=f"bench-{i}", daemon=True)
         for i in range(concurrency)
     ]
+    if warmup == 0:
+        # No warm-up: the first operations must fall inside the window (threads start
+        # running at once, unlike tasks, which wait for the controller to yield).
+        window.open()
     for thread in threads:
         thread.start()
-    _sleep_phase(warmup, "warmup", window, progress)
-    window.open()
+    if warmup > 0:
+        _sleep_phase(warmup, "warmup", window, progress)
+        window.open()
     _sleep_phase(duration, "measure", window, progress)
     window.close_deadline()
     for thread in threads:
