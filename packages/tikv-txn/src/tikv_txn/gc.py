@@ -24,7 +24,10 @@ client-go's ``KVStore.GC`` (``tikv/gc.go``) and TiDB's GC worker do, in order:
 4. **Collect garbage.** TiKV's GC worker reads the safepoint from PD and drops old versions
    on its own (its ``KvGC`` RPC answers UNIMPLEMENTED). The embedded cluster has no GC
    worker and serves ``KvGC`` instead, so :func:`run_gc` sends ``KvGC`` to every region
-   (TiDB's old "central" GC mode) and stops that phase quietly at the first UNIMPLEMENTED.
+   (TiDB's old "central" GC mode). One probe request goes first, without retries and with
+   a 5 s deadline: UNIMPLEMENTED (or, over BatchCommands, where TiKV drops the failed
+   sub-request, the deadline) means the stores collect on their own; the client then
+   never asks again.
 
 Reads below the safepoint are refused, as client-go ``KVStore.CheckVisibility`` does after
 each read returns (``txnsnapshot/snapshot.go``, ``scan.go``): :class:`SafePointCache` keeps
@@ -75,6 +78,7 @@ __all__ = [
     "GC_CONCURRENCY",
     "GC_SCAN_LOCK_LIMIT",
     "GC_WORKER_SERVICE_ID",
+    "KVGC_PROBE_TIMEOUT",
     "SAFE_POINT_CACHE_INTERVAL",
     "SAFE_POINT_POLL_INTERVAL",
     "GCResult",
@@ -486,21 +490,44 @@ class GCResult:
     collected_regions: int | None
 
 
+#: Clients whose stores do not serve KvGC (real TiKV): collection is not asked again.
+_NO_KVGC: weakref.WeakSet[TxnRuntime] = weakref.WeakSet()
+#: Seconds the first KvGC of a client may take before the stores are taken not to serve
+#: it: TiKV fails KvGC with UNIMPLEMENTED, but over BatchCommands it drops the failed
+#: sub-request, so the only answer a batched KvGC ever gets there is its deadline.
+KVGC_PROBE_TIMEOUT = 5.0
+
+
 async def _collect(
     rt: TxnRuntime, safe_point: int, start: bytes, end: bytes, concurrency: int
 ) -> int | None:
     """Send KvGC to every region; ``None`` when the stores do not serve it (real TiKV)."""
+    if rt in _NO_KVGC:
+        return None
+    request = kvrpcpb_pb2.GCRequest(safe_point=safe_point)
+    try:
+        # One request first, without retries and with a short deadline: TiKV's answer.
+        probe = await rt.sender.call_key(
+            "GC",
+            start,
+            request,
+            bo=Backoffer(0, operation="gc collect probe", noop=True),
+            options=rt.request_options(timeout=KVGC_PROBE_TIMEOUT),
+        )
+    except TransportError as exc:
+        if exc.code not in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise
+        _log.info("the stores collect garbage on their own (KvGC not served: %s)", exc)
+        _NO_KVGC.add(rt)
+        return None
+    if probe.HasField("error"):
+        raise key_error_to_exception(probe.error)
     options = rt.request_options(timeout=rt.config.read_timeout_medium)
 
     async def handler(region: Region, s: bytes, e: bytes) -> TaskStat:
         bo = Backoffer(GC_RESOLVE_LOCK_MAX_BACKOFF, operation="gc collect")
         responses: list[Any] = await rt.sender.call_range(
-            "GC",
-            s,
-            e,
-            lambda _s, _e: kvrpcpb_pb2.GCRequest(safe_point=safe_point),
-            bo=bo,
-            options=options,
+            "GC", s, e, lambda _s, _e: request, bo=bo, options=options
         )
         for resp in responses:
             if resp.HasField("error"):
@@ -508,13 +535,7 @@ async def _collect(
         return TaskStat(completed_regions=len(responses))
 
     runner = RangeTaskRunner("gc-collect", rt.sender.locator, handler, concurrency=concurrency)
-    try:
-        stat = await runner.run(start, end)
-    except TransportError as exc:
-        if exc.code == grpc.StatusCode.UNIMPLEMENTED:
-            _log.info("stores collect garbage on their own (KvGC unimplemented)")
-            return None
-        raise
+    stat = await runner.run(start, end)
     return stat.completed_regions
 
 
@@ -552,9 +573,7 @@ async def run_gc(
     barrier = await update_service_gc_safe_point(
         pd, codec, GC_WORKER_SERVICE_ID, _INFINITE_TTL, safe_point
     )
-    resolve_below = (
-        min(safe_point, barrier.min_safe_point) if barrier.min_safe_point else safe_point
-    )
+    resolve_below = min(safe_point, barrier.min_safe_point)
     if resolve_below < safe_point:
         _log.info(
             "GC safepoint held back by service %r at %d (asked %d)",
@@ -563,6 +582,9 @@ async def run_gc(
             safe_point,
         )
     start, end = codec.encode_range(b"", b"")
+    if resolve_below == 0:  # a service holds GC at 0: nothing may be collected
+        current = await get_gc_safe_point(pd, codec)
+        return GCResult(safe_point, 0, current, 0, 0, None)
     stat, locks = await resolve_locks_below(
         rt, resolve_below, start, end, concurrency=concurrency, on_progress=on_progress
     )
