@@ -310,3 +310,27 @@ async def test_close_cancels_stuck_background_commits(
         cluster.faults.remove(fault)
     # The secondary left behind is committed by the next reader.
     assert await read_all(reader, keys) == dict.fromkeys(keys, b"new")
+
+
+async def test_commit_survives_a_stopped_store(
+    client: AsyncTransactionClient,
+    reader: AsyncTransactionClient,
+    cluster: MockCluster,
+    keys: list[bytes],
+) -> None:
+    committer = await crashing_txn(client, keys)
+    region = cluster.region_by_key(keys[0], txn=True)
+    assert region is not None
+    assert region.leader is not None
+    store = region.leader.store_id
+    # The client's cache still names the stopped store as the primary region's leader:
+    # the sends fail, the region is reloaded and the new leader takes the requests.
+    cluster.stop_store(store, move_leaders=True)
+    try:
+        await asyncio.wait_for(committer.prewrite(), NO_HANG)
+        await committer.get_commit_ts()
+        await asyncio.wait_for(committer.commit_primary(), NO_HANG)
+        await asyncio.wait_for(committer.commit_batches(committer.batches[1:]), NO_HANG)
+        assert await read_all(reader, keys) == dict.fromkeys(keys, b"new")
+    finally:
+        cluster.restart_store(store)
