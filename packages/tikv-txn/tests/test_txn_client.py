@@ -445,3 +445,17 @@ async def test_prewrite_resolves_an_abandoned_older_lock(
     status = client.runtime.resolver.cached_status(dead.start_ts)
     assert status is not None
     assert status.is_rolled_back
+
+
+async def test_sync_client_refuses_calls_from_a_running_loop(cluster: MockCluster) -> None:
+    client = await asyncio.to_thread(TransactionClient.connect, cluster.pd_endpoints)
+    try:
+        with pytest.raises(RuntimeError, match="async"):
+            client.current_timestamp()
+        txn = await asyncio.to_thread(client.begin)
+        txn.put(b"\x10loop-check", b"v")  # buffered writes need no loop
+        with pytest.raises(RuntimeError, match="async"):
+            txn.commit()
+        await asyncio.to_thread(txn.rollback)
+    finally:
+        await asyncio.to_thread(client.close)
