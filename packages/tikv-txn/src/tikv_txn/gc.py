@@ -526,8 +526,14 @@ async def _collect(
 
     async def handler(region: Region, s: bytes, e: bytes) -> TaskStat:
         bo = Backoffer(GC_RESOLVE_LOCK_MAX_BACKOFF, operation="gc collect")
+        # A message per part: the pipeline fills each request's own context.
         responses: list[Any] = await rt.sender.call_range(
-            "GC", s, e, lambda _s, _e: request, bo=bo, options=options
+            "GC",
+            s,
+            e,
+            lambda _s, _e: kvrpcpb_pb2.GCRequest(safe_point=safe_point),
+            bo=bo,
+            options=options,
         )
         for resp in responses:
             if resp.HasField("error"):
