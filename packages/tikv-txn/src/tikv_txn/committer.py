@@ -55,6 +55,7 @@ from tikv_pd.errors import (
     UndeterminedError,
     WriteConflictError,
 )
+from tikv_pd.interceptor import RPCInterceptor
 from tikv_pd.region_cache import Region
 from tikv_pd.request import Ambiguity, KeysSharder, RequestOptions, RetryShard
 from tikv_proto import kvrpcpb_pb2
@@ -119,6 +120,8 @@ class TwoPhaseCommitter:
         buffer: The write buffer (read, never changed).
         started_at: ``time.monotonic()`` when the transaction began (TTL and
             max_commit_ts grow with the time it has run).
+        interceptor: The transaction's RPC interceptor chain (client's and its own), or
+            ``None`` for the client's.
 
     """
 
@@ -129,6 +132,7 @@ class TwoPhaseCommitter:
         options: TransactionOptions,
         buffer: MemBuffer,
         started_at: float,
+        interceptor: RPCInterceptor | None = None,
     ) -> None:
         self._rt = runtime
         self.start_ts = start_ts
@@ -143,6 +147,7 @@ class TwoPhaseCommitter:
             resource_group_name=options.resource_group_name,
             resource_group_tag=options.resource_group_tag,
             **({"request_source": options.request_source} if options.request_source else {}),
+            **({"interceptor": interceptor} if interceptor is not None else {}),
         )
         self._concurrency = cfg.committer_concurrency
         #: The mutations (encoded keys, key order) once :meth:`prepare` ran.
@@ -644,6 +649,13 @@ class TwoPhaseCommitter:
             await self.prewrite()
         except UndeterminedError:
             # An async-commit / 1PC prewrite may have committed: never roll it back.
+            raise
+        except asyncio.CancelledError:
+            # Cancelled with prewrites in flight: with async commit / 1PC they may all
+            # have landed (the transaction is then committed), so only a 2PC prewrite is
+            # rolled back; the other locks are left to the resolvers, who can tell.
+            if not (self.async_commit or self.one_pc):
+                self._spawn_cleanup()
             raise
         except BaseException:
             self._spawn_cleanup()
