@@ -334,3 +334,56 @@ async def test_cancelling_the_run_cancels_workers() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert runner.resume_key == b""
+
+
+# -- client-go range_task_test.go's table: 26 split keys a..z ------------------------------
+
+_AZ = [bytes([c]) for c in range(ord("a"), ord("z") + 1)]
+_ALL = [(b"", b"a"), *itertools.pairwise(_AZ), (b"z", b"")]
+_TABLE: list[tuple[bytes, bytes, list[tuple[bytes, bytes]]]] = [
+    (b"", b"", _ALL),
+    (b"", b"b", _ALL[:2]),
+    (b"b", b"", _ALL[2:]),
+    (b"b", b"x", _ALL[2:24]),
+    (b"a", b"d", [(b"a", b"b"), (b"b", b"c"), (b"c", b"d")]),
+    (b"a\x00", b"d\x00", [(b"a\x00", b"b"), (b"b", b"c"), (b"c", b"d"), (b"d", b"d\x00")]),
+    (
+        b"a\xff\xff\xff",
+        b"c\xff\xff\xff",
+        [(b"a\xff\xff\xff", b"b"), (b"b", b"c"), (b"c", b"c\xff\xff\xff")],
+    ),
+    (b"a1", b"a2", [(b"a1", b"a2")]),
+    (b"a", b"a", []),
+    (b"a3", b"a3", []),
+]
+
+
+@pytest.mark.parametrize("concurrency", [1, 2, 3, 4])
+@pytest.mark.parametrize(("start", "end", "expected"), _TABLE)
+async def test_client_go_range_table(
+    concurrency: int, start: bytes, end: bytes, expected: list[tuple[bytes, bytes]]
+) -> None:
+    cluster = FakeCluster(_AZ)
+    handler = Recorder(cluster)
+    runner = RangeTaskRunner("t", cluster, handler, concurrency=concurrency)
+    stat = await runner.run(start, end)
+    assert sorted(p[1:] for p in handler.parts) == expected
+    assert stat == TaskStat(completed_regions=len(expected))
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+@pytest.mark.parametrize(("start", "end", "expected"), [t for t in _TABLE if t[2]])
+async def test_client_go_range_table_errors(
+    concurrency: int, start: bytes, end: bytes, expected: list[tuple[bytes, bytes]]
+) -> None:
+    for err_start, _ in expected:
+        cluster = FakeCluster(_AZ)
+        handler = Recorder(cluster)
+        handler.fail_at[err_start] = RuntimeError("test error")
+        runner = RangeTaskRunner("t", cluster, handler, concurrency=concurrency)
+        with pytest.raises(RuntimeError, match="test error"):
+            await runner.run(start, end)
+        assert runner.completed_regions < len(expected)
+        assert runner.failed_regions == 1
+        resume = runner.resume_key
+        assert resume is not None and resume <= err_start

@@ -21,7 +21,8 @@ job only says what to do with *one* region's part of the range:
   :class:`RangeTaskProgress`. ``done_until`` is the *watermark*: every key below it is
   done (parts finish out of order; the watermark only passes a part once every part
   before it finished).
-- **Resumable.** When a handler (or locating) fails, the other workers are cancelled and
+- **Resumable.** When a handler (or locating) fails, its region counts as failed, the
+  other workers are cancelled and
   the error propagates, with :attr:`RangeTaskRunner.resume_key` set to the watermark (and
   a note naming it on the exception). Calling :meth:`RangeTaskRunner.run` again from that
   key finishes the job; parts past the watermark that had finished are done again, so
@@ -445,6 +446,10 @@ class RangeTaskRunner:
                 self._relocations += 1
                 pending[0:0] = parts
                 continue
+            except Exception:
+                # The part failed and stops the task (client-go counts it as failed).
+                self._stat = self._stat + TaskStat(0, 1)
+                raise
             self._stat = self._stat + (result if result is not None else TaskStat(1, 0))
             progress.finish(s)
             if self._on_progress is not None:
