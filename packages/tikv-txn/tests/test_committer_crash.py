@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from tikv_mockstore import MockCluster
-from tikv_pd.config import Config
+from tikv_pd.config import Config, TransactionOptions
 from tikv_txn import (
     AsyncTransaction,
     AsyncTransactionClient,
@@ -334,3 +334,26 @@ async def test_commit_survives_a_stopped_store(
         assert await read_all(reader, keys) == dict.fromkeys(keys, b"new")
     finally:
         cluster.restart_store(store)
+
+
+async def test_lost_async_commit_prewrite_is_undetermined(
+    client: AsyncTransactionClient, cluster: MockCluster, keys: list[bytes]
+) -> None:
+    await seed(client, keys)
+    region = cluster.region_by_key(keys[2], txn=True)
+    assert region is not None
+    # Every answer from one region is lost: with async commit the transaction may be
+    # committed (all other prewrites may succeed), so it is neither retried blindly to
+    # a verdict nor rolled back.
+    fault = cluster.faults.add("KvPrewrite", region=region.id, status="UNAVAILABLE")
+    client.runtime.budgets.prewrite = 300
+    try:
+        txn = await client.begin(TransactionOptions(async_commit=True))
+        for key in keys:
+            txn.put(key, b"new")
+        with pytest.raises(UndeterminedError):
+            await asyncio.wait_for(txn.commit(), NO_HANG)
+        assert await client.runtime.wait_background(NO_HANG)
+        assert locked(cluster, keys) == sorted(k for k in keys if k != keys[2])
+    finally:
+        cluster.faults.remove(fault)
