@@ -233,6 +233,27 @@ async def test_gc_settles_an_async_commit_transaction(
     assert await snap.batch_get(keys) == dict.fromkeys(keys, b"v")
 
 
+async def test_gc_rolls_back_pessimistic_locks(
+    client: AsyncTransactionClient, cluster: MockCluster
+) -> None:
+    from tikv_mockstore.mvcc import Mutation, Op
+
+    keys = keys_across(b"pl/")
+    await put_all(client, keys, b"old")
+    start_ts = await client.current_timestamp()
+    # A pessimistic transaction (taken on the server directly) that never prewrote.
+    cluster.engine.pessimistic_lock(
+        [Mutation(Op.PESSIMISTIC_LOCK, k) for k in keys], keys[0], start_ts, 20_000, start_ts
+    )
+    assert locks_at_or_below(cluster, MAX) == sorted(keys)
+    safe_point = await client.current_timestamp()
+    result = await gcmod.run_gc(client.runtime, client._pd, safe_point)
+    assert result.locks_resolved == len(keys)
+    assert locks_at_or_below(cluster, MAX) == []
+    snap = client.snapshot(await client.current_timestamp())
+    assert await snap.batch_get(keys) == dict.fromkeys(keys, b"old")
+
+
 async def test_gc_progress_callback_sees_every_region(client: AsyncTransactionClient) -> None:
     seen: list[int] = []
     safe_point = await client.current_timestamp()
