@@ -120,3 +120,10 @@ def test_txn_one_shot_commands(tikv: Tikv, txn_cluster: MockCluster) -> None:
     assert tikv("txn", "delete", "acct/bob", *pd).code == 0
     gone = tikv("txn", "get", "acct/bob", *pd)
     assert (gone.code, gone.err) == (1, "(not found)\n")
+
+
+@needs_txn
+def test_txn_unreachable_pd_honours_timeout(tikv: Tikv) -> None:
+    result = tikv("txn", "get", "k", "--pd", f"127.0.0.1:{_closed_port()}", "--timeout", "0.5")
+    assert result.code == 3
+    assert result.err.startswith("tikv: cannot reach PD")

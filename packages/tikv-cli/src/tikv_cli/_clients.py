@@ -10,12 +10,15 @@ package calls.
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib
 import inspect
+import threading
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Protocol, Self
 
+from tikv_pd.errors import PDError
 from tikv_raw import RawClient
 
 __all__ = [
@@ -130,16 +133,41 @@ def connect_txn(
 ) -> TxnClientLike:
     """Connect a blocking transactional client to the PD ``endpoints``.
 
-    ``timeout`` bounds the connection when the installed client accepts one; otherwise
-    the client's own PD discovery deadline applies.
+    ``timeout`` bounds the connection: passed on when the installed client accepts it,
+    otherwise enforced here (a connection that completes later is closed at once).
 
     Raises:
         TxnUnavailableError: ``tikv_txn.TransactionClient`` does not exist (yet).
+        tikv_pd.errors.PDError: PD was not reached within ``timeout``.
 
     """
     cls = _txn_class()
-    kwargs: dict[str, Any] = {"api_version": api_version}
-    if timeout is not None and "timeout" in inspect.signature(cls.connect).parameters:
-        kwargs["timeout"] = timeout
-    client: TxnClientLike = cls.connect(list(endpoints), **kwargs)
+    eps = list(endpoints)
+    if timeout is None:
+        client: TxnClientLike = cls.connect(eps, api_version=api_version)
+        return client
+    if "timeout" in inspect.signature(cls.connect).parameters:
+        bounded: TxnClientLike = cls.connect(eps, api_version=api_version, timeout=timeout)
+        return bounded
+    # A daemon thread (not an executor, whose threads are joined at exit): a process that
+    # gives up on PD must not wait for the client's own discovery deadline.
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def attempt() -> None:
+        try:
+            future.set_result(cls.connect(eps, api_version=api_version))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=attempt, name="tikv-cli-connect", daemon=True).start()
+    try:
+        client = future.result(timeout)
+    except concurrent.futures.TimeoutError:
+        future.add_done_callback(_close_late_client)
+        raise PDError(f"no connection to PD {', '.join(eps)} within {timeout} s") from None
     return client
+
+
+def _close_late_client(future: concurrent.futures.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().close()

@@ -246,7 +246,7 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TxnUnavailableError):
         return str(exc)
     if isinstance(exc, PDError):
-        return f"cannot reach PD: {exc}"
+        return f"cannot reach PD: {getattr(exc, 'message', exc)}"
     if isinstance(exc, StoreUnavailableError):
         return f"a TiKV store is unreachable: {exc}"
     if isinstance(exc, TiKVError):
