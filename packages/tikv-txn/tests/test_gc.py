@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from tikv_mockstore import MockCluster
+from tikv_pd.codec import keyspace_prefix
 from tikv_pd.config import TransactionOptions
 from tikv_pd.errors import GCTooEarlyError
 from tikv_txn import AsyncTransactionClient, TransactionClient
@@ -252,6 +253,35 @@ async def test_gc_rolls_back_pessimistic_locks(
     assert locks_at_or_below(cluster, MAX) == []
     snap = client.snapshot(await client.current_timestamp())
     assert await snap.batch_get(keys) == dict.fromkeys(keys, b"old")
+
+
+async def test_gc_under_api_v2_stays_in_its_keyspace() -> None:
+    with MockCluster(stores=3, api_version=2) as cluster:
+        alpha_id = cluster.create_keyspace("alpha").id
+        cluster.create_keyspace("beta")
+        alpha = await AsyncTransactionClient.connect(cluster.pd_endpoints, keyspace="alpha")
+        beta = await AsyncTransactionClient.connect(cluster.pd_endpoints, keyspace="beta")
+        try:
+            for c in (alpha, beta):
+                await put_all(c, [b"k1", b"k2"], b"old")
+                left = await prepared(c, [b"k1", b"k2"], b"new")
+                await left.prewrite()  # abandoned
+            assert len(locks_at_or_below(cluster, MAX)) == 4
+            safe_point = await alpha.current_timestamp()
+            assert await alpha.gc(safe_point) == safe_point
+            # Only alpha's keyspace was swept, and only its safepoint moved.
+            remaining = locks_at_or_below(cluster, MAX)
+            assert len(remaining) == 2
+            alpha_prefix = keyspace_prefix("txn", alpha_id)
+            assert not any(k.startswith(alpha_prefix) for k in remaining)
+            assert cluster.state.gc_safe_point_of(alpha_id) == safe_point
+            assert cluster.gc_safe_point == 0
+            assert await beta.gc_safe_point() == 0
+            snap = alpha.snapshot(await alpha.current_timestamp())
+            assert await snap.batch_get([b"k1", b"k2"]) == {b"k1": b"old", b"k2": b"old"}
+        finally:
+            await alpha.close()
+            await beta.close()
 
 
 async def test_gc_progress_callback_sees_every_region(client: AsyncTransactionClient) -> None:
