@@ -45,12 +45,19 @@ OperationLabel = str | Callable[[tuple[Any, ...], dict[str, Any]], str]
 
 
 class _Registration:
-    __slots__ = ("cls", "family", "installed", "operations", "originals")
+    __slots__ = ("cls", "family", "installed", "operations", "originals", "span_prefix")
 
-    def __init__(self, cls: type, family: str, operations: Mapping[str, OperationLabel]) -> None:
+    def __init__(
+        self,
+        cls: type,
+        family: str,
+        operations: Mapping[str, OperationLabel | None],
+        span_prefix: str,
+    ) -> None:
         self.cls = cls
         self.family = family
         self.operations = dict(operations)
+        self.span_prefix = span_prefix
         self.originals: dict[str, Any] = {}
         self.installed = False
 
@@ -63,18 +70,27 @@ def is_enabled() -> bool:
     return metrics is not None or tracing is not None
 
 
-def register_operations(cls: type, family: str, operations: Mapping[str, OperationLabel]) -> None:
+def register_operations(
+    cls: type,
+    family: str,
+    operations: Mapping[str, OperationLabel | None],
+    *,
+    span_prefix: str | None = None,
+) -> None:
     """Register the coroutine methods of ``cls`` that are client operations.
 
     While metrics or tracing is enabled each one runs inside a span named
-    ``tikv.<family>.<method>`` and its duration is observed in the family's command
+    ``<span_prefix>.<method>`` and its duration is observed in the family's command
     histogram (``family="rawkv"``: ``tikv_client_go_rawkv_cmd_seconds{type=<label>}``,
     ``family="txn"``: ``tikv_client_go_txn_cmd_duration_seconds{type=<label>}``).
 
     Args:
         cls: The client class.
         family: ``"rawkv"`` or ``"txn"``.
-        operations: Method name → metric label (client-go's label where it has one).
+        operations: Method name → metric label (client-go's label where it has one), or
+            ``None`` for a span without a metric (e.g. a snapshot read inside a
+            transaction read that is already measured).
+        span_prefix: Span names' prefix (default ``tikv.raw`` / ``tikv.txn``).
 
     """
     if family not in ("rawkv", "txn"):
@@ -83,7 +99,8 @@ def register_operations(cls: type, family: str, operations: Mapping[str, Operati
         fn = cls.__dict__.get(name)
         if fn is None or not inspect.iscoroutinefunction(fn):
             raise TypeError(f"{cls.__name__}.{name} is not a coroutine method of the class")
-    reg = _Registration(cls, family, operations)
+    prefix = span_prefix or ("tikv.raw" if family == "rawkv" else "tikv.txn")
+    reg = _Registration(cls, family, operations, prefix)
     _registrations.append(reg)
     if is_enabled():
         _install(reg)
@@ -103,7 +120,8 @@ def _install(reg: _Registration) -> None:
     for name, label in reg.operations.items():
         original = reg.cls.__dict__[name]
         reg.originals[name] = original
-        setattr(reg.cls, name, _wrap_operation(original, reg.family, name, label))
+        span_name = f"{reg.span_prefix}.{name}"
+        setattr(reg.cls, name, _wrap_operation(original, reg.family, name, span_name, label))
     reg.installed = True
 
 
@@ -115,10 +133,12 @@ def _uninstall(reg: _Registration) -> None:
 
 
 def _wrap_operation(
-    fn: Callable[..., Awaitable[Any]], family: str, method: str, label: OperationLabel
+    fn: Callable[..., Awaitable[Any]],
+    family: str,
+    method: str,
+    span_name: str,
+    label: OperationLabel | None,
 ) -> Callable[..., Awaitable[Any]]:
-    span_name = f"tikv.{'raw' if family == 'rawkv' else family}.{method}"
-
     @functools.wraps(fn)
     async def operation(*args: Any, **kwargs: Any) -> Any:
         t = tracing
@@ -130,7 +150,7 @@ def _wrap_operation(
             with t.operation_span(span_name, method):
                 return await fn(*args, **kwargs)
         finally:
-            if m is not None:
+            if m is not None and label is not None:
                 text = label if isinstance(label, str) else label(args, kwargs)
                 m.observe_operation(family, text, time.perf_counter() - start)
 

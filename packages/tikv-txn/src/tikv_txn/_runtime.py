@@ -33,6 +33,7 @@ from tikv_pd.backoff import (
 from tikv_pd.codec import KeyCodec
 from tikv_pd.config import Config
 from tikv_pd.errors import ClientClosedError
+from tikv_pd.interceptor import RPCInterceptor
 from tikv_pd.request import RequestOptions, RequestSender
 
 from tikv_txn.latch import LatchScheduler
@@ -108,6 +109,9 @@ class TxnRuntime:
         self.budgets = Budgets()
         self._rng = random.Random()
         self._options_memo: dict[tuple[tuple[str, Any], ...], RequestOptions] = {}
+        #: The client's RPC interceptor (chain), in every request's options; see
+        #: :meth:`set_interceptor`.
+        self.interceptor: RPCInterceptor | None = None
         #: Options of the requests the client sends on its own (lock resolution, GC).
         self.base_options = self.request_options()
         self.resolver: LockResolver = LockResolver(self)
@@ -128,6 +132,12 @@ class TxnRuntime:
         from the OS costs more than a whole cached-context request.
         """
         return Backoffer(budget_ms, operation=operation, rng=self._rng)
+
+    def set_interceptor(self, interceptor: RPCInterceptor | None) -> None:
+        """Use ``interceptor`` for every request built from now on (``None``: none)."""
+        self.interceptor = interceptor
+        self._options_memo.clear()
+        self.base_options = self.request_options()
 
     def check_open(self) -> None:
         """Raise :class:`ClientClosedError` once the client is closed."""
@@ -150,6 +160,7 @@ class TxnRuntime:
             "keyspace_id": self.codec.keyspace_id,
             "keyspace_name": self.keyspace_name,
             "request_source": REQUEST_SOURCE,
+            "interceptor": self.interceptor,
         }
         fields.update(overrides)
         options = RequestOptions(**fields)

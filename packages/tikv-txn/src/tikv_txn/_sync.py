@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from tikv_pd.config import Config, TransactionOptions
+from tikv_pd.interceptor import RPCInterceptor
 from tikv_pd.pd_client import ServiceSafePoint
 from tikv_pd.sync import LoopThread
 
@@ -42,6 +43,14 @@ class Snapshot:
     def ts(self) -> int:
         """The read timestamp."""
         return self._snap.ts
+
+    def set_rpc_interceptor(self, interceptor: RPCInterceptor | None) -> None:
+        """See :meth:`AsyncSnapshot.set_rpc_interceptor` (interceptors run on the loop thread)."""
+        self._snap.set_rpc_interceptor(interceptor)
+
+    def add_rpc_interceptor(self, interceptor: RPCInterceptor) -> None:
+        """See :meth:`AsyncSnapshot.add_rpc_interceptor`."""
+        self._snap.add_rpc_interceptor(interceptor)
 
     def get(self, key: bytes) -> bytes | None:
         """The value of ``key`` at :attr:`ts`, or ``None``."""
@@ -92,6 +101,14 @@ class Transaction:
         """Wrap an async transaction whose client runs on ``loop``."""
         self._txn = txn
         self._loop = loop
+
+    def set_rpc_interceptor(self, interceptor: RPCInterceptor | None) -> None:
+        """See :meth:`AsyncTransaction.set_rpc_interceptor` (runs on the loop thread)."""
+        self._txn.set_rpc_interceptor(interceptor)
+
+    def add_rpc_interceptor(self, interceptor: RPCInterceptor) -> None:
+        """See :meth:`AsyncTransaction.add_rpc_interceptor`."""
+        self._txn.add_rpc_interceptor(interceptor)
 
     @property
     def start_ts(self) -> int:
@@ -211,6 +228,14 @@ class TransactionClient:
         """Wrap an async client running on ``loop`` (use :meth:`connect`)."""
         self._client = client
         self._loop = loop
+
+    def set_rpc_interceptor(self, interceptor: RPCInterceptor | None) -> None:
+        """See :meth:`AsyncTransactionClient.set_rpc_interceptor`."""
+        self._client.set_rpc_interceptor(interceptor)
+
+    def add_rpc_interceptor(self, interceptor: RPCInterceptor) -> None:
+        """See :meth:`AsyncTransactionClient.add_rpc_interceptor`."""
+        self._client.add_rpc_interceptor(interceptor)
 
     @classmethod
     def connect(

@@ -17,7 +17,9 @@ from typing import Any, Self
 
 from tikv_pd.codec import KeyCodec, make_codec
 from tikv_pd.config import Config, TransactionOptions
+from tikv_pd.interceptor import RPCInterceptor, chain_interceptors
 from tikv_pd.locator import RegionLocator
+from tikv_pd.observability import register_operations
 from tikv_pd.pd_client import PDClient, ServiceSafePoint
 from tikv_pd.pd_oracle import PDOracle
 from tikv_pd.request import RequestSender
@@ -263,6 +265,33 @@ class AsyncTransactionClient:
         self._rt.check_open()
         return AsyncSnapshot(self._rt, ts, options)
 
+    # -- RPC interceptors ----------------------------------------------------------------
+
+    @property
+    def rpc_interceptor(self) -> RPCInterceptor | None:
+        """The client's RPC interceptor (chain), or ``None``."""
+        return self._rt.interceptor
+
+    def set_rpc_interceptor(self, interceptor: RPCInterceptor | None) -> None:
+        """Run ``interceptor`` around every RPC of this client (``None``: none).
+
+        Transactions and snapshots begun afterwards use it (outermost of their chains),
+        and so do lock resolution, GC and delete-range requests. See
+        :mod:`tikv_pd.interceptor`.
+        """
+        if interceptor is not None and not isinstance(interceptor, RPCInterceptor):
+            raise TypeError(
+                f"interceptor must have .name and .wrap(next), got {type(interceptor).__name__}"
+            )
+        self._rt.set_interceptor(interceptor)
+
+    def add_rpc_interceptor(self, interceptor: RPCInterceptor) -> None:
+        """Append ``interceptor`` to the client's chain (it runs after the others)."""
+        current = self._rt.interceptor
+        self.set_rpc_interceptor(
+            interceptor if current is None else chain_interceptors(current, interceptor)
+        )
+
     async def current_timestamp(self) -> int:
         """A fresh timestamp from PD's TSO."""
         self._rt.check_open()
@@ -345,3 +374,9 @@ class AsyncTransactionClient:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+# Client operations, instrumented while metrics or tracing is on (tikv_pd.observability).
+register_operations(
+    AsyncTransactionClient, "txn", {"gc": None, "delete_range": None}, span_prefix="tikv.txn"
+)

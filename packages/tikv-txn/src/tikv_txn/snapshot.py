@@ -21,12 +21,15 @@ Under snapshot isolation the values read are cached (a snapshot never changes), 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tikv_pd.backoff import TXN_LOCK_FAST, Backoffer
 from tikv_pd.config import IsolationLevel, TransactionOptions
 from tikv_pd.errors import KeyIsLockedError, LockInfo
+from tikv_pd.interceptor import RPCInterceptor, chain_interceptors
+from tikv_pd.observability import register_operations
 from tikv_pd.region_cache import Region
 from tikv_pd.request import KeysSharder, RequestOptions
 from tikv_proto import kvrpcpb_pb2
@@ -64,6 +67,7 @@ class AsyncSnapshot:
     __slots__ = (
         "_cache",
         "_ignored",
+        "_interceptor",
         "_isolation",
         "_options",
         "_rt",
@@ -90,6 +94,46 @@ class AsyncSnapshot:
         self._cache: dict[bytes, bytes | None] | None = {} if opts.isolation == "SI" else None
         # Transactions whose locks this snapshot was told to read past.
         self._ignored: set[int] = set()
+        self._interceptor: RPCInterceptor | None = None
+
+    # -- RPC interceptors (client-go KVSnapshot.SetRPCInterceptor / AddRPCInterceptor) ---
+
+    @property
+    def rpc_interceptor(self) -> RPCInterceptor | None:
+        """The snapshot's own RPC interceptor (chain), or ``None``."""
+        return self._interceptor
+
+    def set_rpc_interceptor(self, interceptor: RPCInterceptor | None) -> None:
+        """Run ``interceptor`` around every RPC of this snapshot's reads.
+
+        It runs inside the client's interceptor (if any) and replaces the snapshot's
+        previous one; ``None`` removes it. See :mod:`tikv_pd.interceptor`.
+        """
+        if interceptor is not None and not isinstance(interceptor, RPCInterceptor):
+            raise TypeError(
+                f"interceptor must have .name and .wrap(next), got {type(interceptor).__name__}"
+            )
+        self._interceptor = interceptor
+        client = self._rt.interceptor
+        if interceptor is None:
+            effective = client
+        elif client is None:
+            effective = interceptor
+        else:
+            effective = chain_interceptors(client, interceptor)
+        self._use_interceptor(effective)
+
+    def add_rpc_interceptor(self, interceptor: RPCInterceptor) -> None:
+        """Append ``interceptor`` to the snapshot's chain (it runs after the others)."""
+        current = self._interceptor
+        self.set_rpc_interceptor(
+            interceptor if current is None else chain_interceptors(current, interceptor)
+        )
+
+    def _use_interceptor(self, effective: RPCInterceptor | None) -> None:
+        """Send the reads with ``effective`` (the whole chain, the client's included)."""
+        self._options = dataclasses.replace(self._options, interceptor=effective)
+        self._scan_options = dataclasses.replace(self._scan_options, interceptor=effective)
 
     @property
     def isolation(self) -> IsolationLevel:
@@ -399,3 +443,13 @@ def _read_options(
         **({"request_source": opts.request_source} if opts.request_source else {}),
         timeout=timeout,
     )
+
+
+# Snapshot reads get spans (tikv.snapshot.<method>) while tracing is on; their durations
+# are measured by the transaction operation that calls them (no metric of their own).
+register_operations(
+    AsyncSnapshot,
+    "txn",
+    {"get": None, "batch_get": None, "scan": None},
+    span_prefix="tikv.snapshot",
+)

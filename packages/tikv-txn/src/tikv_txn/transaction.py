@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Self
 
 from tikv_pd.config import TransactionOptions
 from tikv_pd.errors import TransactionClosedError
+from tikv_pd.interceptor import RPCInterceptor, chain_interceptors
+from tikv_pd.observability import register_operations
 
 from tikv_txn._validate import check_key, check_keys, check_limit, check_range, check_value
 from tikv_txn.committer import TwoPhaseCommitter
@@ -60,6 +62,7 @@ class AsyncTransaction:
     __slots__ = (
         "_buffer",
         "_committer",
+        "_interceptor",
         "_options",
         "_rt",
         "_snapshot",
@@ -82,8 +85,40 @@ class AsyncTransaction:
         self._started_at = time.monotonic()
         self._state = _ACTIVE
         self._committer: TwoPhaseCommitter | None = None
+        self._interceptor: RPCInterceptor | None = None
         #: The commit ts once committed (0 before, and for a read-only transaction).
         self.commit_ts = 0
+
+    # -- RPC interceptors (client-go KVTxn.SetRPCInterceptor / AddRPCInterceptor) -----
+
+    @property
+    def rpc_interceptor(self) -> RPCInterceptor | None:
+        """The transaction's own RPC interceptor (chain), or ``None``."""
+        return self._interceptor
+
+    def set_rpc_interceptor(self, interceptor: RPCInterceptor | None) -> None:
+        """Run ``interceptor`` around every RPC of this transaction (reads and commit).
+
+        It runs inside the client's interceptor (if any), replaces the transaction's
+        previous one and applies to its snapshot too, as client-go's ``SetRPCInterceptor``;
+        ``None`` removes it. Lock resolution keeps the client's interceptor only.
+        """
+        self._snapshot.set_rpc_interceptor(interceptor)
+        self._interceptor = interceptor
+
+    def add_rpc_interceptor(self, interceptor: RPCInterceptor) -> None:
+        """Append ``interceptor`` to the transaction's chain (client-go ``AddRPCInterceptor``)."""
+        current = self._interceptor
+        self.set_rpc_interceptor(
+            interceptor if current is None else chain_interceptors(current, interceptor)
+        )
+
+    def _effective_interceptor(self) -> RPCInterceptor | None:
+        client = self._rt.interceptor
+        own = self._interceptor
+        if own is None or client is None:
+            return own if own is not None else client
+        return chain_interceptors(client, own)
 
     # -- state -------------------------------------------------------------------------
 
@@ -230,7 +265,12 @@ class AsyncTransaction:
 
     def _new_committer(self) -> TwoPhaseCommitter:
         return TwoPhaseCommitter(
-            self._rt, self.start_ts, self._options, self._buffer, self._started_at
+            self._rt,
+            self.start_ts,
+            self._options,
+            self._buffer,
+            self._started_at,
+            interceptor=self._effective_interceptor(),
         )
 
     async def commit(self) -> int:
@@ -304,3 +344,20 @@ async def _keys_only(
         aclose = getattr(source, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+# Transaction operations, instrumented while metrics or tracing is on
+# (tikv_pd.observability): spans tikv.txn.<method> and
+# tikv_client_go_txn_cmd_duration_seconds{type=<label>} with client-go's labels
+# (txnkv/transaction/txn.go: commit, rollback; txnsnapshot: get, batch_get).
+register_operations(
+    AsyncTransaction,
+    "txn",
+    {
+        "get": "get",
+        "batch_get": "batch_get",
+        "scan": "scan",
+        "commit": "commit",
+        "rollback": "rollback",
+    },
+)
