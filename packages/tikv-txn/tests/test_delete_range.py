@@ -14,7 +14,7 @@ from tikv_mockstore import MockCluster
 from tikv_pd.errors import TiKVError
 from tikv_pd.rangetask import RangeTaskProgress
 from tikv_txn import AsyncTransactionClient
-from tikv_txn.delete_range import DeleteRangeTask
+from tikv_txn.delete_range import DeleteRangeTask, unsafe_destroy_range
 
 NO_HANG = 60.0
 # Four regions, cut at the user keys 0x40, 0x80 and 0xc0.
@@ -172,3 +172,29 @@ async def test_empty_range_and_bad_arguments(client: AsyncTransactionClient) -> 
         await client.delete_range("a")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         DeleteRangeTask(client.runtime, b"a", b"b", notify_only=1)  # type: ignore[arg-type]
+
+
+async def test_unsafe_destroy_range_wipes_the_range_on_every_store(
+    client: AsyncTransactionClient, cluster: MockCluster
+) -> None:
+    await seed(client, KEYS)
+    before = cluster.counters.count("UnsafeDestroyRange")
+    assert await unsafe_destroy_range(client.runtime, client._pd, b"\x30", b"\xb0") == 3
+    assert cluster.counters.count("UnsafeDestroyRange") - before == 3
+    for key in KEYS:
+        assert held(cluster, key) is not in_range(key, b"\x30", b"\xb0"), key
+    with pytest.raises(ValueError, match="non-empty"):
+        await unsafe_destroy_range(client.runtime, client._pd, b"", b"\x10")
+
+
+async def test_unsafe_destroy_range_reports_a_failed_store(
+    client: AsyncTransactionClient, cluster: MockCluster
+) -> None:
+    await seed(client, KEYS)
+    cluster.faults.add("UnsafeDestroyRange", store=2, status="UNAVAILABLE", times=1)
+    with pytest.raises(TiKVError, match="store 2"):
+        await unsafe_destroy_range(client.runtime, client._pd, b"\x30", b"\xb0")
+    # The other stores did their part; calling again finishes the job.
+    assert await unsafe_destroy_range(client.runtime, client._pd, b"\x30", b"\xb0") == 3
+    for key in KEYS:
+        assert held(cluster, key) is not in_range(key, b"\x30", b"\xb0"), key

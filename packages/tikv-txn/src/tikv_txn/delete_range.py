@@ -14,6 +14,11 @@ A *notify-only* task (client-go ``NewNotifyDeleteRangeTask``) sends the same req
 with ``notify_only`` set: TiKV deletes nothing but replicates the request through Raft
 so its observers learn about the range, before an ``UnsafeDestroyRange``.
 
+:func:`unsafe_destroy_range` (client-go ``KVStore.UnsafeDestroyRange``, ``tikv/gc.go``)
+goes below Raft: every store (tombstones and TiFlash left out) wipes the range from its
+engine directly, all at once, with a 5-minute deadline. Nothing may read or write the
+range afterwards; calling it again on the same range is harmless.
+
 :class:`DeleteRangeTask` is resumable: when a run fails it remembers where it stopped
 (:attr:`DeleteRangeTask.resume_key`), and :meth:`DeleteRangeTask.execute` called again
 continues from there.
@@ -21,6 +26,7 @@ continues from there.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -32,15 +38,20 @@ from tikv_pd.rangetask import (
     RangeTaskRunner,
     TaskStat,
 )
-from tikv_pd.region_cache import Region
+from tikv_pd.region_cache import Region, StoreState
 from tikv_proto import kvrpcpb_pb2
 
 from tikv_txn._validate import check_range
 
 if TYPE_CHECKING:
+    from tikv_pd.pd_client import PDClient
+
     from tikv_txn._runtime import TxnRuntime
 
-__all__ = ["DeleteRangeTask"]
+__all__ = ["UNSAFE_DESTROY_RANGE_TIMEOUT", "DeleteRangeTask", "unsafe_destroy_range"]
+
+#: Deadline of one store's UnsafeDestroyRange, seconds (client-go ``unsafeDestroyRangeTimeout``).
+UNSAFE_DESTROY_RANGE_TIMEOUT = 300.0
 
 
 class DeleteRangeTask:
@@ -179,3 +190,52 @@ class DeleteRangeTask:
             self._completed += self._runner.completed_regions
             self._failed += self._runner.failed_regions
         return self._completed
+
+
+async def unsafe_destroy_range(runtime: TxnRuntime, pd: PDClient, start: bytes, end: bytes) -> int:
+    """Wipe ``[start, end)`` (user keys) from every store's engine, bypassing Raft.
+
+    client-go ``KVStore.UnsafeDestroyRange``: the store list is read from PD each time;
+    every store that is not a tombstone or TiFlash gets the request concurrently.
+
+    Returns:
+        How many stores destroyed the range.
+
+    Raises:
+        TypeError / ValueError: Bad bounds (both must be non-empty: TiKV needs them).
+        tikv_pd.errors.TiKVError: Some stores failed (all were tried; the message names
+            each failure). Calling again is safe.
+        tikv_pd.errors.PDError: The store list could not be read.
+
+    """
+    lo, hi = check_range(start, end)
+    if not lo or not hi:
+        raise ValueError("unsafe_destroy_range needs a non-empty start and end")
+    runtime.check_open()
+    enc_lo, enc_hi = runtime.codec.encode_range(lo, hi)
+    stores = [
+        s
+        for s in await pd.get_all_stores()
+        if s.state is not StoreState.TOMBSTONE and not s.is_tiflash
+    ]
+    transport = runtime.sender.transport
+    api_version = runtime.codec.api_version
+
+    async def destroy(address: str) -> str | None:
+        request = kvrpcpb_pb2.UnsafeDestroyRangeRequest(start_key=enc_lo, end_key=enc_hi)
+        request.context.api_version = api_version  # type: ignore[assignment]
+        try:
+            resp = await transport.send(
+                address, "UnsafeDestroyRange", request, UNSAFE_DESTROY_RANGE_TIMEOUT
+            )
+        except TiKVError as exc:
+            return str(exc)
+        return resp.error or None
+
+    results = await asyncio.gather(*(destroy(s.address) for s in stores))
+    failures = [
+        f"store {s.id} ({s.address}): {err}" for s, err in zip(stores, results, strict=True) if err
+    ]
+    if failures:
+        raise TiKVError("unsafe destroy range failed on " + "; ".join(failures))
+    return len(stores)
