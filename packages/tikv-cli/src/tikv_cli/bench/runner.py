@@ -53,7 +53,7 @@ def run_cell(
     wait = spec.warmup if warmup is None else warmup
     try:
         if client == "ours-async":
-            return asyncio.run(
+            return _cell_loop().run_until_complete(
                 _run_async(
                     workload,
                     endpoints,
@@ -81,6 +81,23 @@ def run_cell(
             cleanup()
     except UnsupportedError as exc:
         return {"unsupported": str(exc)}
+
+
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _cell_loop() -> asyncio.AbstractEventLoop:
+    """One event loop for every asyncio cell of this process, never closed.
+
+    grpc.aio binds its completion-queue poller to each event loop that uses it and keeps
+    waking it after it is closed, which logs "Event loop is closed" errors from
+    ``PollerCompletionQueue._handle_events`` (grpc/grpc#25364); ``asyncio.run`` per cell
+    would close a loop per cell.
+    """
+    global _loop
+    if _loop is None or _loop.is_closed():
+        _loop = asyncio.new_event_loop()
+    return _loop
 
 
 async def _run_async(
