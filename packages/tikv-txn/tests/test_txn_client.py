@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from tikv_mockstore import MockCluster
 from tikv_pd.codec import keyspace_prefix
-from tikv_pd.config import Config
 from tikv_txn import (
     AsyncTransaction,
     AsyncTransactionClient,
@@ -404,26 +403,30 @@ async def test_large_transaction_is_cut_into_16k_batches_primary_first(
 
 
 async def test_async_commit_and_one_pc_fall_back_to_2pc_when_tikv_refuses(
-    cluster: MockCluster, p: bytes
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
 ) -> None:
-    # No safe window: TiKV's computed commit ts exceeds max_commit_ts and it answers
-    # with a zero commit ts; the commit must still succeed, through 2PC.
-    config = Config(async_commit_safe_window=0.0)
-    async with await AsyncTransactionClient.connect(cluster.pd_endpoints, config=config) as c:
-        for opts in (TransactionOptions(async_commit=True), TransactionOptions(try_one_pc=True)):
-            key = K(b"\x90", p, f"fb-{opts.async_commit}")
-            commits = cluster.counters.count("KvCommit")
-            txn = await c.begin(opts)
-            txn.put(key, b"v")
-            commit_ts = await txn.commit()
-            committer = txn._committer
-            assert committer is not None
-            assert not committer.async_commit
-            assert not committer.one_pc
-            assert cluster.counters.count("KvCommit") == commits + 1
-            snap = c.snapshot(await c.current_timestamp())
-            assert await snap.get(key) == b"v"
-            assert commit_ts > txn.start_ts
+    # A start ts 10 s in the past puts max_commit_ts (start + elapsed + 2 s) below the
+    # commit ts TiKV computes, so TiKV answers with a zero commit ts; the commit must
+    # still succeed, through 2PC.
+    now = await client.current_timestamp()
+    old = now - (10_000 << 18)
+    for opts in (
+        TransactionOptions(start_ts=old, async_commit=True),
+        TransactionOptions(start_ts=old, try_one_pc=True),
+    ):
+        key = K(b"\x90", p, f"fb-{opts.async_commit}")
+        commits = cluster.counters.count("KvCommit")
+        txn = await client.begin(opts)
+        txn.put(key, b"v")
+        commit_ts = await txn.commit()
+        committer = txn._committer
+        assert committer is not None
+        assert not committer.async_commit
+        assert not committer.one_pc
+        assert cluster.counters.count("KvCommit") == commits + 1
+        assert commit_ts > now
+        snap = client.snapshot(await client.current_timestamp())
+        assert await snap.get(key) == b"v"
 
 
 async def test_prewrite_resolves_an_abandoned_older_lock(
