@@ -2,7 +2,8 @@
 
 Every module logs under ``tikv``: ``tikv.pd`` (PD client, TSO), ``tikv.oracle``,
 ``tikv.region_cache`` (locator and cache), ``tikv.request`` (the request pipeline),
-``tikv.transport`` (store connections, BatchCommands), ``tikv.raw``, ``tikv.txn``. One
+``tikv.transport`` (store connections, BatchCommands), ``tikv.rangetask``, ``tikv.raw``,
+``tikv.txn`` (and its ``tikv.txn.committer``, ``tikv.txn.lock_resolver``, ...). One
 ``logging.getLogger("tikv")`` handler or level therefore controls the whole client.
 Nothing is configured here: the library only emits records (stdlib convention).
 
@@ -40,7 +41,16 @@ __all__ = [
 #: The root of every logger of the client.
 ROOT_LOGGER = "tikv"
 #: The components that log (``tikv.<component>``).
-COMPONENTS = ("pd", "oracle", "region_cache", "request", "transport", "raw", "txn")
+COMPONENTS = (
+    "pd",
+    "oracle",
+    "region_cache",
+    "request",
+    "transport",
+    "rangetask",
+    "raw",
+    "txn",
+)
 
 #: client-go ``slowLogSendReqTime``: a request that met errors and took longer than this
 #: is logged.

@@ -63,7 +63,7 @@ __all__ = [
     "clip_to_region",
 ]
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("tikv.rangetask")
 
 #: Workers of a range task when the caller does not say (client-go's GC uses 8,
 #: ``tikv/gc.go``; its delete range takes the caller's value).

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = ["HEARTBEAT_TASK_PREFIX", "REQUEST_SOURCE", "Budgets", "TxnRuntime"]
 
-_log = logging.getLogger("tikv_txn")
+_log = logging.getLogger("tikv.txn")
 
 #: ``Context.request_source`` of transactional requests (shown in TiKV's metrics).
 REQUEST_SOURCE = "external_txn"

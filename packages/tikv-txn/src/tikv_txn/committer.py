@@ -89,7 +89,7 @@ if TYPE_CHECKING:
 
 __all__ = ["TwoPhaseCommitter"]
 
-_log = logging.getLogger("tikv_txn.committer")
+_log = logging.getLogger("tikv.txn.committer")
 
 #: Keys grouped by region, one request per region (no size limit).
 _BY_KEYS: KeysSharder[bytes] = KeysSharder()

@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RESOLVED_CACHE_SIZE", "LockResolver", "ResolveResult"]
 
-_log = logging.getLogger("tikv_txn.lock_resolver")
+_log = logging.getLogger("tikv.txn.lock_resolver")
 
 #: Keys grouped by region, one request per region (no size limit).
 _BY_KEYS: KeysSharder[bytes] = KeysSharder()
