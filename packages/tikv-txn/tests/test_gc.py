@@ -218,6 +218,38 @@ async def test_gc_after_regions_split_behind_the_clients_back(
     assert await snap.batch_get(keys) == dict.fromkeys(keys, b"v")
 
 
+async def test_gc_rides_out_store_and_region_errors(
+    client: AsyncTransactionClient, cluster: MockCluster
+) -> None:
+    keys = keys_across(b"faults/")
+    left = await prepared(client, keys, b"v")
+    await left.prewrite()
+    safe_point = await client.current_timestamp()
+    scans = cluster.faults.add("KvScanLock", status="UNAVAILABLE", times=2)
+    resolves = cluster.faults.add("KvResolveLock", region_error="epoch_not_match", times=2)
+    collects = cluster.faults.add("KvGC", region_error="not_leader", times=1)
+    result = await gcmod.run_gc(client.runtime, client._pd, safe_point)
+    assert (scans.hits, resolves.hits, collects.hits) == (2, 2, 1)
+    assert result.safe_point == safe_point
+    assert result.collected_regions == 4
+    assert locks_at_or_below(cluster, MAX) == []
+    assert await client.snapshot(await client.current_timestamp()).batch_get(keys) == {}
+
+
+async def test_stores_that_do_not_serve_kvgc_are_not_asked_again(
+    client: AsyncTransactionClient, cluster: MockCluster
+) -> None:
+    # Real TiKV answers KvGC with UNIMPLEMENTED: its own GC worker reads PD's safepoint.
+    cluster.faults.add("KvGC", status="UNIMPLEMENTED")
+    first = await gcmod.run_gc(client.runtime, client._pd, await client.current_timestamp())
+    assert first.collected_regions is None
+    sent = cluster.counters.count("KvGC")
+    second = await gcmod.run_gc(client.runtime, client._pd, await client.current_timestamp())
+    assert second.collected_regions is None
+    assert second.safe_point > first.safe_point
+    assert cluster.counters.count("KvGC") == sent
+
+
 async def test_gc_settles_an_async_commit_transaction(
     client: AsyncTransactionClient, cluster: MockCluster
 ) -> None:

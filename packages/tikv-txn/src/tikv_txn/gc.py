@@ -55,7 +55,7 @@ from tikv_pd.backoff import (
     Backoffer,
 )
 from tikv_pd.codec import KeyCodec
-from tikv_pd.errors import GCTooEarlyError, KeyIsLockedError, LockInfo, TxnError
+from tikv_pd.errors import GCTooEarlyError, KeyIsLockedError, LockInfo, RegionError, TxnError
 from tikv_pd.locator import RegionLocator
 from tikv_pd.pd_client import PDClient, ServiceSafePoint
 from tikv_pd.rangetask import (
@@ -515,13 +515,16 @@ async def _collect(
             options=rt.request_options(timeout=KVGC_PROBE_TIMEOUT),
         )
     except TransportError as exc:
-        if exc.code not in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.DEADLINE_EXCEEDED):
-            raise
-        _log.info("the stores collect garbage on their own (KvGC not served: %s)", exc)
-        _NO_KVGC.add(rt)
-        return None
-    if probe.HasField("error"):
-        raise key_error_to_exception(probe.error)
+        if exc.code in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.DEADLINE_EXCEEDED):
+            _log.info("the stores collect garbage on their own (KvGC not served: %s)", exc)
+            _NO_KVGC.add(rt)
+            return None
+        # Another failure says nothing about KvGC: the regions are tried with retries.
+    except RegionError:
+        pass
+    else:
+        if probe.HasField("error"):
+            raise key_error_to_exception(probe.error)
     options = rt.request_options(timeout=rt.config.read_timeout_medium)
 
     async def handler(region: Region, s: bytes, e: bytes) -> TaskStat:
