@@ -14,6 +14,7 @@ from tikv_pd.errors import (
     CommitTsExpiredError,
     CommitTsTooLargeError,
     DeadlockError,
+    GCTooEarlyError,
     KeyExistsError,
     KeyIsLockedError,
     LockInfo,
@@ -32,6 +33,8 @@ from tikv_pd.errors import (
 
 from tikv_txn._sync import Snapshot, Transaction, TransactionClient
 from tikv_txn.client import AsyncTransactionClient
+from tikv_txn.delete_range import DeleteRangeTask
+from tikv_txn.gc import GCResult
 from tikv_txn.lock_resolver import LockResolver, ResolveResult
 from tikv_txn.snapshot import AsyncSnapshot
 from tikv_txn.transaction import AsyncTransaction
@@ -46,6 +49,9 @@ __all__ = [
     "CommitTsTooLargeError",
     "Config",
     "DeadlockError",
+    "DeleteRangeTask",
+    "GCResult",
+    "GCTooEarlyError",
     "KeyExistsError",
     "KeyIsLockedError",
     "LockInfo",
