@@ -53,6 +53,15 @@ def test_module_loggers_live_under_tikv() -> None:
         "tikv.transport",
     }
     assert all(n.split(".")[1] in logs.COMPONENTS for n in names)
+    from tikv_pd import rangetask
+    from tikv_txn import _runtime, committer, lock_resolver
+
+    assert rangetask._log.name == "tikv.rangetask"
+    assert {_runtime._log.name, committer._log.name, lock_resolver._log.name} == {
+        "tikv.txn",
+        "tikv.txn.committer",
+        "tikv.txn.lock_resolver",
+    }
 
 
 def outcome(**overrides: object) -> bool:
