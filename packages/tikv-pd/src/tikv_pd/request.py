@@ -796,7 +796,9 @@ class RequestSender:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            self._outcome(call, started, exc)
+            # Only the pipeline's own failures count as "send request failed" (client-go
+            # logs RPC-level errors, not the key errors a handler raises).
+            self._outcome(call, started, exc if isinstance(exc, _PIPELINE_ERRORS) else None)
             raise
         if call.retries or time.monotonic() - started > SLOW_REQUEST_SECONDS:
             self._outcome(call, started, None)
@@ -1265,6 +1267,10 @@ def _load_based_read(options: RequestOptions) -> RequestOptions:
             _LOAD_BASED.clear()
         _LOAD_BASED[options] = derived
     return derived
+
+
+#: Failures of the pipeline itself (as opposed to a handler's key errors), for the log.
+_PIPELINE_ERRORS = (BackoffTimeoutError, StoreUnavailableError, RegionError, UndeterminedError)
 
 
 def _final(
