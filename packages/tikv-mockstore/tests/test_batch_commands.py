@@ -253,7 +253,7 @@ def test_store_safe_ts_stays_below_prewrite_locks(cluster: MockCluster, stubs: S
     assert not resp.errors and not resp.HasField("region_error")
     cluster.clock.advance(1_000)
     safe = stubs.tikv(1).GetStoreSafeTS(kvrpcpb_pb2.StoreSafeTSRequest()).safe_ts
-    assert safe == start_ts - 1
+    assert safe == start_ts  # TiKV resolver: min(tso, oldest lock start_ts)
     stub.KvBatchRollback(
         kvrpcpb_pb2.BatchRollbackRequest(context=ctx, start_version=start_ts, keys=[b"safe-ts"])
     )

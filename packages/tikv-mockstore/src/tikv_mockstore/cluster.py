@@ -27,6 +27,7 @@ from tikv_proto import keyspacepb_pb2, kvrpcpb_pb2, metapb_pb2, pdpb_pb2
 from tikv_mockstore._codec import encode_bytes
 from tikv_mockstore._sorted import SortedDict
 from tikv_mockstore.clock import Clock
+from tikv_mockstore.safe_ts import SafeTsTracker
 
 __all__ = [
     "MAX_REGIONS_IN_ERROR",
@@ -276,6 +277,8 @@ class Cluster:
         }
         self._next_keyspace_id = 1
         self._bootstrapped = False
+        #: Every store's safe (resolved) ts, for stale reads (:mod:`tikv_mockstore.safe_ts`).
+        self.safe_ts = SafeTsTracker(self.clock)
 
     # ------------------------------------------------------------------ ids
 

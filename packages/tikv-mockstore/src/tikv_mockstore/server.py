@@ -42,6 +42,7 @@ from tikv_mockstore.cluster import (
 from tikv_mockstore.faults import Counters, Fault, FaultInjector
 from tikv_mockstore.pd_service import PdServer
 from tikv_mockstore.raw import RawEngine
+from tikv_mockstore.safe_ts import store_safe_ts
 from tikv_mockstore.tikv_service import StoreServer, load_command_handlers
 
 __all__ = ["MockCluster"]
@@ -337,6 +338,42 @@ class MockCluster:
         result: int = self._call("gc_safe_point")
         return result
 
+    # ------------------------------------------------------------------ safe ts (stale reads)
+
+    def safe_ts(self, store_id: int) -> int:
+        """The store's safe (resolved) ts now: stale reads at or below it are served there.
+
+        Every region of the store has its own safe ts (the clock minus the store's lag,
+        below the region's oldest prewrite lock); this is their minimum, as TiKV's
+        ``GetStoreSafeTS`` answers. See :mod:`tikv_mockstore.safe_ts`.
+        """
+        result: int = self._call("safe_ts.store", store_id)
+        return result
+
+    def set_safe_ts_lag(self, store_id: int, lag_ms: int) -> None:
+        """Make the store's safe ts trail the cluster clock by ``lag_ms`` ms (0: none)."""
+        self._call("safe_ts.set_lag", store_id, lag_ms)
+
+    def hold_safe_ts(self, store_id: int) -> int:
+        """Stop the store's safe ts from advancing (a lagging follower); returns the cap.
+
+        Stale reads above the cap get ``DataIsNotReady`` from that store's followers until
+        :meth:`release_safe_ts`. Leaders are never refused (TiKV falls back to a leader read).
+        """
+        result: int = self._call("safe_ts.hold", store_id)
+        return result
+
+    def set_safe_ts(self, store_id: int, ts: int) -> None:
+        """Hold the store's safe ts at ``ts``.
+
+        What it already published stays: a safe ts never goes back.
+        """
+        self._call("safe_ts.pin", store_id, ts)
+
+    def release_safe_ts(self, store_id: int) -> None:
+        """Let the store's safe ts follow the clock again (minus its lag)."""
+        self._call("safe_ts.release", store_id)
+
 
 class _LocalCluster:
     """The servers and state of a cluster running in this process."""
@@ -536,6 +573,13 @@ def _run_op(local: _LocalCluster, op: str, args: tuple[Any, ...], kwargs: dict[s
         return c.current_ts()
     if op == "gc_safe_point":
         return c.gc_safe_point
+    if op == "safe_ts.store":
+        (store_id,) = args
+        local._server(store_id)  # unknown stores are an error
+        return store_safe_ts(c, local.engine, store_id)
+    if op in ("safe_ts.set_lag", "safe_ts.hold", "safe_ts.pin", "safe_ts.release"):
+        local._server(args[0])
+        return getattr(c.safe_ts, op[8:])(*args)
     if op.startswith("clock."):
         return getattr(local.clock, op[6:])(*args, **kwargs)
     if op == "faults.add":

@@ -6,25 +6,25 @@ with the Unix time when the server starts) and the raftstore slow score, 1 for a
 (the mock never slows down unless a fault delays it). The same feedback rides on BatchCommands
 responses at most once per second (TiKV's default ``health-feedback-interval``).
 
-``GetStoreSafeTS`` answers with the store's safe (resolved) timestamp: data is applied the
-moment it is written here, so it is the current time, held below the start ts of every
-prewrite lock (pessimistic locks do not hold back TiKV's resolved ts).
+``GetStoreSafeTS`` answers with the smallest safe (resolved) ts of the store's regions that
+overlap the request's key range (all of them for an empty range), as TiKV's check-leader worker
+does (``GetStoreTs``). Each region's safe ts follows the cluster clock minus the store's lag,
+stays at or below the start ts of every prewrite lock in the region (pessimistic locks do not
+hold back TiKV's resolved ts), never decreases, and stops while a test holds the store: see
+:mod:`tikv_mockstore.safe_ts`.
 """
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import cast
 
 from tikv_proto import kvrpcpb_pb2
 
-from tikv_mockstore.cluster import TSO_LOGICAL_BITS
 from tikv_mockstore.handlers import StoreScope, handler
+from tikv_mockstore.safe_ts import store_safe_ts as _store_safe_ts
 from tikv_mockstore.tikv_service import StoreScope as MockStoreScope
 
 __all__ = ["get_health_feedback", "get_store_safe_ts", "store_safe_ts"]
-
-_MAX_TS = (1 << 64) - 1
-_PESSIMISTIC_LOCK = 5  # kvrpcpb.Op.PessimisticLock
 
 
 @handler("GetHealthFeedback")
@@ -36,20 +36,21 @@ def get_health_feedback(
     return kvrpcpb_pb2.GetHealthFeedbackResponse(health_feedback=mock.health_feedback())
 
 
-def store_safe_ts(scope: StoreScope) -> int:
-    """The store's safe ts: now, below the oldest prewrite lock's start ts."""
-    safe = scope.now_ms() << TSO_LOGICAL_BITS
-    engine: Any = scope.engine
-    if engine is not None:
-        for lock in engine.scan_lock(_MAX_TS):
-            if int(lock.lock_type) != _PESSIMISTIC_LOCK:
-                safe = min(safe, lock.lock_version - 1)
-    return max(safe, 0)
+def store_safe_ts(scope: StoreScope, start_key: bytes = b"", end_key: bytes = b"") -> int:
+    """The serving store's safe ts over ``[start_key, end_key)``.
+
+    See :func:`tikv_mockstore.safe_ts.store_safe_ts`.
+    """
+    mock = cast(MockStoreScope, scope)
+    return _store_safe_ts(mock.cluster, mock.engine, mock.store_id, start_key, end_key)
 
 
 @handler("GetStoreSafeTS")
 def get_store_safe_ts(
     scope: StoreScope, req: kvrpcpb_pb2.StoreSafeTSRequest
 ) -> kvrpcpb_pb2.StoreSafeTSResponse:
-    """GetStoreSafeTS: the minimum safe ts of the store's regions (all applied at once here)."""
-    return kvrpcpb_pb2.StoreSafeTSResponse(safe_ts=store_safe_ts(scope))
+    """GetStoreSafeTS: the minimum safe ts of the store's regions in the key range."""
+    key_range = req.key_range
+    return kvrpcpb_pb2.StoreSafeTSResponse(
+        safe_ts=store_safe_ts(scope, key_range.start_key, key_range.end_key)
+    )

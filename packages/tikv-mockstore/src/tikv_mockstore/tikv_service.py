@@ -13,8 +13,9 @@ order (``components/raftstore/src/store/fsm/peer.rs`` ``pre_propose_raft_command
 peer here (RegionNotFound), the request must name that peer (MismatchPeerId), this peer must
 lead (NotLeader, with the leader), the epoch version must match (EpochNotMatch with the current
 region and the regions split off it; ``conf_ver`` is not checked for reads and writes,
-``NORMAL_REQ_CHECK_CONF_VER = false``), and every key must lie inside the region
-(KeyNotInRegion).
+``NORMAL_REQ_CHECK_CONF_VER = false``), a stale read served by a follower must be at or below
+that peer's safe ts (DataIsNotReady, see :mod:`tikv_mockstore.safe_ts`), and every key must lie
+inside the region (KeyNotInRegion).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from tikv_mockstore._codec import decode_bytes_lenient, encode_bytes
 from tikv_mockstore.cluster import Cluster, Region
 from tikv_mockstore.faults import COMMAND_OF_METHOD, Counters, FaultInjector, FaultOutcome
 from tikv_mockstore.handlers import HANDLERS
+from tikv_mockstore.safe_ts import region_locks
 
 __all__ = [
     "API_VERSION_NAMES",
@@ -306,7 +308,37 @@ class StoreScope:
                     current_regions=[r.to_pb() for r in current]
                 ),
             )
+        if ctx.stale_read and region.leader_store_id != self._store_id:
+            return self._check_stale_read(region, peer.id)
         return None
+
+    def _check_stale_read(self, region: Region, peer_id: int) -> errorpb_pb2.Error | None:
+        """Refuse a follower's stale read above its safe ts (DataIsNotReady).
+
+        TiKV ``ReadDelegate::check_stale_read_safe``; a leader falls back to a normal read
+        and is never refused (see :mod:`tikv_mockstore.safe_ts`).
+        """
+        read_ts = _CURRENT_READ_TS.get()
+        if read_ts == 0:  # raw reads carry no ts: TiKV encodes the missing start ts as 0
+            return None
+        engine = self._engine
+        safe = self._cluster.safe_ts.region_safe_ts(
+            self._store_id,
+            region.id,
+            lambda: region_locks(engine, region.start_key, region.end_key, encoded=True),
+            engine,
+        )
+        if read_ts <= safe:
+            return None
+        return errorpb_pb2.Error(
+            message=(
+                f"peer {peer_id} of region {region.id} is not ready to serve a stale read "
+                f"at {read_ts}: safe ts {safe}"
+            ),
+            data_is_not_ready=errorpb_pb2.DataIsNotReady(
+                region_id=region.id, peer_id=peer_id, safe_ts=safe
+            ),
+        )
 
     def region_bounds(self, ctx: kvrpcpb_pb2.Context, *, txn: bool) -> tuple[bytes, bytes]:
         """The ``[start, end)`` user-key bounds of the request's region.
@@ -567,6 +599,10 @@ class StoreServer:
                 grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by tikv-mockstore"
             )
         token = _CURRENT_COMMAND.set(command)
+        ts_token = None
+        if ctx is not None and ctx.stale_read:
+            ts_field = _READ_TS_FIELD.get(command)
+            ts_token = _CURRENT_READ_TS.set(getattr(request, ts_field) if ts_field else 0)
         try:
             return fn(self.scope, request)
         except _AbortError:
@@ -578,6 +614,8 @@ class StoreServer:
             ) from exc
         finally:
             _CURRENT_COMMAND.reset(token)
+            if ts_token is not None:
+                _CURRENT_READ_TS.reset(ts_token)
 
     def _fault_response(
         self, method: str, outcome: FaultOutcome, ctx: kvrpcpb_pb2.Context | None
@@ -649,6 +687,17 @@ READ_COMMANDS = frozenset(
 
 #: The command the current thread is serving (set by the dispatcher for the region checks).
 _CURRENT_COMMAND: contextvars.ContextVar[str] = contextvars.ContextVar("command", default="")
+#: The read ts of the stale read the current thread is serving (0: none, or a raw read).
+_CURRENT_READ_TS: contextvars.ContextVar[int] = contextvars.ContextVar("read_ts", default=0)
+
+#: The request field holding a transactional read's timestamp, per command.
+_READ_TS_FIELD = {
+    "Get": "version",
+    "BatchGet": "version",
+    "Scan": "version",
+    "BufferBatchGet": "version",
+    "Coprocessor": "start_ts",
+}
 
 #: TiKV's default ``server.health-feedback-interval``.
 _FEEDBACK_INTERVAL_S = 1.0
