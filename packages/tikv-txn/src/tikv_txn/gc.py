@@ -314,10 +314,10 @@ async def _final_commit_ts(rt: TxnRuntime, bo: Backoffer, lock: LockInfo) -> int
         cached = resolver.cached_status(lock.lock_version)
         if cached is not None:
             return cached.commit_ts
-        if result.ms_before_expired > 0:
-            await bo.backoff(
-                TXN_LOCK, KeyIsLockedError(lock), max_sleep_ms=result.ms_before_expired
-            )
+        # Not settled yet (the lock has not expired): wait, at most until it expires.
+        await bo.backoff(
+            TXN_LOCK, KeyIsLockedError(lock), max_sleep_ms=result.ms_before_expired or None
+        )
 
 
 async def _pessimistic_rollback(
