@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from tikv_mockstore import MockCluster
@@ -18,6 +20,8 @@ from tikv_pd.logs import (
     redact_key,
 )
 from tikv_raw import AsyncRawClient
+
+sys.path.insert(0, str(Path(__file__).parent))  # the shared request-pipeline fakes
 
 
 @pytest.fixture
@@ -151,3 +155,51 @@ async def test_troubled_request_is_logged_end_to_end(caplog: pytest.LogCaptureFi
     assert facts["last_error"] == "RegionError"
     assert facts["elapsed_ms"] >= 150
     assert "request met errors: RawGet" in records[0].getMessage()
+
+
+class SlowClock:
+    """Stands in for ``time`` in tikv_pd.request: every reading is 0.5 s later."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        self.now += 0.5
+        return self.now
+
+
+async def test_key_errors_of_a_handler_are_not_send_failures(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from _request_fakes import FakeCluster, FakeLocator, FakeTransport, make_region
+    from tikv_pd.errors import KeyExistsError
+    from tikv_pd.request import KeySharder, RequestSender
+    from tikv_proto import errorpb_pb2, kvrpcpb_pb2
+
+    cluster = FakeCluster([make_region(1, b"", b"")])
+    transport = FakeTransport(cluster)
+    sender = RequestSender(FakeLocator(cluster), transport)
+    monkeypatch.setattr(request, "time", SlowClock())  # every request "takes" 0.5 s
+
+    def build(region: object, key: bytes) -> kvrpcpb_pb2.RawGetRequest:
+        return kvrpcpb_pb2.RawGetRequest(key=key)
+
+    def exists(region: object, key: bytes, response: object) -> None:
+        raise KeyExistsError(key)
+
+    with caplog.at_level(logging.WARNING, logger="tikv"):
+        # A key error raised by the handler: the request itself went fine (client-go logs
+        # only RPC-level failures), so nothing is logged although it was "slow".
+        with pytest.raises(KeyExistsError):
+            await sender.execute("RawGet", KeySharder(), b"k", build, exists)
+        assert [r for r in caplog.records if r.name == "tikv.request"] == []
+        # The same after a region error and a retry: logged, as a troubled request.
+        transport.faults["RawGet"] = [
+            errorpb_pb2.Error(message="x", region_not_found=errorpb_pb2.RegionNotFound())
+        ]
+        with pytest.raises(KeyExistsError):
+            await sender.execute("RawGet", KeySharder(), b"k", build, exists)
+    records = [r for r in caplog.records if r.name == "tikv.request"]
+    assert len(records) == 1
+    facts = records[0].tikv  # type: ignore[attr-defined]
+    assert (facts["retries"], facts["failed"]) == (1, False)
