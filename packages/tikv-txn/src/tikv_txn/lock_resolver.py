@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from tikv_pd import observability as _obs
 from tikv_pd.backoff import (
     ASYNC_RESOLVE_LOCK_MAX_BACKOFF,
     GET_TXN_STATUS_MAX_BACKOFF,
@@ -64,6 +65,17 @@ if TYPE_CHECKING:
 __all__ = ["RESOLVED_CACHE_SIZE", "LockResolver", "ResolveResult"]
 
 _log = logging.getLogger("tikv.txn.lock_resolver")
+
+
+def _count(action: str) -> None:
+    """Count a lock resolver step in ``tikv_client_go_lock_resolver_actions_total``.
+
+    The actions and where they are counted follow client-go's ``txnlock/lock_resolver.go``.
+    """
+    metrics = _obs.metrics
+    if metrics is not None:
+        metrics.count_lock_resolve(action)
+
 
 #: Keys grouped by region, one request per region (no size limit).
 _BY_KEYS: KeysSharder[bytes] = KeysSharder()
@@ -181,11 +193,18 @@ class LockResolver:
             verify_is_primary=True,
         )
         self.stats["check_txn_status"] += 1
+        _count("query_txn_status")
         resp = await self._rt.sender.call_key(
             "CheckTxnStatus", primary, req, bo=bo, options=self._rt.base_options
         )
         if resp.HasField("error"):
             raise key_error_to_exception(resp.error, start_ts=txn_id)
+        if resp.lock_ttl == 0:
+            _count(
+                "query_txn_status_committed"
+                if resp.commit_version
+                else "query_txn_status_rolled_back"
+            )
         status = TxnStatus(
             ttl=resp.lock_ttl,
             commit_ts=resp.commit_version,
@@ -256,10 +275,13 @@ class LockResolver:
             How long the caller should wait before retrying, and what it may ignore.
 
         """
+        _count("resolve")
         result = ResolveResult()
         cleaned: dict[int, set[int]] = {}
         for lock in locks:
             await self._resolve_one(bo, lock, caller_start_ts, for_read, lite, cleaned, result)
+        if result.ms_before_expired > 0:
+            _count("wait_expired")
         return result
 
     async def _resolve_one(
@@ -290,6 +312,10 @@ class LockResolver:
             elif decision.visibility is LockVisibility.ACCESS:
                 result.committed.add(lock.lock_version)
             cleanup = decision.cleanup
+            if cleanup is not LockCleanup.NONE:
+                _count("expired")
+            elif decision.visibility is LockVisibility.BLOCKED:
+                _count("not_expired")
             if cleanup is LockCleanup.NONE:
                 if decision.visibility is LockVisibility.BLOCKED:
                     wait = max(decision.ms_before_expired, 1)
@@ -327,6 +353,7 @@ class LockResolver:
         cleaned: dict[int, set[int]],
     ) -> None:
         """ResolveLock for one lock: its key only (lite) or its whole region, once."""
+        _count("query_resolve_locks")
         region: Region | None = None
         if not lite:
             region = await self._rt.sender.locator.locate_key(lock.key)
@@ -336,6 +363,7 @@ class LockResolver:
             start_version=lock.lock_version, commit_version=commit_ts
         )
         if lite:
+            _count("query_resolve_lock_lite")
             req.keys.append(lock.key)
         self.stats["resolve_lock"] += 1
         resp = await self._rt.sender.call_key(
@@ -367,6 +395,7 @@ class LockResolver:
         every secondary with it; otherwise ask every secondary's region (CheckSecondaryLocks)
         and decide from the answers (:class:`AsyncResolveData`).
         """
+        _count("resolve_async_commit")
         bo = self._rt.backoffer(ASYNC_RESOLVE_LOCK_MAX_BACKOFF, "async commit resolve")
         primary = status.primary_lock
         if primary is None:
@@ -397,6 +426,7 @@ class LockResolver:
             return len(keys), resp
 
         self.stats["check_secondary_locks"] += 1
+        _count("query_check_secondary_locks")
         parts = await self._rt.sender.execute(
             "CheckSecondaryLocks",
             _BY_KEYS,
@@ -455,6 +485,7 @@ class LockResolver:
             ``True``.
 
         """
+        _count("batch_resolve")
         infos: dict[int, int] = {}
         status_bo = self._rt.backoffer(GET_TXN_STATUS_MAX_BACKOFF, "batch resolve locks")
         for lock in locks:
@@ -478,6 +509,7 @@ class LockResolver:
                 # secondaries; settle it here (its keys are resolved individually).
                 await self._resolve_async_commit(lock, status)
                 continue
+            _count("expired")
             infos[lock.lock_version] = status.commit_ts
         if not infos:
             return True
