@@ -273,3 +273,55 @@ def test_backoff_labels_follow_client_go(registry: object) -> None:
     assert value(registry, name, type="tikvLockFast") == 1
     assert value(registry, name, type="tikvRPC") == 1
     assert value(registry, name, type="txnNotFound") == 1
+
+
+async def test_lock_resolution_counts(registry: object) -> None:
+    primary, secondary = b"\x10lock-primary", b"\x90lock-secondary"
+    # A transactional cluster (the raw one above splits at plain keys, which API v1
+    # transactional clients cannot decode as region boundaries).
+    with MockCluster(stores=3, regions=4) as txn_cluster:
+        await _leave_a_secondary_lock_and_read_it(txn_cluster, primary, secondary)
+    actions = "tikv_client_go_lock_resolver_actions_total"
+    got = {
+        action: value(registry, actions, type=action)
+        for action in (
+            "resolve",
+            "query_txn_status",
+            "query_txn_status_committed",
+            "expired",
+            "query_resolve_locks",
+            "query_resolve_lock_lite",
+            "not_expired",
+        )
+    }
+    assert got == {
+        "resolve": 1,
+        "query_txn_status": 1,
+        "query_txn_status_committed": 1,
+        "expired": 1,
+        "query_resolve_locks": 1,
+        "query_resolve_lock_lite": 1,  # a two-key transaction is resolved key by key
+        "not_expired": 0,
+    }
+
+
+async def _leave_a_secondary_lock_and_read_it(
+    cluster: MockCluster, primary: bytes, secondary: bytes
+) -> None:
+    from tikv_txn import AsyncTransactionClient
+
+    async with (
+        await AsyncTransactionClient.connect(cluster.pd_endpoints) as writer,
+        await AsyncTransactionClient.connect(cluster.pd_endpoints) as reader,
+    ):
+        txn = await writer.begin()
+        txn.put(primary, b"p")
+        txn.put(secondary, b"s")
+        # Commit the primary only: the secondary's lock stays for a reader to resolve.
+        committer = txn._new_committer()
+        assert await committer.prepare()
+        await committer.prewrite()
+        await committer.get_commit_ts()
+        await committer.commit_primary()
+        snap = reader.snapshot(await reader.current_timestamp())
+        assert await snap.get(secondary) == b"s"
