@@ -92,7 +92,7 @@ __all__ = [
     "update_service_gc_safe_point",
 ]
 
-_log = logging.getLogger("tikv_txn.gc")
+_log = logging.getLogger("tikv.txn.gc")
 
 #: Locks scanned per ScanLock request (client-go ``GCScanLockLimit`` =
 #: ``ResolvedCacheSize / 2``, so one batch never evicts other callers' cached statuses).
