@@ -1,0 +1,368 @@
+"""Which replica serves a read, attempt after attempt (client-go's replica selector, pure).
+
+client-go (``internal/locate/replica_selector.go``) chooses the peer of every attempt of a
+read with a per-request *replica selector*. This module makes the same choices without any
+I/O: :class:`ReplicaSelector` is created for one part of a read request (one region), asked
+for the :meth:`~ReplicaSelector.next` target before each attempt, and told what happened
+(:meth:`~ReplicaSelector.on_not_leader`, :meth:`~ReplicaSelector.on_data_is_not_ready`,
+:meth:`~ReplicaSelector.on_server_is_busy`). The request pipeline (:mod:`tikv_pd.request`)
+applies the targets.
+
+Policies, per ``ReplicaReadType`` (:data:`tikv_pd.config.ReplicaReadType`):
+
+* ``leader`` — the leader while it is a candidate (its store not unreachable, fewer than
+  :data:`MAX_REPLICA_ATTEMPTS` attempts, it did not answer NotLeader); otherwise any other
+  replica once each (it answers NotLeader with the new leader, client-go
+  ``nextForReplicaReadLeader``).
+* every other type scores the candidate replicas and picks one of the best at random
+  (``ReplicaSelectMixedStrategy``). A candidate is a replica whose store is not unreachable
+  and that was not tried yet (a replica that answered ``DataIsNotReady`` may be tried once
+  more, as a replica read). The score, high bit first: not slow, labels match (we have no
+  label options: every replica matches), *prefer leader* (the leader under
+  ``prefer-leader``), *normal peer*, not attempted. A normal peer is any follower or learner
+  for ``follower`` / ``mixed`` / ``prefer-leader``, only a learner for ``learner``, and the
+  leader too for ``mixed`` (and for ``prefer-leader``, where it already scores higher).
+  So ``follower`` reads a random follower and falls back to the leader only when every
+  follower failed; ``mixed`` reads any replica; ``learner`` prefers learners, then any
+  replica; ``prefer-leader`` reads the leader, then the followers.
+* **stale read** (``stale_read=True``; client-go sets the type to ``mixed``,
+  ``EnableStaleWithMixedReplicaRead``): the first attempt goes to a random replica, the
+  leader included, with ``Context.stale_read`` set (client-go would prefer replicas whose
+  labels match the local zone; without labels every replica matches). The second attempt
+  goes to the leader as a normal leader read (stale and replica read flags off) unless the
+  leader was the first target; later attempts use the mixed strategy as replica reads
+  (``replica_read`` on, ``stale_read`` off). ``DataIsNotReady`` is retried at once, without
+  a backoff (client-go's ``onDataIsNotReady`` returns ``ErrorRetryImmediately``).
+
+A NotLeader answer naming a leader that is a candidate switches the selector to leader
+reads (client-go ``onNotLeader``). ServerIsBusy on a non-leader read moves on to the next
+replica without sleeping (``canFastRetry``). When no candidate remains, :meth:`next`
+returns ``None``: the caller invalidates the region and backs off ``regionMiss`` (client-go
+invalidates the region and the sender answers with a fake region error).
+
+Store health (client-go's slow score) is not tracked here: every replica counts as not
+slow. TiFlash stores and witness peers never serve these reads (client-go builds the
+replicas from the TiKV stores only; a witness holds no data).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+from tikv_pd.config import REPLICA_READ_TYPES, ReplicaReadType
+from tikv_pd.region_cache import Liveness, Peer, PeerRole, Region
+
+__all__ = [
+    "MAX_REPLICA_ATTEMPTS",
+    "ReplicaSelector",
+    "ReplicaTarget",
+]
+
+#: Attempts on the leader before giving up on it (client-go ``maxReplicaAttempt``).
+MAX_REPLICA_ATTEMPTS = 10
+
+# Score bits, lowest first (client-go storeSelectionScore).
+_NOT_ATTEMPTED = 1
+_NORMAL_PEER = 2
+_PREFER_LEADER = 4
+_LABELS_MATCH = 8
+_NOT_SLOW = 16
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaTarget:
+    """Where the next attempt goes and how its context is flagged.
+
+    Attributes:
+        peer: The peer to send to.
+        replica_read: Set ``Context.replica_read`` (a read index read on a non-leader).
+        stale_read: Set ``Context.stale_read`` (served at the read ts by any replica whose
+            safe ts allows it).
+
+    """
+
+    peer: Peer
+    replica_read: bool
+    stale_read: bool
+
+    @property
+    def mode(self) -> int:
+        """The pipeline's context mode: 0 leader read, 1 replica read, 2 stale read."""
+        return 2 if self.stale_read else 1 if self.replica_read else 0
+
+
+class _Replica:
+    __slots__ = ("attempts", "data_is_not_ready", "not_leader", "peer", "server_is_busy")
+
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+        self.attempts = 0
+        self.not_leader = False
+        self.data_is_not_ready = False
+        self.server_is_busy = False
+
+
+class ReplicaSelector:
+    """Chooses the replica of each attempt of one read on one region (pure, not thread-safe).
+
+    Args:
+        region: The region as cached (peers and leader).
+        replica_read: The read type (``"leader"``, ``"follower"``, ``"mixed"``,
+            ``"learner"``, ``"prefer-leader"``). Stale reads use ``"mixed"`` whatever this is.
+        stale_read: A stale read.
+        read_only: The request is a read (replica reads are flagged only for reads).
+        liveness: The believed liveness of a store (default: every store reachable).
+        is_tiflash: Whether a store is a TiFlash node (its peers are skipped).
+        rng: Random source for ties (tests pass a seeded one).
+
+    """
+
+    __slots__ = (
+        "_is_tiflash",
+        "_liveness",
+        "_replicas",
+        "_rng",
+        "attempts",
+        "read_only",
+        "read_type",
+        "region",
+        "stale_read",
+        "target",
+    )
+
+    def __init__(
+        self,
+        region: Region,
+        replica_read: ReplicaReadType = "leader",
+        *,
+        stale_read: bool = False,
+        read_only: bool = True,
+        liveness: Callable[[int], Liveness] | None = None,
+        is_tiflash: Callable[[int], bool] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if replica_read not in REPLICA_READ_TYPES:
+            raise ValueError(
+                f"replica_read must be one of {list(REPLICA_READ_TYPES)}, got {replica_read!r}"
+            )
+        self.region = region
+        self.read_type: ReplicaReadType = "mixed" if stale_read else replica_read
+        self.stale_read = stale_read
+        self.read_only = read_only
+        self._liveness = liveness
+        self._is_tiflash = is_tiflash
+        self._rng = rng if rng is not None else _RNG
+        self._replicas = [
+            _Replica(p)
+            for p in region.peers
+            if not p.is_witness and not (is_tiflash is not None and is_tiflash(p.store_id))
+        ]
+        #: Targets handed out so far.
+        self.attempts = 0
+        #: The peer of the last target (``None`` before the first or when exhausted).
+        self.target: Peer | None = None
+
+    # -- the region ----------------------------------------------------------------------
+
+    def same_region(self, region: Region) -> bool:
+        """Whether ``region`` is this selector's region at the same epoch."""
+        return region.id == self.region.id and region.epoch == self.region.epoch
+
+    def update_region(self, region: Region) -> None:
+        """Follow a new cached version of the same region (e.g. another leader).
+
+        What was learned about the peers (attempts, answers) is kept by peer id.
+        """
+        if region is self.region:
+            return
+        known = {r.peer.id: r for r in self._replicas}
+        replicas = []
+        for p in region.peers:
+            if p.is_witness or (self._is_tiflash is not None and self._is_tiflash(p.store_id)):
+                continue
+            replica = known.get(p.id) or _Replica(p)
+            replica.peer = p
+            replicas.append(replica)
+        self._replicas = replicas
+        self.region = region
+
+    # -- choosing ------------------------------------------------------------------------
+
+    def _leader(self) -> _Replica | None:
+        leader = self.region.leader
+        if leader is None:
+            return None
+        for r in self._replicas:
+            if r.peer.id == leader.id:
+                return r
+        return None
+
+    def _reachable(self, r: _Replica, unreachable: Collection[int]) -> bool:
+        if r.peer.store_id in unreachable:
+            return False
+        return self._liveness is None or self._liveness(r.peer.store_id) is not Liveness.UNREACHABLE
+
+    def _leader_candidate(self, r: _Replica | None, unreachable: Collection[int]) -> bool:
+        return (
+            r is not None
+            and self._reachable(r, unreachable)
+            and r.attempts < MAX_REPLICA_ATTEMPTS
+            and not r.not_leader
+        )
+
+    def next(self, unreachable: Collection[int] = ()) -> ReplicaTarget | None:
+        """The target of the next attempt, or ``None`` when every replica was tried.
+
+        Args:
+            unreachable: Stores that failed a send for this request; their peers are
+                skipped (client-go checks the store's liveness after a send failure).
+
+        """
+        self.attempts += 1
+        self.target = None
+        if self.read_type == "leader":
+            chosen = self._next_for_leader(unreachable)
+        else:
+            chosen = self._next_for_mixed(unreachable)
+        if chosen is None:
+            return None
+        replica, target = chosen
+        replica.attempts += 1
+        self.target = replica.peer
+        return target
+
+    def _next_for_leader(
+        self, unreachable: Collection[int]
+    ) -> tuple[_Replica, ReplicaTarget] | None:
+        leader = self._leader()
+        if leader is not None and self._leader_candidate(leader, unreachable):
+            return leader, ReplicaTarget(leader.peer, replica_read=False, stale_read=False)
+        # The leader cannot be used: try the others once each; one of them answers with
+        # the new leader (client-go: the mixed strategy without any preference).
+        picked = self._pick(unreachable, try_leader=False, prefer_leader=False, learner_only=False)
+        if picked is None:
+            return None
+        return picked, ReplicaTarget(picked.peer, replica_read=False, stale_read=False)
+
+    def _next_for_mixed(
+        self, unreachable: Collection[int]
+    ) -> tuple[_Replica, ReplicaTarget] | None:
+        leader = self._leader()
+        # A stale read that failed once asks the leader with a normal read, unless the
+        # leader was its first target.
+        if (
+            self.stale_read
+            and self.attempts == 2
+            and leader is not None
+            and self._leader_candidate(leader, unreachable)
+            and leader.attempts < 1
+        ):
+            return leader, ReplicaTarget(leader.peer, replica_read=False, stale_read=False)
+        kind = self.read_type
+        picked = self._pick(
+            unreachable,
+            try_leader=kind in ("mixed", "prefer-leader"),
+            prefer_leader=kind == "prefer-leader",
+            learner_only=kind == "learner",
+        )
+        if picked is None:
+            return None
+        if self.stale_read and self.attempts == 1:
+            return picked, ReplicaTarget(picked.peer, replica_read=False, stale_read=True)
+        return picked, ReplicaTarget(picked.peer, replica_read=self.read_only, stale_read=False)
+
+    def _pick(
+        self,
+        unreachable: Collection[int],
+        *,
+        try_leader: bool,
+        prefer_leader: bool,
+        learner_only: bool,
+    ) -> _Replica | None:
+        leader = self._leader()
+        best: list[_Replica] = []
+        best_score = -1
+        for r in self._replicas:
+            if not self._reachable(r, unreachable):
+                continue
+            is_leader = r is leader
+            # A replica that refused a stale read may serve it as a replica read; a leader
+            # never answers DataIsNotReady (TiKV falls back to a leader read).
+            max_attempts = 2 if r.data_is_not_ready and not is_leader else 1
+            if r.attempts >= max_attempts:
+                continue
+            score = _NOT_SLOW | _LABELS_MATCH
+            if is_leader:
+                if prefer_leader:
+                    score |= _PREFER_LEADER
+                elif try_leader:
+                    score |= _NORMAL_PEER
+            elif not learner_only or r.peer.role == PeerRole.LEARNER:
+                score |= _NORMAL_PEER
+            if r.attempts == 0:
+                score |= _NOT_ATTEMPTED
+            if score > best_score:
+                best_score = score
+                best = [r]
+            elif score == best_score:
+                best.append(r)
+        if not best:
+            return None
+        return best[0] if len(best) == 1 else best[self._rng.randrange(len(best))]
+
+    # -- feedback ------------------------------------------------------------------------
+
+    def on_not_leader(self, leader: Peer | None) -> None:
+        """The target answered NotLeader, naming ``leader`` (or nobody).
+
+        The target is not asked again as a leader; when the named leader can be used,
+        the following attempts are leader reads.
+        """
+        target = self._target()
+        if target is not None:
+            target.not_leader = True
+        if leader is None:
+            return
+        for r in self._replicas:
+            if r.peer.id == leader.id:
+                if r.attempts < MAX_REPLICA_ATTEMPTS and not r.not_leader:
+                    self.read_type = "leader"
+                return
+
+    def on_data_is_not_ready(self) -> None:
+        """The target refused a stale read: its safe ts is behind the read ts."""
+        target = self._target()
+        if target is not None:
+            target.data_is_not_ready = True
+
+    def on_server_is_busy(self) -> None:
+        """The target answered ServerIsBusy."""
+        target = self._target()
+        if target is not None:
+            target.server_is_busy = True
+
+    def can_fast_retry(self) -> bool:
+        """Whether a busy answer may be retried on another replica without sleeping.
+
+        client-go ``canFastRetry``: yes unless this is a leader read whose leader can
+        still be used.
+        """
+        if self.read_type != "leader":
+            return True
+        leader = self._leader()
+        return not (
+            self._leader_candidate(leader, ()) and leader is not None and not leader.server_is_busy
+        )
+
+    def _target(self) -> _Replica | None:
+        if self.target is None:
+            return None
+        for r in self._replicas:
+            if r.peer.id == self.target.id:
+                return r
+        return None
+
+
+_RNG = random.Random()
