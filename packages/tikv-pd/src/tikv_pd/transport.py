@@ -55,6 +55,7 @@ from google.protobuf import message_factory
 from google.protobuf.message import Message
 from tikv_proto import tikvpb_pb2
 
+from tikv_pd import observability as _obs
 from tikv_pd.channels import create_channel
 from tikv_pd.config import Config
 from tikv_pd.errors import ClientClosedError, StoreUnavailableError
@@ -807,6 +808,8 @@ class _Store:
         stats.batched_requests += n
         if n > stats.max_batch:
             stats.max_batch = n
+        if _obs.metrics is not None:  # observability hook: requests per message
+            _obs.metrics.observe_batch(self.address, n)
         try:
             await stream.call.write(message)
         except asyncio.CancelledError:
