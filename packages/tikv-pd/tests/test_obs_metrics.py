@@ -66,18 +66,35 @@ async def test_request_seconds_per_command_and_store(
     cluster: MockCluster, registry: object, client: AsyncRawClient
 ) -> None:
     name = "tikv_client_go_request_seconds_count"
+    keys = [b"a", b"c", b"e", b"g", b"i"]
+    stores = [st.id for st in cluster.stores()]
+    for i, key in enumerate(keys):  # spread the leaders over the stores, before any request
+        region = cluster.region_by_key(key)
+        assert region is not None
+        if region.leader_store_id != stores[i % len(stores)]:
+            cluster.transfer_leader(region.id, stores[i % len(stores)])
     await client.put(b"a1", b"v")
     assert await client.get(b"a1") == b"v"
     labels = {"store": leader_store(cluster, b"a1"), "stale_read": "false", "scope": "false"}
     assert value(registry, name, type="RawPut", **labels) == 1
     assert value(registry, name, type="RawGet", **labels) == 1
     # A batch over five regions: one attempt per region, labelled by its leader's store.
-    keys = [b"a", b"c", b"e", b"g", b"i"]
     await client.batch_put(dict.fromkeys(keys, b"x"))
     for store in {leader_store(cluster, k) for k in keys}:
         want = sum(1 for k in keys if leader_store(cluster, k) == store)
         assert total(registry, name, type="RawBatchPut", store=store) == want
     assert total(registry, name, type="RawBatchPut") == len(keys)
+    # Every attempt travelled in a BatchCommands message to its store.
+    sent = total(registry, name)
+    assert total(registry, "tikv_client_go_batch_requests_sum") == sent
+    targets = {
+        sample.labels["target"]
+        for family in registry.collect()  # type: ignore[attr-defined]
+        for sample in family.samples
+        if sample.name == "tikv_client_go_batch_requests_count"
+    }
+    assert targets <= set(cluster.store_addresses.values())
+    assert len(targets) > 1
 
 
 async def test_internal_request_source_sets_scope(cluster: MockCluster, registry: object) -> None:

@@ -17,6 +17,7 @@ Collected (name — labels — what moves it):
 * ``tikv_client_go_region_err_total`` — type, store — each region error received;
 * ``tikv_client_go_rpc_err_total`` — type, store — each failed send (gRPC code, timeout);
 * ``tikv_client_go_request_retry_times`` — request parts that needed resends;
+* ``tikv_client_go_batch_requests`` — target — requests per BatchCommands message;
 * ``tikv_client_go_backoff_seconds`` — type — each backoff sleep (count = backoffs);
 * ``tikv_client_go_region_cache_operations_total`` — type, result — lookups that went to
   PD (``get_region_when_miss``); ``tikv_client_go_load_region_cache_seconds`` — their time;
@@ -258,6 +259,12 @@ class ClientMetrics:
             (),
             _TS_WAIT_BUCKETS,
         )
+        self.batch_requests = hist(
+            go + "batch_requests",
+            "number of requests in one batch",
+            ("target",),
+            exponential_buckets(1, 2, 11),
+        )
         self.tso_batch_size = hist(
             "pd_client_request_handle_tso_batch_size",
             "Bucketed histogram of the batch size of handled requests.",
@@ -357,6 +364,10 @@ class ClientMetrics:
             return response
 
         return invoke
+
+    def observe_batch(self, target: str, requests: int) -> None:
+        """One BatchCommands message to ``target`` carried ``requests`` requests."""
+        self.batch_requests.labels(target).observe(requests)
 
     def observe_retry_times(self, retries: int) -> None:
         """A request part needed ``retries`` resends (client-go observes only > 0)."""
