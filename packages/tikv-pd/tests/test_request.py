@@ -441,18 +441,39 @@ async def test_server_busy_is_excluded_from_budget() -> None:
 
 
 async def test_data_is_not_ready_retries_stale_read_on_leader() -> None:
-    cluster, _, transport, sender = _setup()
-    cluster.data[b"k"] = b"v"
-    transport.faults["RawGet"] = [
-        errorpb_pb2.Error(data_is_not_ready=errorpb_pb2.DataIsNotReady(safe_ts=1))
-    ]
-    opts = RequestOptions(stale_read=True)
-    resp = await sender.call_key("RawGet", b"k", kvrpcpb_pb2.RawGetRequest(key=b"k"), options=opts)
-    assert resp.value == b"v"
-    first, second = transport.sent
-    assert first.request.context.stale_read
-    assert not second.request.context.stale_read
-    assert second.address == STORES[1]
+    # The stale read's first replica is random (client-go's replica selector); seeds
+    # cover a follower first (then the leader, as a leader read) and the leader first
+    # (then a follower, as a replica read).
+    seen = set()
+    for seed in range(12):
+        cluster, _, transport, sender = _setup()
+        sender.rng = random.Random(seed)
+        cluster.data[b"k"] = b"v"
+        transport.faults["RawGet"] = [
+            errorpb_pb2.Error(data_is_not_ready=errorpb_pb2.DataIsNotReady(safe_ts=1))
+        ]
+        opts = RequestOptions(stale_read=True)
+        resp = await sender.call_key(
+            "RawGet", b"k", kvrpcpb_pb2.RawGetRequest(key=b"k"), options=opts
+        )
+        assert resp.value == b"v"
+        first, second = transport.sent
+        assert first.request.context.stale_read
+        assert not second.request.context.stale_read
+        assert bo_free(sender)
+        if first.address != STORES[1]:
+            assert second.address == STORES[1]
+            assert not second.request.context.replica_read
+        else:
+            assert second.address != STORES[1]
+            assert second.request.context.replica_read
+        seen.add(first.address == STORES[1])
+    assert seen == {True, False}
+
+
+def bo_free(sender: RequestSender) -> bool:
+    """DataIsNotReady is retried at once (client-go ErrorRetryImmediately)."""
+    return sender.stats.backoffs == 0
 
 
 async def test_store_not_match_reresolves_store_and_closes_connection() -> None:

@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -71,8 +73,9 @@ from tikv_pd.errors import RegionError, StoreUnavailableError, UndeterminedError
 from tikv_pd.errors import TimeoutError as BackoffTimeoutError
 from tikv_pd.interceptor import RPCInterceptor, RPCInvoker, RPCRequest
 from tikv_pd.logs import SLOW_REQUEST_SECONDS, log_request_outcome
-from tikv_pd.region_cache import InvalidReason, Peer, PeerRole, Region
+from tikv_pd.region_cache import InvalidReason, Liveness, Peer, PeerRole, Region, RegionCache
 from tikv_pd.region_errors import Action, decide, to_exception
+from tikv_pd.replica_selector import ReplicaSelector
 from tikv_pd.transport import FATAL_STATUS_CODES, TransportError
 
 __all__ = [
@@ -448,7 +451,11 @@ def select_peer(
     leader_only: bool,
     unreachable: frozenset[int] | set[int] = frozenset(),
 ) -> tuple[Peer | None, int]:
-    """Choose the peer for one attempt and the context mode (pure).
+    """Choose the peer for one attempt and the context mode (pure, stateless).
+
+    The pipeline uses it for leader reads and writes; replica and stale reads go through
+    the stateful :class:`tikv_pd.replica_selector.ReplicaSelector`, which follows
+    client-go's per-type policies and remembers what each replica answered.
 
     Leader reads (and every write) go to the cached leader — or, while the leader is
     unknown or its store just failed a send, to another voter, which answers NotLeader
@@ -726,6 +733,16 @@ class RequestSender:
         self.forwarding = forwarding
         self.contexts = ContextCache()
         self.stats = RequestStats()
+        #: Random source of the replica selectors (ties between equally good replicas).
+        self.rng = random.Random()
+        cache = getattr(locator, "cache", None)
+        # Store facts for the replica selector when the locator keeps a region cache.
+        self._liveness: Callable[[int], Liveness] | None = (
+            cache.store_liveness if isinstance(cache, RegionCache) else None
+        )
+        self._is_tiflash: Callable[[int], bool] | None = (
+            functools.partial(_is_tiflash, cache) if isinstance(cache, RegionCache) else None
+        )
 
     # -- the generic entry point -----------------------------------------------------
 
@@ -907,8 +924,32 @@ class RequestSender:
         leader_only = command not in REPLICA_READ_COMMANDS
         # Stores that failed a send for this part (client-go's failStoreIDs).
         unreachable: set[int] = set()
+        # Replica / stale reads choose their peers with client-go's replica selector
+        # (tikv_pd.replica_selector); leader reads and writes use select_peer.
+        selector: ReplicaSelector | None = None
         while True:
-            peer, mode = select_peer(region, options, attempt, leader_only, unreachable)
+            if not leader_only and (options.stale_read or options.replica_read != "leader"):
+                if selector is None or not selector.same_region(region):
+                    selector = ReplicaSelector(
+                        region,
+                        options.replica_read,
+                        stale_read=options.stale_read,
+                        liveness=self._liveness,
+                        is_tiflash=self._is_tiflash,
+                        rng=self.rng,
+                    )
+                else:
+                    selector.update_region(region)
+                target = selector.next(unreachable)
+                if target is None:
+                    # Every replica was tried (client-go invalidates the region and backs
+                    # off regionMiss); the next round starts a fresh selector.
+                    selector = None
+                    peer: Peer | None = None
+                else:
+                    peer, mode = target.peer, target.mode
+            else:
+                peer, mode = select_peer(region, options, attempt, leader_only, unreachable)
             if peer is None:
                 locator.invalidate_region(region.id, InvalidReason.NO_LEADER)
                 bo = await self._backoff(
@@ -1029,6 +1070,11 @@ class RequestSender:
                 kind = d.backoff
                 if d.action is Action.UNDETERMINED and kind is None:
                     kind = REGION_MISS
+                if selector is not None and d.kind == "not_leader":
+                    hint = err.not_leader.leader
+                    selector.on_not_leader(
+                        Peer(hint.id, hint.store_id) if d.switch_leader else None
+                    )
                 if d.switch_leader:
                     hinted = err.not_leader.leader.store_id
                     if not locator.on_not_leader(region, err.not_leader.leader):
@@ -1047,7 +1093,17 @@ class RequestSender:
                     # A relayed request: the mismatch is at the forwarded host.
                     await transport.close_address(forwarded_host or address)
                 if d.leader_read:
-                    leader_only = True
+                    # DataIsNotReady: retried at once (client-go ErrorRetryImmediately); the
+                    # selector sends the next attempt to the leader as a normal read.
+                    if selector is not None:
+                        selector.on_data_is_not_ready()
+                    else:
+                        leader_only = True
+                if d.kind == "server_is_busy" and selector is not None:
+                    selector.on_server_is_busy()
+                    if selector.can_fast_retry() and not options.busy_threshold_ms:
+                        # client-go canFastRetry: another replica serves at once.
+                        kind = None
                 if (
                     d.kind == "server_is_busy"
                     and options.busy_threshold_ms
@@ -1271,6 +1327,11 @@ def _load_based_read(options: RequestOptions) -> RequestOptions:
 
 #: Failures of the pipeline itself (as opposed to a handler's key errors), for the log.
 _PIPELINE_ERRORS = (BackoffTimeoutError, StoreUnavailableError, RegionError, UndeterminedError)
+
+
+def _is_tiflash(cache: RegionCache, store_id: int) -> bool:
+    store = cache.get_store(store_id)
+    return store is not None and store.is_tiflash
 
 
 def _final(
