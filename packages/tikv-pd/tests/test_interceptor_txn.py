@@ -119,29 +119,46 @@ async def test_multi_region_commit_spans(
             txn.put(k, b"v")
         await txn.commit()
         # Secondary keys are committed in the background after commit() returns; wait
-        # (with a deadline) until every region's Commit RPC span has ended.
+        # (with a deadline) until that phase's span has ended.
         deadline = time.monotonic() + 20
-        while True:
+        while time.monotonic() < deadline:
             names = [s.name for s in exporter.get_finished_spans()]
-            if names.count("tikvpb.Tikv/KvCommit") >= len(KEYS) or time.monotonic() > deadline:
+            if "tikv.txn.commit_secondaries" in names:
                 break
             await asyncio.sleep(0.01)
         found = list(exporter.get_finished_spans())
     finally:
         tracing.disable_tracing()
         provider.shutdown()
-    commit = [s for s in found if s.name == "tikv.txn.commit"]
-    assert len(commit) == 1
-    assert commit[0].context is not None
-    commit_id = commit[0].context.span_id
-    prewrites = [s for s in found if s.name == "tikvpb.Tikv/KvPrewrite"]
-    commits = [s for s in found if s.name == "tikvpb.Tikv/KvCommit"]
-    # One prewrite and one commit per region, every one a child of the commit span.
+    by_name: dict[str, list[Any]] = {}
+    for s in found:
+        by_name.setdefault(s.name, []).append(s)
+
+    def only(name: str) -> Any:
+        assert len(by_name.get(name, [])) == 1, (name, sorted(by_name))
+        return by_name[name][0]
+
+    def parent_of(span: Any) -> int:
+        assert span.parent is not None
+        parent: int = span.parent.span_id
+        return parent
+
+    commit_id = only("tikv.txn.commit").context.span_id
+    prewrite_phase = only("tikv.txn.prewrite")
+    primary_phase = only("tikv.txn.commit_primary")
+    secondaries_phase = only("tikv.txn.commit_secondaries")
+    # Each phase is a child of the commit span ...
+    for phase in (prewrite_phase, only("tikv.txn.get_commit_ts"), primary_phase, secondaries_phase):
+        assert parent_of(phase) == commit_id
+    # ... and each RPC a child of its phase: one prewrite and one commit per region.
+    prewrites = by_name["tikvpb.Tikv/KvPrewrite"]
+    commits = by_name["tikvpb.Tikv/KvCommit"]
     assert len(prewrites) == len(KEYS)
     assert len(commits) == len(KEYS)
-    for s in prewrites + commits:
-        assert s.parent is not None
-        assert s.parent.span_id == commit_id
+    assert {parent_of(s) for s in prewrites} == {prewrite_phase.context.span_id}
+    commit_parents = [parent_of(s) for s in commits]
+    assert commit_parents.count(primary_phase.context.span_id) == 1
+    assert commit_parents.count(secondaries_phase.context.span_id) == len(KEYS) - 1
     regions = {s.attributes["tikv.region_id"] for s in prewrites if s.attributes}
     assert len(regions) == len(KEYS)
     # Every prewrite ended before the first commit started (two phases).
@@ -169,6 +186,18 @@ async def test_transaction_command_metrics(
             command: registry.get_sample_value(name, {"type": command, "scope": "general"})
             for command in ("get", "batch_get", "commit", "rollback")
         }
+        phases = {
+            phase: registry.get_sample_value(
+                "tikv_client_python_txn_commit_phase_seconds_count", {"phase": phase}
+            )
+            for phase in ("prewrite", "get_commit_ts", "commit_primary")
+        }
+        committed = registry.get_sample_value(
+            "tikv_client_go_commit_txn_counter_total", {"type": "ok"}
+        )
+        written = registry.get_sample_value(
+            "tikv_client_go_txn_write_kv_num_sum", {"scope": "general"}
+        )
         # The prewrite and commit RPCs were timed per command, labelled by store.
         timed: dict[str, float] = {}
         for family in registry.collect():
@@ -179,5 +208,8 @@ async def test_transaction_command_metrics(
     finally:
         disable_metrics()
     assert got == {"get": 1, "batch_get": 1, "commit": 1, "rollback": 1}
+    assert phases == {"prewrite": 1, "get_commit_ts": 1, "commit_primary": 1}
+    assert committed == 1
+    assert written == 1
     assert timed["Prewrite"] == 1
     assert timed["Commit"] == 1

@@ -31,6 +31,7 @@ __all__ = [
     "observed_backoff",
     "region_error_label",
     "register_operations",
+    "register_wrappers",
     "tracing",
 ]
 
@@ -44,20 +45,16 @@ tracing: Tracing | None = None
 OperationLabel = str | Callable[[tuple[Any, ...], dict[str, Any]], str]
 
 
-class _Registration:
-    __slots__ = ("cls", "family", "installed", "operations", "originals", "span_prefix")
+#: Wraps a method while observability is on: ``factory(original) -> replacement``.
+WrapperFactory = Callable[[Callable[..., Any]], Callable[..., Any]]
 
-    def __init__(
-        self,
-        cls: type,
-        family: str,
-        operations: Mapping[str, OperationLabel | None],
-        span_prefix: str,
-    ) -> None:
+
+class _Registration:
+    __slots__ = ("cls", "installed", "originals", "wrappers")
+
+    def __init__(self, cls: type, wrappers: Mapping[str, WrapperFactory]) -> None:
         self.cls = cls
-        self.family = family
-        self.operations = dict(operations)
-        self.span_prefix = span_prefix
+        self.wrappers = dict(wrappers)
         self.originals: dict[str, Any] = {}
         self.installed = False
 
@@ -100,7 +97,32 @@ def register_operations(
         if fn is None or not inspect.iscoroutinefunction(fn):
             raise TypeError(f"{cls.__name__}.{name} is not a coroutine method of the class")
     prefix = span_prefix or ("tikv.raw" if family == "rawkv" else "tikv.txn")
-    reg = _Registration(cls, family, operations, prefix)
+    register_wrappers(
+        cls,
+        {
+            name: functools.partial(
+                _wrap_operation,
+                family=family,
+                method=name,
+                span_name=f"{prefix}.{name}",
+                label=label,
+            )
+            for name, label in operations.items()
+        },
+    )
+
+
+def register_wrappers(cls: type, wrappers: Mapping[str, WrapperFactory]) -> None:
+    """Install ``wrappers[name](original)`` as ``cls.<name>`` while observability is on.
+
+    The general form of :func:`register_operations`, for packages that observe their own
+    steps (e.g. the transactional committer's phases). The plain methods are restored
+    when metrics and tracing are both off.
+    """
+    for name in wrappers:
+        if name not in cls.__dict__:
+            raise TypeError(f"{cls.__name__} has no method {name!r} of its own")
+    reg = _Registration(cls, wrappers)
     _registrations.append(reg)
     if is_enabled():
         _install(reg)
@@ -117,11 +139,12 @@ def refresh_operations() -> None:
 
 
 def _install(reg: _Registration) -> None:
-    for name, label in reg.operations.items():
+    for name, factory in reg.wrappers.items():
         original = reg.cls.__dict__[name]
         reg.originals[name] = original
-        span_name = f"{reg.span_prefix}.{name}"
-        setattr(reg.cls, name, _wrap_operation(original, reg.family, name, span_name, label))
+        wrapped = factory(original)
+        wrapped.__tikv_instrumented__ = True  # type: ignore[attr-defined]
+        setattr(reg.cls, name, wrapped)
     reg.installed = True
 
 
@@ -134,6 +157,7 @@ def _uninstall(reg: _Registration) -> None:
 
 def _wrap_operation(
     fn: Callable[..., Awaitable[Any]],
+    *,
     family: str,
     method: str,
     span_name: str,
@@ -154,7 +178,6 @@ def _wrap_operation(
                 text = label if isinstance(label, str) else label(args, kwargs)
                 m.observe_operation(family, text, time.perf_counter() - start)
 
-    operation.__tikv_instrumented__ = True  # type: ignore[attr-defined]
     return operation
 
 

@@ -31,6 +31,7 @@ from tikv_pd.errors import (
     WriteConflictError,
 )
 
+from tikv_txn import _observe  # noqa: F401  (installs the committer's observability hooks)
 from tikv_txn._sync import Snapshot, Transaction, TransactionClient
 from tikv_txn.client import AsyncTransactionClient
 from tikv_txn.delete_range import DeleteRangeTask
