@@ -213,3 +213,30 @@ async def test_transaction_command_metrics(
     assert written == 1
     assert timed["Prewrite"] == 1
     assert timed["Commit"] == 1
+
+
+async def test_commit_protocol_counters(client: AsyncTransactionClient) -> None:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from tikv_pd.metrics import disable_metrics, enable_metrics
+
+    registry = prometheus_client.CollectorRegistry()
+    enable_metrics(registry)
+    try:
+        one_pc = await client.begin(TransactionOptions.optimistic(try_one_pc=True))
+        one_pc.put(b"\x10one-pc", b"v")  # one region: committed by its prewrite
+        await one_pc.commit()
+        async_commit = await client.begin(TransactionOptions.optimistic(async_commit=True))
+        for k in KEYS:
+            async_commit.put(k + b"-ac", b"v")
+        await async_commit.commit()
+        counts = {
+            name: registry.get_sample_value(f"tikv_client_go_{name}_total", {"type": "ok"})
+            for name in ("one_pc_txn_counter", "async_commit_txn_counter", "commit_txn_counter")
+        }
+    finally:
+        disable_metrics()
+    assert counts == {
+        "one_pc_txn_counter": 1,
+        "async_commit_txn_counter": 1,
+        "commit_txn_counter": None,  # no plain 2PC commit happened
+    }
