@@ -15,7 +15,7 @@ from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from tikv_pd.config import Config, TransactionOptions
+from tikv_pd.config import Config, ReplicaReadType, TransactionOptions
 from tikv_pd.interceptor import RPCInterceptor
 from tikv_pd.pd_client import ServiceSafePoint
 from tikv_pd.sync import LoopThread
@@ -43,6 +43,11 @@ class Snapshot:
     def ts(self) -> int:
         """The read timestamp."""
         return self._snap.ts
+
+    @property
+    def stale_read(self) -> bool:
+        """Whether this snapshot reads as a stale read."""
+        return self._snap.stale_read
 
     def set_rpc_interceptor(self, interceptor: RPCInterceptor | None) -> None:
         """See :meth:`AsyncSnapshot.set_rpc_interceptor` (interceptors run on the loop thread)."""
@@ -279,9 +284,25 @@ class TransactionClient:
         opts = resolve_options(self._client.config, options, pessimistic)
         return Transaction(self._run(self._client._begin(opts)), self._loop)
 
-    def snapshot(self, ts: int, options: TransactionOptions | None = None) -> Snapshot:
-        """A read-only view at ``ts``."""
-        return Snapshot(self._client.snapshot(ts, options), self._loop)
+    def snapshot(
+        self,
+        ts: int,
+        options: TransactionOptions | None = None,
+        *,
+        replica_read: ReplicaReadType | None = None,
+        stale_read: bool = False,
+    ) -> Snapshot:
+        """A read-only view at ``ts``; see :meth:`AsyncTransactionClient.snapshot`."""
+        return Snapshot(
+            self._client.snapshot(ts, options, replica_read=replica_read, stale_read=stale_read),
+            self._loop,
+        )
+
+    def stale_snapshot(
+        self, prev_seconds: float, options: TransactionOptions | None = None
+    ) -> Snapshot:
+        """A stale-read snapshot of about ``prev_seconds`` ago; see the async client."""
+        return Snapshot(self._run(self._client.stale_snapshot(prev_seconds, options)), self._loop)
 
     def current_timestamp(self) -> int:
         """A fresh timestamp from PD."""

@@ -11,12 +11,13 @@ the same pieces, wired the same way, as the raw client. The blocking
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Generator, Sequence
 from types import TracebackType
 from typing import Any, Self
 
 from tikv_pd.codec import KeyCodec, make_codec
-from tikv_pd.config import Config, TransactionOptions
+from tikv_pd.config import REPLICA_READ_TYPES, Config, ReplicaReadType, TransactionOptions
 from tikv_pd.interceptor import RPCInterceptor, chain_interceptors
 from tikv_pd.locator import RegionLocator
 from tikv_pd.observability import register_operations
@@ -251,19 +252,54 @@ class AsyncTransactionClient:
             start_ts = await self._rt.oracle.get_timestamp()
         return AsyncTransaction(self._rt, start_ts, options)
 
-    def snapshot(self, ts: int, options: TransactionOptions | None = None) -> AsyncSnapshot:
+    def snapshot(
+        self,
+        ts: int,
+        options: TransactionOptions | None = None,
+        *,
+        replica_read: ReplicaReadType | None = None,
+        stale_read: bool = False,
+    ) -> AsyncSnapshot:
         """A read-only view of the data committed at or before ``ts``.
 
+        Args:
+            ts: The read timestamp.
+            options: Read options (isolation, priority, replica read, ...).
+            replica_read: Which replicas serve the reads (``"leader"``, ``"follower"``,
+                ``"mixed"``, ``"learner"``, ``"prefer-leader"``; client-go
+                ``KVSnapshot.SetReplicaRead``); overrides ``options.replica_read``.
+            stale_read: Read as a stale read: any replica whose safe ts covers ``ts``
+                serves it, the leader when none does (client-go
+                ``SetIsStalenessReadOnly``). ``ts`` should be in the past, e.g. from
+                :meth:`stale_snapshot`.
+
         Raises:
-            TypeError / ValueError: ``ts`` is not a positive 64-bit int.
+            TypeError / ValueError: ``ts`` is not a positive 64-bit int, or a bad
+                ``replica_read``.
 
         """
-        if options is not None and not isinstance(options, TransactionOptions):
-            raise TypeError(
-                f"options must be a tikv_pd.config.TransactionOptions, got {type(options).__name__}"
-            )
+        opts = _snapshot_options(options, replica_read)
         self._rt.check_open()
-        return AsyncSnapshot(self._rt, ts, options)
+        return AsyncSnapshot(self._rt, ts, opts, stale_read=stale_read)
+
+    async def stale_snapshot(
+        self, prev_seconds: float, options: TransactionOptions | None = None
+    ) -> AsyncSnapshot:
+        """A stale-read snapshot of the data as it was about ``prev_seconds`` ago.
+
+        The ts comes from the oracle's stale timestamp (client-go
+        ``oracle.GetStaleTimestamp``: the last PD timestamp moved back by the local time
+        elapsed since it was fetched and by ``prev_seconds``); reads go to any replica whose
+        safe ts covers it (see :meth:`snapshot` with ``stale_read=True``).
+
+        Raises:
+            ValueError: ``prev_seconds`` is negative or not finite.
+
+        """
+        opts = _snapshot_options(options, None)
+        self._rt.check_open()
+        ts = await self._rt.oracle.get_stale_timestamp(prev_seconds)
+        return AsyncSnapshot(self._rt, ts, opts, stale_read=True)
 
     # -- RPC interceptors ----------------------------------------------------------------
 
@@ -377,6 +413,23 @@ class AsyncTransactionClient:
 
 
 # Client operations, instrumented while metrics or tracing is on (tikv_pd.observability).
+def _snapshot_options(
+    options: TransactionOptions | None, replica_read: ReplicaReadType | None
+) -> TransactionOptions | None:
+    """Check a snapshot's options and apply a ``replica_read`` override."""
+    if options is not None and not isinstance(options, TransactionOptions):
+        raise TypeError(
+            f"options must be a tikv_pd.config.TransactionOptions, got {type(options).__name__}"
+        )
+    if replica_read is None:
+        return options
+    if replica_read not in REPLICA_READ_TYPES:
+        raise ValueError(
+            f"replica_read must be one of {list(REPLICA_READ_TYPES)}, got {replica_read!r}"
+        )
+    return dataclasses.replace(options or TransactionOptions(), replica_read=replica_read)
+
+
 register_operations(
     AsyncTransactionClient, "txn", {"gc": None, "delete_range": None}, span_prefix="tikv.txn"
 )

@@ -17,6 +17,15 @@ below it raises :class:`~tikv_pd.errors.GCTooEarlyError`.
 
 Under snapshot isolation the values read are cached (a snapshot never changes), including
 "not found"; read-committed snapshots do not cache.
+
+Replica and stale reads: ``TransactionOptions.replica_read`` picks which replica serves the
+reads (client-go ``KVSnapshot.SetReplicaRead``; the pipeline's replica selector applies the
+policy). A *stale* snapshot (``stale_read=True``, client-go ``SetIsStalenessReadOnly``) reads
+at a past ts from any replica whose safe ts covers it: requests carry ``Context.stale_read``
+and the replica selector's stale-read rules (a random replica first; after
+``DataIsNotReady`` the leader as a normal read). A stale read that meets a lock resolves it
+and reads that key again from the leader with a normal read (client-go
+``DisableStaleReadMeetLock``).
 """
 
 from __future__ import annotations
@@ -61,6 +70,8 @@ class AsyncSnapshot:
         runtime: The client's shared state.
         ts: The read timestamp.
         options: Transaction options (isolation, priority, replica read, ...).
+        stale_read: Read as a stale read (any replica whose safe ts covers ``ts``; the
+            options' ``replica_read`` is then ignored, as client-go uses ``mixed``).
 
     """
 
@@ -69,27 +80,46 @@ class AsyncSnapshot:
         "_ignored",
         "_interceptor",
         "_isolation",
+        "_leader_options",
         "_options",
         "_rt",
         "_scan_batch",
         "_scan_options",
+        "stale_read",
         "ts",
     )
 
     def __init__(
-        self, runtime: TxnRuntime, ts: int, options: TransactionOptions | None = None
+        self,
+        runtime: TxnRuntime,
+        ts: int,
+        options: TransactionOptions | None = None,
+        *,
+        stale_read: bool = False,
     ) -> None:
         if isinstance(ts, bool) or not isinstance(ts, int):
             raise TypeError(f"ts must be an int, got {type(ts).__name__}")
         if ts <= 0 or ts >= 2**64:
             raise ValueError(f"ts must be a positive 64-bit timestamp, got {ts}")
+        if not isinstance(stale_read, bool):
+            raise TypeError(f"stale_read must be a bool, got {stale_read!r}")
         opts = options or TransactionOptions()
         self._rt = runtime
         self.ts = ts
+        #: Whether this snapshot reads as a stale read.
+        self.stale_read = stale_read
         self._isolation: IsolationLevel = opts.isolation
-        self._options = _read_options(runtime, opts)
+        self._options = _read_options(runtime, opts, stale_read=stale_read)
         cfg = runtime.config
-        self._scan_options = _read_options(runtime, opts, timeout=cfg.read_timeout_medium)
+        self._scan_options = _read_options(
+            runtime, opts, timeout=cfg.read_timeout_medium, stale_read=stale_read
+        )
+        # After a stale read meets a lock, the key is read again from the leader.
+        self._leader_options = (
+            _read_options(runtime, dataclasses.replace(opts, replica_read="leader"))
+            if stale_read
+            else self._options
+        )
         self._scan_batch = opts.scan_batch_size or cfg.txn_scan_batch
         self._cache: dict[bytes, bytes | None] | None = {} if opts.isolation == "SI" else None
         # Transactions whose locks this snapshot was told to read past.
@@ -134,6 +164,7 @@ class AsyncSnapshot:
         """Send the reads with ``effective`` (the whole chain, the client's included)."""
         self._options = dataclasses.replace(self._options, interceptor=effective)
         self._scan_options = dataclasses.replace(self._scan_options, interceptor=effective)
+        self._leader_options = dataclasses.replace(self._leader_options, interceptor=effective)
 
     @property
     def isolation(self) -> IsolationLevel:
@@ -167,14 +198,16 @@ class AsyncSnapshot:
             if hit is not _MISSING:
                 return hit  # type: ignore[return-value]
         sender = self._rt.sender
+        options = self._options
         while True:
             req = kvrpcpb_pb2.GetRequest(key=key, version=self.ts)
-            resp = await sender.call_key("Get", key, req, bo=bo, options=self._options)
+            resp = await sender.call_key("Get", key, req, bo=bo, options=options)
             if resp.HasField("error"):
                 err = resp.error
                 if not err.HasField("locked"):
                     raise key_error_to_exception(err, start_ts=self.ts)
                 await self.resolve_for_read(bo, [lock_from_pb(err.locked)])
+                options = self._leader_options  # client-go DisableStaleReadMeetLock
                 continue
             value: bytes | None = None if resp.not_found else resp.value
             if cache is not None:
@@ -220,9 +253,10 @@ class AsyncSnapshot:
         def handle(region: Region, part: Sequence[bytes], resp: Any) -> tuple[Sequence[bytes], Any]:
             return part, resp
 
+        options = self._options
         while pending:
             parts = await self._rt.sender.execute(
-                "BatchGet", sharder, pending, build, handle, bo=bo, options=self._options
+                "BatchGet", sharder, pending, build, handle, bo=bo, options=options
             )
             locks: list[LockInfo] = []
             for part, resp in parts:
@@ -253,6 +287,7 @@ class AsyncSnapshot:
                 break
             await self.resolve_for_read(bo, locks)
             pending = sorted({lock.key for lock in locks})
+            options = self._leader_options  # client-go DisableStaleReadMeetLock
         return out
 
     async def resolve_for_read(self, bo: Backoffer, locks: Sequence[LockInfo]) -> None:
@@ -429,9 +464,27 @@ class AsyncSnapshot:
 
 
 def _read_options(
-    runtime: TxnRuntime, opts: TransactionOptions, *, timeout: float | None = None
+    runtime: TxnRuntime,
+    opts: TransactionOptions,
+    *,
+    timeout: float | None = None,
+    stale_read: bool = False,
 ) -> RequestOptions:
     """Request options of a transaction's reads (context fields from its options)."""
+    if stale_read:
+        # client-go EnableStaleWithMixedReplicaRead: stale reads use the mixed policy.
+        return runtime.request_options(
+            priority=opts.priority,
+            isolation=opts.isolation,
+            not_fill_cache=opts.not_fill_cache,
+            replica_read="mixed",
+            stale_read=True,
+            resource_group_name=opts.resource_group_name,
+            resource_group_tag=opts.resource_group_tag,
+            txn_source=opts.txn_source,
+            **({"request_source": opts.request_source} if opts.request_source else {}),
+            timeout=timeout,
+        )
     return runtime.request_options(
         priority=opts.priority,
         isolation=opts.isolation,
