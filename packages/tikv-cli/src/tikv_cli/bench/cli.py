@@ -68,8 +68,10 @@ def add_bench_parser(sub: Any) -> None:
     p = sub.add_parser(
         "bench",
         help="benchmark a workload with this project's client",
-        description=f"Workloads: {names}, or 'all'. "
-        + " ".join(f"{w.name}: {w.description}." for w in WORKLOADS.values()),
+        description="Benchmark workloads with this project's client, against --pd or\n"
+        "an embedded cluster in its own process.\n\nworkloads ('all' runs every one):\n"
+        + "\n".join(f"  {w.name:<14} {w.description}" for w in WORKLOADS.values()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("workloads", nargs="+", metavar="WORKLOAD", help=f"{names} or all")
     p.add_argument(
