@@ -159,6 +159,14 @@ async def test_multi_region_commit_spans(
     commit_parents = [parent_of(s) for s in commits]
     assert commit_parents.count(primary_phase.context.span_id) == 1
     assert commit_parents.count(secondaries_phase.context.span_id) == len(KEYS) - 1
+    # The commit timestamp comes from PD inside the get_commit_ts phase.
+    get_commit_ts_id = only("tikv.txn.get_commit_ts").context.span_id
+    tso = [
+        s
+        for s in by_name["tikv.pd.get_timestamp"]
+        if s.parent is not None and s.parent.span_id == get_commit_ts_id
+    ]
+    assert len(tso) == 1
     regions = {s.attributes["tikv.region_id"] for s in prewrites if s.attributes}
     assert len(regions) == len(KEYS)
     # Every prewrite ended before the first commit started (two phases).

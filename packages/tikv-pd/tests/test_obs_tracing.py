@@ -178,3 +178,17 @@ async def test_span_helper_nests_and_disable_stops_spans(
     # The plain method is back: no wrapper runs while observability is off.
     assert AsyncRawClient.__dict__["get"] is not instrumented
     assert not getattr(AsyncRawClient.__dict__["get"], "__tikv_instrumented__", False)
+
+
+async def test_region_load_on_a_cache_miss_is_a_child_span(
+    exporter: Any, client: AsyncRawClient
+) -> None:
+    exp, _ = exporter
+    await client.get(b"c1")  # cold cache: the region is loaded from PD
+    await client.get(b"c2")  # same region: a cache hit, no load
+    found = spans(exp)
+    gets = sorted((s for s in found if s.name == "tikv.raw.get"), key=lambda s: s.start_time or 0)
+    loads = [s for s in found if s.name == "tikv.region_cache.load_region"]
+    assert len(gets) == 2
+    assert len(loads) == 1
+    assert parent_id(loads[0]) == span_id(gets[0])

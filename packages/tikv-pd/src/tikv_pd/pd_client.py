@@ -1616,14 +1616,20 @@ class PDClient:
 
         """
         metrics = _obs.metrics
-        if metrics is None:
+        tracing = _obs.tracing
+        if metrics is None and tracing is None:
             return await self._tso.submit()
-        # client-go observes ts_future_wait_seconds around every timestamp wait.
+        # client-go observes ts_future_wait_seconds around every timestamp wait and
+        # traces it (TiKVStore.getTimestampWithRetry).
         start = time.perf_counter()
         try:
-            return await self._tso.submit()
+            if tracing is None:
+                return await self._tso.submit()
+            with tracing.span("tikv.pd.get_timestamp"):
+                return await self._tso.submit()
         finally:
-            metrics.observe_tso_wait(time.perf_counter() - start)
+            if metrics is not None:
+                metrics.observe_tso_wait(time.perf_counter() - start)
 
     # -- lifecycle -------------------------------------------------------------------
 

@@ -813,7 +813,7 @@ class RegionCache:
             self.insert(loaded)
             return loaded
 
-        if _obs.metrics is not None:
+        if _obs.metrics is not None or _obs.tracing is not None:
             return await _observed_miss(self._single_flight(("key", key), load))
         return await self._single_flight(("key", key), load)
 
@@ -840,7 +840,7 @@ class RegionCache:
             self.insert(loaded)
             return loaded
 
-        if _obs.metrics is not None:
+        if _obs.metrics is not None or _obs.tracing is not None:
             return await _observed_miss(self._single_flight(("end", key), load))
         return await self._single_flight(("end", key), load)
 
@@ -1072,14 +1072,20 @@ class RegionCache:
 
 
 async def _observed_miss(load: Awaitable[Region]) -> Region:
-    """Await a region load for a cache miss, observing it (metrics are on).
+    """Await a region load for a cache miss, observing it (metrics or tracing are on).
 
     client-go counts ``region_cache_operations_total{type="get_region_when_miss"}`` with
-    ``ok`` / ``err`` and times successful loads in ``load_region_cache_seconds``.
+    ``ok`` / ``err``, times successful loads in ``load_region_cache_seconds``, and traces
+    the load as a ``loadRegion`` span (ours: ``tikv.region_cache.load_region``).
     """
     start = time.perf_counter()
+    tracing = _obs.tracing
     try:
-        region = await load
+        if tracing is None:
+            region = await load
+        else:
+            with tracing.span("tikv.region_cache.load_region"):
+                region = await load
     except BaseException:
         m = _obs.metrics
         if m is not None:
