@@ -6,7 +6,11 @@ after its gRPC method (``tikvpb.Tikv/RawBatchGet``, with the store, region and a
 attributes), and each backoff sleep a child span ``tikv.backoff.<kind>`` (client-go
 ``config/retry/backoff.go`` names its OpenTracing spans ``tikv.backoff.<kind>``; its RPC
 spans ``rpcClient.SendRequest`` carry the region id and command type that our spans carry
-as attributes, so span names stay low-cardinality as OpenTelemetry advises). Spans nest
+as attributes, so span names stay low-cardinality as OpenTelemetry advises). A region
+loaded from PD on a cache miss gets ``tikv.region_cache.load_region`` (client-go
+``loadRegion``), a timestamp wait ``tikv.pd.get_timestamp``, and each phase of a commit
+``tikv.txn.<phase>`` (``prewrite``, ``get_commit_ts``, ``commit_primary``,
+``commit_secondaries``, ``cleanup``; see ``tikv_txn._observe``). Spans nest
 through OpenTelemetry's context, which follows asyncio tasks, so the RPCs a multi-region
 batch sends concurrently are all children of the operation's span; the blocking clients
 run their work on a loop thread, and the caller's current span is still the parent
