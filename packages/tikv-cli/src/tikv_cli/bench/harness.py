@@ -304,8 +304,10 @@ def _one_line(cell: dict[str, Any]) -> str:
         return f"FAILED: {cell['error'][:200]}"
     lat = cell.get("latency_ms") or {}
     cpu = cell.get("client_cpu_s_per_1k_ops")
+    ops = cell["ops_per_s"]
+    rate = f"{ops:>10,.1f}" if ops >= 10 else f"{ops:>10.3f}"
     text = (
-        f"{cell['ops_per_s']:>10,.1f} ops/s  p50 {lat.get('p50_ms', 0):7.2f} ms  "
+        f"{rate} ops/s  p50 {lat.get('p50_ms', 0):7.2f} ms  "
         f"p99 {lat.get('p99_ms', 0):8.2f} ms  CPU {cpu if cpu is not None else 0:7.3f} s/1k"
     )
     if cell.get("errors"):
