@@ -7,7 +7,12 @@ from collections import Counter
 
 import pytest
 from tikv_pd.region_cache import Liveness, Peer, PeerRole, Region, RegionEpoch
-from tikv_pd.replica_selector import MAX_REPLICA_ATTEMPTS, ReplicaSelector, ReplicaTarget
+from tikv_pd.replica_selector import (
+    MAX_REPLICA_ATTEMPTS,
+    ReplicaSelector,
+    ReplicaTarget,
+    StoreHealth,
+)
 
 LEADER = Peer(11, 1)
 F2 = Peer(12, 2)
@@ -209,3 +214,20 @@ def test_no_leader_known() -> None:
 def test_bad_read_type() -> None:
     with pytest.raises(ValueError, match="replica_read"):
         ReplicaSelector(region(), "nearest")  # type: ignore[arg-type]
+
+
+def test_store_health_skips_a_store_for_the_recheck_interval() -> None:
+    now = [100.0]
+    health = StoreHealth(lambda: now[0], recheck_seconds=1.0)
+    assert not health.has_unreachable()
+    health.mark_unreachable(2)
+    assert health.has_unreachable()
+    sel = ReplicaSelector(region(), "follower", liveness=health.liveness)
+    assert stores(targets(sel)) == [3, 1]
+    now[0] += 1.0  # the re-check: the next read may try it again
+    assert health.liveness(2) is Liveness.UNKNOWN
+    sel = ReplicaSelector(region(), "follower", liveness=health.liveness, rng=random.Random(0))
+    assert sorted(stores(targets(sel))[:2]) == [2, 3]
+    health.mark_unreachable(2)
+    health.mark_reachable(2)
+    assert health.liveness(2) is Liveness.UNKNOWN and not health.has_unreachable()

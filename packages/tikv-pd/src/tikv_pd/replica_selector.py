@@ -48,6 +48,7 @@ replicas from the TiKV stores only; a witness holds no data).
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
@@ -55,13 +56,19 @@ from tikv_pd.config import REPLICA_READ_TYPES, ReplicaReadType
 from tikv_pd.region_cache import Liveness, Peer, PeerRole, Region
 
 __all__ = [
+    "HEALTH_RECHECK_SECONDS",
     "MAX_REPLICA_ATTEMPTS",
     "ReplicaSelector",
     "ReplicaTarget",
+    "StoreHealth",
 ]
 
 #: Attempts on the leader before giving up on it (client-go ``maxReplicaAttempt``).
 MAX_REPLICA_ATTEMPTS = 10
+
+#: Seconds a store found unreachable is skipped before it is tried again (client-go
+#: ``Store.checkUntilHealth`` re-checks an unreachable store every second).
+HEALTH_RECHECK_SECONDS = 1.0
 
 # Score bits, lowest first (client-go storeSelectionScore).
 _NOT_ATTEMPTED = 1
@@ -363,6 +370,59 @@ class ReplicaSelector:
             if r.peer.id == self.target.id:
                 return r
         return None
+
+
+class StoreHealth:
+    """Which stores replica reads should avoid: those that just refused connections.
+
+    client-go probes a store after a send failure (``checkLiveness``, a health check with
+    ``store_liveness_timeout``) and, while it is unreachable, re-checks it every second in
+    the background; replica selectors skip unreachable stores meanwhile. Here the failed
+    request is the probe: a connection-level failure (gRPC ``UNAVAILABLE``, or a request
+    that never left) marks the store unreachable, and after
+    :data:`HEALTH_RECHECK_SECONDS` the next request may try it again — that request is the
+    re-check (a success marks it reachable, another failure marks it again). No
+    background task is needed.
+
+    Args:
+        clock: Monotonic seconds (tests pass a fake one).
+
+    """
+
+    __slots__ = ("_clock", "_down", "recheck_seconds")
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        recheck_seconds: float = HEALTH_RECHECK_SECONDS,
+    ) -> None:
+        self._clock = clock
+        self._down: dict[int, float] = {}
+        self.recheck_seconds = recheck_seconds
+
+    def mark_unreachable(self, store_id: int) -> None:
+        """The store refused a connection just now."""
+        self._down[store_id] = self._clock()
+
+    def mark_reachable(self, store_id: int) -> None:
+        """The store answered a request."""
+        self._down.pop(store_id, None)
+
+    def has_unreachable(self) -> bool:
+        """Whether any store is marked (a cheap check for the hot path)."""
+        return bool(self._down)
+
+    def liveness(self, store_id: int) -> Liveness:
+        """The store's liveness as far as replica reads are concerned.
+
+        ``UNREACHABLE`` within the re-check interval after a failure, else ``UNKNOWN``
+        (only failures are remembered).
+        """
+        since = self._down.get(store_id)
+        if since is None or self._clock() - since >= self.recheck_seconds:
+            return Liveness.UNKNOWN
+        return Liveness.UNREACHABLE
 
 
 _RNG = random.Random()
