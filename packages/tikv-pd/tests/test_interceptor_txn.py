@@ -248,3 +248,23 @@ async def test_commit_protocol_counters(client: AsyncTransactionClient) -> None:
         "async_commit_txn_counter": 1,
         "commit_txn_counter": None,  # no plain 2PC commit happened
     }
+
+
+async def test_per_store_admin_requests_pass_the_client_interceptor(
+    cluster: MockCluster, client: AsyncTransactionClient
+) -> None:
+    from tikv_txn.delete_range import unsafe_destroy_range
+
+    seen: list[tuple[str, int, str]] = []
+
+    class Stores(Interceptor):
+        async def before_send(self, rpc: RPCRequest) -> None:
+            seen.append((rpc.command, rpc.store_id, rpc.target))
+
+    client.set_rpc_interceptor(Stores())
+    assert await unsafe_destroy_range(client.runtime, client._pd, b"\x30", b"\xb0") == 3
+    # Not routed by region, yet every store's request went through the interceptor.
+    assert sorted(seen) == sorted(
+        ("UnsafeDestroyRange", store_id, address)
+        for store_id, address in cluster.store_addresses.items()
+    )

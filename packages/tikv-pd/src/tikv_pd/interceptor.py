@@ -57,6 +57,7 @@ __all__ = [
     "process_chain",
     "refresh_process_chain",
     "rpc_interceptor",
+    "send_to_store",
 ]
 
 
@@ -304,3 +305,25 @@ def build_invoker(send: SendFunction, interceptor: RPCInterceptor | None) -> RPC
     if outer is not None:
         invoke = outer.wrap(invoke)
     return invoke
+
+
+async def send_to_store(
+    send: SendFunction,
+    address: str,
+    command: str,
+    request: Message,
+    timeout: float | None,  # noqa: ASYNC109 - the RPC's deadline
+    *,
+    store_id: int = 0,
+    interceptor: RPCInterceptor | None = None,
+) -> Any:
+    """Send a request that is not routed by region (per-store admin RPCs) through the hooks.
+
+    Requests that go to every store (``UnsafeDestroyRange``, ...) bypass the request
+    pipeline; this gives them the same interceptors, spans and metrics (client-go sends
+    them through the same intercepted client). ``region_id`` is 0 for them.
+    """
+    invoke = build_invoker(send, interceptor)
+    if invoke is None:
+        return await send(address, command, request, timeout)
+    return await invoke(RPCRequest(address, command, request, store_id, 0, 0, timeout))

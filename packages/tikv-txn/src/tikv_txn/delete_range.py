@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from tikv_pd.backoff import DELETE_RANGE_ONE_REGION_MAX_BACKOFF, Backoffer
 from tikv_pd.errors import TiKVError
+from tikv_pd.interceptor import send_to_store
 from tikv_pd.rangetask import (
     DEFAULT_RANGE_TASK_CONCURRENCY,
     RangeTaskProgress,
@@ -220,13 +221,20 @@ async def unsafe_destroy_range(runtime: TxnRuntime, pd: PDClient, start: bytes, 
     ]
     transport = runtime.sender.transport
     api_version = runtime.codec.api_version
+    store_ids = {s.address: s.id for s in stores}
 
     async def destroy(address: str) -> str | None:
         request = kvrpcpb_pb2.UnsafeDestroyRangeRequest(start_key=enc_lo, end_key=enc_hi)
         request.context.api_version = api_version  # type: ignore[assignment]
         try:
-            resp = await transport.send(
-                address, "UnsafeDestroyRange", request, UNSAFE_DESTROY_RANGE_TIMEOUT
+            resp = await send_to_store(
+                transport.send,
+                address,
+                "UnsafeDestroyRange",
+                request,
+                UNSAFE_DESTROY_RANGE_TIMEOUT,
+                store_id=store_ids[address],
+                interceptor=runtime.interceptor,
             )
         except TiKVError as exc:
             return str(exc)
