@@ -212,7 +212,7 @@ def bench(session: nox.Session) -> None:
     """Benchmarks: this project against the other Python clients on one embedded cluster."""
     if not (ROOT / "benchmarks" / "run.py").exists():
         _missing(session, "The benchmark harness (benchmarks/run.py)")
-    _sync(session, "test")
+    _sync(session, "test", "bench")
     session.run("python", "benchmarks/run.py", *session.posargs)
 
 
