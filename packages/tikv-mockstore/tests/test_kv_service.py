@@ -786,6 +786,29 @@ def test_flush_and_buffer_batch_get(scope: Scope) -> None:
     assert [e.locked.lock_version for e in resp.errors] == [ts(10)]
 
 
+def test_flush_checks_check_not_exists_without_locking(scope: Scope, engine: MvccEngine) -> None:
+    """TiKV's Flush takes CheckNotExists (a pipelined insert-then-delete) and leaves no lock."""
+    put(scope, b"c", b"old", ts(1), ts(2))
+
+    def flush(key: bytes, start: int) -> Any:
+        return call(
+            scope,
+            "Flush",
+            kvrpcpb_pb2.FlushRequest(
+                context=scope.ctx(),
+                mutations=[mut(Op.CheckNotExists, key)],
+                primary_key=key,
+                start_ts=ts(start),
+                generation=1,
+                lock_ttl=3000,
+            ),
+        )
+
+    assert [e.HasField("already_exist") for e in flush(b"c", 10).errors] == [True]
+    assert not flush(b"d", 11).errors
+    assert engine.mvcc_by_key(b"d").lock is None
+
+
 def test_gc_and_delete_range_stay_in_region(scope: Scope, engine: MvccEngine) -> None:
     put(scope, b"c", b"old", ts(1), ts(2))
     put(scope, b"c", b"new", ts(3), ts(4))

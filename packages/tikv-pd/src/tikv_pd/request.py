@@ -280,6 +280,9 @@ class RequestOptions:
         max_execution_duration_ms: Server-side execution deadline (0 = none).
         busy_threshold_ms: Load-based replica read threshold (0 = off).
         sync_log: Ask TiKV to sync the Raft log before answering (writes).
+        resolved_locks: Start ts of transactions whose locks reads skip
+            (``Context.resolved_locks``; client-go ``KVSnapshot.resolvedLocks``: a
+            pipelined transaction reads past its own flushed locks this way).
         timeout: Seconds per RPC attempt (``None``: the transport default,
             ``Config.read_timeout_short`` = 30 s).
         concurrency: Regions dispatched at once (``None``: :data:`DEFAULT_CONCURRENCY`).
@@ -305,6 +308,7 @@ class RequestOptions:
     max_execution_duration_ms: int = 0
     busy_threshold_ms: int = 0
     sync_log: bool = False
+    resolved_locks: tuple[int, ...] = ()
     timeout: float | None = None
     concurrency: int | None = None
     interceptor: RPCInterceptor | None = field(default=None, compare=False)
@@ -402,6 +406,8 @@ def build_context(
         ctx.keyspace_id = options.keyspace_id
     if options.resource_group_name:
         ctx.resource_control_context.resource_group_name = options.resource_group_name
+    if options.resolved_locks:
+        ctx.resolved_locks.extend(options.resolved_locks)
     return ctx
 
 

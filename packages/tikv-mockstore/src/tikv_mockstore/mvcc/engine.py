@@ -2025,8 +2025,10 @@ class MvccEngine:
         gen = _check_ts(generation, "generation")
         if gen == 0:
             raise ValueError("generation must be greater than 0 for Flush requests")
+        # TiKV commands/flush.rs takes every mutation prewrite takes; a CheckNotExists is
+        # checked and leaves no lock (prewrite_with_generation).
         for m in muts:
-            if m.op not in _PESSIMISTIC_OK_OPS or m.op is Op.CHECK_NOT_EXISTS:
+            if m.op not in _PESSIMISTIC_OK_OPS:
                 raise ValueError(f"flush cannot carry a {m.op.name} mutation")
         props = _Props(
             start_ts=sts,

@@ -1,0 +1,1047 @@
+"""Pipelined DML: a transaction that writes its buffer to TiKV while it runs.
+
+``client.begin(options=TransactionOptions(pipelined=True))`` returns an
+:class:`AsyncPipelinedTransaction`. It follows client-go's pipelined DML
+(``internal/unionstore/pipelined_memdb.go``, ``txnkv/transaction/pipelined_flush.go``,
+the pipelined paths of ``txnkv/transaction/txn.go`` and ``2pc.go``):
+
+* **Generations.** Writes go to an in-memory buffer. When it holds at least 10,000 keys
+  and 16 MiB, or 128 MiB whatever the key count (:func:`tikv_txn.policy.pipelined_need_flush`),
+  the buffer becomes the *flushing* buffer of a new generation (1, 2, ...) and a fresh
+  buffer takes the writes, while the flushing one is written to TiKV with ``KvFlush`` in
+  the background (client-go ``PipelinedMemDB.Flush``). TiKV keeps, per key, the lock of
+  the newest generation: a key written again in a later generation supersedes its older
+  lock, an older generation never overwrites a newer one (TiKV ``commands/flush.rs``).
+* **One flush at a time.** While a flush runs, a buffer that grows past the force
+  threshold makes the writer wait for it (the blocking client's ``put`` blocks; an asyncio
+  writer cannot be blocked inside ``put`` and waits in :meth:`AsyncPipelinedTransaction.flush`,
+  which it should await now and then, as TiDB calls ``Flush`` after each statement).
+  Within one generation, mutations are grouped by region, cut into 16 KiB batches and sent
+  with at most ``pipelined_flush_concurrency`` (128) requests in flight (client-go
+  ``calcActionConcurrency``).
+* **The primary** is the first key (in key order) of the first generation that becomes a
+  lock (client-go ``InitPipelinedMemDB``). Once its batch is flushed, a heartbeat keeps
+  its TTL alive every 10 s and pushes its ``min_commit_ts`` to the current ts; it stops
+  after 24 h (``MaxPipelinedTxnTTL``) or 10 failures in a row, and then the transaction
+  cannot flush any more (client-go ``keepAlive`` closes the TTL manager).
+* **Memory.** A flushed generation is dropped from memory: only the current buffer, the
+  one being flushed, the flushed key range and counters stay (client-go keeps exactly
+  these). Reads of flushed keys go to TiKV.
+* **Reads** look in the current buffer, then the flushing one, then TiKV's copy of the
+  flushed generations (``KvBufferBatchGet``: this transaction's own locks; a Delete lock
+  reads as "deleted"), then the snapshot, which reads past this transaction's own locks
+  (``Context.resolved_locks``, client-go ``KVSnapshot.SetPipelined``). Scans are not
+  supported, as in client-go (``PipelinedMemDB.Iter``); ``txn.snapshot.scan`` reads the
+  committed data.
+* **Commit** flushes the rest, waits for it, commits the primary key with ``KvCommit``
+  at a fresh commit ts, and returns; the other locks are committed in the background by
+  ``KvResolveLock`` over the flushed key range, region by region, at most
+  ``pipelined_resolve_lock_concurrency`` (8) regions at a time (client-go
+  ``commitFlushedMutations``, ``resolveFlushedLocks``). Readers that meet a lock before
+  that resolve it from the committed primary.
+* **Rollback** (and a failed commit) waits for the running flush and rolls the flushed
+  range back with ``KvResolveLock`` (commit version 0) in the background (client-go
+  ``KVTxn.Rollback``, ``twoPhaseCommitter.cleanup``). A client that disappears leaves its
+  locks to readers, who roll them back once the primary's TTL expires.
+
+Flush and resolve requests carry the request source ``"external_pdml"`` (client-go
+``PipelinedRequestSource``). Local latches are skipped, as client-go does. Not modelled:
+the write throttle (``pipelined_write_throttle_ratio`` is accepted, but no sleep is
+inserted) and ``BroadcastTxnStatus`` to every store (TiKV's transaction-status cache).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import logging
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Sequence,
+)
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from tikv_pd.backoff import TXN_LOCK, Backoffer
+from tikv_pd.config import TransactionOptions
+from tikv_pd.errors import (
+    CommitTsExpiredError,
+    KeyIsLockedError,
+    LockInfo,
+    TransactionClosedError,
+    TxnError,
+    UndeterminedError,
+    WriteConflictError,
+)
+from tikv_pd.rangetask import RangeTaskRunner, TaskStat
+from tikv_pd.region_cache import Region
+from tikv_pd.request import Ambiguity, KeysSharder, RequestOptions, RetryShard
+from tikv_proto import kvrpcpb_pb2
+
+from tikv_txn._kv import key_error_to_exception, locks_of, mutation_to_pb
+from tikv_txn._runtime import HEARTBEAT_TASK_PREFIX
+from tikv_txn._validate import check_key, check_keys, check_range
+from tikv_txn.membuffer import TOMBSTONE, MemBuffer
+from tikv_txn.policy import (
+    DEFAULT_LOCK_TTL_MS,
+    MANAGED_LOCK_TTL_MS,
+    PIPELINED_FORCE_FLUSH_SIZE,
+    PIPELINED_MIN_FLUSH_KEYS,
+    PIPELINED_MIN_FLUSH_SIZE,
+    Mutation,
+    Op,
+    heartbeat_should_stop,
+    heartbeat_ttl,
+    mutation_for_entry,
+    pipelined_need_flush,
+)
+from tikv_txn.snapshot import AsyncSnapshot
+from tikv_txn.transaction import AsyncTransaction
+
+if TYPE_CHECKING:
+    from tikv_txn._runtime import TxnRuntime
+
+__all__ = [
+    "PIPELINED_REQUEST_SOURCE",
+    "AsyncPipelinedTransaction",
+    "FlushThresholds",
+]
+
+_log = logging.getLogger("tikv.txn.pipelined")
+
+#: Request source of flush and resolve requests (client-go ``PipelinedRequestSource``).
+PIPELINED_REQUEST_SOURCE: Final = "external_pdml"
+#: TTL of flushed locks, ms: ``max(defaultLockTTL, ManagedLockTTL)`` (client-go
+#: ``buildPipelinedFlushRequest``); the heartbeat extends the primary's.
+_FLUSH_LOCK_TTL_MS: Final = max(DEFAULT_LOCK_TTL_MS, MANAGED_LOCK_TTL_MS)
+#: Backoff budget of one generation's flush, ms (client-go ``InitPipelinedMemDB``: 20000).
+_FLUSH_MAX_BACKOFF_MS: Final = 20_000
+#: A buffer's total size is bounded by the force-flush threshold, not by
+#: ``txn_total_size_limit`` (client-go sets the pipelined memdb's buffer limit to unlimited).
+_UNLIMITED: Final = 2**62
+
+_BY_KEYS: KeysSharder[bytes] = KeysSharder()
+
+_ACTIVE = "active"
+_COMMITTING = "committing"
+_COMMITTED = "committed"
+_ROLLED_BACK = "rolled back"
+_FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class FlushThresholds:
+    """When a pipelined buffer is flushed (client-go ``flushOption``).
+
+    Attributes:
+        min_keys: A normal flush needs at least this many keys ...
+        min_size: ... and at least this many bytes.
+        force_size: This many bytes flush whatever the key count, and make the writer
+            wait for a running flush.
+
+    """
+
+    min_keys: int = PIPELINED_MIN_FLUSH_KEYS
+    min_size: int = PIPELINED_MIN_FLUSH_SIZE
+    force_size: int = PIPELINED_FORCE_FLUSH_SIZE
+
+    def __post_init__(self) -> None:
+        for name in ("min_keys", "min_size", "force_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"FlushThresholds.{name} must be an int >= 0, got {value!r}")
+
+
+class _PipelinedSnapshot(AsyncSnapshot):
+    """The snapshot of a pipelined transaction: reads skip its own flushed locks.
+
+    client-go ``KVSnapshot.SetPipelined`` puts the start ts in the snapshot's resolved
+    locks: a read at the start ts that met the transaction's own lock would otherwise try
+    to resolve it and wait on its own primary's TTL.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, runtime: TxnRuntime, ts: int, options: TransactionOptions) -> None:
+        super().__init__(runtime, ts, options)
+        for cls in type(self).__mro__:
+            for name in getattr(cls, "__slots__", ()):
+                value = getattr(self, name, None)
+                if isinstance(value, RequestOptions):
+                    setattr(self, name, dataclasses.replace(value, resolved_locks=(ts,)))
+
+
+class AsyncPipelinedTransaction(AsyncTransaction):
+    """A pipelined DML transaction (asyncio); see the module docstring.
+
+    Create it with ``client.begin(options=TransactionOptions(pipelined=True))``. It has
+    the methods of :class:`~tikv_txn.AsyncTransaction` except the scans, plus
+    :meth:`flush`.
+
+    Args:
+        runtime: The client's shared state.
+        start_ts: The start ts.
+        options: The transaction's options (``pipelined=True``).
+
+    """
+
+    __slots__ = (
+        "_bounds",
+        "_error",
+        "_flushed_keys",
+        "_flushed_size",
+        "_flushing",
+        "_generation",
+        "_hb_task",
+        "_inflight",
+        "_loop",
+        "_primary",
+        "_primary_flushed",
+        "_remote_cache",
+        "_resolve_options",
+        "_thresholds",
+        "_ttl_closed",
+        "_write_opts",
+        "heartbeats",
+        "resolve_task",
+    )
+
+    def __init__(self, runtime: TxnRuntime, start_ts: int, options: TransactionOptions) -> None:
+        if not options.pipelined:
+            raise ValueError("AsyncPipelinedTransaction needs TransactionOptions(pipelined=True)")
+        if options.is_pessimistic:
+            # client-go SetPessimistic panics on a pipelined transaction.
+            raise ValueError("a pipelined transaction cannot be pessimistic")
+        super().__init__(runtime, start_ts, options)
+        self._loop = asyncio.get_running_loop()
+        self._snapshot = _PipelinedSnapshot(runtime, start_ts, options)
+        self._buffer = self._new_buffer()
+        self._flushing: MemBuffer | None = None
+        self._inflight: concurrent.futures.Future[BaseException | None] | None = None
+        self._generation = 0
+        self._flushed_keys = 0
+        self._flushed_size = 0
+        self._bounds: tuple[bytes, bytes] | None = None
+        self._primary = b""
+        self._primary_flushed = False
+        self._error: BaseException | None = None
+        self._ttl_closed = False
+        self._hb_task: asyncio.Task[None] | None = None
+        self._remote_cache: dict[bytes, bytes | None] = {}
+        self._thresholds = FlushThresholds()
+        common: dict[str, Any] = {
+            "priority": options.priority,
+            "disk_full_opt": options.disk_full_opt,
+            "txn_source": options.txn_source,
+            "resource_group_name": options.resource_group_name,
+            "resource_group_tag": options.resource_group_tag,
+        }
+        self._write_opts = runtime.request_options(
+            **common,
+            **({"request_source": options.request_source} if options.request_source else {}),
+        )
+        self._resolve_options = runtime.request_options(
+            **common, request_source=PIPELINED_REQUEST_SOURCE
+        )
+        #: Heartbeats sent successfully.
+        self.heartbeats = 0
+        #: The background task resolving the flushed range after commit / rollback.
+        self.resolve_task: asyncio.Task[None] | None = None
+
+    def _new_buffer(self) -> MemBuffer:
+        cfg = self._rt.config
+        return MemBuffer(
+            entry_size_limit=self._options.entry_size_limit or cfg.txn_entry_size_limit,
+            total_size_limit=_UNLIMITED,
+        )
+
+    # -- facts -------------------------------------------------------------------------
+
+    @property
+    def generation(self) -> int:
+        """Generations flushed or being flushed so far (the first is 1)."""
+        return self._generation
+
+    @property
+    def flushed_keys(self) -> int:
+        """Keys handed to flushes so far (a key written in two generations counts twice)."""
+        return self._flushed_keys
+
+    @property
+    def flushed_size(self) -> int:
+        """Bytes (keys and values) handed to flushes so far."""
+        return self._flushed_size
+
+    @property
+    def primary(self) -> bytes:
+        """The primary key as TiKV stores it (``b""`` before the first flush)."""
+        return self._primary
+
+    @property
+    def flushed_range(self) -> tuple[bytes, bytes] | None:
+        """The smallest and largest flushed keys as TiKV stores them, or ``None``."""
+        return self._bounds
+
+    @property
+    def flushing(self) -> bool:
+        """Whether a flush is running."""
+        inflight = self._inflight
+        return inflight is not None and not inflight.done()
+
+    @property
+    def is_read_only(self) -> bool:
+        """Whether nothing was written so far (flushed generations included)."""
+        return self._generation == 0 and not self._buffer.dirty
+
+    @property
+    def flush_thresholds(self) -> FlushThresholds:
+        """When the buffer is flushed (client-go's defaults unless changed)."""
+        return self._thresholds
+
+    def set_flush_thresholds(self, thresholds: FlushThresholds) -> None:
+        """Change when the buffer is flushed (client-go's ``pipelinedMemDB*`` failpoints).
+
+        For tests and benchmarks: the defaults are client-go's.
+        """
+        if not isinstance(thresholds, FlushThresholds):
+            raise TypeError(
+                f"thresholds must be a FlushThresholds, got {type(thresholds).__name__}"
+            )
+        self._thresholds = thresholds
+
+    def _check_active(self) -> None:
+        super()._check_active()
+        if self._error is not None:
+            raise self._error
+
+    # -- reads -------------------------------------------------------------------------
+
+    def _local(self, key: bytes) -> bytes | object | None:
+        """The value of encoded-or-not ``key`` in memory: bytes, TOMBSTONE or None (absent)."""
+        value = self._buffer.get(key)
+        if value is None and self._flushing is not None:
+            value = self._flushing.get(key)
+        return value
+
+    async def get(self, key: bytes) -> bytes | None:
+        """The value of ``key`` as this transaction sees it.
+
+        Memory first (current, then flushing buffer), then the flushed generations in
+        TiKV (``KvBufferBatchGet``), then the snapshot (client-go ``PipelinedMemDB.Get``
+        and ``KVUnionStore.Get``).
+        """
+        check_key(key)
+        self._check_active()
+        found = await self._buffered([key])
+        if key in found:
+            return found[key]
+        return await self._snapshot.get(key)
+
+    async def batch_get(self, keys: Iterable[bytes]) -> dict[bytes, bytes]:
+        """The existing keys among ``keys`` with their values, own writes first."""
+        wanted = check_keys(keys)
+        self._check_active()
+        found = await self._buffered(wanted)
+        out = {k: v for k, v in found.items() if v is not None}
+        remote = [k for k in wanted if k not in found]
+        if remote:
+            out.update(await self._snapshot.batch_get(remote))
+        return out
+
+    async def _buffered(self, keys: Sequence[bytes]) -> dict[bytes, bytes | None]:
+        """What this transaction wrote for ``keys``: value, ``None`` (deleted), or absent."""
+        out: dict[bytes, bytes | None] = {}
+        remote: list[bytes] = []
+        cache = self._remote_cache
+        for key in keys:
+            value = self._local(key)
+            if value is TOMBSTONE:
+                out[key] = None
+            elif isinstance(value, bytes):
+                out[key] = value
+            elif key in cache:
+                cached = cache[key]
+                if cached is not None:
+                    out[key] = None if cached == b"" else cached
+            elif self._flushed_anything():
+                remote.append(key)
+        if remote:
+            got = await self._buffer_batch_get(remote)
+            for key in remote:
+                value = got.get(key)
+                cache[key] = value
+                if value is not None:
+                    out[key] = None if value == b"" else value
+        return out
+
+    def _flushed_anything(self) -> bool:
+        # Only generations whose flush finished are read from TiKV (the running one is
+        # still in memory); reading before the first flush would be a wasted RPC.
+        return self._generation > (1 if self._flushing is not None else 0)
+
+    async def _buffer_batch_get(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        """``KvBufferBatchGet``: this transaction's flushed values (``b""``: deleted)."""
+        codec = self._rt.codec
+        enc = {codec.encode_key(k): k for k in keys}
+        start_ts = self.start_ts
+        sharder: KeysSharder[bytes] = KeysSharder(max_count=self._rt.config.batch_get_size)
+
+        def build(region: Region, part: Sequence[bytes]) -> kvrpcpb_pb2.BufferBatchGetRequest:
+            return kvrpcpb_pb2.BufferBatchGetRequest(keys=list(part), version=start_ts)
+
+        def handle(region: Region, part: Sequence[bytes], resp: Any) -> list[tuple[bytes, bytes]]:
+            if resp.HasField("error"):
+                raise key_error_to_exception(resp.error, start_ts=start_ts)
+            pairs: list[tuple[bytes, bytes]] = []
+            for pair in resp.pairs:
+                if pair.HasField("error"):
+                    raise key_error_to_exception(pair.error, start_ts=start_ts)
+                pairs.append((pair.key, pair.value))
+            return pairs
+
+        bo = self._rt.backoffer(self._rt.budgets.batch_get, "pipelined buffer batch_get")
+        parts = await self._rt.sender.execute(
+            "BufferBatchGet",
+            sharder,
+            list(enc),
+            build,
+            handle,
+            bo=bo,
+            options=self._resolve_options,
+        )
+        return {enc[k]: v for part in parts for k, v in part}
+
+    def scan_iter(
+        self,
+        start: bytes,
+        end: bytes | None = None,
+        *,
+        key_only: bool = False,
+        reverse: bool = False,
+    ) -> AsyncIterator[tuple[bytes, bytes]]:
+        """Not supported: flushed writes cannot be scanned (client-go ``PipelinedMemDB.Iter``).
+
+        Raises:
+            NotImplementedError: Always (use ``txn.snapshot.scan_iter`` for the
+                committed data).
+
+        """
+        check_range(start, end)
+        self._check_active()
+        raise NotImplementedError(
+            "a pipelined transaction cannot scan its own writes (client-go pipelined memdb "
+            "does not support iterators); scan txn.snapshot for the committed data"
+        )
+
+    # -- writes ------------------------------------------------------------------------
+
+    def put(self, key: bytes, value: bytes) -> None:
+        """Buffer ``key = value``; may start a flush (or wait for one, see :meth:`flush`)."""
+        super().put(key, value)
+        self._after_write()
+
+    def insert(self, key: bytes, value: bytes) -> None:
+        """Buffer ``key = value`` presuming the key does not exist (checked at flush)."""
+        super().insert(key, value)
+        self._after_write()
+
+    def delete(self, key: bytes) -> None:
+        """Buffer a deletion of ``key``; may start a flush."""
+        super().delete(key)
+        self._after_write()
+
+    def _on_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    def _need_flush(self) -> bool:
+        buf = self._buffer
+        t = self._thresholds
+        return pipelined_need_flush(
+            buf.size,
+            len(buf),
+            flushing=self.flushing,
+            min_keys=t.min_keys,
+            min_size=t.min_size,
+            force_size=t.force_size,
+        )
+
+    def _after_write(self) -> None:
+        """Flush when the thresholds say so (client-go ``PipelinedMemDB.Flush(false)``)."""
+        if not self._need_flush():
+            return
+        inflight = self._inflight
+        if inflight is not None and not inflight.done():
+            # The buffer reached the force threshold while a flush runs: wait for it.
+            if self._on_loop():
+                return  # cannot block the event loop: flush() waits instead
+            inflight.result()
+        self._rotate()
+
+    async def flush(self, *, force: bool = False) -> bool:
+        """Flush the buffer if the thresholds say so (always with ``force``).
+
+        client-go ``PipelinedMemDB.Flush``: a flush starts only when the previous one is
+        done or the buffer reached the force threshold, in which case this waits for the
+        previous one first. The flush itself runs in the background; its error is raised
+        by the next call that waits for it (a later flush, :meth:`commit`).
+
+        Returns:
+            Whether a flush was started.
+
+        Raises:
+            TransactionClosedError: The transaction is finished.
+            TiKVError: An earlier flush failed (the transaction must be rolled back).
+
+        """
+        self._check_active()
+        if not force and not self._need_flush():
+            return False
+        await self._wait_inflight()
+        return self._rotate()
+
+    async def _wait_inflight(self) -> None:
+        inflight = self._inflight
+        if inflight is not None and not inflight.done():
+            await asyncio.shield(asyncio.wrap_future(inflight))
+
+    def _collect(self) -> None:
+        """Take the finished flush's outcome: drop its buffer, raise its error."""
+        inflight = self._inflight
+        if inflight is None:
+            return
+        err = inflight.result()
+        self._inflight = None
+        self._flushing = None
+        # The flushed values are now read from TiKV; cached reads may be older.
+        self._remote_cache.clear()
+        if err is not None:
+            self._error = err
+            raise err
+
+    def _rotate(self) -> bool:
+        """Start flushing the current buffer as the next generation (no flush running)."""
+        self._collect()
+        buf = self._buffer
+        if len(buf) == 0:
+            return False
+        codec = self._rt.codec
+        first = next(buf.keys(None, None), None)
+        last = next(buf.keys(None, None, reverse=True), None)
+        assert first is not None
+        assert last is not None
+        lo, hi = codec.encode_key(first), codec.encode_key(last)
+        if self._bounds is None:
+            self._bounds = (lo, hi)
+        else:
+            self._bounds = (min(self._bounds[0], lo), max(self._bounds[1], hi))
+        self._generation += 1
+        self._flushed_keys += len(buf)
+        self._flushed_size += buf.size
+        self._flushing = buf
+        self._buffer = self._new_buffer()
+        self._remote_cache.clear()
+        self._inflight = self._start(
+            self._flush_generation(self._generation, buf), f"flush-{self._generation}"
+        )
+        return True
+
+    def _start(
+        self, coro: Coroutine[Any, Any, BaseException | None], what: str
+    ) -> concurrent.futures.Future[BaseException | None]:
+        """Run ``coro`` as a task of the client's runtime, from any thread."""
+        result: concurrent.futures.Future[BaseException | None] = concurrent.futures.Future()
+        name = f"tikv-txn-pipelined-{what}-{self.start_ts}"
+
+        def done(task: asyncio.Task[BaseException | None]) -> None:
+            if task.cancelled():
+                result.set_result(asyncio.CancelledError())
+            elif task.exception() is not None:
+                result.set_result(task.exception())
+            else:
+                result.set_result(task.result())
+
+        def start() -> None:
+            try:
+                task = self._rt.spawn(coro, name=name)
+            except BaseException as exc:
+                coro.close()
+                result.set_result(exc)
+                return
+            task.add_done_callback(done)
+
+        if self._on_loop():
+            start()
+        else:
+            self._loop.call_soon_threadsafe(start)
+        return result
+
+    # -- flushing (client-go pipelined_flush.go) ---------------------------------------
+
+    def _mutations(self, buf: MemBuffer) -> Iterator[Mutation]:
+        codec = self._rt.codec
+        encode = codec.api_version == 2
+        assertions = self._options.assertion_level != "Off"
+        for entry in buf.iterate_with_flags():
+            m = mutation_for_entry(entry, pessimistic=False, assertions=assertions)
+            if m is None:
+                continue
+            if m.op is Op.SHARED_LOCK:
+                raise TxnError("shared locks are not supported in a pipelined transaction")
+            yield m._replace(key=codec.encode_key(m.key)) if encode else m
+
+    def _choose_primary(self, buf: MemBuffer) -> None:
+        # The first key that becomes a lock (client-go InitPipelinedMemDB's flush func).
+        if self._primary:
+            return
+        for m in self._mutations(buf):
+            if m.op is not Op.CHECK_NOT_EXISTS:
+                self._primary = m.key
+                return
+
+    async def _batches(self, buf: MemBuffer) -> AsyncGenerator[list[Mutation], None]:
+        """The generation's mutations by region, in batches of ``txn_commit_batch_size``."""
+        locator = self._rt.sender.locator
+        limit = self._rt.config.txn_commit_batch_size
+        region: Region | None = None
+        batch: list[Mutation] = []
+        size = 0
+        for m in self._mutations(buf):
+            if region is None or not region.contains(m.key):
+                if batch:
+                    yield batch
+                    batch, size = [], 0
+                region = await locator.locate_key(m.key)
+            batch.append(m)
+            size += len(m.key) + len(m.value)
+            if size >= limit:
+                yield batch
+                batch, size = [], 0
+        if batch:
+            yield batch
+
+    async def _flush_generation(self, generation: int, buf: MemBuffer) -> BaseException | None:
+        """Flush one generation; return its error instead of raising it."""
+        try:
+            if self._ttl_closed:
+                raise TxnError(
+                    f"pipelined txn {self.start_ts}: the heartbeat stopped; it cannot flush"
+                )
+            self._choose_primary(buf)
+            if not self._primary:
+                raise TxnError(
+                    f"pipelined txn {self.start_ts}: no key of generation {generation} "
+                    "can be the primary"
+                )
+            await self._flush_all_batches(generation, buf)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            _log.info(
+                "pipelined txn %d: flush of generation %d failed: %s",
+                self.start_ts,
+                generation,
+                exc,
+            )
+            return exc
+        _log.debug(
+            "pipelined txn %d: flushed generation %d (%d keys, %d bytes)",
+            self.start_ts,
+            generation,
+            len(buf),
+            buf.size,
+        )
+        return None
+
+    async def _flush_all_batches(self, generation: int, buf: MemBuffer) -> None:
+        """Send every batch, at most ``pipelined_flush_concurrency`` at once."""
+        bo = self._rt.backoffer(_FLUSH_MAX_BACKOFF_MS, "pipelined flush")
+        source = self._batches(buf)
+        pull = asyncio.Lock()
+        exhausted = False
+
+        async def worker() -> None:
+            nonlocal exhausted
+            while True:
+                async with pull:
+                    if exhausted:
+                        return
+                    try:
+                        batch = await anext(source)
+                    except StopAsyncIteration:
+                        exhausted = True
+                        return
+                await self._flush_batch(generation, batch, bo.fork())
+
+        workers = [
+            asyncio.ensure_future(worker())
+            for _ in range(self._options.pipelined_flush_concurrency)
+        ]
+        try:
+            done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
+            failed = [t for t in done if not t.cancelled() and t.exception() is not None]
+            if failed:
+                raise failed[0].exception()  # type: ignore[misc]
+        finally:
+            for t in workers:
+                t.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            await source.aclose()
+
+    def _build_flush(
+        self, generation: int
+    ) -> Callable[[Region, Sequence[Mutation]], kvrpcpb_pb2.FlushRequest]:
+        primary = self._primary
+        start_ts = self.start_ts
+        level = self._options.assertion_level_value
+
+        def build(region: Region, part: Sequence[Mutation]) -> kvrpcpb_pb2.FlushRequest:
+            return kvrpcpb_pb2.FlushRequest(
+                mutations=[mutation_to_pb(m, m.key) for m in part],
+                primary_key=primary,
+                start_ts=start_ts,
+                min_commit_ts=start_ts + 1,
+                generation=generation,
+                lock_ttl=_FLUSH_LOCK_TTL_MS,
+                assertion_level=level,  # type: ignore[arg-type]
+            )
+
+        return build
+
+    async def _flush_batch(self, generation: int, batch: Sequence[Mutation], bo: Backoffer) -> None:
+        """One batch's ``KvFlush``, resolving other transactions' locks and retrying.
+
+        client-go ``actionPipelinedFlush.handleSingleBatch``: an ``AlreadyExist`` error
+        fails the flush; a lock of a younger transaction is a write conflict at once;
+        older locks are resolved and the batch sent again (a retried generation is
+        idempotent: TiKV ignores a mutation whose key already holds this generation).
+        """
+        sharder: KeysSharder[Mutation] = KeysSharder(lambda m: m.key)
+        build = self._build_flush(generation)
+        start_ts = self.start_ts
+        primary = self._primary
+
+        def handle(
+            region: Region, part: Sequence[Mutation], resp: Any
+        ) -> tuple[Sequence[Mutation], Any]:
+            return part, resp
+
+        payload: Sequence[Mutation] = batch
+        while payload:
+            parts = await self._rt.sender.execute(
+                "Flush",
+                sharder,
+                payload,
+                build,
+                handle,
+                bo=bo,
+                options=self._resolve_options,
+            )
+            locks: list[LockInfo] = []
+            retry: list[Mutation] = []
+            for part, resp in parts:
+                errors = list(resp.errors)
+                if not errors:
+                    if not self._primary_flushed and any(m.key == primary for m in part):
+                        self._primary_flushed = True
+                        self._start_heartbeat()
+                    continue
+                for lock in locks_of(errors, start_ts=start_ts):
+                    if lock.lock_version > start_ts:
+                        raise WriteConflictError(
+                            start_ts=start_ts,
+                            conflict_start_ts=lock.lock_version,
+                            conflict_commit_ts=0,
+                            key=lock.key,
+                            primary=primary,
+                            reason=1,
+                        )
+                    locks.append(lock)
+                retry.extend(part)
+            if locks:
+                res = await self._rt.resolver.resolve_locks(bo, start_ts, locks, for_read=False)
+                if res.ms_before_expired > 0:
+                    await bo.backoff(
+                        TXN_LOCK, KeyIsLockedError(locks[0]), max_sleep_ms=res.ms_before_expired
+                    )
+            payload = retry
+
+    # -- heartbeat (client-go 2pc.go keepAlive, pipelined) -----------------------------
+
+    def _start_heartbeat(self) -> None:
+        if self._hb_task is not None or self._state not in (_ACTIVE, _COMMITTING):
+            return
+        self._hb_task = self._rt.spawn(
+            self._keep_alive(), name=f"{HEARTBEAT_TASK_PREFIX}-pipelined-{self.start_ts}"
+        )
+
+    def _stop_heartbeat(self) -> None:
+        task, self._hb_task = self._hb_task, None
+        if task is not None:
+            task.cancel()
+
+    async def _keep_alive(self) -> None:
+        """Extend the primary's TTL and push its min_commit_ts to now, every 10 s."""
+        cfg = self._rt.config
+        failures = 0
+        while True:
+            await asyncio.sleep(self._rt.budgets.heartbeat_interval_s)
+            bo = self._rt.backoffer(self._rt.budgets.heartbeat, "pipelined txn heartbeat")
+            try:
+                now = await self._rt.oracle.get_timestamp()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                _log.warning(
+                    "pipelined txn %d: heartbeat could not get a ts: %s", self.start_ts, exc
+                )
+                self._ttl_closed = True
+                return
+            ttl = heartbeat_ttl(
+                self.start_ts,
+                now,
+                pipelined=True,
+                max_txn_ttl_ms=cfg.max_txn_ttl_ms,
+                managed_lock_ttl_ms=cfg.managed_lock_ttl_ms,
+            )
+            if ttl is None:
+                # A pipelined transaction past its lifetime would most likely fail to
+                # commit its primary: stop flushing (client-go closes the TTL manager).
+                _log.warning("pipelined txn %d: lived past its max TTL", self.start_ts)
+                self._ttl_closed = True
+                return
+            req = kvrpcpb_pb2.TxnHeartBeatRequest(
+                primary_lock=self._primary,
+                start_version=self.start_ts,
+                advise_lock_ttl=ttl,
+                min_commit_ts=now,
+            )
+            try:
+                resp = await self._rt.sender.call_key(
+                    "TxnHeartBeat", self._primary, req, bo=bo, options=self._write_opts
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                _log.warning(
+                    "pipelined txn %d: heartbeat failed (%d in a row): %s",
+                    self.start_ts,
+                    failures,
+                    exc,
+                )
+                if heartbeat_should_stop(failures, key_error=False):
+                    self._ttl_closed = True
+                    return
+                continue
+            if resp.HasField("error"):
+                _log.warning(
+                    "pipelined txn %d: heartbeat stops: %s",
+                    self.start_ts,
+                    key_error_to_exception(resp.error, start_ts=self.start_ts),
+                )
+                self._ttl_closed = True
+                return
+            failures = 0
+            self.heartbeats += 1
+
+    # -- finish ------------------------------------------------------------------------
+
+    async def commit(self) -> int:
+        """Flush the rest, commit the primary, resolve the other locks in the background.
+
+        Returns:
+            The commit ts (0 when nothing was written: no RPC is sent).
+
+        Raises:
+            WriteConflictError, KeyExistsError, ...: A flush failed; the flushed locks are
+                rolled back in the background.
+            UndeterminedError: The primary commit got no answer: the outcome is unknown.
+            TxnLockNotFoundError: The primary lock was rolled back (e.g. by a reader after
+                the heartbeat stopped).
+            TransactionClosedError: Already finished.
+
+        """
+        if self._state != _ACTIVE:
+            raise TransactionClosedError(self.start_ts, self._state)
+        self._rt.check_open()
+        self._state = _COMMITTING
+        if self.is_read_only:
+            self._state = _COMMITTED
+            return 0
+        committing_primary = False
+        try:
+            if self._error is not None:
+                raise self._error
+            await self._wait_inflight()
+            self._rotate()
+            await self._wait_inflight()
+            self._collect()
+            if not self._primary:
+                # Every write was skipped (nothing becomes a lock): nothing to commit.
+                self._state = _COMMITTED
+                return 0
+            commit_ts = await self._oracle_commit_ts()
+            committing_primary = True
+            await self._commit_primary()
+        except UndeterminedError:
+            self._state = _FAILED
+            self._stop_heartbeat()
+            raise
+        except asyncio.CancelledError:
+            self._state = _FAILED
+            self._stop_heartbeat()
+            if not committing_primary:
+                self._spawn_resolve(0)
+            raise
+        except BaseException:
+            self._state = _FAILED
+            self._stop_heartbeat()
+            self._spawn_resolve(0)
+            raise
+        self._stop_heartbeat()
+        self._state = _COMMITTED
+        self._spawn_resolve(self.commit_ts)
+        _log.info(
+            "pipelined txn %d committed at %d (%d generations, %d keys flushed)",
+            self.start_ts,
+            commit_ts,
+            self._generation,
+            self._flushed_keys,
+        )
+        return self.commit_ts
+
+    async def _oracle_commit_ts(self) -> int:
+        commit_ts = await self._rt.oracle.get_timestamp()
+        if commit_ts <= self.start_ts:
+            raise TxnError(f"commit ts {commit_ts} is not after start ts {self.start_ts}")
+        self.commit_ts = commit_ts
+        return commit_ts
+
+    async def _commit_primary(self) -> None:
+        """``KvCommit`` of the primary key (client-go ``commitFlushedMutations``)."""
+        bo = self._rt.backoffer(self._rt.budgets.commit, "pipelined commit primary")
+
+        async def newer_commit_ts() -> None:
+            await self._oracle_commit_ts()
+
+        def build(region: Region, part: Sequence[bytes]) -> kvrpcpb_pb2.CommitRequest:
+            return kvrpcpb_pb2.CommitRequest(
+                start_version=self.start_ts, keys=list(part), commit_version=self.commit_ts
+            )
+
+        def handle(region: Region, part: Sequence[bytes], resp: Any) -> None:
+            if resp.HasField("error"):
+                err = key_error_to_exception(resp.error, start_ts=self.start_ts)
+                if isinstance(err, CommitTsExpiredError):
+                    # The heartbeat or a reader pushed min_commit_ts past our ts.
+                    raise RetryShard(part, reason=str(err), before_retry=newer_commit_ts)
+                raise err
+
+        await self._rt.sender.execute(
+            "Commit",
+            _BY_KEYS,
+            [self._primary],
+            build,
+            handle,
+            bo=bo,
+            options=self._write_opts,
+            ambiguity=Ambiguity.RETRY_THEN_RAISE,
+        )
+
+    async def rollback(self) -> None:
+        """Abort: wait for the running flush, then roll the flushed locks back in the background.
+
+        Raises:
+            TransactionClosedError: Already finished.
+
+        """
+        if self._state != _ACTIVE:
+            raise TransactionClosedError(self.start_ts, self._state)
+        self._state = _ROLLED_BACK
+        # Wait for the running flush so that no lock lands after the rollback
+        # (client-go cancels its context, then FlushWait).
+        inflight = self._inflight
+        if inflight is not None and not inflight.done():
+            await asyncio.shield(asyncio.wrap_future(inflight))
+        self._inflight = None
+        self._flushing = None
+        self._stop_heartbeat()
+        self._buffer.reset()
+        self._remote_cache.clear()
+        self._spawn_resolve(0)
+
+    def _spawn_resolve(self, commit_ts: int) -> None:
+        """Resolve the flushed range in the background (nothing flushed: nothing to do)."""
+        if self._bounds is None or self._rt.closed:
+            return
+        status = "commit" if commit_ts else "rollback"
+        try:
+            self.resolve_task = self._rt.spawn(
+                self.resolve_flushed_locks(commit_ts),
+                name=f"tikv-txn-pipelined-{status}-{self.start_ts}",
+            )
+        except RuntimeError:  # no running loop (interpreter shutdown)
+            _log.warning("pipelined txn %d: could not schedule the %s", self.start_ts, status)
+
+    async def resolve_flushed_locks(self, commit_ts: int) -> int:
+        """``KvResolveLock`` over the flushed key range, region by region.
+
+        client-go ``resolveFlushedLocks``: a range task with
+        ``pipelined_resolve_lock_concurrency`` workers; each region gets one request that
+        commits (``commit_ts`` > 0) or rolls back (0) every lock of this transaction in it.
+
+        Returns:
+            The number of regions resolved.
+
+        """
+        if self._bounds is None:
+            return 0
+        lo, hi = self._bounds
+        end = hi + b"\x00"
+        start_ts = self.start_ts
+        budget = self._rt.budgets.commit_secondary if commit_ts else self._rt.budgets.cleanup
+        options = self._resolve_options
+
+        def build(s: bytes, e: bytes) -> kvrpcpb_pb2.ResolveLockRequest:
+            return kvrpcpb_pb2.ResolveLockRequest(start_version=start_ts, commit_version=commit_ts)
+
+        async def handler(region: Region, s: bytes, e: bytes) -> TaskStat:
+            bo = self._rt.backoffer(budget, "pipelined resolve flushed locks")
+            responses: list[Any] = await self._rt.sender.call_range(
+                "ResolveLock", s, e, build, bo=bo, options=options
+            )
+            for resp in responses:
+                if resp.HasField("error"):
+                    raise key_error_to_exception(resp.error, start_ts=start_ts)
+            return TaskStat(completed_regions=len(responses))
+
+        status = "commit" if commit_ts else "rollback"
+        runner = RangeTaskRunner(
+            f"pipelined-dml-{status}",
+            self._rt.sender.locator,
+            handler,
+            concurrency=self._options.pipelined_resolve_lock_concurrency,
+        )
+        stat = await runner.run(lo, end)
+        _log.info(
+            "pipelined txn %d: resolved flushed locks (%s) in %d regions",
+            start_ts,
+            status,
+            stat.completed_regions,
+        )
+        return stat.completed_regions
+
+    def __repr__(self) -> str:
+        return (
+            f"AsyncPipelinedTransaction(start_ts={self.start_ts}, state={self._state!r}, "
+            f"generation={self._generation})"
+        )

@@ -1,0 +1,401 @@
+"""Pipelined DML against the mock cluster: flushes, generations, reads, commit, abort, crash.
+
+What TiKV holds is checked through ``cluster.engine`` (locks with their generations,
+committed data), what was sent through the request counters. Background work (the
+asynchronous resolve after commit / rollback) is waited for by polling with a deadline;
+lock TTLs expire by moving the cluster's clock, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import pytest
+from tikv_mockstore import MockCluster
+from tikv_pd.config import TransactionOptions
+from tikv_txn import (
+    AsyncTransactionClient,
+    KeyExistsError,
+    TransactionClient,
+    TransactionClosedError,
+    WriteConflictError,
+)
+from tikv_txn.pipelined import (
+    PIPELINED_REQUEST_SOURCE,
+    AsyncPipelinedTransaction,
+    FlushThresholds,
+)
+from tikv_txn.policy import (
+    PIPELINED_FORCE_FLUSH_SIZE,
+    PIPELINED_MIN_FLUSH_KEYS,
+    PIPELINED_MIN_FLUSH_SIZE,
+)
+
+_ids = itertools.count()
+FIRST_BYTES = (b"\x10", b"\x50", b"\x90", b"\xd0")
+DEADLINE = 60.0
+PIPELINED = TransactionOptions(pipelined=True)
+#: Small thresholds (client-go's tests use failpoints the same way): a flush every 100 keys.
+SMALL = FlushThresholds(min_keys=100, min_size=1, force_size=1 << 30)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[MockCluster]:
+    with MockCluster(stores=3, regions=4) as mock:
+        yield mock
+
+
+@pytest.fixture
+async def client(cluster: MockCluster) -> AsyncIterator[AsyncTransactionClient]:
+    async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as c:
+        yield c
+
+
+@pytest.fixture
+async def reader(cluster: MockCluster) -> AsyncIterator[AsyncTransactionClient]:
+    async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as c:
+        yield c
+
+
+def make_keys(n: int, tag: bytes = b"k") -> list[bytes]:
+    """``n`` keys spread over the four regions, unique to the calling test."""
+    prefix = b"p%04d/" % next(_ids)
+    return [FIRST_BYTES[i % 4] + prefix + tag + b"%06d" % i for i in range(n)]
+
+
+def locks_of_txn(cluster: MockCluster, start_ts: int) -> list[bytes]:
+    return [lk.key for lk in cluster.engine.scan_lock(2**63 - 1) if lk.lock_version == start_ts]
+
+
+def engine_locks(cluster: MockCluster, keys: list[bytes]) -> dict[bytes, object]:
+    wanted = set(keys)
+    out: dict[bytes, object] = {}
+    for key in wanted:
+        lock = cluster.engine.mvcc_by_key(key).lock
+        if lock is not None:
+            out[key] = lock
+    return out
+
+
+async def poll(condition: Callable[[], bool], what: str) -> None:
+    """Wait until ``condition()`` holds, yielding to the loop; fail after the deadline."""
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def begin(
+    client: AsyncTransactionClient, thresholds: FlushThresholds | None = None
+) -> AsyncPipelinedTransaction:
+    txn = await client.begin(options=PIPELINED)
+    assert isinstance(txn, AsyncPipelinedTransaction)
+    if thresholds is not None:
+        txn.set_flush_thresholds(thresholds)
+    return txn
+
+
+async def wait_flushed(txn: AsyncPipelinedTransaction) -> None:
+    await poll(lambda: not txn.flushing, "the running flush")
+
+
+async def seed(client: AsyncTransactionClient, pairs: dict[bytes, bytes]) -> None:
+    async with client.begin() as txn:
+        for key, value in pairs.items():
+            txn.put(key, value)
+    assert await client.runtime.wait_background(DEADLINE)
+
+
+# -- options ------------------------------------------------------------------------------
+
+
+def test_defaults_are_client_go_thresholds() -> None:
+    t = FlushThresholds()
+    assert (t.min_keys, t.min_size, t.force_size) == (
+        PIPELINED_MIN_FLUSH_KEYS,
+        PIPELINED_MIN_FLUSH_SIZE,
+        PIPELINED_FORCE_FLUSH_SIZE,
+    )
+    assert (t.min_keys, t.min_size, t.force_size) == (10_000, 16 << 20, 128 << 20)
+    with pytest.raises(ValueError, match="min_keys"):
+        FlushThresholds(min_keys=-1)
+
+
+async def test_begin_gives_a_pipelined_transaction(client: AsyncTransactionClient) -> None:
+    txn = await client.begin(options=PIPELINED)
+    assert isinstance(txn, AsyncPipelinedTransaction)
+    assert txn.flush_thresholds == FlushThresholds()
+    assert await txn.commit() == 0  # nothing written: no RPC
+    with pytest.raises(ValueError, match="pipelined"):
+        TransactionOptions(pipelined=True, async_commit=True)
+    with pytest.raises(ValueError, match="pipelined"):
+        client.begin(options=TransactionOptions.pessimistic(pipelined=True))
+
+
+async def test_scans_are_refused(client: AsyncTransactionClient) -> None:
+    txn = await begin(client)
+    txn.put(b"\x10scan", b"v")
+    with pytest.raises(NotImplementedError, match="pipelined"):
+        await txn.scan(b"", None, limit=10)
+    # The committed data can still be scanned through the snapshot.
+    assert isinstance(await txn.snapshot.scan(b"\x10scan", b"\x10scao", limit=10), list)
+    await txn.rollback()
+
+
+# -- a large transaction ------------------------------------------------------------------
+
+
+async def test_large_transaction_flushes_in_the_background_and_commits(
+    client: AsyncTransactionClient, reader: AsyncTransactionClient, cluster: MockCluster
+) -> None:
+    """50,000 keys of 1 KB with client-go's thresholds: flushed while written, all readable."""
+    keys = make_keys(50_000)
+    value = b"v" * 1000
+    flushes = cluster.counters.count("KvFlush")
+    commits = cluster.counters.count("KvCommit")
+    prewrites = cluster.counters.count("KvPrewrite")
+    txn = await begin(client)
+    for i, key in enumerate(keys):
+        txn.put(key, value)
+        if i % 1000 == 999:
+            await asyncio.sleep(0)  # let the background flush run
+    # 16 MiB and 10,000 keys were reached at ~16,800 keys: generation 1 is flushing or done.
+    assert txn.generation >= 1
+    assert txn.flushed_keys >= 16_000
+    assert txn.primary == min(keys)  # the first key of generation 1
+    commit_ts = await txn.commit()
+    assert commit_ts > txn.start_ts
+    assert txn.generation >= 2  # at least one background flush plus the final one
+    assert txn.flushed_keys == len(keys)
+    # Many Flush requests (batches cut once they reach 16 KiB), no prewrite, one commit
+    # (the primary).
+    per_batch = 16 * 1024 // 1013 + 1
+    assert cluster.counters.count("KvFlush") - flushes >= len(keys) // per_batch
+    assert cluster.counters.count("KvPrewrite") == prewrites
+    assert cluster.counters.count("KvCommit") - commits == 1
+    # Every key is readable right away (readers resolve what the async resolve has not).
+    snap = reader.snapshot(await reader.current_timestamp())
+    got = await asyncio.wait_for(snap.batch_get(keys), DEADLINE)
+    assert len(got) == len(keys)
+    assert set(got.values()) == {value}
+    # The asynchronous resolve leaves no lock of the transaction behind.
+    await poll(lambda: not locks_of_txn(cluster, txn.start_ts), "the commit resolve")
+    assert txn.resolve_task is not None
+    assert cluster.counters.last_context("KvFlush").request_source == PIPELINED_REQUEST_SOURCE
+
+
+# -- generations and reads ----------------------------------------------------------------
+
+
+async def test_later_generation_supersedes_and_reads_see_every_tier(
+    client: AsyncTransactionClient, cluster: MockCluster
+) -> None:
+    keys = make_keys(400)
+    old = make_keys(4, b"old")
+    await seed(client, dict.fromkeys(old, b"committed"))
+    txn = await begin(client, SMALL)
+    for key in keys[:100]:  # the 100th write starts generation 1
+        txn.put(key, b"gen1")
+    assert txn.generation == 1
+    await wait_flushed(txn)
+    first = engine_locks(cluster, keys[:100])
+    assert len(first) == 100
+    assert {lk.generation for lk in first.values()} == {1}  # type: ignore[attr-defined]
+    # Generation 2 rewrites half of generation 1, deletes one of its keys, adds new ones.
+    for key in keys[:50]:
+        txn.put(key, b"gen2")
+    txn.delete(keys[75])
+    for key in keys[100:149]:
+        txn.put(key, b"new2")
+    assert txn.generation == 2
+    await wait_flushed(txn)
+    txn.put(keys[300], b"buffered")  # stays in memory (below the thresholds)
+    locks = engine_locks(cluster, keys[:150])
+    assert {lk.generation for k, lk in locks.items() if k in keys[:50]} == {2}  # type: ignore[attr-defined]
+    assert locks[keys[75]].generation == 2  # type: ignore[attr-defined]
+    assert locks[keys[99]].generation == 1  # type: ignore[attr-defined]
+    assert locks[keys[120]].generation == 2  # type: ignore[attr-defined]
+    assert keys[149] not in locks
+    assert txn.flushed_keys == 200
+    # Reads: the flushed generations come from TiKV (KvBufferBatchGet), newest wins.
+    bbg = cluster.counters.count("KvBufferBatchGet")
+    assert await txn.get(keys[0]) == b"gen2"
+    assert await txn.get(keys[99]) == b"gen1"
+    assert await txn.get(keys[75]) is None  # deleted in generation 2
+    assert cluster.counters.count("KvBufferBatchGet") > bbg
+    assert await txn.get(keys[300]) == b"buffered"  # the buffer
+    assert await txn.get(old[0]) == b"committed"  # the snapshot
+    assert await txn.get(keys[350]) is None  # nowhere
+    got = await txn.batch_get(
+        [keys[1], keys[60], keys[75], keys[120], keys[300], old[1], keys[399]]
+    )
+    assert got == {
+        keys[1]: b"gen2",
+        keys[60]: b"gen1",
+        keys[120]: b"new2",
+        keys[300]: b"buffered",
+        old[1]: b"committed",
+    }
+    # The snapshot reads past the transaction's own locks (no wait on its own primary).
+    assert await asyncio.wait_for(txn.snapshot.get(keys[0]), DEADLINE) is None
+    commit_ts = await txn.commit()
+    await poll(lambda: not locks_of_txn(cluster, txn.start_ts), "the commit resolve")
+    snap = client.snapshot(await client.current_timestamp())
+    final = await snap.batch_get(keys + old)
+    assert final == {
+        **dict.fromkeys(keys[:50], b"gen2"),
+        **{k: b"gen1" for k in keys[50:100] if k != keys[75]},
+        **dict.fromkeys(keys[100:149], b"new2"),
+        keys[300]: b"buffered",
+        **dict.fromkeys(old, b"committed"),
+    }
+    assert commit_ts > txn.start_ts
+
+
+async def test_insert_of_an_existing_key_fails_and_rolls_back(
+    client: AsyncTransactionClient, cluster: MockCluster
+) -> None:
+    keys = make_keys(150)
+    await seed(client, {keys[5]: b"exists"})
+    txn = await begin(client, SMALL)
+    for key in keys:
+        txn.insert(key, b"new")
+    with pytest.raises(KeyExistsError):
+        await txn.commit()
+    assert txn.state == "failed"
+    await poll(lambda: not locks_of_txn(cluster, txn.start_ts), "the rollback resolve")
+    snap = client.snapshot(await client.current_timestamp())
+    assert await snap.batch_get(keys) == {keys[5]: b"exists"}
+
+
+async def test_write_conflict_is_reported_and_the_flushed_locks_rolled_back(
+    client: AsyncTransactionClient, reader: AsyncTransactionClient, cluster: MockCluster
+) -> None:
+    keys = make_keys(300)
+    txn = await begin(client, SMALL)
+    # Another transaction commits a key after this one started.
+    await seed(reader, {keys[250]: b"other"})
+    for key in keys:
+        txn.put(key, b"mine")
+    with pytest.raises(WriteConflictError) as info:
+        await txn.commit()
+    assert info.value.key == keys[250]
+    await poll(lambda: not locks_of_txn(cluster, txn.start_ts), "the rollback resolve")
+    snap = reader.snapshot(await reader.current_timestamp())
+    assert await snap.batch_get(keys) == {keys[250]: b"other"}
+    with pytest.raises(TransactionClosedError):
+        txn.put(keys[0], b"again")
+
+
+# -- abort and crash ----------------------------------------------------------------------
+
+
+async def test_abort_midway_leaves_no_writes_and_no_locks(
+    client: AsyncTransactionClient, reader: AsyncTransactionClient, cluster: MockCluster
+) -> None:
+    keys = make_keys(1000)
+    old = dict.fromkeys(keys[::10], b"old")
+    await seed(client, old)
+    txn = await begin(client, SMALL)
+    for i, key in enumerate(keys):
+        txn.put(key, b"new")
+        if i % 100 == 99:
+            await txn.flush(force=True)  # waits for the running flush, starts the next
+    await wait_flushed(txn)
+    assert txn.generation >= 5
+    assert len(locks_of_txn(cluster, txn.start_ts)) >= 500
+    await txn.rollback()
+    assert txn.state == "rolled back"
+    await poll(lambda: not locks_of_txn(cluster, txn.start_ts), "the rollback resolve")
+    snap = reader.snapshot(await reader.current_timestamp())
+    assert await snap.batch_get(keys) == old
+    # GC at the current ts: still nothing of the transaction, and no locks at all.
+    await reader.gc(await reader.current_timestamp())
+    assert not locks_of_txn(cluster, txn.start_ts)
+    snap = reader.snapshot(await reader.current_timestamp())
+    assert await snap.batch_get(keys) == old
+    with pytest.raises(TransactionClosedError):
+        await txn.get(keys[0])
+
+
+async def test_abandoned_transaction_is_resolved_by_readers_after_its_ttl(
+    cluster: MockCluster, reader: AsyncTransactionClient
+) -> None:
+    keys = make_keys(500)
+    old = dict.fromkeys(keys[:4], b"old")
+    await seed(reader, old)
+    crashed = await AsyncTransactionClient.connect(cluster.pd_endpoints)
+    txn = await begin(crashed, SMALL)
+    for key in keys:
+        txn.put(key, b"never")
+    await txn.flush(force=True)
+    await wait_flushed(txn)
+    start_ts = txn.start_ts
+    assert len(locks_of_txn(cluster, start_ts)) == len(keys)
+    await crashed.close()  # the client goes away: no commit, no rollback, no heartbeat
+    # Before the TTL expires a reader is not allowed to roll the locks back...
+    snap = reader.snapshot(await reader.current_timestamp())
+    # ... after it (20 s of flushed-lock TTL), it is.
+    cluster.clock.advance(60_000)
+    snap = reader.snapshot(await reader.current_timestamp())
+    got = await asyncio.wait_for(snap.batch_get(keys), DEADLINE)
+    assert got == old
+    # The locks the reader met are gone; GC removes the rest.
+    assert not set(locks_of_txn(cluster, start_ts)) & set(keys)
+    await reader.gc(await reader.current_timestamp())
+    assert not locks_of_txn(cluster, start_ts)
+
+
+# -- heartbeat ----------------------------------------------------------------------------
+
+
+async def test_heartbeat_keeps_the_primary_alive_and_pushes_min_commit_ts(
+    client: AsyncTransactionClient, cluster: MockCluster
+) -> None:
+    keys = make_keys(200)
+    client.runtime.budgets.heartbeat_interval_s = 0.02
+    txn = await begin(client, SMALL)
+    for key in keys:
+        txn.put(key, b"v")
+    await wait_flushed(txn)
+    await poll(lambda: txn.heartbeats >= 2, "two heartbeats")
+    primary = cluster.engine.mvcc_by_key(txn.primary).lock
+    assert primary is not None
+    assert primary.min_commit_ts > txn.start_ts + 1  # pushed to the heartbeat's ts
+    assert primary.ttl >= 20_000
+    await txn.commit()
+    beats = txn.heartbeats
+    await poll(lambda: not locks_of_txn(cluster, txn.start_ts), "the commit resolve")
+    assert txn.heartbeats == beats  # stopped at commit
+    snap = client.snapshot(await client.current_timestamp())
+    assert len(await snap.batch_get(keys)) == len(keys)
+
+
+# -- the blocking client ------------------------------------------------------------------
+
+
+def test_blocking_writer_waits_for_the_running_flush(cluster: MockCluster) -> None:
+    """The blocking client's put blocks at the force threshold until the flush finishes."""
+    keys = make_keys(2000)
+    with TransactionClient.connect(cluster.pd_endpoints) as client:
+        txn = client.begin(options=PIPELINED)
+        inner = txn._txn
+        assert isinstance(inner, AsyncPipelinedTransaction)
+        # A flush at 100 keys; at 4 KiB the writer waits for the running one.
+        inner.set_flush_thresholds(FlushThresholds(min_keys=100, min_size=1, force_size=4096))
+        writer = threading.current_thread()
+        for key in keys:
+            txn.put(key, b"x" * 40)
+            assert inner._buffer.size <= 4096 + 64 or inner.flushing
+        assert threading.current_thread() is writer
+        assert inner.generation >= 10
+        assert txn.get(keys[0]) == b"x" * 40
+        commit_ts = txn.commit()
+        assert commit_ts > 0
+        snap = client.snapshot(client.current_timestamp())
+        assert len(snap.batch_get(keys)) == len(keys)
