@@ -21,6 +21,9 @@ from typing import Any
 
 import pytest
 from tikv_mockstore import MockCluster
+from tikv_raw import RawClient
+
+from ._ours_raw import run as run_ours_raw
 
 pytestmark = pytest.mark.interop
 
@@ -211,3 +214,15 @@ def test_tikv_python_raw(cluster: MockCluster) -> None:
     assert out["cas_final"] == b"three".hex()
     model[b"\x05cas"] = b"three"
     assert held == model
+
+
+def test_same_raw_scenario_gives_identical_results_through_both_clients() -> None:
+    """tikv-python and this project's RawClient, one after the other on one cluster."""
+    with MockCluster(stores=3, regions=8, api_version="V1TTL") as ttl_cluster:
+        _spread_leaders(ttl_cluster)
+        pd = ttl_cluster.pd_endpoints[0]
+        theirs = _run("tikv-python", "tikv_python_raw.py", pd)
+        with RawClient.connect([pd]) as wipe:
+            wipe.delete_range(b"", None)
+        ours = run_ours_raw(pd)
+    assert ours == theirs
