@@ -46,6 +46,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Generic, Protocol, TypeVar
 
+import grpc
 from google.protobuf.message import Message
 from tikv_proto import errorpb_pb2, kvrpcpb_pb2, metapb_pb2
 
@@ -75,7 +76,7 @@ from tikv_pd.interceptor import RPCInterceptor, RPCInvoker, RPCRequest
 from tikv_pd.logs import SLOW_REQUEST_SECONDS, log_request_outcome
 from tikv_pd.region_cache import InvalidReason, Liveness, Peer, PeerRole, Region, RegionCache
 from tikv_pd.region_errors import Action, decide, to_exception
-from tikv_pd.replica_selector import ReplicaSelector
+from tikv_pd.replica_selector import ReplicaSelector, StoreHealth
 from tikv_pd.transport import FATAL_STATUS_CODES, TransportError
 
 __all__ = [
@@ -741,14 +742,23 @@ class RequestSender:
         self.stats = RequestStats()
         #: Random source of the replica selectors (ties between equally good replicas).
         self.rng = random.Random()
+        #: Stores that just refused connections: replica reads avoid them for a while.
+        self.health = StoreHealth()
         cache = getattr(locator, "cache", None)
         # Store facts for the replica selector when the locator keeps a region cache.
-        self._liveness: Callable[[int], Liveness] | None = (
+        self._cache_liveness: Callable[[int], Liveness] | None = (
             cache.store_liveness if isinstance(cache, RegionCache) else None
         )
         self._is_tiflash: Callable[[int], bool] | None = (
             functools.partial(_is_tiflash, cache) if isinstance(cache, RegionCache) else None
         )
+
+    def _liveness(self, store_id: int) -> Liveness:
+        """A store's liveness for the replica selector: recent connection failures first."""
+        live = self.health.liveness(store_id)
+        if live is Liveness.UNKNOWN and self._cache_liveness is not None:
+            return self._cache_liveness(store_id)
+        return live
 
     # -- the generic entry point -----------------------------------------------------
 
@@ -1042,6 +1052,10 @@ class RequestSender:
                 # leader may have moved), try another peer next, and back off tikvRPC.
                 # When every peer failed, start over (client-go NeedReloadRegion).
                 failed_store = proxy.store_id if proxy is not None else peer.store_id
+                if exc.code == grpc.StatusCode.UNAVAILABLE or not exc.sent:
+                    # The connection failed: the store is likely down (client-go's liveness
+                    # probe would say unreachable); replica reads skip it for a while.
+                    self.health.mark_unreachable(failed_store)
                 locator.on_send_fail(region, failed_store)
                 unreachable.add(failed_store)
                 if unreachable.issuperset(p.store_id for p in region.peers):
@@ -1053,6 +1067,9 @@ class RequestSender:
                 free_retries = 0
                 continue
 
+            if self.health.has_unreachable():
+                # The store answered: it is reachable again.
+                self.health.mark_reachable(peer.store_id if proxy is None else proxy.store_id)
             if response.HasField("region_error"):
                 err: errorpb_pb2.Error = response.region_error
                 d = decide(
