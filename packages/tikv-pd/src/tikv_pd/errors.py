@@ -803,19 +803,31 @@ class CommitTsTooLargeError(TxnError):
 class LockWaitTimeoutError(TxnError):
     """A pessimistic lock request waited longer than its lock-wait timeout.
 
+    client-go raises ``ErrLockWaitTimeout`` after a timed wait and
+    ``ErrLockAcquireFailAndNoWaitSet`` for a no-wait request (``error/error.go``); both
+    are this error here, told apart by :attr:`no_wait`.
+
     Attributes:
         key: The key that stayed locked.
         start_ts: The waiting transaction's start ts.
+        lock_ts: Start ts of the transaction holding the lock (0 if unknown).
+        no_wait: The request asked not to wait (``LOCK_NO_WAIT``) and the key was locked.
 
     """
 
-    def __init__(self, key: bytes, start_ts: int) -> None:
+    def __init__(
+        self, key: bytes, start_ts: int, *, lock_ts: int = 0, no_wait: bool = False
+    ) -> None:
         super().__init__("lock wait timeout")
         self.key = key
         self.start_ts = start_ts
+        self.lock_ts = lock_ts
+        self.no_wait = no_wait
 
     def _describe(self) -> str:
-        return f"lock wait timeout on key {format_key(self.key)} (txn {self.start_ts})"
+        what = "locked and no-wait is set" if self.no_wait else "lock wait timeout"
+        holder = f", held by txn {self.lock_ts}" if self.lock_ts else ""
+        return f"{what} on key {format_key(self.key)} (txn {self.start_ts}{holder})"
 
 
 class PrimaryMismatchError(TxnError):

@@ -1,13 +1,14 @@
 """Transactional client for TiKV.
 
 Percolator two-phase commit, 1PC and async commit over the shared ``tikv_pd`` request
-pipeline, with client-go's lock resolution. Pessimistic locks and pipelined DML are not
-supported yet (``begin(pessimistic=True)`` raises ``ValueError``).
+pipeline, with client-go's lock resolution; pessimistic transactions
+(``begin(pessimistic=True)``: ``get_for_update``, ``lock_keys``, lock waits, deadlock
+detection; :mod:`tikv_txn.pessimistic`).
 
 Errors are the hierarchy of :mod:`tikv_pd.errors`, re-exported here.
 """
 
-from tikv_pd.config import Config, TransactionOptions
+from tikv_pd.config import LOCK_ALWAYS_WAIT, LOCK_NO_WAIT, Config, TransactionOptions
 from tikv_pd.errors import (
     AssertionFailedError,
     ClientClosedError,
@@ -18,6 +19,7 @@ from tikv_pd.errors import (
     KeyExistsError,
     KeyIsLockedError,
     LockInfo,
+    LockWaitTimeoutError,
     PDError,
     RegionError,
     TiKVError,
@@ -41,6 +43,8 @@ from tikv_txn.snapshot import AsyncSnapshot
 from tikv_txn.transaction import AsyncTransaction
 
 __all__ = [
+    "LOCK_ALWAYS_WAIT",
+    "LOCK_NO_WAIT",
     "AssertionFailedError",
     "AsyncSnapshot",
     "AsyncTransaction",
@@ -57,6 +61,7 @@ __all__ = [
     "KeyIsLockedError",
     "LockInfo",
     "LockResolver",
+    "LockWaitTimeoutError",
     "PDError",
     "RegionError",
     "ResolveResult",

@@ -167,6 +167,13 @@ class TwoPhaseCommitter:
         self._secondaries: list[bytes] = []
         self._prewrite_started = False
         self._heartbeat: asyncio.Task[None] | None = None
+        #: Pessimistic transaction (tikv_txn.pessimistic): its locks are checked by
+        #: prewrite (pessimistic actions) at :attr:`for_update_ts`, the largest
+        #: for-update ts of its lock requests, and :attr:`lock_primary` (a user key,
+        #: the first key it locked) is the primary (client-go ``2pc.go``).
+        self.pessimistic = options.is_pessimistic
+        self.for_update_ts = 0
+        self.lock_primary: bytes | None = None
         #: Set when the primary batch was prewritten (heartbeats may start).
         self.primary_prewritten = False
         #: Number of heartbeats sent successfully (for tests and metrics).
@@ -190,8 +197,9 @@ class TwoPhaseCommitter:
         cfg = self._rt.config
         plan = build_mutations(
             self._buffer.iterate_with_flags(),
-            pessimistic=False,
+            pessimistic=self.pessimistic,
             assertions=self._opts.assertion_level != "Off",
+            primary=self.lock_primary if self.pessimistic else None,
         )
         if not plan.mutations:
             return False
@@ -266,7 +274,9 @@ class TwoPhaseCommitter:
         elapsed = self._elapsed_ms()
         if self.protocol.min_commit_ts_from_tso:
             self.min_commit_ts = await self._rt.oracle.get_timestamp() + 1
-        self.min_commit_ts = prewrite_min_commit_ts(self.start_ts, 0, self.min_commit_ts)
+        self.min_commit_ts = prewrite_min_commit_ts(
+            self.start_ts, self.for_update_ts, self.min_commit_ts
+        )
         if self.async_commit or self.one_pc:
             self.max_commit_ts = async_commit_max_commit_ts(
                 self.start_ts,
@@ -282,7 +292,7 @@ class TwoPhaseCommitter:
         self.lock_ttl = prewrite_lock_ttl(
             ttl,
             async_commit=self.async_commit,
-            pessimistic=False,
+            pessimistic=self.pessimistic,
             start_ts=self.start_ts,
             max_commit_ts=self.max_commit_ts,
         )
@@ -325,6 +335,14 @@ class TwoPhaseCommitter:
             min_commit_ts=self.min_commit_ts,
             assertion_level=self._opts.assertion_level_value,  # type: ignore[arg-type]
         )
+        if self.pessimistic:
+            # client-go prewrite.go buildPrewriteRequest: one action per mutation (locked
+            # keys are checked against their pessimistic lock) and the for-update ts.
+            req.pessimistic_actions.extend(
+                int(m.pessimistic_action)  # type: ignore[misc]
+                for m in part
+            )
+            req.for_update_ts = self.for_update_ts
         if self.async_commit:
             req.use_async_commit = True
             req.max_commit_ts = self.max_commit_ts
@@ -383,10 +401,11 @@ class TwoPhaseCommitter:
                         retry.extend(part)
                         continue
                     for lock in locks_of(errors, start_ts=self.start_ts):
-                        if lock.lock_version > self.start_ts:
+                        if lock.lock_version > self.start_ts and not self.pessimistic:
                             # A younger transaction holds the key: whatever it does, this
                             # optimistic one can only end in a write conflict, so fail now
-                            # instead of waiting for that lock (client-go extractKeyErrs).
+                            # instead of waiting for that lock (client-go extractKeyErrs;
+                            # a pessimistic one resolves it: its keys are locked).
                             raise WriteConflictError(
                                 start_ts=self.start_ts,
                                 conflict_start_ts=lock.lock_version,
@@ -431,9 +450,34 @@ class TwoPhaseCommitter:
             return
         if self.plan.size <= self._rt.config.ttl_refreshed_txn_size:
             return
+        self.start_heartbeat()
+
+    def start_heartbeat(self) -> None:
+        """Keep :attr:`primary`'s lock alive from now on (no-op if already running).
+
+        A pessimistic transaction starts it as soon as its primary key is locked
+        (client-go ``ttlManager.run`` from ``pessimistic.go``), whatever its size.
+        """
+        if self._heartbeat is not None and not self._heartbeat.done():
+            return
         self._heartbeat = self._rt.spawn(
             self._keep_alive(), name=f"{HEARTBEAT_TASK_PREFIX}-{self.start_ts}"
         )
+
+    @property
+    def heartbeat_running(self) -> bool:
+        """Whether the heartbeat task is running."""
+        return self._heartbeat is not None and not self._heartbeat.done()
+
+    @property
+    def write_options(self) -> RequestOptions:
+        """The request options of this transaction's writes (priority, tags, interceptor)."""
+        return self._write_options
+
+    @property
+    def prewrite_started(self) -> bool:
+        """Whether prewrite began (a failed commit then rolls back what it wrote)."""
+        return self._prewrite_started
 
     async def _keep_alive(self) -> None:
         """Extend the primary lock's TTL periodically (client-go ``keepAlive``)."""
@@ -621,7 +665,9 @@ class TwoPhaseCommitter:
         if not await self.prepare():
             return 0
         assert self.plan is not None
-        latches = self._rt.latches
+        # Local latches serve optimistic transactions only: pessimistic ones already
+        # hold their keys' locks (client-go KVTxn.Commit).
+        latches = None if self.pessimistic else self._rt.latches
         latch: LatchLock | None = None
         if latches is not None:
             latch = await latches.acquire(self.start_ts, [m.key for m in self.plan.mutations])

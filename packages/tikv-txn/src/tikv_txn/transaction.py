@@ -1,4 +1,4 @@
-"""Optimistic transactions: buffered writes over a snapshot, committed by 2PC / 1PC / async commit.
+"""Transactions: buffered writes over a snapshot, committed by 2PC / 1PC / async commit.
 
 An :class:`AsyncTransaction` reads at its start ts through an
 :class:`~tikv_txn.snapshot.AsyncSnapshot` and keeps its writes in a
@@ -14,6 +14,12 @@ After :meth:`commit` or :meth:`rollback` every method raises
 :class:`~tikv_pd.errors.TransactionClosedError`. A transaction that wrote nothing commits
 without any RPC, and rolling back an optimistic transaction sends nothing (nothing of it
 is on the servers before commit).
+
+A pessimistic transaction (``begin(pessimistic=True)``) also locks its keys while it runs:
+``get_for_update`` / ``batch_get_for_update`` / ``lock_keys`` lock at once, and every
+write's key is locked when the awaitable ``put`` / ``insert`` / ``delete`` return is
+awaited, or at the next locking call or commit (see :mod:`tikv_txn.pessimistic`).
+Rolling it back releases its locks (``PessimisticRollback``).
 
 Use it as a context manager: ``async with client.begin() as txn:`` commits when the block
 ends normally and rolls back when it raises.
@@ -34,6 +40,7 @@ from tikv_pd.observability import register_operations
 from tikv_txn._validate import check_key, check_keys, check_limit, check_range, check_value
 from tikv_txn.committer import TwoPhaseCommitter
 from tikv_txn.membuffer import TOMBSTONE, FlagsOp, MemBuffer
+from tikv_txn.pessimistic import LockRequest, PessimisticLocker
 from tikv_txn.snapshot import AsyncSnapshot
 from tikv_txn.union_iter import union_aiter
 
@@ -50,7 +57,7 @@ _FAILED = "failed"
 
 
 class AsyncTransaction:
-    """An optimistic transaction (asyncio). Create it with ``AsyncTransactionClient.begin()``.
+    """A transaction (asyncio). Create it with ``AsyncTransactionClient.begin()``.
 
     Args:
         runtime: The client's shared state.
@@ -63,6 +70,7 @@ class AsyncTransaction:
         "_buffer",
         "_committer",
         "_interceptor",
+        "_locker",
         "_options",
         "_rt",
         "_snapshot",
@@ -86,6 +94,16 @@ class AsyncTransaction:
         self._state = _ACTIVE
         self._committer: TwoPhaseCommitter | None = None
         self._interceptor: RPCInterceptor | None = None
+        self._locker = PessimisticLocker(
+            runtime,
+            start_ts,
+            pessimistic=options.is_pessimistic,
+            default_wait_ms=options.lock_wait_timeout_ms,
+            buffer=self._buffer,
+            snapshot=self._snapshot,
+            started_at=self._started_at,
+            committer=self._get_committer,
+        )
         #: The commit ts once committed (0 before, and for a read-only transaction).
         self.commit_ts = 0
 
@@ -232,36 +250,156 @@ class AsyncTransaction:
     # -- writes ------------------------------------------------------------------------
 
     def put(self, key: bytes, value: bytes) -> None:
-        """Buffer ``key = value`` (sent at commit)."""
+        """Buffer ``key = value`` (sent at commit).
+
+        In a pessimistic transaction the key is locked by the next locking call
+        (:meth:`lock_pending_writes`, :meth:`get_for_update`, :meth:`lock_keys`, ...) or
+        by :meth:`commit`, whichever comes first.
+        """
         check_key(key)
         check_value(value)
         self._check_active()
+        self._locker.before_write()
         self._buffer.set(key, value)
+        self._locker.after_write(key)
 
     def insert(self, key: bytes, value: bytes) -> None:
         """Buffer ``key = value`` presuming the key does not exist.
 
         Prewrite sends an ``Insert`` mutation; if the key exists, commit raises
-        :class:`~tikv_pd.errors.KeyExistsError` (TiKV's ``AlreadyExist``).
+        :class:`~tikv_pd.errors.KeyExistsError` (TiKV's ``AlreadyExist``). A pessimistic
+        transaction checks it when it locks the key (the lock request asserts that the
+        key does not exist).
         """
         check_key(key)
         check_value(value)
         self._check_active()
+        locker = self._locker
         flags = self._buffer.get_flags(key)
         if flags is not None and self._buffer.get(key) is not None:
             # The key was already written in this transaction: its existence is known
             # from that write, so this is a plain overwrite (as client-go's Set).
+            locker.before_write()
             self._buffer.set(key, value)
+            locker.after_write(key)
             return
-        self._buffer.set(key, value, FlagsOp.SET_PRESUME_KEY_NOT_EXISTS, FlagsOp.SET_NEWLY_INSERTED)
+        known_absent = locker.check_insert(key)
+        locker.before_write()
+        if known_absent:
+            # Locked, and the lock reported the key absent: nothing left to check.
+            self._buffer.set(key, value, FlagsOp.SET_NEWLY_INSERTED)
+        else:
+            self._buffer.set(
+                key, value, FlagsOp.SET_PRESUME_KEY_NOT_EXISTS, FlagsOp.SET_NEWLY_INSERTED
+            )
+        locker.after_write(key)
 
     def delete(self, key: bytes) -> None:
-        """Buffer a deletion of ``key`` (sent at commit)."""
+        """Buffer a deletion of ``key`` (sent at commit; locked like :meth:`put`)."""
         check_key(key)
         self._check_active()
+        self._locker.before_write()
         self._buffer.delete(key)
+        self._locker.after_write(key)
+
+    # -- locks (tikv_txn.pessimistic) ----------------------------------------------------
+
+    @property
+    def locker(self) -> PessimisticLocker:
+        """The transaction's locks: primary, for_update_ts, locked keys, statistics."""
+        return self._locker
+
+    async def lock_pending_writes(self, *, lock_wait_timeout_ms: int | None = None) -> None:
+        """Lock the keys written since the last locking call (pessimistic; else no-op).
+
+        TiDB locks a statement's keys when the statement ends; call this at the end of
+        yours to learn at once about a deadlock, a lock wait timeout or an existing key
+        of an insert. If the locks cannot be taken those writes are discarded.
+        """
+        self._check_active()
+        await self._locker.flush_pending(lock_wait_timeout_ms)
+
+    async def get_for_update(
+        self,
+        key: bytes,
+        *,
+        lock_wait_timeout_ms: int | None = None,
+        lock_only_if_exists: bool = False,
+    ) -> bytes | None:
+        """Lock ``key`` and return its latest value (own writes first), or ``None``.
+
+        A missing key is locked too (unless ``lock_only_if_exists``). In an optimistic
+        transaction the key is read at the start ts and checked for conflicts at commit.
+
+        Args:
+            key: The key.
+            lock_wait_timeout_ms: Overrides the options' ``lock_wait_timeout_ms``:
+                ``LOCK_ALWAYS_WAIT``, ``LOCK_NO_WAIT`` or ms.
+            lock_only_if_exists: Do not lock a missing key.
+
+        Raises:
+            DeadlockError: The wait for the lock would close a cycle (carries the wait
+                chain); roll the transaction back.
+            LockWaitTimeoutError: The key stayed locked past the wait time.
+
+        """
+        check_key(key)
+        self._check_active()
+        found = await self._locker.get_for_update(
+            [key], lock_wait_timeout_ms, lock_only_if_exists=lock_only_if_exists
+        )
+        return found.get(key)
+
+    async def batch_get_for_update(
+        self,
+        keys: Iterable[bytes],
+        *,
+        lock_wait_timeout_ms: int | None = None,
+        lock_only_if_exists: bool = False,
+    ) -> dict[bytes, bytes]:
+        """Lock ``keys`` and return the existing ones with their latest values.
+
+        As :meth:`get_for_update` for many keys (one lock request per region).
+        """
+        wanted = check_keys(keys)
+        self._check_active()
+        return await self._locker.get_for_update(
+            wanted, lock_wait_timeout_ms, lock_only_if_exists=lock_only_if_exists
+        )
+
+    async def check_exists_for_update(
+        self, keys: Iterable[bytes], *, lock_wait_timeout_ms: int | None = None
+    ) -> dict[bytes, bool]:
+        """Lock ``keys`` and return whether each exists (no values are transferred)."""
+        wanted = check_keys(keys)
+        self._check_active()
+        return await self._locker.exists_for_update(wanted, lock_wait_timeout_ms)
+
+    async def lock_keys(
+        self, keys: Iterable[bytes], *, lock_wait_timeout_ms: int | None = None
+    ) -> None:
+        """Lock ``keys`` without reading them (client-go ``LockKeys``).
+
+        Pessimistic: locked now at a fresh for_update_ts; optimistic: checked for write
+        conflicts at commit (``Lock`` mutations). Raises as :meth:`get_for_update`.
+        """
+        wanted = check_keys(keys)
+        self._check_active()
+        await self._locker.flush_pending(lock_wait_timeout_ms)
+        wait = self._options.lock_wait_timeout_ms
+        await self._locker.lock(
+            wanted,
+            LockRequest(wait_ms=wait if lock_wait_timeout_ms is None else lock_wait_timeout_ms),
+        )
 
     # -- finish ------------------------------------------------------------------------
+
+    def _get_committer(self) -> TwoPhaseCommitter:
+        # A pessimistic transaction's committer exists from its first lock (it holds the
+        # primary, the for-update ts and the heartbeat, as client-go's txn.committer).
+        if self._committer is None:
+            self._committer = self._new_committer()
+        return self._committer
 
     def _new_committer(self) -> TwoPhaseCommitter:
         return TwoPhaseCommitter(
@@ -286,15 +424,22 @@ class AsyncTransaction:
         """
         self._check_active()
         self._state = _COMMITTING
+        try:
+            # Writes still waiting for their pessimistic lock are locked first.
+            await self._locker.flush_pending()
+        except BaseException:
+            self._state = _FAILED
+            await self._locker.rollback()
+            raise
         if not self._buffer.dirty:
             self._state = _COMMITTED
             return 0
-        committer = self._new_committer()
-        self._committer = committer
+        committer = self._get_committer()
         try:
             self.commit_ts = await committer.execute()
         except BaseException:
             self._state = _FAILED
+            self._locker.release_after_failed_commit(committer)
             raise
         self._state = _COMMITTED
         return self.commit_ts
@@ -302,8 +447,9 @@ class AsyncTransaction:
     async def rollback(self) -> None:
         """Discard the transaction.
 
-        Nothing is sent: an optimistic transaction has nothing on the servers before
-        commit (client-go ``KVTxn.Rollback``).
+        An optimistic transaction sends nothing: it has nothing on the servers before
+        commit. A pessimistic one releases its locks (``PessimisticRollback``, client-go
+        ``KVTxn.Rollback``).
 
         Raises:
             TransactionClosedError: Already committed or rolled back.
@@ -312,6 +458,7 @@ class AsyncTransaction:
         if self._state != _ACTIVE:
             raise TransactionClosedError(self.start_ts, self._state)
         self._state = _ROLLED_BACK
+        await self._locker.rollback()
         self._buffer.reset()
 
     async def __aenter__(self) -> Self:
@@ -359,5 +506,8 @@ register_operations(
         "scan": "scan",
         "commit": "commit",
         "rollback": "rollback",
+        "lock_keys": "lock_keys",
+        "get_for_update": "get",
+        "batch_get_for_update": "batch_get",
     },
 )
