@@ -49,7 +49,6 @@ methods, reached as ``tikv_pd.observability.metrics`` (``None`` when off)::
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -493,9 +492,6 @@ def _rpc_error_label(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-_lock = threading.Lock()
-
-
 def enable_metrics(registry: CollectorRegistry | None = None) -> ClientMetrics:
     """Start collecting metrics into ``registry`` (default: prometheus-client's global one).
 
@@ -510,7 +506,7 @@ def enable_metrics(registry: CollectorRegistry | None = None) -> ClientMetrics:
     """
     prom = _import_prometheus()
     target = registry if registry is not None else prom.REGISTRY
-    with _lock:
+    with _obs.switch_lock:
         current = _obs.metrics
         if current is not None and current.registry is target:
             return current
@@ -518,20 +514,20 @@ def enable_metrics(registry: CollectorRegistry | None = None) -> ClientMetrics:
             current.unregister()
         created = ClientMetrics(target)
         _obs.metrics = created
-    _interceptor.refresh_process_chain()
-    _obs.refresh_operations()
+        _interceptor.refresh_process_chain()
+        _obs.refresh_operations()
     return created
 
 
 def disable_metrics() -> None:
     """Stop collecting and unregister the collectors. Idempotent."""
-    with _lock:
+    with _obs.switch_lock:
         current = _obs.metrics
         _obs.metrics = None
         if current is not None:
             current.unregister()
-    _interceptor.refresh_process_chain()
-    _obs.refresh_operations()
+        _interceptor.refresh_process_chain()
+        _obs.refresh_operations()
 
 
 def get_metrics() -> ClientMetrics | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,9 @@ class _Registration:
 
 
 _registrations: list[_Registration] = []
+#: Serialises enabling / disabling (metrics, tracing, resource control) and the refresh of
+#: the hooks that depends on them. Hot paths never take it.
+switch_lock = threading.RLock()
 
 
 def is_enabled() -> bool:
@@ -123,13 +127,17 @@ def register_wrappers(cls: type, wrappers: Mapping[str, WrapperFactory]) -> None
         if name not in cls.__dict__:
             raise TypeError(f"{cls.__name__} has no method {name!r} of its own")
     reg = _Registration(cls, wrappers)
-    _registrations.append(reg)
-    if is_enabled():
-        _install(reg)
+    with switch_lock:
+        _registrations.append(reg)
+        if is_enabled():
+            _install(reg)
 
 
 def refresh_operations() -> None:
-    """Install or remove the operation wrappers after metrics / tracing changed."""
+    """Install or remove the operation wrappers after metrics / tracing changed.
+
+    Called (with :data:`switch_lock` held) by the enabling functions.
+    """
     on = is_enabled()
     for reg in _registrations:
         if on and not reg.installed:

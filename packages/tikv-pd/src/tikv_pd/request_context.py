@@ -372,10 +372,11 @@ def set_resource_controller(controller: ResourceController | None) -> None:
             "controller must implement is_background_request, on_request_wait and "
             f"on_response_wait, got {type(controller).__name__}"
         )
-    _controller = controller
-    from tikv_pd import interceptor
+    from tikv_pd import interceptor, observability
 
-    interceptor.refresh_process_chain()
+    with observability.switch_lock:
+        _controller = controller
+        interceptor.refresh_process_chain()
 
 
 def get_resource_controller() -> ResourceController | None:

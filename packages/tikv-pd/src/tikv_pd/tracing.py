@@ -31,7 +31,6 @@ while tracing is off)::
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -168,9 +167,6 @@ class Tracing:
         return invoke
 
 
-_lock = threading.Lock()
-
-
 def enable_tracing(tracer_provider: TracerProvider | None = None) -> Tracing:
     """Start emitting spans (process-wide) through ``tracer_provider`` (default: global).
 
@@ -179,20 +175,20 @@ def enable_tracing(tracer_provider: TracerProvider | None = None) -> Tracing:
             ``pip install "tikv-pd[tracing]"``).
 
     """
-    with _lock:
-        created = Tracing(tracer_provider)
+    created = Tracing(tracer_provider)
+    with _obs.switch_lock:
         _obs.tracing = created
-    _interceptor.refresh_process_chain()
-    _obs.refresh_operations()
+        _interceptor.refresh_process_chain()
+        _obs.refresh_operations()
     return created
 
 
 def disable_tracing() -> None:
     """Stop emitting spans. Idempotent."""
-    with _lock:
+    with _obs.switch_lock:
         _obs.tracing = None
-    _interceptor.refresh_process_chain()
-    _obs.refresh_operations()
+        _interceptor.refresh_process_chain()
+        _obs.refresh_operations()
 
 
 def get_tracing() -> Tracing | None:
