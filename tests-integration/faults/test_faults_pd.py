@@ -9,14 +9,15 @@ changed leaders are all readable; region lookups (forced by splits) keep working
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import grpc
 import pytest
-from _support import NO_HANG, WriteLog, apoll, spread_keys, within
+from _support import NO_HANG, WriteLog, apoll, poll, spread_keys, within
 from tikv_mockstore import MockCluster
 from tikv_pd.errors import PDError
 from tikv_pd.pd_client import PDClient
-from tikv_raw import AsyncRawClient, TiKVError
+from tikv_raw import AsyncRawClient, RawClient, TiKVError
 
 MOVES = 6
 
@@ -144,3 +145,46 @@ async def test_tso_across_pd_leader_moves_with_a_stream_drop(
             cluster.faults.add("Tso", drop_stream=True, times=1)
             seen += await within(asyncio.gather(*(pd.get_timestamp() for _ in range(100))))
         assert len(seen) == len(set(seen)) == 100 * moves
+
+
+def test_pd_leader_moves_under_sync_client_threads(cluster3pd: MockCluster) -> None:
+    """The blocking facade: threads keep writing while PD changes leaders and regions split."""
+    cluster = cluster3pd
+    log = WriteLog()
+    stop = threading.Event()
+    crashed: list[BaseException] = []
+    with RawClient.connect(cluster.pd_endpoints) as client:
+
+        def writer(w: int) -> None:
+            op = 0
+            try:
+                while not stop.is_set():
+                    keys = spread_keys(b"spd%d/" % w, (op + 1) * 8)[op * 8 :]
+                    pairs = dict.fromkeys(keys, b"%d" % op)
+                    try:
+                        client.batch_put(pairs)
+                    except TiKVError as exc:
+                        log.failed(pairs, exc)
+                    else:
+                        log.ok(pairs)
+                    op += 1
+            except BaseException as exc:
+                crashed.append(exc)
+
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            for i in range(3):
+                cluster.move_pd_leader()
+                cluster.split([bytes([0x18 + 0x40 * i]) + b"spd"])
+                mark = log.ops
+                poll(lambda m=mark: log.ops >= m + 5 or bool(crashed), within=NO_HANG)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(NO_HANG)
+        assert not any(t.is_alive() for t in threads)
+        assert not crashed, crashed
+        assert not log.errors, log.errors[:3]
+        log.check(client.batch_get(sorted(log.acked)))
