@@ -236,14 +236,14 @@ async def test_bad_input_is_refused_before_sending(
     client: AsyncTransactionClient, cluster: MockCluster
 ) -> None:
     before = cluster.counters.snapshot()
-    with pytest.raises(ValueError, match="pessimistic transactions are not supported yet"):
-        client.begin(pessimistic=True)
     with pytest.raises(ValueError, match="pessimistic"):
-        client.begin(TransactionOptions.pessimistic())
+        client.begin(TransactionOptions(pipelined=True), pessimistic=True)
+    with pytest.raises(TypeError, match="pessimistic"):
+        client.begin(pessimistic=1)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         client.begin(options="fast")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="pipelined"):
-        client.begin(TransactionOptions(pipelined=True))
+        client.begin(TransactionOptions.pessimistic(pipelined=True))
     with pytest.raises(ValueError, match="txn_scope"):
         client.begin(TransactionOptions(txn_scope="dc-1"))
     txn = await client.begin()
@@ -351,8 +351,11 @@ def test_sync_client_round_trip(cluster: MockCluster) -> None:
         txn.insert(K(b"\x90", p, "b"), b"dup")
         with pytest.raises(KeyExistsError):
             txn.commit()
-        with pytest.raises(ValueError, match="pessimistic"):
-            client.begin(pessimistic=True)
+        txn = client.begin(pessimistic=True)
+        assert txn.get_for_update(K(b"\x90", p, "b")) == b"2"
+        txn.put(K(b"\x90", p, "b"), b"3")
+        assert txn.commit() > 0
+        assert client.snapshot(client.current_timestamp()).get(K(b"\x90", p, "b")) == b"3"
 
 
 async def test_keyspaces_isolate_transactions_under_api_v2() -> None:

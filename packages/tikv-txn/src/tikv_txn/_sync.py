@@ -94,7 +94,11 @@ class Snapshot:
 
 
 class Transaction:
-    """An optimistic transaction (blocking); see :class:`~tikv_txn.AsyncTransaction`.
+    """A transaction (blocking); see :class:`~tikv_txn.AsyncTransaction`.
+
+    In a pessimistic transaction ``put`` / ``insert`` / ``delete`` lock their key before
+    they return (one timestamp and one lock request each, as other clients do), so a
+    deadlock or a lock wait timeout is raised by the write itself.
 
     ``with client.begin() as txn:`` commits when the block ends normally and rolls back
     when it raises.
@@ -180,17 +184,68 @@ class Transaction:
             self._txn.scan_iter(start, end, key_only=key_only, reverse=reverse)
         )
 
+    def _lock_written(self) -> None:
+        if self._txn.options.is_pessimistic:
+            self._loop.run(self._txn.lock_pending_writes())
+
     def put(self, key: bytes, value: bytes) -> None:
-        """Buffer ``key = value``."""
+        """Buffer ``key = value`` (pessimistic: and lock the key)."""
         self._txn.put(key, value)
+        self._lock_written()
 
     def insert(self, key: bytes, value: bytes) -> None:
-        """Buffer an insert of ``key`` (commit raises KeyExistsError if it exists)."""
+        """Buffer an insert of ``key``: KeyExistsError if it exists (at commit if optimistic)."""
         self._txn.insert(key, value)
+        self._lock_written()
 
     def delete(self, key: bytes) -> None:
-        """Buffer a deletion of ``key``."""
+        """Buffer a deletion of ``key`` (pessimistic: and lock the key)."""
         self._txn.delete(key)
+        self._lock_written()
+
+    def get_for_update(
+        self,
+        key: bytes,
+        *,
+        lock_wait_timeout_ms: int | None = None,
+        lock_only_if_exists: bool = False,
+    ) -> bytes | None:
+        """Lock ``key`` and return its latest value; see :meth:`AsyncTransaction.get_for_update`."""
+        return self._loop.run(
+            self._txn.get_for_update(
+                key,
+                lock_wait_timeout_ms=lock_wait_timeout_ms,
+                lock_only_if_exists=lock_only_if_exists,
+            )
+        )
+
+    def batch_get_for_update(
+        self,
+        keys: Iterable[bytes],
+        *,
+        lock_wait_timeout_ms: int | None = None,
+        lock_only_if_exists: bool = False,
+    ) -> dict[bytes, bytes]:
+        """Lock ``keys`` and return the existing ones with their latest values."""
+        return self._loop.run(
+            self._txn.batch_get_for_update(
+                list(keys),
+                lock_wait_timeout_ms=lock_wait_timeout_ms,
+                lock_only_if_exists=lock_only_if_exists,
+            )
+        )
+
+    def check_exists_for_update(
+        self, keys: Iterable[bytes], *, lock_wait_timeout_ms: int | None = None
+    ) -> dict[bytes, bool]:
+        """Lock ``keys`` and return whether each exists."""
+        return self._loop.run(
+            self._txn.check_exists_for_update(list(keys), lock_wait_timeout_ms=lock_wait_timeout_ms)
+        )
+
+    def lock_keys(self, keys: Iterable[bytes], *, lock_wait_timeout_ms: int | None = None) -> None:
+        """Lock ``keys``; see :meth:`AsyncTransaction.lock_keys`."""
+        self._loop.run(self._txn.lock_keys(list(keys), lock_wait_timeout_ms=lock_wait_timeout_ms))
 
     def commit(self) -> int:
         """Commit; return the commit ts (0 when nothing was written)."""

@@ -29,6 +29,7 @@ from tikv_pd.transport import Transport
 from tikv_txn import gc as _gc
 from tikv_txn._runtime import TxnRuntime
 from tikv_txn.delete_range import DeleteRangeTask
+from tikv_txn.pipelined import AsyncPipelinedTransaction
 from tikv_txn.snapshot import AsyncSnapshot
 from tikv_txn.transaction import AsyncTransaction
 
@@ -53,12 +54,13 @@ def resolve_options(
 
     Without ``options`` the client's defaults apply (``Config.enable_async_commit`` and
     ``Config.enable_1pc``, client-go's global switches); explicit options are used as
-    given.
+    given. ``pessimistic=True`` makes the transaction pessimistic (client-go
+    ``KVTxn.SetPessimistic``), as ``TransactionOptions.pessimistic()`` does.
 
     Raises:
         TypeError: ``options`` is not a TransactionOptions.
-        ValueError: A mode that is not supported yet (pessimistic, pipelined, a local
-            txn scope).
+        ValueError: A mode that is not supported yet (a local txn scope), or a
+            pipelined pessimistic transaction.
 
     """
     if options is not None and not isinstance(options, TransactionOptions):
@@ -67,14 +69,17 @@ def resolve_options(
         )
     if not isinstance(pessimistic, bool):
         raise TypeError(f"pessimistic must be a bool, got {type(pessimistic).__name__}")
-    if pessimistic or (options is not None and options.is_pessimistic):
-        raise ValueError("pessimistic transactions are not supported yet")
     if options is None:
         return TransactionOptions(
-            async_commit=config.enable_async_commit, try_one_pc=config.enable_1pc
+            mode="pessimistic" if pessimistic else "optimistic",
+            async_commit=config.enable_async_commit,
+            try_one_pc=config.enable_1pc,
         )
-    if options.pipelined:
-        raise ValueError("pipelined DML transactions are not supported yet")
+    if pessimistic and not options.is_pessimistic:
+        options = dataclasses.replace(options, mode="pessimistic")
+    if options.pipelined and options.is_pessimistic:
+        # client-go KVTxn.SetPessimistic panics on a pipelined transaction.
+        raise ValueError("a pipelined transaction cannot be pessimistic")
     if options.txn_scope != "global":
         # Local (per-DC) TSO scopes are gone from PD; a local start ts would silently be
         # a global one here, so refuse the option instead of ignoring it.
@@ -234,10 +239,11 @@ class AsyncTransactionClient:
         Args:
             options: Transaction options (default: optimistic, with the client's
                 async-commit / 1PC defaults).
-            pessimistic: Ask for a pessimistic transaction (not supported yet).
+            pessimistic: Make it a pessimistic transaction (keys are locked as they are
+                written or read for update; see :mod:`tikv_txn.pessimistic`).
 
         Raises:
-            ValueError: A pessimistic or pipelined transaction was requested.
+            ValueError: A pipelined pessimistic transaction, or a local txn scope.
             TypeError: ``options`` is not a TransactionOptions.
 
         """
@@ -250,6 +256,9 @@ class AsyncTransactionClient:
         start_ts = options.start_ts
         if start_ts is None:
             start_ts = await self._rt.oracle.get_timestamp()
+        if options.pipelined:
+            # Pipelined DML (tikv_txn.pipelined): the buffer is flushed while it runs.
+            return AsyncPipelinedTransaction(self._rt, start_ts, options)
         return AsyncTransaction(self._rt, start_ts, options)
 
     def snapshot(
