@@ -296,3 +296,77 @@ def test_sync_client_threads_share_retries_under_faults(cluster: MockCluster) ->
         assert not any(t.is_alive() for t in threads)
         assert not errors, errors
         assert sender_stats(client).region_errors.get("not_leader", 0) == 10
+
+
+async def test_merge_storm_under_batch_puts_and_scans(
+    cluster: MockCluster, client: AsyncRawClient
+) -> None:
+    """Thirty regions merged back one by one while writers and scanners run: requests to
+    a merged-away region (RegionNotFound) or an outdated target (EpochNotMatch) are
+    re-routed; every scan sees each key once, in order, including every key acknowledged
+    before it started."""
+    prefix = b"\x55merge/"
+    cluster.split([prefix + b"%03d" % i for i in range(0, 300, 10)])
+    log = WriteLog()
+    stop = asyncio.Event()
+    problems: list[str] = []
+    scans = [0]
+
+    async def writer(w: int) -> None:
+        op = 0
+        while not stop.is_set():
+            pairs = {prefix + b"%03d-w%d-%d" % (i, w, op): b"v" for i in range(0, 300, 7)}
+            try:
+                await client.batch_put(pairs)
+            except TiKVError as exc:
+                log.failed(pairs, exc)
+            else:
+                log.ok(pairs)
+            op += 1
+
+    async def scanner(reverse: bool) -> None:
+        while not stop.is_set():
+            before = set(log.acked)
+            if reverse:
+                got = [
+                    k
+                    for k, _ in await client.scan(prefix, prefix + b"~", limit=10240, reverse=True)
+                ]
+                ordered = sorted(got, reverse=True)
+            else:
+                got = [k async for k, _ in client.scan_iter(prefix, prefix + b"~", page_size=64)]
+                ordered = sorted(got)
+            if got != ordered or len(got) != len(set(got)):
+                problems.append("a scan was out of order or saw a key twice")
+            if len(got) < 10240 and not before <= set(got):
+                problems.append(f"{len(before - set(got))} acknowledged keys missing")
+            scans[0] += 1
+
+    tasks = [asyncio.ensure_future(writer(w)) for w in range(3)]
+    tasks += [asyncio.ensure_future(scanner(r)) for r in (False, True)]
+    rng = random.Random(11)
+    stats = sender_stats(client)
+    while True:
+        inside = [r for r in cluster.regions() if r.start_key.startswith(prefix)]
+        if len(inside) <= 2:
+            break
+        source = rng.choice(inside)
+        left = next(r for r in cluster.regions() if r.end_key == source.start_key)
+        cluster.merge(source.id, left.id)
+        mark = (log.ops, scans[0])
+        await apoll(
+            lambda mark=mark: (  # type: ignore[misc]
+                any(t.done() for t in tasks) or (log.ops > mark[0] and scans[0] > mark[1])
+            ),
+            within=NO_HANG,
+            what="progress between merges",
+        )
+    stop.set()
+    await within(asyncio.gather(*tasks))
+
+    assert not problems, problems[:5]
+    assert not log.errors, log.errors[:3]
+    final = [(k, v) async for k, v in client.scan_iter(prefix, prefix + b"~")]
+    assert [k for k, _ in final] == sorted(log.acked)
+    kinds = stats.region_errors
+    assert kinds.get("region_not_found", 0) + kinds.get("epoch_not_match", 0) > 0, kinds
