@@ -9,12 +9,14 @@ client's pipeline counters show the retries that happened — no more, no fewer.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import threading
 
 import pytest
-from _support import NO_HANG, WriteLog, apoll, sender_stats, spread_keys, within
+from _support import NO_HANG, WriteLog, apoll, new_cluster, sender_stats, spread_keys, within
 from tikv_mockstore import MockCluster
+from tikv_pd.codec import keyspace_prefix
 from tikv_pd.config import Config
 from tikv_raw import AsyncRawClient, RawClient, TiKVError, UndeterminedError
 
@@ -370,3 +372,44 @@ async def test_merge_storm_under_batch_puts_and_scans(
     assert [k for k, _ in final] == sorted(log.acked)
     kinds = stats.region_errors
     assert kinds.get("region_not_found", 0) + kinds.get("epoch_not_match", 0) > 0, kinds
+
+
+async def test_split_storm_in_an_api_v2_keyspace_stays_isolated() -> None:
+    """API v2: splits inside one keyspace under traffic in two keyspaces; each client sees
+    exactly its own keys (encoded boundaries, keyspace-prefixed requests)."""
+    if os.environ.get("TIKV_PD_ENDPOINTS"):
+        pytest.skip("fault scenarios need the embedded cluster's control API")
+    with new_cluster(api_version=2) as cluster:
+        ks_a = cluster.create_keyspace("fault_a")
+        cluster.create_keyspace("fault_b")
+        head = keyspace_prefix("raw", ks_a.id)
+        regions_before = len(cluster.regions())
+        async with (
+            await AsyncRawClient.connect(cluster.pd_endpoints, keyspace="fault_a") as a,
+            await AsyncRawClient.connect(cluster.pd_endpoints, keyspace="fault_b") as b,
+        ):
+            model_a: dict[bytes, bytes] = {}
+            model_b: dict[bytes, bytes] = {}
+
+            async def fill(client: AsyncRawClient, model: dict[bytes, bytes], tag: bytes) -> None:
+                for op in range(12):
+                    pairs = {b"k%03d-%s-%d" % (i, tag, op): tag for i in range(0, 200, 9)}
+                    await client.batch_put(pairs)
+                    model.update(pairs)
+
+            async def splitter() -> None:
+                rng = random.Random(5)
+                for _ in range(20):
+                    await asyncio.to_thread(cluster.split, [head + b"k%03d" % rng.randrange(200)])
+                    await asyncio.sleep(0)
+
+            await within(asyncio.gather(fill(a, model_a, b"a"), fill(b, model_b, b"b"), splitter()))
+            assert len(cluster.regions()) >= regions_before + 10
+            assert [kv async for kv in a.scan_iter(b"", None)] == sorted(model_a.items())
+            assert [kv async for kv in b.scan_iter(b"", None)] == sorted(model_b.items())
+            assert (
+                await a.scan(b"", None, limit=5, reverse=True) == sorted(model_a.items())[-5:][::-1]
+            )
+            await a.delete_range(b"", None)
+            assert await a.scan(b"", None, limit=10) == []
+            assert len([kv async for kv in b.scan_iter(b"", None)]) == len(model_b)
