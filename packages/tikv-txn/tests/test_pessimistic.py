@@ -543,3 +543,72 @@ def test_sync_pessimistic_writes_lock_at_once_and_deadlocks_are_typed(
         t3.rollback()
         t4.rollback()
     assert locks_in(cluster, p) == []
+
+
+# ---------------------------------------------------------------------------------------
+# Commit protocols, readers, failed commits
+# ---------------------------------------------------------------------------------------
+
+
+async def test_readers_are_not_blocked_by_pessimistic_locks(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    key = K(b"\x90", p, "r")
+    async with client.begin() as seed:
+        seed.put(key, b"old")
+    txn = await client.begin(pessimistic=True)
+    assert await txn.get_for_update(key) == b"old"
+    txn.put(key, b"new")
+    await txn.lock_pending_writes()
+    checks = client.runtime.resolver.stats["check_txn_status"]
+    snap = client.snapshot(await client.current_timestamp())
+    assert await asyncio.wait_for(snap.get(key), 1.0) == b"old"
+    assert client.runtime.resolver.stats["check_txn_status"] == checks
+    await txn.commit()
+
+
+@pytest.mark.parametrize("protocol", ["1pc", "async_commit"])
+async def test_pessimistic_commit_with_one_pc_and_async_commit(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes, protocol: str
+) -> None:
+    if protocol == "1pc":
+        keys = [K(b"\x10", p, "a"), K(b"\x10", p, "b")]  # one region: one batch
+        options = TransactionOptions.pessimistic(try_one_pc=True)
+    else:
+        keys = [K(b"\x10", p, "a"), K(b"\xd0", p, "b")]
+        options = TransactionOptions.pessimistic(async_commit=True)
+    commits = cluster.counters.count("KvCommit")
+    txn = await client.begin(options)
+    await txn.batch_get_for_update(keys)
+    for key in keys:
+        txn.put(key, b"v")
+    commit_ts = await txn.commit()
+    assert commit_ts > txn.locker.for_update_ts
+    committer = txn.locker._committer()
+    if protocol == "1pc":
+        assert committer.one_pc_commit_ts == commit_ts
+        assert cluster.counters.count("KvCommit") == commits
+    else:
+        assert committer.async_commit
+    snap = client.snapshot(await client.current_timestamp())
+    assert await snap.batch_get(keys) == dict.fromkeys(keys, b"v")
+    await client.runtime.wait_background(NO_HANG)
+    assert locks_in(cluster, p) == []
+
+
+async def test_a_commit_that_fails_before_prewrite_releases_the_locks(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    locked, taken = K(b"\x10", p, "locked"), K(b"\x90", p, "taken")
+    async with client.begin() as seed:
+        seed.put(taken, b"old")
+    txn = await client.begin(pessimistic=True)
+    await txn.lock_keys([locked])
+    txn.insert(taken, b"new")  # locked at commit: the key exists
+    prewrites = cluster.counters.count("KvPrewrite")
+    with pytest.raises(KeyExistsError):
+        await txn.commit()
+    assert txn.state == "failed"
+    assert cluster.counters.count("KvPrewrite") == prewrites
+    await client.runtime.wait_background(NO_HANG)
+    assert locks_in(cluster, p) == []

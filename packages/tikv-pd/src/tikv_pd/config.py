@@ -451,8 +451,11 @@ class TransactionOptions:
         isolation: ``"SI"`` (snapshot isolation), ``"RC"`` (read committed) or
             ``"RCCheckTS"``.
         lock_wait_timeout_ms: Pessimistic lock wait: :data:`LOCK_ALWAYS_WAIT`
-            (default, client-go ``kv/kv.go``), :data:`LOCK_NO_WAIT`, 0 for TiKV's
-            default, or a positive number of milliseconds.
+            (default, client-go ``kv/kv.go``), :data:`LOCK_NO_WAIT`, or a positive
+            number of milliseconds. 0 does not wait either: client-go's
+            ``calculateEffectiveWaitTime`` sends any wait <= 0 as no-wait (kv.go still
+            documents 0 as "TiKV's default"), and the request fails with a lock wait
+            timeout instead of the no-wait error.
         assertion_level: Existence-assertion checking (``"Off"``, ``"Fast"``,
             ``"Strict"``).
         priority: Request priority (``"normal"``, ``"low"``, ``"high"``).
