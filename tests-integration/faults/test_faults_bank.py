@@ -12,9 +12,16 @@ from __future__ import annotations
 import asyncio
 import random
 
+import pytest
 from _support import NO_HANG, apoll, within
 from tikv_mockstore import MockCluster
-from tikv_txn import AsyncTransactionClient, TiKVError, UndeterminedError, WriteConflictError
+from tikv_txn import (
+    AsyncTransactionClient,
+    TiKVError,
+    TransactionOptions,
+    UndeterminedError,
+    WriteConflictError,
+)
 
 ACCOUNTS = 20
 INITIAL = 100
@@ -39,7 +46,18 @@ def _busiest_store(cluster: MockCluster) -> int:
     return max(leaders, key=lambda s: leaders[s])
 
 
-async def test_bank_transfers_with_a_store_killed_and_restarted(cluster: MockCluster) -> None:
+PROTOCOLS = {
+    "2pc": TransactionOptions(),
+    "async_commit": TransactionOptions(async_commit=True),
+    "one_pc": TransactionOptions(try_one_pc=True, async_commit=True),
+}
+
+
+@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+async def test_bank_transfers_with_a_store_killed_and_restarted(
+    cluster: MockCluster, protocol: str
+) -> None:
+    options = PROTOCOLS[protocol]
     outcome = {"committed": 0, "conflicts": 0, "undetermined": 0, "other": 0, "audits": 0}
     errors: list[BaseException] = []
     bad_totals: list[int] = []
@@ -55,7 +73,7 @@ async def test_bank_transfers_with_a_store_killed_and_restarted(cluster: MockClu
             while not stop.is_set():
                 a, b = rng.sample(range(ACCOUNTS), 2)
                 amount = rng.randint(1, 10)
-                txn = await client.begin()
+                txn = await client.begin(options)
                 try:
                     got = await txn.batch_get([_account(a), _account(b)])
                     bal_a, bal_b = int(got[_account(a)]), int(got[_account(b)])
