@@ -201,7 +201,8 @@ class PessimisticLocker:
         start_ts: The transaction's start ts.
         pessimistic: The transaction is pessimistic (else locks are only marked).
         default_wait_ms: The transaction's ``lock_wait_timeout_ms``.
-        buffer: The transaction's write buffer (lock flags are recorded there).
+        buffer: Returns the transaction's current write buffer (lock flags are recorded
+            there; a pipelined transaction replaces its buffer as it flushes).
         snapshot: The transaction's snapshot (optimistic ``get_for_update`` reads it).
         started_at: ``time.monotonic()`` when the transaction began (lock TTLs grow with
             the time it has run).
@@ -217,7 +218,7 @@ class PessimisticLocker:
         *,
         pessimistic: bool,
         default_wait_ms: int,
-        buffer: MemBuffer,
+        buffer: Callable[[], MemBuffer],
         snapshot: AsyncSnapshot,
         started_at: float,
         committer: Callable[[], TwoPhaseCommitter],
@@ -226,7 +227,7 @@ class PessimisticLocker:
         self.start_ts = start_ts
         self.pessimistic = pessimistic
         self.default_wait_ms = default_wait_ms
-        self._buffer = buffer
+        self._buffer_of = buffer
         self._snapshot = snapshot
         self._started_at = started_at
         self._committer = committer
@@ -250,6 +251,10 @@ class PessimisticLocker:
             "write_conflict_retries": 0,
             "pessimistic_rollbacks": 0,
         }
+
+    @property
+    def _buffer(self) -> MemBuffer:
+        return self._buffer_of()
 
     # -- writes ------------------------------------------------------------------------
 

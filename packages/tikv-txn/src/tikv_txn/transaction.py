@@ -99,7 +99,7 @@ class AsyncTransaction:
             start_ts,
             pessimistic=options.is_pessimistic,
             default_wait_ms=options.lock_wait_timeout_ms,
-            buffer=self._buffer,
+            buffer=self._current_buffer,
             snapshot=self._snapshot,
             started_at=self._started_at,
             committer=self._get_committer,
@@ -393,6 +393,9 @@ class AsyncTransaction:
         )
 
     # -- finish ------------------------------------------------------------------------
+
+    def _current_buffer(self) -> MemBuffer:
+        return self._buffer
 
     def _get_committer(self) -> TwoPhaseCommitter:
         # A pessimistic transaction's committer exists from its first lock (it holds the
