@@ -137,3 +137,61 @@ async def test_bank_transfers_with_a_store_killed_and_restarted(
     # Errors other than conflicts / undetermined commits must be typed and rare (a
     # read that gave up while the store was down); none may be an untyped exception.
     assert all(isinstance(e, TiKVError) for e in errors), errors[:3]
+
+
+@pytest.mark.parametrize("protocol", ["2pc", "async_commit"])
+async def test_bank_transfers_under_a_split_storm(cluster: MockCluster, protocol: str) -> None:
+    """Transfers while the accounts' regions split around them and leaders move: prewrite
+    and commit re-shard, readers follow; every snapshot sees the same total."""
+    options = PROTOCOLS[protocol]
+    stop = asyncio.Event()
+    committed = [0]
+    bad: list[int] = []
+    async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as client:
+        async with client.begin() as txn:
+            for i in range(ACCOUNTS):
+                txn.put(_account(i), b"%d" % INITIAL)
+
+        async def transfer(seed: int) -> None:
+            rng = random.Random(seed)
+            while not stop.is_set():
+                a, b = rng.sample(range(ACCOUNTS), 2)
+                txn = await client.begin(options)
+                try:
+                    got = await txn.batch_get([_account(a), _account(b)])
+                    amount = min(rng.randint(1, 10), int(got[_account(a)]))
+                    txn.put(_account(a), b"%d" % (int(got[_account(a)]) - amount))
+                    txn.put(_account(b), b"%d" % (int(got[_account(b)]) + amount))
+                    await txn.commit()
+                    committed[0] += 1
+                except WriteConflictError:
+                    pass
+
+        async def auditor() -> None:
+            while not stop.is_set():
+                total = sum((await _balances(client)).values())
+                if total != ACCOUNTS * INITIAL:
+                    bad.append(total)
+
+        tasks = [asyncio.ensure_future(transfer(s)) for s in range(6)]
+        tasks.append(asyncio.ensure_future(auditor()))
+        rng = random.Random(3)
+        for i in range(24):
+            # Split right before or after an account key (transactional keys are encoded).
+            account = _account(rng.randrange(ACCOUNTS))
+            cluster.split([account + (b"\0" if i % 2 else b"")], txn=True)
+            if i % 3 == 2:
+                region = rng.choice(cluster.regions())
+                cluster.transfer_leader(region.id, rng.choice([p.store_id for p in region.peers]))
+            mark = committed[0]
+            await apoll(
+                lambda mark=mark: committed[0] > mark or any(t.done() for t in tasks),  # type: ignore[misc]
+                within=NO_HANG,
+                what="transfers between splits",
+            )
+        stop.set()
+        await within(asyncio.gather(*tasks))
+        final = await _balances(client)
+    assert not bad, bad[:5]
+    assert sum(final.values()) == ACCOUNTS * INITIAL
+    assert min(final.values()) >= 0
