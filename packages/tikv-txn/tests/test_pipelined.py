@@ -22,6 +22,7 @@ from tikv_txn import (
     KeyExistsError,
     TransactionClient,
     TransactionClosedError,
+    TxnError,
     WriteConflictError,
 )
 from tikv_txn.pipelined import (
@@ -164,9 +165,10 @@ async def test_large_transaction_flushes_in_the_background_and_commits(
         txn.put(key, value)
         if i % 1000 == 999:
             await asyncio.sleep(0)  # let the background flush run
-    # 16 MiB and 10,000 keys were reached at ~16,800 keys: generation 1 is flushing or done.
+    # 16 MiB of buffer memory (~14,700 entries of 1 KB) and 10,000 keys were reached:
+    # generation 1 is flushing or done.
     assert txn.generation >= 1
-    assert txn.flushed_keys >= 16_000
+    assert 14_000 <= txn.flushed_keys < len(keys)
     assert txn.primary == min(keys)  # the first key of generation 1
     commit_ts = await txn.commit()
     assert commit_ts > txn.start_ts
@@ -338,9 +340,13 @@ async def test_abandoned_transaction_is_resolved_by_readers_after_its_ttl(
     start_ts = txn.start_ts
     assert len(locks_of_txn(cluster, start_ts)) == len(keys)
     await crashed.close()  # the client goes away: no commit, no rollback, no heartbeat
-    # Before the TTL expires a reader is not allowed to roll the locks back...
+    # Before the TTL expires a reader may not roll the locks back: it pushes the
+    # transaction's min_commit_ts past its own ts and reads past the locks.
     snap = reader.snapshot(await reader.current_timestamp())
-    # ... after it (20 s of flushed-lock TTL), it is.
+    assert await asyncio.wait_for(snap.batch_get(keys[:8]), DEADLINE) == old
+    assert len(locks_of_txn(cluster, start_ts)) == len(keys)
+    # After it (20 s, the flushed locks' TTL, never extended again) a reader rolls the
+    # transaction back: its primary first, then the locks it meets.
     cluster.clock.advance(60_000)
     snap = reader.snapshot(await reader.current_timestamp())
     got = await asyncio.wait_for(snap.batch_get(keys), DEADLINE)
@@ -391,7 +397,9 @@ def test_blocking_writer_waits_for_the_running_flush(cluster: MockCluster) -> No
         writer = threading.current_thread()
         for key in keys:
             txn.put(key, b"x" * 40)
-            assert inner._buffer.size <= 4096 + 64 or inner.flushing
+            # Never more than the force threshold (plus the entry that reached it) while
+            # a flush runs: the writer waited for it.
+            assert inner.buffer_memory <= 4096 + 256
         assert threading.current_thread() is writer
         assert inner.generation >= 10
         assert txn.get(keys[0]) == b"x" * 40
@@ -399,3 +407,53 @@ def test_blocking_writer_waits_for_the_running_flush(cluster: MockCluster) -> No
         assert commit_ts > 0
         snap = client.snapshot(client.current_timestamp())
         assert len(snap.batch_get(keys)) == len(keys)
+
+
+# -- the heartbeat stops: the transaction cannot go on -------------------------------------
+
+
+async def test_primary_rolled_back_by_others_stops_the_heartbeat_and_further_flushes(
+    client: AsyncTransactionClient, cluster: MockCluster
+) -> None:
+    """client-go TestPipelinedDMLFailedByPKRollback."""
+    keys = make_keys(2)
+    client.runtime.budgets.heartbeat_interval_s = 0.02
+    txn = await begin(client)
+    txn.put(keys[0], b"v1")
+    assert await txn.flush(force=True)
+    await wait_flushed(txn)
+    assert txn.primary == keys[0]
+    assert txn.heartbeat_running
+    # Someone (GC, a reader after the TTL) rolls the primary back.
+    cluster.engine.resolve_lock(txn.start_ts, 0, keys=[keys[0]])
+    await poll(lambda: not txn.heartbeat_running, "the heartbeat to stop")
+    txn.put(keys[1], b"v2")
+    assert await txn.flush(force=True)
+    with pytest.raises(TxnError, match="heartbeat stopped"):
+        await txn.commit()
+    await poll(lambda: not locks_of_txn(cluster, txn.start_ts), "the rollback resolve")
+    snap = client.snapshot(await client.current_timestamp())
+    assert await snap.batch_get(keys) == {}
+
+
+async def test_heartbeat_stops_after_the_pipelined_max_ttl(
+    client: AsyncTransactionClient, cluster: MockCluster
+) -> None:
+    """client-go TestPipelinedDMLFailedByPKMaxTTLExceeded (24 h for pipelined DML)."""
+    keys = make_keys(2)
+    client.runtime.budgets.heartbeat_interval_s = 0.02
+    txn = await begin(client)
+    txn.put(keys[0], b"v1")
+    await txn.flush(force=True)
+    await wait_flushed(txn)
+    await poll(lambda: txn.heartbeats >= 1, "a heartbeat")
+    assert txn.heartbeat_running
+    cluster.clock.advance(23 * 3600 * 1000)  # past the 1 h MaxTxnTTL: still beating
+    beats = txn.heartbeats
+    await poll(lambda: txn.heartbeats > beats, "a heartbeat after 23 h")
+    cluster.clock.advance(2 * 3600 * 1000)  # past 24 h
+    await poll(lambda: not txn.heartbeat_running, "the heartbeat to stop")
+    txn.put(keys[1], b"v2")
+    await txn.flush(force=True)
+    with pytest.raises(TxnError, match="heartbeat stopped"):
+        await txn.commit()

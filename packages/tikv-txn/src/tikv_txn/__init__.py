@@ -3,7 +3,9 @@
 Percolator two-phase commit, 1PC and async commit over the shared ``tikv_pd`` request
 pipeline, with client-go's lock resolution; pessimistic transactions
 (``begin(pessimistic=True)``: ``get_for_update``, ``lock_keys``, lock waits, deadlock
-detection; :mod:`tikv_txn.pessimistic`).
+detection; :mod:`tikv_txn.pessimistic`); pipelined DML for transactions of any size
+(``begin(options=TransactionOptions(pipelined=True))``: the buffer is flushed to TiKV
+while the transaction runs; :mod:`tikv_txn.pipelined`).
 
 Errors are the hierarchy of :mod:`tikv_pd.errors`, re-exported here.
 """
@@ -39,6 +41,7 @@ from tikv_txn.client import AsyncTransactionClient
 from tikv_txn.delete_range import DeleteRangeTask
 from tikv_txn.gc import GCResult
 from tikv_txn.lock_resolver import LockResolver, ResolveResult
+from tikv_txn.pipelined import AsyncPipelinedTransaction, FlushThresholds
 from tikv_txn.snapshot import AsyncSnapshot
 from tikv_txn.transaction import AsyncTransaction
 
@@ -46,6 +49,7 @@ __all__ = [
     "LOCK_ALWAYS_WAIT",
     "LOCK_NO_WAIT",
     "AssertionFailedError",
+    "AsyncPipelinedTransaction",
     "AsyncSnapshot",
     "AsyncTransaction",
     "AsyncTransactionClient",
@@ -55,6 +59,7 @@ __all__ = [
     "Config",
     "DeadlockError",
     "DeleteRangeTask",
+    "FlushThresholds",
     "GCResult",
     "GCTooEarlyError",
     "KeyExistsError",

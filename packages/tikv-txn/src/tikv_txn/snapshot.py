@@ -201,7 +201,7 @@ class AsyncSnapshot:
         options = self._options
         while True:
             req = kvrpcpb_pb2.GetRequest(key=key, version=self.ts)
-            resp = await sender.call_key("Get", key, req, bo=bo, options=options)
+            resp = await sender.call_key("Get", key, req, bo=bo, options=self._past(options))
             if resp.HasField("error"):
                 err = resp.error
                 if not err.HasField("locked"):
@@ -256,7 +256,7 @@ class AsyncSnapshot:
         options = self._options
         while pending:
             parts = await self._rt.sender.execute(
-                "BatchGet", sharder, pending, build, handle, bo=bo, options=options
+                "BatchGet", sharder, pending, build, handle, bo=bo, options=self._past(options)
             )
             locks: list[LockInfo] = []
             for part, resp in parts:
@@ -290,12 +290,27 @@ class AsyncSnapshot:
             options = self._leader_options  # client-go DisableStaleReadMeetLock
         return out
 
+    def _past(self, options: RequestOptions) -> RequestOptions:
+        """``options`` plus the transactions this snapshot reads past.
+
+        A transaction the lock resolver let this reader ignore (TiKV pushed its
+        ``min_commit_ts`` beyond the snapshot) goes into ``Context.resolved_locks``, so
+        TiKV skips its locks on every key, not only on the primary it pushed (client-go
+        ``KVSnapshot.resolvedLocks``, sent by ``ClientHelper.SendReqCtx``).
+        """
+        ignored = self._ignored
+        if not ignored or ignored.issubset(options.resolved_locks):
+            return options
+        merged = tuple(sorted(ignored.union(options.resolved_locks)))
+        return dataclasses.replace(options, resolved_locks=merged)
+
     async def resolve_for_read(self, bo: Backoffer, locks: Sequence[LockInfo]) -> None:
         """Resolve the locks a read met and wait (back off) if some still block it.
 
         client-go ``KVSnapshot.get``: back off ``txnLockFast`` for at most the time until
         the first lock expires. A lock that may be read past (its transaction was pushed
-        beyond this snapshot) is retried at once, but only once per transaction: if the
+        beyond this snapshot) is retried at once with the transaction in
+        ``Context.resolved_locks`` (:meth:`_past`), but only once per transaction: if the
         server reports it again, the retry backs off too, so a lock that keeps coming
         back cannot make the reader spin without consuming its budget.
         """
@@ -408,7 +423,13 @@ class AsyncSnapshot:
                 )
 
             responses, part = await self._rt.sender.call_first_region(
-                "Scan", lo, hi, build, reverse=reverse, bo=bo, options=self._scan_options
+                "Scan",
+                lo,
+                hi,
+                build,
+                reverse=reverse,
+                bo=bo,
+                options=self._past(self._scan_options),
             )
             page: list[tuple[bytes, bytes]] = []
             cursor: bytes | None = None
