@@ -29,6 +29,7 @@ from tikv_txn.pipelined import (
     PIPELINED_REQUEST_SOURCE,
     AsyncPipelinedTransaction,
     FlushThresholds,
+    throttle_ms,
 )
 from tikv_txn.policy import (
     PIPELINED_FORCE_FLUSH_SIZE,
@@ -457,3 +458,35 @@ async def test_heartbeat_stops_after_the_pipelined_max_ttl(
     await txn.flush(force=True)
     with pytest.raises(TxnError, match="heartbeat stopped"):
         await txn.commit()
+
+
+# -- write throttle -----------------------------------------------------------------------
+
+
+def test_throttle_sleeps_the_ratio_of_the_time() -> None:
+    """client-go throttlePipelinedTxn: sleep / (sleep + flush) = ratio."""
+    assert throttle_ms(0.0, 500) == 0
+    assert throttle_ms(0.5, 200) == 200
+    assert throttle_ms(0.75, 100) == 300
+    assert throttle_ms(0.5, 0) == 0  # no flush measured yet
+    assert throttle_ms(1.0, 100) == 0  # invalid ratios never sleep
+    assert throttle_ms(-0.1, 100) == 0
+
+
+async def test_throttled_transaction_commits(
+    client: AsyncTransactionClient, cluster: MockCluster
+) -> None:
+    keys = make_keys(300)
+    txn = await client.begin(
+        options=TransactionOptions(pipelined=True, pipelined_write_throttle_ratio=0.5)
+    )
+    assert isinstance(txn, AsyncPipelinedTransaction)
+    txn.set_flush_thresholds(SMALL)
+    for i, key in enumerate(keys):
+        txn.put(key, b"t")
+        if i % 100 == 99:
+            await txn.flush(force=True)
+    await txn.commit()
+    assert txn.generation >= 3
+    snap = client.snapshot(await client.current_timestamp())
+    assert len(await snap.batch_get(keys)) == len(keys)

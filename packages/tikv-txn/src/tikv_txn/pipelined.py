@@ -46,10 +46,13 @@ the pipelined paths of ``txnkv/transaction/txn.go`` and ``2pc.go``):
   ``KVTxn.Rollback``, ``twoPhaseCommitter.cleanup``). A client that disappears leaves its
   locks to readers, who roll them back once the primary's TTL expires.
 
+With ``pipelined_write_throttle_ratio`` > 0 each flush starts after a sleep sized so that
+sleeping takes that fraction of the time (:func:`throttle_ms`, over a moving average of
+past flush durations; client-go ``throttlePipelinedTxn``).
+
 Flush and resolve requests carry the request source ``"external_pdml"`` (client-go
 ``PipelinedRequestSource``). Local latches are skipped, as client-go does. Not modelled:
-the write throttle (``pipelined_write_throttle_ratio`` is accepted, but no sleep is
-inserted) and ``BroadcastTxnStatus`` to every store (TiKV's transaction-status cache).
+``BroadcastTxnStatus`` to every store (TiKV's transaction-status cache).
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import logging
+import time
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -115,6 +119,7 @@ __all__ = [
     "PIPELINED_REQUEST_SOURCE",
     "AsyncPipelinedTransaction",
     "FlushThresholds",
+    "throttle_ms",
 ]
 
 _log = logging.getLogger("tikv.txn.pipelined")
@@ -137,7 +142,25 @@ _UNLIMITED: Final = 2**62
 #: flush thresholds; this is the same measure for a Python buffer.
 ENTRY_MEMORY_OVERHEAD: Final = 128
 
+#: Weight of the newest flush duration in the moving average the write throttle uses:
+#: an exponentially weighted moving average of age 10 (client-go ``defaultEWMAAge``,
+#: VividCortex ``ewma.NewMovingAverage``: decay 2 / (age + 1)).
+_EWMA_DECAY: Final = 2.0 / (10 + 1)
+
 _BY_KEYS: KeysSharder[bytes] = KeysSharder()
+
+
+def throttle_ms(ratio: float, expected_flush_ms: float) -> int:
+    """Milliseconds to sleep before a flush (client-go ``throttlePipelinedTxn``).
+
+    The sleep is sized so that ``sleep / (sleep + flush) = ratio``, with the flush
+    duration taken from the moving average of past flushes; 0 when ``ratio`` is 0 or
+    outside ``[0, 1)``.
+    """
+    if not 0.0 <= ratio < 1.0 or expected_flush_ms <= 0:
+        return 0
+    return int(ratio / (1.0 - ratio) * expected_flush_ms)
+
 
 _ACTIVE = "active"
 _COMMITTING = "committing"
@@ -205,6 +228,7 @@ class AsyncPipelinedTransaction(AsyncTransaction):
     __slots__ = (
         "_bounds",
         "_error",
+        "_flush_ewma_ms",
         "_flushed_keys",
         "_flushed_size",
         "_flushing",
@@ -246,6 +270,7 @@ class AsyncPipelinedTransaction(AsyncTransaction):
         self._hb_task: asyncio.Task[None] | None = None
         self._remote_cache: dict[bytes, bytes | None] = {}
         self._thresholds = FlushThresholds()
+        self._flush_ewma_ms = 0.0
         common: dict[str, Any] = {
             "priority": options.priority,
             "disk_full_opt": options.disk_full_opt,
@@ -668,7 +693,21 @@ class AsyncPipelinedTransaction(AsyncTransaction):
                     f"pipelined txn {self.start_ts}: no key of generation {generation} "
                     "can be the primary"
                 )
+            sleep_ms = throttle_ms(
+                self._options.pipelined_write_throttle_ratio, self._flush_ewma_ms
+            )
+            if sleep_ms > 0:
+                # client-go throttlePipelinedTxn: the flush (and so the next one the
+                # writer may wait for) starts later, to leave TiKV room.
+                _log.info("pipelined txn %d: throttled %d ms", self.start_ts, sleep_ms)
+                await asyncio.sleep(sleep_ms / 1000.0)
+            began = time.monotonic()
             await self._flush_all_batches(generation, buf)
+            took_ms = (time.monotonic() - began) * 1000.0
+            ewma = self._flush_ewma_ms
+            self._flush_ewma_ms = (
+                took_ms if ewma == 0 else took_ms * _EWMA_DECAY + ewma * (1 - _EWMA_DECAY)
+            )
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
