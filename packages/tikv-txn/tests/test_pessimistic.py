@@ -23,6 +23,7 @@ from tikv_txn import (
     LOCK_NO_WAIT,
     AsyncTransaction,
     AsyncTransactionClient,
+    Config,
     DeadlockError,
     KeyExistsError,
     LockWaitTimeoutError,
@@ -616,3 +617,30 @@ async def test_a_commit_that_fails_before_prewrite_releases_the_locks(
     assert cluster.counters.count("KvPrewrite") == prewrites
     await client.runtime.wait_background(NO_HANG)
     assert locks_in(cluster, p) == []
+
+
+async def test_a_dead_transactions_locks_are_rolled_back_region_by_region(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    primary = K(b"\x10", p, "primary")
+    keys = [K(b"\x90", p, f"k{i}") for i in range(5)]
+    # A client whose pessimistic locks live 100 ms, and which dies without cleaning up.
+    dead = await AsyncTransactionClient.connect(
+        cluster.pd_endpoints, config=Config(managed_lock_ttl_ms=100)
+    )
+    holder = await dead.begin(pessimistic=True)
+    await holder.lock_keys([primary])
+    await holder.lock_keys(keys)
+    await dead.close()
+    assert len(locks_in(cluster, p)) == 6
+    stats = client.runtime.resolver.stats
+    rollbacks = stats["pessimistic_rollback"]
+    txn = await client.begin(pessimistic=True)
+    await asyncio.wait_for(txn.lock_keys(keys), NO_HANG)
+    # The first blocking lock settled the transaction (its primary expired); one
+    # PessimisticRollback without keys then released all five locks of the region.
+    assert stats["pessimistic_rollback"] == rollbacks + 1
+    assert {lock.key for lock in locks_in(cluster, p) if lock.lock_version == txn.start_ts} == set(
+        keys
+    )
+    await txn.rollback()

@@ -260,6 +260,7 @@ class LockResolver:
         *,
         for_read: bool,
         lite: bool = False,
+        pessimistic_region_resolve: bool = False,
     ) -> ResolveResult:
         """Settle ``locks`` met by a reader or writer (client-go ``ResolveLocks``).
 
@@ -270,6 +271,10 @@ class LockResolver:
             for_read: The caller is a reader (may read past pushed / later-committed
                 transactions instead of waiting).
             lite: Resolve only the locked keys, never whole regions.
+            pessimistic_region_resolve: Roll back a dead transaction's pessimistic locks
+                region by region (``PessimisticRollback`` without keys), once per region,
+                instead of key by key (client-go ``PessimisticRegionResolve``, set by the
+                pessimistic lock and prewrite paths).
 
         Returns:
             How long the caller should wait before retrying, and what it may ignore.
@@ -278,8 +283,11 @@ class LockResolver:
         _count("resolve")
         result = ResolveResult()
         cleaned: dict[int, set[int]] = {}
+        pessimistic_cleaned: dict[int, set[int]] | None = {} if pessimistic_region_resolve else None
         for lock in locks:
-            await self._resolve_one(bo, lock, caller_start_ts, for_read, lite, cleaned, result)
+            await self._resolve_one(
+                bo, lock, caller_start_ts, for_read, lite, cleaned, result, pessimistic_cleaned
+            )
         if result.ms_before_expired > 0:
             _count("wait_expired")
         return result
@@ -293,6 +301,7 @@ class LockResolver:
         lite: bool,
         cleaned: dict[int, set[int]],
         result: ResolveResult,
+        pessimistic_cleaned: dict[int, set[int]] | None = None,
     ) -> None:
         force = False
         while True:
@@ -338,7 +347,7 @@ class LockResolver:
                 result.resolved += 1
                 return
             if cleanup is LockCleanup.PESSIMISTIC_ROLLBACK:
-                await self._pessimistic_rollback(bo, lock)
+                await self._pessimistic_rollback(bo, lock, pessimistic_cleaned)
             else:
                 await self._resolve_regular(bo, lock, decision.commit_ts, decision.lite, cleaned)
             result.resolved += 1
@@ -374,12 +383,26 @@ class LockResolver:
         if region is not None:
             cleaned.setdefault(lock.lock_version, set()).add(region.id)
 
-    async def _pessimistic_rollback(self, bo: Backoffer, lock: LockInfo) -> None:
-        """Roll back a finished txn's pessimistic lock (client-go resolvePessimisticLock)."""
+    async def _pessimistic_rollback(
+        self, bo: Backoffer, lock: LockInfo, region_cleaned: dict[int, set[int]] | None = None
+    ) -> None:
+        """Roll back a finished txn's pessimistic lock (client-go resolvePessimisticLock).
+
+        With ``region_cleaned`` (region resolve) the request has no keys: TiKV drops every
+        pessimistic lock of the transaction in the region (with a for-update ts up to the
+        lock's), and the region is not asked again for this transaction.
+        """
         for_update_ts = lock.lock_for_update_ts or (2**64 - 1)
         req = kvrpcpb_pb2.PessimisticRollbackRequest(
-            start_version=lock.lock_version, for_update_ts=for_update_ts, keys=[lock.key]
+            start_version=lock.lock_version, for_update_ts=for_update_ts
         )
+        region: Region | None = None
+        if region_cleaned is None:
+            req.keys.append(lock.key)
+        else:
+            region = await self._rt.sender.locator.locate_key(lock.key)
+            if region.id in region_cleaned.get(lock.lock_version, ()):
+                return
         self.stats["pessimistic_rollback"] += 1
         resp = await self._rt.sender.call_key(
             "PessimisticRollback", lock.key, req, bo=bo, options=self._rt.base_options
@@ -387,6 +410,8 @@ class LockResolver:
         errors = list(resp.errors)
         if errors:
             raise key_error_to_exception(errors[0], start_ts=lock.lock_version)
+        if region is not None and region_cleaned is not None:
+            region_cleaned.setdefault(lock.lock_version, set()).add(region.id)
 
     async def _resolve_async_commit(self, lock: LockInfo, status: TxnStatus) -> None:
         """Settle an async-commit transaction whose primary lock expired.

@@ -717,8 +717,11 @@ class PessimisticLocker:
         if not to_resolve:
             return  # recently updated: the holder is alive, wait again at once
         # TiKV already waited, so no backoff here (client-go pessimistic.go); the caller
-        # start ts is 0: a lock request never pushes the holder's min_commit_ts.
-        res = await self._rt.resolver.resolve_locks(bo, 0, to_resolve, for_read=False)
+        # start ts is 0: a lock request never pushes the holder's min_commit_ts; a dead
+        # holder's pessimistic locks go region by region (PessimisticRegionResolve).
+        res = await self._rt.resolver.resolve_locks(
+            bo, 0, to_resolve, for_read=False, pessimistic_region_resolve=True
+        )
         if res.ms_before_expired <= 0:
             return
         waited = int((time.monotonic() - wait_start) * 1000)
