@@ -268,3 +268,18 @@ async def test_per_store_admin_requests_pass_the_client_interceptor(
         ("UnsafeDestroyRange", store_id, address)
         for store_id, address in cluster.store_addresses.items()
     )
+
+
+async def test_interceptor_added_after_the_first_pessimistic_lock(
+    cluster: MockCluster, client: AsyncTransactionClient
+) -> None:
+    log: list[str] = []
+    txn = await client.begin(pessimistic=True)
+    await txn.lock_keys([KEYS[0]])  # the transaction's committer exists from here on
+    txn.add_rpc_interceptor(recorder("txn", log))
+    await txn.lock_keys([KEYS[2]])
+    txn.put(KEYS[2], b"v")
+    await txn.commit()
+    assert "txn:PessimisticLock" in log
+    assert "txn:Prewrite" in log
+    assert "txn:Commit" in log

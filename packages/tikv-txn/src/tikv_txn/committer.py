@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -473,6 +474,10 @@ class TwoPhaseCommitter:
     def write_options(self) -> RequestOptions:
         """The request options of this transaction's writes (priority, tags, interceptor)."""
         return self._write_options
+
+    def use_interceptor(self, interceptor: RPCInterceptor | None) -> None:
+        """Send this transaction's later writes through ``interceptor`` (its whole chain)."""
+        self._write_options = dataclasses.replace(self._write_options, interceptor=interceptor)
 
     @property
     def prewrite_started(self) -> bool:

@@ -123,6 +123,9 @@ class AsyncTransaction:
         """
         self._snapshot.set_rpc_interceptor(interceptor)
         self._interceptor = interceptor
+        if self._committer is not None:
+            # A pessimistic transaction's committer exists from its first lock on.
+            self._committer.use_interceptor(self._effective_interceptor())
 
     def add_rpc_interceptor(self, interceptor: RPCInterceptor) -> None:
         """Append ``interceptor`` to the transaction's chain (client-go ``AddRPCInterceptor``)."""
