@@ -264,6 +264,25 @@ async def test_stale_snapshot_reads_the_past(
     assert ctx is not None and ctx.stale_read
 
 
+async def test_min_safe_ts_is_served_by_every_replica(
+    client: AsyncTransactionClient, cluster: MockCluster
+) -> None:
+    await write(client, dict.fromkeys(KEYS, b"v"))
+    leader, followers = stores_of(cluster, KEYS[0])
+    cluster.clock.advance(1)
+    held = cluster.hold_safe_ts(followers[0])
+    cluster.clock.advance(1000)
+    ts = await client.min_safe_ts()
+    assert ts == held  # the lagging store bounds it
+    before = gets(cluster)
+    for key in KEYS:
+        assert await client.snapshot(ts, stale_read=True).get(key) == b"v"
+    by_store = served(cluster, before)
+    assert sum(by_store.values()) == len(KEYS)  # every first attempt was served
+    assert "data_is_not_ready" not in client.runtime.sender.stats.region_errors
+    assert set(by_store) - {leader}
+
+
 def test_sync_client_snapshots(cluster: MockCluster) -> None:
     with TransactionClient.connect(cluster.pd_endpoints) as c:
         with c.begin() as txn:
@@ -274,5 +293,6 @@ def test_sync_client_snapshots(cluster: MockCluster) -> None:
         assert snap.stale_read and snap.get(KEYS[0]) == b"sync"
         assert c.snapshot(ts, replica_read="follower").get(KEYS[0]) == b"sync"
         assert c.stale_snapshot(0.0).stale_read
+        assert c.min_safe_ts() > ts
         with pytest.raises(ValueError, match="replica_read"):
             c.snapshot(ts, replica_read="nearest")  # type: ignore[arg-type]

@@ -363,6 +363,10 @@ class TransactionClient:
         """A fresh timestamp from PD."""
         return self._run(self._client.current_timestamp())
 
+    def min_safe_ts(self) -> int:
+        """The stores' min safe ts; see :meth:`AsyncTransactionClient.min_safe_ts`."""
+        return self._run(self._client.min_safe_ts())
+
     def gc(self, safe_point: int, *, concurrency: int = 8) -> int:
         """Garbage-collect below ``safe_point``; see :meth:`AsyncTransactionClient.gc`."""
         return self._run(self._client.gc(safe_point, concurrency=concurrency))

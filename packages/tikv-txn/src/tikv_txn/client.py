@@ -24,6 +24,7 @@ from tikv_pd.observability import register_operations
 from tikv_pd.pd_client import PDClient, ServiceSafePoint
 from tikv_pd.pd_oracle import PDOracle
 from tikv_pd.request import RequestSender
+from tikv_pd.safe_ts import SafeTsCache, fetch_store_safe_ts
 from tikv_pd.transport import Transport
 
 from tikv_txn import gc as _gc
@@ -341,6 +342,18 @@ class AsyncTransactionClient:
         """A fresh timestamp from PD's TSO."""
         self._rt.check_open()
         return await self._rt.oracle.get_timestamp()
+
+    async def min_safe_ts(self) -> int:
+        """The newest ts at which every replica serves stale reads (client-go ``GetMinSafeTS``).
+
+        Asks every TiKV store for its safe ts (``GetStoreSafeTS``) and applies client-go's
+        rule: the smallest non-zero value; 0 when a store did not answer or none has one.
+        A stale snapshot at this ts is served by whichever replica it reaches.
+        """
+        self._rt.check_open()
+        cache = SafeTsCache()
+        asked = await fetch_store_safe_ts(self._pd, self._transport, cache)
+        return cache.min_safe_ts(asked)
 
     # -- GC and ranges (tikv_txn.gc, tikv_txn.delete_range) -----------------------------
 
