@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -342,3 +343,68 @@ async def _leave_a_secondary_lock_and_read_it(
         await committer.commit_primary()
         snap = reader.snapshot(await reader.current_timestamp())
         assert await snap.get(secondary) == b"s"
+
+
+# -- transactions ------------------------------------------------------------------------
+
+# MockCluster(regions=4) splits the transactional key space at 0x40 / 0x80 / 0xC0.
+TXN_KEYS = [b"\x10k", b"\x50k", b"\x90k", b"\xd0k"]
+
+
+@pytest.fixture
+async def txn_client(registry: object) -> AsyncIterator[Any]:
+    from tikv_txn import AsyncTransactionClient
+
+    with MockCluster(stores=3, regions=4) as mock:
+        async with await AsyncTransactionClient.connect(mock.pd_endpoints) as c:
+            yield c
+
+
+async def test_transaction_command_and_phase_metrics(registry: object, txn_client: Any) -> None:
+    from tikv_pd.config import TransactionOptions
+
+    two_pc = TransactionOptions.optimistic(async_commit=False, try_one_pc=False)
+    txn = await txn_client.begin(two_pc)
+    await txn.get(TXN_KEYS[0])
+    await txn.batch_get(TXN_KEYS)
+    txn.put(TXN_KEYS[0], b"v")
+    await txn.commit()
+    rolled = await txn_client.begin(two_pc)
+    await rolled.rollback()
+    name = "tikv_client_go_txn_cmd_duration_seconds_count"
+    got = {
+        command: value(registry, name, type=command, scope="general")
+        for command in ("get", "batch_get", "commit", "rollback")
+    }
+    assert got == {"get": 1, "batch_get": 1, "commit": 1, "rollback": 1}
+    phase = "tikv_client_python_txn_commit_phase_seconds_count"
+    phases = {
+        p: value(registry, phase, phase=p) for p in ("prewrite", "get_commit_ts", "commit_primary")
+    }
+    assert phases == {"prewrite": 1, "get_commit_ts": 1, "commit_primary": 1}
+    assert value(registry, "tikv_client_go_commit_txn_counter_total", type="ok") == 1
+    assert value(registry, "tikv_client_go_txn_write_kv_num_sum", scope="general") == 1
+    # The prewrite and commit RPCs were timed per command.
+    assert total(registry, "tikv_client_go_request_seconds_count", type="Prewrite") == 1
+    assert total(registry, "tikv_client_go_request_seconds_count", type="Commit") == 1
+
+
+async def test_commit_protocol_counters(registry: object, txn_client: Any) -> None:
+    from tikv_pd.config import TransactionOptions
+
+    one_pc = await txn_client.begin(TransactionOptions.optimistic(try_one_pc=True))
+    one_pc.put(b"\x10one-pc", b"v")  # one region: committed by its prewrite
+    await one_pc.commit()
+    async_commit = await txn_client.begin(TransactionOptions.optimistic(async_commit=True))
+    for k in TXN_KEYS:
+        async_commit.put(k + b"-ac", b"v")
+    await async_commit.commit()
+    counts = {
+        name: value(registry, f"tikv_client_go_{name}_total", type="ok")
+        for name in ("one_pc_txn_counter", "async_commit_txn_counter", "commit_txn_counter")
+    }
+    assert counts == {
+        "one_pc_txn_counter": 1,
+        "async_commit_txn_counter": 1,
+        "commit_txn_counter": 0,  # no plain 2PC commit happened
+    }

@@ -6,6 +6,8 @@ against MockCluster.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -21,7 +23,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 from opentelemetry.trace import StatusCode
 from tikv_mockstore import MockCluster
 from tikv_pd import tracing
+from tikv_pd.config import TransactionOptions
 from tikv_raw import AsyncRawClient, RawClient
+from tikv_txn import AsyncTransactionClient
 
 SPLITS = [b"b", b"d", b"f", b"h"]
 
@@ -192,3 +196,75 @@ async def test_region_load_on_a_cache_miss_is_a_child_span(
     assert len(gets) == 2
     assert len(loads) == 1
     assert parent_id(loads[0]) == span_id(gets[0])
+
+
+# -- transactions ------------------------------------------------------------------------
+
+# MockCluster(regions=4) splits the transactional key space at 0x40 / 0x80 / 0xC0.
+KEYS = [b"\x10k", b"\x50k", b"\x90k", b"\xd0k"]
+TWO_PC = TransactionOptions.optimistic(async_commit=False, try_one_pc=False)
+
+
+@pytest.fixture
+async def txn_client(exporter: Any) -> AsyncIterator[AsyncTransactionClient]:
+    with MockCluster(stores=3, regions=4) as mock:
+        async with await AsyncTransactionClient.connect(mock.pd_endpoints) as c:
+            yield c
+
+
+async def test_multi_region_commit_spans(exporter: Any, txn_client: AsyncTransactionClient) -> None:
+    exp, _ = exporter
+    txn = await txn_client.begin(TWO_PC)
+    for k in KEYS:
+        txn.put(k, b"v")
+    await txn.commit()
+    # Secondary keys are committed in the background after commit() returns; wait
+    # (with a deadline) until that phase's span has ended.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        names = [s.name for s in exp.get_finished_spans()]
+        if "tikv.txn.commit_secondaries" in names:
+            break
+        await asyncio.sleep(0.01)
+    found = list(exp.get_finished_spans())
+    by_name: dict[str, list[Any]] = {}
+    for s in found:
+        by_name.setdefault(s.name, []).append(s)
+
+    def only(name: str) -> Any:
+        assert len(by_name.get(name, [])) == 1, (name, sorted(by_name))
+        return by_name[name][0]
+
+    def parent_of(span: Any) -> int:
+        assert span.parent is not None
+        parent: int = span.parent.span_id
+        return parent
+
+    commit_id = only("tikv.txn.commit").context.span_id
+    prewrite_phase = only("tikv.txn.prewrite")
+    primary_phase = only("tikv.txn.commit_primary")
+    secondaries_phase = only("tikv.txn.commit_secondaries")
+    # Each phase is a child of the commit span ...
+    for phase in (prewrite_phase, only("tikv.txn.get_commit_ts"), primary_phase, secondaries_phase):
+        assert parent_of(phase) == commit_id
+    # ... and each RPC a child of its phase: one prewrite and one commit per region.
+    prewrites = by_name["tikvpb.Tikv/KvPrewrite"]
+    commits = by_name["tikvpb.Tikv/KvCommit"]
+    assert len(prewrites) == len(KEYS)
+    assert len(commits) == len(KEYS)
+    assert {parent_of(s) for s in prewrites} == {prewrite_phase.context.span_id}
+    commit_parents = [parent_of(s) for s in commits]
+    assert commit_parents.count(primary_phase.context.span_id) == 1
+    assert commit_parents.count(secondaries_phase.context.span_id) == len(KEYS) - 1
+    # The commit timestamp comes from PD inside the get_commit_ts phase.
+    get_commit_ts_id = only("tikv.txn.get_commit_ts").context.span_id
+    tso = [
+        s
+        for s in by_name["tikv.pd.get_timestamp"]
+        if s.parent is not None and s.parent.span_id == get_commit_ts_id
+    ]
+    assert len(tso) == 1
+    regions = {s.attributes["tikv.region_id"] for s in prewrites if s.attributes}
+    assert len(regions) == len(KEYS)
+    # Every prewrite ended before the first commit started (two phases).
+    assert max(s.end_time or 0 for s in prewrites) <= min(s.start_time or 0 for s in commits)
