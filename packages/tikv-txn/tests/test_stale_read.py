@@ -191,6 +191,22 @@ async def test_follower_replica_reads_go_to_followers_and_see_the_latest_data(
         assert ctx is not None and ctx.replica_read and not ctx.stale_read
 
 
+async def test_transaction_reads_follow_the_options_replica_read(
+    client: AsyncTransactionClient, cluster: MockCluster
+) -> None:
+    await write(client, dict.fromkeys(KEYS, b"v1"))
+    leader, followers = stores_of(cluster, KEYS[0])
+    before = gets(cluster)
+    async with client.begin(TransactionOptions(replica_read="follower")) as txn:
+        for key in KEYS[:4]:
+            assert await txn.get(key) == b"v1"
+        txn.put(KEYS[0], b"v2")
+    by_store = served(cluster, before)
+    assert leader not in by_store and set(by_store) <= set(followers)
+    # The write itself went to the leader.
+    assert await client.snapshot(await client.current_timestamp()).get(KEYS[0]) == b"v2"
+
+
 async def test_mixed_replica_reads_spread_over_every_replica(
     client: AsyncTransactionClient, cluster: MockCluster
 ) -> None:
