@@ -16,7 +16,7 @@ import pytest
 from tikv_mockstore import MockCluster
 from tikv_mockstore.cluster import Region
 from tikv_mockstore.testing import Stubs, context_for, encoded
-from tikv_proto import kvrpcpb_pb2
+from tikv_proto import kvrpcpb_pb2, metapb_pb2, pdpb_pb2
 
 LOGICAL_BITS = 18
 
@@ -257,3 +257,41 @@ def test_control_api_rejects_unknown_stores(cluster: MockCluster, stubs: Stubs) 
         cluster.hold_safe_ts(999)
     with pytest.raises(ValueError, match="lag_ms"):
         cluster.set_safe_ts_lag(cluster.stores()[0].id, -1)
+
+
+def test_learner_peers_serve_reads_and_never_lead() -> None:
+    from tikv_mockstore.cluster import ClusterError
+
+    with MockCluster(stores=4) as mock, Stubs(mock) as stubs:
+        region = mock.regions()[0]
+        learner_store = next(
+            p.store_id for p in region.peers if p.store_id != region.leader_store_id
+        )
+        mock.remove_peer(region.id, learner_store)
+        region = mock.add_peer(region.id, learner_store, learner=True)
+        learner = region.peer_on(learner_store)
+        assert learner is not None and learner.learner
+        # PD reports the role.
+        resp = stubs.pd().GetRegionByID(
+            pdpb_pb2.GetRegionByIDRequest(header=stubs.header(), region_id=region.id)
+        )
+        roles = {p.store_id: p.role for p in resp.region.peers}
+        assert roles[learner_store] == metapb_pb2.Learner
+        assert sum(1 for r in roles.values() if r == metapb_pb2.Voter) == 3
+        # A learner never leads: not by transfer, not by election.
+        with pytest.raises(ClusterError, match="learner"):
+            mock.transfer_leader(region.id, learner_store)
+        mock.stop_store(region.leader_store_id)
+        moved = mock.region(region.id)
+        assert moved is not None and moved.leader_store_id != learner_store
+        # It keeps its role across a split.
+        for piece in mock.split([b"k"]):
+            p = piece.peer_on(learner_store)
+            assert p is not None and p.learner
+        # And serves replica reads.
+        left = mock.region_by_key(b"a")
+        assert left is not None
+        ctx = context_for(left, store_id=learner_store)
+        ctx.replica_read = True
+        got = stubs.tikv(learner_store).RawGet(kvrpcpb_pb2.RawGetRequest(context=ctx, key=b"a"))
+        assert not got.HasField("region_error")

@@ -74,13 +74,20 @@ class StoreState(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Peer:
-    """One replica of a region: a peer id on a store."""
+    """One replica of a region: a peer id on a store, a voter or a learner.
+
+    A learner (``metapb.PeerRole.Learner``) replicates the data but never votes nor leads;
+    it serves replica and stale reads like a follower.
+    """
 
     id: int
     store_id: int
+    learner: bool = False
 
     def to_pb(self) -> metapb_pb2.Peer:
         """The ``metapb.Peer`` of this peer."""
+        if self.learner:
+            return metapb_pb2.Peer(id=self.id, store_id=self.store_id, role=metapb_pb2.Learner)
         return metapb_pb2.Peer(id=self.id, store_id=self.store_id)
 
 
@@ -515,7 +522,7 @@ class Cluster:
         bounds = [region.start_key, *keys, region.end_key]
         out: list[Region] = []
         for i in range(len(keys)):
-            peers = tuple(Peer(self.alloc_id(), p.store_id) for p in region.peers)
+            peers = tuple(Peer(self.alloc_id(), p.store_id, p.learner) for p in region.peers)
             piece = Region(
                 self.alloc_id(),
                 bounds[i],
@@ -568,20 +575,28 @@ class Cluster:
         """Make the peer on ``store_id`` the leader of region ``region_id`` (epoch unchanged)."""
         with self._mu:
             region = self._require_region(region_id)
-            if region.peer_on(store_id) is None:
+            peer = region.peer_on(store_id)
+            if peer is None:
                 raise ClusterError(f"region {region_id} has no peer on store {store_id}")
+            if peer.learner:
+                raise ClusterError(
+                    f"the peer of region {region_id} on store {store_id} is a learner"
+                )
             moved = replace(region, leader_store_id=store_id)
             self._put_region(moved)
             return moved
 
-    def add_peer(self, region_id: int, store_id: int) -> Region:
-        """Add a peer of region ``region_id`` on ``store_id`` (conf change: ``conf_ver + 1``)."""
+    def add_peer(self, region_id: int, store_id: int, *, learner: bool = False) -> Region:
+        """Add a peer (a voter, or a learner) of region ``region_id`` on ``store_id``.
+
+        A conf change: ``conf_ver + 1``.
+        """
         with self._mu:
             region = self._require_region(region_id)
             self._require_store(store_id)
             if region.peer_on(store_id) is not None:
                 raise ClusterError(f"region {region_id} already has a peer on store {store_id}")
-            peers = (*region.peers, Peer(self.alloc_id(), store_id))
+            peers = (*region.peers, Peer(self.alloc_id(), store_id, learner))
             changed = replace(region, peers=peers, conf_ver=region.conf_ver + 1)
             self._put_region(changed)
             return changed
@@ -608,12 +623,18 @@ class Cluster:
             return changed
 
     def _pick_leader(self, peers: Sequence[Peer], *, exclude: int) -> int:
+        # Only voters can be elected (a learner never campaigns).
         for p in peers:
             store = self._stores.get(p.store_id)
-            if p.store_id != exclude and store is not None and store.state is StoreState.UP:
+            if (
+                p.store_id != exclude
+                and not p.learner
+                and store is not None
+                and store.state is StoreState.UP
+            ):
                 return p.store_id
         for p in peers:
-            if p.store_id != exclude:
+            if p.store_id != exclude and not p.learner:
                 return p.store_id
         return exclude
 

@@ -268,9 +268,9 @@ class MockCluster:
         result: Region = self._call("transfer_leader", region_id, store_id)
         return result
 
-    def add_peer(self, region_id: int, store_id: int) -> Region:
-        """Add a peer of ``region_id`` on ``store_id``."""
-        result: Region = self._call("add_peer", region_id, store_id)
+    def add_peer(self, region_id: int, store_id: int, *, learner: bool = False) -> Region:
+        """Add a peer of ``region_id`` on ``store_id`` (a learner with ``learner=True``)."""
+        result: Region = self._call("add_peer", region_id, store_id, learner=learner)
         return result
 
     def remove_peer(self, region_id: int, store_id: int) -> Region:
@@ -546,7 +546,7 @@ def _run_op(local: _LocalCluster, op: str, args: tuple[Any, ...], kwargs: dict[s
     if op == "transfer_leader":
         return c.transfer_leader(*args)
     if op == "add_peer":
-        return c.add_peer(*args)
+        return c.add_peer(*args, **kwargs)
     if op == "remove_peer":
         return c.remove_peer(*args)
     if op == "add_store":
