@@ -99,14 +99,6 @@ def test_one_pc_isolation(txn: TransactionClient, tprefix: bytes) -> None:
     assert txn.snapshot(commit_ts - 1).get(k) == b"v1"
 
 
-ONE_PC_SPLIT_BUG = (
-    "tikv-txn bug: a 1PC prewrite that meets EpochNotMatch (its region split) is re-sharded "
-    "and each part is still sent with try_one_pc, so every region commits on its own "
-    "(client-go's doActionOnMutations unsets 1PC once the mutations span several batches)"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=ONE_PC_SPLIT_BUG)
 def test_one_pc_disallowed_across_regions(
     txn: TransactionClient, tprefix: bytes, mock: MockCluster
 ) -> None:
@@ -130,7 +122,6 @@ def test_one_pc_linearizability(txn: TransactionClient, tprefix: bytes) -> None:
     assert ts2 < ts1  # ... so its commit ts is smaller
 
 
-@pytest.mark.xfail(strict=True, reason=ONE_PC_SPLIT_BUG)
 async def test_one_pc_after_a_split_is_never_half_visible(mock: MockCluster) -> None:
     """The region of a 1PC transaction splits behind the client's back; while the prewrite
     of one half is held up, a reader must not see the other half committed."""

@@ -154,6 +154,8 @@ class TwoPhaseCommitter:
         #: The mutations (encoded keys, key order) once :meth:`prepare` ran.
         self.plan: MutationPlan | None = None
         self.batches: list[_MutBatch] = []
+        #: How many mutations the transaction prewrites in all (1PC needs them in one request).
+        self._mutation_count = 0
         self.primary = b""
         self.protocol = CommitProtocol(False, False, False)
         #: Whether async commit / 1PC are still in use (TiKV may refuse them).
@@ -175,6 +177,10 @@ class TwoPhaseCommitter:
         self.pessimistic = options.is_pessimistic
         self.for_update_ts = 0
         self.lock_primary: bytes | None = None
+        #: Keys (as TiKV stores them) whose pessimistic lock must still have this
+        #: for-update ts at prewrite: keys locked by aggressive locking (client-go
+        #: ``forUpdateTSConstraints``).
+        self.for_update_ts_constraints: dict[bytes, int] = {}
         #: Set when the primary batch was prewritten (heartbeats may start).
         self.primary_prewritten = False
         #: Number of heartbeats sent successfully (for tests and metrics).
@@ -232,6 +238,7 @@ class TwoPhaseCommitter:
             _mutation_size,
             limit=cfg.txn_commit_batch_size,
         )
+        self._mutation_count = sum(len(b.items) for b in self.batches)
         self.protocol = choose_commit_protocol(
             plan,
             prewrite_batch_count=len(self.batches),
@@ -344,12 +351,23 @@ class TwoPhaseCommitter:
                 for m in part
             )
             req.for_update_ts = self.for_update_ts
+            constraints = self.for_update_ts_constraints
+            if constraints:
+                for i, m in enumerate(part):
+                    expected = constraints.get(m.key)
+                    if expected is not None:
+                        req.for_update_ts_constraints.add(index=i, expected_for_update_ts=expected)
         if self.async_commit:
             req.use_async_commit = True
             req.max_commit_ts = self.max_commit_ts
             if any(m.key == self.primary for m in part):
                 req.secondaries.extend(self._secondaries)
-        if self.one_pc:
+        if self.one_pc and len(part) == self._mutation_count:
+            # 1PC commits whatever one request carries, so only a request holding every
+            # mutation of the transaction may ask for it. When the region split under the
+            # prewrite and the pipeline re-sharded it, each part goes as a plain prewrite;
+            # their zero one_pc_commit_ts then falls back to 2PC (client-go unsets 1PC once
+            # the mutations span more than one batch, 2pc.go doActionOnMutations).
             req.try_one_pc = True
             req.max_commit_ts = self.max_commit_ts
         return req
