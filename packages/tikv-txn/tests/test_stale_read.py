@@ -240,6 +240,34 @@ async def test_prefer_leader_reads_the_leader_then_a_follower(
     assert list(by_store.values()) == [1] and set(by_store) <= set(followers)
 
 
+async def test_learner_reads_go_to_the_learner() -> None:
+    with MockCluster(stores=4, regions=4) as mock:
+        region = mock.region_by_key(KEYS[0], txn=True)
+        assert region is not None
+        learner_store = max(
+            p.store_id for p in region.peers if p.store_id != region.leader_store_id
+        )
+        mock.remove_peer(region.id, learner_store)
+        mock.add_peer(region.id, learner_store, learner=True)
+        async with await AsyncTransactionClient.connect(mock.pd_endpoints) as c:
+            c.runtime.sender.rng = random.Random(3)
+            await write(c, dict.fromkeys(KEYS, b"v"))
+            ts = await c.current_timestamp()
+            before = gets(mock)
+            for key in KEYS:
+                assert await c.snapshot(ts, replica_read="learner").get(key) == b"v"
+            assert served(mock, before) == {learner_store: len(KEYS)}
+            ctx = mock.counters.last_context("KvGet", learner_store)
+            assert ctx is not None and ctx.replica_read
+            assert ctx.peer.role == 1  # metapb.PeerRole.Learner
+            # Followers include learners (client-go): reads spread over both.
+            before = gets(mock)
+            for key in KEYS:
+                assert await c.snapshot(ts, replica_read="follower").get(key) == b"v"
+            by_store = served(mock, before)
+            assert region.leader_store_id not in by_store and learner_store in by_store
+
+
 async def test_a_stopped_follower_is_skipped(
     client: AsyncTransactionClient, cluster: MockCluster
 ) -> None:
