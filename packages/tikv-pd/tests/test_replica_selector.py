@@ -231,3 +231,69 @@ def test_store_health_skips_a_store_for_the_recheck_interval() -> None:
     health.mark_unreachable(2)
     health.mark_reachable(2)
     assert health.liveness(2) is Liveness.UNKNOWN and not health.has_unreachable()
+
+
+ZONES = {1: (("zone", "z1"),), 2: (("zone", "z2"),), 3: (("zone", "z3"), ("disk", "ssd"))}
+
+
+def test_stale_read_prefers_the_local_replica() -> None:
+    for seed in range(10):
+        sel = ReplicaSelector(
+            region(),
+            stale_read=True,
+            labels=[("zone", "z3")],
+            store_labels=ZONES.get,
+            rng=random.Random(seed),
+        )
+        assert sel.next() == ReplicaTarget(F3, replica_read=False, stale_read=True)
+
+
+def test_stale_read_with_a_local_leader_reads_the_leader() -> None:
+    # client-go: with labels, the leader is preferred among equally matching replicas.
+    sel = ReplicaSelector(
+        region(), stale_read=True, labels=[("zone", "z1")], store_labels=ZONES.get
+    )
+    assert sel.next() == ReplicaTarget(LEADER, replica_read=False, stale_read=True)
+
+
+def test_stale_read_without_a_local_replica_sends_a_replica_read_to_a_remote_follower() -> None:
+    for seed in range(20):
+        sel = ReplicaSelector(
+            region(),
+            stale_read=True,
+            labels=[("zone", "z9")],
+            store_labels=ZONES.get,
+            rng=random.Random(seed),
+        )
+        first = sel.next()
+        assert first is not None
+        # The leader scores higher (prefer leader under label matching) and reads stale.
+        assert first == ReplicaTarget(LEADER, replica_read=False, stale_read=True)
+    sel = ReplicaSelector(
+        region(LEADER, F2, F3, leader=None),
+        stale_read=True,
+        labels=[("zone", "z9")],
+        store_labels=ZONES.get,
+        rng=random.Random(0),
+    )
+    first = sel.next()
+    assert first is not None and first.replica_read and not first.stale_read
+
+
+def test_follower_reads_prefer_matching_followers_and_need_every_label() -> None:
+    sel = ReplicaSelector(
+        region(),
+        "follower",
+        labels=[("zone", "z3"), ("disk", "ssd")],
+        store_labels=ZONES.get,
+        rng=random.Random(0),
+    )
+    assert stores(targets(sel)) == [3, 2, 1]
+    partial = ReplicaSelector(
+        region(),
+        "follower",
+        labels=[("zone", "z2"), ("disk", "ssd")],  # store 2 lacks the disk label
+        store_labels=lambda s: None if s == 3 else ZONES[s],  # store 3 unknown
+        rng=random.Random(0),
+    )
+    assert sorted(stores(targets(partial))[:2]) == [2, 3]

@@ -17,9 +17,11 @@ Policies, per ``ReplicaReadType`` (:data:`tikv_pd.config.ReplicaReadType`):
 * every other type scores the candidate replicas and picks one of the best at random
   (``ReplicaSelectMixedStrategy``). A candidate is a replica whose store is not unreachable
   and that was not tried yet (a replica that answered ``DataIsNotReady`` may be tried once
-  more, as a replica read). The score, high bit first: not slow, labels match (we have no
-  label options: every replica matches), *prefer leader* (the leader under
-  ``prefer-leader``), *normal peer*, not attempted. A normal peer is any follower or learner
+  more, as a replica read). The score, high bit first: not slow, *labels match* (the
+  replica's store carries every label asked for, e.g. the client's zone; every replica
+  matches when none is asked for), *prefer leader* (the leader under ``prefer-leader``, and
+  under ``mixed`` when labels are asked for), *normal peer*, not attempted. A normal peer is
+  any follower or learner
   for ``follower`` / ``mixed`` / ``prefer-leader``, only a learner for ``learner``, and the
   leader too for ``mixed`` (and for ``prefer-leader``, where it already scores higher).
   So ``follower`` reads a random follower and falls back to the leader only when every
@@ -27,8 +29,9 @@ Policies, per ``ReplicaReadType`` (:data:`tikv_pd.config.ReplicaReadType`):
   replica; ``prefer-leader`` reads the leader, then the followers.
 * **stale read** (``stale_read=True``; client-go sets the type to ``mixed``,
   ``EnableStaleWithMixedReplicaRead``): the first attempt goes to a random replica, the
-  leader included, with ``Context.stale_read`` set (client-go would prefer replicas whose
-  labels match the local zone; without labels every replica matches). The second attempt
+  leader included (a replica matching the labels first: the *local* one), with
+  ``Context.stale_read`` set — except that a non-leader whose labels do not match is sent a
+  replica read instead (client-go keeps this for compatibility). The second attempt
   goes to the leader as a normal leader read (stale and replica read flags off) unless the
   leader was the first target; later attempts use the mixed strategy as replica reads
   (``replica_read`` on, ``stale_read`` off). ``DataIsNotReady`` is retried at once, without
@@ -49,7 +52,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from tikv_pd.config import REPLICA_READ_TYPES, ReplicaReadType
@@ -123,14 +126,19 @@ class ReplicaSelector:
         liveness: The believed liveness of a store (default: every store reachable).
         is_tiflash: Whether a store is a TiFlash node (its peers are skipped).
         rng: Random source for ties (tests pass a seeded one).
+        labels: Store labels to prefer, as ``(key, value)`` pairs (client-go
+            ``WithMatchLabels``; e.g. ``[("zone", "z1")]`` for the local zone).
+        store_labels: A store's labels (``None`` when unknown: it does not match).
 
     """
 
     __slots__ = (
         "_is_tiflash",
+        "_labels",
         "_liveness",
         "_replicas",
         "_rng",
+        "_store_labels",
         "attempts",
         "read_only",
         "read_type",
@@ -149,6 +157,8 @@ class ReplicaSelector:
         liveness: Callable[[int], Liveness] | None = None,
         is_tiflash: Callable[[int], bool] | None = None,
         rng: random.Random | None = None,
+        labels: Sequence[tuple[str, str]] = (),
+        store_labels: Callable[[int], Sequence[tuple[str, str]] | None] | None = None,
     ) -> None:
         if replica_read not in REPLICA_READ_TYPES:
             raise ValueError(
@@ -161,6 +171,8 @@ class ReplicaSelector:
         self._liveness = liveness
         self._is_tiflash = is_tiflash
         self._rng = rng if rng is not None else _RNG
+        self._labels = tuple(labels)
+        self._store_labels = store_labels
         self._replicas = [
             _Replica(p)
             for p in region.peers
@@ -248,7 +260,9 @@ class ReplicaSelector:
             return leader, ReplicaTarget(leader.peer, replica_read=False, stale_read=False)
         # The leader cannot be used: try the others once each; one of them answers with
         # the new leader (client-go: the mixed strategy without any preference).
-        picked = self._pick(unreachable, try_leader=False, prefer_leader=False, learner_only=False)
+        picked = self._pick(
+            unreachable, try_leader=False, prefer_leader=False, learner_only=False, labels=False
+        )
         if picked is None:
             return None
         return picked, ReplicaTarget(picked.peer, replica_read=False, stale_read=False)
@@ -273,10 +287,14 @@ class ReplicaSelector:
             try_leader=kind in ("mixed", "prefer-leader"),
             prefer_leader=kind == "prefer-leader",
             learner_only=kind == "learner",
+            labels=True,
         )
         if picked is None:
             return None
         if self.stale_read and self.attempts == 1:
+            if picked is not leader and not self._matches(picked):
+                # A remote replica gets a replica read (client-go: "for compatibility").
+                return picked, ReplicaTarget(picked.peer, replica_read=True, stale_read=False)
             return picked, ReplicaTarget(picked.peer, replica_read=False, stale_read=True)
         return picked, ReplicaTarget(picked.peer, replica_read=self.read_only, stale_read=False)
 
@@ -287,8 +305,10 @@ class ReplicaSelector:
         try_leader: bool,
         prefer_leader: bool,
         learner_only: bool,
+        labels: bool,
     ) -> _Replica | None:
         leader = self._leader()
+        with_labels = labels and bool(self._labels)
         best: list[_Replica] = []
         best_score = -1
         for r in self._replicas:
@@ -300,9 +320,11 @@ class ReplicaSelector:
             max_attempts = 2 if r.data_is_not_ready and not is_leader else 1
             if r.attempts >= max_attempts:
                 continue
-            score = _NOT_SLOW | _LABELS_MATCH
+            score = _NOT_SLOW
+            if not with_labels or self._matches(r):
+                score |= _LABELS_MATCH
             if is_leader:
-                if prefer_leader:
+                if prefer_leader or (try_leader and with_labels):
                     score |= _PREFER_LEADER
                 elif try_leader:
                     score |= _NORMAL_PEER
@@ -318,6 +340,18 @@ class ReplicaSelector:
         if not best:
             return None
         return best[0] if len(best) == 1 else best[self._rng.randrange(len(best))]
+
+    def _matches(self, r: _Replica) -> bool:
+        """Whether the replica's store carries every asked-for label.
+
+        client-go ``IsLabelsMatch``; with no labels asked for, every replica matches.
+        """
+        if not self._labels:
+            return True
+        have = self._store_labels(r.peer.store_id) if self._store_labels is not None else None
+        if have is None:
+            return False
+        return all(label in have for label in self._labels)
 
     # -- feedback ------------------------------------------------------------------------
 
