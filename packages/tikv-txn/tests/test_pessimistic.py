@@ -29,6 +29,7 @@ from tikv_txn import (
     LockWaitTimeoutError,
     TransactionClient,
     TransactionOptions,
+    TxnError,
 )
 from tikv_txn.pessimistic import (
     SKIP_RESOLVE_THRESHOLD_MS,
@@ -644,3 +645,101 @@ async def test_a_dead_transactions_locks_are_rolled_back_region_by_region(
         keys
     )
     await txn.rollback()
+
+
+# ---------------------------------------------------------------------------------------
+# Aggressive (fair) locking
+# ---------------------------------------------------------------------------------------
+
+
+async def test_fair_locking_hands_the_released_lock_to_the_waiter(
+    cluster: MockCluster, p: bytes
+) -> None:
+    recorder = Recorder()
+    async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as client:
+        key = K(b"\x50", p, "hot")
+        async with client.begin() as seed:
+            seed.put(key, b"0")
+        holder = await client.begin(pessimistic=True)
+        await holder.lock_keys([key])
+        client.set_rpc_interceptor(recorder)
+        waiter = await client.begin(pessimistic=True)
+        waiter.start_aggressive_locking()
+        assert waiter.in_aggressive_locking
+        task = await blocked(waiter, waiter.get_for_update(key))
+        holder.put(key, b"1")
+        await holder.commit()
+        # Force-lock mode: the waiter is resumed with the lock, over the newer write, and
+        # gets the newest value; no write conflict, no second request.
+        assert await asyncio.wait_for(task, NO_HANG) == b"1"
+        assert waiter.locker.stats["write_conflict_retries"] == 0
+        (lock_req,) = recorder.of("PessimisticLock")
+        assert lock_req.wake_up_mode == 1  # WakeUpModeForceLock
+        (lock,) = locks_in(cluster, p)
+        assert lock.lock_version == waiter.start_ts
+        assert lock.lock_for_update_ts == holder.commit_ts  # locked with conflict
+        with pytest.raises(TxnError, match="aggressive locking is pending"):
+            await waiter.commit()
+        await waiter.done_aggressive_locking()
+        assert waiter.locker.in_aggressive_locking is False
+        waiter.put(key, b"2")
+        await waiter.commit()
+        (prewrite,) = recorder.of("Prewrite")
+        assert [
+            (c.index, c.expected_for_update_ts) for c in prewrite.for_update_ts_constraints
+        ] == [(0, holder.commit_ts)]
+        assert waiter.commit_ts > holder.commit_ts
+        snap = client.snapshot(await client.current_timestamp())
+        assert await snap.get(key) == b"2"
+
+
+async def test_aggressive_locking_retry_reuses_and_releases_locks(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    a, b = K(b"\x10", p, "a"), K(b"\x90", p, "b")
+    txn = await client.begin(pessimistic=True)
+    txn.start_aggressive_locking()
+    await txn.lock_keys([a])
+    await txn.lock_keys([b])
+    assert txn.locker.primary == a
+    assert {lock.key for lock in locks_in(cluster, p)} == {a, b}
+    requests = txn.locker.stats["lock_requests"]
+    # The "statement" is retried and this time needs only a.
+    await txn.retry_aggressive_locking()
+    await txn.lock_keys([a])
+    assert txn.locker.stats["lock_requests"] == requests  # reused, no request
+    assert txn.locker.primary == a
+    await txn.done_aggressive_locking()
+    # b was not needed by the last attempt: released.
+    assert [lock.key for lock in locks_in(cluster, p)] == [a]
+    txn.put(a, b"A")
+    await txn.commit()
+    await client.runtime.wait_background(NO_HANG)
+    assert locks_in(cluster, p) == []
+    snap = client.snapshot(await client.current_timestamp())
+    assert await snap.batch_get([a, b]) == {a: b"A"}
+
+
+async def test_cancel_aggressive_locking_releases_everything(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    a, b = K(b"\x10", p, "a"), K(b"\xd0", p, "b")
+    txn = await client.begin(pessimistic=True)
+    await txn.lock_keys([b])  # locked normally before: kept
+    txn.start_aggressive_locking()
+    assert await txn.get_for_update(a) is None
+    assert txn.locker.is_in_aggressive_locking_stage(a)
+    await txn.cancel_aggressive_locking()
+    assert [lock.key for lock in locks_in(cluster, p)] == [b]
+    assert txn.locker.primary == b
+    # A multi-key lock ends aggressive locking as "done" (its locks are kept).
+    txn.start_aggressive_locking()
+    await txn.lock_keys([a])
+    await txn.lock_keys([a, K(b"\x50", p, "c")])
+    assert not txn.in_aggressive_locking
+    assert len(locks_in(cluster, p)) == 3
+    await txn.rollback()
+    assert locks_in(cluster, p) == []
+    optimistic = await client.begin()
+    with pytest.raises(ValueError, match="pessimistic"):
+        optimistic.start_aggressive_locking()

@@ -243,6 +243,27 @@ class Transaction:
             self._txn.check_exists_for_update(list(keys), lock_wait_timeout_ms=lock_wait_timeout_ms)
         )
 
+    def start_aggressive_locking(self) -> None:
+        """See :meth:`AsyncTransaction.start_aggressive_locking`."""
+        self._txn.start_aggressive_locking()
+
+    def retry_aggressive_locking(self) -> None:
+        """See :meth:`AsyncTransaction.retry_aggressive_locking`."""
+        self._loop.run(self._txn.retry_aggressive_locking())
+
+    def cancel_aggressive_locking(self) -> None:
+        """See :meth:`AsyncTransaction.cancel_aggressive_locking`."""
+        self._loop.run(self._txn.cancel_aggressive_locking())
+
+    def done_aggressive_locking(self) -> None:
+        """See :meth:`AsyncTransaction.done_aggressive_locking`."""
+        self._loop.run(self._txn.done_aggressive_locking())
+
+    @property
+    def in_aggressive_locking(self) -> bool:
+        """Whether aggressive locking is on."""
+        return self._txn.in_aggressive_locking
+
     def lock_keys(self, keys: Iterable[bytes], *, lock_wait_timeout_ms: int | None = None) -> None:
         """Lock ``keys``; see :meth:`AsyncTransaction.lock_keys`."""
         self._loop.run(self._txn.lock_keys(list(keys), lock_wait_timeout_ms=lock_wait_timeout_ms))

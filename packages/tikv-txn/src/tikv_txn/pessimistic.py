@@ -46,7 +46,7 @@ import enum
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from tikv_pd.backoff import PESSIMISTIC_LOCK_MAX_BACKOFF, PESSIMISTIC_ROLLBACK_MAX_BACKOFF
@@ -94,6 +94,11 @@ MAX_WRITE_CONFLICT_RETRIES: Final = 256
 _BY_KEYS: KeysSharder[bytes] = KeysSharder()
 _OP_PESSIMISTIC_LOCK: Final = int(Op.PESSIMISTIC_LOCK)
 _ASSERT_NOT_EXIST: Final = 2  # kvrpcpb.Assertion.NotExist
+_WAKE_UP_FORCE_LOCK: Final = int(kvrpcpb_pb2.PessimisticLockWakeUpMode.WakeUpModeForceLock)
+_RESULT_LOCKED_WITH_CONFLICT: Final = int(
+    kvrpcpb_pb2.PessimisticLockKeyResultType.LockResultLockedWithConflict
+)
+_RESULT_FAILED: Final = int(kvrpcpb_pb2.PessimisticLockKeyResultType.LockResultFailed)
 
 
 # ---------------------------------------------------------------------------------------
@@ -186,6 +191,68 @@ class LockRequest:
 #: What a lock call learned per key: (value, exists); the value is ``None`` unless values
 #: were asked for and the key exists.
 KeyResults = dict[bytes, tuple[bytes | None, bool]]
+#: Internally also the locked-with-conflict ts (0: locked normally).
+_Results = dict[bytes, tuple[bytes | None, bool, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """One lock attempt's fixed parameters."""
+
+    committer: TwoPhaseCommitter
+    by_encoded: dict[bytes, bytes]
+    for_update_ts: int
+    request: LockRequest
+    wait_start: float
+    is_first_lock: bool
+    force_lock: bool
+
+
+@dataclass(slots=True, kw_only=True)
+class _AggressiveEntry:
+    """A key locked during aggressive locking (client-go ``tempLockBufferEntry``)."""
+
+    has_return_value: bool
+    has_check_existence: bool
+    value: bytes | None
+    exists: bool
+    locked_with_conflict_ts: int
+    actual_for_update_ts: int
+
+    def try_skip_on_retry(self, return_values: bool, check_existence: bool) -> bool:
+        """Whether a retried attempt may reuse this lock without a request.
+
+        client-go ``trySkipLockingOnRetry``; adapts the entry to the new request.
+        """
+        if self.locked_with_conflict_ts:
+            self.locked_with_conflict_ts = 0  # as if locked normally from now on
+        elif (return_values and not self.has_return_value) or (
+            not return_values and check_existence and not self.has_check_existence
+        ):
+            return False  # the request needs more than the last attempt learned
+        if not return_values:
+            self.has_return_value = False
+            self.value = None
+        if not check_existence:
+            self.has_check_existence = False
+            if not return_values:
+                self.exists = True
+        return True
+
+
+@dataclass(slots=True)
+class _AggressiveContext:
+    """State of aggressive locking (client-go ``aggressiveLockingContext``)."""
+
+    start: float
+    current: dict[bytes, _AggressiveEntry] = field(default_factory=dict)
+    last: dict[bytes, _AggressiveEntry] = field(default_factory=dict)
+    primary: bytes | None = None
+    last_primary: bytes | None = None
+    assigned_primary: bool = False
+    last_assigned_primary: bool = False
+    last_attempt_start: float = 0.0
+    max_conflict_ts: int = 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -244,6 +311,11 @@ class PessimisticLocker:
         #: Written keys waiting for their lock, and the staging buffer of those writes.
         self._pending: dict[bytes, None] = {}
         self._stage: int | None = None
+        #: Aggressive (fair) locking state while it is on.
+        self._aggr: _AggressiveContext | None = None
+        #: The largest locked-with-conflict ts of finished aggressive locking (pessimistic
+        #: rollbacks must reach it: client-go ``maxLockedWithConflictTS``).
+        self.max_locked_with_conflict_ts = 0
         self._mu = asyncio.Lock()
         #: Counters for tests and metrics.
         self.stats: dict[str, int] = {
@@ -439,16 +511,37 @@ class PessimisticLocker:
 
         """
         async with self._mu:
-            return await self._lock(keys, request, set(force))
+            results = await self._lock(keys, request, set(force))
+        return {k: (value, exists) for k, (value, exists, _) in results.items()}
+
+    def _is_locked(self, key: bytes) -> bool:
+        flags = self._buffer.get_flags(key)
+        if flags is not None and flags.has_locked:
+            return True
+        aggr = self._aggr
+        return aggr is not None and (key in aggr.current or key in aggr.last)
 
     async def _lock(
         self, keys_in: Iterable[bytes], request: LockRequest, force: set[bytes]
-    ) -> KeyResults:
+    ) -> _Results:
         self._rt.check_open()
+        wanted = sorted(set(keys_in))
+        if self._aggr is not None and len(wanted) > 1:
+            # Aggressive locking serves single-key requests only: leave it as if its
+            # locks were taken normally (client-go exitAggressiveLockingIfInapplicable).
+            await self._done_aggressive()
+        aggr = self._aggr
         keys: list[bytes] = []
-        for key in sorted(set(keys_in)):
+        for key in wanted:
             flags = self._buffer.get_flags(key)
-            if flags is not None and flags.has_locked and key not in force:
+            locked = flags is not None and flags.has_locked
+            in_last = False
+            if aggr is not None:
+                if key in aggr.current:
+                    locked = True
+                elif key in aggr.last:
+                    locked = in_last = True
+            if locked and not in_last and key not in force:
                 continue
             keys.append(key)
         if not keys:
@@ -467,13 +560,26 @@ class PessimisticLocker:
                     "lock_only_if_exists on several keys needs a primary key: lock one key "
                     "of the transaction first"
                 )
-        was_locked = {k for k in keys if (f := self._buffer.get_flags(k)) and f.has_locked}
+        was_locked = {k for k in keys if self._is_locked(k)}
         committer = self._committer()
         assigned = False
         if self.primary is None:
-            # client-go selectPrimaryForPessimisticLock: the first of the sorted keys.
+            # client-go selectPrimaryForPessimisticLock: the first of the sorted keys, or,
+            # retrying aggressive locking, the previous attempt's primary if locked again.
             assigned = True
-            self._set_primary(committer, keys[0])
+            chosen = keys[0]
+            if aggr is not None and aggr.last_primary in keys:
+                chosen = aggr.last_primary
+            self._set_primary(committer, chosen)
+            if aggr is not None:
+                aggr.assigned_primary = True
+                aggr.primary = chosen
+        results: _Results = {}
+        if aggr is not None:
+            keys = self._reuse_last_attempt(aggr, committer, keys, request, results, assigned)
+            if not keys:
+                return results
+        force_lock = aggr is not None and len(keys) == 1
         is_first_lock = self.locked_count == 0 and len(keys) == 1
         wait_start = time.monotonic()
         for_update_ts = 0
@@ -482,8 +588,14 @@ class PessimisticLocker:
             while True:
                 for_update_ts = await self._rt.oracle.get_timestamp()
                 try:
-                    results = await self._lock_once(
-                        committer, keys, for_update_ts, request, wait_start, is_first_lock
+                    acquired = await self._lock_once(
+                        committer,
+                        keys,
+                        for_update_ts,
+                        request,
+                        wait_start,
+                        is_first_lock=is_first_lock,
+                        force_lock=force_lock,
                     )
                     break
                 except WriteConflictError:
@@ -499,14 +611,40 @@ class PessimisticLocker:
                 committer, keys, was_locked, exc, for_update_ts, assigned=assigned
             )
             raise
+        results.update(acquired)
         self.for_update_ts = max(self.for_update_ts, for_update_ts)
-        committer.for_update_ts = self.for_update_ts
+        committer.for_update_ts = max(committer.for_update_ts, self.for_update_ts)
+        encode = self._rt.codec.encode_key
         for key in keys:
-            value, exists = results.get(key, (None, True))
+            value, exists, conflict_ts = acquired.get(key, (None, True, 0))
             if request.lock_only_if_exists and not exists:
                 continue
-            flags = self._buffer.get_flags(key)
-            presumed = flags is not None and flags.has_presume_key_not_exists
+            if key not in was_locked:
+                self.locked_count += 1
+            if request.return_values or request.check_existence:
+                self._existence[key] = exists
+            elif conflict_ts == 0:
+                flags = self._buffer.get_flags(key)
+                if flags is not None and flags.has_presume_key_not_exists:
+                    self._existence[key] = False  # the NotExist assertion held
+            if request.return_values or conflict_ts:
+                self._values[key] = value if exists else None
+            actual_ts = max(for_update_ts, conflict_ts)
+            if aggr is not None:
+                aggr.current[key] = _AggressiveEntry(
+                    has_return_value=request.return_values,
+                    has_check_existence=request.check_existence,
+                    value=value,
+                    exists=exists,
+                    locked_with_conflict_ts=conflict_ts,
+                    actual_for_update_ts=actual_ts,
+                )
+                aggr.max_conflict_ts = max(aggr.max_conflict_ts, conflict_ts)
+                continue
+            encoded = encode(key)
+            if encoded in committer.for_update_ts_constraints:
+                # Locked again (for its value): prewrite must expect the new for-update ts.
+                committer.for_update_ts_constraints[encoded] = actual_ts
             self._buffer.update_flags(
                 key,
                 FlagsOp.SET_KEY_LOCKED,
@@ -515,31 +653,29 @@ class PessimisticLocker:
                 if exists
                 else FlagsOp.SET_KEY_LOCKED_VALUE_NOT_EXISTS,
             )
-            if request.return_values or request.check_existence:
-                self._existence[key] = exists
-            elif presumed:
-                self._existence[key] = False  # the NotExist assertion held
-            if request.return_values:
-                self._values[key] = value if exists else None
-            if key not in was_locked:
-                self.locked_count += 1
         if assigned and request.lock_only_if_exists and self.primary is not None:
-            _, exists = results.get(self.primary, (None, True))
+            _, exists, _ = acquired.get(self.primary, (None, True, 0))
             if not exists:
                 # client-go unsetPrimaryKeyIfNeeded: the key was not locked.
                 self._reset_primary(committer)
         return results
 
     def _set_primary(self, committer: TwoPhaseCommitter, key: bytes) -> None:
+        encoded = self._rt.codec.encode_key(key)
+        if committer.primary and committer.lock_primary is None and committer.primary != encoded:
+            # A primary kept alive across an aggressive-locking retry: a different key
+            # now needs its own heartbeat (client-go resetTTLManagerForAggressiveLockingMode).
+            committer.stop_heartbeat()
         self.primary = key
         committer.lock_primary = key
-        committer.primary = self._rt.codec.encode_key(key)
+        committer.primary = encoded
 
-    def _reset_primary(self, committer: TwoPhaseCommitter) -> None:
+    def _reset_primary(self, committer: TwoPhaseCommitter, *, keep_heartbeat: bool = False) -> None:
         self.primary = None
         committer.lock_primary = None
-        committer.primary = b""
-        committer.stop_heartbeat()
+        if not keep_heartbeat:
+            committer.primary = b""
+            committer.stop_heartbeat()
 
     async def _after_failure(
         self,
@@ -554,10 +690,18 @@ class PessimisticLocker:
         """Release what a failed lock call may have locked (client-go ``lockKeys``)."""
         # A single key that failed with a write conflict or an existing key holds no lock.
         may_be_locked = not isinstance(exc, WriteConflictError | KeyExistsError)
-        new_keys = [k for k in keys if k not in was_locked]
-        if new_keys and for_update_ts and (len(keys) > 1 or may_be_locked):
+        aggr = self._aggr
+        flagged = {k for k in keys if (f := self._buffer.get_flags(k)) and f.has_locked}
+        release = [k for k in keys if k not in flagged]
+        if release and for_update_ts and (len(keys) > 1 or may_be_locked):
+            if aggr is not None:
+                for key in release:
+                    aggr.current.pop(key, None)
+                    self._forget(key)
+            self.locked_count -= len([k for k in release if k in was_locked])
+            ts = max(for_update_ts, self.for_update_ts, self._max_conflict_ts())
             task = self._rt.spawn(
-                self._rollback_quietly(new_keys, max(for_update_ts, self.for_update_ts)),
+                self._rollback_quietly(release, ts),
                 name=f"tikv-txn-pessimistic-rollback-{self.start_ts}",
             )
             if not isinstance(exc, asyncio.CancelledError):
@@ -566,6 +710,18 @@ class PessimisticLocker:
                 await asyncio.shield(task)
         if assigned:
             self._reset_primary(committer)
+            if aggr is not None:
+                aggr.assigned_primary = False
+                aggr.primary = None
+
+    def _forget(self, key: bytes) -> None:
+        self._values.pop(key, None)
+        self._existence.pop(key, None)
+
+    def _max_conflict_ts(self) -> int:
+        aggr = self._aggr
+        ts = self.max_locked_with_conflict_ts
+        return ts if aggr is None else max(ts, aggr.max_conflict_ts)
 
     async def _rollback_quietly(self, keys: list[bytes], for_update_ts: int) -> None:
         try:
@@ -583,8 +739,10 @@ class PessimisticLocker:
         for_update_ts: int,
         request: LockRequest,
         wait_start: float,
+        *,
         is_first_lock: bool,
-    ) -> KeyResults:
+        force_lock: bool,
+    ) -> _Results:
         """One attempt at ``for_update_ts``: the primary's region first, then the rest."""
         codec = self._rt.codec
         by_encoded = {codec.encode_key(k): k for k in keys}
@@ -597,30 +755,27 @@ class PessimisticLocker:
             region = await self._rt.sender.locator.locate_key(primary)
             first = [k for k in encoded if region.contains(k)]
             rest = [k for k in encoded if not region.contains(k)]
-        results: KeyResults = {}
-        args = (committer, by_encoded, for_update_ts, request, wait_start, is_first_lock)
+        results: _Results = {}
+        attempt = _Attempt(
+            committer, by_encoded, for_update_ts, request, wait_start, is_first_lock, force_lock
+        )
         if first:
-            results.update(await self._lock_group(first, *args))
+            results.update(await self._lock_group(first, attempt))
             # The primary is locked: keep it alive from now on (client-go ttlManager.run).
             committer.start_heartbeat()
         if rest:
-            results.update(await self._lock_group(rest, *args))
+            results.update(await self._lock_group(rest, attempt))
         return results
 
-    async def _lock_group(
-        self,
-        payload: list[bytes],
-        committer: TwoPhaseCommitter,
-        by_encoded: dict[bytes, bytes],
-        for_update_ts: int,
-        request: LockRequest,
-        wait_start: float,
-        is_first_lock: bool,
-    ) -> KeyResults:
+    async def _lock_group(self, payload: list[bytes], attempt: _Attempt) -> _Results:
         """Lock ``payload`` (encoded keys) region by region until every key is locked."""
+        committer = attempt.committer
+        by_encoded = attempt.by_encoded
+        request = attempt.request
         primary = committer.primary
         cfg = self._rt.config
         buffer = self._buffer
+        wake_up_mode = _WAKE_UP_FORCE_LOCK if attempt.force_lock else 0
 
         def build(region: Region, part: Sequence[bytes]) -> kvrpcpb_pb2.PessimisticLockRequest:
             mutations = []
@@ -635,25 +790,26 @@ class PessimisticLocker:
                     )
                 )
             now = time.monotonic()
-            waited = int((now - wait_start) * 1000)
+            waited = int((now - attempt.wait_start) * 1000)
             elapsed = int((now - self._started_at) * 1000)
             self.stats["lock_requests"] += 1
             return kvrpcpb_pb2.PessimisticLockRequest(
                 mutations=mutations,
                 primary_lock=primary,
                 start_version=self.start_ts,
-                for_update_ts=for_update_ts,
+                for_update_ts=attempt.for_update_ts,
                 # A new TTL per attempt: a lock taken after a long wait must not be born
                 # nearly expired (client-go computes it inside the retry loop).
                 lock_ttl=pessimistic_lock_ttl(
                     max(0, elapsed), managed_lock_ttl_ms=cfg.managed_lock_ttl_ms
                 ),
-                is_first_lock=is_first_lock,
+                is_first_lock=attempt.is_first_lock,
                 wait_timeout=effective_wait_timeout(request.wait_ms, waited),
                 return_values=request.return_values,
                 check_existence=request.check_existence,
-                min_commit_ts=for_update_ts + 1,
+                min_commit_ts=attempt.for_update_ts + 1,
                 lock_only_if_exists=request.lock_only_if_exists,
+                wake_up_mode=wake_up_mode,  # type: ignore[arg-type]
             )
 
         def handle(region: Region, part: Sequence[bytes], resp: Any) -> tuple[Sequence[bytes], Any]:
@@ -661,7 +817,7 @@ class PessimisticLocker:
 
         options = self._request_options(committer)
         bo = self._rt.backoffer(PESSIMISTIC_LOCK_MAX_BACKOFF, "pessimistic lock")
-        results: KeyResults = {}
+        results: _Results = {}
         while payload:
             parts = await self._rt.sender.execute(
                 "PessimisticLock", _BY_KEYS, payload, build, handle, bo=bo, options=options
@@ -669,13 +825,14 @@ class PessimisticLocker:
             retry: list[bytes] = []
             blocking: list[LockInfo] = []
             for part, resp in parts:
-                if len(resp.results):
-                    raise TxnError("pessimistic lock response corrupted: results in normal mode")
-                errors = list(resp.errors)
-                if not errors:
-                    self._read_results(part, resp, request, by_encoded, results)
+                done = (
+                    self._read_force_lock(part, resp, request, by_encoded, results)
+                    if attempt.force_lock
+                    else self._read_normal(part, resp, request, by_encoded, results)
+                )
+                if done:
                     continue
-                for err in errors:
+                for err in resp.errors:
                     if err.HasField("locked"):
                         blocking.append(lock_from_pb(err.locked))
                     else:
@@ -683,18 +840,23 @@ class PessimisticLocker:
                         raise key_error_to_exception(err, start_ts=self.start_ts)
                 retry.extend(part)
             if blocking:
-                await self._resolve_blocking(bo, blocking, request, wait_start)
+                await self._resolve_blocking(bo, blocking, request, attempt.wait_start)
             payload = retry
         return results
 
-    def _read_results(
+    def _read_normal(
         self,
         part: Sequence[bytes],
         resp: Any,
         request: LockRequest,
         by_encoded: dict[bytes, bytes],
-        out: KeyResults,
-    ) -> None:
+        out: _Results,
+    ) -> bool:
+        """Record a normal-mode response; False when it failed (see its errors)."""
+        if len(resp.results):
+            raise TxnError("pessimistic lock response corrupted: results in normal mode")
+        if len(resp.errors):
+            return False
         values = list(resp.values)
         not_founds = list(resp.not_founds)
         for i, key in enumerate(part):
@@ -703,11 +865,53 @@ class PessimisticLocker:
                 value = values[i] if i < len(values) else b""
                 # An old TiKV without not_founds: an empty value means "not found".
                 exists = not not_founds[i] if not_founds else value != b""
-                out[user_key] = (value if exists else None, exists)
+                out[user_key] = (value if exists else None, exists, 0)
             elif request.check_existence and not_founds:
-                out[user_key] = (None, not not_founds[i])
+                out[user_key] = (None, not not_founds[i], 0)
             else:
-                out[user_key] = (None, True)
+                out[user_key] = (None, True, 0)
+        return True
+
+    def _read_force_lock(
+        self,
+        part: Sequence[bytes],
+        resp: Any,
+        request: LockRequest,
+        by_encoded: dict[bytes, bytes],
+        out: _Results,
+    ) -> bool:
+        """Record a force-lock (fair locking) response of one key; False when it failed.
+
+        client-go ``handlePessimisticLockResponseForceLockMode``.
+        """
+        results = list(resp.results)
+        if len(part) != 1 or len(results) > 1:
+            raise TxnError("pessimistic lock response corrupted: force-lock mode is single-key")
+        if not results:
+            if len(resp.errors):
+                return False  # an error before any key was tried
+            raise TxnError("pessimistic lock response corrupted: no result in force-lock mode")
+        res = results[0]
+        user_key = by_encoded[part[0]]
+        if res.type == _RESULT_FAILED:
+            return False
+        if res.type == _RESULT_LOCKED_WITH_CONFLICT:
+            # Locked over a newer write: the lock's for-update ts is that write's commit
+            # ts, and the value is the newest one (returned even without return_values).
+            out[user_key] = (
+                res.value if res.existence else None,
+                res.existence,
+                res.locked_with_conflict_ts,
+            )
+        elif request.return_values:
+            out[user_key] = (res.value if res.existence else None, res.existence, 0)
+        elif request.check_existence:
+            out[user_key] = (None, res.existence, 0)
+        else:
+            out[user_key] = (None, True, 0)
+        if len(resp.errors):
+            raise TxnError("pessimistic lock response corrupted: a locked key with an error")
+        return True
 
     async def _resolve_blocking(
         self, bo: Any, blocking: list[LockInfo], request: LockRequest, wait_start: float
@@ -735,6 +939,180 @@ class PessimisticLocker:
             lock_ts=lock.lock_version,
             no_wait=verdict is WaitVerdict.NO_WAIT,
         )
+
+    # -- aggressive (fair) locking -----------------------------------------------------
+
+    @property
+    def in_aggressive_locking(self) -> bool:
+        """Whether aggressive locking is on (client-go ``IsInAggressiveLockingMode``)."""
+        return self._aggr is not None
+
+    def is_in_aggressive_locking_stage(self, key: bytes) -> bool:
+        """Whether ``key`` was locked in the current aggressive-locking attempt."""
+        return self._aggr is not None and key in self._aggr.current
+
+    def start_aggressive_locking(self) -> None:
+        """Enter aggressive locking (client-go ``StartAggressiveLocking``).
+
+        Raises:
+            ValueError: Not a pessimistic transaction, or already on.
+
+        """
+        if not self.pessimistic:
+            raise ValueError("aggressive locking needs a pessimistic transaction")
+        if self._aggr is not None:
+            raise ValueError("aggressive locking is already on")
+        self._aggr = _AggressiveContext(start=time.monotonic())
+
+    def _require_aggressive(self) -> _AggressiveContext:
+        if self._aggr is None:
+            raise ValueError("aggressive locking is not on")
+        return self._aggr
+
+    async def retry_aggressive_locking(self) -> None:
+        """End the current attempt and start the next (client-go ``RetryAggressiveLocking``).
+
+        Locks of the attempt before the one just ended that were not taken again are
+        released; the ones of the attempt just ended are kept for the next attempt, which
+        reuses them without a request when it locks the same keys.
+        """
+        async with self._mu:
+            aggr = self._require_aggressive()
+            await self._cleanup_redundant(aggr)
+            if aggr.assigned_primary:
+                # The next attempt may choose another primary; the heartbeat keeps the
+                # current one alive meanwhile (tidb#58279).
+                aggr.assigned_primary = False
+                aggr.last_assigned_primary = True
+                self._reset_primary(self._committer(), keep_heartbeat=True)
+            aggr.last_primary, aggr.primary = aggr.primary, None
+            aggr.last_attempt_start, aggr.start = aggr.start, time.monotonic()
+            aggr.last, aggr.current = aggr.current, {}
+
+    async def cancel_aggressive_locking(self) -> None:
+        """Leave aggressive locking releasing its locks (client-go ``CancelAggressiveLocking``)."""
+        async with self._mu:
+            aggr = self._require_aggressive()
+            self._aggr = None
+            await self._cleanup_redundant(aggr)
+            committer = self._committer()
+            if aggr.assigned_primary or aggr.last_assigned_primary:
+                self._reset_primary(committer)
+            keys = list(aggr.current)
+            if keys:
+                ts = max(committer.for_update_ts, aggr.max_conflict_ts)
+                self.locked_count -= len(keys)
+                for key in keys:
+                    self._forget(key)
+                await self._rollback_quietly(keys, ts)
+
+    async def done_aggressive_locking(self) -> None:
+        """Leave aggressive locking keeping its locks (client-go ``DoneAggressiveLocking``).
+
+        The keys locked by the last attempt become normally locked keys; prewrite expects
+        their locks at the for-update ts they were taken at (``for_update_ts_constraints``).
+        """
+        async with self._mu:
+            self._require_aggressive()
+            await self._done_aggressive()
+
+    def check_commit(self) -> None:
+        """Refuse to commit while aggressive locking holds locks of an unfinished attempt.
+
+        Raises:
+            TxnError: Call :meth:`done_aggressive_locking` or
+                :meth:`cancel_aggressive_locking` first (client-go ``KVTxn.Commit``).
+
+        """
+        if self._aggr is not None and self._aggr.current:
+            raise TxnError(
+                "aggressive locking is pending: call done_aggressive_locking() or "
+                "cancel_aggressive_locking() before commit"
+            )
+
+    async def before_commit(self) -> None:
+        """Leave an empty aggressive-locking state and lock the pending writes."""
+        self.check_commit()
+        if self._aggr is not None:
+            await self.cancel_aggressive_locking()
+        await self.flush_pending()
+
+    async def _done_aggressive(self) -> None:
+        aggr = self._aggr
+        assert aggr is not None
+        self._aggr = None
+        committer = self._committer()
+        if aggr.last_assigned_primary and not aggr.assigned_primary:
+            # No key of the last attempt became the primary: nothing to keep alive.
+            committer.primary = b""
+            committer.stop_heartbeat()
+        await self._cleanup_redundant(aggr)
+        encode = self._rt.codec.encode_key
+        constraints = committer.for_update_ts_constraints
+        for key, entry in aggr.current.items():
+            not_exists = (entry.has_check_existence or entry.has_return_value) and not entry.exists
+            self._buffer.update_flags(
+                key,
+                FlagsOp.SET_KEY_LOCKED,
+                FlagsOp.DEL_NEED_CHECK_EXISTS,
+                FlagsOp.SET_KEY_LOCKED_VALUE_NOT_EXISTS
+                if not_exists
+                else FlagsOp.SET_KEY_LOCKED_VALUE_EXISTS,
+            )
+            constraints.setdefault(encode(key), entry.actual_for_update_ts)
+        if aggr.max_conflict_ts > self.max_locked_with_conflict_ts:
+            self.max_locked_with_conflict_ts = aggr.max_conflict_ts
+        # The commit ts must exceed every lock's for-update ts, a locked-with-conflict one
+        # included (TiDB retries the statement at a newer for_update_ts instead).
+        committer.for_update_ts = max(committer.for_update_ts, self.max_locked_with_conflict_ts)
+
+    async def _cleanup_redundant(self, aggr: _AggressiveContext) -> None:
+        """Release the last attempt's locks that this attempt did not take again."""
+        keys = list(aggr.last)
+        aggr.last = {}
+        if not keys:
+            return
+        self.locked_count -= len(keys)
+        for key in keys:
+            self._forget(key)
+        ts = max(self._committer().for_update_ts, aggr.max_conflict_ts)
+        await self._rollback_quietly(keys, ts)
+
+    def _reuse_last_attempt(
+        self,
+        aggr: _AggressiveContext,
+        committer: TwoPhaseCommitter,
+        keys: list[bytes],
+        request: LockRequest,
+        results: _Results,
+        assigned: bool,
+    ) -> list[bytes]:
+        """Keys of the last attempt reused without a request; return the keys to lock.
+
+        client-go ``filterAggressiveLockedKeys``: only while the primary is unchanged and
+        the last attempt's locks cannot have expired yet.
+        """
+        can_try_skip = not aggr.assigned_primary or aggr.last_primary == aggr.primary
+        ttl_ms = self._rt.config.managed_lock_ttl_ms
+        may_expire = (time.monotonic() - aggr.last_attempt_start) * 1000 >= ttl_ms
+        remaining: list[bytes] = []
+        for key in keys:
+            entry = aggr.last.pop(key, None)
+            if entry is not None:
+                conflict_ts = entry.locked_with_conflict_ts
+                if (
+                    can_try_skip
+                    and not may_expire
+                    and entry.try_skip_on_retry(request.return_values, request.check_existence)
+                ):
+                    aggr.current[key] = entry
+                    results[key] = (entry.value, entry.exists, conflict_ts)
+                    continue
+            remaining.append(key)
+        if remaining and assigned and aggr.primary != aggr.last_primary:
+            # A new primary: its heartbeat starts once it is locked.
+            committer.stop_heartbeat()
+        return remaining
 
     # -- rollback ----------------------------------------------------------------------
 
@@ -784,10 +1162,13 @@ class PessimisticLocker:
         """
         self._pending.clear()
         self._close_stage(commit=False)
+        if self._aggr is not None:
+            await self.cancel_aggressive_locking()
         if not self.pessimistic or self.locked_count == 0:
             return
         self._committer().stop_heartbeat()
-        await self._rollback_quietly(self.locked_keys(), self.for_update_ts)
+        ts = max(self.for_update_ts, self.max_locked_with_conflict_ts)
+        await self._rollback_quietly(self.locked_keys(), ts)
 
     def release_after_failed_commit(self, committer: TwoPhaseCommitter) -> None:
         """A commit failed before prewrite wrote anything: release the locks in background.
@@ -800,7 +1181,8 @@ class PessimisticLocker:
         if self._rt.closed:
             return
         committer.stop_heartbeat()
+        ts = max(self.for_update_ts, self.max_locked_with_conflict_ts)
         self._rt.spawn(
-            self._rollback_quietly(self.locked_keys(), self.for_update_ts),
+            self._rollback_quietly(self.locked_keys(), ts),
             name=f"tikv-txn-pessimistic-rollback-{self.start_ts}",
         )

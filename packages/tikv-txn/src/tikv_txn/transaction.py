@@ -395,6 +395,46 @@ class AsyncTransaction:
             LockRequest(wait_ms=wait if lock_wait_timeout_ms is None else lock_wait_timeout_ms),
         )
 
+    # -- aggressive (fair) locking (client-go KVTxn.*AggressiveLocking) -----------------
+
+    def start_aggressive_locking(self) -> None:
+        """Enter aggressive locking (pessimistic transactions; client-go's fair locking).
+
+        While it is on, a lock call of a single key uses TiKV's force-lock wake-up mode:
+        a waiter gets the lock as soon as it is released, even over a newer write (the
+        value returned is then the newest); keys are recorded per attempt. End an attempt
+        with :meth:`retry_aggressive_locking` (its locks are reused by the next attempt
+        or released), and the whole with :meth:`done_aggressive_locking` (keep the locks)
+        or :meth:`cancel_aggressive_locking` (release them). A lock call of several keys
+        ends it as ``done`` does.
+
+        Raises:
+            ValueError: Not a pessimistic transaction, or already on.
+
+        """
+        self._check_active()
+        self._locker.start_aggressive_locking()
+
+    async def retry_aggressive_locking(self) -> None:
+        """End the current aggressive-locking attempt and start the next one."""
+        self._check_active()
+        await self._locker.retry_aggressive_locking()
+
+    async def cancel_aggressive_locking(self) -> None:
+        """Leave aggressive locking, releasing the locks it took."""
+        self._check_active()
+        await self._locker.cancel_aggressive_locking()
+
+    async def done_aggressive_locking(self) -> None:
+        """Leave aggressive locking, keeping the locks of its last attempt."""
+        self._check_active()
+        await self._locker.done_aggressive_locking()
+
+    @property
+    def in_aggressive_locking(self) -> bool:
+        """Whether aggressive locking is on."""
+        return self._locker.in_aggressive_locking
+
     # -- finish ------------------------------------------------------------------------
 
     def _current_buffer(self) -> MemBuffer:
@@ -429,10 +469,11 @@ class AsyncTransaction:
 
         """
         self._check_active()
+        self._locker.check_commit()
         self._state = _COMMITTING
         try:
             # Writes still waiting for their pessimistic lock are locked first.
-            await self._locker.flush_pending()
+            await self._locker.before_commit()
         except BaseException:
             self._state = _FAILED
             await self._locker.rollback()
