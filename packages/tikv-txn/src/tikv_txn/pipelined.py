@@ -58,8 +58,10 @@ Flush and resolve requests carry the request source ``"external_pdml"`` (client-
 from __future__ import annotations
 
 import asyncio
+import bisect
 import concurrent.futures
 import dataclasses
+import enum
 import logging
 import time
 from collections.abc import (
@@ -94,7 +96,7 @@ from tikv_proto import kvrpcpb_pb2
 from tikv_txn._kv import key_error_to_exception, locks_of, mutation_to_pb
 from tikv_txn._runtime import HEARTBEAT_TASK_PREFIX
 from tikv_txn._validate import check_key, check_keys, check_range
-from tikv_txn.membuffer import TOMBSTONE, MemBuffer
+from tikv_txn.membuffer import TOMBSTONE, KeyFlags, MemBuffer, MemEntry, Tombstone
 from tikv_txn.policy import (
     DEFAULT_LOCK_TTL_MS,
     MANAGED_LOCK_TTL_MS,
@@ -160,6 +162,71 @@ def throttle_ms(ratio: float, expected_flush_ms: float) -> int:
     if not 0.0 <= ratio < 1.0 or expected_flush_ms <= 0:
         return 0
     return int(ratio / (1.0 - ratio) * expected_flush_ms)
+
+
+class _Flushed(enum.Enum):
+    """Marks an entry of a flushing generation whose batch TiKV acknowledged."""
+
+    FLUSHED = "FLUSHED"
+
+
+_FLUSHED: Final = _Flushed.FLUSHED
+
+
+class _Generation:
+    """The generation being flushed: its entries in key order, compactly.
+
+    Built from the buffer when it is handed to a flush (the buffer's dicts and index are
+    then dropped). A value whose batch TiKV acknowledged is released at once: reads of
+    that key go to TiKV (``KvBufferBatchGet``), which now holds it. client-go keeps the
+    whole flushing memdb until the flush ends; releasing per batch keeps a Python
+    client's peak memory near one buffer instead of two.
+    """
+
+    __slots__ = ("flags", "keys", "number", "released", "values")
+
+    def __init__(self, number: int, buf: MemBuffer) -> None:
+        keys: list[bytes] = []
+        values: list[bytes | Tombstone | _Flushed | None] = []
+        flags: list[int] = []
+        for entry in buf.iterate_with_flags():
+            keys.append(entry.key)
+            values.append(entry.value)
+            flags.append(int(entry.flags))
+        self.number = number
+        self.keys = keys
+        self.values = values
+        self.flags = flags
+        #: How many entries were released (their batch was acknowledged).
+        self.released = 0
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def get(self, key: bytes) -> bytes | Tombstone | _Flushed | None:
+        """The entry's value, TOMBSTONE, ``_FLUSHED`` (released), or None (absent / flags only)."""
+        keys = self.keys
+        i = bisect.bisect_left(keys, key)
+        if i < len(keys) and keys[i] == key:
+            return self.values[i]
+        return None
+
+    def entries(self) -> Iterator[tuple[int, MemEntry]]:
+        """``(position, entry)`` in key order."""
+        values = self.values
+        flags = self.flags
+        for i, key in enumerate(self.keys):
+            value = values[i]
+            if value is _FLUSHED:
+                continue
+            yield i, MemEntry(key, value, KeyFlags(flags[i]))
+
+    def release(self, positions: Sequence[int]) -> None:
+        """Drop the values at ``positions`` (TiKV holds them now)."""
+        values = self.values
+        for i in positions:
+            values[i] = _FLUSHED
+        self.released += len(positions)
 
 
 _ACTIVE = "active"
@@ -257,7 +324,7 @@ class AsyncPipelinedTransaction(AsyncTransaction):
         self._loop = asyncio.get_running_loop()
         self._snapshot = _PipelinedSnapshot(runtime, start_ts, options)
         self._buffer = self._new_buffer()
-        self._flushing: MemBuffer | None = None
+        self._flushing: _Generation | None = None
         self._inflight: concurrent.futures.Future[BaseException | None] | None = None
         self._generation = 0
         self._flushed_keys = 0
@@ -378,7 +445,8 @@ class AsyncPipelinedTransaction(AsyncTransaction):
         """The value of encoded-or-not ``key`` in memory: bytes, TOMBSTONE or None (absent)."""
         value = self._buffer.get(key)
         if value is None and self._flushing is not None:
-            value = self._flushing.get(key)
+            flushing = self._flushing.get(key)
+            return None if flushing is _FLUSHED else flushing
         return value
 
     async def get(self, key: bytes) -> bytes | None:
@@ -435,7 +503,10 @@ class AsyncPipelinedTransaction(AsyncTransaction):
     def _flushed_anything(self) -> bool:
         # Only generations whose flush finished are read from TiKV (the running one is
         # still in memory); reading before the first flush would be a wasted RPC.
-        return self._generation > (1 if self._flushing is not None else 0)
+        flushing = self._flushing
+        if flushing is None:
+            return self._generation > 0
+        return self._generation > 1 or flushing.released > 0
 
     async def _buffer_batch_get(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
         """``KvBufferBatchGet``: this transaction's flushed values (``b""``: deleted)."""
@@ -586,24 +657,19 @@ class AsyncPipelinedTransaction(AsyncTransaction):
         if len(buf) == 0:
             return False
         codec = self._rt.codec
-        first = next(buf.keys(None, None), None)
-        last = next(buf.keys(None, None, reverse=True), None)
-        assert first is not None
-        assert last is not None
-        lo, hi = codec.encode_key(first), codec.encode_key(last)
+        gen = _Generation(self._generation + 1, buf)
+        lo, hi = codec.encode_key(gen.keys[0]), codec.encode_key(gen.keys[-1])
         if self._bounds is None:
             self._bounds = (lo, hi)
         else:
             self._bounds = (min(self._bounds[0], lo), max(self._bounds[1], hi))
-        self._generation += 1
-        self._flushed_keys += len(buf)
+        self._generation = gen.number
+        self._flushed_keys += len(gen)
         self._flushed_size += buf.size
-        self._flushing = buf
+        self._flushing = gen
         self._buffer = self._new_buffer()
         self._remote_cache.clear()
-        self._inflight = self._start(
-            self._flush_generation(self._generation, buf), f"flush-{self._generation}"
-        )
+        self._inflight = self._start(self._flush_generation(gen), f"flush-{gen.number}")
         return True
 
     def _start(
@@ -638,56 +704,65 @@ class AsyncPipelinedTransaction(AsyncTransaction):
 
     # -- flushing (client-go pipelined_flush.go) ---------------------------------------
 
-    def _mutations(self, buf: MemBuffer) -> Iterator[Mutation]:
+    def _mutations(self, gen: _Generation) -> Iterator[tuple[int, Mutation]]:
+        """``(position, mutation)`` of the generation's entries that become mutations."""
         codec = self._rt.codec
         encode = codec.api_version == 2
         assertions = self._options.assertion_level != "Off"
-        for entry in buf.iterate_with_flags():
+        for i, entry in gen.entries():
             m = mutation_for_entry(entry, pessimistic=False, assertions=assertions)
             if m is None:
                 continue
             if m.op is Op.SHARED_LOCK:
                 raise TxnError("shared locks are not supported in a pipelined transaction")
-            yield m._replace(key=codec.encode_key(m.key)) if encode else m
+            yield i, (m._replace(key=codec.encode_key(m.key)) if encode else m)
 
-    def _choose_primary(self, buf: MemBuffer) -> None:
+    def _choose_primary(self, gen: _Generation) -> None:
         # The first key that becomes a lock (client-go InitPipelinedMemDB's flush func).
         if self._primary:
             return
-        for m in self._mutations(buf):
+        for _, m in self._mutations(gen):
             if m.op is not Op.CHECK_NOT_EXISTS:
                 self._primary = m.key
                 return
 
-    async def _batches(self, buf: MemBuffer) -> AsyncGenerator[list[Mutation], None]:
-        """The generation's mutations by region, in batches of ``txn_commit_batch_size``."""
+    async def _batches(
+        self, gen: _Generation
+    ) -> AsyncGenerator[tuple[list[Mutation], list[int]], None]:
+        """The generation's mutations by region, in batches of ``txn_commit_batch_size``.
+
+        Each batch comes with the positions of its entries in the generation.
+        """
         locator = self._rt.sender.locator
         limit = self._rt.config.txn_commit_batch_size
         region: Region | None = None
         batch: list[Mutation] = []
+        positions: list[int] = []
         size = 0
-        for m in self._mutations(buf):
+        for i, m in self._mutations(gen):
             if region is None or not region.contains(m.key):
                 if batch:
-                    yield batch
-                    batch, size = [], 0
+                    yield batch, positions
+                    batch, positions, size = [], [], 0
                 region = await locator.locate_key(m.key)
             batch.append(m)
+            positions.append(i)
             size += len(m.key) + len(m.value)
             if size >= limit:
-                yield batch
-                batch, size = [], 0
+                yield batch, positions
+                batch, positions, size = [], [], 0
         if batch:
-            yield batch
+            yield batch, positions
 
-    async def _flush_generation(self, generation: int, buf: MemBuffer) -> BaseException | None:
+    async def _flush_generation(self, gen: _Generation) -> BaseException | None:
         """Flush one generation; return its error instead of raising it."""
+        generation = gen.number
         try:
             if self._ttl_closed:
                 raise TxnError(
                     f"pipelined txn {self.start_ts}: the heartbeat stopped; it cannot flush"
                 )
-            self._choose_primary(buf)
+            self._choose_primary(gen)
             if not self._primary:
                 raise TxnError(
                     f"pipelined txn {self.start_ts}: no key of generation {generation} "
@@ -702,7 +777,7 @@ class AsyncPipelinedTransaction(AsyncTransaction):
                 _log.info("pipelined txn %d: throttled %d ms", self.start_ts, sleep_ms)
                 await asyncio.sleep(sleep_ms / 1000.0)
             began = time.monotonic()
-            await self._flush_all_batches(generation, buf)
+            await self._flush_all_batches(gen)
             took_ms = (time.monotonic() - began) * 1000.0
             ewma = self._flush_ewma_ms
             self._flush_ewma_ms = (
@@ -719,15 +794,14 @@ class AsyncPipelinedTransaction(AsyncTransaction):
             )
             return exc
         _log.debug(
-            "pipelined txn %d: flushed generation %d (%d keys, %d bytes)",
+            "pipelined txn %d: flushed generation %d (%d keys)",
             self.start_ts,
             generation,
-            len(buf),
-            buf.size,
+            len(gen),
         )
         return None
 
-    async def _flush_all_batches(self, generation: int, buf: MemBuffer) -> None:
+    async def _flush_all_batches(self, gen: _Generation) -> None:
         """Send every batch, at most ``pipelined_flush_concurrency`` at once.
 
         After a failure no new batch starts, but the batches in flight finish: once this
@@ -735,8 +809,10 @@ class AsyncPipelinedTransaction(AsyncTransaction):
         follows sees every lock). An ``AssertionFailed`` error is reported only when
         nothing else failed (client-go ``batchExecutor.process``).
         """
+        generation = gen.number
         bo = self._rt.backoffer(_FLUSH_MAX_BACKOFF_MS, "pipelined flush")
-        source = self._batches(buf)
+        source = self._batches(gen)
+        cache = self._remote_cache
         pull = asyncio.Lock()
         exhausted = False
         failures: list[Exception] = []
@@ -748,7 +824,7 @@ class AsyncPipelinedTransaction(AsyncTransaction):
                     if exhausted or failures:
                         return
                     try:
-                        batch = await anext(source)
+                        batch, positions = await anext(source)
                     except StopAsyncIteration:
                         exhausted = True
                         return
@@ -760,6 +836,10 @@ class AsyncPipelinedTransaction(AsyncTransaction):
                 except Exception as exc:
                     failures.append(exc)
                     return
+                # TiKV holds the batch now: reads of its keys go there.
+                gen.release(positions)
+                for i in positions:
+                    cache.pop(gen.keys[i], None)
 
         workers = [
             asyncio.ensure_future(worker())
