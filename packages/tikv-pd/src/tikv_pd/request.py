@@ -37,6 +37,7 @@ response handler and merge function.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import functools
 import logging
@@ -276,6 +277,9 @@ class RequestOptions:
             ``"mixed"``, ``"learner"`` or ``"prefer-leader"`` (reads only).
         stale_read: Read at a timestamp from any replica whose safe-ts allows it; a
             ``DataIsNotReady`` answer is retried on the leader as a normal read.
+        match_labels: Store labels that replica and stale reads prefer, as ``(key,
+            value)`` pairs (client-go ``WithMatchLabels``, e.g. ``(("zone", "z1"),)`` to
+            read the local replica).
         disk_full_opt: Whether writes may proceed on an (almost) full disk.
         txn_source: ``Context.txn_source`` (CDC origin marker).
         max_execution_duration_ms: Server-side execution deadline (0 = none).
@@ -304,6 +308,7 @@ class RequestOptions:
     not_fill_cache: bool = False
     replica_read: ReplicaReadType = "leader"
     stale_read: bool = False
+    match_labels: tuple[tuple[str, str], ...] = ()
     disk_full_opt: DiskFullOpt = "NotAllowedOnFull"
     txn_source: int = 0
     max_execution_duration_ms: int = 0
@@ -341,6 +346,12 @@ class RequestOptions:
             )
         if not isinstance(self.resource_group_tag, bytes):
             raise TypeError(f"{own}.resource_group_tag must be bytes")
+        labels: object = self.match_labels
+        if not isinstance(labels, tuple) or not all(
+            isinstance(p, tuple) and len(p) == 2 and all(isinstance(x, str) for x in p)
+            for p in labels
+        ):
+            raise TypeError(f"{own}.match_labels must be a tuple of (key, value) str pairs")
         if self.interceptor is not None and not isinstance(self.interceptor, RPCInterceptor):
             raise TypeError(f"{own}.interceptor must have .name and .wrap(next)")
         for name in ("txn_source", "max_execution_duration_ms", "busy_threshold_ms"):
@@ -752,6 +763,20 @@ class RequestSender:
         self._is_tiflash: Callable[[int], bool] | None = (
             functools.partial(_is_tiflash, cache) if isinstance(cache, RegionCache) else None
         )
+        self._store_labels: Callable[[int], tuple[tuple[str, str], ...] | None] | None = (
+            functools.partial(_store_labels, cache) if isinstance(cache, RegionCache) else None
+        )
+
+    async def _load_stores(self, region: Region) -> None:
+        """Make sure the stores of ``region``'s peers are cached (their labels matter)."""
+        get_store = getattr(self.locator, "get_store", None)
+        labels_of = self._store_labels
+        if get_store is None or labels_of is None:
+            return
+        for peer in region.peers:
+            if labels_of(peer.store_id) is None:
+                with contextlib.suppress(Exception):
+                    await get_store(peer.store_id)
 
     def _liveness(self, store_id: int) -> Liveness:
         """A store's liveness for the replica selector: recent connection failures first."""
@@ -946,6 +971,8 @@ class RequestSender:
         while True:
             if not leader_only and (options.stale_read or options.replica_read != "leader"):
                 if selector is None or not selector.same_region(region):
+                    if options.match_labels:
+                        await self._load_stores(region)
                     selector = ReplicaSelector(
                         region,
                         options.replica_read,
@@ -953,6 +980,8 @@ class RequestSender:
                         liveness=self._liveness,
                         is_tiflash=self._is_tiflash,
                         rng=self.rng,
+                        labels=options.match_labels,
+                        store_labels=self._store_labels,
                     )
                 else:
                     selector.update_region(region)
@@ -1350,6 +1379,11 @@ def _load_based_read(options: RequestOptions) -> RequestOptions:
 
 #: Failures of the pipeline itself (as opposed to a handler's key errors), for the log.
 _PIPELINE_ERRORS = (BackoffTimeoutError, StoreUnavailableError, RegionError, UndeterminedError)
+
+
+def _store_labels(cache: RegionCache, store_id: int) -> tuple[tuple[str, str], ...] | None:
+    store = cache.get_store(store_id)
+    return store.labels if store is not None else None
 
 
 def _is_tiflash(cache: RegionCache, store_id: int) -> bool:
