@@ -295,3 +295,13 @@ def test_learner_peers_serve_reads_and_never_lead() -> None:
         ctx.replica_read = True
         got = stubs.tikv(learner_store).RawGet(kvrpcpb_pb2.RawGetRequest(context=ctx, key=b"a"))
         assert not got.HasField("region_error")
+
+
+def test_store_labels_are_reported_by_pd(cluster: MockCluster, stubs: Stubs) -> None:
+    store = cluster.stores()[0].id
+    cluster.set_store_labels(store, {"zone": "z1", "host": "h1"})
+    resp = stubs.pd().GetStore(pdpb_pb2.GetStoreRequest(header=stubs.header(), store_id=store))
+    assert {(lb.key, lb.value) for lb in resp.store.labels} == {("zone", "z1"), ("host", "h1")}
+    cluster.set_store_labels(store, {})
+    resp = stubs.pd().GetStore(pdpb_pb2.GetStoreRequest(header=stubs.header(), store_id=store))
+    assert not resp.store.labels

@@ -321,6 +321,13 @@ class Cluster:
         with self._mu:
             return [replace(s, labels=dict(s.labels)) for _, s in sorted(self._stores.items())]
 
+    def set_store_labels(self, store_id: int, labels: dict[str, str]) -> None:
+        """Replace a store's labels (``zone``, ``host``, ...), as PD reports them."""
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+            raise TypeError("store labels must map str to str")
+        with self._mu:
+            self._require_store(store_id).labels = dict(labels)
+
     def set_store_address(self, store_id: int, address: str) -> None:
         """Record the address a store serves on."""
         with self._mu:

@@ -268,6 +268,10 @@ class MockCluster:
         result: Region = self._call("transfer_leader", region_id, store_id)
         return result
 
+    def set_store_labels(self, store_id: int, labels: dict[str, str]) -> None:
+        """Replace a store's labels (e.g. ``{"zone": "z1"}``); PD reports them from now on."""
+        self._call("set_store_labels", store_id, dict(labels))
+
     def add_peer(self, region_id: int, store_id: int, *, learner: bool = False) -> Region:
         """Add a peer of ``region_id`` on ``store_id`` (a learner with ``learner=True``)."""
         result: Region = self._call("add_peer", region_id, store_id, learner=learner)
@@ -545,6 +549,8 @@ def _run_op(local: _LocalCluster, op: str, args: tuple[Any, ...], kwargs: dict[s
         return c.merge(*args)
     if op == "transfer_leader":
         return c.transfer_leader(*args)
+    if op == "set_store_labels":
+        return c.set_store_labels(*args)
     if op == "add_peer":
         return c.add_peer(*args, **kwargs)
     if op == "remove_peer":
