@@ -30,6 +30,7 @@ from tikv_txn import (
     TransactionClient,
     TransactionOptions,
     TxnError,
+    WriteConflictError,
 )
 from tikv_txn.pessimistic import (
     SKIP_RESOLVE_THRESHOLD_MS,
@@ -743,3 +744,19 @@ async def test_cancel_aggressive_locking_releases_everything(
     optimistic = await client.begin()
     with pytest.raises(ValueError, match="pessimistic"):
         optimistic.start_aggressive_locking()
+
+
+async def test_optimistic_lock_keys_are_checked_for_conflicts_at_commit(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    key, other = K(b"\x10", p, "k"), K(b"\x90", p, "o")
+    txn = await client.begin()
+    requests = cluster.counters.count("KvPessimisticLock")
+    await txn.lock_keys([key])
+    assert await txn.get_for_update(other) is None
+    assert cluster.counters.count("KvPessimisticLock") == requests  # only marked
+    async with client.begin() as rival:
+        rival.put(key, b"rival")
+    with pytest.raises(WriteConflictError) as info:
+        await txn.commit()
+    assert info.value.key == key

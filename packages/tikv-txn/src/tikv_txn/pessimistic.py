@@ -365,8 +365,7 @@ class PessimisticLocker:
                 (client-go ``lockKeys``' check of ``NeedCheckExists`` keys).
 
         """
-        flags = self._buffer.get_flags(key)
-        if not self.pessimistic or flags is None or not flags.has_locked:
+        if not self.pessimistic or not self._is_locked(key):
             return False
         exists = self._existence.get(key)
         if exists:
