@@ -268,6 +268,43 @@ async def test_learner_reads_go_to_the_learner() -> None:
             assert region.leader_store_id not in by_store and learner_store in by_store
 
 
+async def test_stale_and_replica_reads_go_to_the_local_zone(
+    client: AsyncTransactionClient, cluster: MockCluster
+) -> None:
+    for store in cluster.stores():
+        cluster.set_store_labels(store.id, {"zone": f"z{store.id}", "host": f"h{store.id}"})
+    await write(client, dict.fromkeys(KEYS, b"v"))
+    cluster.clock.advance(1)
+    leader, followers = stores_of(cluster, KEYS[0])
+    local = followers[-1]
+    zone = {"zone": f"z{local}"}
+    ts = await client.current_timestamp()
+    cluster.clock.advance(1)
+    before = gets(cluster)
+    for key in KEYS:
+        snap = client.snapshot(ts, stale_read=True, match_labels=zone)
+        assert await snap.get(key) == b"v"
+    assert served(cluster, before) == {local: len(KEYS)}
+    ctx = cluster.counters.last_context("KvGet", local)
+    assert ctx is not None and ctx.stale_read
+    # Follower reads too.
+    before = gets(cluster)
+    for key in KEYS:
+        assert (
+            await client.snapshot(ts, replica_read="follower", match_labels=zone).get(key) == b"v"
+        )
+    assert served(cluster, before) == {local: len(KEYS)}
+    # A local leader serves the stale reads itself.
+    before = gets(cluster)
+    leader_zone = {"zone": f"z{leader}"}
+    for key in KEYS:
+        snap = client.snapshot(ts, stale_read=True, match_labels=leader_zone)
+        assert await snap.get(key) == b"v"
+    assert served(cluster, before) == {leader: len(KEYS)}
+    with pytest.raises(TypeError, match="match_labels"):
+        client.snapshot(ts, match_labels={"zone": 1})  # type: ignore[dict-item]
+
+
 async def test_a_stopped_follower_is_skipped(
     client: AsyncTransactionClient, cluster: MockCluster
 ) -> None:

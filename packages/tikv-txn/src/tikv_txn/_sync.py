@@ -11,7 +11,7 @@ from inside a running event loop raises a clear error (use the async client ther
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -367,18 +367,34 @@ class TransactionClient:
         *,
         replica_read: ReplicaReadType | None = None,
         stale_read: bool = False,
+        match_labels: Mapping[str, str] | None = None,
     ) -> Snapshot:
         """A read-only view at ``ts``; see :meth:`AsyncTransactionClient.snapshot`."""
         return Snapshot(
-            self._client.snapshot(ts, options, replica_read=replica_read, stale_read=stale_read),
+            self._client.snapshot(
+                ts,
+                options,
+                replica_read=replica_read,
+                stale_read=stale_read,
+                match_labels=match_labels,
+            ),
             self._loop,
         )
 
     def stale_snapshot(
-        self, prev_seconds: float, options: TransactionOptions | None = None
+        self,
+        prev_seconds: float,
+        options: TransactionOptions | None = None,
+        *,
+        match_labels: Mapping[str, str] | None = None,
     ) -> Snapshot:
         """A stale-read snapshot of about ``prev_seconds`` ago; see the async client."""
-        return Snapshot(self._run(self._client.stale_snapshot(prev_seconds, options)), self._loop)
+        return Snapshot(
+            self._run(
+                self._client.stale_snapshot(prev_seconds, options, match_labels=match_labels)
+            ),
+            self._loop,
+        )
 
     def current_timestamp(self) -> int:
         """A fresh timestamp from PD."""

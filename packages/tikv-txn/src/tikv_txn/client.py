@@ -12,7 +12,7 @@ the same pieces, wired the same way, as the raw client. The blocking
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -269,6 +269,7 @@ class AsyncTransactionClient:
         *,
         replica_read: ReplicaReadType | None = None,
         stale_read: bool = False,
+        match_labels: Mapping[str, str] | None = None,
     ) -> AsyncSnapshot:
         """A read-only view of the data committed at or before ``ts``.
 
@@ -281,7 +282,10 @@ class AsyncTransactionClient:
             stale_read: Read as a stale read: any replica whose safe ts covers ``ts``
                 serves it, the leader when none does (client-go
                 ``SetIsStalenessReadOnly``). ``ts`` should be in the past, e.g. from
-                :meth:`stale_snapshot`.
+                :meth:`stale_snapshot` or :meth:`min_safe_ts`.
+            match_labels: Store labels replica and stale reads prefer, e.g.
+                ``{"zone": "z1"}`` to read the local replica (client-go
+                ``SetMatchStoreLabels``).
 
         Raises:
             TypeError / ValueError: ``ts`` is not a positive 64-bit int, or a bad
@@ -290,10 +294,14 @@ class AsyncTransactionClient:
         """
         opts = _snapshot_options(options, replica_read)
         self._rt.check_open()
-        return AsyncSnapshot(self._rt, ts, opts, stale_read=stale_read)
+        return AsyncSnapshot(self._rt, ts, opts, stale_read=stale_read, match_labels=match_labels)
 
     async def stale_snapshot(
-        self, prev_seconds: float, options: TransactionOptions | None = None
+        self,
+        prev_seconds: float,
+        options: TransactionOptions | None = None,
+        *,
+        match_labels: Mapping[str, str] | None = None,
     ) -> AsyncSnapshot:
         """A stale-read snapshot of the data as it was about ``prev_seconds`` ago.
 
@@ -309,7 +317,7 @@ class AsyncTransactionClient:
         opts = _snapshot_options(options, None)
         self._rt.check_open()
         ts = await self._rt.oracle.get_stale_timestamp(prev_seconds)
-        return AsyncSnapshot(self._rt, ts, opts, stale_read=True)
+        return AsyncSnapshot(self._rt, ts, opts, stale_read=True, match_labels=match_labels)
 
     # -- RPC interceptors ----------------------------------------------------------------
 

@@ -31,7 +31,7 @@ and reads that key again from the leader with a normal read (client-go
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tikv_pd.backoff import TXN_LOCK_FAST, Backoffer
@@ -72,6 +72,9 @@ class AsyncSnapshot:
         options: Transaction options (isolation, priority, replica read, ...).
         stale_read: Read as a stale read (any replica whose safe ts covers ``ts``; the
             options' ``replica_read`` is then ignored, as client-go uses ``mixed``).
+        match_labels: Store labels that replica and stale reads prefer (client-go
+            ``KVSnapshot.SetMatchStoreLabels``), e.g. ``{"zone": "z1"}`` for the local
+            replica.
 
     """
 
@@ -96,6 +99,7 @@ class AsyncSnapshot:
         options: TransactionOptions | None = None,
         *,
         stale_read: bool = False,
+        match_labels: Mapping[str, str] | None = None,
     ) -> None:
         if isinstance(ts, bool) or not isinstance(ts, int):
             raise TypeError(f"ts must be an int, got {type(ts).__name__}")
@@ -103,16 +107,17 @@ class AsyncSnapshot:
             raise ValueError(f"ts must be a positive 64-bit timestamp, got {ts}")
         if not isinstance(stale_read, bool):
             raise TypeError(f"stale_read must be a bool, got {stale_read!r}")
+        labels = _check_labels(match_labels)
         opts = options or TransactionOptions()
         self._rt = runtime
         self.ts = ts
         #: Whether this snapshot reads as a stale read.
         self.stale_read = stale_read
         self._isolation: IsolationLevel = opts.isolation
-        self._options = _read_options(runtime, opts, stale_read=stale_read)
+        self._options = _read_options(runtime, opts, stale_read=stale_read, labels=labels)
         cfg = runtime.config
         self._scan_options = _read_options(
-            runtime, opts, timeout=cfg.read_timeout_medium, stale_read=stale_read
+            runtime, opts, timeout=cfg.read_timeout_medium, stale_read=stale_read, labels=labels
         )
         # After a stale read meets a lock, the key is read again from the leader.
         self._leader_options = (
@@ -490,8 +495,14 @@ def _read_options(
     *,
     timeout: float | None = None,
     stale_read: bool = False,
+    labels: tuple[tuple[str, str], ...] = (),
 ) -> RequestOptions:
     """Request options of a transaction's reads (context fields from its options)."""
+    if labels:
+        return dataclasses.replace(
+            _read_options(runtime, opts, timeout=timeout, stale_read=stale_read),
+            match_labels=labels,
+        )
     if stale_read:
         # client-go EnableStaleWithMixedReplicaRead: stale reads use the mixed policy.
         return runtime.request_options(
@@ -517,6 +528,17 @@ def _read_options(
         **({"request_source": opts.request_source} if opts.request_source else {}),
         timeout=timeout,
     )
+
+
+def _check_labels(labels: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    """``match_labels`` as sorted ``(key, value)`` pairs (checked)."""
+    if labels is None:
+        return ()
+    if not isinstance(labels, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        raise TypeError(f"match_labels must map str keys to str values, got {labels!r}")
+    return tuple(sorted(labels.items()))
 
 
 # Snapshot reads get spans (tikv.snapshot.<method>) while tracing is on; their durations
