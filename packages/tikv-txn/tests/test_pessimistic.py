@@ -760,3 +760,64 @@ async def test_optimistic_lock_keys_are_checked_for_conflicts_at_commit(
     with pytest.raises(WriteConflictError) as info:
         await txn.commit()
     assert info.value.key == key
+
+
+# ---------------------------------------------------------------------------------------
+# Ports of client-go integration_tests/2pc_test.go pessimistic cases
+# ---------------------------------------------------------------------------------------
+
+
+async def test_primary_is_locked_before_the_other_regions(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    """TestPessimisticLockPrimary: a request blocked on its primary locks nothing else."""
+    k1, k2 = K(b"\x10", p, "a"), K(b"\x90", p, "b")
+    t1 = await client.begin(pessimistic=True)
+    await t1.lock_keys([k1])
+    t2 = await client.begin(pessimistic=True)
+    blocked_t2 = await blocked(t2, t2.lock_keys([k1, k2], lock_wait_timeout_ms=1500))
+    # t2 waits on k1, its primary: k2 (another region) is still free.
+    t3 = await client.begin(TransactionOptions.pessimistic(lock_wait_timeout_ms=LOCK_NO_WAIT))
+    await t3.lock_keys([k2])
+    with pytest.raises(LockWaitTimeoutError):
+        await asyncio.wait_for(blocked_t2, NO_HANG)
+    assert {(lock.key, lock.lock_version) for lock in locks_in(cluster, p)} == {
+        (k1, t1.start_ts),
+        (k2, t3.start_ts),
+    }
+    for txn in (t1, t2, t3):
+        await txn.rollback()
+    assert locks_in(cluster, p) == []
+
+
+async def test_an_expired_secondary_of_a_live_transaction_is_not_taken() -> None:
+    """TestAcquireFalseTimeoutLock: the primary's heartbeat keeps the whole txn alive."""
+    with MockCluster(stores=1) as cluster:
+        k1, k2 = b"false-timeout/k1", b"false-timeout/k2"
+        config = Config(managed_lock_ttl_ms=1000)
+        async with await AsyncTransactionClient.connect(
+            cluster.pd_endpoints, config=config
+        ) as client:
+            client.runtime.budgets.heartbeat_interval_s = 0.05
+            t1 = await client.begin(pessimistic=True)
+            await t1.lock_keys([k1])
+            await t1.lock_keys([k2])
+            # Time passes beyond the locks' own TTL; only the primary is kept alive.
+            cluster.clock.advance(3000)
+
+            def primary_ttl() -> int:
+                return next(lk.lock_ttl for lk in cluster.engine.scan_lock(MAX_TS) if lk.key == k1)
+
+            await poll(lambda: primary_ttl() > 3000, "a heartbeat after the clock moved")
+            secondary = next(lk for lk in cluster.engine.scan_lock(MAX_TS) if lk.key == k2)
+            assert secondary.lock_ttl < 3000  # expired by its own TTL
+            t2 = await client.begin(pessimistic=True)
+            with pytest.raises(LockWaitTimeoutError) as info:
+                await t2.lock_keys([k2], lock_wait_timeout_ms=LOCK_NO_WAIT)
+            assert info.value.no_wait
+            with pytest.raises(LockWaitTimeoutError) as info:
+                await t2.lock_keys([k2], lock_wait_timeout_ms=200)
+            assert not info.value.no_wait
+            assert {lk.lock_version for lk in cluster.engine.scan_lock(MAX_TS)} == {t1.start_ts}
+            await t2.rollback()
+            await t1.rollback()
