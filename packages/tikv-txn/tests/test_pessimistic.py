@@ -806,7 +806,10 @@ async def test_an_expired_secondary_of_a_live_transaction_is_not_taken() -> None
             cluster.clock.advance(3000)
 
             def primary_ttl() -> int:
-                return next(lk.lock_ttl for lk in cluster.engine.scan_lock(MAX_TS) if lk.key == k1)
+                ttl: int = next(
+                    lk.lock_ttl for lk in cluster.engine.scan_lock(MAX_TS) if lk.key == k1
+                )
+                return ttl
 
             await poll(lambda: primary_ttl() > 3000, "a heartbeat after the clock moved")
             secondary = next(lk for lk in cluster.engine.scan_lock(MAX_TS) if lk.key == k2)
