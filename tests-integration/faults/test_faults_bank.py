@@ -10,6 +10,7 @@ whichever way it went).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 
 import pytest
@@ -50,6 +51,7 @@ PROTOCOLS = {
     "2pc": TransactionOptions(),
     "async_commit": TransactionOptions(async_commit=True),
     "one_pc": TransactionOptions(try_one_pc=True, async_commit=True),
+    "pessimistic": TransactionOptions.pessimistic(),
 }
 
 
@@ -74,8 +76,12 @@ async def test_bank_transfers_with_a_store_killed_and_restarted(
                 a, b = rng.sample(range(ACCOUNTS), 2)
                 amount = rng.randint(1, 10)
                 txn = await client.begin(options)
+                keys = [_account(a), _account(b)]
                 try:
-                    got = await txn.batch_get([_account(a), _account(b)])
+                    if options.is_pessimistic:  # read and lock: no conflict at commit
+                        got = await txn.batch_get_for_update(keys)
+                    else:
+                        got = await txn.batch_get(keys)
                     bal_a, bal_b = int(got[_account(a)]), int(got[_account(b)])
                     if bal_a < amount:
                         await txn.rollback()
@@ -91,6 +97,10 @@ async def test_bank_transfers_with_a_store_killed_and_restarted(
                 except TiKVError as exc:
                     outcome["other"] += 1
                     errors.append(exc)
+                finally:
+                    if txn.state == "active":  # a failed lock or read: release what it holds
+                        with contextlib.suppress(TiKVError):
+                            await txn.rollback()
 
         async def auditor() -> None:
             while not stop.is_set():
@@ -134,6 +144,8 @@ async def test_bank_transfers_with_a_store_killed_and_restarted(
     assert min(final.values()) >= 0
     assert outcome["committed"] >= 80
     assert outcome["audits"] > 0
+    if options.is_pessimistic:  # locked reads: a transfer never meets a write conflict
+        assert outcome["conflicts"] == 0
     # Errors other than conflicts / undetermined commits must be typed and rare (a
     # read that gave up while the store was down); none may be an untyped exception.
     assert all(isinstance(e, TiKVError) for e in errors), errors[:3]
