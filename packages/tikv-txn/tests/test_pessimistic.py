@@ -95,6 +95,11 @@ async def blocked(txn: AsyncTransaction, call: Awaitable[Any]) -> asyncio.Future
     return task
 
 
+def primary_of(txn: AsyncTransaction) -> bytes | None:
+    """The transaction's primary key (read through a call: it changes under mypy's feet)."""
+    return txn.locker.primary
+
+
 class Recorder(Interceptor):
     """Keeps every request of the client, by command."""
 
@@ -824,3 +829,33 @@ async def test_an_expired_secondary_of_a_live_transaction_is_not_taken() -> None
             assert {lk.lock_version for lk in cluster.engine.scan_lock(MAX_TS)} == {t1.start_ts}
             await t2.rollback()
             await t1.rollback()
+
+
+async def test_aggressive_locking_switches_the_primary_on_retry(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    """TestAggressiveLockingSwitchPrimary: the heartbeat follows the new primary."""
+    client.runtime.budgets.heartbeat_interval_s = 0.05
+    a, b = K(b"\x10", p, "a"), K(b"\x90", p, "b")
+    txn = await client.begin(pessimistic=True)
+    committer = txn.locker._committer()
+    txn.start_aggressive_locking()
+    await txn.lock_keys([a])
+    assert primary_of(txn) == a
+    assert committer.heartbeat_running
+    await txn.retry_aggressive_locking()
+    # Between attempts no primary is chosen, but a's lock is kept alive.
+    assert primary_of(txn) is None
+    assert committer.heartbeat_running
+    await txn.lock_keys([b])  # the retried attempt needs b only: b is the new primary
+    assert primary_of(txn) == b
+    await txn.done_aggressive_locking()
+    assert [lock.key for lock in locks_in(cluster, p)] == [b]  # a was released
+    beats = committer.heartbeats
+    await poll(lambda: committer.heartbeats > beats, "a heartbeat of the new primary")
+    (lock,) = locks_in(cluster, p)
+    assert lock.primary_lock == b
+    txn.put(b, b"B")
+    await txn.commit()
+    snap = client.snapshot(await client.current_timestamp())
+    assert await snap.batch_get([a, b]) == {b: b"B"}
