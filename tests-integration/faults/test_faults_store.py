@@ -287,3 +287,34 @@ async def test_client_closed_error_says_closed_once(cluster: MockCluster) -> Non
     error = await _pending_get_then_close(cluster)
     assert "closed is closed" not in str(error)
     assert "closed" in str(error)
+
+
+async def test_flaky_connections_under_concurrent_writers(
+    cluster: MockCluster, client: AsyncRawClient
+) -> None:
+    """Connections drop at random (5% of requests, whole BatchCommands streams) while
+    writers and readers run: every write is retried to success (raw writes are
+    idempotent), every acknowledged write is readable, reads never see stale data."""
+    fault = cluster.faults.add(drop_stream=True, probability=0.05)
+    log = WriteLog()
+    try:
+
+        async def writer(w: int) -> None:
+            for op in range(15):
+                pairs = _batch(w, op)
+                try:
+                    await client.batch_put(pairs)
+                except TiKVError as exc:
+                    log.failed(pairs, exc)
+                else:
+                    log.ok(pairs)
+                    got = await client.batch_get(list(pairs))
+                    assert got == pairs
+
+        await within(asyncio.gather(*(writer(w) for w in range(4))))
+    finally:
+        cluster.faults.remove(fault)
+    assert fault.hits > 0
+    assert not log.errors, log.errors[:3]
+    assert sender_stats(client).send_failures > 0
+    log.check(await _stored(cluster, set(log.acked) | set(log.after_ack)))
