@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 from tikv_mockstore import MockCluster
+from tikv_pd.codec import keyspace_prefix
 from tikv_pd.config import TransactionOptions
 from tikv_txn import (
     AsyncTransactionClient,
@@ -246,6 +247,9 @@ async def test_later_generation_supersedes_and_reads_see_every_tier(
     }
     # The snapshot reads past the transaction's own locks (no wait on its own primary).
     assert await asyncio.wait_for(txn.snapshot.get(keys[0]), DEADLINE) is None
+    read = cluster.counters.last_context("KvGet")
+    assert read is not None
+    assert txn.start_ts in read.resolved_locks
     commit_ts = await txn.commit()
     await poll(lambda: not locks_of_txn(cluster, txn.start_ts), "the commit resolve")
     snap = client.snapshot(await client.current_timestamp())
@@ -490,3 +494,31 @@ async def test_throttled_transaction_commits(
     assert txn.generation >= 3
     snap = client.snapshot(await client.current_timestamp())
     assert len(await snap.batch_get(keys)) == len(keys)
+
+
+# -- API v2 -------------------------------------------------------------------------------
+
+
+async def test_pipelined_transaction_under_a_keyspace() -> None:
+    """Keys, flushed ranges and buffer reads carry the keyspace prefix (API v2)."""
+    with MockCluster(stores=1, api_version=2) as cluster:
+        ks = cluster.create_keyspace("pdml").id
+        async with await AsyncTransactionClient.connect(
+            cluster.pd_endpoints, keyspace="pdml"
+        ) as client:
+            keys = [b"k%04d" % i for i in range(250)]
+            txn = await begin(client, SMALL)
+            for key in keys:
+                txn.put(key, b"v2")
+            await wait_flushed(txn)
+            prefix = keyspace_prefix("txn", ks)
+            assert txn.primary == prefix + keys[0]
+            assert txn.flushed_range is not None
+            assert txn.flushed_range[0].startswith(prefix)
+            assert await txn.get(keys[1]) == b"v2"  # flushed: KvBufferBatchGet
+            assert await txn.batch_get(keys[:3]) == dict.fromkeys(keys[:3], b"v2")
+            await txn.commit()
+            await poll(lambda: not locks_of_txn(cluster, txn.start_ts), "the commit resolve")
+            snap = client.snapshot(await client.current_timestamp())
+            assert len(await snap.batch_get(keys)) == len(keys)
+            assert cluster.engine.mvcc_by_key(prefix + keys[0]).writes

@@ -26,9 +26,12 @@ the pipelined paths of ``txnkv/transaction/txn.go`` and ``2pc.go``):
   its TTL alive every 10 s and pushes its ``min_commit_ts`` to the current ts; it stops
   after 24 h (``MaxPipelinedTxnTTL``) or 10 failures in a row, and then the transaction
   cannot flush any more (client-go ``keepAlive`` closes the TTL manager).
-* **Memory.** A flushed generation is dropped from memory: only the current buffer, the
-  one being flushed, the flushed key range and counters stay (client-go keeps exactly
-  these). Reads of flushed keys go to TiKV.
+* **Memory.** Only the current buffer, the generation being flushed, the flushed key range
+  and counters stay in memory (client-go keeps the same). The generation being flushed is
+  kept as sorted lists, and the values of each batch TiKV acknowledged are released at
+  once (client-go keeps the whole flushing memdb until the flush ends): a Python entry
+  costs twice its data, so two full buffers would not fit the memory goal. Reads of
+  flushed keys go to TiKV.
 * **Reads** look in the current buffer, then the flushing one, then TiKV's copy of the
   flushed generations (``KvBufferBatchGet``: this transaction's own locks; a Delete lock
   reads as "deleted"), then the snapshot, which reads past this transaction's own locks
@@ -60,7 +63,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import concurrent.futures
-import dataclasses
 import enum
 import logging
 import time
@@ -90,7 +92,7 @@ from tikv_pd.errors import (
 )
 from tikv_pd.rangetask import RangeTaskRunner, TaskStat
 from tikv_pd.region_cache import Region
-from tikv_pd.request import Ambiguity, KeysSharder, RequestOptions, RetryShard
+from tikv_pd.request import Ambiguity, KeysSharder, RetryShard
 from tikv_proto import kvrpcpb_pb2
 
 from tikv_txn._kv import key_error_to_exception, locks_of, mutation_to_pb
@@ -110,7 +112,6 @@ from tikv_txn.policy import (
     mutation_for_entry,
     pipelined_need_flush,
 )
-from tikv_txn.snapshot import AsyncSnapshot
 from tikv_txn.transaction import AsyncTransaction
 
 if TYPE_CHECKING:
@@ -259,25 +260,6 @@ class FlushThresholds:
                 raise ValueError(f"FlushThresholds.{name} must be an int >= 0, got {value!r}")
 
 
-class _PipelinedSnapshot(AsyncSnapshot):
-    """The snapshot of a pipelined transaction: reads skip its own flushed locks.
-
-    client-go ``KVSnapshot.SetPipelined`` puts the start ts in the snapshot's resolved
-    locks: a read at the start ts that met the transaction's own lock would otherwise try
-    to resolve it and wait on its own primary's TTL.
-    """
-
-    __slots__ = ()
-
-    def __init__(self, runtime: TxnRuntime, ts: int, options: TransactionOptions) -> None:
-        super().__init__(runtime, ts, options)
-        for cls in type(self).__mro__:
-            for name in getattr(cls, "__slots__", ()):
-                value = getattr(self, name, None)
-                if isinstance(value, RequestOptions):
-                    setattr(self, name, dataclasses.replace(value, resolved_locks=(ts,)))
-
-
 class AsyncPipelinedTransaction(AsyncTransaction):
     """A pipelined DML transaction (asyncio); see the module docstring.
 
@@ -322,7 +304,10 @@ class AsyncPipelinedTransaction(AsyncTransaction):
             raise ValueError("a pipelined transaction cannot be pessimistic")
         super().__init__(runtime, start_ts, options)
         self._loop = asyncio.get_running_loop()
-        self._snapshot = _PipelinedSnapshot(runtime, start_ts, options)
+        # client-go KVSnapshot.SetPipelined: a read at the start ts that met this
+        # transaction's own flushed lock would try to resolve it and wait on its own
+        # primary's TTL; the snapshot reads past them instead.
+        self._snapshot.read_past_locks_of(start_ts)
         self._buffer = self._new_buffer()
         self._flushing: _Generation | None = None
         self._inflight: concurrent.futures.Future[BaseException | None] | None = None

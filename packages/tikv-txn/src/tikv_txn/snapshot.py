@@ -295,6 +295,18 @@ class AsyncSnapshot:
             options = self._leader_options  # client-go DisableStaleReadMeetLock
         return out
 
+    def read_past_locks_of(self, start_ts: int) -> None:
+        """Read past every lock of the transaction that started at ``start_ts``.
+
+        Its start ts goes into ``Context.resolved_locks`` of every read, so TiKV skips its
+        locks and reads the data committed before them. A pipelined transaction's
+        snapshot reads past its own flushed locks this way (client-go
+        ``KVSnapshot.SetPipelined``).
+        """
+        if isinstance(start_ts, bool) or not isinstance(start_ts, int) or start_ts <= 0:
+            raise ValueError(f"start_ts must be a positive int, got {start_ts!r}")
+        self._ignored.add(start_ts)
+
     def _past(self, options: RequestOptions) -> RequestOptions:
         """``options`` plus the transactions this snapshot reads past.
 
