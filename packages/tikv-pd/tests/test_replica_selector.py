@@ -297,3 +297,14 @@ def test_follower_reads_prefer_matching_followers_and_need_every_label() -> None
         rng=random.Random(0),
     )
     assert sorted(stores(targets(partial))[:2]) == [2, 3]
+
+
+def test_flashback_on_a_follower_read_retries_on_the_leader() -> None:
+    sel = ReplicaSelector(region(), "follower", rng=random.Random(0))
+    first = sel.next()
+    assert first is not None and first.replica_read
+    assert sel.on_flashback_in_progress(first.replica_read)
+    assert sel.next() == ReplicaTarget(LEADER, replica_read=False, stale_read=False)
+    # On the leader (or for a non-replica read) the error stands.
+    assert not sel.on_flashback_in_progress(True)
+    assert not ReplicaSelector(region(), "follower").on_flashback_in_progress(False)

@@ -471,6 +471,26 @@ async def test_data_is_not_ready_retries_stale_read_on_leader() -> None:
     assert seen == {True, False}
 
 
+async def test_flashback_on_a_follower_read_is_retried_on_the_leader() -> None:
+    cluster, _, transport, sender = _setup()
+    cluster.data[b"k"] = b"v"
+    transport.faults["RawGet"] = [
+        errorpb_pb2.Error(FlashbackInProgress=errorpb_pb2.FlashbackInProgress(region_id=1))
+    ]
+    opts = RequestOptions(replica_read="follower")
+    resp = await sender.call_key("RawGet", b"k", kvrpcpb_pb2.RawGetRequest(key=b"k"), options=opts)
+    assert resp.value == b"v"
+    first, second = transport.sent
+    assert first.address != STORES[1] and first.request.context.replica_read
+    assert second.address == STORES[1] and not second.request.context.replica_read
+    # A leader read in a flashback fails at once.
+    transport.faults["RawGet"] = [
+        errorpb_pb2.Error(FlashbackInProgress=errorpb_pb2.FlashbackInProgress(region_id=1))
+    ]
+    with pytest.raises(RegionError):
+        await sender.call_key("RawGet", b"k", kvrpcpb_pb2.RawGetRequest(key=b"k"))
+
+
 def bo_free(sender: RequestSender) -> bool:
     """DataIsNotReady is retried at once (client-go ErrorRetryImmediately)."""
     return sender.stats.backoffs == 0

@@ -372,6 +372,21 @@ class ReplicaSelector:
                     self.read_type = "leader"
                 return
 
+    def on_flashback_in_progress(self, replica_read: bool) -> bool:
+        """The target answered FlashbackInProgress; whether to retry on the leader.
+
+        client-go ``onFlashbackInProgress``: when the failed attempt was a replica read on
+        a non-leader, the read is retried as a leader read (the flashback blocks the
+        followers' read index); otherwise the error stands.
+        """
+        leader = self.region.leader
+        if not replica_read or self.target is None or leader is None:
+            return False
+        if self.target.id == leader.id:
+            return False
+        self.read_type = "leader"
+        return True
+
     def on_data_is_not_ready(self) -> None:
         """The target refused a stale read: its safe ts is behind the read ts."""
         target = self._target()

@@ -1112,6 +1112,13 @@ class RequestSender:
                 errors[d.kind] = errors.get(d.kind, 0) + 1
                 call.retries += 1
                 call.last_error = to_exception(err, region.id)
+                if (
+                    d.kind == "FlashbackInProgress"
+                    and selector is not None
+                    and selector.on_flashback_in_progress(mode == 1)
+                ):
+                    # client-go onFlashbackInProgress: a replica read retries on the leader.
+                    continue
                 if d.action is Action.FAIL:
                     raise _final(call, to_exception(err, region.id), ambiguous)
                 if d.action is Action.UNDETERMINED or d.ambiguous:
