@@ -117,6 +117,35 @@ async def test_a_follower_behind_its_safe_ts_falls_back_to_the_leader(
         cluster.release_safe_ts(f)
 
 
+async def test_stale_batch_get_and_scan_across_regions(
+    client: AsyncTransactionClient, cluster: MockCluster
+) -> None:
+    keys = [f + b"multi%02d" % i for f in (b"\x10", b"\x50", b"\x90", b"\xd0") for i in range(5)]
+    old = await write(client, dict.fromkeys(keys, b"old"))
+    cluster.clock.advance(1)
+    # Every store lags behind the next write: followers refuse reads above their safe ts.
+    for store in cluster.stores():
+        cluster.hold_safe_ts(store.id)
+    cluster.clock.advance(1000)
+    await write(client, dict.fromkeys(keys, b"new"))
+    ts = await client.current_timestamp()
+    stats = client.runtime.sender.stats
+    # As of the old commit: served where the stale read lands (below every safe ts).
+    snap = client.snapshot(old, stale_read=True)
+    assert await snap.batch_get(keys) == dict.fromkeys(keys, b"old")
+    scanned = await snap.scan(b"\x00", None, limit=100)
+    assert scanned == [(k, b"old") for k in sorted(keys)]
+    assert "data_is_not_ready" not in stats.region_errors
+    # As of now: followers refuse, the leaders serve the new values.
+    snap = client.snapshot(ts, stale_read=True)
+    assert await snap.batch_get(keys) == dict.fromkeys(keys, b"new")
+    scanned = await snap.scan(b"\x00", None, limit=100)
+    assert scanned == [(k, b"new") for k in sorted(keys)]
+    assert stats.region_errors.get("data_is_not_ready", 0) > 0  # followers refused some
+    for store in cluster.stores():
+        cluster.release_safe_ts(store.id)
+
+
 async def test_stale_read_meeting_a_lock_reads_the_key_from_the_leader(
     client: AsyncTransactionClient, cluster: MockCluster
 ) -> None:
