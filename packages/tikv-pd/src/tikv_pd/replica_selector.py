@@ -5,8 +5,9 @@ read with a per-request *replica selector*. This module makes the same choices w
 I/O: :class:`ReplicaSelector` is created for one part of a read request (one region), asked
 for the :meth:`~ReplicaSelector.next` target before each attempt, and told what happened
 (:meth:`~ReplicaSelector.on_not_leader`, :meth:`~ReplicaSelector.on_data_is_not_ready`,
-:meth:`~ReplicaSelector.on_server_is_busy`). The request pipeline (:mod:`tikv_pd.request`)
-applies the targets.
+:meth:`~ReplicaSelector.on_server_is_busy`, :meth:`~ReplicaSelector.on_flashback_in_progress`).
+The request pipeline (:mod:`tikv_pd.request`) applies the targets; :class:`StoreHealth`
+remembers the stores that just refused connections.
 
 Policies, per ``ReplicaReadType`` (:data:`tikv_pd.config.ReplicaReadType`):
 
@@ -21,9 +22,9 @@ Policies, per ``ReplicaReadType`` (:data:`tikv_pd.config.ReplicaReadType`):
   replica's store carries every label asked for, e.g. the client's zone; every replica
   matches when none is asked for), *prefer leader* (the leader under ``prefer-leader``, and
   under ``mixed`` when labels are asked for), *normal peer*, not attempted. A normal peer is
-  any follower or learner
-  for ``follower`` / ``mixed`` / ``prefer-leader``, only a learner for ``learner``, and the
-  leader too for ``mixed`` (and for ``prefer-leader``, where it already scores higher).
+  any follower or learner for ``follower`` / ``mixed`` / ``prefer-leader``, only a learner
+  for ``learner``, and the leader too for ``mixed`` (and for ``prefer-leader``, where it
+  already scores higher).
   So ``follower`` reads a random follower and falls back to the leader only when every
   follower failed; ``mixed`` reads any replica; ``learner`` prefers learners, then any
   replica; ``prefer-leader`` reads the leader, then the followers.
@@ -43,8 +44,8 @@ replica without sleeping (``canFastRetry``). When no candidate remains, :meth:`n
 returns ``None``: the caller invalidates the region and backs off ``regionMiss`` (client-go
 invalidates the region and the sender answers with a fake region error).
 
-Store health (client-go's slow score) is not tracked here: every replica counts as not
-slow. TiFlash stores and witness peers never serve these reads (client-go builds the
+Store slowness (client-go's health feedback slow score) is not tracked here: every replica
+counts as not slow. TiFlash stores and witness peers never serve these reads (client-go builds the
 replicas from the TiKV stores only; a witness holds no data).
 """
 
