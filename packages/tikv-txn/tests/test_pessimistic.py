@@ -859,3 +859,22 @@ async def test_aggressive_locking_switches_the_primary_on_retry(
     await txn.commit()
     snap = client.snapshot(await client.current_timestamp())
     assert await snap.batch_get([a, b]) == {b: b"B"}
+
+
+async def test_bad_lock_arguments_are_refused_before_sending(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    txn = await client.begin(pessimistic=True)
+    requests = cluster.counters.count("KvPessimisticLock")
+    with pytest.raises(ValueError, match="lock_wait_timeout_ms"):
+        await txn.lock_keys([K(b"\x10", p, "k")], lock_wait_timeout_ms=-2)
+    with pytest.raises(TypeError, match="lock_wait_timeout_ms"):
+        await txn.get_for_update(K(b"\x10", p, "k"), lock_wait_timeout_ms=1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        await txn.lock_keys(b"not a list")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="primary"):
+        await txn.batch_get_for_update(
+            [K(b"\x10", p, "a"), K(b"\x10", p, "b")], lock_only_if_exists=True
+        )
+    assert cluster.counters.count("KvPessimisticLock") == requests
+    await txn.rollback()

@@ -187,6 +187,16 @@ class LockRequest:
     check_existence: bool = False
     lock_only_if_exists: bool = False
 
+    def __post_init__(self) -> None:
+        wait = self.wait_ms
+        if not isinstance(wait, int) or isinstance(wait, bool):
+            raise TypeError(f"lock_wait_timeout_ms must be an int, got {type(wait).__name__}")
+        if not LOCK_NO_WAIT <= wait <= LOCK_ALWAYS_WAIT:
+            raise ValueError(
+                "lock_wait_timeout_ms must be LOCK_NO_WAIT (-1), LOCK_ALWAYS_WAIT or a "
+                f"number of ms >= 0, got {wait}"
+            )
+
 
 #: What a lock call learned per key: (value, exists); the value is ``None`` unless values
 #: were asked for and the key exists.
