@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from tikv_mockstore._codec import decode_bytes, decode_bytes_lenient, encode_bytes
+from tikv_mockstore.cluster import Region
 
 
 def test_known_encoding_matches_the_wire() -> None:
@@ -49,3 +50,27 @@ def test_lenient_decode_splits_user_keys_exactly(boundary: bytes, keys: list[byt
 def test_lenient_decode_of_valid_encoding_is_the_key() -> None:
     assert decode_bytes_lenient(encode_bytes(b"m")) == b"m"
     assert decode_bytes_lenient(b"") == b""
+
+
+_BOUNDARY = st.one_of(
+    st.binary(max_size=12),  # raw split keys, usually not valid encodings
+    st.binary(max_size=12).map(encode_bytes),  # transactional split keys
+    st.binary(max_size=12).map(lambda k: encode_bytes(k) + b"\x01"),  # encoded plus a suffix
+)
+
+
+@given(_BOUNDARY, _BOUNDARY, st.binary(max_size=14))
+def test_region_user_bounds_match_encoded_checks(lo: bytes, hi: bytes, key: bytes) -> None:
+    # The region check compares user keys against the decoded bounds instead of encoding
+    # every key: it must give the encoded comparison's answer for every key and boundary.
+    if hi and hi <= lo:
+        lo, hi = hi, lo
+    region = Region(1, lo, hi, 1, 1, (), 0)
+    enc = encode_bytes(key)
+    assert region.contains_user(key) == region.contains(enc)
+    inclusive = enc >= lo and (not hi or enc <= hi)
+    assert region.contains_user_inclusive(key) == inclusive
+    for bound in (lo, hi):  # the boundary's own user key, the edge case
+        if bound:
+            user = decode_bytes_lenient(bound)
+            assert region.contains_user(user) == region.contains(encode_bytes(user))

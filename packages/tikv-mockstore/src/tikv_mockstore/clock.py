@@ -20,15 +20,16 @@ class Clock:
 
     def __init__(self) -> None:
         self._mu = threading.Lock()
-        self._offset_ms = 0
-        self._frozen_at: int | None = None
+        # (offset_ms, frozen_at), replaced whole under the lock so that now_ms() — read by
+        # every request — needs no lock: one attribute read sees a consistent pair.
+        self._state: tuple[int, int | None] = (0, None)
 
     def now_ms(self) -> int:
         """The current time in milliseconds since the Unix epoch."""
-        with self._mu:
-            if self._frozen_at is not None:
-                return self._frozen_at
-            return time.time_ns() // 1_000_000 + self._offset_ms
+        offset, frozen_at = self._state
+        if frozen_at is not None:
+            return frozen_at
+        return time.time_ns() // 1_000_000 + offset
 
     def now_s(self) -> int:
         """The current time in whole seconds since the Unix epoch (TiKV's raw TTL unit)."""
@@ -41,10 +42,11 @@ class Clock:
         if ms < 0:
             raise ValueError(f"ms must be >= 0 (the clock only moves forward), got {ms}")
         with self._mu:
-            if self._frozen_at is not None:
-                self._frozen_at += ms
+            offset, frozen_at = self._state
+            if frozen_at is not None:
+                self._state = (offset, frozen_at + ms)
             else:
-                self._offset_ms += ms
+                self._state = (offset + ms, None)
         return self.now_ms()
 
     def set(self, now_ms: int) -> None:
@@ -58,27 +60,26 @@ class Clock:
         if now_ms < 0:
             raise ValueError(f"now_ms must be >= 0, got {now_ms}")
         with self._mu:
-            if self._frozen_at is not None:
-                self._frozen_at = now_ms
+            offset, frozen_at = self._state
+            if frozen_at is not None:
+                self._state = (offset, now_ms)
             else:
-                self._offset_ms = now_ms - time.time_ns() // 1_000_000
+                self._state = (now_ms - time.time_ns() // 1_000_000, None)
 
     def freeze(self) -> None:
         """Stop the clock at its current time (until :meth:`unfreeze`)."""
-        now = self.now_ms()
         with self._mu:
-            self._frozen_at = now
+            self._state = (self._state[0], self.now_ms())
 
     def unfreeze(self) -> None:
         """Let a frozen clock run again from the time it shows."""
         with self._mu:
-            if self._frozen_at is None:
+            frozen_at = self._state[1]
+            if frozen_at is None:
                 return
-            self._offset_ms = self._frozen_at - time.time_ns() // 1_000_000
-            self._frozen_at = None
+            self._state = (frozen_at - time.time_ns() // 1_000_000, None)
 
     @property
     def frozen(self) -> bool:
         """Whether the clock is frozen."""
-        with self._mu:
-            return self._frozen_at is not None
+        return self._state[1] is not None

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 
 from tikv_proto import keyspacepb_pb2, kvrpcpb_pb2, metapb_pb2, pdpb_pb2
 
-from tikv_mockstore._codec import encode_bytes
+from tikv_mockstore._codec import decode_bytes_lenient, encode_bytes
 from tikv_mockstore._sorted import SortedDict
 from tikv_mockstore.clock import Clock
 from tikv_mockstore.safe_ts import SafeTsTracker
@@ -102,10 +102,43 @@ class Region:
     version: int
     peers: tuple[Peer, ...]
     leader_store_id: int
+    #: The bounds in the transactional user-key space (``decode_bytes_lenient``): a user key
+    #: ``k`` lies in the region iff ``user_start <= k < user_end`` (``None``: unbounded), the
+    #: same test as its memcomparable encoding against ``start_key`` / ``end_key``.
+    user_start: bytes = field(init=False, repr=False, compare=False)
+    user_end: bytes | None = field(init=False, repr=False, compare=False)
+    _end_is_key: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        user_end = decode_bytes_lenient(self.end_key) if self.end_key else None
+        object.__setattr__(self, "user_start", decode_bytes_lenient(self.start_key))
+        object.__setattr__(self, "user_end", user_end)
+        # Whether end_key is exactly the encoding of user_end (then that key is "at the end").
+        object.__setattr__(
+            self, "_end_is_key", user_end is not None and encode_bytes(user_end) == self.end_key
+        )
 
     def contains(self, key: bytes) -> bool:
         """Return whether ``key`` (boundary key space) lies in ``[start_key, end_key)``."""
         return key >= self.start_key and (not self.end_key or key < self.end_key)
+
+    def contains_user(self, key: bytes) -> bool:
+        """Whether the transactional user key ``key`` lies in the region.
+
+        Equivalent to ``contains(encode_bytes(key))``, without encoding the key.
+        """
+        return key >= self.user_start and (self.user_end is None or key < self.user_end)
+
+    def contains_user_inclusive(self, key: bytes) -> bool:
+        """``contains_user``, also true when ``key``'s encoding equals ``end_key``.
+
+        The bound check of a reverse scan's exclusive upper key (TiKV
+        ``check_key_in_region_inclusive``).
+        """
+        if key < self.user_start:
+            return False
+        end = self.user_end
+        return end is None or key < end or (key == end and self._end_is_key)
 
     def peer_on(self, store_id: int) -> Peer | None:
         """Return the region's peer on ``store_id``, if it has one."""
@@ -387,9 +420,12 @@ class Cluster:
         self._by_start[region.start_key] = region.id
 
     def region_by_id(self, region_id: int) -> Region | None:
-        """Region ``region_id``, or ``None``."""
-        with self._mu:
-            return self._regions.get(region_id)
+        """Region ``region_id``, or ``None``.
+
+        Without the lock: regions are immutable and replaced whole, and a dict read is atomic,
+        so a reader sees the region before or after a change (every request's hot path).
+        """
+        return self._regions.get(region_id)
 
     def region_by_key(self, key: bytes) -> Region | None:
         """The region containing ``key`` (boundary key space), or ``None``."""

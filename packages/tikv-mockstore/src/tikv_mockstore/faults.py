@@ -351,11 +351,18 @@ class Counters:
         self._contexts: dict[tuple[int, str], tuple[int, kvrpcpb_pb2.Context]] = {}
         self._seq = 0
 
-    def record(self, method: str, store_id: int, ctx: kvrpcpb_pb2.Context | None = None) -> None:
-        """Count one request of ``method`` on ``store_id`` and remember its context."""
+    def record(
+        self,
+        method: str,
+        store_id: int,
+        ctx: kvrpcpb_pb2.Context | None = None,
+        *,
+        count: int = 1,
+    ) -> None:
+        """Count ``count`` requests of ``method`` on ``store_id``; remember the last context."""
         key = (store_id, method)
         with self._mu:
-            self._counts[key] = self._counts.get(key, 0) + 1
+            self._counts[key] = self._counts.get(key, 0) + count
             if ctx is not None:
                 self._seq += 1
                 self._contexts[key] = (self._seq, ctx)

@@ -81,15 +81,29 @@ class RawEngine:
             raise ValueError(f"invalid cf name: {cf}") from None
 
     def get_entry(self, cf: str, key: bytes, now_s: int) -> _Entry | None:
-        """``(value, expire_ts)`` of a live key, or ``None``."""
-        with self._mu:
-            entry = self._cf(cf).get(key)
-            return entry if self._alive(entry, now_s) else None
+        """``(value, expire_ts)`` of a live key, or ``None``.
+
+        A point read takes no lock: it is one atomic dict lookup, and writes replace entries
+        whole, so it sees a key before or after any write (as a snapshot read would).
+        """
+        entry = self._cf(cf).get(key)
+        return entry if entry is not None and (entry[1] is None or entry[1] > now_s) else None
 
     def get(self, cf: str, key: bytes, now_s: int) -> bytes | None:
         """The value of a live key, or ``None``."""
         entry = self.get_entry(cf, key, now_s)
         return entry[0] if entry is not None else None
+
+    def batch_get(self, cf: str, keys: Iterable[bytes], now_s: int) -> list[tuple[bytes, bytes]]:
+        """The ``(key, value)`` pairs of the live ``keys``, read under one lock (one snapshot)."""
+        with self._mu:
+            data = self._cf(cf)
+            out = []
+            for key in keys:
+                entry = data.get(key)
+                if entry is not None and (entry[1] is None or entry[1] > now_s):
+                    out.append((key, entry[0]))
+            return out
 
     def put(self, cf: str, key: bytes, value: bytes, expire_ts: int | None = None) -> None:
         """Store ``key = value`` (expiring at ``expire_ts`` seconds, if given)."""
@@ -343,11 +357,9 @@ def raw_batch_get(
     if err is not None:
         resp.pairs.add(error=kvrpcpb_pb2.KeyError(abort=err))
         return resp
-    now = _now_s(scope)
-    for key in keys:
-        value = scope.raw.get(req.cf, key, now)
-        if value is not None:
-            resp.pairs.add(key=key, value=value)
+    add = resp.pairs.add
+    for key, value in scope.raw.batch_get(req.cf, keys, _now_s(scope)):
+        add(key=key, value=value)
     return resp
 
 

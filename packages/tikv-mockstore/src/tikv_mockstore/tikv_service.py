@@ -34,7 +34,7 @@ from typing import Any
 import grpc
 from tikv_proto import errorpb_pb2, kvrpcpb_pb2, tikvpb_pb2
 
-from tikv_mockstore._codec import decode_bytes_lenient, encode_bytes
+from tikv_mockstore._codec import encode_bytes
 from tikv_mockstore.cluster import Cluster, Region
 from tikv_mockstore.faults import COMMAND_OF_METHOD, Counters, FaultInjector, FaultOutcome
 from tikv_mockstore.handlers import HANDLERS
@@ -244,18 +244,26 @@ class StoreScope:
         err = self._check_routing(ctx, region)
         if err is not None or region is None:
             return err
+        # Transactional keys are compared in the user-key space against the region's decoded
+        # bounds (the same order as encoded keys against encoded bounds, without encoding
+        # every key); the error reports the encoded key, as TiKV does.
+        contains = region.contains_user if txn else region.contains
         for key in keys:
-            k = encode_bytes(key) if txn else key
-            if not region.contains(k):
-                return _key_not_in_region(k, region)
+            if not contains(key):
+                return _key_not_in_region(encode_bytes(key) if txn else key, region)
         for start, _end in ranges:
-            k = encode_bytes(start) if txn else start
             if reverse:
-                inside = k >= region.start_key and (not region.end_key or k <= region.end_key)
+                # The exclusive upper bound may equal the region end.
+                inside = (
+                    region.contains_user_inclusive(start)
+                    if txn
+                    else start >= region.start_key
+                    and (not region.end_key or start <= region.end_key)
+                )
             else:
-                inside = region.contains(k)
+                inside = contains(start)
             if not inside:
-                return _key_not_in_region(k, region)
+                return _key_not_in_region(encode_bytes(start) if txn else start, region)
         return None
 
     def check_region(self, ctx: kvrpcpb_pb2.Context) -> errorpb_pb2.Error | None:
@@ -318,7 +326,8 @@ class StoreScope:
         TiKV ``ReadDelegate::check_stale_read_safe``; a leader falls back to a normal read
         and is never refused (see :mod:`tikv_mockstore.safe_ts`).
         """
-        read_ts = _CURRENT_READ_TS.get()
+        ts_field = _READ_TS_FIELD.get(_CURRENT_COMMAND.get())
+        read_ts = getattr(_CURRENT_REQUEST.get(), ts_field) if ts_field else 0
         if read_ts == 0:  # raw reads carry no ts: TiKV encodes the missing start ts as 0
             return None
         engine = self._engine
@@ -352,8 +361,7 @@ class StoreScope:
             return b"", b""
         if not txn:
             return region.start_key, region.end_key
-        end = decode_bytes_lenient(region.end_key) if region.end_key else b""
-        return decode_bytes_lenient(region.start_key), end
+        return region.user_start, region.user_end or b""
 
 
 def _region_not_found(region_id: int) -> errorpb_pb2.Error:
@@ -444,6 +452,22 @@ class _AbortError(Exception):
         super().__init__(details)
         self.code = code
         self.details = details
+
+
+def _handler_of(method: str, command: str) -> Any:
+    """The registered handler of ``command``; UNIMPLEMENTED when there is none."""
+    fn = HANDLERS.get(command)
+    if fn is None:
+        raise _AbortError(
+            grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by tikv-mockstore"
+        )
+    return fn
+
+
+def _handler_failed(command: str, exc: Exception) -> _AbortError:
+    """Log a handler's unexpected exception; the call / stream then ends with INTERNAL."""
+    _log.exception("handler for %s failed", command, exc_info=exc)
+    return _AbortError(grpc.StatusCode.INTERNAL, f"{command} handler failed: {exc!r}")
 
 
 class StoreServer:
@@ -593,29 +617,18 @@ class StoreServer:
         )
         if outcome is not None:
             return self._fault_response(method, outcome, ctx)
-        fn = HANDLERS.get(command)
-        if fn is None:
-            raise _AbortError(
-                grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by tikv-mockstore"
-            )
+        fn = _handler_of(method, command)
         token = _CURRENT_COMMAND.set(command)
-        ts_token = None
-        if ctx is not None and ctx.stale_read:
-            ts_field = _READ_TS_FIELD.get(command)
-            ts_token = _CURRENT_READ_TS.set(getattr(request, ts_field) if ts_field else 0)
+        request_token = _CURRENT_REQUEST.set(request)
         try:
             return fn(self.scope, request)
         except _AbortError:
             raise
         except Exception as exc:
-            _log.exception("handler for %s failed", command)
-            raise _AbortError(
-                grpc.StatusCode.INTERNAL, f"{command} handler failed: {exc!r}"
-            ) from exc
+            raise _handler_failed(command, exc) from exc
         finally:
             _CURRENT_COMMAND.reset(token)
-            if ts_token is not None:
-                _CURRENT_READ_TS.reset(ts_token)
+            _CURRENT_REQUEST.reset(request_token)
 
     def _fault_response(
         self, method: str, outcome: FaultOutcome, ctx: kvrpcpb_pb2.Context | None
@@ -687,8 +700,8 @@ READ_COMMANDS = frozenset(
 
 #: The command the current thread is serving (set by the dispatcher for the region checks).
 _CURRENT_COMMAND: contextvars.ContextVar[str] = contextvars.ContextVar("command", default="")
-#: The read ts of the stale read the current thread is serving (0: none, or a raw read).
-_CURRENT_READ_TS: contextvars.ContextVar[int] = contextvars.ContextVar("read_ts", default=0)
+#: The request the current thread is serving (the stale-read check takes its read ts).
+_CURRENT_REQUEST: contextvars.ContextVar[Any] = contextvars.ContextVar("request", default=None)
 
 #: The request field holding a transactional read's timestamp, per command.
 _READ_TS_FIELD = {
@@ -781,47 +794,100 @@ class _BatchStream:
             self._finish_if_done()
 
     def _serve(self, message: tikvpb_pb2.BatchCommandsRequest) -> None:
-        out = tikvpb_pb2.BatchCommandsResponse()
+        """Serve one request message; the immediate answers go out as one response message.
+
+        The hot path of every benchmark: the per-request work is the handler itself. The
+        sub-requests are counted once per message and command (before any answer leaves),
+        handlers are looked up once per run of one command, and when no fault is registered
+        nothing is looked up for faults.
+        """
         server = self._server
         use_side = server.faults.active()  # faults may sleep or hang: run off-thread
-        for req, rid in zip(message.requests, message.request_ids, strict=False):
-            name = req.WhichOneof("cmd")
-            if name is None:
-                continue
-            sub = getattr(req, name)
-            if name == "Empty":
-                resp = tikvpb_pb2.BatchCommandsEmptyResponse(test_id=sub.test_id)
-                if sub.delay_time:
-                    self._defer_timer(rid, sub.delay_time / 1000.0, resp)
+        out = tikvpb_pb2.BatchCommandsResponse()
+        add = out.responses.add
+        ids = out.request_ids
+        scope = server.scope
+        served: dict[str, list[Any]] = {}  # command -> [count, last request]
+        current = ""
+        fn: Any = None
+        asked_feedback = False
+        try:
+            for req, rid in zip(message.requests, message.request_ids, strict=False):
+                name = req.WhichOneof("cmd")
+                if name is None:
                     continue
-                out.responses.add(Empty=resp)
-                out.request_ids.append(rid)
-                continue
-            method = _METHOD_OF_BATCH.get(name)
-            if method is None:
-                raise _AbortError(grpc.StatusCode.UNIMPLEMENTED, f"unknown batch command {name}")
-            if use_side:
-                self._run_side(rid, method, name, sub)
-                continue
-            result = server._dispatch(method, name, sub)
-            if isinstance(result, futures.Future):
-                self._defer(rid, name, result)
-            else:
-                out.responses.add(**{name: result})
-                out.request_ids.append(rid)
-        if out.request_ids:
-            self._attach_feedback(out)
+                sub = getattr(req, name)
+                if name == "Empty":
+                    resp = tikvpb_pb2.BatchCommandsEmptyResponse(test_id=sub.test_id)
+                    if sub.delay_time:
+                        self._defer_timer(rid, sub.delay_time / 1000.0, resp)
+                        continue
+                    add(Empty=resp)
+                    ids.append(rid)
+                    continue
+                method = _METHOD_OF_BATCH.get(name)
+                if method is None:
+                    raise _AbortError(
+                        grpc.StatusCode.UNIMPLEMENTED, f"unknown batch command {name}"
+                    )
+                if use_side:
+                    self._run_side(rid, method, name, sub)
+                    continue
+                tally = served.get(name)
+                if tally is None:
+                    served[name] = [1, sub]
+                    asked_feedback = asked_feedback or name == "GetHealthFeedback"
+                else:
+                    tally[0] += 1
+                    tally[1] = sub
+                if name != current:
+                    fn = _handler_of(method, name)
+                    _CURRENT_COMMAND.set(name)
+                    current = name
+                _CURRENT_REQUEST.set(sub)
+                try:
+                    result = fn(scope, sub)
+                except _AbortError:
+                    raise
+                except Exception as exc:
+                    raise _handler_failed(name, exc) from exc
+                if isinstance(result, futures.Future):
+                    self._count(served)  # counted before the deferred answer can leave
+                    self._defer(rid, name, result)
+                else:
+                    getattr(add(), name).CopyFrom(result)
+                    ids.append(rid)
+        finally:
+            self._count(served)
+            if current:
+                _CURRENT_COMMAND.set("")
+                _CURRENT_REQUEST.set(None)
+        if ids:
+            self._attach_feedback(out, asked=asked_feedback)
             self._out.put(out)
 
-    def _attach_feedback(self, out: tikvpb_pb2.BatchCommandsResponse) -> None:
+    def _count(self, served: dict[str, list[Any]]) -> None:
+        """Record the tallied sub-requests in the cluster's counters and clear the tally."""
+        if not served:
+            return
+        counters = self._server.counters
+        store_id = self._server.store_id
+        for name, (count, last) in served.items():
+            method = _METHOD_OF_BATCH[name]
+            ctx = last.context if method in _HAS_CONTEXT else None
+            counters.record(method, store_id, ctx, count=count)
+        served.clear()
+
+    def _attach_feedback(self, out: tikvpb_pb2.BatchCommandsResponse, *, asked: bool) -> None:
         """Attach the store's health feedback as TiKV's ``HealthFeedbackAttacher`` does.
 
-        Always when the message answers a GetHealthFeedback, otherwise at most once a second.
+        Always when the message answers a GetHealthFeedback (``asked``), otherwise at most
+        once a second.
         """
-        asked = [r.GetHealthFeedback for r in out.responses if r.HasField("GetHealthFeedback")]
         now = time.monotonic()
         if asked:
-            out.health_feedback.CopyFrom(asked[0].health_feedback)
+            found = next(r for r in out.responses if r.HasField("GetHealthFeedback"))
+            out.health_feedback.CopyFrom(found.GetHealthFeedback.health_feedback)
         elif self._last_feedback is None or now - self._last_feedback >= _FEEDBACK_INTERVAL_S:
             out.health_feedback.CopyFrom(self._server.scope.health_feedback())
         else:
