@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from tikv_mockstore import MockCluster
+from tikv_pd.codec import keyspace_prefix
 from tikv_pd.errors import LockInfo
 from tikv_pd.interceptor import Interceptor, RPCRequest
 from tikv_txn import (
@@ -878,3 +879,29 @@ async def test_bad_lock_arguments_are_refused_before_sending(
         )
     assert cluster.counters.count("KvPessimisticLock") == requests
     await txn.rollback()
+
+
+async def test_pessimistic_transactions_under_api_v2_keyspaces() -> None:
+    with MockCluster(stores=3, api_version=2) as cluster:
+        alpha_id = cluster.create_keyspace("alpha").id
+        prefix = keyspace_prefix("txn", alpha_id)
+        async with await AsyncTransactionClient.connect(
+            cluster.pd_endpoints, keyspace="alpha"
+        ) as client:
+            async with client.begin() as seed:
+                seed.put(b"k1", b"v1")
+            holder = await client.begin(pessimistic=True)
+            assert await holder.batch_get_for_update([b"k1", b"k2"]) == {b"k1": b"v1"}
+            held = cluster.engine.scan_lock(MAX_TS)
+            assert {lock.key for lock in held} == {prefix + b"k1", prefix + b"k2"}
+            assert {lock.primary_lock for lock in held} == {prefix + b"k1"}
+            waiter = await client.begin(pessimistic=True)
+            task = await blocked(waiter, waiter.get_for_update(b"k1"))
+            holder.put(b"k1", b"v2")
+            await holder.commit()
+            assert await asyncio.wait_for(task, NO_HANG) == b"v2"
+            await waiter.rollback()
+            await client.runtime.wait_background(NO_HANG)
+            assert cluster.engine.scan_lock(MAX_TS) == []
+            snap = client.snapshot(await client.current_timestamp())
+            assert await snap.batch_get([b"k1", b"k2"]) == {b"k1": b"v2"}
