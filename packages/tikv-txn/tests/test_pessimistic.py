@@ -905,3 +905,22 @@ async def test_pessimistic_transactions_under_api_v2_keyspaces() -> None:
             assert cluster.engine.scan_lock(MAX_TS) == []
             snap = client.snapshot(await client.current_timestamp())
             assert await snap.batch_get([b"k1", b"k2"]) == {b"k1": b"v2"}
+
+
+async def test_locks_survive_a_stopped_leader_store() -> None:
+    with MockCluster(stores=3, regions=4) as cluster:
+        a, b = b"\x10stop/a", b"\x90stop/b"
+        async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as client:
+            txn = await client.begin(pessimistic=True)
+            await txn.lock_keys([a])
+            assert await txn.get(b) is None  # the client now knows b's region leader
+            region = cluster.region_by_key(b, txn=True)
+            assert region is not None and region.leader is not None
+            # The store leading b's region goes away; its leaders move elsewhere.
+            cluster.stop_store(region.leader.store_id)
+            assert await asyncio.wait_for(txn.get_for_update(b), NO_HANG) is None
+            txn.put(a, b"A")
+            txn.put(b, b"B")
+            await asyncio.wait_for(txn.commit(), NO_HANG)
+            snap = client.snapshot(await client.current_timestamp())
+            assert await snap.batch_get([a, b]) == {a: b"A", b: b"B"}
