@@ -15,7 +15,15 @@ from collections.abc import Iterable
 from tikv_proto import deadlock_pb2, kvrpcpb_pb2
 
 from tikv_mockstore.mvcc import errors as mvcc_errors
-from tikv_mockstore.mvcc.types import Assertion, KvPair, LockInfo, Mutation, Op, WaitForEntry
+from tikv_mockstore.mvcc.types import (
+    Assertion,
+    KvPair,
+    LockInfo,
+    Mutation,
+    Op,
+    WaitForEntry,
+    enum_of,
+)
 
 __all__ = [
     "KEY_ERROR_TYPES",
@@ -38,7 +46,7 @@ def mutation_from_pb(m: kvrpcpb_pb2.Mutation) -> Mutation:
     Raises ``ValueError`` for an op or assertion the engine does not know (the shared-lock
     ops), which the handlers answer with an ``abort`` key error.
     """
-    return Mutation(Op(m.op), m.key, m.value, Assertion(m.assertion))
+    return Mutation(enum_of(Op, m.op), m.key, m.value, enum_of(Assertion, m.assertion))
 
 
 def lock_info_to_pb(info: LockInfo) -> kvrpcpb_pb2.LockInfo:

@@ -56,7 +56,7 @@ from tikv_mockstore.mvcc import (
     PessimisticAction,
     WriteType,
 )
-from tikv_mockstore.mvcc.types import SHORT_VALUE_MAX_LEN
+from tikv_mockstore.mvcc.types import SHORT_VALUE_MAX_LEN, enum_of
 
 __all__ = ["MAX_KEY_SIZE"]
 
@@ -72,12 +72,16 @@ def _read_options(ctx: kvrpcpb_pb2.Context) -> dict[str, Any]:
     # The isolation level and the lock sets a reader sends: resolved_locks are bypassed,
     # committed_locks are read through (TiKV storage/mod.rs: bypass_locks / access_locks).
     # Every read except a stale one raises max_ts (prepare_snap_ctx), inside the engine.
+    resolved, committed = ctx.resolved_locks, ctx.committed_locks
     return {
-        "isolation_level": IsolationLevel(ctx.isolation_level),
-        "bypass_locks": frozenset(ctx.resolved_locks),
-        "access_locks": frozenset(ctx.committed_locks),
+        "isolation_level": enum_of(IsolationLevel, ctx.isolation_level),
+        "bypass_locks": frozenset(resolved) if resolved else _NO_TS,
+        "access_locks": frozenset(committed) if committed else _NO_TS,
         "stale_read": ctx.stale_read,
     }
+
+
+_NO_TS: frozenset[int] = frozenset()
 
 
 def _commit_ts_of_visible(
@@ -387,7 +391,9 @@ def _prewrite_args(req: kvrpcpb_pb2.PrewriteRequest) -> dict[str, Any]:
         n = min(len(mutations), len(req.pessimistic_actions))
         mutations = mutations[:n]
         args["for_update_ts"] = req.for_update_ts
-        args["pessimistic_actions"] = [PessimisticAction(a) for a in req.pessimistic_actions[:n]]
+        args["pessimistic_actions"] = [
+            enum_of(PessimisticAction, a) for a in req.pessimistic_actions[:n]
+        ]
         args["for_update_ts_constraints"] = {
             c.index: c.expected_for_update_ts for c in req.for_update_ts_constraints if c.index < n
         }
@@ -405,7 +411,7 @@ def _prewrite_args(req: kvrpcpb_pb2.PrewriteRequest) -> dict[str, Any]:
         min_commit_ts=req.min_commit_ts,
         try_one_pc=req.try_one_pc,
         max_commit_ts=req.max_commit_ts,
-        assertion_level=AssertionLevel(req.assertion_level),
+        assertion_level=enum_of(AssertionLevel, req.assertion_level),
         is_retry_request=req.context.is_retry_request,
     )
     return args
@@ -712,7 +718,7 @@ def kv_flush(scope: StoreScope, req: kvrpcpb_pb2.FlushRequest) -> kvrpcpb_pb2.Fl
             req.start_ts,
             req.generation,
             req.lock_ttl,
-            assertion_level=AssertionLevel(req.assertion_level),
+            assertion_level=enum_of(AssertionLevel, req.assertion_level),
         )
     except KEY_ERROR_TYPES as e:
         resp.errors.append(key_error(e))

@@ -83,6 +83,7 @@ from tikv_mockstore.mvcc.types import (
     Write,
     WriteConflictReason,
     WriteType,
+    enum_of,
     physical_ms,
 )
 
@@ -251,6 +252,8 @@ def _check_bytes(value: object, name: str) -> bytes:
 
 
 def _check_ts(value: object, name: str, *, allow_zero: bool = True) -> int:
+    if type(value) is int and 0 < value <= MAX_TS:  # the common case, at once
+        return value
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int timestamp, not {type(value).__name__}")
     if value < 0 or value > MAX_TS:
@@ -748,7 +751,7 @@ class MvccEngine:
             if pessimistic_actions is None:
                 actions = [PessimisticAction.DO_PESSIMISTIC_CHECK] * len(muts)
             else:
-                actions = [PessimisticAction(a) for a in pessimistic_actions]
+                actions = [enum_of(PessimisticAction, a) for a in pessimistic_actions]
                 if len(actions) != len(muts):
                     raise ValueError(
                         f"pessimistic_actions has {len(actions)} entries for {len(muts)} mutations"
@@ -759,7 +762,7 @@ class MvccEngine:
         else:
             actions = [PessimisticAction.SKIP_PESSIMISTIC_CHECK] * len(muts)
             if pessimistic_actions and any(
-                PessimisticAction(a) is not PessimisticAction.SKIP_PESSIMISTIC_CHECK
+                enum_of(PessimisticAction, a) is not PessimisticAction.SKIP_PESSIMISTIC_CHECK
                 for a in pessimistic_actions
             ):
                 raise ValueError(
@@ -790,7 +793,7 @@ class MvccEngine:
             lock_ttl=lock_ttl,
             min_commit_ts=min_commit_ts,
             is_retry_request=is_retry_request,
-            assertion_level=AssertionLevel(assertion_level),
+            assertion_level=enum_of(AssertionLevel, assertion_level),
         )
         secondary_keys: tuple[bytes, ...] | None = tuple(secs) if use_async_commit else None
         return self._run(
@@ -2042,7 +2045,7 @@ class MvccEngine:
             lock_ttl=lock_ttl,
             min_commit_ts=sts + 1,
             is_retry_request=False,
-            assertion_level=AssertionLevel(assertion_level),
+            assertion_level=enum_of(AssertionLevel, assertion_level),
         )
 
         def run() -> list[KeyIsLockedError]:
