@@ -112,6 +112,29 @@ async def test_concurrent_misses_share_one_get_region(
     assert fake.state.calls["GetRegion"] == 1
 
 
+async def test_locate_key_hits_skip_pd_and_expired_entries_reload(
+    fake: FakePDCluster, client: PDClient
+) -> None:
+    fake.set_regions([b"g", b"p"], stores=[1])
+    now = [0.0]
+    cache = RegionCache(ttl=10.0, ttl_jitter=0.0, clock=lambda: now[0])
+    locator = RegionLocator(client, codec=CodecV1("raw"), cache=cache)
+    with pytest.raises(TypeError, match="bytes"):
+        await locator.locate_key("a")  # type: ignore[arg-type]
+    first = await locator.locate_key(b"h")
+    # Hits (the fast path) return the cached object and never ask PD again.
+    for key in (b"g", b"h", b"o\xff"):
+        assert await locator.locate_key(key) is first
+    assert fake.state.calls["GetRegion"] == 1
+    with pytest.raises(TypeError, match="bytes"):
+        await locator.locate_key(bytearray(b"h"))  # type: ignore[arg-type]
+    # Past its TTL the entry is a miss again: the slow path reloads it from PD.
+    now[0] = 100.0
+    again = await locator.locate_key(b"h")
+    assert again.id == first.id and again is not first
+    assert fake.state.calls["GetRegion"] == 2
+
+
 async def test_end_key_lookups(fake: FakePDCluster, client: PDClient) -> None:
     fake.set_regions([b"g", b"p"], stores=[1])
     locator = RegionLocator(client, codec=CodecV1("raw"))

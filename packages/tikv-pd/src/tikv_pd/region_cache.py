@@ -785,6 +785,25 @@ class RegionCache:
         # Shield: one caller's cancellation must not cancel the load others wait for.
         return await asyncio.shield(future)
 
+    def lookup(self, key: bytes, *, end: bool = False) -> Region | None:
+        """The cached region of ``key`` for a lookup that loads on a miss, or ``None``.
+
+        Like :meth:`locate_key` (``end=True``: :meth:`locate_end_key`), but it checks
+        the key's type and counts a hit in the region-cache metrics (client-go counts
+        hits in ``findRegionByKey``): the synchronous fast path of :meth:`get_or_load`
+        and of :meth:`tikv_pd.locator.RegionLocator.locate_key`.
+
+        Raises:
+            TypeError: ``key`` is not bytes.
+
+        """
+        if type(key) is not bytes:
+            _check_key("key", key)
+        region = self.locate_end_key(key) if end else self.locate_key(key)
+        if region is not None and _obs.metrics is not None:
+            _obs.metrics.region_cache_hit()
+        return region
+
     async def get_or_load(self, key: bytes, loader: KeyLoader) -> Region:
         """Return the region containing ``key``, loading it on a miss.
 
@@ -796,11 +815,8 @@ class RegionCache:
             BaseException: whatever ``loader`` raises.
 
         """
-        _check_key("key", key)
-        region = self.locate_key(key)
+        region = self.lookup(key)
         if region is not None:
-            if _obs.metrics is not None:
-                _obs.metrics.region_cache_hit()
             return region
 
         async def load() -> Region:
@@ -824,11 +840,8 @@ class RegionCache:
             tikv_pd.errors.PDError: the loaded region does not contain ``key`` by end.
 
         """
-        _check_key("key", key)
-        region = self.locate_end_key(key)
+        region = self.lookup(key, end=True)
         if region is not None:
-            if _obs.metrics is not None:
-                _obs.metrics.region_cache_hit()
             return region
 
         async def load() -> Region:
