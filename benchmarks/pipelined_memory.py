@@ -61,7 +61,7 @@ def run_client(pd: str, keys: int, value_size: int) -> dict[str, Any]:
         for i in range(keys):
             txn.put(_key(i), _value(i, value_size))
         written = time.perf_counter()
-        inner = txn._txn  # the async transaction behind the blocking facade
+        inner = txn.async_transaction
         assert isinstance(inner, AsyncPipelinedTransaction)
         generations_while_writing = inner.generation
         commit_ts = txn.commit()

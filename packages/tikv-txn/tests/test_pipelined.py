@@ -395,7 +395,7 @@ def test_blocking_writer_waits_for_the_running_flush(cluster: MockCluster) -> No
     keys = make_keys(2000)
     with TransactionClient.connect(cluster.pd_endpoints) as client:
         txn = client.begin(options=PIPELINED)
-        inner = txn._txn
+        inner = txn.async_transaction
         assert isinstance(inner, AsyncPipelinedTransaction)
         # A flush at 100 keys; at 4 KiB the writer waits for the running one.
         inner.set_flush_thresholds(FlushThresholds(min_keys=100, min_size=1, force_size=4096))

@@ -14,10 +14,13 @@ the pipelined paths of ``txnkv/transaction/txn.go`` and ``2pc.go``):
   the background (client-go ``PipelinedMemDB.Flush``). TiKV keeps, per key, the lock of
   the newest generation: a key written again in a later generation supersedes its older
   lock, an older generation never overwrites a newer one (TiKV ``commands/flush.rs``).
-* **One flush at a time.** While a flush runs, a buffer that grows past the force
-  threshold makes the writer wait for it (the blocking client's ``put`` blocks; an asyncio
-  writer cannot be blocked inside ``put`` and waits in :meth:`AsyncPipelinedTransaction.flush`,
-  which it should await now and then, as TiDB calls ``Flush`` after each statement).
+* **One flush at a time.** While a flush runs, the writer waits for it once the buffer
+  and the part of the running generation TiKV has not acknowledged yet reach the force
+  threshold together (client-go counts the buffer alone; a Python entry costs about twice
+  its data, so two full buffers would double the peak). The blocking client's ``put``
+  blocks; an asyncio writer cannot be blocked inside ``put`` and waits in
+  :meth:`AsyncPipelinedTransaction.flush`, which it should await now and then, as TiDB
+  calls ``Flush`` after each statement.
   Within one generation, mutations are grouped by region, cut into 16 KiB batches and sent
   with at most ``pipelined_flush_concurrency`` (128) requests in flight (client-go
   ``calcActionConcurrency``).
@@ -184,7 +187,7 @@ class _Generation:
     client's peak memory near one buffer instead of two.
     """
 
-    __slots__ = ("flags", "keys", "number", "released", "values")
+    __slots__ = ("flags", "keys", "number", "pending_memory", "released", "values")
 
     def __init__(self, number: int, buf: MemBuffer) -> None:
         keys: list[bytes] = []
@@ -200,6 +203,8 @@ class _Generation:
         self.flags = flags
         #: How many entries were released (their batch was acknowledged).
         self.released = 0
+        #: Estimated memory of the entries not released yet (as ``buffer_memory``).
+        self.pending_memory = buf.size + len(keys) * ENTRY_MEMORY_OVERHEAD
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -225,9 +230,16 @@ class _Generation:
     def release(self, positions: Sequence[int]) -> None:
         """Drop the values at ``positions`` (TiKV holds them now)."""
         values = self.values
+        keys = self.keys
+        freed = 0
         for i in positions:
+            value = values[i]
+            freed += len(keys[i]) + ENTRY_MEMORY_OVERHEAD
+            if isinstance(value, bytes):
+                freed += len(value)
             values[i] = _FLUSHED
         self.released += len(positions)
+        self.pending_memory -= freed
 
 
 _ACTIVE = "active"
@@ -582,25 +594,39 @@ class AsyncPipelinedTransaction(AsyncTransaction):
             force_size=t.force_size,
         )
 
+    def _must_wait(self) -> bool:
+        """Whether the writer must wait for the running flush before writing on.
+
+        client-go waits when the buffer alone reaches the force threshold (128 MiB). Here
+        the buffer and the part of the running generation TiKV has not acknowledged yet
+        count together: a Python entry costs about twice its data, and two full buffers
+        would double a client's peak memory.
+        """
+        inflight = self._inflight
+        if inflight is None or inflight.done() or self._flushing is None:
+            return False
+        return self.buffer_memory + self._flushing.pending_memory >= self._thresholds.force_size
+
     def _after_write(self) -> None:
         """Flush when the thresholds say so (client-go ``PipelinedMemDB.Flush(false)``)."""
-        if not self._need_flush():
-            return
-        inflight = self._inflight
-        if inflight is not None and not inflight.done():
-            # The buffer reached the force threshold while a flush runs: wait for it.
+        if self._must_wait():
             if self._on_loop():
                 return  # cannot block the event loop: flush() waits instead
+            inflight = self._inflight
+            assert inflight is not None
             inflight.result()
-        self._rotate()
+        if self._need_flush() and not self.flushing:
+            self._rotate()
 
     async def flush(self, *, force: bool = False) -> bool:
         """Flush the buffer if the thresholds say so (always with ``force``).
 
-        client-go ``PipelinedMemDB.Flush``: a flush starts only when the previous one is
-        done or the buffer reached the force threshold, in which case this waits for the
-        previous one first. The flush itself runs in the background; its error is raised
-        by the next call that waits for it (a later flush, :meth:`commit`).
+        client-go ``PipelinedMemDB.Flush``: a flush starts when the thresholds are met
+        and no flush runs. This waits for the running flush first when ``force`` is set,
+        or when the buffer and the unacknowledged part of the running flush together
+        reached the force threshold (128 MiB; the blocking client's ``put`` waits there
+        by itself). The flush runs in the background; its error is raised by the next
+        call that collects it (a later flush, :meth:`commit`).
 
         Returns:
             Whether a flush was started.
@@ -611,7 +637,9 @@ class AsyncPipelinedTransaction(AsyncTransaction):
 
         """
         self._check_active()
-        if not force and not self._need_flush():
+        if force or self._must_wait():
+            await self._wait_inflight()
+        if not force and (not self._need_flush() or self.flushing):
             return False
         await self._wait_inflight()
         return self._rotate()
