@@ -522,3 +522,31 @@ async def test_pipelined_transaction_under_a_keyspace() -> None:
             snap = client.snapshot(await client.current_timestamp())
             assert len(await snap.batch_get(keys)) == len(keys)
             assert cluster.engine.mvcc_by_key(prefix + keys[0]).writes
+
+
+async def test_buffer_reads_are_cached_until_the_next_flush(
+    client: AsyncTransactionClient, cluster: MockCluster
+) -> None:
+    """client-go TestPipelinedPrefetch / TestMemBufferBatchGetCache."""
+    keys = make_keys(200)
+    txn = await begin(client, SMALL)
+    for key in keys[:100]:
+        txn.put(key, b"one")
+    await wait_flushed(txn)
+    before = cluster.counters.count("KvBufferBatchGet")
+    assert await txn.batch_get([*keys[:10], keys[150]]) == dict.fromkeys(keys[:10], b"one")
+    sent = cluster.counters.count("KvBufferBatchGet")
+    assert sent > before
+    # Found and not-found answers are both cached: no more requests for these keys.
+    assert await txn.get(keys[3]) == b"one"
+    assert await txn.get(keys[150]) is None
+    assert cluster.counters.count("KvBufferBatchGet") == sent
+    # A new generation rewrites keys[3]: the cache must not hide it once flushed.
+    txn.put(keys[3], b"two")
+    for key in keys[100:199]:
+        txn.put(key, b"one")
+    assert txn.generation == 2
+    await wait_flushed(txn)
+    assert await txn.get(keys[3]) == b"two"
+    assert cluster.counters.count("KvBufferBatchGet") > sent
+    await txn.rollback()
