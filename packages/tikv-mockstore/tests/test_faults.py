@@ -135,6 +135,9 @@ def test_hang_in_batch_does_not_block_other_sub_requests(
     q.put(req)
     first = next(it)
     assert list(first.request_ids) == [2]
+    # The sub-request hanging inside the stream counts like a hanging unary call.
+    assert cluster.faults.wait_hanging(1, timeout=10)
+    assert cluster.faults.hanging() == 1
     fault.release()
     second = next(it)
     assert list(second.request_ids) == [1]

@@ -335,10 +335,11 @@ def test_force_lock_waiters_take_turns(scope: Scope, engine: MvccEngine) -> None
 def test_lock_removed_outside_the_handlers_wakes_the_waiter(
     scope: Scope, engine: MvccEngine
 ) -> None:
-    lock_wait_manager(engine).safety_poll_ms = 20
+    # No safety poll: the engine itself tells the lock-wait manager.
+    lock_wait_manager(engine).safety_poll_ms = 0
     assert not done(lock(scope, [b"k"], ts(10))).errors
     pending = waiting(lock(scope, [b"k"], ts(20), wait_timeout=5000))
-    engine.unsafe_destroy_range(b"a", b"z")  # no handler, no poke
+    engine.unsafe_destroy_range(b"a", b"z")  # no handler
     conflict = pending.result(timeout=RESULT_TIMEOUT).errors[0].conflict
     assert (conflict.conflict_ts, conflict.conflict_commit_ts) == (ts(10), 0)
 

@@ -355,6 +355,15 @@ class LockWaitManager:
         self._deliver(deliveries)
         return outcome
 
+    def locks_released(self) -> None:
+        """A lock changed hands in the engine: :meth:`poke` soon, on the timer thread.
+
+        The engine's lock listener (:meth:`MvccEngine.add_lock_listener`): it runs inside the
+        engine's lock, so it only schedules the poke, and only when someone is waiting.
+        """
+        if self._queues:  # racy but safe: a queue added now checks the lock itself
+            self._timer.call_soon(self.poke)
+
     def poke(self) -> None:
         """Look for released locks on every waited-for key and wake their waiters."""
         if not self._queues:  # racy but safe: a queue added now checks the lock itself

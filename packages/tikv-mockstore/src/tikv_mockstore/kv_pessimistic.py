@@ -86,7 +86,8 @@ def lock_wait_manager(engine: MvccEngine) -> LockWaitManager:
     All stores of a cluster share one engine, so they share the wait queues and the
     deadlock detector: a deadlock between requests sent to different stores is found.
     Set ``wait_for_lock_timeout_ms`` / ``wake_up_delay_ms`` on it to change TiKV's
-    defaults; call ``poke()`` after changing the engine without going through a handler.
+    defaults. The manager listens to the engine (``add_lock_listener``): whatever releases
+    a lock — a handler, ``UnsafeDestroyRange``, a test calling the engine — wakes its waiters.
     """
     manager = _MANAGERS.get(engine)
     if manager is not None:
@@ -101,6 +102,7 @@ def lock_wait_manager(engine: MvccEngine) -> LockWaitManager:
                 commit_ts_of=lambda key, start_ts: _commit_ts_of(ref, key, start_ts),
                 detector=DeadlockDetector(),
             )
+            engine.add_lock_listener(manager.locks_released)
             _MANAGERS[engine] = manager
         return manager
 

@@ -20,9 +20,9 @@ turns "already committed" into ``commit_version``; DeleteRange and the Mvcc comm
 failure as text.
 
 ``PessimisticLock`` may return a :class:`concurrent.futures.Future` instead of a response
-when the request waits for another transaction's lock (see :mod:`.kv_pessimistic`). After
-every write command the handlers poke the cluster's lock-wait manager so that requests
-waiting for a lock that the command released wake up.
+when the request waits for another transaction's lock (see :mod:`.kv_pessimistic`). The
+lock-wait manager listens to the engine, so a command that releases a lock wakes the
+requests waiting for it without the handlers' help.
 """
 
 from __future__ import annotations
@@ -108,10 +108,6 @@ def _commit_ts_of_visible(
         if write.write_type is WriteType.DELETE:
             return 0
     return 0
-
-
-def _poke_waiters(engine: MvccEngine) -> None:
-    lock_wait_manager(engine).poke()
 
 
 def _clip_upper(upper: bytes, region_end: bytes) -> bytes:
@@ -438,9 +434,6 @@ def kv_prewrite(
     except KEY_ERROR_TYPES as e:
         resp.errors.append(key_error(e))
         return resp
-    finally:
-        # A 1PC prewrite of a pessimistic transaction releases its pessimistic locks.
-        _poke_waiters(engine)
     resp.errors.extend(key_errors(result.locks))
     resp.min_commit_ts = result.min_commit_ts
     resp.one_pc_commit_ts = result.one_pc_commit_ts
@@ -460,8 +453,6 @@ def kv_commit(scope: StoreScope, req: kvrpcpb_pb2.CommitRequest) -> kvrpcpb_pb2.
         resp.commit_version = engine.commit(list(req.keys), req.start_version, req.commit_version)
     except KEY_ERROR_TYPES as e:
         resp.error.CopyFrom(key_error(e))
-    finally:
-        _poke_waiters(engine)
     return resp
 
 
@@ -484,8 +475,6 @@ def kv_cleanup(scope: StoreScope, req: kvrpcpb_pb2.CleanupRequest) -> kvrpcpb_pb
         resp.commit_version = e.commit_ts
     except KEY_ERROR_TYPES as e:
         resp.error.CopyFrom(key_error(e))
-    finally:
-        _poke_waiters(engine)
     return resp
 
 
@@ -504,8 +493,6 @@ def kv_batch_rollback(
         engine.batch_rollback(list(req.keys), req.start_version)
     except KEY_ERROR_TYPES as e:
         resp.error.CopyFrom(key_error(e))
-    finally:
-        _poke_waiters(engine)
     return resp
 
 
@@ -551,8 +538,6 @@ def kv_resolve_lock(
         )
     except KEY_ERROR_TYPES as e:
         resp.error.CopyFrom(key_error(e))
-    finally:
-        _poke_waiters(engine)
     return resp
 
 
@@ -611,8 +596,6 @@ def kv_pessimistic_rollback(
         engine.pessimistic_rollback(list(keys), req.start_version, req.for_update_ts)
     except KEY_ERROR_TYPES as e:
         resp.errors.append(key_error(e))
-    finally:
-        _poke_waiters(engine)
     return resp
 
 
@@ -664,8 +647,6 @@ def kv_check_txn_status(
     except KEY_ERROR_TYPES as e:
         resp.error.CopyFrom(key_error(e))
         return resp
-    finally:
-        _poke_waiters(engine)
     resp.action = kvrpcpb_pb2.Action.ValueType(status.action)
     resp.commit_version = status.commit_version
     if not status.is_committed and status.lock_info is not None:
@@ -690,8 +671,6 @@ def kv_check_secondary_locks(
     except KEY_ERROR_TYPES as e:
         resp.error.CopyFrom(key_error(e))
         return resp
-    finally:
-        _poke_waiters(engine)
     resp.locks.extend(lock_info_to_pb(lock) for lock in status.locks)
     resp.commit_ts = status.commit_ts
     return resp
@@ -777,8 +756,6 @@ def kv_delete_range(
         engine.delete_range(start_key, end_key)
     except KEY_ERROR_TYPES as e:
         resp.error = f"{type(e).__name__}: {e}"
-    finally:
-        _poke_waiters(engine)
     return resp
 
 

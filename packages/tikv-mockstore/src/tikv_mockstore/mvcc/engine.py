@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import logging
 import threading
 import time
 from bisect import bisect_left, bisect_right
@@ -90,6 +91,8 @@ from tikv_mockstore.mvcc.types import (
 __all__ = ["MvccEngine", "key_hash"]
 
 _T = TypeVar("_T")
+
+_log = logging.getLogger(__name__)
 
 _EMPTY: Final[frozenset[int]] = frozenset()
 _DATA_TYPES: Final = (WriteType.PUT, WriteType.DELETE)
@@ -306,6 +309,7 @@ class MvccEngine:
         self._undo: list[tuple[int, bytes, object, object]] = []
         self._lock_changed = False
         self._lock_epoch = 0
+        self._lock_listeners: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ max_ts
 
@@ -324,6 +328,33 @@ class MvccEngine:
         if ts != MAX_TS and ts > self._max_ts:
             self._max_ts = ts
 
+    # ------------------------------------------------------------------ listeners
+
+    def add_lock_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every change of the transaction holding a key's lock.
+
+        Every command that takes a lock, removes one (commit, rollback, resolve, cleanup, a
+        1PC prewrite of a pessimistic transaction, ``delete_range`` / ``unsafe_destroy_range``)
+        or replaces it with another transaction's calls it, whoever called the engine: the
+        lock-wait manager follows lock holders and wakes its waiters from here (a change
+        within one transaction, such as a prewrite over its own pessimistic lock, does not
+        call it). It runs with the engine's lock held,
+        so it must return quickly and must not wait for a thread that uses the engine (hand
+        the work to another thread).
+        """
+        with self._mu:
+            self._lock_listeners.append(listener)
+
+    def _locks_released(self) -> None:
+        # Called with self._mu held.
+        self._lock_epoch += 1
+        self._cond.notify_all()
+        for listener in self._lock_listeners:
+            try:
+                listener()
+            except Exception:  # a listener must not undo a finished command
+                _log.exception("lock listener failed")
+
     # ------------------------------------------------------------------ store primitives
 
     def _run(self, fn: Callable[[], _T]) -> _T:
@@ -341,8 +372,7 @@ class MvccEngine:
                 self._undo = []
                 self._lock_changed = False
             if changed:
-                self._lock_epoch += 1
-                self._cond.notify_all()
+                self._locks_released()
             return result
 
     def _apply_undo(self) -> None:
@@ -381,7 +411,7 @@ class MvccEngine:
                 self._lock_changed = True
         else:
             self._locks[key] = lock
-            if old is not None and old.start_ts != lock.start_ts:
+            if old is None or old.start_ts != lock.start_ts:
                 self._lock_changed = True
 
     def _put_write(self, key: bytes, commit_ts: int, write: Write) -> None:
@@ -2160,8 +2190,7 @@ class MvccEngine:
             for k in wk:
                 del self._writes[k]
             if lk:
-                self._lock_epoch += 1
-                self._cond.notify_all()
+                self._locks_released()
             return len(set(lk).union(wk))
 
     def unsafe_destroy_range(self, start_key: bytes, end_key: bytes) -> int:
