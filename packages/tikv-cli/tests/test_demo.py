@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 
 from _cli_runner import Tikv
-from tikv_cli._clients import txn_available
 from tikv_cli.demo import run_demo
 from tikv_mockstore import MockCluster
 
@@ -24,15 +23,15 @@ def test_demo_on_an_embedded_cluster(tikv: Tikv) -> None:
     assert "get(counter)  → '2'" in out
     assert " failed: " not in out  # how a failed step is reported
     assert "Cluster stopped." in out
-    if txn_available():
-        assert "new txn: get(alice), get(bob)  → '100', '50'" in out
-        assert "WriteConflictError" in out
-        assert "t1 retries (attempt 1): reads 110, writes 80" in out
-        assert "get(alice)  → '80'" in out
-        assert "snapshot(" in out and ".get(carol)  → 'version 1'" in out
-        assert "new txn: get(carol)  → 'version 2'" in out
-    else:
-        assert "transactions: not available" in out
+    assert "new txn: get(alice), get(bob)  → '100', '50'" in out
+    assert "WriteConflictError" in out
+    assert "t1 retries (attempt 1): reads 110, writes 80" in out
+    assert "get(alice)  → '80'" in out
+    assert "get_for_update(bob)  → '50' (bob is locked)" in out
+    assert "put(bob, bob + 5); commit  → committed at ts" in out
+    assert "snapshot(" in out and ".get(carol)  → 'version 1'" in out
+    assert "new txn: get(carol)  → 'version 2'" in out
+    assert "not available" not in out
 
 
 def test_demo_against_a_given_cluster_reports_missing_ttl() -> None:

@@ -42,6 +42,9 @@ class TransactionLike(Protocol):
     def get(self, key: bytes) -> bytes | None:
         """Read a key at the transaction's start timestamp (or from its buffer)."""
 
+    def get_for_update(self, key: bytes) -> bytes | None:
+        """Read a key and lock it (pessimistic transactions)."""
+
     def put(self, key: bytes, value: bytes) -> None:
         """Buffer a write."""
 

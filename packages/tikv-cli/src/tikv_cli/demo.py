@@ -272,18 +272,8 @@ def _short(text: str, limit: int = 100) -> str:
 
 def _txn_pessimistic(tour: _Tour, client: TxnClientLike) -> None:
     bob = _k("acct/bob")
-    try:
-        txn = client.begin(pessimistic=True)
-    except (ValueError, TypeError, NotImplementedError) as exc:
-        # tikv-txn 0.1.0 refuses pessimistic=True with a ValueError until it supports it.
-        tour.unavailable("pessimistic transactions", str(exc))
-        return
-    lock_for_update: Any = getattr(txn, "get_for_update", None)
-    if lock_for_update is None:
-        txn.rollback()
-        tour.unavailable("pessimistic transactions", "Transaction has no get_for_update yet")
-        return
-    value = lock_for_update(bob)
+    txn = client.begin(pessimistic=True)
+    value = txn.get_for_update(bob)
     tour.step("begin(pessimistic=True); get_for_update(bob)", f"{_s(value)} (bob is locked)")
     txn.put(bob, str(int(value or b"0") + 5).encode())
     tour.step("put(bob, bob + 5); commit", f"committed at ts {txn.commit()}")
