@@ -550,3 +550,45 @@ async def test_buffer_reads_are_cached_until_the_next_flush(
     assert await txn.get(keys[3]) == b"two"
     assert cluster.counters.count("KvBufferBatchGet") > sent
     await txn.rollback()
+
+
+# -- optimistic locks ---------------------------------------------------------------------
+
+
+async def test_lock_keys_marks_unwritten_keys_and_keeps_flushed_values(
+    client: AsyncTransactionClient, reader: AsyncTransactionClient, cluster: MockCluster
+) -> None:
+    keys = make_keys(102)
+    written, unwritten, other = keys[0], keys[100], keys[101]
+    await seed(client, {unwritten: b"committed"})
+    txn = await begin(client, SMALL)
+    for key in keys[:100]:
+        txn.put(key, b"mine")
+    await wait_flushed(txn)  # generation 1 holds `written`
+    assert await txn.get_for_update(unwritten) == b"committed"
+    await txn.lock_keys([written])  # already locked by its own Put: nothing to add
+    assert await txn.check_exists_for_update([written, keys[50]]) == {
+        written: True,
+        keys[50]: True,
+    }
+    assert await txn.flush(force=True)
+    await wait_flushed(txn)
+    locks = engine_locks(cluster, [written, unwritten])
+    assert locks[written].generation == 1  # type: ignore[attr-defined]
+    assert locks[written].value == b"mine"  # type: ignore[attr-defined]
+    assert locks[unwritten].generation == 2  # type: ignore[attr-defined]
+    assert locks[unwritten].lock_type.name == "LOCK"  # type: ignore[attr-defined]
+    await txn.commit()
+    await poll(lambda: not locks_of_txn(cluster, txn.start_ts), "the commit resolve")
+    snap = reader.snapshot(await reader.current_timestamp())
+    assert await snap.batch_get([written, unwritten]) == {
+        written: b"mine",
+        unwritten: b"committed",
+    }
+    # A marked key that another transaction wrote meanwhile is a write conflict.
+    txn = await begin(client, SMALL)
+    txn.put(written, b"again")
+    await txn.lock_keys([other])
+    await seed(reader, {other: b"theirs"})
+    with pytest.raises(WriteConflictError):
+        await txn.commit()

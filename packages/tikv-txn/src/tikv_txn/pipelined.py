@@ -559,6 +559,65 @@ class AsyncPipelinedTransaction(AsyncTransaction):
             "does not support iterators); scan txn.snapshot for the committed data"
         )
 
+    # -- locks (optimistic: marks checked for conflicts when flushed) -------------------
+
+    async def lock_keys(
+        self, keys: Iterable[bytes], *, lock_wait_timeout_ms: int | None = None
+    ) -> None:
+        """Mark ``keys`` to be checked for write conflicts (``Lock`` mutations when flushed).
+
+        A pipelined transaction is optimistic: the keys are only marked, as client-go's
+        ``LockKeys`` without a for-update ts. Keys this transaction already wrote are
+        skipped: their own lock (from the buffer or a flushed generation) is checked
+        already, and a ``Lock`` mutation in a later generation would replace a flushed
+        value.
+        """
+        wanted = check_keys(keys)
+        self._check_active()
+        written = await self._buffered(wanted)
+        rest = [k for k in wanted if k not in written]
+        if rest:
+            await super().lock_keys(rest, lock_wait_timeout_ms=lock_wait_timeout_ms)
+
+    async def get_for_update(
+        self,
+        key: bytes,
+        *,
+        lock_wait_timeout_ms: int | None = None,
+        lock_only_if_exists: bool = False,
+    ) -> bytes | None:
+        """Read ``key`` as :meth:`get` and mark it as :meth:`lock_keys` does."""
+        found = await self.batch_get_for_update(
+            [key],
+            lock_wait_timeout_ms=lock_wait_timeout_ms,
+            lock_only_if_exists=lock_only_if_exists,
+        )
+        return found.get(key)
+
+    async def batch_get_for_update(
+        self,
+        keys: Iterable[bytes],
+        *,
+        lock_wait_timeout_ms: int | None = None,
+        lock_only_if_exists: bool = False,
+    ) -> dict[bytes, bytes]:
+        """Read ``keys`` as :meth:`batch_get` and mark them as :meth:`lock_keys` does."""
+        wanted = check_keys(keys)
+        found = await self.batch_get(wanted)
+        await self.lock_keys(
+            [k for k in wanted if k in found] if lock_only_if_exists else wanted,
+            lock_wait_timeout_ms=lock_wait_timeout_ms,
+        )
+        return found
+
+    async def check_exists_for_update(
+        self, keys: Iterable[bytes], *, lock_wait_timeout_ms: int | None = None
+    ) -> dict[bytes, bool]:
+        """Whether each of ``keys`` exists (as :meth:`batch_get` sees it); marks them."""
+        wanted = check_keys(keys)
+        found = await self.batch_get_for_update(wanted, lock_wait_timeout_ms=lock_wait_timeout_ms)
+        return {k: k in found for k in wanted}
+
     # -- writes ------------------------------------------------------------------------
 
     def put(self, key: bytes, value: bytes) -> None:
