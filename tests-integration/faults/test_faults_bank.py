@@ -217,3 +217,57 @@ async def test_bank_transfers_under_a_split_storm(cluster: MockCluster, protocol
     assert not bad, bad[:5]
     assert sum(final.values()) == ACCOUNTS * INITIAL
     assert min(final.values()) >= 0
+
+
+@pytest.mark.parametrize("protocol", ["2pc", "async_commit", "pessimistic"])
+async def test_bank_transfers_over_flaky_connections(cluster: MockCluster, protocol: str) -> None:
+    """3% of TiKV requests lose their connection (whole BatchCommands streams): lost
+    prewrites / commits are retried or end undetermined, never half-applied; every
+    snapshot sees the same total."""
+    options = PROTOCOLS[protocol]
+    outcome = {"committed": 0, "undetermined": 0, "failed": 0}
+    bad: list[int] = []
+    async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as client:
+        async with client.begin() as txn:
+            for i in range(ACCOUNTS):
+                txn.put(_account(i), b"%d" % INITIAL)
+        fault = cluster.faults.add(drop_stream=True, probability=0.03)
+
+        async def transfer(seed: int) -> None:
+            rng = random.Random(seed)
+            for _ in range(25):
+                a, b = rng.sample(range(ACCOUNTS), 2)
+                txn = await client.begin(options)
+                keys = [_account(a), _account(b)]
+                try:
+                    if options.is_pessimistic:
+                        got = await txn.batch_get_for_update(keys)
+                    else:
+                        got = await txn.batch_get(keys)
+                    amount = min(rng.randint(1, 10), int(got[keys[0]]))
+                    txn.put(keys[0], b"%d" % (int(got[keys[0]]) - amount))
+                    txn.put(keys[1], b"%d" % (int(got[keys[1]]) + amount))
+                    await txn.commit()
+                    outcome["committed"] += 1
+                except UndeterminedError:
+                    outcome["undetermined"] += 1
+                except TiKVError:
+                    outcome["failed"] += 1  # conflicts, and losses the client gave up on
+                finally:
+                    if txn.state == "active":
+                        with contextlib.suppress(TiKVError):
+                            await txn.rollback()
+                total = sum((await _balances(client)).values())
+                if total != ACCOUNTS * INITIAL:
+                    bad.append(total)
+
+        try:
+            await within(asyncio.gather(*(transfer(s) for s in range(6))))
+        finally:
+            cluster.faults.remove(fault)
+        final = await within(_balances(client))
+    assert fault.hits > 0
+    assert not bad, bad[:5]
+    assert sum(final.values()) == ACCOUNTS * INITIAL
+    assert min(final.values()) >= 0
+    assert outcome["committed"] > 0
