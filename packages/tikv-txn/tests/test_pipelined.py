@@ -592,3 +592,22 @@ async def test_lock_keys_marks_unwritten_keys_and_keeps_flushed_values(
     await seed(reader, {other: b"theirs"})
     with pytest.raises(WriteConflictError):
         await txn.commit()
+
+
+async def test_async_writer_gets_backpressure_from_flush(
+    client: AsyncTransactionClient, cluster: MockCluster
+) -> None:
+    """An asyncio writer that awaits flush() never holds more than the force threshold."""
+    keys = make_keys(1500)
+    force = 8 * 1024
+    txn = await begin(client, FlushThresholds(min_keys=10, min_size=1, force_size=force))
+    entry = len(keys[0]) + 40 + 128
+    for key in keys:
+        txn.put(key, b"y" * 40)
+        await txn.flush()
+        pending = txn._flushing.pending_memory if txn.flushing and txn._flushing else 0
+        assert txn.buffer_memory + pending < force + entry
+    assert txn.generation >= 10
+    await txn.commit()
+    snap = client.snapshot(await client.current_timestamp())
+    assert len(await snap.batch_get(keys)) == len(keys)
