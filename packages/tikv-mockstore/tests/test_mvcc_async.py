@@ -275,3 +275,23 @@ def test_delete_range_and_unsafe_destroy_range() -> None:
     assert e.scan(b"", b"", 10, MAX_TS - 1) == []
     with pytest.raises(ValueError, match="end_key"):
         e.delete_range(b"z", b"a")
+
+
+def test_async_prewrite_meeting_a_lock_still_reports_min_commit_ts() -> None:
+    # TiKV's Prewrite::write_result: with locks nothing is written, but the result keeps
+    # the async-commit min_commit_ts computed for the keys it could lock.
+    e = MvccEngine()
+    assert e.prewrite([Mutation.put(b"s2", b"x")], b"s2", 40, 3000).locks == ()
+    e.get(b"x", 100)  # max_ts 100
+    res = e.prewrite(
+        [Mutation.put(b"p", b"1"), Mutation.put(b"s2", b"2")],
+        b"p",
+        50,
+        3000,
+        use_async_commit=True,
+        secondaries=[b"s2"],
+    )
+    assert [err.lock_info.lock_version for err in res.locks] == [40]
+    assert res.min_commit_ts == 101
+    assert res.one_pc_commit_ts == 0
+    assert e.lock_of(b"p") is None  # nothing written

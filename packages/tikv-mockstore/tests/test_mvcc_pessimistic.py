@@ -331,3 +331,45 @@ def test_engine_and_detector_together_detect_a_deadlock() -> None:
     dl = d.detect(w2.start_ts, w2.lock_info.lock_version, w2.key_hash, w2.key)
     assert dl is not None
     assert [(w.txn, w.wait_for_txn) for w in dl.wait_chain] == [(10, 20), (20, 10)]
+
+
+def test_locked_with_conflict_result_keeps_the_value_without_return_values() -> None:
+    # TiKV loads the latest value for a locked-with-conflict result whatever the request
+    # asked: the client keeps it for the statement's retry.
+    e = MvccEngine()
+    put(e, b"k", b"v", 14, 15)
+    put(e, b"gone", b"x", 14, 15)
+    e.prewrite([Mutation.delete(b"gone")], b"gone", 16, 3000)
+    e.commit([b"gone"], 16, 17)
+    res = e.pessimistic_lock(
+        [plock(b"k"), plock(b"plain")], b"k", 10, 3000, 12, allow_lock_with_conflict=True
+    )
+    conflict, plain = res.results
+    assert (conflict.locked_with_conflict_ts, conflict.value, conflict.existence) == (
+        15,
+        b"v",
+        True,
+    )
+    assert (plain.locked_with_conflict_ts, plain.value) == (0, None)
+    deleted = e.pessimistic_lock(
+        [plock(b"gone")], b"gone", 11, 3000, 12, allow_lock_with_conflict=True
+    )
+    assert (deleted.results[0].locked_with_conflict_ts, deleted.results[0].value) == (17, None)
+    assert not deleted.results[0].existence
+    # A retry below the lock's for_update_ts meets the lock taken with the conflict.
+    again = e.pessimistic_lock([plock(b"k")], b"k", 10, 3000, 13, allow_lock_with_conflict=True)
+    assert (again.results[0].locked_with_conflict_ts, again.results[0].value) == (15, b"v")
+
+
+def test_lock_of_reports_the_current_lock() -> None:
+    e = MvccEngine()
+    assert e.lock_of(b"k") is None
+    e.pessimistic_lock([plock(b"k")], b"k", 10, 3000, 10)
+    lock = e.lock_of(b"k")
+    assert lock is not None
+    assert (lock.start_ts, lock.lock_type, lock.for_update_ts) == (10, LockType.PESSIMISTIC, 10)
+    e.prewrite([Mutation.put(b"k", b"v")], b"k", 10, 3000, for_update_ts=10)
+    lock = e.lock_of(b"k")
+    assert lock is not None and (lock.lock_type, lock.value) == (LockType.PUT, b"v")
+    e.commit([b"k"], 10, 11)
+    assert e.lock_of(b"k") is None

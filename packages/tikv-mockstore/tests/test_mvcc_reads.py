@@ -202,3 +202,20 @@ def test_rc_check_ts_conflict_fails_a_scan_but_is_per_key_in_batch_get() -> None
     pairs = e.batch_get([b"a", b"b"], 20, isolation_level=IsolationLevel.RC_CHECK_TS)
     assert pairs[0].value == b"1"
     assert isinstance(pairs[1].error, WriteConflictError)
+
+
+def test_reads_report_the_commit_ts_of_the_version_read() -> None:
+    e = MvccEngine()
+    put(e, b"a", b"1", 10, 20)
+    put(e, b"a", b"2", 30, 40)
+    put(e, b"b", b"3", 10, 25)
+    delete(e, b"c", 12, 13)
+    assert e.get_with_commit_ts(b"a", 35) == (b"1", 20)
+    assert e.get_with_commit_ts(b"a", MAX_TS) == (b"2", 40)
+    assert e.get_with_commit_ts(b"c", 50) is None
+    pairs = e.batch_get([b"a", b"b", b"c"], 50)
+    assert [(p.key, p.value, p.commit_ts) for p in pairs] == [(b"a", b"2", 40), (b"b", b"3", 25)]
+    # Read through a committed transaction's lock: no commit record yet, commit ts 0.
+    e.prewrite([Mutation.put(b"b", b"4")], b"b", 60, 3000)
+    assert e.get_with_commit_ts(b"b", 70, access_locks={60}) == (b"4", 0)
+    assert [p.commit_ts for p in e.batch_get([b"b"], 70, access_locks={60})] == [0]

@@ -43,7 +43,6 @@ from tikv_mockstore.kv_lock_wait import (
     WaitOutcome,
 )
 from tikv_mockstore.mvcc import (
-    MAX_TS,
     DeadlockDetector,
     KeyIsLockedError,
     MvccEngine,
@@ -66,8 +65,8 @@ def _lock_ts_of(engine_ref: weakref.ref[MvccEngine], key: bytes) -> int | None:
     engine = engine_ref()
     if engine is None:
         return None
-    locks = engine.scan_lock(MAX_TS, key, key + b"\x00", 1)
-    return locks[0].lock_version if locks else None
+    lock = engine.lock_of(key)
+    return lock.start_ts if lock is not None else None
 
 
 def _commit_ts_of(engine_ref: weakref.ref[MvccEngine], key: bytes, start_ts: int) -> int:
@@ -273,17 +272,11 @@ class PessimisticLockRequest:
         if self._force:
             for r in result.results:
                 if r.locked_with_conflict_ts:
-                    value = r.value
-                    if value is None and r.existence:
-                        # TiKV returns the latest value with a locked-with-conflict result even
-                        # without return_values (acquire_pessimistic_lock.rs: the client reads
-                        # it from this cache when it retries the statement). The engine only
-                        # returns values when asked, so read it back: the key is now locked by
-                        # this transaction, so the version at the conflict ts is stable.
-                        value = self._engine.get(r.key, r.locked_with_conflict_ts, stale_read=True)
+                    # The engine returns the latest value with a locked-with-conflict result
+                    # even without return_values, as TiKV (the client caches it for the retry).
                     resp.results.add(
                         type=_RESULT_CONFLICT,
-                        value=value or b"",
+                        value=r.value or b"",
                         existence=r.existence,
                         locked_with_conflict_ts=r.locked_with_conflict_ts,
                     )

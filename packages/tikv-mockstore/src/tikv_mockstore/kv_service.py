@@ -49,7 +49,6 @@ from tikv_mockstore.mvcc import (
     CommittedError,
     IsolationLevel,
     KvPair,
-    LockType,
     MvccEngine,
     MvccInfo,
     Op,
@@ -82,32 +81,6 @@ def _read_options(ctx: kvrpcpb_pb2.Context) -> dict[str, Any]:
 
 
 _NO_TS: frozenset[int] = frozenset()
-
-
-def _commit_ts_of_visible(
-    engine: MvccEngine, key: bytes, version: int, committed_locks: Collection[int] = ()
-) -> int:
-    """The commit ts of the Put a read at ``version`` sees on ``key`` (for need_commit_ts).
-
-    0 when the value came from a committed transaction's lock (``committed_locks``): that
-    lock has no commit record yet, and TiKV reports no commit ts for it.
-    """
-    info = engine.mvcc_by_key(key)
-    lock = info.lock
-    if (
-        lock is not None
-        and lock.start_ts in committed_locks
-        and lock.lock_type in (LockType.PUT, LockType.DELETE)
-    ):
-        return 0
-    for commit_ts, write in info.writes:
-        if commit_ts > version:
-            continue
-        if write.write_type is WriteType.PUT:
-            return commit_ts
-        if write.write_type is WriteType.DELETE:
-            return 0
-    return 0
 
 
 def _clip_upper(upper: bytes, region_end: bytes) -> bytes:
@@ -206,34 +179,30 @@ def kv_get(scope: StoreScope, req: kvrpcpb_pb2.GetRequest) -> kvrpcpb_pb2.GetRes
     if region_error is not None:
         resp.region_error.CopyFrom(region_error)
         return resp
-    engine = _engine(scope)
     try:
-        value = engine.get(req.key, req.version, **_read_options(req.context))
+        found = _engine(scope).get_with_commit_ts(
+            req.key, req.version, **_read_options(req.context)
+        )
     except KEY_ERROR_TYPES as e:
         resp.error.CopyFrom(key_error(e))
         return resp
-    if value is None:
+    if found is None:
         resp.not_found = True
     else:
-        resp.value = value
+        resp.value = found[0]
         if req.need_commit_ts:
-            resp.commit_ts = _commit_ts_of_visible(
-                engine, req.key, req.version, req.context.committed_locks
-            )
+            resp.commit_ts = found[1]
     return resp
 
 
 def _pairs_to_pb(
-    engine: MvccEngine, pairs: Sequence[KvPair], req: kvrpcpb_pb2.BatchGetRequest
+    pairs: Sequence[KvPair], req: kvrpcpb_pb2.BatchGetRequest
 ) -> list[kvrpcpb_pb2.KvPair]:
-    out = []
-    for pair in pairs:
-        pb = kv_pair_to_pb(pair)
-        if req.need_commit_ts and pair.error is None:
-            pb.commit_ts = _commit_ts_of_visible(
-                engine, pair.key, req.version, req.context.committed_locks
-            )
-        out.append(pb)
+    out = [kv_pair_to_pb(pair) for pair in pairs]
+    if req.need_commit_ts:
+        for pb, pair in zip(out, pairs, strict=True):
+            if pair.error is None:
+                pb.commit_ts = pair.commit_ts
     return out
 
 
@@ -260,7 +229,7 @@ def kv_batch_get(
         resp.error.CopyFrom(key_error(e))
         resp.pairs.add().error.CopyFrom(resp.error)
         return resp
-    resp.pairs.extend(_pairs_to_pb(engine, pairs, req))
+    resp.pairs.extend(_pairs_to_pb(pairs, req))
     return resp
 
 

@@ -472,7 +472,8 @@ class MvccEngine:
             i -= 1
         return None
 
-    def _read_value(self, key: bytes, ts: int) -> bytes | None:
+    def _read_value(self, key: bytes, ts: int) -> tuple[bytes, int] | None:
+        """The value visible at ``ts`` and its commit ts, or None (deleted / absent)."""
         kw = self._writes.get(key)
         if kw is None:
             return None
@@ -482,7 +483,7 @@ class MvccEngine:
             w = recs[i]
             wt = w.write_type
             if wt is WriteType.PUT:
-                return w.value if w.value is not None else b""
+                return (w.value if w.value is not None else b""), kw.ts[i]
             if wt is WriteType.DELETE:
                 return None
             i -= 1
@@ -502,6 +503,15 @@ class MvccEngine:
         return _Commit(_Commit.NONE)
 
     # ------------------------------------------------------------------ reads
+
+    def lock_of(self, key: bytes) -> Lock | None:
+        """The lock on ``key`` now (any transaction's, any type), or ``None``.
+
+        A point read of the lock column family: one dict lookup, without the engine's lock
+        (locks are immutable and replaced whole).
+        """
+        _check_bytes(key, "key")
+        return self._locks.get(key)
 
     def _check_lock_for_read(
         self,
@@ -548,14 +558,16 @@ class MvccEngine:
         isolation_level: IsolationLevel,
         bypass_locks: Collection[int],
         access_locks: Collection[int],
-    ) -> bytes | None:
+    ) -> tuple[bytes, int] | None:
+        """The visible value and its commit ts (0 when read through a committed lock)."""
         if isolation_level is not IsolationLevel.RC:
             lock = self._locks.get(key)
             if lock is not None:
                 if lock.start_ts in access_locks:
                     # The client knows this transaction committed: read through the lock.
+                    # The lock has no commit record yet: TiKV reports no commit ts for it.
                     if lock.lock_type is LockType.PUT:
-                        return lock.value if lock.value is not None else b""
+                        return (lock.value if lock.value is not None else b""), 0
                     if lock.lock_type is LockType.DELETE:
                         return None
                 else:
@@ -597,6 +609,31 @@ class MvccEngine:
                 min_commit_ts <= version hides the key.
 
         """
+        found = self.get_with_commit_ts(
+            key,
+            version,
+            isolation_level=isolation_level,
+            bypass_locks=bypass_locks,
+            access_locks=access_locks,
+            stale_read=stale_read,
+        )
+        return found[0] if found is not None else None
+
+    def get_with_commit_ts(
+        self,
+        key: bytes,
+        version: int,
+        *,
+        isolation_level: IsolationLevel = IsolationLevel.SI,
+        bypass_locks: Collection[int] = _EMPTY,
+        access_locks: Collection[int] = _EMPTY,
+        stale_read: bool = False,
+    ) -> tuple[bytes, int] | None:
+        """:meth:`get` with the commit ts of the version read (KvGet ``need_commit_ts``).
+
+        Returns ``(value, commit_ts)`` or None; ``commit_ts`` is 0 for a value read through
+        a committed transaction's lock (``access_locks``), which has no commit record yet.
+        """
         _check_bytes(key, "key")
         _check_ts(version, "version")
         with self._mu:
@@ -617,7 +654,8 @@ class MvccEngine:
 
         A key hidden by a lock is a pair whose ``error`` is a KeyIsLockedError (or a
         WriteConflictError under RC_CHECK_TS). Keys that do not exist are left out, as in
-        TiKV.
+        TiKV. Each pair carries the ``commit_ts`` of the version read (KvBatchGet
+        ``need_commit_ts``; 0 through a committed transaction's lock).
         """
         key_list = _check_keys(keys, "keys")
         _check_ts(version, "version")
@@ -631,7 +669,7 @@ class MvccEngine:
                     out.append(KvPair(k, b"", e))
                     continue
                 if v is not None:
-                    out.append(KvPair(k, v))
+                    out.append(KvPair(k, v[0], commit_ts=v[1]))
         return out
 
     def scan(
@@ -680,7 +718,7 @@ class MvccEngine:
                 else:
                     if v is None:
                         continue
-                    out.append(KvPair(k, b"" if key_only else v))
+                    out.append(KvPair(k, b"" if key_only else v[0]))
                 if len(out) >= limit:
                     break
         return out
@@ -1913,7 +1951,9 @@ class MvccEngine:
             )
         return PessimisticLockKeyResult(
             key=key,
-            value=val if need_value else None,
+            # A locked-with-conflict result always carries the latest value (TiKV
+            # ``acquire_pessimistic_lock.rs`` loads it: the client caches it for the retry).
+            value=val if need_value or conflict is not None else None,
             existence=val is not None,
             locked_with_conflict_ts=conflict[1] if conflict is not None else 0,
         )
@@ -1977,7 +2017,7 @@ class MvccEngine:
             )
         return PessimisticLockKeyResult(
             key=key,
-            value=val if need_value else None,
+            value=val if need_value or locked_with_conflict_ts else None,
             existence=val is not None,
             locked_with_conflict_ts=locked_with_conflict_ts,
         )

@@ -331,12 +331,16 @@ class KvPair:
     """One entry of a batch get or scan: a value, or the lock error that hides it.
 
     ``error`` is a :class:`~tikv_mockstore.mvcc.errors.KeyIsLockedError` (kvrpcpb.KvPair
-    carries it in its ``error`` field); then ``value`` is empty.
+    carries it in its ``error`` field); then ``value`` is empty. ``commit_ts`` is the commit
+    ts of the version a batch get read (kvrpcpb.KvPair ``commit_ts``, sent when the request
+    sets ``need_commit_ts``); 0 for scans, errors and values read through a committed
+    transaction's lock.
     """
 
     key: bytes
     value: bytes
     error: Exception | None = None
+    commit_ts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,9 +366,10 @@ class PrewriteResult:
 class PessimisticLockKeyResult:
     """Per-key result of a pessimistic lock request (kvrpcpb.PessimisticLockKeyResult).
 
-    ``value`` is set when values were requested and the key exists. ``existence`` tells
-    whether the key exists; it is only computed when existence was checked or values were
-    requested (otherwise False). ``locked_with_conflict_ts`` is non-zero when the lock was
+    ``value`` is set when values were requested, or the lock was taken with a conflict, and
+    the key exists. ``existence`` tells whether the key exists; it is only computed when
+    existence was checked, values were requested or the lock was taken with a conflict
+    (otherwise False). ``locked_with_conflict_ts`` is non-zero when the lock was
     taken in force-lock mode over a write newer than ``for_update_ts``.
     """
 
