@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
+import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
 
+import grpc
 import pytest
+from tikv_pd.channels import create_channel
 from tikv_pd.errors import ClientClosedError
 from tikv_pd.sync import LoopThread
 
@@ -237,3 +240,80 @@ def test_iterate_propagates_errors_and_rejects_non_iterables(lt: LoopThread) -> 
         next(it)
     with pytest.raises(TypeError, match="async iterable"):
         lt.iterate([1, 2])  # type: ignore[arg-type]
+
+
+# -- shutdown next to grpc.aio (grpc/grpc#25364) ------------------------------------------
+
+
+def test_a_closed_private_loop_drops_callbacks_handed_to_it() -> None:
+    lt = LoopThread()
+    lt.close()
+    ran: list[int] = []
+    # What grpc's shared poller does with a late completion: no error, never run.
+    handle = lt.loop.call_soon_threadsafe(ran.append, 1)
+    assert handle.cancelled()
+    assert ran == []
+
+
+_STREAM = "/tikv_pd_test.Echo/Stream"
+
+
+async def _echo(requests: AsyncIterator[bytes], context: object) -> AsyncIterator[bytes]:
+    async for request in requests:
+        yield request
+
+
+async def _start_echo_server() -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "tikv_pd_test.Echo", {"Stream": grpc.stream_stream_rpc_method_handler(_echo)}
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port
+
+
+async def _open_stream_and_forget(port: int) -> grpc.aio.Channel:
+    """Open a channel with a stream in flight (like a client's TSO stream) and leave it."""
+    channel = create_channel(f"127.0.0.1:{port}")
+    call = channel.stream_stream(_STREAM, None, None)(None)
+    await call.write(b"ping")
+    assert await call.read() == b"ping"
+    pending = asyncio.get_running_loop().create_task(call.read())
+    pending.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return channel
+
+
+def test_closing_loops_with_grpc_calls_in_flight_logs_nothing(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # Another loop stays bound to grpc's poller throughout (here: the server's), so the
+    # completions of a closed loop's calls are read there and handed to the closed loop.
+    with LoopThread(name="echo-server") as server_loop:
+        server, port = server_loop.run(_start_echo_server())
+        try:
+            with caplog.at_level(logging.DEBUG, logger="asyncio"):
+                for _ in range(30):
+                    lt = LoopThread()
+                    channel = lt.run(_open_stream_and_forget(port))
+                    lt.close()
+                    # Closed before the loop was: nothing is left for the collector.
+                    assert channel.get_state() is grpc.ChannelConnectivity.SHUTDOWN
+                    del channel, lt
+                    gc.collect()
+
+                async def settle() -> None:  # one more turn of the surviving loop
+                    await asyncio.sleep(0)
+
+                server_loop.run(settle())
+        finally:
+            server_loop.run(server.stop(None))
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+    _, err = capfd.readouterr()
+    for text in (logged, err):
+        assert "Event loop is closed" not in text
+        assert "_handle_events" not in text

@@ -21,12 +21,20 @@ Choices, with the upstream facts behind them:
 
 Endpoints are accepted as ``host:port`` or ``http(s)://host:port`` (PD members report
 ``client_urls`` with a scheme); :func:`parse_endpoint` normalises them to a gRPC target.
+
+Every channel is remembered (weakly) with the event loop it was opened on, so that a loop
+about to close can close the channels still open on it first
+(:func:`close_loop_channels`, called by :class:`tikv_pd.sync.LoopThread`): a channel left
+open past its loop's end is destroyed later by the garbage collector, and gRPC then
+delivers the completions of its cancelled calls to a closed loop (grpc/grpc#25364).
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import urllib.parse
+import weakref
 from collections.abc import Sequence
 
 import grpc
@@ -42,6 +50,7 @@ __all__ = [
     "ChannelCache",
     "channel_credentials",
     "channel_options",
+    "close_loop_channels",
     "create_channel",
     "endpoint_url",
     "parse_endpoint",
@@ -172,9 +181,62 @@ def create_channel(
         grpc.Compression.Gzip if config is not None and config.grpc_compression == "gzip" else None
     )
     if config is None or not config.security.enabled:
-        return grpc.aio.insecure_channel(address, options=opts, compression=compression)
-    creds = channel_credentials(config.security)
-    return grpc.aio.secure_channel(address, creds, options=opts, compression=compression)
+        channel = grpc.aio.insecure_channel(address, options=opts, compression=compression)
+    else:
+        creds = channel_credentials(config.security)
+        channel = grpc.aio.secure_channel(address, creds, options=opts, compression=compression)
+    _remember(channel)
+    return channel
+
+
+# Channels by the loop they were opened on (both weak: a closed, forgotten channel and a
+# finished loop leave no trace). Loops run on different threads, hence the lock.
+_loop_channels: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, weakref.WeakSet[grpc.aio.Channel]
+] = weakref.WeakKeyDictionary()
+_loop_channels_lock = threading.Lock()
+
+
+def _remember(channel: grpc.aio.Channel) -> None:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # opened outside a loop: grpc binds it to the thread's loop later
+        return
+    with _loop_channels_lock:
+        channels = _loop_channels.get(loop)
+        if channels is None:
+            channels = _loop_channels[loop] = weakref.WeakSet()
+        channels.add(channel)
+
+
+async def close_loop_channels() -> int:
+    """Close every channel :func:`create_channel` opened on the running loop.
+
+    For a loop about to close (:meth:`tikv_pd.sync.LoopThread.close` calls it after
+    cancelling its tasks): the clients normally closed their channels already, but one
+    that was never closed (a forgotten client, a ``close()`` that failed half-way) would
+    otherwise stay open past its loop and be destroyed later by the garbage collector,
+    on any thread; gRPC then cancels its calls and hands their completions to the closed
+    loop, which logs "Event loop is closed" (grpc/grpc#25364). Closing is idempotent, so
+    channels closed already cost nothing.
+
+    Returns:
+        How many channels were still open.
+
+    """
+    loop = asyncio.get_running_loop()
+    with _loop_channels_lock:
+        remembered = _loop_channels.pop(loop, None)
+        channels = list(remembered) if remembered is not None else []
+    still_open = [ch for ch in channels if _is_open(ch)]
+    if still_open:
+        await asyncio.gather(*(ch.close(None) for ch in still_open), return_exceptions=True)
+    return len(still_open)
+
+
+def _is_open(channel: grpc.aio.Channel) -> bool:
+    """Whether ``channel`` is still open (a closed one reports ``SHUTDOWN``)."""
+    return channel.get_state(try_to_connect=False) is not grpc.ChannelConnectivity.SHUTDOWN
 
 
 class ChannelCache:

@@ -20,6 +20,17 @@ Rules, and why:
   without ``close()`` stops its loop too, so forgotten clients do not leak threads.
 * :meth:`LoopThread.iterate` bridges an async iterator (a paged scan) to a plain iterator;
   closing the plain iterator (``break`` out of a ``for``) closes the async one on the loop.
+* Closing a loop that used ``grpc.aio`` logs nothing. gRPC's completion-queue poller is
+  process-wide: whichever loop reads an event hands it to the loop its call was made on
+  with ``call_soon_threadsafe``, and a closed loop raises there, which the *reading*
+  loop logs as "Exception in callback PollerCompletionQueue._handle_events ...
+  RuntimeError: Event loop is closed" (grpc/grpc#25364). So the shutdown order is: the
+  client closes its channels, :meth:`LoopThread.close` cancels what still runs, closes
+  any channel opened on the loop that is still open
+  (:func:`tikv_pd.channels.close_loop_channels`: a forgotten client's), and only then
+  stops and closes the loop; and the private loop drops the completions gRPC may still
+  hand it after that (the cancelled calls' last events, which nothing awaits) instead of
+  raising.
 """
 
 from __future__ import annotations
@@ -27,19 +38,54 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
+import logging
 import math
 import threading
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterator
-from typing import Any, TypeVar, cast
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterator
+from typing import Any, TypeVar, TypeVarTuple, cast
 
+from tikv_pd.channels import close_loop_channels
 from tikv_pd.errors import ClientClosedError
 
 __all__ = ["LoopThread"]
 
 _T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
 
 _DONE = object()  # end-of-iteration marker passed back from the loop
+
+_log = logging.getLogger("tikv.sync")
+
+
+class _PrivateLoop(asyncio.SelectorEventLoop):
+    """The private loop: once closed, callbacks handed to it from other threads are dropped.
+
+    After :meth:`LoopThread.close`, the only such callbacks are gRPC's: completions of
+    the loop's cancelled calls that its process-wide poller still delivers
+    (grpc/grpc#25364). Nothing awaits them any more; the stock loop would raise
+    ``RuntimeError("Event loop is closed")`` in the thread that delivers them (another
+    client's loop, which logs it).
+    """
+
+    def call_soon_threadsafe(
+        self,
+        callback: Callable[[*_Ts], object],
+        *args: *_Ts,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Handle:
+        """Schedule ``callback`` from another thread; after close, drop it (see above)."""
+        if not self.is_closed():
+            try:
+                return super().call_soon_threadsafe(callback, *args, context=context)
+            except RuntimeError:
+                if not self.is_closed():
+                    raise
+        _log.debug("dropping %r handed to a closed client event loop", callback)
+        handle = asyncio.Handle(callback, args, self, context)
+        handle.cancel()
+        return handle
 
 
 def _check_timeout(timeout: float | None) -> None:
@@ -74,6 +120,9 @@ async def _shutdown_loop(loop: asyncio.AbstractEventLoop) -> None:
         task.cancel()
     if tasks:
         await asyncio.gather(*tasks, return_exceptions=True)
+    # Channels a client left open would otherwise be destroyed after the loop closed.
+    with contextlib.suppress(Exception):
+        await close_loop_channels()
     with contextlib.suppress(Exception):
         await loop.shutdown_asyncgens()
     loop.stop()
@@ -119,7 +168,7 @@ class LoopThread:
     def __init__(self, *, name: str = "tikv-loop") -> None:
         if not isinstance(name, str):
             raise TypeError("name must be a str")
-        self._loop = asyncio.new_event_loop()
+        self._loop: asyncio.AbstractEventLoop = _PrivateLoop()
         started = threading.Event()
         self._thread = threading.Thread(
             target=_loop_main, args=(self._loop, started), name=name, daemon=True
