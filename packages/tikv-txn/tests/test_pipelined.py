@@ -611,3 +611,30 @@ async def test_async_writer_gets_backpressure_from_flush(
     await txn.commit()
     snap = client.snapshot(await client.current_timestamp())
     assert len(await snap.batch_get(keys)) == len(keys)
+
+
+# -- regions change under a pipelined transaction ------------------------------------------
+
+
+async def test_regions_split_between_flushes_and_before_the_resolve(
+    client: AsyncTransactionClient, reader: AsyncTransactionClient, cluster: MockCluster
+) -> None:
+    """Flushes, buffer reads and the range resolve follow splits (stale region cache)."""
+    keys = make_keys(400)
+    txn = await begin(client, SMALL)
+    for key in keys[:100]:
+        txn.put(key, b"a")
+    await wait_flushed(txn)
+    before = len(cluster.regions())
+    # Split inside what generation 1 flushed and inside what generation 2 will flush.
+    cluster.split(sorted([keys[40], keys[41], keys[150], keys[151], keys[300]]), txn=True)
+    assert len(cluster.regions()) > before
+    for key in keys[100:]:
+        txn.put(key, b"b")
+    assert await txn.get(keys[40]) == b"a"  # KvBufferBatchGet through the new regions
+    assert await txn.batch_get([keys[41], keys[151]]) == {keys[41]: b"a", keys[151]: b"b"}
+    await txn.commit()
+    await poll(lambda: not locks_of_txn(cluster, txn.start_ts), "the commit resolve")
+    snap = reader.snapshot(await reader.current_timestamp())
+    got = await snap.batch_get(keys)
+    assert got == {k: (b"a" if i < 100 else b"b") for i, k in enumerate(keys)}
