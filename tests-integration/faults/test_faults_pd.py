@@ -15,6 +15,7 @@ import grpc
 import pytest
 from _support import NO_HANG, WriteLog, apoll, poll, spread_keys, within
 from tikv_mockstore import MockCluster
+from tikv_pd.config import Config
 from tikv_pd.errors import PDError
 from tikv_pd.pd_client import PDClient
 from tikv_raw import AsyncRawClient, RawClient, TiKVError
@@ -96,7 +97,9 @@ async def test_tso_stream_reset_waiters_get_a_timestamp_or_a_typed_error(
     cluster3pd: MockCluster,
 ) -> None:
     cluster = cluster3pd
-    async with await PDClient.connect(cluster.pd_endpoints) as pd:
+    # A 1 s PD deadline (default 3 s) keeps the hung-stream case short.
+    config = Config(pd_timeout=1.0)
+    async with await PDClient.connect(cluster.pd_endpoints, config=config) as pd:
         before = await pd.get_timestamp()
         # 1. The stream breaks once under 200 waiters: the batch is re-sent on a new
         # stream, everyone gets a unique timestamp.
