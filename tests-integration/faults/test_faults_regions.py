@@ -144,6 +144,24 @@ async def test_region_error_injected_n_times_is_retried_exactly_n_times(
         assert _pd_region_lookups(cluster) > lookups
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_region_error_injected_n_times_sync_client(
+    cluster: MockCluster, sync_client: RawClient, kind: str
+) -> None:
+    """The same exact-count check through the blocking facade."""
+    key = b"\x50key"
+    sync_client.put(key, b"v")
+    region = cluster.region_by_key(key)
+    assert region is not None
+    stats = sender_stats(sync_client)
+    before = stats.region_errors.get(kind, 0)
+    cluster.faults.add("RawGet", region=region.id, region_error=kind, times=3)
+    cluster.counters.reset()
+    assert sync_client.get(key) == b"v"
+    assert cluster.counters.count("RawGet") == 4
+    assert stats.region_errors.get(kind, 0) - before == 3
+
+
 def test_region_errors_under_concurrent_batches_sync_and_async(cluster: MockCluster) -> None:
     """Every kind at once, fired at random, under batch traffic from both client flavours."""
     for kind in KINDS:
