@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import random
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from tikv_proto import keyspacepb_pb2, kvrpcpb_pb2, metapb_pb2, pdpb_pb2
@@ -310,6 +310,7 @@ class Cluster:
         self._tso_logical = 0
         # GC state per keyspace id; None is PD's null keyspace (the classic, cluster-wide API).
         self._gc_states: dict[int | None, _GcState] = {}
+        self._gc_listeners: list[Callable[[int, int | None], None]] = []
         self._external_ts = 0
         now_s = self.clock.now_s()
         self._keyspaces: dict[str, Keyspace] = {
@@ -827,7 +828,8 @@ class Cluster:
         As PD's ``UpdateGCSafePoint`` (and ``UpdateGCSafePointV2`` per keyspace) it never moves
         backwards: a smaller value is ignored and the current one returned. It does not pass
         the smallest live service safepoint: those bound how far GC may go (PD's GC barriers
-        block the txn safe point the same way).
+        block the txn safe point the same way). When it advances, the GC listeners (the
+        stores' GC worker) are told.
         """
         with self._mu:
             state = self._gc(keyspace_id)
@@ -835,9 +837,50 @@ class Cluster:
             bound = self.min_service_safe_point(keyspace_id)
             if bound is not None and bound.service_id != _GC_WORKER:
                 target = min(target, bound.safe_point)
-            if target > state.safe_point:
+            advanced = target > state.safe_point
+            if advanced:
                 state.safe_point = target
-            return state.safe_point
+            new = state.safe_point
+            listeners = list(self._gc_listeners) if advanced else []
+        for listener in listeners:
+            listener(new, keyspace_id)
+        return new
+
+    def add_gc_listener(self, listener: Callable[[int, int | None], None]) -> None:
+        """Call ``listener(safe_point, keyspace_id)`` whenever a GC safepoint advances.
+
+        ``keyspace_id`` is ``None`` for the cluster-wide safepoint. TiKV's GC manager learns
+        the new safepoint by polling PD; the mock tells its GC worker at once.
+        """
+        with self._mu:
+            self._gc_listeners.append(listener)
+
+    def gc_ranges(self, keyspace_id: int | None) -> list[tuple[bytes, bytes]]:
+        """The transactional user-key ranges a GC safepoint governs (``b""`` end: unbounded).
+
+        A keyspace's safepoint (keyspace-level GC) governs its transactional range; the
+        cluster-wide one governs everything else.
+        """
+        with self._mu:
+            if keyspace_id is not None:
+                bounds = _keyspace_prefixes(keyspace_id)
+                return [(bounds[1], bounds[3])]
+            owned = sorted(
+                (b[1], b[3])
+                for b in (
+                    _keyspace_prefixes(k)
+                    for k, state in self._gc_states.items()
+                    if k is not None and (state.safe_point or state.services)
+                )
+            )
+        ranges: list[tuple[bytes, bytes]] = []
+        start = b""
+        for lo, hi in owned:
+            if lo > start:
+                ranges.append((start, lo))
+            start = max(start, hi)
+        ranges.append((start, b""))
+        return ranges
 
     def update_service_safe_point(
         self, service_id: str, ttl: int, safe_point: int, keyspace_id: int | None = None

@@ -679,8 +679,9 @@ def kv_flush(scope: StoreScope, req: kvrpcpb_pb2.FlushRequest) -> kvrpcpb_pb2.Fl
 def kv_gc(scope: StoreScope, req: kvrpcpb_pb2.GCRequest) -> kvrpcpb_pb2.GCResponse:
     """KvGC: drop the region's versions that no read at or after ``safe_point`` can see.
 
-    Real TiKV answers this RPC with UNIMPLEMENTED (its GC worker collects garbage after
-    the safe point is published to PD); the mock has no GC worker, so it collects here.
+    Real TiKV answers this RPC with UNIMPLEMENTED: its GC worker collects garbage after the
+    safe point is published to PD, and so does the mock's (:mod:`tikv_mockstore.gc_worker`).
+    The mock still serves it, for clients that GC region by region with it.
     """
     resp = kvrpcpb_pb2.GCResponse()
     region_error = scope.check(req.context, txn=True)

@@ -7,7 +7,8 @@ control API is proxied over a pipe. Proxied: the region and store operations (``
 ``merge``, ``transfer_leader``, ``add_peer``, ``remove_peer``, ``add_store``, ``stop_store``,
 ``restart_store``, ``remove_store``), the PD members (``move_pd_leader``, ``stop_pd``,
 ``restart_pd``, ``pd_members``), ``create_keyspace``, lookups
-(``regions``, ``region``, ``region_by_key``, ``stores``, ``current_ts``, ``gc_safe_point``),
+(``regions``, ``region``, ``region_by_key``, ``stores``, ``current_ts``, ``gc_safe_point``,
+``wait_for_gc``),
 the clock (``clock.now_ms / advance / set / freeze / unfreeze``), fault injection
 (``faults.add`` returns a handle with ``release`` / ``remove`` / ``hits``; ``faults.clear``)
 and the counters (``counters.count / snapshot / reset / last_context``). The engines
@@ -40,6 +41,7 @@ from tikv_mockstore.cluster import (
     StoreState,
 )
 from tikv_mockstore.faults import Counters, Fault, FaultInjector
+from tikv_mockstore.gc_worker import GcWorker
 from tikv_mockstore.pd_service import PdServer
 from tikv_mockstore.raw import RawEngine
 from tikv_mockstore.safe_ts import store_safe_ts
@@ -342,6 +344,17 @@ class MockCluster:
         result: int = self._call("gc_safe_point")
         return result
 
+    def wait_for_gc(
+        self, safe_point: int, timeout: float = 10.0, keyspace_id: int | None = None
+    ) -> bool:
+        """Wait until the GC worker has collected at ``safe_point`` (or later); False on timeout.
+
+        The stores' GC worker collects on its own thread after PD's GC safepoint (of the
+        keyspace, or cluster-wide) advances, as TiKV's GC manager does after polling PD.
+        """
+        result: bool = self._call("wait_for_gc", safe_point, timeout, keyspace_id)
+        return result
+
     # ------------------------------------------------------------------ safe ts (stale reads)
 
     def safe_ts(self, store_id: int) -> int:
@@ -403,6 +416,11 @@ class _LocalCluster:
         self.counters = Counters()
         self.engine = _make_engine()
         self.raw = RawEngine()
+        # TiKV's GC worker: collects below PD's GC safe point whenever it advances.
+        self.gc_worker: GcWorker | None = None
+        if self.engine is not None:
+            self.gc_worker = GcWorker(self.engine, self.cluster.gc_ranges)
+            self.cluster.add_gc_listener(self.gc_worker.safe_point_advanced)
         self.host = host
         self.max_workers = max_workers
         self.pd_servers: list[PdServer] = []
@@ -459,6 +477,8 @@ class _LocalCluster:
 
     def close(self) -> None:
         self.faults.clear()
+        if self.gc_worker is not None:
+            self.gc_worker.close()
         for server in list(self.store_servers.values()):
             server.stop(None)
         for pd in self.pd_servers:
@@ -579,6 +599,8 @@ def _run_op(local: _LocalCluster, op: str, args: tuple[Any, ...], kwargs: dict[s
         return c.current_ts()
     if op == "gc_safe_point":
         return c.gc_safe_point
+    if op == "wait_for_gc":
+        return local.gc_worker is not None and local.gc_worker.wait(*args)
     if op == "safe_ts.store":
         (store_id,) = args
         local._server(store_id)  # unknown stores are an error
