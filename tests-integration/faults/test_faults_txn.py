@@ -47,3 +47,32 @@ async def test_lock_waiter_survives_its_store_going_down(
             await asyncio.to_thread(cluster.restart_store, victim)
         check = client.snapshot(await client.current_timestamp())
         assert await check.get(key) == b"2"
+
+
+@pytest.mark.parametrize("change", ["merge", "split", "transfer_leader"])
+async def test_lock_waiter_survives_region_changes(cluster: MockCluster, change: str) -> None:
+    """The waiter's region is merged, split or moves its leader while it waits."""
+    key = b"\x30pessimistic"
+    async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as client:
+        async with client.begin() as setup:
+            setup.put(key, b"0")
+        holder = await client.begin(pessimistic=True)
+        assert await holder.get_for_update(key) == b"0"
+        waiter_txn = await client.begin(pessimistic=True)
+        waits = cluster.counters.count("KvPessimisticLock")
+        waiter = asyncio.ensure_future(waiter_txn.get_for_update(key))
+        await apoll(lambda: cluster.counters.count("KvPessimisticLock") > waits)
+        region = cluster.region_by_key(key, txn=True)
+        assert region is not None and region.leader is not None
+        if change == "merge":
+            left = next(r for r in cluster.regions() if r.end_key == region.start_key)
+            cluster.merge(region.id, left.id)
+        elif change == "split":
+            cluster.split([key, key + b"\0"], txn=True)
+        else:
+            other = next(p.store_id for p in region.peers if p.store_id != region.leader.store_id)
+            cluster.transfer_leader(region.id, other)
+        holder.put(key, b"1")
+        assert await within(holder.commit()) > 0
+        assert await within(waiter) == b"1"
+        await waiter_txn.rollback()
