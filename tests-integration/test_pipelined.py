@@ -109,9 +109,20 @@ def test_pipelined_rollback(
     for key in keys:
         txn.put(key, b"new")
     assert inner.generation >= 2
+    generation = inner.generation
+    txn.put(tprefix + b"s-last", b"new")
+    assert txn.flush(force=True)  # waits for the running flush, flushes the rest
+    assert inner.generation == generation + 1
     txn.rollback()
     _wait_no_locks(embedded, txn.start_ts)
-    assert _read(client, keys) == {keys[0]: b"old"}
+    assert _read(client, [*keys, tprefix + b"s-last"]) == {keys[0]: b"old"}
+
+
+def test_flush_is_for_pipelined_transactions(client: TransactionClient) -> None:
+    txn = client.begin()
+    with pytest.raises(TypeError, match="pipelined"):
+        txn.flush()
+    txn.rollback()
 
 
 def test_pipelined_context_manager_rolls_back_on_error(

@@ -21,6 +21,7 @@ from tikv_pd.pd_client import ServiceSafePoint
 from tikv_pd.sync import LoopThread
 
 from tikv_txn.client import AsyncTransactionClient, resolve_options
+from tikv_txn.pipelined import AsyncPipelinedTransaction
 from tikv_txn.snapshot import AsyncSnapshot
 from tikv_txn.transaction import AsyncTransaction
 
@@ -267,6 +268,23 @@ class Transaction:
     def lock_keys(self, keys: Iterable[bytes], *, lock_wait_timeout_ms: int | None = None) -> None:
         """Lock ``keys``; see :meth:`AsyncTransaction.lock_keys`."""
         self._loop.run(self._txn.lock_keys(list(keys), lock_wait_timeout_ms=lock_wait_timeout_ms))
+
+    def flush(self, *, force: bool = False) -> bool:
+        """Flush a pipelined transaction's buffer; see :meth:`AsyncPipelinedTransaction.flush`.
+
+        ``put`` already flushes (and waits for a running flush) by itself; this flushes
+        at a point of the caller's choosing, as TiDB does after each statement.
+
+        Raises:
+            TypeError: The transaction is not pipelined.
+
+        """
+        txn = self._txn
+        if not isinstance(txn, AsyncPipelinedTransaction):
+            raise TypeError(
+                "flush() is for pipelined transactions (TransactionOptions(pipelined=True))"
+            )
+        return self._loop.run(txn.flush(force=force))
 
     def commit(self) -> int:
         """Commit; return the commit ts (0 when nothing was written)."""
