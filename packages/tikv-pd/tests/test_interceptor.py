@@ -62,10 +62,21 @@ def rpc(command: str = "RawGet", request: Any = None) -> RPCRequest:
 class FakeSend:
     def __init__(self, response: Any = None) -> None:
         self.calls: list[tuple[str, str, Any]] = []
+        self.forwarded: list[str | None] = []
         self.response = response if response is not None else kvrpcpb_pb2.RawGetResponse()
 
-    async def __call__(self, address: str, command: str, request: Any, deadline: Any) -> Any:
+    async def __call__(
+        self,
+        address: str,
+        command: str,
+        request: Any,
+        deadline: Any,
+        /,
+        *,
+        forwarded_host: str | None = None,
+    ) -> Any:
         self.calls.append((address, command, request))
+        self.forwarded.append(forwarded_host)
         return self.response
 
 
@@ -93,6 +104,26 @@ async def test_link_replaces_same_name_and_flattens_chains() -> None:
     invoke = chain.wrap(lambda r: FakeSend()(r.target, r.command, r.request, r.timeout))
     await invoke(rpc())
     assert log == ["b>", "c>", "a>", "<a", "<c", "<b"]
+
+
+async def test_one_invoker_sends_direct_and_relayed_attempts() -> None:
+    seen: list[tuple[str, str]] = []
+
+    class Watch(Interceptor):
+        async def before_send(self, rpc: RPCRequest) -> None:
+            seen.append((rpc.target, rpc.forwarded_host))
+
+    send = FakeSend()
+    invoke = build_invoker(send, Watch())
+    assert invoke is not None
+    await invoke(rpc())
+    relayed = rpc()
+    relayed.target, relayed.forwarded_host = "store-2:20160", "store-1:20160"
+    await invoke(relayed)
+    # Interceptors see which store relays; the transport gets the forwarded host.
+    assert seen == [("store-1:20160", ""), ("store-2:20160", "store-1:20160")]
+    assert [c[0] for c in send.calls] == ["store-1:20160", "store-2:20160"]
+    assert send.forwarded == [None, "store-1:20160"]
 
 
 def test_chain_interceptors_builds_a_new_chain() -> None:
@@ -129,7 +160,15 @@ async def test_interceptor_base_class_hooks_and_patching() -> None:
     assert Tagger.name == "Tagger"
     captured: list[kvrpcpb_pb2.Context] = []
 
-    async def send(address: str, command: str, request: Any, deadline: Any) -> Any:
+    async def send(
+        address: str,
+        command: str,
+        request: Any,
+        deadline: Any,
+        /,
+        *,
+        forwarded_host: str | None = None,
+    ) -> Any:
         captured.append(kvrpcpb_pb2.Context.FromString(request.context.SerializeToString()))
         return "ok"
 
@@ -140,7 +179,15 @@ async def test_interceptor_base_class_hooks_and_patching() -> None:
     assert captured[0].priority == kvrpcpb_pb2.High
     assert seen == [("response", "ok")]
 
-    async def failing(address: str, command: str, request: Any, deadline: Any) -> Any:
+    async def failing(
+        address: str,
+        command: str,
+        request: Any,
+        deadline: Any,
+        /,
+        *,
+        forwarded_host: str | None = None,
+    ) -> Any:
         raise ConnectionError("boom")
 
     invoke = build_invoker(failing, Tagger())
@@ -312,7 +359,15 @@ async def test_resource_controller_called_around_send_and_patches_context() -> N
     assert get_resource_controller() is ctrl
     sent: list[kvrpcpb_pb2.Context] = []
 
-    async def send(address: str, command: str, request: Any, deadline: Any) -> Any:
+    async def send(
+        address: str,
+        command: str,
+        request: Any,
+        deadline: Any,
+        /,
+        *,
+        forwarded_host: str | None = None,
+    ) -> Any:
         sent.append(kvrpcpb_pb2.Context.FromString(request.context.SerializeToString()))
         return kvrpcpb_pb2.RawPutResponse()
 
@@ -354,7 +409,15 @@ async def test_override_priority_already_set_is_kept() -> None:
     rpc_ = grouped_rpc("rg")
     rpc_.context.resource_control_context.override_priority = 3
 
-    async def send(address: str, command: str, request: Any, deadline: Any) -> Any:
+    async def send(
+        address: str,
+        command: str,
+        request: Any,
+        deadline: Any,
+        /,
+        *,
+        forwarded_host: str | None = None,
+    ) -> Any:
         return kvrpcpb_pb2.RawPutResponse()
 
     invoke = build_invoker(send, None)

@@ -13,6 +13,7 @@ import pytest
 from tikv_pd import backoff
 from tikv_pd.backoff import Backoffer
 from tikv_pd.errors import RegionError, TimeoutError, UndeterminedError
+from tikv_pd.interceptor import Interceptor, RPCInvoker, RPCRequest
 from tikv_pd.region_cache import InvalidReason, Peer, PeerRole, Region, RegionEpoch
 from tikv_pd.request import (
     Ambiguity,
@@ -787,6 +788,36 @@ async def test_forwarding_reaches_an_unreachable_leader_through_a_follower() -> 
     assert (first.address, first.forwarded_host) == (STORES[1], "")
     assert (second.address, second.forwarded_host) == (STORES[2], STORES[1])
     assert second.request.context.peer.store_id == 1
+
+
+async def test_forwarded_attempts_go_through_the_requests_one_interceptor_chain() -> None:
+    # The chain is wrapped once per request; the relayed attempt passes through it with
+    # its forwarded host (no per-attempt rebuild), and interceptors may read it.
+    seen: list[tuple[str, str, int, int]] = []
+    wraps = [0]
+
+    class Watch(Interceptor):
+        def wrap(self, next: RPCInvoker) -> RPCInvoker:
+            wraps[0] += 1
+            return super().wrap(next)
+
+        async def before_send(self, rpc: RPCRequest) -> None:
+            seen.append((rpc.target, rpc.forwarded_host, rpc.store_id, rpc.attempt))
+
+    cluster, locator, transport, _ = _setup()
+    sender = RequestSender(locator, transport, forwarding=True)
+    transport.down.add(STORES[1])
+    bo, _sleeps = _bo()
+    options = RequestOptions(interceptor=Watch())
+    request = kvrpcpb_pb2.RawPutRequest(key=b"k", value=b"v")
+    await sender.call_key("RawPut", b"k", request, bo=bo, options=options)
+    assert cluster.data[b"k"] == b"v"
+    assert wraps == [1]
+    assert seen == [(STORES[1], "", 1, 0), (STORES[2], STORES[1], 1, 1)]
+    assert [(s.address, s.forwarded_host) for s in transport.sent] == [
+        (STORES[1], ""),
+        (STORES[2], STORES[1]),
+    ]
 
 
 async def test_without_forwarding_an_unreachable_leader_exhausts_the_budget() -> None:

@@ -74,6 +74,11 @@ class RPCRequest:
         region_id: The region the request is for.
         attempt: 0 for the first attempt of this part of the request, then 1, 2, ...
         timeout: The attempt's deadline in seconds (``None``: the transport default).
+        forwarded_host: For a relayed attempt, the address of the store the request is
+            for (the region's leader, which the client cannot reach): ``target`` is then
+            the proxy store that forwards it (client-go ``EnableForwarding``, the
+            ``tikv-forwarded-host`` metadata); ``store_id`` and the context still name
+            the leader. Empty for a direct attempt.
 
     """
 
@@ -84,6 +89,7 @@ class RPCRequest:
     region_id: int
     attempt: int
     timeout: float | None
+    forwarded_host: str = ""
 
     @property
     def context(self) -> kvrpcpb_pb2.Context:
@@ -94,8 +100,27 @@ class RPCRequest:
 
 #: Sends one attempt and returns the response message (or raises).
 RPCInvoker = Callable[[RPCRequest], Awaitable[Any]]
-#: The transport's send: ``send(address, command, request, timeout)``.
-SendFunction = Callable[[str, str, Message, float | None], Awaitable[Any]]
+
+
+class SendFunction(Protocol):
+    """The transport's send (:meth:`tikv_pd.transport.Transport.send`).
+
+    ``send(address, command, request, timeout)`` sends to the store at ``address``;
+    with ``forwarded_host`` that store relays the request to the one named.
+    """
+
+    def __call__(
+        self,
+        address: str,
+        command: str,
+        request: Message,
+        timeout: float | None,
+        /,
+        *,
+        forwarded_host: str | None = None,
+    ) -> Awaitable[Any]:
+        """Send one request and return an awaitable of the response message."""
+        ...
 
 
 @runtime_checkable
@@ -287,7 +312,9 @@ def build_invoker(send: SendFunction, interceptor: RPCInterceptor | None) -> RPC
 
     Order, outermost first: :data:`process_chain` (RPC span, resource control), the
     request's ``interceptor`` chain, :data:`process_inner_chain` (latency metrics), then
-    ``send``. ``None`` tells the pipeline to call ``send`` directly.
+    ``send`` (with the attempt's :attr:`RPCRequest.forwarded_host`, so one invoker
+    serves direct and relayed attempts alike). ``None`` tells the pipeline to call
+    ``send`` directly.
     """
     outer = process_chain
     inner = process_inner_chain
@@ -295,6 +322,14 @@ def build_invoker(send: SendFunction, interceptor: RPCInterceptor | None) -> RPC
         return None
 
     async def terminal(rpc: RPCRequest) -> Any:
+        if rpc.forwarded_host:
+            return await send(
+                rpc.target,
+                rpc.command,
+                rpc.request,
+                rpc.timeout,
+                forwarded_host=rpc.forwarded_host,
+            )
         return await send(rpc.target, rpc.command, rpc.request, rpc.timeout)
 
     invoke: RPCInvoker = terminal

@@ -178,8 +178,13 @@ class Sender(Protocol):
         command: str,
         request: Message,
         timeout: float | None = None,  # noqa: ASYNC109 - the RPC's deadline
+        *,
+        forwarded_host: str | None = None,
     ) -> Any:
-        """Send one request to one store and return the response message."""
+        """Send one request to one store and return the response message.
+
+        With ``forwarded_host`` the store at ``address`` relays it to that store.
+        """
         ...
 
     async def close_address(self, address: str) -> None:
@@ -1048,13 +1053,9 @@ class RequestSender:
             call.attempts += 1
             try:
                 invoke = call.invoke
-                if forwarded_host:
-                    response = await self._send_forwarded(
-                        call, address, forwarded_host, request, peer, region, attempt
-                    )
-                elif invoke is None:
-                    response = await transport.send(address, command, request, call.timeout)
-                else:
+                if invoke is not None:
+                    # The request's one invoker serves relayed attempts too: the
+                    # forwarded host travels in the RPCRequest.
                     response = await invoke(
                         RPCRequest(
                             address,
@@ -1064,8 +1065,15 @@ class RequestSender:
                             region.id,
                             attempt - 1,
                             call.timeout,
+                            forwarded_host,
                         )
                     )
+                elif forwarded_host:
+                    response = await transport.send(
+                        address, command, request, call.timeout, forwarded_host=forwarded_host
+                    )
+                else:
+                    response = await transport.send(address, command, request, call.timeout)
             except TransportError as exc:
                 self.stats.send_failures += 1
                 call.retries += 1
@@ -1201,39 +1209,6 @@ class RequestSender:
                     bo = await self._backoff(call, bo, retry.backoff, retry, None)
                 new_shards = await call.sharder.shard(locator, retry.payload)  # type: ignore[arg-type]
                 return await self._dispatch(call, new_shards, bo, None)
-
-    async def _send_forwarded(
-        self,
-        call: _Call[P, T],
-        proxy_address: str,
-        forwarded_host: str,
-        request: Message,
-        peer: Peer,
-        region: Region,
-        attempt: int,
-    ) -> Any:
-        """Send one attempt through a proxy store (rare path: built per attempt)."""
-        transport: Any = self.transport
-
-        async def send(address: str, command: str, message: Message, seconds: float | None) -> Any:
-            return await transport.send(
-                address, command, message, seconds, forwarded_host=forwarded_host
-            )
-
-        invoke = _interceptor.build_invoker(send, call.options.interceptor)
-        if invoke is None:
-            return await send(proxy_address, call.command, request, call.timeout)
-        return await invoke(
-            RPCRequest(
-                proxy_address,
-                call.command,
-                request,
-                peer.store_id,
-                region.id,
-                attempt - 1,
-                call.timeout,
-            )
-        )
 
     async def _reshard(
         self, call: _Call[P, T], payload: P
