@@ -216,6 +216,14 @@ def test_unimplemented_method(cluster: MockCluster, stubs: Stubs) -> None:
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
+def test_lock_wait_history_is_unimplemented_as_in_tikv(stubs: Stubs) -> None:
+    # TiKV's kv.rs serves GetLockWaitInfo (the waiter table) but has no GetLockWaitHistory.
+    assert not stubs.tikv(1).GetLockWaitInfo(kvrpcpb_pb2.GetLockWaitInfoRequest()).entries
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.tikv(1).GetLockWaitHistory(kvrpcpb_pb2.GetLockWaitHistoryRequest())
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
 def test_health_feedback(cluster: MockCluster, stubs: Stubs) -> None:
     one = stubs.tikv(1).GetHealthFeedback(kvrpcpb_pb2.GetHealthFeedbackRequest())
     two = stubs.tikv(1).GetHealthFeedback(kvrpcpb_pb2.GetHealthFeedbackRequest())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Iterator
+from concurrent import futures
 
 import grpc
 import pytest
@@ -143,6 +144,32 @@ def test_hang_in_batch_does_not_block_other_sub_requests(
     assert list(second.request_ids) == [1]
     q.put(None)
     assert list(it) == []
+
+
+def test_hang_on_batch_commands_stalls_the_whole_stream(cluster: MockCluster, stubs: Stubs) -> None:
+    fault = cluster.faults.add("BatchCommands", hang=True, times=1)
+    stub, ctx = stubs.route(b"a")
+    req = tikvpb_pb2.BatchCommandsRequest(request_ids=[1])
+    req.requests.add(RawGet=kvrpcpb_pb2.RawGetRequest(context=ctx, key=b"a"))
+    call = stub.BatchCommands(iter([req]))
+    with futures.ThreadPoolExecutor(1) as pool:
+        answers = pool.submit(lambda: list(call))
+        assert cluster.faults.wait_hanging(1, timeout=10)
+        assert not answers.done()
+        fault.release()
+        (resp,) = answers.result(timeout=10)
+    assert list(resp.request_ids) == [1]
+    assert fault.hits == 1
+    # A stream fault with a status ends the stream; a fault without a method does not
+    # act on the stream itself, only on its sub-requests.
+    cluster.faults.add("BatchCommands", status="UNAVAILABLE", times=1)
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.BatchCommands(iter([req])))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    unnamed = cluster.faults.add(region_error="server_is_busy", times=1)
+    (busy,) = list(stub.BatchCommands(iter([req])))
+    assert busy.responses[0].RawGet.region_error.HasField("server_is_busy")
+    assert unnamed.hits == 1
 
 
 def test_drop_stream(cluster: MockCluster, stubs: Stubs) -> None:

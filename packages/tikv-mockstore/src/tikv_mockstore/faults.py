@@ -7,7 +7,10 @@ stream. It fires ``times`` times (``None``: until removed), each match with ``pr
 
 Method names are gRPC method names (``"KvPrewrite"``, ``"RawGet"``, ``"GetRegion"``, ``"Tso"``);
 the BatchCommands command names (``"Prewrite"``) are accepted and mean the same method, and a
-sub-request of a BatchCommands stream matches its method's faults exactly like a unary call.
+sub-request of a BatchCommands stream matches its method's faults exactly like a unary call. A
+fault on ``"BatchCommands"`` itself acts on each stream message as a whole: a delay or a hang
+stalls the stream (and counts in :meth:`FaultInjector.wait_hanging`), a status, region error or
+``drop_stream`` ends it (UNAVAILABLE unless a status is given).
 
 :class:`Counters` counts served requests per method and store (PD requests under store id 0),
 counting each BatchCommands sub-request under its unary method name, and keeps the last
@@ -289,12 +292,14 @@ class FaultInjector:
         """
         if not self._faults:  # the common case, without taking the lock
             return None
-        pd = method in PD_METHODS
+        # A fault without a method targets TiKV's commands: not PD, and not a BatchCommands
+        # stream as a whole (its sub-requests match such a fault one by one).
+        unnamed_skip = method in PD_METHODS or method == "BatchCommands"
         with self._mu:
             fired: list[Fault] = []
             for fault in list(self._faults.values()):
                 if fault.method is None:
-                    if pd:
+                    if unnamed_skip:
                         continue
                 elif fault.method != method:
                     continue

@@ -777,9 +777,16 @@ class _BatchStream:
 
     def _read(self) -> None:
         try:
+            server = self._server
             for message in self._requests:
                 if self._closed:
                     break
+                if server.faults.active():
+                    # Faults on "BatchCommands" itself act on the whole message: a delay or a
+                    # hang stalls the stream (as a stuck store would), an error ends it.
+                    outcome = server.faults.apply("BatchCommands", server.store_id, None)
+                    if outcome is not None:
+                        server._fault_response("BatchCommands", outcome, None)
                 self._serve(message)
         except grpc.RpcError:
             pass
