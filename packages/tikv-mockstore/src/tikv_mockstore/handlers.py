@@ -122,6 +122,19 @@ class StoreScope(Protocol):
 
 Handler = Callable[[StoreScope, Any], Any]
 
+
+def refused(resp: Any, region_error: errorpb_pb2.Error | None) -> bool:
+    """Put ``region_error`` (if any) in ``resp.region_error``; return whether there was one.
+
+    A region error is the whole answer, as TiKV's ``extract_region_error`` makes it:
+    ``if refused(resp, scope.check(ctx, keys=keys, txn=True)): return resp``.
+    """
+    if region_error is None:
+        return False
+    resp.region_error.CopyFrom(region_error)
+    return True
+
+
 #: Command name (the ``BatchCommandsRequest.Request`` oneof field name) → handler.
 HANDLERS: dict[str, Handler] = {}
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from tikv_proto import errorpb_pb2, kvrpcpb_pb2
 
-from tikv_mockstore.handlers import StoreScope, handler
+from tikv_mockstore.handlers import StoreScope, handler, refused
 from tikv_mockstore.kv_errors import (
     KEY_ERROR_TYPES,
     key_error,
@@ -154,14 +154,19 @@ def _api_error(
     return None if text is None else kvrpcpb_pb2.KeyError(abort=text)
 
 
-def _write_precheck(
-    scope: StoreScope, ctx: kvrpcpb_pb2.Context, cmd: str, keys: Sequence[bytes]
-) -> kvrpcpb_pb2.KeyError | None:
-    """The API-version check, then the key-size check, of Prewrite / Flush / PessimisticLock."""
-    api_error = _api_error(scope, ctx, cmd, keys=keys)
-    if api_error is not None:
-        return api_error
-    return _key_size_error(keys)
+def _write_refused(
+    scope: StoreScope, resp: Any, ctx: kvrpcpb_pb2.Context, cmd: str, keys: Sequence[bytes]
+) -> bool:
+    """The checks of Prewrite / Flush / PessimisticLock before they touch data.
+
+    The API version, then the key sizes (an ``abort`` key error in ``errors``), then the
+    region (``region_error``); returns whether ``resp`` is already the answer.
+    """
+    key_err = _api_error(scope, ctx, cmd, keys=keys) or _key_size_error(keys)
+    if key_err is not None:
+        resp.errors.append(key_err)
+        return True
+    return refused(resp, scope.check(ctx, keys=keys, txn=True))
 
 
 # --------------------------------------------------------------------------- reads
@@ -175,9 +180,7 @@ def kv_get(scope: StoreScope, req: kvrpcpb_pb2.GetRequest) -> kvrpcpb_pb2.GetRes
     if api_error is not None:
         resp.error.CopyFrom(api_error)
         return resp
-    region_error = scope.check(req.context, keys=(req.key,), txn=True)
-    if region_error is not None:
-        resp.region_error.CopyFrom(region_error)
+    if refused(resp, scope.check(req.context, keys=(req.key,), txn=True)):
         return resp
     try:
         found = _engine(scope).get_with_commit_ts(
@@ -217,9 +220,7 @@ def kv_batch_get(
         resp.error.CopyFrom(api_error)
         resp.pairs.add().error.CopyFrom(api_error)
         return resp
-    region_error = scope.check(req.context, keys=req.keys, txn=True)
-    if region_error is not None:
-        resp.region_error.CopyFrom(region_error)
+    if refused(resp, scope.check(req.context, keys=req.keys, txn=True)):
         return resp
     engine = _engine(scope)
     try:
@@ -256,8 +257,7 @@ def kv_scan(scope: StoreScope, req: kvrpcpb_pb2.ScanRequest) -> kvrpcpb_pb2.Scan
         region_error, lower, upper = _check_range(
             scope, req.context, req.start_key, req.end_key, reverse=False
         )
-    if region_error is not None:
-        resp.region_error.CopyFrom(region_error)
+    if refused(resp, region_error):
         return resp
     engine = _engine(scope)
     step = max(req.sample_step, 1)
@@ -301,9 +301,7 @@ def kv_buffer_batch_get(
     if api_error is not None:
         resp.error.CopyFrom(api_error)
         return resp
-    region_error = scope.check(req.context, keys=req.keys, txn=True)
-    if region_error is not None:
-        resp.region_error.CopyFrom(region_error)
+    if refused(resp, scope.check(req.context, keys=req.keys, txn=True)):
         return resp
     try:
         pairs = _engine(scope).buffer_batch_get(list(req.keys), req.version)
@@ -329,8 +327,7 @@ def kv_scan_lock(
     region_error, lower, upper = _check_range(
         scope, req.context, start_key, req.end_key, reverse=False
     )
-    if region_error is not None:
-        resp.region_error.CopyFrom(region_error)
+    if refused(resp, region_error):
         return resp
     engine = _engine(scope)
     try:
@@ -388,14 +385,7 @@ def kv_prewrite(
 ) -> kvrpcpb_pb2.PrewriteResponse:
     """KvPrewrite: lock errors per key in ``errors``; ``min_commit_ts`` / ``one_pc_commit_ts``."""
     resp = kvrpcpb_pb2.PrewriteResponse()
-    keys = [m.key for m in req.mutations]
-    api_error = _write_precheck(scope, req.context, "prewrite", keys)
-    if api_error is not None:
-        resp.errors.append(api_error)
-        return resp
-    region_error = scope.check(req.context, keys=keys, txn=True)
-    if region_error is not None:
-        resp.region_error.CopyFrom(region_error)
+    if _write_refused(scope, resp, req.context, "prewrite", [m.key for m in req.mutations]):
         return resp
     engine = _engine(scope)
     try:
@@ -413,9 +403,7 @@ def kv_prewrite(
 def kv_commit(scope: StoreScope, req: kvrpcpb_pb2.CommitRequest) -> kvrpcpb_pb2.CommitResponse:
     """KvCommit: ``commit_version`` on success, else one key error in ``error``."""
     resp = kvrpcpb_pb2.CommitResponse()
-    region_error = scope.check(req.context, keys=req.keys, txn=True)
-    if region_error is not None:
-        resp.region_error.CopyFrom(region_error)
+    if refused(resp, scope.check(req.context, keys=req.keys, txn=True)):
         return resp
     engine = _engine(scope)
     try:
@@ -433,9 +421,7 @@ def kv_cleanup(scope: StoreScope, req: kvrpcpb_pb2.CleanupRequest) -> kvrpcpb_pb
     this: it checks the TTL itself before sending Cleanup).
     """
     resp = kvrpcpb_pb2.CleanupResponse()
-    region_error = scope.check(req.context, keys=(req.key,), txn=True)
-    if region_error is not None:
-        resp.region_error.CopyFrom(region_error)
+    if refused(resp, scope.check(req.context, keys=(req.key,), txn=True)):
         return resp
     engine = _engine(scope)
     try:
@@ -453,9 +439,7 @@ def kv_batch_rollback(
 ) -> kvrpcpb_pb2.BatchRollbackResponse:
     """KvBatchRollback: roll the transaction back on every key; one error in ``error``."""
     resp = kvrpcpb_pb2.BatchRollbackResponse()
-    region_error = scope.check(req.context, keys=req.keys, txn=True)
-    if region_error is not None:
-        resp.region_error.CopyFrom(region_error)
+    if refused(resp, scope.check(req.context, keys=req.keys, txn=True)):
         return resp
     engine = _engine(scope)
     try:
@@ -479,15 +463,11 @@ def kv_resolve_lock(
     resp = kvrpcpb_pb2.ResolveLockResponse()
     engine = _engine(scope)
     if req.keys:
-        region_error = scope.check(req.context, keys=req.keys, txn=True)
-        if region_error is not None:
-            resp.region_error.CopyFrom(region_error)
+        if refused(resp, scope.check(req.context, keys=req.keys, txn=True)):
             return resp
         start_key = end_key = b""
     else:
-        region_error = scope.check(req.context, txn=True)
-        if region_error is not None:
-            resp.region_error.CopyFrom(region_error)
+        if refused(resp, scope.check(req.context, txn=True)):
             return resp
         start_key, end_key = scope.region_bounds(req.context, txn=True)
     txn_infos = None
@@ -519,16 +499,9 @@ def kv_pessimistic_lock(
     Returns the response, or a Future of it when the request waits for a lock (see
     :class:`~tikv_mockstore.kv_pessimistic.PessimisticLockRequest` for the shapes).
     """
+    resp = kvrpcpb_pb2.PessimisticLockResponse()
     keys = [m.key for m in req.mutations]
-    api_error = _write_precheck(scope, req.context, "acquire_pessimistic_lock", keys)
-    if api_error is not None:
-        resp = kvrpcpb_pb2.PessimisticLockResponse()
-        resp.errors.append(api_error)
-        return resp
-    region_error = scope.check(req.context, keys=keys, txn=True)
-    if region_error is not None:
-        resp = kvrpcpb_pb2.PessimisticLockResponse()
-        resp.region_error.CopyFrom(region_error)
+    if _write_refused(scope, resp, req.context, "acquire_pessimistic_lock", keys):
         return resp
     return PessimisticLockRequest(_engine(scope), req, store_id=scope.store_id).start()
 
@@ -543,12 +516,8 @@ def kv_pessimistic_rollback(
     ``for_update_ts <=`` the request's is dropped (``pessimistic_rollback_read_phase.rs``).
     """
     resp = kvrpcpb_pb2.PessimisticRollbackResponse()
-    if req.keys:
-        region_error = scope.check(req.context, keys=req.keys, txn=True)
-    else:
-        region_error = scope.check(req.context, txn=True)
-    if region_error is not None:
-        resp.region_error.CopyFrom(region_error)
+    # Without keys only the region itself is checked.
+    if refused(resp, scope.check(req.context, keys=req.keys, txn=True)):
         return resp
     engine = _engine(scope)
     try:
@@ -574,9 +543,7 @@ def kv_txn_heart_beat(
 ) -> kvrpcpb_pb2.TxnHeartBeatResponse:
     """KvTxnHeartBeat: extend the primary lock's TTL; the resulting TTL in ``lock_ttl``."""
     resp = kvrpcpb_pb2.TxnHeartBeatResponse()
-    region_error = scope.check(req.context, keys=(req.primary_lock,), txn=True)
-    if region_error is not None:
-        resp.region_error.CopyFrom(region_error)
+    if refused(resp, scope.check(req.context, keys=(req.primary_lock,), txn=True)):
         return resp
     try:
         resp.lock_ttl = _engine(scope).txn_heart_beat(
@@ -597,9 +564,7 @@ def kv_check_txn_status(
     still uncommitted and locked.
     """
     resp = kvrpcpb_pb2.CheckTxnStatusResponse()
-    region_error = scope.check(req.context, keys=(req.primary_key,), txn=True)
-    if region_error is not None:
-        resp.region_error.CopyFrom(region_error)
+    if refused(resp, scope.check(req.context, keys=(req.primary_key,), txn=True)):
         return resp
     engine = _engine(scope)
     try:
@@ -630,9 +595,7 @@ def kv_check_secondary_locks(
 ) -> kvrpcpb_pb2.CheckSecondaryLocksResponse:
     """KvCheckSecondaryLocks: the locks if all are held, else ``commit_ts`` (0: rolled back)."""
     resp = kvrpcpb_pb2.CheckSecondaryLocksResponse()
-    region_error = scope.check(req.context, keys=req.keys, txn=True)
-    if region_error is not None:
-        resp.region_error.CopyFrom(region_error)
+    if refused(resp, scope.check(req.context, keys=req.keys, txn=True)):
         return resp
     engine = _engine(scope)
     try:
@@ -649,14 +612,7 @@ def kv_check_secondary_locks(
 def kv_flush(scope: StoreScope, req: kvrpcpb_pb2.FlushRequest) -> kvrpcpb_pb2.FlushResponse:
     """KvFlush (pipelined DML): write a generation of locks; lock errors in ``errors``."""
     resp = kvrpcpb_pb2.FlushResponse()
-    keys = [m.key for m in req.mutations]
-    api_error = _write_precheck(scope, req.context, "flush", keys)
-    if api_error is not None:
-        resp.errors.append(api_error)
-        return resp
-    region_error = scope.check(req.context, keys=keys, txn=True)
-    if region_error is not None:
-        resp.region_error.CopyFrom(region_error)
+    if _write_refused(scope, resp, req.context, "flush", [m.key for m in req.mutations]):
         return resp
     engine = _engine(scope)
     try:
@@ -684,9 +640,7 @@ def kv_gc(scope: StoreScope, req: kvrpcpb_pb2.GCRequest) -> kvrpcpb_pb2.GCRespon
     The mock still serves it, for clients that GC region by region with it.
     """
     resp = kvrpcpb_pb2.GCResponse()
-    region_error = scope.check(req.context, txn=True)
-    if region_error is not None:
-        resp.region_error.CopyFrom(region_error)
+    if refused(resp, scope.check(req.context, txn=True)):
         return resp
     start_key, end_key = scope.region_bounds(req.context, txn=True)
     try:
@@ -716,8 +670,7 @@ def kv_delete_range(
     region_error, start_key, end_key = _check_range(
         scope, req.context, req.start_key, req.end_key, reverse=False
     )
-    if region_error is not None:
-        resp.region_error.CopyFrom(region_error)
+    if refused(resp, region_error):
         return resp
     if req.notify_only:
         return resp
@@ -794,9 +747,7 @@ def kv_mvcc_get_by_key(
 ) -> kvrpcpb_pb2.MvccGetByKeyResponse:
     """MvccGetByKey: the key's lock, writes (newest first) and long values."""
     resp = kvrpcpb_pb2.MvccGetByKeyResponse()
-    region_error = scope.check(req.context, keys=(req.key,), txn=True)
-    if region_error is not None:
-        resp.region_error.CopyFrom(region_error)
+    if refused(resp, scope.check(req.context, keys=(req.key,), txn=True)):
         return resp
     try:
         resp.info.CopyFrom(_mvcc_info_to_pb(_engine(scope).mvcc_by_key(req.key)))
@@ -815,9 +766,7 @@ def kv_mvcc_get_by_start_ts(
     this region counts as "not found here".
     """
     resp = kvrpcpb_pb2.MvccGetByStartTsResponse()
-    region_error = scope.check(req.context, txn=True)
-    if region_error is not None:
-        resp.region_error.CopyFrom(region_error)
+    if refused(resp, scope.check(req.context, txn=True)):
         return resp
     start_key, end_key = scope.region_bounds(req.context, txn=True)
     try:

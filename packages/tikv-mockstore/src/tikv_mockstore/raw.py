@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
 
-from tikv_proto import errorpb_pb2, kvrpcpb_pb2
+from tikv_proto import kvrpcpb_pb2
 
 from tikv_mockstore._codec import decode_bytes_lenient, encode_bytes
 from tikv_mockstore._sorted import SortedDict
-from tikv_mockstore.handlers import StoreScope, handler
+from tikv_mockstore.handlers import StoreScope, handler, refused
 
 __all__ = ["CFS", "RawEngine", "crc64_xz"]
 
@@ -313,21 +312,12 @@ def _scan_bounds(
     return max(start, region_lo), upper
 
 
-def _region_error(resp: Any, err: errorpb_pb2.Error | None) -> bool:
-    if err is None:
-        return False
-    resp.region_error.CopyFrom(err)
-    return True
-
-
 @handler("RawGet")
 def raw_get(scope: StoreScope, req: kvrpcpb_pb2.RawGetRequest) -> kvrpcpb_pb2.RawGetResponse:
     """RawGet: the value, or ``not_found``."""
     resp = kvrpcpb_pb2.RawGetResponse()
     err = _precheck(scope, req.context, "raw_get", req.cf, keys=[req.key], read=True)
-    if err is None and _region_error(
-        resp, scope.check(req.context, keys=[req.key], txn=_encoded(scope))
-    ):
+    if err is None and refused(resp, scope.check(req.context, keys=[req.key], txn=_encoded(scope))):
         return resp
     err = err or _cf_error(scope, req.cf)
     if err is not None:
@@ -349,9 +339,7 @@ def raw_batch_get(
     resp = kvrpcpb_pb2.RawBatchGetResponse()
     keys = list(req.keys)
     err = _precheck(scope, req.context, "raw_batch_get", req.cf, keys=keys, read=True)
-    if err is None and _region_error(
-        resp, scope.check(req.context, keys=keys, txn=_encoded(scope))
-    ):
+    if err is None and refused(resp, scope.check(req.context, keys=keys, txn=_encoded(scope))):
         return resp
     err = err or _cf_error(scope, req.cf)
     if err is not None:
@@ -372,7 +360,7 @@ def raw_put(scope: StoreScope, req: kvrpcpb_pb2.RawPutRequest) -> kvrpcpb_pb2.Ra
     if err is not None:
         resp.error = err
         return resp
-    if _region_error(resp, scope.check(req.context, keys=[req.key], txn=_encoded(scope))):
+    if refused(resp, scope.check(req.context, keys=[req.key], txn=_encoded(scope))):
         return resp
     scope.raw.put(req.cf, req.key, req.value, _expire(scope, req.ttl))
     return resp
@@ -399,7 +387,7 @@ def raw_batch_put(
     if err is not None:
         resp.error = err
         return resp
-    if _region_error(resp, scope.check(req.context, keys=keys, txn=_encoded(scope))):
+    if refused(resp, scope.check(req.context, keys=keys, txn=_encoded(scope))):
         return resp
     scope.raw.batch_put(req.cf, pairs, [_expire(scope, t) for t in ttls])
     return resp
@@ -416,7 +404,7 @@ def raw_delete(
     if err is not None:
         resp.error = err
         return resp
-    if _region_error(resp, scope.check(req.context, keys=[req.key], txn=_encoded(scope))):
+    if refused(resp, scope.check(req.context, keys=[req.key], txn=_encoded(scope))):
         return resp
     scope.raw.delete(req.cf, [req.key])
     return resp
@@ -434,7 +422,7 @@ def raw_batch_delete(
     if err is not None:
         resp.error = err
         return resp
-    if _region_error(resp, scope.check(req.context, keys=keys, txn=_encoded(scope))):
+    if refused(resp, scope.check(req.context, keys=keys, txn=_encoded(scope))):
         return resp
     scope.raw.delete(req.cf, keys)
     return resp
@@ -466,7 +454,7 @@ def raw_scan(scope: StoreScope, req: kvrpcpb_pb2.RawScanRequest) -> kvrpcpb_pb2.
         region_err = scope.check(
             req.context, ranges=[(start, end)], txn=_encoded(scope), reverse=req.reverse
         )
-        if _region_error(resp, region_err):
+        if refused(resp, region_err):
             return resp
         err = _cf_error(scope, req.cf)
     if err is not None:
@@ -500,7 +488,7 @@ def raw_batch_scan(
         region_err = scope.check(
             req.context, ranges=ranges, txn=_encoded(scope), reverse=req.reverse
         )
-        if _region_error(resp, region_err):
+        if refused(resp, region_err):
             return resp
         err = _cf_error(scope, req.cf)
     if err is None and not _ranges_ordered(ranges, req.reverse):
@@ -558,7 +546,7 @@ def raw_delete_range(
     if err is not None:
         resp.error = err
         return resp
-    if _region_error(resp, scope.check(req.context, ranges=[(start, end)], txn=_encoded(scope))):
+    if refused(resp, scope.check(req.context, ranges=[(start, end)], txn=_encoded(scope))):
         return resp
     lower, upper = _scan_bounds(scope, req.context, start, end, False)
     scope.raw.delete_range(req.cf, lower, upper)
@@ -572,9 +560,7 @@ def raw_get_key_ttl(
     """RawGetKeyTTL: seconds left (0: no TTL), or ``not_found``."""
     resp = kvrpcpb_pb2.RawGetKeyTTLResponse()
     err = _precheck(scope, req.context, "raw_get_key_ttl", req.cf, keys=[req.key], read=True)
-    if err is None and _region_error(
-        resp, scope.check(req.context, keys=[req.key], txn=_encoded(scope))
-    ):
+    if err is None and refused(resp, scope.check(req.context, keys=[req.key], txn=_encoded(scope))):
         return resp
     err = err or _cf_error(scope, req.cf)
     if err is not None:
@@ -605,7 +591,7 @@ def raw_compare_and_swap(
     if err is not None:
         resp.error = err
         return resp
-    if _region_error(resp, scope.check(req.context, keys=[req.key], txn=_encoded(scope))):
+    if refused(resp, scope.check(req.context, keys=[req.key], txn=_encoded(scope))):
         return resp
     previous = None if req.previous_not_exist else req.previous_value
     old, succeed = scope.raw.compare_and_swap(
@@ -647,7 +633,7 @@ def raw_checksum(
     if err is not None:
         resp.error = err
         return resp
-    if _region_error(resp, scope.check(req.context, ranges=ranges, txn=_encoded(scope))):
+    if refused(resp, scope.check(req.context, ranges=ranges, txn=_encoded(scope))):
         return resp
     now = _now_s(scope)
     checksum = total_kvs = total_bytes = 0
@@ -706,7 +692,7 @@ def split_region(
         resp.errors.add(abort="SplitRegion: no split key")
         return resp
     region_err = scope.check(req.context, keys=keys, txn=encoded)
-    if _region_error(resp, region_err):
+    if refused(resp, region_err):
         return resp
     cluster = scope.cluster
     boundary_keys = [encode_bytes(k) if encoded else k for k in keys]
