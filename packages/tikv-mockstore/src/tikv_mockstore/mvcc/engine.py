@@ -287,6 +287,40 @@ def _check_mutations(mutations: object) -> list[Mutation]:
     return out
 
 
+def _retry_conflict(
+    start_ts: int, conflict_start_ts: int, conflict_commit_ts: int, key: bytes, primary: bytes
+) -> WriteConflictError:
+    """The WriteConflict of a pessimistic lock request: retry with a newer for_update_ts."""
+    return WriteConflictError(
+        start_ts=start_ts,
+        conflict_start_ts=conflict_start_ts,
+        conflict_commit_ts=conflict_commit_ts,
+        key=key,
+        primary=primary,
+        reason=WriteConflictReason.PESSIMISTIC_RETRY,
+    )
+
+
+def _pessimistic_lock(
+    primary: bytes,
+    start_ts: int,
+    ttl: int,
+    for_update_ts: int,
+    min_commit_ts: int,
+    is_locked_with_conflict: bool,
+) -> Lock:
+    """A pessimistic lock record (``acquire_pessimistic_lock.rs``)."""
+    return Lock(
+        lock_type=LockType.PESSIMISTIC,
+        primary=primary,
+        start_ts=start_ts,
+        ttl=ttl,
+        for_update_ts=for_update_ts,
+        min_commit_ts=min_commit_ts,
+        is_locked_with_conflict=is_locked_with_conflict,
+    )
+
+
 class MvccEngine:
     """An in-memory Percolator MVCC store with TiKV's transactional semantics.
 
@@ -1880,14 +1914,7 @@ class MvccEngine:
                     for_update_ts = commit_ts
                     need_load_value = True
                 else:
-                    raise WriteConflictError(
-                        start_ts=start_ts,
-                        conflict_start_ts=w.start_ts,
-                        conflict_commit_ts=commit_ts,
-                        key=key,
-                        primary=primary,
-                        reason=WriteConflictReason.PESSIMISTIC_RETRY,
-                    )
+                    raise _retry_conflict(start_ts, w.start_ts, commit_ts, key, primary)
             if commit_ts == start_ts and (
                 w.write_type is WriteType.ROLLBACK or w.has_overlapped_rollback
             ):
@@ -1907,13 +1934,8 @@ class MvccEngine:
                 self._check_data_constraint(should_not_exist, w, commit_ts, key)
             except AlreadyExistError:
                 if conflict is not None:
-                    raise WriteConflictError(
-                        start_ts=start_ts,
-                        conflict_start_ts=conflict[0],
-                        conflict_commit_ts=conflict[1],
-                        key=key,
-                        primary=primary,
-                        reason=WriteConflictReason.PESSIMISTIC_RETRY,
+                    raise _retry_conflict(
+                        start_ts, conflict[0], conflict[1], key, primary
                     ) from None
                 raise
             if need_value or need_check_existence or conflict is not None:
@@ -1930,25 +1952,12 @@ class MvccEngine:
         if not lock_only_if_exists or val is not None:
             self._set_lock(
                 key,
-                Lock(
-                    lock_type=LockType.PESSIMISTIC,
-                    primary=primary,
-                    start_ts=start_ts,
-                    ttl=lock_ttl,
-                    for_update_ts=for_update_ts,
-                    min_commit_ts=min_commit_ts,
-                    is_locked_with_conflict=conflict is not None,
+                _pessimistic_lock(
+                    primary, start_ts, lock_ttl, for_update_ts, min_commit_ts, conflict is not None
                 ),
             )
         elif conflict is not None:
-            raise WriteConflictError(
-                start_ts=start_ts,
-                conflict_start_ts=conflict[0],
-                conflict_commit_ts=conflict[1],
-                key=key,
-                primary=primary,
-                reason=WriteConflictReason.PESSIMISTIC_RETRY,
-            )
+            raise _retry_conflict(start_ts, conflict[0], conflict[1], key, primary)
         return PessimisticLockKeyResult(
             key=key,
             # A locked-with-conflict result always carries the latest value (TiKV
@@ -1992,27 +2001,21 @@ class MvccEngine:
                     self._check_data_constraint(should_not_exist, w, commit_ts, key)
                 except AlreadyExistError:
                     if commit_ts > requested:
-                        raise WriteConflictError(
-                            start_ts=start_ts,
-                            conflict_start_ts=w.start_ts,
-                            conflict_commit_ts=commit_ts,
-                            key=key,
-                            primary=primary,
-                            reason=WriteConflictReason.PESSIMISTIC_RETRY,
+                        raise _retry_conflict(
+                            start_ts, w.start_ts, commit_ts, key, primary
                         ) from None
                     raise
                 val = (w.value or b"") if need_load_value else b""
         if for_update_ts > lock.for_update_ts:
             self._set_lock(
                 key,
-                Lock(
-                    lock_type=LockType.PESSIMISTIC,
-                    primary=primary,
-                    start_ts=start_ts,
-                    ttl=lock_ttl,
-                    for_update_ts=for_update_ts,
-                    min_commit_ts=min_commit_ts,
-                    is_locked_with_conflict=lock.is_locked_with_conflict,
+                _pessimistic_lock(
+                    primary,
+                    start_ts,
+                    lock_ttl,
+                    for_update_ts,
+                    min_commit_ts,
+                    lock.is_locked_with_conflict,
                 ),
             )
         return PessimisticLockKeyResult(
