@@ -207,18 +207,35 @@ async def test_async_commit_recovery_rolls_back_when_a_secondary_is_missing(
 async def test_batch_resolve_locks_for_gc(
     client: AsyncTransactionClient, reader: AsyncTransactionClient, cluster: MockCluster, p: bytes
 ) -> None:
+    """GC's semantics (client-go ``BatchResolveLocks``) through the resolver's entry point."""
+    from tikv_mockstore.mvcc import Mutation, Op
+
     committed_keys = [b"\x50" + p + b"c%d" % i for i in range(3)]
     aborted_keys = [b"\x50" + p + b"x%d" % i for i in range(3)]
+    live_keys = [b"\x50" + p + b"y%d" % i for i in range(3)]
+    pessimistic_keys = [b"\x50" + p + b"z%d" % i for i in range(2)]
+    await seed(client, pessimistic_keys)
     # One transaction committed its primary (in another region) and crashed...
     done = await prepared(client, [b"\x10" + p + b"cp", *committed_keys])
     await done.prewrite()
     await done.get_commit_ts()
     await done.commit_primary()
-    # ...and one crashed after prewrite.
+    # ...one crashed after prewrite...
     dead = await prepared(client, [b"\x10" + p + b"xp", *aborted_keys])
     await dead.prewrite()
     await expire(cluster, reader)
-    region = await reader.runtime.sender.locator.locate_key(committed_keys[0])
+    # ...one is still running (its locks have not expired: GC rolls it back anyway)...
+    live = await prepared(client, [b"\x10" + p + b"yp", *live_keys])
+    await live.prewrite()
+    # ...and one holds pessimistic locks (rolled back whatever its primary says).
+    lock_ts = await client.current_timestamp()
+    cluster.engine.pessimistic_lock(
+        [Mutation(Op.PESSIMISTIC_LOCK, k) for k in pessimistic_keys],
+        pessimistic_keys[0],
+        lock_ts,
+        20_000,
+        lock_ts,
+    )
     locks = [
         LockInfo(
             primary_lock=lk.primary_lock,
@@ -227,13 +244,25 @@ async def test_batch_resolve_locks_for_gc(
             lock_ttl=lk.lock_ttl,
             txn_size=lk.txn_size,
             lock_type=int(lk.lock_type),
+            lock_for_update_ts=lk.lock_for_update_ts,
         )
         for lk in cluster.engine.scan_lock(2**63 - 1, b"\x50", b"\x90")
         if p in lk.key
     ]
-    assert sorted(lk.key for lk in locks) == sorted(committed_keys + aborted_keys)
-    assert await reader.runtime.resolver.batch_resolve_locks(Backoffer(20_000), locks, region)
+    wanted = committed_keys + aborted_keys + live_keys + pessimistic_keys
+    assert sorted(lk.key for lk in locks) == sorted(wanted)
+    # The region splits after the scan, behind the resolver's back: the locks past the
+    # split must be resolved too (one ResolveLock per region as it is now).
+    await reader.runtime.sender.locator.locate_key(committed_keys[0])
+    cluster.split([b"\x50" + p + b"y"], txn=True)
+    await reader.runtime.resolver.batch_resolve_locks(Backoffer(20_000), locks)
     assert [k for k in locks_of_prefix(cluster, p) if k.startswith(b"\x50")] == []
     snap = reader.snapshot(await reader.current_timestamp())
-    got = await snap.batch_get(committed_keys + aborted_keys)
-    assert got == dict.fromkeys(committed_keys, b"new")
+    got = await snap.batch_get(wanted)
+    assert got == {
+        **dict.fromkeys(committed_keys, b"new"),
+        **dict.fromkeys(pessimistic_keys, b"old"),
+    }
+    live_status = reader.runtime.resolver.cached_status(live.start_ts)
+    assert live_status is not None
+    assert live_status.is_rolled_back

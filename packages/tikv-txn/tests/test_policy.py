@@ -172,9 +172,13 @@ def test_heartbeat_stop_rules() -> None:
 
 
 def test_needs_ttl_manager() -> None:
-    assert not needs_ttl_manager(32 * MIB, one_pc_committed=False)
-    assert needs_ttl_manager(32 * MIB + 1, one_pc_committed=False)
-    assert not needs_ttl_manager(64 * MIB, one_pc_committed=True)
+    default = TTL_REFRESHED_TXN_SIZE
+    assert not needs_ttl_manager(32 * MIB, one_pc_committed=False, threshold=default)
+    assert needs_ttl_manager(32 * MIB + 1, one_pc_committed=False, threshold=default)
+    assert not needs_ttl_manager(64 * MIB, one_pc_committed=True, threshold=default)
+    # The threshold is the client's Config.ttl_refreshed_txn_size.
+    assert needs_ttl_manager(1025, one_pc_committed=False, threshold=1024)
+    assert not needs_ttl_manager(1024, one_pc_committed=False, threshold=1024)
 
 
 # ---------------------------------------------------------------------------- timestamps

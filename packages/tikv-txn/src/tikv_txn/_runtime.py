@@ -1,7 +1,7 @@
 """What every transaction, snapshot and committer of one client shares.
 
 A :class:`TxnRuntime` bundles the pieces of ``tikv_pd`` a transactional client runs on
-(PD client, region locator, store transport, the request pipeline and the PD oracle), the
+(the PD client, region locator, store transport, the request pipeline and the PD oracle), the
 key codec (API v1 or a keyspace's API v2 prefix), the lock resolver, the optional local
 latches, and the registry of background tasks (secondary commits, cleanups, heartbeats):
 each task is owned here, its failure is logged, and :meth:`TxnRuntime.close` waits for
@@ -41,6 +41,7 @@ from tikv_txn.policy import HEARTBEAT_INTERVAL_MS
 
 if TYPE_CHECKING:
     from tikv_pd.oracle import Oracle
+    from tikv_pd.pd_client import PDClient
 
     from tikv_txn.lock_resolver import LockResolver
 
@@ -87,6 +88,8 @@ class TxnRuntime:
         codec: Maps user keys to the keys TiKV stores (API v2 keyspace prefix).
         config: Client configuration.
         keyspace_name: The keyspace's name ("" for API v1).
+        pd: The PD client (GC safepoints, the read-visibility check); ``None`` for a
+            stack without PD (tests over a fake pipeline).
 
     """
 
@@ -98,6 +101,7 @@ class TxnRuntime:
         config: Config,
         *,
         keyspace_name: str = "",
+        pd: PDClient | None = None,
     ) -> None:
         from tikv_txn.lock_resolver import LockResolver
 
@@ -106,6 +110,8 @@ class TxnRuntime:
         self.codec = codec
         self.config = config
         self.keyspace_name = keyspace_name
+        #: The PD client, or ``None`` when the stack has none.
+        self.pd = pd
         self.budgets = Budgets()
         self._rng = random.Random()
         self._options_memo: dict[tuple[tuple[str, Any], ...], RequestOptions] = {}

@@ -198,7 +198,7 @@ class AsyncTransactionClient:
             locator.start()
             transport = Transport(cfg)
             sender = RequestSender(locator, transport)
-            runtime = TxnRuntime(sender, oracle, codec, cfg, keyspace_name=keyspace or "")
+            runtime = TxnRuntime(sender, oracle, codec, cfg, keyspace_name=keyspace or "", pd=pd)
         except BaseException:
             if oracle is not None:
                 await oracle.close()

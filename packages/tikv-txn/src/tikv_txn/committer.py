@@ -80,6 +80,7 @@ from tikv_txn.policy import (
     heartbeat_should_stop,
     heartbeat_ttl,
     interpret_prewrite_response,
+    needs_ttl_manager,
     prewrite_lock_ttl,
     prewrite_min_commit_ts,
     txn_lock_ttl,
@@ -465,11 +466,14 @@ class TwoPhaseCommitter:
 
     def _maybe_start_heartbeat(self) -> None:
         assert self.plan is not None
-        if self._heartbeat is not None or self.one_pc_commit_ts:
+        if self._heartbeat is not None:
             return
-        if self.plan.size <= self._rt.config.ttl_refreshed_txn_size:
-            return
-        self.start_heartbeat()
+        if needs_ttl_manager(
+            self.plan.size,
+            one_pc_committed=bool(self.one_pc_commit_ts),
+            threshold=self._rt.config.ttl_refreshed_txn_size,
+        ):
+            self.start_heartbeat()
 
     def start_heartbeat(self) -> None:
         """Keep :attr:`primary`'s lock alive from now on (no-op if already running).

@@ -56,7 +56,6 @@ from tikv_pd.backoff import (
 )
 from tikv_pd.codec import KeyCodec
 from tikv_pd.errors import GCTooEarlyError, KeyIsLockedError, LockInfo, RegionError, TxnError
-from tikv_pd.locator import RegionLocator
 from tikv_pd.pd_client import PDClient, ServiceSafePoint
 from tikv_pd.rangetask import (
     ProgressCallback,
@@ -247,16 +246,11 @@ class SafePointCache:
 _CACHES: weakref.WeakKeyDictionary[TxnRuntime, SafePointCache] = weakref.WeakKeyDictionary()
 
 
-def _pd_of(rt: TxnRuntime) -> PDClient | None:
-    locator = rt.sender.locator
-    return locator.pd if isinstance(locator, RegionLocator) else None
-
-
 def safe_point_cache(rt: TxnRuntime) -> SafePointCache | None:
     """The safepoint cache of a client (``None`` when its stack has no PD client)."""
     cache = _CACHES.get(rt)
     if cache is None:
-        pd = _pd_of(rt)
+        pd = rt.pd
         if pd is None:
             return None
         codec = rt.codec
@@ -414,7 +408,7 @@ class _LockSweeper:
                     raise key_error_to_exception(resp.error)
                 locks = [lock_from_pb(pb) for pb in resp.locks]
                 if locks:
-                    await resolve_lock_batch(self._rt, bo, locks)
+                    await self._rt.resolver.batch_resolve_locks(bo, locks)
                     self.locks += len(locks)
                 if len(locks) >= limit:
                     # A full batch: the region may hold more; scan again after the last.

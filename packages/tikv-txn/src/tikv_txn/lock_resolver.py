@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 from tikv_pd import observability as _obs
 from tikv_pd.backoff import (
     ASYNC_RESOLVE_LOCK_MAX_BACKOFF,
-    GET_TXN_STATUS_MAX_BACKOFF,
     TXN_NOT_FOUND,
     Backoffer,
 )
@@ -56,7 +55,6 @@ from tikv_txn.policy import (
     check_txn_status_current_ts,
     decide_lock_resolution,
     decide_on_txn_not_found,
-    is_lock_expired,
 )
 
 if TYPE_CHECKING:
@@ -496,55 +494,23 @@ class LockResolver:
 
     # -- GC ----------------------------------------------------------------------------
 
-    async def batch_resolve_locks(
-        self, bo: Backoffer, locks: Sequence[LockInfo], region: Region
-    ) -> bool:
-        """Resolve many locks of one region in a single ResolveLock (GC's path).
+    async def batch_resolve_locks(self, bo: Backoffer, locks: Sequence[LockInfo]) -> None:
+        """Settle many locks at once, as GC does (client-go ``BatchResolveLocks``).
 
-        Every lock's transaction is checked with a fresh ts and ``rollback_if_not_exist``
-        (client-go ``BatchResolveLocks``); then one request with ``txn_infos`` settles
-        them all in ``region``.
+        One implementation serves GC and callers of the resolver:
+        :func:`tikv_txn.gc.resolve_lock_batch`. Every transaction is settled for good —
+        one still running is rolled back (``CheckTxnStatus`` with ``current_ts`` =
+        MaxUint64), an async-commit one is settled from its secondaries, pessimistic locks
+        are rolled back — and one ``ResolveLock`` with ``txn_infos`` goes to each region
+        that holds the locks *now* (a region split since the locks were scanned gets one
+        request per part).
 
-        Returns:
-            ``False`` if some transaction is still alive (its locks were left), else
-            ``True``.
+        Raises:
+            TxnError: A key error from TiKV, or a transaction TiKV refused to roll back.
+            tikv_pd.errors.TimeoutError: ``bo``'s budget ran out.
 
         """
+        from tikv_txn.gc import resolve_lock_batch  # gc builds on this module
+
         _count("batch_resolve")
-        infos: dict[int, int] = {}
-        status_bo = self._rt.backoffer(GET_TXN_STATUS_MAX_BACKOFF, "batch resolve locks")
-        for lock in locks:
-            if lock.lock_version in infos:
-                continue
-            current_ts = await self._rt.oracle.get_timestamp()
-            status = await self.get_txn_status(
-                status_bo,
-                lock.lock_version,
-                lock.primary_lock,
-                caller_start_ts=0,
-                current_ts=current_ts,
-                rollback_if_not_exist=True,
-            )
-            if status.ttl != 0:
-                primary = status.primary_lock
-                expired = is_lock_expired(lock.lock_version, status.ttl, current_ts)
-                if primary is None or not primary.use_async_commit or not expired:
-                    return False
-                # An expired async-commit transaction: its outcome comes from the
-                # secondaries; settle it here (its keys are resolved individually).
-                await self._resolve_async_commit(lock, status)
-                continue
-            _count("expired")
-            infos[lock.lock_version] = status.commit_ts
-        if not infos:
-            return True
-        req = kvrpcpb_pb2.ResolveLockRequest(
-            txn_infos=[kvrpcpb_pb2.TxnInfo(txn=t, status=c) for t, c in infos.items()]
-        )
-        self.stats["resolve_lock"] += 1
-        resp = await self._rt.sender.call_key(
-            "ResolveLock", region.start_key, req, bo=bo, options=self._rt.base_options
-        )
-        if resp.HasField("error"):
-            raise key_error_to_exception(resp.error)
-        return True
+        await resolve_lock_batch(self._rt, bo, locks)

@@ -303,14 +303,16 @@ def heartbeat_should_stop(consecutive_failures: int, *, key_error: bool) -> bool
     return key_error or consecutive_failures > HEARTBEAT_MAX_CONSECUTIVE_FAILURES
 
 
-def needs_ttl_manager(txn_size: int, *, one_pc_committed: bool) -> bool:
+def needs_ttl_manager(txn_size: int, *, one_pc_committed: bool, threshold: int) -> bool:
     """Whether to start the heartbeat once the primary batch is prewritten.
 
-    Only transactions over :data:`TTL_REFRESHED_TXN_SIZE` need it (smaller ones commit
-    well within their TTL), and never one that 1PC already committed (client-go
-    ``prewrite.go``). Pessimistic transactions start it earlier, with their first lock.
+    Only transactions over ``threshold`` bytes need it (``Config.ttl_refreshed_txn_size``,
+    default :data:`TTL_REFRESHED_TXN_SIZE`: smaller ones commit well within their TTL),
+    and never one that 1PC already committed (client-go ``prewrite.go``, which compares
+    the size with ``config.GetGlobalConfig().TiKVClient.TTLRefreshedTxnSize``).
+    Pessimistic transactions start it earlier, with their first lock.
     """
-    return txn_size > TTL_REFRESHED_TXN_SIZE and not one_pc_committed
+    return txn_size > threshold and not one_pc_committed
 
 
 # ---------------------------------------------------------------------------------------
