@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from tikv_proto import kvrpcpb_pb2
 
@@ -294,6 +295,41 @@ def _precheck(
     return _cf_error(scope, cf) or ttl_err
 
 
+def _refused(
+    scope: StoreScope,
+    resp: Any,
+    ctx: kvrpcpb_pb2.Context,
+    err: str | None,
+    *,
+    keys: Sequence[bytes] = (),
+    ranges: Sequence[tuple[bytes, bytes]] = (),
+) -> bool:
+    """A precheck error goes to ``resp.error``, else the region checks run; whether refused."""
+    if err is not None:
+        resp.error = err
+        return True
+    return refused(resp, scope.check(ctx, keys=keys, ranges=ranges, txn=_encoded(scope)))
+
+
+def _read_refused(
+    scope: StoreScope, resp: Any, ctx: kvrpcpb_pb2.Context, cmd: str, cf: str, key: bytes
+) -> bool:
+    """The checks of a single-key read: API version, region, then the column family.
+
+    TiKV checks a read's column family only once it has the region snapshot
+    (``src/storage/mod.rs``); errors go to ``resp.error``. Returns whether refused.
+    """
+    err = _precheck(scope, ctx, cmd, "", keys=[key], read=True)
+    if err is None:
+        if refused(resp, scope.check(ctx, keys=[key], txn=_encoded(scope))):
+            return True
+        err = _cf_error(scope, cf)
+    if err is None:
+        return False
+    resp.error = err
+    return True
+
+
 def _scan_bounds(
     scope: StoreScope, ctx: kvrpcpb_pb2.Context, start: bytes, end: bytes, reverse: bool
 ) -> tuple[bytes, bytes | None]:
@@ -316,12 +352,7 @@ def _scan_bounds(
 def raw_get(scope: StoreScope, req: kvrpcpb_pb2.RawGetRequest) -> kvrpcpb_pb2.RawGetResponse:
     """RawGet: the value, or ``not_found``."""
     resp = kvrpcpb_pb2.RawGetResponse()
-    err = _precheck(scope, req.context, "raw_get", req.cf, keys=[req.key], read=True)
-    if err is None and refused(resp, scope.check(req.context, keys=[req.key], txn=_encoded(scope))):
-        return resp
-    err = err or _cf_error(scope, req.cf)
-    if err is not None:
-        resp.error = err
+    if _read_refused(scope, resp, req.context, "raw_get", req.cf, req.key):
         return resp
     value = scope.raw.get(req.cf, req.key, _now_s(scope))
     if value is None:
@@ -357,10 +388,7 @@ def raw_put(scope: StoreScope, req: kvrpcpb_pb2.RawPutRequest) -> kvrpcpb_pb2.Ra
     resp = kvrpcpb_pb2.RawPutResponse()
     cmd = "raw_atomic_store" if req.for_cas else "raw_put"
     err = _precheck(scope, req.context, cmd, req.cf, keys=[req.key], ttls=[req.ttl], ttl_first=True)
-    if err is not None:
-        resp.error = err
-        return resp
-    if refused(resp, scope.check(req.context, keys=[req.key], txn=_encoded(scope))):
+    if _refused(scope, resp, req.context, err, keys=[req.key]):
         return resp
     scope.raw.put(req.cf, req.key, req.value, _expire(scope, req.ttl))
     return resp
@@ -384,10 +412,7 @@ def raw_batch_put(
     err = _precheck(scope, req.context, cmd, req.cf, keys=keys, ttls=ttls)
     if err is None and _ttl_enabled(scope) and len(ttls) != len(pairs):
         err = "The length of ttls does not equal to the length of pairs"
-    if err is not None:
-        resp.error = err
-        return resp
-    if refused(resp, scope.check(req.context, keys=keys, txn=_encoded(scope))):
+    if _refused(scope, resp, req.context, err, keys=keys):
         return resp
     scope.raw.batch_put(req.cf, pairs, [_expire(scope, t) for t in ttls])
     return resp
@@ -401,10 +426,7 @@ def raw_delete(
     resp = kvrpcpb_pb2.RawDeleteResponse()
     cmd = "raw_atomic_store" if req.for_cas else "raw_delete"
     err = _precheck(scope, req.context, cmd, req.cf, keys=[req.key])
-    if err is not None:
-        resp.error = err
-        return resp
-    if refused(resp, scope.check(req.context, keys=[req.key], txn=_encoded(scope))):
+    if _refused(scope, resp, req.context, err, keys=[req.key]):
         return resp
     scope.raw.delete(req.cf, [req.key])
     return resp
@@ -419,10 +441,7 @@ def raw_batch_delete(
     keys = list(req.keys)
     cmd = "raw_atomic_store" if req.for_cas else "raw_batch_delete"
     err = _precheck(scope, req.context, cmd, req.cf, keys=keys)
-    if err is not None:
-        resp.error = err
-        return resp
-    if refused(resp, scope.check(req.context, keys=keys, txn=_encoded(scope))):
+    if _refused(scope, resp, req.context, err, keys=keys):
         return resp
     scope.raw.delete(req.cf, keys)
     return resp
@@ -543,10 +562,7 @@ def raw_delete_range(
     )
     if err is None and end and start >= end:
         err = "Invalid KeyRanges"
-    if err is not None:
-        resp.error = err
-        return resp
-    if refused(resp, scope.check(req.context, ranges=[(start, end)], txn=_encoded(scope))):
+    if _refused(scope, resp, req.context, err, ranges=[(start, end)]):
         return resp
     lower, upper = _scan_bounds(scope, req.context, start, end, False)
     scope.raw.delete_range(req.cf, lower, upper)
@@ -559,12 +575,7 @@ def raw_get_key_ttl(
 ) -> kvrpcpb_pb2.RawGetKeyTTLResponse:
     """RawGetKeyTTL: seconds left (0: no TTL), or ``not_found``."""
     resp = kvrpcpb_pb2.RawGetKeyTTLResponse()
-    err = _precheck(scope, req.context, "raw_get_key_ttl", req.cf, keys=[req.key], read=True)
-    if err is None and refused(resp, scope.check(req.context, keys=[req.key], txn=_encoded(scope))):
-        return resp
-    err = err or _cf_error(scope, req.cf)
-    if err is not None:
-        resp.error = err
+    if _read_refused(scope, resp, req.context, "raw_get_key_ttl", req.cf, req.key):
         return resp
     now = _now_s(scope)
     entry = scope.raw.get_entry(req.cf, req.key, now)
@@ -588,10 +599,7 @@ def raw_compare_and_swap(
     err = _precheck(
         scope, req.context, "raw_compare_and_swap", req.cf, keys=[req.key], ttls=[req.ttl]
     )
-    if err is not None:
-        resp.error = err
-        return resp
-    if refused(resp, scope.check(req.context, keys=[req.key], txn=_encoded(scope))):
+    if _refused(scope, resp, req.context, err, keys=[req.key]):
         return resp
     previous = None if req.previous_not_exist else req.previous_value
     old, succeed = scope.raw.compare_and_swap(
@@ -630,10 +638,7 @@ def raw_checksum(
     err: str | None = scope.check_api_version(
         req.context, cmd="raw_checksum", txn=False, ranges=ranges
     )
-    if err is not None:
-        resp.error = err
-        return resp
-    if refused(resp, scope.check(req.context, ranges=ranges, txn=_encoded(scope))):
+    if _refused(scope, resp, req.context, err, ranges=ranges):
         return resp
     now = _now_s(scope)
     checksum = total_kvs = total_bytes = 0
