@@ -234,6 +234,42 @@ async def test_split_range_loads_with_scan_regions(fake: FakePDCluster, client: 
         await locator.split_range(b"q", b"b")
 
 
+async def test_locate_regions_hands_out_windows_loaded_with_scan_regions(
+    fake: FakePDCluster, client: PDClient
+) -> None:
+    splits = [bytes([c]) for c in range(ord("b"), ord("k"))]  # 9 splits: regions 10..19
+    fake.set_regions([encode_bytes(k) for k in splits], stores=[1])
+    locator = RegionLocator(client, codec=CodecV1("txn"))  # boundaries decoded from PD
+    first = await locator.locate_regions(b"", limit=4)
+    assert [(r.id, r.start_key, r.end_key) for r in first] == [
+        (10, b"", b"b"),
+        (11, b"b", b"c"),
+        (12, b"c", b"d"),
+        (13, b"d", b"e"),
+    ]
+    assert fake.state.calls["ScanRegions"] == 1
+    assert fake.state.calls["GetRegion"] == 0
+    # The next window starts where this one ended; a range end stops it early.
+    nxt = await locator.locate_regions(first[-1].end_key, b"f5", limit=4)
+    assert [r.id for r in nxt] == [14, 15]
+    assert fake.state.calls["ScanRegions"] == 2
+    # Cached now: the same windows again cost PD nothing.
+    again = await locator.locate_regions(b"a", limit=6)
+    assert [r.id for r in again] == [10, 11, 12, 13, 14, 15]
+    assert fake.state.calls["ScanRegions"] == 2
+    # A gap in the cache is filled by one more scan; the last region ends every walk.
+    tail = await locator.locate_regions(b"e5", limit=100)
+    assert [r.id for r in tail] == [14, 15, 16, 17, 18, 19]
+    assert tail[-1].end_key == b""
+    assert fake.state.calls["ScanRegions"] == 3
+    with pytest.raises(ValueError, match="limit"):
+        await locator.locate_regions(b"a", limit=0)
+    with pytest.raises(ValueError, match="greater than"):
+        await locator.locate_regions(b"q", b"b")
+    with pytest.raises(TypeError, match="start"):
+        await locator.locate_regions("a")  # type: ignore[arg-type]
+
+
 # -- stores -------------------------------------------------------------------------------
 
 

@@ -77,6 +77,29 @@ class FakeCluster:
                 self.cache[r.id] = r
 
 
+class WindowedCluster(FakeCluster):
+    """A locator that also hands out windows of regions (like RegionLocator)."""
+
+    def __init__(self, splits: list[bytes]) -> None:
+        super().__init__(splits)
+        self.windows: list[tuple[bytes, bytes, int]] = []
+
+    async def locate_regions(
+        self, start: bytes, end: bytes = b"", *, limit: int = 128
+    ) -> list[Region]:
+        self.windows.append((start, end, limit))
+        lookups = self.lookups
+        window = [await self.locate_key(start)]
+        while len(window) < limit and not window[-1].reaches(end):
+            window.append(await self.locate_key(window[-1].end_key))
+        self.lookups = lookups  # one window, not per-key lookups
+        return window
+
+
+def _cluster(splits: list[bytes], windowed: bool) -> FakeCluster:
+    return WindowedCluster(splits) if windowed else FakeCluster(splits)
+
+
 class Recorder:
     """A handler that records the parts it ran on, checking epochs like TiKV would."""
 
@@ -175,10 +198,12 @@ def test_task_stat_adds() -> None:
     assert TaskStat(1, 2) + TaskStat(3, 4) == TaskStat(4, 6)
 
 
-def test_runner_rejects_bad_concurrency() -> None:
+def test_runner_rejects_bad_concurrency_and_window() -> None:
     cluster = FakeCluster([])
     with pytest.raises(ValueError, match="concurrency"):
         RangeTaskRunner("t", cluster, Recorder(cluster), concurrency=0)
+    with pytest.raises(ValueError, match="regions_per_batch"):
+        RangeTaskRunner("t", cluster, Recorder(cluster), regions_per_batch=0)
 
 
 # -- the runner ---------------------------------------------------------------------------
@@ -223,8 +248,32 @@ async def test_whole_key_space_and_empty_range() -> None:
     assert final is not None and final.finished
 
 
-async def test_split_mid_task_reshards_the_unfinished_part() -> None:
-    cluster = FakeCluster([b"d", b"m"])
+async def test_a_windowed_locator_is_asked_a_window_at_a_time() -> None:
+    splits = [bytes([c]) for c in range(ord("b"), ord("z") + 1)]  # 25 splits: 26 regions
+    cluster = WindowedCluster(splits)
+    handler = Recorder(cluster)
+    runner = RangeTaskRunner("t", cluster, handler, concurrency=4, regions_per_batch=10)
+    assert await runner.run(b"", b"") == TaskStat(completed_regions=26)
+    assert handler.covered() == [(b"", b"")]
+    # 26 regions in windows of 10, each window asked from where the last one ended.
+    assert cluster.windows == [(b"", b"", 10), (b"k", b"", 10), (b"u", b"", 10)]
+    assert cluster.lookups == 0
+    # A bounded range: the window stops at the region that reaches the end.
+    cluster.windows.clear()
+    handler.parts.clear()
+    assert await runner.run(b"c5", b"f5") == TaskStat(completed_regions=4)
+    assert sorted(p[1:] for p in handler.parts) == [
+        (b"c5", b"d"),
+        (b"d", b"e"),
+        (b"e", b"f"),
+        (b"f", b"f5"),
+    ]
+    assert cluster.windows == [(b"c5", b"f5", 10)]
+
+
+@pytest.mark.parametrize("windowed", [False, True])
+async def test_split_mid_task_reshards_the_unfinished_part(windowed: bool) -> None:
+    cluster = _cluster([b"d", b"m"], windowed)
     handler = Recorder(cluster)
     # Warm the cache, then split region [d, m) twice on the server only.
     await cluster.locate_key(b"e")
@@ -245,8 +294,9 @@ async def test_split_mid_task_reshards_the_unfinished_part() -> None:
     assert [reason for _, reason in cluster.invalidated] == [InvalidReason.EPOCH_NOT_MATCH]
 
 
-async def test_split_during_the_run_is_handled() -> None:
-    cluster = FakeCluster([b"d"])
+@pytest.mark.parametrize("windowed", [False, True])
+async def test_split_during_the_run_is_handled(windowed: bool) -> None:
+    cluster = _cluster([b"d"], windowed)
     handler = Recorder(cluster)
     handler.split_on_first_call = b"p"  # [d, +inf) splits while the task runs
     runner = RangeTaskRunner("t", cluster, handler, concurrency=1)
@@ -358,14 +408,22 @@ _TABLE: list[tuple[bytes, bytes, list[tuple[bytes, bytes]]]] = [
 ]
 
 
-@pytest.mark.parametrize("concurrency", [1, 2, 3, 4])
+@pytest.mark.parametrize(
+    ("concurrency", "windowed"), [(1, False), (2, False), (3, True), (4, True)]
+)
 @pytest.mark.parametrize(("start", "end", "expected"), _TABLE)
 async def test_client_go_range_table(
-    concurrency: int, start: bytes, end: bytes, expected: list[tuple[bytes, bytes]]
+    concurrency: int,
+    windowed: bool,
+    start: bytes,
+    end: bytes,
+    expected: list[tuple[bytes, bytes]],
 ) -> None:
-    cluster = FakeCluster(_AZ)
+    cluster = _cluster(_AZ, windowed)
     handler = Recorder(cluster)
-    runner = RangeTaskRunner("t", cluster, handler, concurrency=concurrency)
+    runner = RangeTaskRunner(
+        "t", cluster, handler, concurrency=concurrency, regions_per_batch=concurrency + 2
+    )
     stat = await runner.run(start, end)
     assert sorted(p[1:] for p in handler.parts) == expected
     assert stat == TaskStat(completed_regions=len(expected))
@@ -377,10 +435,12 @@ async def test_client_go_range_table_errors(
     concurrency: int, start: bytes, end: bytes, expected: list[tuple[bytes, bytes]]
 ) -> None:
     for err_start, _ in expected:
-        cluster = FakeCluster(_AZ)
+        cluster = _cluster(_AZ, windowed=concurrency > 1)
         handler = Recorder(cluster)
         handler.fail_at[err_start] = RuntimeError("test error")
-        runner = RangeTaskRunner("t", cluster, handler, concurrency=concurrency)
+        runner = RangeTaskRunner(
+            "t", cluster, handler, concurrency=concurrency, regions_per_batch=3
+        )
         with pytest.raises(RuntimeError, match="test error"):
             await runner.run(start, end)
         assert runner.completed_regions < len(expected)

@@ -130,3 +130,21 @@ async def test_pipeline_handler_with_transient_store_errors(stack: Stack) -> Non
     runner2 = RangeTaskRunner("scan", stack.locator, stack.scan_region)
     await runner2.run(b"", b"")
     assert stack.keys_seen() == [k for k in KEYS if not (b"\x30" <= k < b"\xa0")]
+
+
+async def test_cold_cache_is_loaded_a_window_at_a_time(stack: Stack) -> None:
+    # 40 regions, and a locator that has never seen any: the runner asks PD one
+    # ScanRegions per window of regions, never one GetRegion per region.
+    stack.cluster.split([bytes([i]) for i in range(6, 256, 7)])
+    regions = stack.cluster.regions()
+    assert len(regions) == 40
+    cold = RegionLocator(stack.pd, codec=CodecV1("raw"))
+    try:
+        stack.locator = cold  # scan_region resolves stores through it too
+        runner = RangeTaskRunner("scan", cold, stack.scan_region, regions_per_batch=16)
+        assert await runner.run(b"", b"") == TaskStat(completed_regions=40)
+        assert stack.keys_seen() == KEYS
+        assert cold.pd_requests.get("ScanRegions") == 3  # 16 + 16 + 8
+        assert "GetRegion" not in cold.pd_requests
+    finally:
+        await cold.close()

@@ -557,6 +557,41 @@ async def test_load_and_split_range_with_batch_loader() -> None:
         await c2.load_and_split_range(b"a", b"b", loader, batch_limit=0)
 
 
+async def test_load_window_serves_hits_scans_gaps_and_falls_back_past_a_gap() -> None:
+    layout = [
+        region(i + 1, bytes([97 + i]) if i else b"", bytes([98 + i]) if i < 9 else b"")
+        for i in range(10)
+    ]
+    loader = Loader(layout)
+    scans: list[tuple[bytes, bytes, int]] = []
+    hidden = {4}  # PD's scan misses region 4 (mid-split): the window loads it alone
+
+    async def scan(start: bytes, end: bytes, limit: int) -> list[Region]:
+        scans.append((start, end, limit))
+        out = [r for r in layout if r.overlaps(start, end) and r.id not in hidden]
+        return out[:limit]
+
+    c = make_cache()
+    c.insert(layout[0])
+    window = await c.load_window(b"", b"", loader, range_loader=scan, limit=6)
+    assert [r.id for r in window] == [1, 2, 3, 4, 5, 6]
+    # Region 1 was cached; the gap at b"b" was scanned for a whole window (the extra
+    # regions are cached for the next one); at b"d" the scan's answer starts later, so
+    # region 4 came from the single loader.
+    assert scans == [(b"b", b"", 6), (b"d", b"", 6)]
+    assert loader.calls == [b"d"]
+    # The next window is served from what the scans cached.
+    assert [r.id for r in await c.load_window(b"f", b"h", loader, range_loader=scan)] == [6, 7]
+    assert len(scans) == 2
+    # Without a range loader, region by region; the limit caps the window.
+    c2 = make_cache()
+    assert [r.id for r in await c2.load_window(b"c", b"", loader, limit=2)] == [3, 4]
+    with pytest.raises(ValueError, match="limit"):
+        await c2.load_window(b"a", b"", loader, limit=0)
+    with pytest.raises(ValueError, match="greater than"):
+        await c2.load_window(b"z", b"a", loader)
+
+
 def test_sweep_expired_walks_the_cache_in_rounds() -> None:
     clock = Clock()
     c = make_cache(clock, ttl=10, ttl_jitter=0)

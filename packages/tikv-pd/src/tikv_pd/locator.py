@@ -453,6 +453,31 @@ class RegionLocator:
         # (PD returned nothing for them yet) are loaded one by one with backoff.
         return await self._cache.load_and_group_keys(key_list, self._load_start_key)
 
+    async def locate_regions(
+        self, start: bytes, end: bytes = b"", *, limit: int = DEFAULT_REGIONS_PER_BATCH
+    ) -> list[Region]:
+        """A window of the regions of request range ``[start, end)``, loaded in batches.
+
+        Returns the regions in key order from the one containing ``start``, at most
+        ``limit`` of them, stopping at the one that reaches ``end`` (``b""``: unbounded);
+        walk a whole range by asking again from the last region's ``end_key``. Cached
+        regions come from the cache; at the first gap one ``ScanRegions`` loads up to
+        ``limit`` regions (client-go ``BatchLoadRegionsWithKeyRange``, 128 at a time:
+        ``defaultRegionsPerBatch``), so a cold walk costs one PD request per window
+        instead of one per region. A key PD has no region for yet is loaded alone, with
+        the regionMiss backoff of :meth:`locate_key`
+        (:meth:`tikv_pd.region_cache.RegionCache.load_window`).
+
+        Raises:
+            TypeError / ValueError: Bad keys, ``start >= end`` or ``limit < 1``.
+            PDError / tikv_pd.errors.TimeoutError: Loading failed.
+
+        """
+        self._check_open()
+        return await self._cache.load_window(
+            start, end, self._load_start_key, range_loader=self._scan_load, limit=limit
+        )
+
     async def split_range(self, start: bytes, end: bytes) -> list[tuple[Region, bytes, bytes]]:
         """Cut request range ``[start, end)`` (``end=b""``: unbounded) at region bounds.
 

@@ -5,11 +5,14 @@ collecting garbage — has the same shape: walk ``[start, end)`` region by regio
 each region one request (or a few). :class:`RangeTaskRunner` owns that walk so that each
 job only says what to do with *one* region's part of the range:
 
-- **Region by region.** A producer locates the regions of the range in key order
-  (through the region cache) and queues one *part* per region: the range clipped to the
-  region. ``concurrency`` workers run the handler on the parts (client-go ``Runner``
-  with its workers; client-go hands each worker up to 128 regions at a time, here the
-  unit of work is one region, so progress and failures are tracked per region).
+- **Region by region.** A producer locates the regions of the range in key order,
+  128 at a time (a locator with ``locate_regions``, :class:`WindowedRangeLocator`,
+  serves them from the region cache and loads a cold stretch with one ``ScanRegions``
+  per window, as client-go's runner calls ``BatchLoadRegionsFromKey`` for 128 regions
+  per task), and queues one *part* per region: the range clipped to the region.
+  ``concurrency`` workers run the handler on the parts (client-go ``Runner`` with its
+  workers; client-go hands each worker its 128 regions as one task, here the unit of
+  work is one region, so progress and failures are tracked per region).
 - **Re-locating.** A handler that raises a :class:`~tikv_pd.errors.RegionError` (its
   region split, merged or moved) gets the unfinished part back *re-sharded*: the region
   is dropped from the cache, the runner backs off ``regionMiss`` and locates the part
@@ -39,7 +42,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from tikv_pd.backoff import (
     DEFAULT_VARS,
@@ -49,7 +52,7 @@ from tikv_pd.backoff import (
     BackoffVars,
 )
 from tikv_pd.errors import RegionError, format_key
-from tikv_pd.region_cache import InvalidReason, Region
+from tikv_pd.region_cache import DEFAULT_REGIONS_PER_BATCH, InvalidReason, Region
 
 __all__ = [
     "DEFAULT_RANGE_TASK_CONCURRENCY",
@@ -60,6 +63,7 @@ __all__ = [
     "RangeTaskRunner",
     "RegionTaskHandler",
     "TaskStat",
+    "WindowedRangeLocator",
     "clip_to_region",
 ]
 
@@ -143,6 +147,17 @@ class RangeLocator(Protocol):
         ...
 
 
+@runtime_checkable
+class WindowedRangeLocator(RangeLocator, Protocol):
+    """A :class:`RangeLocator` that also loads regions in windows (the region locator)."""
+
+    async def locate_regions(
+        self, start: bytes, end: bytes = b"", *, limit: int = DEFAULT_REGIONS_PER_BATCH
+    ) -> list[Region]:
+        """Up to ``limit`` consecutive regions of ``[start, end)`` from ``start``'s."""
+        ...
+
+
 def clip_to_region(region: Region, start: bytes, end: bytes) -> tuple[bytes, bool]:
     """Where the part of ``[start, end)`` that starts in ``region`` ends.
 
@@ -165,10 +180,9 @@ def clip_to_region(region: Region, start: bytes, end: bytes) -> tuple[bytes, boo
             f"key {format_key(start)} is not in region {region.id} "
             f"[{format_key(region.start_key)}, {format_key(region.end_key)})"
         )
-    r_end = region.end_key
-    if not r_end or (end and r_end >= end):
+    if region.reaches(end):
         return end, True
-    return r_end, False
+    return region.end_key, False
 
 
 class RangeProgress:
@@ -247,9 +261,12 @@ class RangeTaskRunner:
         region_backoff_ms: Backoff budget of one part across its re-locations (client-go
             ``deleteRangeOneRegionMaxBackoff``: 100 s).
         backoff_vars: Backoff tunables (tests shorten sleeps through them).
+        regions_per_batch: Regions located at a time when ``locator`` is a
+            :class:`WindowedRangeLocator` (client-go ``regionsPerTask``, 128); other
+            locators are asked region by region.
 
     Raises:
-        ValueError: ``concurrency`` < 1.
+        ValueError: ``concurrency`` or ``regions_per_batch`` < 1.
 
     """
 
@@ -263,9 +280,13 @@ class RangeTaskRunner:
         on_progress: ProgressCallback | None = None,
         region_backoff_ms: int = DELETE_RANGE_ONE_REGION_MAX_BACKOFF,
         backoff_vars: BackoffVars = DEFAULT_VARS,
+        regions_per_batch: int = DEFAULT_REGIONS_PER_BATCH,
     ) -> None:
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        for what, value in (("concurrency", concurrency), ("regions_per_batch", regions_per_batch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{what} must be an int >= 1, got {value!r}")
+        self._windowed = locator if isinstance(locator, WindowedRangeLocator) else None
+        self._regions_per_batch = regions_per_batch
         self.name = name
         self._locator = locator
         self._handler = handler
@@ -389,16 +410,37 @@ class RangeTaskRunner:
         assert progress is not None
         key = start
         while True:
-            region = await self._locator.locate_key(key)
+            parts = await self._next_parts(key, end)
+            for region, part_start, part_end, last in parts:
+                progress.register(part_start, part_end)
+                await queue.put((region, part_start, part_end))
+                progress.advance(part_end, last=last)
+            _, _, key, done = parts[-1]
+            if done:
+                break
+        for _ in range(self._concurrency):
+            await queue.put(None)
+
+    async def _next_parts(
+        self, start: bytes, end: bytes
+    ) -> list[tuple[Region, bytes, bytes, bool]]:
+        """The next parts of ``[start, end)``: ``(region, part_start, part_end, is_last)``.
+
+        One window of regions from a windowed locator, else the one region of ``start``.
+        """
+        if self._windowed is not None:
+            regions = await self._windowed.locate_regions(start, end, limit=self._regions_per_batch)
+        else:
+            regions = [await self._locator.locate_key(start)]
+        parts: list[tuple[Region, bytes, bytes, bool]] = []
+        key = start
+        for region in regions:
             part_end, last = clip_to_region(region, key, end)
-            progress.register(key, part_end)
-            await queue.put((region, key, part_end))
-            progress.advance(part_end, last=last)
+            parts.append((region, key, part_end, last))
             if last:
                 break
             key = part_end
-        for _ in range(self._concurrency):
-            await queue.put(None)
+        return parts
 
     async def _work(self, queue: asyncio.Queue[tuple[Region, bytes, bytes] | None]) -> None:
         while True:
@@ -412,12 +454,13 @@ class RangeTaskRunner:
         parts: list[tuple[Region, bytes, bytes]] = []
         key = start
         while True:
-            region = await self._locator.locate_key(key)
-            part_end, last = clip_to_region(region, key, end)
-            parts.append((region, key, part_end))
-            if last:
+            window = await self._next_parts(key, end)
+            parts.extend(
+                (region, part_start, part_end) for region, part_start, part_end, _ in window
+            )
+            _, _, key, done = window[-1]
+            if done:
                 return parts
-            key = part_end
 
     async def _run_part(self, region: Region, start: bytes, end: bytes) -> None:
         progress = self._progress

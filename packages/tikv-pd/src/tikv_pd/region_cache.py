@@ -116,6 +116,17 @@ def _check_key(name: str, key: object) -> None:
         raise TypeError(f"{name} must be bytes, got {type(key).__name__}")
 
 
+def _check_range(start: bytes, end: bytes) -> None:
+    """Reject a range ``[start, end)`` that is not two bytes keys with ``start < end``."""
+    _check_key("start", start)
+    _check_key("end", end)
+    if end and end <= start:
+        raise ValueError(
+            f"end {format_key(end)} must be greater than start {format_key(start)} "
+            "(or empty for +inf)"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class RegionEpoch:
     """A region's epoch (metapb.RegionEpoch).
@@ -215,6 +226,14 @@ class Region:
         if not key:
             return not self.end_key
         return self.start_key < key and (not self.end_key or key <= self.end_key)
+
+    def reaches(self, end: bytes) -> bool:
+        """Whether the region extends to the range end ``end`` or past it.
+
+        ``end=b""`` is +inf, reached only by the last region. A walk over a range stops
+        at the first region that reaches its end (client-go's ``isLast``).
+        """
+        return not self.end_key or (bool(end) and self.end_key >= end)
 
     def overlaps(self, start: bytes, end: bytes) -> bool:
         """Whether this region intersects ``[start, end)`` (empty end = +inf)."""
@@ -603,25 +622,18 @@ class RegionCache:
 
         Walks cached regions from ``start`` and stops at the first uncached gap.
         """
-        _check_key("start", start)
-        _check_key("end", end)
-        if end and end <= start:
-            raise ValueError(
-                f"end {format_key(end)} must be greater than start {format_key(start)} "
-                "(or empty for +inf)"
-            )
+        _check_range(start, end)
         parts: list[tuple[Region, bytes, bytes]] = []
         cursor = start
         while True:
             region = self.locate_key(cursor)
             if region is None:
                 return RangeSplit(parts, cursor)
-            r_end = region.end_key
-            if not r_end or (end and r_end >= end):
+            if region.reaches(end):
                 parts.append((region, cursor, end))
                 return RangeSplit(parts, None)
-            parts.append((region, cursor, r_end))
-            cursor = r_end
+            parts.append((region, cursor, region.end_key))
+            cursor = region.end_key
 
     # ----------------------------------------------------------------------------------
     # Corrections from region errors
@@ -731,7 +743,7 @@ class RegionCache:
                 break
             if not region.contains(cursor):
                 continue
-            if not region.end_key or (end and region.end_key >= end):
+            if region.reaches(end):
                 return True
             cursor = region.end_key
         return False
@@ -887,6 +899,65 @@ class RegionCache:
             pending = rest
         return groups
 
+    async def load_window(
+        self,
+        start: bytes,
+        end: bytes,
+        loader: KeyLoader,
+        *,
+        range_loader: RangeLoader | None = None,
+        limit: int = DEFAULT_REGIONS_PER_BATCH,
+    ) -> list[Region]:
+        """The regions of ``[start, end)`` from the one containing ``start``: at most ``limit``.
+
+        Cached regions are used as they are; at the first uncached key ``range_loader``
+        (PD ScanRegions) loads up to ``limit`` consecutive regions at once — all of them
+        are cached, those past the window serve the next one — as client-go's
+        ``BatchLoadRegionsWithKeyRange`` does. Without a range loader, or when its answer
+        does not start at that key (a region being split), ``loader`` loads the one
+        region (single-flight, like :meth:`get_or_load`).
+
+        Args:
+            start: The window's first key.
+            end: The range's end (empty = +inf); the window stops at the region that
+                reaches it.
+            loader: Loads the region of one key (PD GetRegion).
+            range_loader: Loads up to ``limit`` consecutive regions of a range.
+            limit: The window's size (client-go defaultRegionsPerBatch = 128).
+
+        Raises:
+            TypeError / ValueError: Bad keys, ``start >= end`` or ``limit < 1``.
+
+        """
+        _check_range(start, end)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+        window: list[Region] = []
+        key = start
+        while len(window) < limit:
+            region = self.locate_key(key)
+            if region is None and range_loader is not None:
+                loaded = sorted(await range_loader(key, end, limit), key=_start_of)
+                self.insert_many(loaded)
+                before = len(window)
+                for found in loaded:
+                    # Consecutive from ``key`` only (PD may answer with a gap mid-split).
+                    if len(window) == limit or not found.contains(key):
+                        break
+                    window.append(found)
+                    if found.reaches(end):
+                        return window
+                    key = found.end_key
+                if len(window) > before:
+                    continue
+            if region is None:
+                region = await self.get_or_load(key, loader)
+            window.append(region)
+            if region.reaches(end):
+                break
+            key = region.end_key
+        return window
+
     async def load_and_split_range(
         self,
         start: bytes,
@@ -897,6 +968,8 @@ class RegionCache:
         batch_limit: int = DEFAULT_REGIONS_PER_BATCH,
     ) -> list[tuple[Region, bytes, bytes]]:
         """Cut ``[start, end)`` at region boundaries, loading uncached regions.
+
+        Walks the range window by window (:meth:`load_window`).
 
         Args:
             start: Range start.
@@ -911,34 +984,18 @@ class RegionCache:
         """
         if batch_limit < 1:
             raise ValueError(f"batch_limit must be >= 1, got {batch_limit}")
-        split = self.split_range_by_region(start, end)
-        parts = list(split.parts)
-        while split.resume_key is not None:
-            cursor = split.resume_key
-            if range_loader is not None:
-                loaded = sorted(await range_loader(cursor, end, batch_limit), key=_start_of)
-                self.insert_many(loaded)
-                for region in loaded:
-                    if not region.contains(cursor):
-                        break
-                    r_end = region.end_key
-                    if not r_end or (end and r_end >= end):
-                        parts.append((region, cursor, end))
-                        return parts
-                    parts.append((region, cursor, r_end))
-                    cursor = r_end
-            if cursor == split.resume_key:
-                # No batch loader, or it made no progress: load the one region.
-                region = await self.get_or_load(cursor, loader)
-                r_end = region.end_key
-                if not r_end or (end and r_end >= end):
-                    parts.append((region, cursor, end))
-                    return parts
-                parts.append((region, cursor, r_end))
-                cursor = r_end
-            split = self.split_range_by_region(cursor, end)
-            parts.extend(split.parts)
-        return parts
+        parts: list[tuple[Region, bytes, bytes]] = []
+        key = start
+        while True:
+            window = await self.load_window(
+                key, end, loader, range_loader=range_loader, limit=batch_limit
+            )
+            for region in window:
+                part_end = end if region.reaches(end) else region.end_key
+                parts.append((region, key, part_end))
+                key = part_end
+            if window[-1].reaches(end):
+                return parts
 
     def sweep_expired(self, limit: int = 50) -> int:
         """Drop expired entries among the next ``limit`` cached regions.
