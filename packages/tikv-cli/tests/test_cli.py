@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
-from _cli_runner import Tikv
-from tikv_cli._clients import txn_available
+from _cli_runner import Outcome, Tikv
 from tikv_mockstore import MockCluster
-
-needs_txn = pytest.mark.skipif(
-    not txn_available(), reason="tikv-txn provides no TransactionClient in this installation"
-)
+from tikv_txn import GCTooEarlyError, TransactionClient
 
 
 def _closed_port() -> int:
@@ -109,7 +106,6 @@ def test_ttl_refused_by_cluster_exits_3(tikv: Tikv, txn_cluster: MockCluster) ->
     assert "ttl" in result.err.lower()
 
 
-@needs_txn
 def test_txn_one_shot_commands(tikv: Tikv, txn_cluster: MockCluster) -> None:
     pd = ["--pd", txn_cluster.pd_endpoints[0]]
     put = tikv("txn", "put", "acct/alice", "100", *pd)
@@ -122,8 +118,72 @@ def test_txn_one_shot_commands(tikv: Tikv, txn_cluster: MockCluster) -> None:
     assert (gone.code, gone.err) == (1, "(not found)\n")
 
 
-@needs_txn
 def test_txn_unreachable_pd_honours_timeout(tikv: Tikv) -> None:
     result = tikv("txn", "get", "k", "--pd", f"127.0.0.1:{_closed_port()}", "--timeout", "0.5")
     assert result.code == 3
     assert result.err.startswith("tikv: cannot reach PD")
+
+
+def _commit_ts(outcome: Outcome) -> int:
+    assert outcome.code == 0, outcome
+    prefix = "OK (committed at "
+    assert outcome.out.startswith(prefix), outcome.out
+    return int(outcome.out.removeprefix(prefix).split(")")[0])
+
+
+def test_txn_scan_options_and_delete_range(tikv: Tikv, txn_cluster: MockCluster) -> None:
+    pd = ["--pd", txn_cluster.pd_endpoints[0]]
+    for name, value in (("a", "1"), ("b", "2"), ("c", "3")):
+        assert tikv("txn", "put", f"range/{name}", value, *pd).code == 0
+    reverse = tikv("txn", "scan", "range/", "range0", "--reverse", "--limit", "2", *pd)
+    assert reverse.out == "range/c\t3\nrange/b\t2\n"
+    keys = tikv("txn", "scan", "range/", "range0", "--keys-only", *pd)
+    assert keys.out == "range/a\nrange/b\nrange/c\n"
+    bad = tikv("txn", "delete-range", "range0", "range/", *pd)
+    assert (bad.code, bad.err) == (2, "tikv: error: delete-range: END must be greater than START\n")
+    deleted = tikv("txn", "delete-range", "range/b", "range0", *pd)
+    assert deleted.code == 0 and deleted.out.startswith("OK (") and "region" in deleted.out
+    assert tikv("txn", "scan", "range/", "range0", *pd).out == "range/a\t1\n"
+
+
+def test_txn_stale_reads(tikv: Tikv, txn_cluster: MockCluster) -> None:
+    pd = ["--pd", txn_cluster.pd_endpoints[0]]
+    assert tikv("txn", "put", "stale/k", "v1", *pd).code == 0
+    assert tikv("txn", "get", "stale/k", *pd).out == "v1\n"
+    # An hour ago the key did not exist: the stale read does not see the new write.
+    old = tikv("txn", "get", "stale/k", "--stale", "3600", *pd)
+    assert old.code == 1 and old.err.startswith("(not found at ts ")
+    assert tikv("txn", "scan", "stale/", "stale0", "--stale", "3600", *pd).out == ""
+    # A short staleness catches up with the write once the write is that old.
+    deadline = time.monotonic() + 20
+    while True:
+        recent = tikv("txn", "get", "stale/k", "--stale", "0.2", *pd)
+        if recent.code == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert (recent.code, recent.out) == (0, "v1\n")
+    scan = tikv("txn", "scan", "stale/", "stale0", "--stale", "0.2", *pd)
+    assert scan.out == "stale/k\tv1\n"
+    assert tikv("txn", "get", "k", "--stale", "0", *pd).code == 2
+
+
+def test_txn_gc(tikv: Tikv) -> None:
+    # A cluster of its own: GC moves its safepoint, which older reads elsewhere would hit.
+    with MockCluster(stores=1, regions=2) as cluster:
+        pd = ["--pd", cluster.pd_endpoints[0]]
+        first = _commit_ts(tikv("txn", "put", "gc/k", "v1", *pd))
+        second = _commit_ts(tikv("txn", "put", "gc/k", "v2", *pd))
+        result = tikv("txn", "gc", str(second), *pd)
+        assert result.code == 0, result
+        assert result.out.startswith(f"GC safepoint: {second} (")
+        with TransactionClient.connect(cluster.pd_endpoints) as client:
+            assert client.gc_safe_point() == second
+            with pytest.raises(GCTooEarlyError):
+                client.snapshot(first).get(b"gc/k")
+        assert tikv("txn", "get", "gc/k", *pd).out == "v2\n"
+        # The safepoint never moves back: asking for an older one leaves it where it is.
+        again = tikv("txn", "gc", str(first), *pd)
+        assert again.code == 0 and again.out.startswith(f"GC safepoint: {second} (")
+        future = tikv("txn", "gc", str(1 << 62), *pd)
+        assert future.code == 2 and "is in the future" in future.err
+        assert tikv("txn", "gc", "soon", *pd).code == 2

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import io
 
-import pytest
-from tikv_cli._clients import txn_available
-from tikv_cli.shell import run_shell
+from tikv_cli.shell import Shell, run_shell
 from tikv_mockstore import MockCluster
 
 
@@ -61,7 +59,6 @@ def test_help_and_transaction_state_errors(txn_cluster: MockCluster) -> None:
     ]
 
 
-@pytest.mark.skipif(not txn_available(), reason="tikv-txn provides no TransactionClient")
 def test_transactions(txn_cluster: MockCluster) -> None:
     out, err = session(
         txn_cluster,
@@ -82,7 +79,7 @@ def test_transactions(txn_cluster: MockCluster) -> None:
         "txn put acct/w 0",
     )
     lines = out.splitlines()
-    assert lines[0].startswith("BEGIN (optimistic)")
+    assert lines[0].startswith("BEGIN (optimistic, start ts ")
     assert lines[1] == "1"  # the transaction reads its own write
     assert lines[2] == "ROLLBACK"  # the first transaction, with x and y
     assert lines[3].startswith("BEGIN") and lines[4] == "ROLLBACK"
@@ -93,3 +90,75 @@ def test_transactions(txn_cluster: MockCluster) -> None:
     assert len(lines) == 9
     assert "error: a transaction is already open: commit or rollback first" in err
     assert "(not found)" in err  # acct/z was rolled back
+
+
+def test_pessimistic_transactions_lock_keys_for_other_sessions(txn_cluster: MockCluster) -> None:
+    a_out, a_err, b_out, b_err = (io.StringIO() for _ in range(4))
+    a = Shell(txn_cluster.pd_endpoints, out=a_out, err=a_err)
+    b = Shell(txn_cluster.pd_endpoints, out=b_out, err=b_err)
+    try:
+        for line in ("begin --pessimistic", "get-for-update pess/p", "lock pess/q pess/r"):
+            a.execute(line)
+        a.execute("put pess/p 1")
+        for line in (
+            "get-for-update pess/p",  # outside a transaction
+            "begin --pessimistic",
+            "get-for-update pess/p --no-wait",
+            "lock pess/q --no-wait",
+            "rollback",
+        ):
+            b.execute(line)
+        a.execute("commit")
+        for line in ("begin --pessimistic", "get-for-update pess/p", "lock pess/q", "commit"):
+            b.execute(line)
+        b.execute("begin")  # optimistic: get-for-update reads, the check is at commit
+        b.execute("get-for-update pess/p")
+        b.execute("rollback")
+    finally:
+        a.close()
+        b.close()
+    a_lines = a_out.getvalue().splitlines()
+    assert a_lines[0].startswith("BEGIN (pessimistic, start ts ")
+    assert len(a_lines) == 3 and a_lines[1] == "LOCKED 2 keys"
+    assert a_lines[2].startswith("COMMIT (at ")
+    assert a_err.getvalue() == "(not found)\n"  # pess/p did not exist when it was locked
+    b_errors = b_err.getvalue().splitlines()
+    assert b_errors[0] == (
+        "error: get-for-update works inside a transaction: 'begin --pessimistic' (locks now) "
+        "or 'begin' (checked at commit) first"
+    )
+    # While a holds the locks, b's no-wait lock attempts fail at once.
+    assert b_errors[1].startswith("failed: LockWaitTimeoutError: ")
+    assert "pess/p" in b_errors[1]
+    assert b_errors[2].startswith("failed: LockWaitTimeoutError: ")
+    assert "pess/q" in b_errors[2]
+    assert len(b_errors) == 3
+    b_lines = b_out.getvalue().splitlines()
+    assert b_lines[1] == "ROLLBACK"
+    # After a committed, b locks and reads a's write.
+    assert b_lines[2].startswith("BEGIN (pessimistic")
+    assert b_lines[3:5] == ["1", "LOCKED 1 key"]
+    assert b_lines[5].startswith("COMMIT (at ")
+    assert b_lines[6].startswith("BEGIN (optimistic") and b_lines[7:] == ["1", "ROLLBACK"]
+
+
+def test_client_level_txn_commands(txn_cluster: MockCluster) -> None:
+    out, err = session(
+        txn_cluster,
+        "txn put shellgc/a 1",
+        "txn put shellgc/b 2",
+        "txn get shellgc/a --stale 3600",
+        "begin",
+        "txn delete-range shellgc/b shellgc0",  # runs outside the open transaction
+        "scan shellgc/ shellgc0",
+        "rollback",
+        "txn scan shellgc/ shellgc0",
+        "txn gc 1",
+    )
+    lines = out.splitlines()
+    assert lines[0].startswith("OK (committed at ") and lines[1].startswith("OK (committed at ")
+    assert lines[2].startswith("BEGIN (optimistic")
+    assert lines[3].startswith("OK (") and "region" in lines[3]
+    assert lines[4:7] == ["shellgc/a\t1", "ROLLBACK", "shellgc/a\t1"]
+    assert lines[7].startswith("GC safepoint: ")
+    assert err.startswith("(not found at ts ")

@@ -17,8 +17,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from tikv_pd.errors import TiKVError, WriteConflictError
+from tikv_txn import TransactionClient
 
-from tikv_cli._clients import TxnClientLike, TxnUnavailableError, connect_raw, connect_txn
+from tikv_cli._clients import connect_raw, connect_txn
 from tikv_cli._format import show_bytes
 
 __all__ = ["run_demo"]
@@ -200,23 +201,14 @@ _FRUITS = [
 
 def _txn_tour(tour: _Tour, endpoints: list[str], *, api_version: int, timeout: float) -> None:
     tour.section("Transactions (TransactionClient)")
-    try:
-        client = connect_txn(endpoints, api_version=api_version, timeout=timeout)
-    except TxnUnavailableError as exc:
-        tour.unavailable("transactions", str(exc))
-        tour.note(
-            "not run: commit, conflicting transactions with retry, pessimistic lock, "
-            "snapshot read at an old timestamp"
-        )
-        return
-    with client:
+    with connect_txn(endpoints, api_version=api_version, timeout=timeout) as client:
         _attempt(tour, "commit", lambda: _txn_commit(tour, client))
         _attempt(tour, "conflict", lambda: _txn_conflict(tour, client))
         _attempt(tour, "pessimistic lock", lambda: _txn_pessimistic(tour, client))
         _attempt(tour, "snapshot read", lambda: _txn_snapshot(tour, client))
 
 
-def _txn_commit(tour: _Tour, client: TxnClientLike) -> None:
+def _txn_commit(tour: _Tour, client: TransactionClient) -> None:
     alice, bob = _k("acct/alice"), _k("acct/bob")
     txn = client.begin()
     txn.put(alice, b"100")
@@ -228,7 +220,7 @@ def _txn_commit(tour: _Tour, client: TxnClientLike) -> None:
     check.rollback()
 
 
-def _txn_conflict(tour: _Tour, client: TxnClientLike) -> None:
+def _txn_conflict(tour: _Tour, client: TransactionClient) -> None:
     alice = _k("acct/alice")
     t1 = client.begin()
     t2 = client.begin()
@@ -270,7 +262,7 @@ def _short(text: str, limit: int = 100) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _txn_pessimistic(tour: _Tour, client: TxnClientLike) -> None:
+def _txn_pessimistic(tour: _Tour, client: TransactionClient) -> None:
     bob = _k("acct/bob")
     txn = client.begin(pessimistic=True)
     value = txn.get_for_update(bob)
@@ -279,7 +271,7 @@ def _txn_pessimistic(tour: _Tour, client: TxnClientLike) -> None:
     tour.step("put(bob, bob + 5); commit", f"committed at ts {txn.commit()}")
 
 
-def _txn_snapshot(tour: _Tour, client: TxnClientLike) -> None:
+def _txn_snapshot(tour: _Tour, client: TransactionClient) -> None:
     key = _k("acct/carol")
     first = client.begin()
     first.put(key, b"version 1")

@@ -100,11 +100,15 @@ def build_parser() -> ArgParser:
 
     raw = sub.add_parser("raw", help="one raw key-value command against --pd")
     raw_sub = raw.add_subparsers(dest="op", required=True, metavar="OP")
-    add_kv_commands(raw_sub, RAW_COMMANDS, parents=[conn, keys])
+    add_kv_commands(raw_sub, RAW_COMMANDS, parents=[conn, keys], kind="raw")
 
-    txn = sub.add_parser("txn", help="one transactional command (its own transaction)")
+    txn = sub.add_parser(
+        "txn",
+        help="one transactional command: get / put / delete / scan in a transaction of its "
+        "own; stale reads, delete-range and gc on the client",
+    )
     txn_sub = txn.add_subparsers(dest="op", required=True, metavar="OP")
-    add_kv_commands(txn_sub, TXN_COMMANDS, parents=[conn, keys])
+    add_kv_commands(txn_sub, TXN_COMMANDS, parents=[conn, keys], kind="txn")
 
     sub.add_parser(
         "shell",
@@ -168,21 +172,12 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             return run_raw(client, args, out, err)
     if command == "txn":
         from tikv_cli._clients import connect_txn
-        from tikv_cli.commands import check_kv_args, run_txn
+        from tikv_cli.commands import check_kv_args, run_txn_once
 
         endpoints = _endpoints(args)
         check_kv_args(args)
         with connect_txn(endpoints, api_version=args.api_version, timeout=args.timeout) as tc:
-            txn = tc.begin()
-            try:
-                status = run_txn(txn, args, out, err)
-            except BaseException:
-                txn.rollback()
-                raise
-            commit_ts = txn.commit()
-            if args.op in ("put", "delete"):
-                print(f"OK (committed at {commit_ts})", file=out)
-            return status
+            return run_txn_once(tc, args, out, err)
     if command == "shell":
         from tikv_cli.shell import run_shell
 
@@ -241,10 +236,6 @@ def _is_tikv_error(exc: BaseException) -> bool:
 def _describe(exc: BaseException) -> str:
     from tikv_pd.errors import PDError, StoreUnavailableError, TiKVError
 
-    from tikv_cli._clients import TxnUnavailableError
-
-    if isinstance(exc, TxnUnavailableError):
-        return str(exc)
     if isinstance(exc, PDError):
         return f"cannot reach PD: {getattr(exc, 'message', exc)}"
     if isinstance(exc, StoreUnavailableError):

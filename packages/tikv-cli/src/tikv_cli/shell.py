@@ -5,8 +5,14 @@ Lines are split like a POSIX shell (quotes group words). Commands::
     get KEY | put KEY VALUE | delete KEY | scan [START [END]] [--limit N]
         outside a transaction: raw commands; inside ``begin`` … ``commit``: the transaction's
     raw OP ...      always a raw command (get put delete scan delete-range ttl checksum cas)
-    txn OP ...      a transactional command (inside a transaction: that one; else its own)
+    txn OP ...      a transactional command (get put delete scan): inside a transaction in
+                    that one, else in one of its own; ``txn get KEY --stale SECONDS`` (and
+                    scan) reads a stale snapshot; ``txn delete-range START [END]`` and
+                    ``txn gc SAFEPOINT`` run outside any transaction
     begin [--pessimistic]   start a transaction;  commit;  rollback
+    get-for-update KEY [--no-wait]   inside a transaction: read KEY and lock it
+    lock KEY... [--no-wait]          inside a transaction: lock KEYs
+        (pessimistic: locked now, waiting for other holders; optimistic: checked at commit)
     help;  exit / quit (or Ctrl-D)
 
 An error prints a message and the session goes on; leaving with a transaction open rolls it
@@ -22,17 +28,22 @@ from collections.abc import Iterable, Sequence
 from typing import TextIO
 
 from tikv_raw import RawClient
+from tikv_txn import Transaction, TransactionClient
 
-from tikv_cli._clients import TransactionLike, TxnClientLike, connect_raw, connect_txn
+from tikv_cli._clients import connect_raw, connect_txn
 from tikv_cli._format import UsageError
 from tikv_cli.commands import (
     RAW_COMMANDS,
     TXN_COMMANDS,
+    TXN_SHELL_COMMANDS,
     ArgParser,
     _HelpShownError,
     add_kv_commands,
     run_raw,
     run_txn,
+    run_txn_client,
+    run_txn_once,
+    runs_on_client,
 )
 
 __all__ = ["Shell", "run_shell"]
@@ -40,11 +51,15 @@ __all__ = ["Shell", "run_shell"]
 _HELP = __doc__.split("Commands::", 1)[1].split("An error", 1)[0] if __doc__ else ""
 
 
-def _parser(names: tuple[str, ...], prog: str, hex_keys: bool) -> ArgParser:
+#: Commands that need an open transaction.
+_IN_TXN_ONLY = tuple(name for name in TXN_SHELL_COMMANDS if name not in TXN_COMMANDS)
+
+
+def _parser(names: tuple[str, ...], prog: str, hex_keys: bool, kind: str) -> ArgParser:
     parser = ArgParser(prog=prog, add_help=False)
     parser.raise_errors = True
     sub = parser.add_subparsers(dest="op", required=True, metavar="OP", parser_class=ArgParser)
-    add_kv_commands(sub, names, parents=[])
+    add_kv_commands(sub, names, parents=[], kind=kind)
     for action in sub.choices.values():
         action.raise_errors = True
         action.set_defaults(hex=hex_keys)
@@ -71,10 +86,10 @@ class Shell:
         self.err = err
         self._raw: RawClient | None = None
         self._atomic: RawClient | None = None
-        self._txn_client: TxnClientLike | None = None
-        self.txn: TransactionLike | None = None
-        self._raw_parser = _parser(RAW_COMMANDS, "raw", hex_keys)
-        self._txn_parser = _parser(TXN_COMMANDS, "txn", hex_keys)
+        self._txn_client: TransactionClient | None = None
+        self.txn: Transaction | None = None
+        self._raw_parser = _parser(RAW_COMMANDS, "raw", hex_keys, "raw")
+        self._txn_parser = _parser(TXN_SHELL_COMMANDS, "txn", hex_keys, "txn")
         begin = ArgParser(prog="begin", add_help=False)
         begin.raise_errors = True
         begin.add_argument("--pessimistic", action="store_true")
@@ -96,7 +111,7 @@ class Shell:
             )
         return self._raw
 
-    def txn_client(self) -> TxnClientLike:
+    def txn_client(self) -> TransactionClient:
         """The transactional client, connected on first use."""
         if self._txn_client is None:
             self._txn_client = connect_txn(
@@ -142,7 +157,7 @@ class Shell:
                 self._raw_command(rest)
             elif head == "txn":
                 self._txn_command(rest)
-            elif head in TXN_COMMANDS and self.txn is not None:
+            elif head in _IN_TXN_ONLY or (head in TXN_COMMANDS and self.txn is not None):
                 self._txn_command(words)
             elif head in RAW_COMMANDS:
                 self._raw_command(words)
@@ -165,28 +180,29 @@ class Shell:
 
     def _txn_command(self, words: list[str]) -> None:
         args = self._txn_parser.parse_args(words)
-        if self.txn is not None:
+        if runs_on_client(args):
+            run_txn_client(self.txn_client(), args, self.out, self.err)
+        elif self.txn is not None:
             run_txn(self.txn, args, self.out, self.err)
-            return
-        txn = self.txn_client().begin()
-        try:
-            run_txn(txn, args, self.out, self.err)
-        except BaseException:
-            txn.rollback()
-            raise
-        commit_ts = txn.commit()
-        if args.op in ("put", "delete"):
-            print(f"OK (committed at {commit_ts})", file=self.out)
+        elif args.op in _IN_TXN_ONLY:
+            raise UsageError(
+                f"{args.op} works inside a transaction: 'begin --pessimistic' (locks now) "
+                "or 'begin' (checked at commit) first"
+            )
+        else:
+            run_txn_once(self.txn_client(), args, self.out, self.err)
 
     def _begin(self, words: list[str]) -> None:
         args = self._begin_parser.parse_args(words)
         if self.txn is not None:
             raise UsageError("a transaction is already open: commit or rollback first")
         client = self.txn_client()
-        self.txn = client.begin(pessimistic=True) if args.pessimistic else client.begin()
+        self.txn = client.begin(pessimistic=args.pessimistic)
         kind = "pessimistic" if args.pessimistic else "optimistic"
         print(
-            f"BEGIN ({kind}); get / put / delete / scan now work in the transaction", file=self.out
+            f"BEGIN ({kind}, start ts {self.txn.start_ts}); get / put / delete / scan / "
+            "get-for-update / lock now work in the transaction",
+            file=self.out,
         )
 
     def _commit(self) -> None:
