@@ -273,50 +273,52 @@ class StoreScope:
     def _check_routing(
         self, ctx: kvrpcpb_pb2.Context, region: Region | None
     ) -> errorpb_pb2.Error | None:
-        if ctx.peer.store_id != self._store_id:
+        # Every request runs this: each protobuf field is read once, and the replica-read
+        # fields only when this store does not lead the region.
+        store_id = self._store_id
+        to_peer = ctx.peer
+        if to_peer.store_id != store_id:
             return errorpb_pb2.Error(
-                message=f"to store id {ctx.peer.store_id}, mine {self._store_id}",
+                message=f"to store id {to_peer.store_id}, mine {store_id}",
                 store_not_match=errorpb_pb2.StoreNotMatch(
-                    request_store_id=ctx.peer.store_id, actual_store_id=self._store_id
+                    request_store_id=to_peer.store_id, actual_store_id=store_id
                 ),
             )
-        peer = region.peer_on(self._store_id) if region is not None else None
+        peer = region.peer_on(store_id) if region is not None else None
         if region is None or peer is None:
             return _region_not_found(ctx.region_id)
-        if ctx.peer.id != peer.id:
+        if to_peer.id != peer.id:
             # raftstore ``check_peer_id``: the request must name this store's peer.
             return errorpb_pb2.Error(
-                message=f"mismatch peer id {ctx.peer.id} != {peer.id}",
+                message=f"mismatch peer id {to_peer.id} != {peer.id}",
                 mismatch_peer_id=errorpb_pb2.MismatchPeerId(
-                    request_peer_id=ctx.peer.id, store_peer_id=peer.id
+                    request_peer_id=to_peer.id, store_peer_id=peer.id
                 ),
             )
+        leader = region.leader_store_id == store_id
         # Replica and stale reads are served by followers (TiKV read index / safe ts), but
         # only for read commands: raftstore allows a follower when the request is read-only
         # and asks for replica read (``allow_replica_read = read_only && replica_read``).
-        follower_ok = (ctx.replica_read or ctx.stale_read) and (
-            _CURRENT_COMMAND.get() in READ_COMMANDS
-        )
-        if region.leader_store_id != self._store_id and not follower_ok:
+        if not leader and not (
+            (ctx.replica_read or ctx.stale_read) and _CURRENT_COMMAND.get() in READ_COMMANDS
+        ):
             return _not_leader(region)
         if not ctx.HasField("region_epoch"):
             return errorpb_pb2.Error(message="missing epoch!")
-        if ctx.region_epoch.version != region.version:
-            current = [
-                region,
-                *self._cluster.siblings_for_epoch_error(region, ctx.region_epoch.version),
-            ]
+        epoch = ctx.region_epoch
+        if epoch.version != region.version:
+            current = [region, *self._cluster.siblings_for_epoch_error(region, epoch.version)]
             return errorpb_pb2.Error(
                 message=(
                     f"current epoch of region {region.id} is conf_ver: {region.conf_ver} "
                     f"version: {region.version}, but you sent conf_ver: "
-                    f"{ctx.region_epoch.conf_ver} version: {ctx.region_epoch.version}"
+                    f"{epoch.conf_ver} version: {epoch.version}"
                 ),
                 epoch_not_match=errorpb_pb2.EpochNotMatch(
                     current_regions=[r.to_pb() for r in current]
                 ),
             )
-        if ctx.stale_read and region.leader_store_id != self._store_id:
+        if not leader and ctx.stale_read:
             return self._check_stale_read(region, peer.id)
         return None
 
