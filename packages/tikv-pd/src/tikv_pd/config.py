@@ -587,9 +587,7 @@ class TransactionOptions:
             ValueError: ``mode`` was passed, or a value is invalid.
 
         """
-        if "mode" in overrides:
-            raise ValueError("TransactionOptions.optimistic() sets mode itself")
-        return cls(mode="optimistic", **overrides)
+        return cls._of_mode("optimistic", overrides)
 
     @classmethod
     def pessimistic(cls, **overrides: Any) -> TransactionOptions:
@@ -602,9 +600,14 @@ class TransactionOptions:
             ValueError: ``mode`` was passed, or a value is invalid.
 
         """
+        return cls._of_mode("pessimistic", overrides)
+
+    @classmethod
+    def _of_mode(cls, mode: TxnMode, overrides: dict[str, Any]) -> TransactionOptions:
+        """The constructors' shared body: ``mode`` is theirs to set, not the caller's."""
         if "mode" in overrides:
-            raise ValueError("TransactionOptions.pessimistic() sets mode itself")
-        return cls(mode="pessimistic", **overrides)
+            raise ValueError(f"TransactionOptions.{mode}() sets mode itself")
+        return cls(mode=mode, **overrides)
 
     @property
     def is_pessimistic(self) -> bool:

@@ -950,7 +950,21 @@ class KeyIsLockedError(TxnError):
         return f"key is locked: {self.lock.describe()}"
 
 
-class TxnRetryableError(TxnError):
+class _ServerReasonError(TxnError):
+    """A transaction error that carries only the server's text (``_summary: reason``)."""
+
+    #: What the error means, shown before the server's text.
+    _summary = ""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def _describe(self) -> str:
+        return f"{self._summary}: {self.reason}"
+
+
+class TxnRetryableError(_ServerReasonError):
     """TiKV said the transaction may be retried from the start (``KeyError.retryable``).
 
     Attributes:
@@ -958,15 +972,10 @@ class TxnRetryableError(TxnError):
 
     """
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-    def _describe(self) -> str:
-        return f"retryable transaction error: {self.reason}"
+    _summary = "retryable transaction error"
 
 
-class TxnAbortedError(TxnError):
+class TxnAbortedError(_ServerReasonError):
     """TiKV aborted the request for a non-retryable reason (``KeyError.abort``).
 
     Attributes:
@@ -974,9 +983,4 @@ class TxnAbortedError(TxnError):
 
     """
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-    def _describe(self) -> str:
-        return f"transaction aborted: {self.reason}"
+    _summary = "transaction aborted"

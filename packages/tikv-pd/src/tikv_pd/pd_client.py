@@ -358,6 +358,22 @@ def _region_from(
     )
 
 
+def _region_of(method: str, item: pdpb_pb2.GetRegionResponse | pdpb_pb2.Region) -> PDRegion:
+    """:func:`_region_from` for a message with ``region``, ``leader``, peers and buckets.
+
+    ``GetRegion``-style responses and the items of ``ScanRegions`` / ``BatchScanRegions``
+    share these fields.
+    """
+    return _region_from(
+        method,
+        item.region,
+        item.leader if item.HasField("leader") else None,
+        item.down_peers,
+        item.pending_peers,
+        item.buckets if item.HasField("buckets") else None,
+    )
+
+
 # ---------------------------------------------------------------------------------------
 # TSO
 # ---------------------------------------------------------------------------------------
@@ -1050,6 +1066,19 @@ class PDClient:
                 raise error
             return response
 
+    async def _pd_unary(
+        self,
+        method: str,
+        select: Callable[[PDAsyncStub], grpc.aio.UnaryUnaryMultiCallable[_Req, _Resp]],
+        request: _Req,
+        backoffer: Backoffer | None,
+    ) -> _Resp:
+        """One unary ``pdpb.PD`` call through :meth:`_call`; ``select`` picks the method."""
+        timeout = self._config.pd_timeout
+        return await self._call(
+            method, lambda t: select(self._pd_stub(t))(request, timeout=timeout), backoffer
+        )
+
     async def get_region(
         self, key: bytes, *, need_buckets: bool = False, backoffer: Backoffer | None = None
     ) -> PDRegion | None:
@@ -1060,16 +1089,9 @@ class PDClient:
             PDError: PD failed or answered with an error.
 
         """
-        _check_key("key", key)
-        request = pdpb_pb2.GetRegionRequest(
-            header=self._header(), region_key=key, need_buckets=need_buckets
+        return await self._region_by_key(
+            "GetRegion", lambda s: s.GetRegion, key, need_buckets, backoffer
         )
-        resp = await self._call(
-            "GetRegion",
-            lambda t: self._pd_stub(t).GetRegion(request, timeout=self._config.pd_timeout),
-            backoffer,
-        )
-        return self._region_response("GetRegion", resp)
 
     async def get_prev_region(
         self, key: bytes, *, need_buckets: bool = False, backoffer: Backoffer | None = None
@@ -1081,16 +1103,28 @@ class PDClient:
             PDError: PD failed or answered with an error.
 
         """
+        return await self._region_by_key(
+            "GetPrevRegion", lambda s: s.GetPrevRegion, key, need_buckets, backoffer
+        )
+
+    async def _region_by_key(
+        self,
+        method: str,
+        select: Callable[
+            [PDAsyncStub],
+            grpc.aio.UnaryUnaryMultiCallable[pdpb_pb2.GetRegionRequest, pdpb_pb2.GetRegionResponse],
+        ],
+        key: bytes,
+        need_buckets: bool,
+        backoffer: Backoffer | None,
+    ) -> PDRegion | None:
+        """``GetRegion`` / ``GetPrevRegion``: one request shape, one answer shape."""
         _check_key("key", key)
         request = pdpb_pb2.GetRegionRequest(
             header=self._header(), region_key=key, need_buckets=need_buckets
         )
-        resp = await self._call(
-            "GetPrevRegion",
-            lambda t: self._pd_stub(t).GetPrevRegion(request, timeout=self._config.pd_timeout),
-            backoffer,
-        )
-        return self._region_response("GetPrevRegion", resp)
+        resp = await self._pd_unary(method, select, request, backoffer)
+        return self._region_response(method, resp)
 
     async def get_region_by_id(
         self, region_id: int, *, need_buckets: bool = False, backoffer: Backoffer | None = None
@@ -1106,25 +1140,12 @@ class PDClient:
         request = pdpb_pb2.GetRegionByIDRequest(
             header=self._header(), region_id=region_id, need_buckets=need_buckets
         )
-        resp = await self._call(
-            "GetRegionByID",
-            lambda t: self._pd_stub(t).GetRegionByID(request, timeout=self._config.pd_timeout),
-            backoffer,
-        )
+        resp = await self._pd_unary("GetRegionByID", lambda s: s.GetRegionByID, request, backoffer)
         return self._region_response("GetRegionByID", resp)
 
     @staticmethod
     def _region_response(method: str, resp: pdpb_pb2.GetRegionResponse) -> PDRegion | None:
-        if not resp.HasField("region"):
-            return None
-        return _region_from(
-            method,
-            resp.region,
-            resp.leader if resp.HasField("leader") else None,
-            resp.down_peers,
-            resp.pending_peers,
-            resp.buckets if resp.HasField("buckets") else None,
-        )
+        return _region_of(method, resp) if resp.HasField("region") else None
 
     async def scan_regions(
         self,
@@ -1153,25 +1174,10 @@ class PDClient:
         request = pdpb_pb2.ScanRegionsRequest(
             header=self._header(), start_key=start_key, end_key=end_key, limit=limit
         )
-        resp = await self._call(
-            "ScanRegions",
-            lambda t: self._pd_stub(t).ScanRegions(request, timeout=self._config.pd_timeout),
-            backoffer,
-        )
+        resp = await self._pd_unary("ScanRegions", lambda s: s.ScanRegions, request, backoffer)
         regions: list[PDRegion]
         if resp.regions:
-            regions = [
-                _region_from(
-                    "ScanRegions",
-                    r.region,
-                    r.leader if r.HasField("leader") else None,
-                    r.down_peers,
-                    r.pending_peers,
-                    r.buckets if r.HasField("buckets") else None,
-                )
-                for r in resp.regions
-                if r.HasField("region")
-            ]
+            regions = [_region_of("ScanRegions", r) for r in resp.regions if r.HasField("region")]
         else:
             # PD before v6 only fills region_metas and the parallel list of leaders.
             leaders = list(resp.leaders)
@@ -1241,23 +1247,10 @@ class PDClient:
             contain_all_key_range=contain_all_key_range,
             need_buckets=need_buckets,
         )
-        resp = await self._call(
-            "BatchScanRegions",
-            lambda t: self._pd_stub(t).BatchScanRegions(request, timeout=self._config.pd_timeout),
-            backoffer,
+        resp = await self._pd_unary(
+            "BatchScanRegions", lambda s: s.BatchScanRegions, request, backoffer
         )
-        return [
-            _region_from(
-                "BatchScanRegions",
-                r.region,
-                r.leader if r.HasField("leader") else None,
-                r.down_peers,
-                r.pending_peers,
-                r.buckets if r.HasField("buckets") else None,
-            )
-            for r in resp.regions
-            if r.HasField("region")
-        ]
+        return [_region_of("BatchScanRegions", r) for r in resp.regions if r.HasField("region")]
 
     async def get_store(self, store_id: int, *, backoffer: Backoffer | None = None) -> Store:
         """Return store ``store_id`` (address, state, labels, version, ...).
@@ -1270,11 +1263,7 @@ class PDClient:
         """
         _check_uint("store_id", store_id, minimum=1)
         request = pdpb_pb2.GetStoreRequest(header=self._header(), store_id=store_id)
-        resp = await self._call(
-            "GetStore",
-            lambda t: self._pd_stub(t).GetStore(request, timeout=self._config.pd_timeout),
-            backoffer,
-        )
+        resp = await self._pd_unary("GetStore", lambda s: s.GetStore, request, backoffer)
         if not resp.HasField("store") or resp.store.id == 0:
             raise PDError(f"GetStore: PD returned no store for id {store_id}")
         if resp.store.id != store_id:
@@ -1293,11 +1282,7 @@ class PDClient:
         request = pdpb_pb2.GetAllStoresRequest(
             header=self._header(), exclude_tombstone_stores=exclude_tombstone
         )
-        resp = await self._call(
-            "GetAllStores",
-            lambda t: self._pd_stub(t).GetAllStores(request, timeout=self._config.pd_timeout),
-            backoffer,
-        )
+        resp = await self._pd_unary("GetAllStores", lambda s: s.GetAllStores, request, backoffer)
         return [store_from_meta(m) for m in resp.stores if m.id]
 
     async def get_gc_safe_point(self, *, backoffer: Backoffer | None = None) -> int:
@@ -1308,10 +1293,8 @@ class PDClient:
 
         """
         request = pdpb_pb2.GetGCSafePointRequest(header=self._header())
-        resp = await self._call(
-            "GetGCSafePoint",
-            lambda t: self._pd_stub(t).GetGCSafePoint(request, timeout=self._config.pd_timeout),
-            backoffer,
+        resp = await self._pd_unary(
+            "GetGCSafePoint", lambda s: s.GetGCSafePoint, request, backoffer
         )
         return resp.safe_point
 
@@ -1330,10 +1313,8 @@ class PDClient:
         """
         _check_uint("safe_point", safe_point)
         request = pdpb_pb2.UpdateGCSafePointRequest(header=self._header(), safe_point=safe_point)
-        resp = await self._call(
-            "UpdateGCSafePoint",
-            lambda t: self._pd_stub(t).UpdateGCSafePoint(request, timeout=self._config.pd_timeout),
-            backoffer,
+        resp = await self._pd_unary(
+            "UpdateGCSafePoint", lambda s: s.UpdateGCSafePoint, request, backoffer
         )
         return resp.new_safe_point
 
@@ -1362,12 +1343,8 @@ class PDClient:
         request = pdpb_pb2.UpdateServiceGCSafePointRequest(
             header=self._header(), service_id=service_id, TTL=ttl, safe_point=safe_point
         )
-        resp = await self._call(
-            "UpdateServiceGCSafePoint",
-            lambda t: self._pd_stub(t).UpdateServiceGCSafePoint(
-                request, timeout=self._config.pd_timeout
-            ),
-            backoffer,
+        resp = await self._pd_unary(
+            "UpdateServiceGCSafePoint", lambda s: s.UpdateServiceGCSafePoint, request, backoffer
         )
         return ServiceSafePoint(resp.service_id, resp.TTL, resp.min_safe_point)
 
@@ -1383,10 +1360,8 @@ class PDClient:
         """
         _check_uint("keyspace_id", keyspace_id, bits=24)
         request = pdpb_pb2.GetGCSafePointV2Request(header=self._header(), keyspace_id=keyspace_id)
-        resp = await self._call(
-            "GetGCSafePointV2",
-            lambda t: self._pd_stub(t).GetGCSafePointV2(request, timeout=self._config.pd_timeout),
-            backoffer,
+        resp = await self._pd_unary(
+            "GetGCSafePointV2", lambda s: s.GetGCSafePointV2, request, backoffer
         )
         return resp.safe_point
 
@@ -1405,12 +1380,8 @@ class PDClient:
         request = pdpb_pb2.UpdateGCSafePointV2Request(
             header=self._header(), keyspace_id=keyspace_id, safe_point=safe_point
         )
-        resp = await self._call(
-            "UpdateGCSafePointV2",
-            lambda t: self._pd_stub(t).UpdateGCSafePointV2(
-                request, timeout=self._config.pd_timeout
-            ),
-            backoffer,
+        resp = await self._pd_unary(
+            "UpdateGCSafePointV2", lambda s: s.UpdateGCSafePointV2, request, backoffer
         )
         return resp.new_safe_point
 
@@ -1442,12 +1413,8 @@ class PDClient:
             ttl=ttl,
             safe_point=safe_point,
         )
-        resp = await self._call(
-            "UpdateServiceSafePointV2",
-            lambda t: self._pd_stub(t).UpdateServiceSafePointV2(
-                request, timeout=self._config.pd_timeout
-            ),
-            backoffer,
+        resp = await self._pd_unary(
+            "UpdateServiceSafePointV2", lambda s: s.UpdateServiceSafePointV2, request, backoffer
         )
         return ServiceSafePoint(resp.service_id, resp.ttl, resp.min_safe_point)
 
@@ -1459,12 +1426,8 @@ class PDClient:
 
         """
         request = pdpb_pb2.GetExternalTimestampRequest(header=self._header())
-        resp = await self._call(
-            "GetExternalTimestamp",
-            lambda t: self._pd_stub(t).GetExternalTimestamp(
-                request, timeout=self._config.pd_timeout
-            ),
-            backoffer,
+        resp = await self._pd_unary(
+            "GetExternalTimestamp", lambda s: s.GetExternalTimestamp, request, backoffer
         )
         return resp.timestamp
 
@@ -1483,12 +1446,8 @@ class PDClient:
         """
         _check_uint("timestamp", timestamp)
         request = pdpb_pb2.SetExternalTimestampRequest(header=self._header(), timestamp=timestamp)
-        await self._call(
-            "SetExternalTimestamp",
-            lambda t: self._pd_stub(t).SetExternalTimestamp(
-                request, timeout=self._config.pd_timeout
-            ),
-            backoffer,
+        await self._pd_unary(
+            "SetExternalTimestamp", lambda s: s.SetExternalTimestamp, request, backoffer
         )
 
     async def get_min_ts(self, *, backoffer: Backoffer | None = None) -> int:
@@ -1499,11 +1458,7 @@ class PDClient:
 
         """
         request = pdpb_pb2.GetMinTSRequest(header=self._header())
-        resp = await self._call(
-            "GetMinTS",
-            lambda t: self._pd_stub(t).GetMinTS(request, timeout=self._config.pd_timeout),
-            backoffer,
-        )
+        resp = await self._pd_unary("GetMinTS", lambda s: s.GetMinTS, request, backoffer)
         if not resp.HasField("timestamp"):
             raise PDError("GetMinTS: response has no timestamp")
         tso = resp.timestamp
@@ -1519,11 +1474,7 @@ class PDClient:
 
         """
         request = pdpb_pb2.AllocIDRequest(header=self._header())
-        resp = await self._call(
-            "AllocID",
-            lambda t: self._pd_stub(t).AllocID(request, timeout=self._config.pd_timeout),
-            backoffer,
-        )
+        resp = await self._pd_unary("AllocID", lambda s: s.AllocID, request, backoffer)
         if resp.id == 0:
             raise PDError("AllocID: PD returned id 0")
         return resp.id
@@ -1540,10 +1491,8 @@ class PDClient:
         request = pdpb_pb2.GetClusterInfoRequest(
             header=pdpb_pb2.ResponseHeader(cluster_id=self._cluster_id)
         )
-        resp = await self._call(
-            "GetClusterInfo",
-            lambda t: self._pd_stub(t).GetClusterInfo(request, timeout=self._config.pd_timeout),
-            backoffer,
+        resp = await self._pd_unary(
+            "GetClusterInfo", lambda s: s.GetClusterInfo, request, backoffer
         )
         modes = []
         for mode in resp.serviceModes:
