@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from tikv_mockstore import MockCluster
 from tikv_pd.backoff import Backoffer
 from tikv_pd.config import Config, TransactionOptions
 from tikv_pd.errors import LockInfo, TxnError
+from tikv_pd.interceptor import RPCInterceptor, RPCInvoker, RPCRequest, rpc_interceptor
 from tikv_txn import AsyncTransactionClient
 from tikv_txn.committer import TwoPhaseCommitter
 from tikv_txn.lock_resolver import RESOLVED_CACHE_SIZE
@@ -266,3 +268,70 @@ async def test_batch_resolve_locks_for_gc(
     live_status = reader.runtime.resolver.cached_status(live.start_ts)
     assert live_status is not None
     assert live_status.is_rolled_back
+
+
+def _recorder(log: list[str]) -> RPCInterceptor:
+    def wrap(next: RPCInvoker) -> RPCInvoker:
+        async def invoke(rpc: RPCRequest) -> Any:
+            log.append(rpc.command)
+            return await next(rpc)
+
+        return invoke
+
+    return rpc_interceptor("txn-recorder", wrap)
+
+
+TWO_PC = TransactionOptions.optimistic(async_commit=False, try_one_pc=False)
+
+
+async def test_lock_resolution_of_a_read_runs_inside_the_transactions_interceptor(
+    client: AsyncTransactionClient, reader: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    # client-go: the resolver sends with the reader's context, hence its interceptor.
+    keys = [b"\x10" + p + b"a", b"\x50" + p + b"b"]
+    dead = await prepared(client, keys, options=TWO_PC)
+    await dead.prewrite()
+    await expire(cluster, reader)
+    log: list[str] = []
+    txn = await reader.begin(TWO_PC)
+    txn.set_rpc_interceptor(_recorder(log))
+    assert await asyncio.wait_for(txn.get(keys[1]), NO_HANG) is None
+    assert {"Get", "CheckTxnStatus", "ResolveLock"} <= set(log)
+    assert locks_of_prefix(cluster, p) == []
+    await txn.rollback()
+
+
+async def test_lock_resolution_of_a_prewrite_runs_inside_the_transactions_interceptor(
+    client: AsyncTransactionClient, reader: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    keys = [b"\x10" + p + b"a", b"\x50" + p + b"b"]
+    dead = await prepared(client, keys, options=TWO_PC)
+    await dead.prewrite()
+    await expire(cluster, reader)
+    log: list[str] = []
+    txn = await reader.begin(TWO_PC)
+    txn.set_rpc_interceptor(_recorder(log))
+    txn.put(keys[1], b"mine")
+    assert await asyncio.wait_for(txn.commit(), NO_HANG) > 0
+    assert "Prewrite" in log
+    assert {"CheckTxnStatus", "ResolveLock"} <= set(log)
+
+
+async def test_lock_resolution_of_a_pessimistic_lock_runs_inside_the_transactions_interceptor(
+    client: AsyncTransactionClient, reader: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    key = b"\x50" + p + b"k"
+    holder = await client.begin(pessimistic=True)
+    await holder.lock_keys([key])
+    # The holder never finishes: it "crashed" (its heartbeat stops).
+    committer = holder._committer
+    assert committer is not None
+    committer.stop_heartbeat()
+    await expire(cluster, reader)
+    log: list[str] = []
+    txn = await reader.begin(pessimistic=True)
+    txn.set_rpc_interceptor(_recorder(log))
+    await asyncio.wait_for(txn.lock_keys([key]), NO_HANG)
+    assert "PessimisticLock" in log
+    assert "CheckTxnStatus" in log
+    await txn.rollback()

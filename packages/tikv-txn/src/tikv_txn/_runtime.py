@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 from collections.abc import Coroutine
@@ -144,6 +145,18 @@ class TxnRuntime:
         self.interceptor = interceptor
         self._options_memo.clear()
         self.base_options = self.request_options()
+
+    def resolve_options(self, interceptor: RPCInterceptor | None) -> RequestOptions:
+        """Options of the lock-resolution RPCs a transaction or snapshot sends.
+
+        ``interceptor`` is the caller's whole chain (the client's and its own): client-go's
+        resolver sends with the caller's context, which carries the transaction's
+        interceptor (``interceptor.WithRPCInterceptor``). The client's own chain maps to
+        :attr:`base_options` (whose built contexts the pipeline caches).
+        """
+        if interceptor is self.interceptor:
+            return self.base_options
+        return dataclasses.replace(self.base_options, interceptor=interceptor)
 
     def check_open(self) -> None:
         """Raise :class:`ClientClosedError` once the client is closed."""

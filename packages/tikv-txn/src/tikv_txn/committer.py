@@ -151,6 +151,10 @@ class TwoPhaseCommitter:
             **({"request_source": options.request_source} if options.request_source else {}),
             **({"interceptor": interceptor} if interceptor is not None else {}),
         )
+        #: Options of the lock resolution prewrite causes (the same interceptor chain).
+        self._resolve_options: RequestOptions | None = (
+            None if interceptor is None else runtime.resolve_options(interceptor)
+        )
         self._concurrency = cfg.committer_concurrency
         #: The mutations (encoded keys, key order) once :meth:`prepare` ran.
         self.plan: MutationPlan | None = None
@@ -454,7 +458,7 @@ class TwoPhaseCommitter:
                     self._maybe_start_heartbeat()
             if locks:
                 res = await self._rt.resolver.resolve_locks(
-                    bo, self.start_ts, locks, for_read=False
+                    bo, self.start_ts, locks, for_read=False, options=self._resolve_options
                 )
                 if res.ms_before_expired > 0:
                     await bo.backoff(
@@ -500,6 +504,15 @@ class TwoPhaseCommitter:
     def use_interceptor(self, interceptor: RPCInterceptor | None) -> None:
         """Send this transaction's later writes through ``interceptor`` (its whole chain)."""
         self._write_options = dataclasses.replace(self._write_options, interceptor=interceptor)
+        self._resolve_options = self._rt.resolve_options(interceptor)
+
+    @property
+    def resolve_options(self) -> RequestOptions | None:
+        """Options of the lock resolution this transaction's writes cause.
+
+        They carry the transaction's interceptor chain; ``None``: the client's options.
+        """
+        return self._resolve_options
 
     @property
     def prewrite_started(self) -> bool:

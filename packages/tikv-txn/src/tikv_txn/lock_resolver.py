@@ -41,7 +41,7 @@ from tikv_pd.backoff import (
 )
 from tikv_pd.errors import LockInfo, TxnError, TxnNotFoundError
 from tikv_pd.region_cache import Region
-from tikv_pd.request import KeysSharder
+from tikv_pd.request import KeysSharder, RequestOptions
 from tikv_proto import kvrpcpb_pb2
 
 from tikv_txn._kv import key_error_to_exception, lock_from_pb
@@ -156,6 +156,7 @@ class LockResolver:
         rollback_if_not_exist: bool,
         force_sync_commit: bool = False,
         resolving_pessimistic_lock: bool = False,
+        options: RequestOptions | None = None,
     ) -> TxnStatus:
         """Send ``CheckTxnStatus`` for ``txn_id`` to its primary key's region.
 
@@ -170,6 +171,9 @@ class LockResolver:
                 commit exists (settles a transaction whose primary was never written).
             force_sync_commit: Treat an async-commit primary as a normal one.
             resolving_pessimistic_lock: The lock met is a pessimistic lock.
+            options: Request options of the RPC (default: the client's,
+                :attr:`TxnRuntime.base_options`); a transaction passes its own, with its
+                interceptor chain (:meth:`TxnRuntime.resolve_options`).
 
         Raises:
             TxnNotFoundError: No lock, no commit record, and no rollback was requested.
@@ -193,7 +197,11 @@ class LockResolver:
         self.stats["check_txn_status"] += 1
         _count("query_txn_status")
         resp = await self._rt.sender.call_key(
-            "CheckTxnStatus", primary, req, bo=bo, options=self._rt.base_options
+            "CheckTxnStatus",
+            primary,
+            req,
+            bo=bo,
+            options=self._rt.base_options if options is None else options,
         )
         if resp.HasField("error"):
             raise key_error_to_exception(resp.error, start_ts=txn_id)
@@ -220,7 +228,12 @@ class LockResolver:
         )
 
     async def _status_from_lock(
-        self, bo: Backoffer, lock: LockInfo, caller_start_ts: int, force_sync_commit: bool
+        self,
+        bo: Backoffer,
+        lock: LockInfo,
+        caller_start_ts: int,
+        force_sync_commit: bool,
+        options: RequestOptions,
     ) -> tuple[TxnStatus, int]:
         """CheckTxnStatus for ``lock`` with client-go's TxnNotFound rules (getTxnStatusFromLock)."""
         rollback = False
@@ -236,6 +249,7 @@ class LockResolver:
                     rollback_if_not_exist=rollback,
                     force_sync_commit=force_sync_commit,
                     resolving_pessimistic_lock=lock.lock_type in _PESSIMISTIC_LOCK_TYPES,
+                    options=options,
                 )
                 return status, current_ts
             except TxnNotFoundError as exc:
@@ -259,6 +273,7 @@ class LockResolver:
         for_read: bool,
         lite: bool = False,
         pessimistic_region_resolve: bool = False,
+        options: RequestOptions | None = None,
     ) -> ResolveResult:
         """Settle ``locks`` met by a reader or writer (client-go ``ResolveLocks``).
 
@@ -273,6 +288,10 @@ class LockResolver:
                 region by region (``PessimisticRollback`` without keys), once per region,
                 instead of key by key (client-go ``PessimisticRegionResolve``, set by the
                 pessimistic lock and prewrite paths).
+            options: Request options of every RPC the resolution sends (default: the
+                client's). A transaction or snapshot passes options carrying its
+                interceptor chain (:meth:`TxnRuntime.resolve_options`), as client-go's
+                resolver sends with the caller's context and so its interceptor.
 
         Returns:
             How long the caller should wait before retrying, and what it may ignore.
@@ -282,9 +301,18 @@ class LockResolver:
         result = ResolveResult()
         cleaned: dict[int, set[int]] = {}
         pessimistic_cleaned: dict[int, set[int]] | None = {} if pessimistic_region_resolve else None
+        opts = self._rt.base_options if options is None else options
         for lock in locks:
             await self._resolve_one(
-                bo, lock, caller_start_ts, for_read, lite, cleaned, result, pessimistic_cleaned
+                bo,
+                lock,
+                caller_start_ts,
+                for_read,
+                lite,
+                cleaned,
+                result,
+                opts,
+                pessimistic_cleaned,
             )
         if result.ms_before_expired > 0:
             _count("wait_expired")
@@ -299,11 +327,14 @@ class LockResolver:
         lite: bool,
         cleaned: dict[int, set[int]],
         result: ResolveResult,
+        options: RequestOptions,
         pessimistic_cleaned: dict[int, set[int]] | None = None,
     ) -> None:
         force = False
         while True:
-            status, current_ts = await self._status_from_lock(bo, lock, caller_start_ts, force)
+            status, current_ts = await self._status_from_lock(
+                bo, lock, caller_start_ts, force, options
+            )
             decision = decide_lock_resolution(
                 lock,
                 status,
@@ -331,7 +362,7 @@ class LockResolver:
                 return
             if cleanup in (LockCleanup.CHECK_SECONDARIES, LockCleanup.RESOLVE_ASYNC_COMMIT):
                 try:
-                    await self._resolve_async_commit(lock, status)
+                    await self._resolve_async_commit(lock, status, options)
                 except _NotAsyncCommitError:
                     # The transaction fell back to 2PC after prewriting part of its
                     # keys: decide on the primary as a normal lock (client-go retries
@@ -345,9 +376,11 @@ class LockResolver:
                 result.resolved += 1
                 return
             if cleanup is LockCleanup.PESSIMISTIC_ROLLBACK:
-                await self._pessimistic_rollback(bo, lock, pessimistic_cleaned)
+                await self._pessimistic_rollback(bo, lock, options, pessimistic_cleaned)
             else:
-                await self._resolve_regular(bo, lock, decision.commit_ts, decision.lite, cleaned)
+                await self._resolve_regular(
+                    bo, lock, decision.commit_ts, decision.lite, cleaned, options
+                )
             result.resolved += 1
             return
 
@@ -358,6 +391,7 @@ class LockResolver:
         commit_ts: int,
         lite: bool,
         cleaned: dict[int, set[int]],
+        options: RequestOptions,
     ) -> None:
         """ResolveLock for one lock: its key only (lite) or its whole region, once."""
         _count("query_resolve_locks")
@@ -373,16 +407,18 @@ class LockResolver:
             _count("query_resolve_lock_lite")
             req.keys.append(lock.key)
         self.stats["resolve_lock"] += 1
-        resp = await self._rt.sender.call_key(
-            "ResolveLock", lock.key, req, bo=bo, options=self._rt.base_options
-        )
+        resp = await self._rt.sender.call_key("ResolveLock", lock.key, req, bo=bo, options=options)
         if resp.HasField("error"):
             raise key_error_to_exception(resp.error, start_ts=lock.lock_version)
         if region is not None:
             cleaned.setdefault(lock.lock_version, set()).add(region.id)
 
     async def _pessimistic_rollback(
-        self, bo: Backoffer, lock: LockInfo, region_cleaned: dict[int, set[int]] | None = None
+        self,
+        bo: Backoffer,
+        lock: LockInfo,
+        options: RequestOptions,
+        region_cleaned: dict[int, set[int]] | None = None,
     ) -> None:
         """Roll back a finished txn's pessimistic lock (client-go resolvePessimisticLock).
 
@@ -403,7 +439,7 @@ class LockResolver:
                 return
         self.stats["pessimistic_rollback"] += 1
         resp = await self._rt.sender.call_key(
-            "PessimisticRollback", lock.key, req, bo=bo, options=self._rt.base_options
+            "PessimisticRollback", lock.key, req, bo=bo, options=options
         )
         errors = list(resp.errors)
         if errors:
@@ -411,7 +447,9 @@ class LockResolver:
         if region is not None and region_cleaned is not None:
             region_cleaned.setdefault(lock.lock_version, set()).add(region.id)
 
-    async def _resolve_async_commit(self, lock: LockInfo, status: TxnStatus) -> None:
+    async def _resolve_async_commit(
+        self, lock: LockInfo, status: TxnStatus, options: RequestOptions
+    ) -> None:
         """Settle an async-commit transaction whose primary lock expired.
 
         client-go ``resolveAsyncCommitLock``: with a final status, resolve the primary and
@@ -427,14 +465,14 @@ class LockResolver:
             keys = [*primary.secondaries, lock.primary_lock]
             final = status
         else:
-            data = await self._check_all_secondaries(bo, lock, primary)
+            data = await self._check_all_secondaries(bo, lock, primary, options)
             keys = [*data.keys, lock.primary_lock]
             final = data.status()
             self._save_resolved(lock.lock_version, final)
-        await self._resolve_keys(bo, lock.lock_version, final.commit_ts, keys)
+        await self._resolve_keys(bo, lock.lock_version, final.commit_ts, keys, options)
 
     async def _check_all_secondaries(
-        self, bo: Backoffer, lock: LockInfo, primary: LockInfo
+        self, bo: Backoffer, lock: LockInfo, primary: LockInfo, options: RequestOptions
     ) -> AsyncResolveData:
         data = AsyncResolveData(start_ts=lock.lock_version, commit_ts=primary.min_commit_ts)
         secondaries = list(primary.secondaries)
@@ -457,7 +495,7 @@ class LockResolver:
             build,
             handle,
             bo=bo,
-            options=self._rt.base_options,
+            options=options,
         )
         for expected, resp in parts:
             if resp.HasField("error"):
@@ -468,7 +506,12 @@ class LockResolver:
         return data
 
     async def _resolve_keys(
-        self, bo: Backoffer, start_ts: int, commit_ts: int, keys: Sequence[bytes]
+        self,
+        bo: Backoffer,
+        start_ts: int,
+        commit_ts: int,
+        keys: Sequence[bytes],
+        options: RequestOptions,
     ) -> None:
         """ResolveLock on exactly ``keys``, one request per region (lite, per region)."""
         if not keys:
@@ -486,7 +529,7 @@ class LockResolver:
             sorted(set(keys)),
             build,
             bo=bo,
-            options=self._rt.base_options,
+            options=options,
         )
         for resp in responses:
             if resp.HasField("error"):

@@ -933,7 +933,12 @@ class PessimisticLocker:
         # start ts is 0: a lock request never pushes the holder's min_commit_ts; a dead
         # holder's pessimistic locks go region by region (PessimisticRegionResolve).
         res = await self._rt.resolver.resolve_locks(
-            bo, 0, to_resolve, for_read=False, pessimistic_region_resolve=True
+            bo,
+            0,
+            to_resolve,
+            for_read=False,
+            pessimistic_region_resolve=True,
+            options=self._committer().resolve_options,
         )
         if res.ms_before_expired <= 0:
             return

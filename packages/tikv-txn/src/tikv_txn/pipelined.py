@@ -66,6 +66,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import concurrent.futures
+import dataclasses
 import enum
 import logging
 import time
@@ -93,9 +94,10 @@ from tikv_pd.errors import (
     UndeterminedError,
     WriteConflictError,
 )
+from tikv_pd.interceptor import RPCInterceptor
 from tikv_pd.rangetask import RangeTaskRunner, TaskStat
 from tikv_pd.region_cache import Region
-from tikv_pd.request import Ambiguity, KeysSharder, RetryShard
+from tikv_pd.request import Ambiguity, KeysSharder, RequestOptions, RetryShard
 from tikv_proto import kvrpcpb_pb2
 
 from tikv_txn._kv import key_error_to_exception, locks_of, mutation_to_pb
@@ -296,6 +298,7 @@ class AsyncPipelinedTransaction(AsyncTransaction):
         "_generation",
         "_hb_task",
         "_inflight",
+        "_lock_resolve_options",
         "_loop",
         "_primary",
         "_primary_flushed",
@@ -349,10 +352,26 @@ class AsyncPipelinedTransaction(AsyncTransaction):
         self._resolve_options = runtime.request_options(
             **common, request_source=PIPELINED_REQUEST_SOURCE
         )
+        # Options of the lock resolution flushes cause (None: the client's).
+        self._lock_resolve_options: RequestOptions | None = None
         #: Heartbeats sent successfully.
         self.heartbeats = 0
         #: The background task resolving the flushed range after commit / rollback.
         self.resolve_task: asyncio.Task[None] | None = None
+
+    def set_rpc_interceptor(self, interceptor: RPCInterceptor | None) -> None:
+        """Run ``interceptor`` around every RPC of this transaction.
+
+        As :meth:`AsyncTransaction.set_rpc_interceptor`, and for the RPCs of pipelined
+        DML too: flushes, buffer reads, heartbeats, the commit, the range resolution and
+        the lock resolution a flush causes (client-go sends all of them with the
+        transaction's context, which carries its interceptor).
+        """
+        super().set_rpc_interceptor(interceptor)
+        effective = self._effective_interceptor()
+        self._write_opts = dataclasses.replace(self._write_opts, interceptor=effective)
+        self._resolve_options = dataclasses.replace(self._resolve_options, interceptor=effective)
+        self._lock_resolve_options = self._rt.resolve_options(effective)
 
     def _new_buffer(self) -> MemBuffer:
         cfg = self._rt.config
@@ -999,7 +1018,9 @@ class AsyncPipelinedTransaction(AsyncTransaction):
                     locks.append(lock)
                 retry.extend(part)
             if locks:
-                res = await self._rt.resolver.resolve_locks(bo, start_ts, locks, for_read=False)
+                res = await self._rt.resolver.resolve_locks(
+                    bo, start_ts, locks, for_read=False, options=self._lock_resolve_options
+                )
                 if res.ms_before_expired > 0:
                     await bo.backoff(
                         TXN_LOCK, KeyIsLockedError(locks[0]), max_sleep_ms=res.ms_before_expired

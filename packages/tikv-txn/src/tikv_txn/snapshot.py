@@ -85,6 +85,7 @@ class AsyncSnapshot:
         "_isolation",
         "_leader_options",
         "_options",
+        "_resolve_options",
         "_rt",
         "_scan_batch",
         "_scan_options",
@@ -130,6 +131,8 @@ class AsyncSnapshot:
         # Transactions whose locks this snapshot was told to read past.
         self._ignored: set[int] = set()
         self._interceptor: RPCInterceptor | None = None
+        # Options of the lock resolution this snapshot's reads cause (None: the client's).
+        self._resolve_options: RequestOptions | None = None
 
     # -- RPC interceptors (client-go KVSnapshot.SetRPCInterceptor / AddRPCInterceptor) ---
 
@@ -170,6 +173,9 @@ class AsyncSnapshot:
         self._options = dataclasses.replace(self._options, interceptor=effective)
         self._scan_options = dataclasses.replace(self._scan_options, interceptor=effective)
         self._leader_options = dataclasses.replace(self._leader_options, interceptor=effective)
+        # Lock resolution runs inside the same chain (client-go's resolver sends with
+        # the reader's context, which carries its interceptor).
+        self._resolve_options = self._rt.resolve_options(effective)
 
     @property
     def isolation(self) -> IsolationLevel:
@@ -331,7 +337,9 @@ class AsyncSnapshot:
         server reports it again, the retry backs off too, so a lock that keeps coming
         back cannot make the reader spin without consuming its budget.
         """
-        res = await self._rt.resolver.resolve_locks(bo, self.ts, locks, for_read=True)
+        res = await self._rt.resolver.resolve_locks(
+            bo, self.ts, locks, for_read=True, options=self._resolve_options
+        )
         if res.ms_before_expired > 0:
             await bo.backoff(
                 TXN_LOCK_FAST, KeyIsLockedError(locks[0]), max_sleep_ms=res.ms_before_expired

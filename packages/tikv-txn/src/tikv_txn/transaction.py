@@ -119,7 +119,9 @@ class AsyncTransaction:
 
         It runs inside the client's interceptor (if any), replaces the transaction's
         previous one and applies to its snapshot too, as client-go's ``SetRPCInterceptor``;
-        ``None`` removes it. Lock resolution keeps the client's interceptor only.
+        ``None`` removes it. The lock resolution the transaction's reads, locks and
+        prewrites cause runs inside the same chain (client-go's resolver sends with the
+        transaction's context, which carries its interceptor).
         """
         self._snapshot.set_rpc_interceptor(interceptor)
         self._interceptor = interceptor
