@@ -60,10 +60,14 @@ def rpc(command: str = "RawGet", request: Any = None) -> RPCRequest:
 
 
 class FakeSend:
-    def __init__(self, response: Any = None) -> None:
+    """The transport's send: records each call (and its context as sent), answers or fails."""
+
+    def __init__(self, response: Any = None, *, error: BaseException | None = None) -> None:
         self.calls: list[tuple[str, str, Any]] = []
+        self.contexts: list[kvrpcpb_pb2.Context] = []
         self.forwarded: list[str | None] = []
         self.response = response if response is not None else kvrpcpb_pb2.RawGetResponse()
+        self.error = error
 
     async def __call__(
         self,
@@ -76,7 +80,10 @@ class FakeSend:
         forwarded_host: str | None = None,
     ) -> Any:
         self.calls.append((address, command, request))
+        self.contexts.append(kvrpcpb_pb2.Context.FromString(request.context.SerializeToString()))
         self.forwarded.append(forwarded_host)
+        if self.error is not None:
+            raise self.error
         return self.response
 
 
@@ -158,38 +165,15 @@ async def test_interceptor_base_class_hooks_and_patching() -> None:
             seen.append(("error", error))
 
     assert Tagger.name == "Tagger"
-    captured: list[kvrpcpb_pb2.Context] = []
-
-    async def send(
-        address: str,
-        command: str,
-        request: Any,
-        deadline: Any,
-        /,
-        *,
-        forwarded_host: str | None = None,
-    ) -> Any:
-        captured.append(kvrpcpb_pb2.Context.FromString(request.context.SerializeToString()))
-        return "ok"
-
+    send = FakeSend("ok")
     invoke = build_invoker(send, Tagger())
     assert invoke is not None
     assert await invoke(rpc()) == "ok"
-    assert captured[0].resource_group_tag == b"tagged"
-    assert captured[0].priority == kvrpcpb_pb2.High
+    assert send.contexts[0].resource_group_tag == b"tagged"
+    assert send.contexts[0].priority == kvrpcpb_pb2.High
     assert seen == [("response", "ok")]
 
-    async def failing(
-        address: str,
-        command: str,
-        request: Any,
-        deadline: Any,
-        /,
-        *,
-        forwarded_host: str | None = None,
-    ) -> Any:
-        raise ConnectionError("boom")
-
+    failing = FakeSend(error=ConnectionError("boom"))
     invoke = build_invoker(failing, Tagger())
     assert invoke is not None
     with pytest.raises(ConnectionError):
@@ -357,20 +341,7 @@ async def test_resource_controller_called_around_send_and_patches_context() -> N
     ctrl = RecordingController()
     set_resource_controller(ctrl)
     assert get_resource_controller() is ctrl
-    sent: list[kvrpcpb_pb2.Context] = []
-
-    async def send(
-        address: str,
-        command: str,
-        request: Any,
-        deadline: Any,
-        /,
-        *,
-        forwarded_host: str | None = None,
-    ) -> Any:
-        sent.append(kvrpcpb_pb2.Context.FromString(request.context.SerializeToString()))
-        return kvrpcpb_pb2.RawPutResponse()
-
+    send = FakeSend(kvrpcpb_pb2.RawPutResponse())
     invoke = build_invoker(send, None)
     assert invoke is not None
     await invoke(grouped_rpc("rg"))
@@ -378,7 +349,7 @@ async def test_resource_controller_called_around_send_and_patches_context() -> N
         ("rg", "RawPut", True, 2)
     ]
     assert [g for g, _ in ctrl.responses] == ["rg"]
-    rcc = sent[0].resource_control_context
+    rcc = send.contexts[0].resource_control_context
     assert rcc.penalty.r_r_u == 1.5
     assert rcc.penalty.write_bytes == 7
     assert rcc.override_priority == 8
@@ -409,18 +380,7 @@ async def test_override_priority_already_set_is_kept() -> None:
     rpc_ = grouped_rpc("rg")
     rpc_.context.resource_control_context.override_priority = 3
 
-    async def send(
-        address: str,
-        command: str,
-        request: Any,
-        deadline: Any,
-        /,
-        *,
-        forwarded_host: str | None = None,
-    ) -> Any:
-        return kvrpcpb_pb2.RawPutResponse()
-
-    invoke = build_invoker(send, None)
+    invoke = build_invoker(FakeSend(kvrpcpb_pb2.RawPutResponse()), None)
     assert invoke is not None
     await invoke(rpc_)
     assert rpc_.context.resource_control_context.override_priority == 3
