@@ -11,7 +11,8 @@ needs to talk to PD directly::
     ts = await pd.get_timestamp()
     await pd.close()
 
-Modules: :mod:`~tikv_pd.errors` (the error hierarchy), :mod:`~tikv_pd.config` (settings with
+Modules: :mod:`~tikv_pd.errors` (the error hierarchy) and :mod:`~tikv_pd.key_errors`
+(``kvrpcpb.KeyError`` to those errors), :mod:`~tikv_pd.config` (settings with
 client-go's defaults), :mod:`~tikv_pd.backoff`, :mod:`~tikv_pd.codec` (key encodings),
 :mod:`~tikv_pd.oracle` and :mod:`~tikv_pd.pd_oracle` (timestamps),
 :mod:`~tikv_pd.pd_client`, :mod:`~tikv_pd.region_cache` and :mod:`~tikv_pd.locator`
