@@ -10,7 +10,16 @@ from typing import Any
 import pytest
 from _cli_runner import Tikv
 from tikv_cli.bench.harness import Plan, parse_args, plan_cells
-from tikv_cli.bench.report import compare, markdown_report, write_chart, write_json
+from tikv_cli.bench.measure import WORKLOADS
+from tikv_cli.bench.peer_runner import PEER_SUPPORT
+from tikv_cli.bench.report import (
+    committed_as,
+    compare,
+    markdown_report,
+    protocol_gains,
+    write_chart,
+    write_json,
+)
 from tikv_cli.bench.runner import run_cell
 from tikv_mockstore import MockCluster
 
@@ -64,7 +73,9 @@ def test_tikv_bench_json_against_pd(tikv: Tikv, bench_cluster: MockCluster) -> N
         "--json",
     )
     assert result.code == 0, result.err
-    rows = json.loads(result.out)
+    doc = json.loads(result.out)
+    assert doc["protocol_gains"] == []  # no commit-protocol variant ran
+    rows = doc["results"]
     assert [(r["workload"], r["concurrency"]) for r in rows] == [
         ("raw_put", 1),
         ("raw_put", 4),
@@ -72,6 +83,68 @@ def test_tikv_bench_json_against_pd(tikv: Tikv, bench_cluster: MockCluster) -> N
         ("tso", 4),
     ]
     assert all(r["ops"] > 0 and r["errors"] == 0 and r["client"] == "ours-async" for r in rows)
+
+
+@pytest.mark.parametrize("client", ["ours-async", "ours-sync"])
+def test_small_transaction_variants_commit_with_the_protocol_they_ask_for(
+    bench_cluster: MockCluster, client: str
+) -> None:
+    counts: dict[str, Any] = {}
+    for workload in ("txn_small", "txn_small_1pc", "txn_small_async", "txn_pessimistic"):
+        result = run_cell(
+            client,
+            workload,
+            bench_cluster.pd_endpoints,
+            concurrency=2,
+            duration=0.2,
+            warmup=0.0,
+            preload=workload == "txn_small",
+        )
+        assert result["ops"] > 0 and result["errors"] == 0, result["first_error"]
+        counts[workload] = result.get("commit_protocols")
+    # Every write key of a small transaction shares one region of the 4: 1PC applies.
+    assert counts["txn_small"]["2pc"] > 0
+    assert counts["txn_small"]["1pc"] == counts["txn_small"]["async_commit"] == 0
+    assert counts["txn_small_1pc"]["1pc"] > 0
+    assert counts["txn_small_1pc"]["2pc"] == counts["txn_small_1pc"]["async_commit"] == 0
+    assert counts["txn_small_async"]["async_commit"] > 0
+    assert counts["txn_small_async"]["2pc"] == counts["txn_small_async"]["1pc"] == 0
+    assert counts["txn_pessimistic"] is None  # not counted: it is not a variant
+
+
+def test_tikv_bench_json_reports_protocol_gains(tikv: Tikv, bench_cluster: MockCluster) -> None:
+    result = tikv(
+        "bench",
+        "txn_small",
+        "txn_small_1pc",
+        "txn_small_async",
+        "--pd",
+        bench_cluster.pd_endpoints[0],
+        "--concurrency",
+        "2",
+        "--duration",
+        "0.2",
+        "--warmup",
+        "0",
+        "--json",
+    )
+    assert result.code == 0, result.err
+    doc = json.loads(result.out)
+    assert [r["workload"] for r in doc["results"]] == [
+        "txn_small",
+        "txn_small_1pc",
+        "txn_small_async",
+    ]
+    gains = {g["workload"]: g for g in doc["protocol_gains"]}
+    assert set(gains) == {"txn_small_1pc", "txn_small_async"}
+    for name, protocol in (("txn_small_1pc", "1pc"), ("txn_small_async", "async_commit")):
+        gain = gains[name]
+        assert gain["protocol"] == protocol and gain["baseline"] == "txn_small"
+        assert (gain["client"], gain["concurrency"]) == ("ours-async", 2)
+        cells = {r["workload"]: r for r in doc["results"]}
+        expected = cells[name]["ops_per_s"] / cells["txn_small"]["ops_per_s"]
+        assert gain["ops_ratio"] == pytest.approx(expected)
+        assert gain["commit_protocols"][protocol] > 0
 
 
 def test_tikv_bench_table(tikv: Tikv, bench_cluster: MockCluster) -> None:
@@ -118,6 +191,63 @@ RESULTS = [
     {"workload": "tso", "concurrency": 16, "client": "tikv-python", "unsupported": "no API"},
     {"workload": "tso", "concurrency": 16, "client": "tikv-client", "error": "crashed | badly"},
 ]
+
+
+def test_protocol_gains_pair_each_variant_with_its_base() -> None:
+    results = [
+        _cell("txn_small", 16, "ours-async", 400.0, 20.0, 2.0),
+        {
+            **_cell("txn_small_1pc", 16, "ours-async", 600.0, 10.0, 1.5),
+            "commit_protocols": {"1pc": 900, "async_commit": 0, "2pc": 3},
+        },
+        _cell("txn_small_async", 16, "ours-async", 500.0, 16.0, 2.0),
+        _cell("txn_small_1pc", 16, "ours-sync", 300.0, 30.0, 3.0),  # no sync baseline
+        _cell("txn_small_async", 1, "ours-async", 50.0, 4.0, 2.0),  # no c=1 baseline
+        {"workload": "txn_small_1pc", "concurrency": 1, "client": "ours-sync", "error": "x"},
+        _cell("txn_pessimistic", 16, "ours-async", 300.0, 30.0, 3.0),  # not a variant
+    ]
+    gains = protocol_gains(results)
+    assert [(g["workload"], g["client"], g["concurrency"]) for g in gains] == [
+        ("txn_small_1pc", "ours-async", 16),
+        ("txn_small_async", "ours-async", 16),
+    ]
+    one_pc, async_commit = gains
+    assert one_pc["protocol"] == "1pc" and one_pc["baseline"] == "txn_small"
+    assert one_pc["ops_ratio"] == pytest.approx(1.5)
+    assert one_pc["p50_ratio"] == pytest.approx(0.5)
+    assert one_pc["p99_ratio"] == pytest.approx(0.5)
+    assert one_pc["cpu_ratio"] == pytest.approx(0.75)
+    assert one_pc["commit_protocols"] == {"1pc": 900, "async_commit": 0, "2pc": 3}
+    assert async_commit["protocol"] == "async_commit"
+    assert async_commit["ops_ratio"] == pytest.approx(1.25)
+    assert "commit_protocols" not in async_commit
+    assert committed_as(one_pc["commit_protocols"]) == "1pc 900, 2pc 3"
+    assert committed_as({"1pc": 0, "2pc": 0}) == "none"
+    assert committed_as(None) == "—"
+    text = markdown_report(results, meta={})
+    assert "## Commit protocols: variant ÷ two-phase commit" in text
+    assert (
+        "| txn_small_1pc | txn_small | ours-async | 16 | 1.50× | 0.50× | 0.50× | 0.75× "
+        "| 1pc 900, 2pc 3 |" in text
+    )
+    assert "| txn_small_async | txn_small | ours-async | 16 | 1.25× |" in text
+    assert "## Commit protocols" not in markdown_report(RESULTS, meta={})
+
+
+def test_workload_variants_and_data_sets() -> None:
+    variants = {n: w for n, w in WORKLOADS.items() if w.variant_of is not None}
+    assert {n: (w.variant_of, w.commit_protocol) for n, w in variants.items()} == {
+        "txn_small_1pc": ("txn_small", "1pc"),
+        "txn_small_async": ("txn_small", "async_commit"),
+    }
+    # The variants and the pessimistic workload read the small transaction's records.
+    shared = {n for n, w in WORKLOADS.items() if w.data_set == "txn_small"}
+    assert shared == {"txn_small", "txn_small_1pc", "txn_small_async", "txn_pessimistic"}
+    assert WORKLOADS["raw_scan"].data_set == "raw"
+    assert WORKLOADS["txn_contended"].data_set == "txn_contended"
+    # tikv-client 0.0.4 has pessimistic transactions but no 1PC / async-commit option.
+    assert "txn_pessimistic" in PEER_SUPPORT["tikv-client"]
+    assert not set(variants) & PEER_SUPPORT["tikv-client"]
 
 
 def test_compare_ratios() -> None:

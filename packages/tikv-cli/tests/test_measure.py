@@ -91,12 +91,19 @@ def test_every_workload_is_well_formed() -> None:
         "raw_scan",
         "tso",
         "txn_small",
+        "txn_small_1pc",
+        "txn_small_async",
+        "txn_pessimistic",
         "txn_contended",
         "txn_large",
     ]
     for workload in WORKLOADS.values():
         assert workload.kind in ("raw", "tso", "txn")
         assert workload.concurrencies and workload.min_ops >= 1
+        assert workload.commit_protocol in ("2pc", "1pc", "async_commit")
+        if workload.variant_of is not None:
+            assert WORKLOADS[workload.variant_of].commit_protocol == "2pc"
+            assert workload.data_set == WORKLOADS[workload.variant_of].data_set
     assert WORKLOADS["raw_get"].concurrencies == (1, 16, 128)
 
 

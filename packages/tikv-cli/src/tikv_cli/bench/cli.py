@@ -17,8 +17,15 @@ from rich.table import Table
 
 from tikv_cli._format import UsageError, parse_endpoints
 from tikv_cli.bench.measure import WORKLOADS
+from tikv_cli.bench.report import committed_as, protocol_gains
 
-__all__ = ["add_bench_parser", "parse_concurrency", "run_bench_command"]
+__all__ = [
+    "add_bench_parser",
+    "gains_table",
+    "parse_concurrency",
+    "run_bench_command",
+    "summary_table",
+]
 
 
 def parse_concurrency(text: str) -> list[int]:
@@ -150,6 +157,7 @@ def _run_all(
 
     rows: list[dict[str, Any]] = []
     status = 0
+    loaded: set[str] = set()  # data sets preloaded (workloads may share one)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -160,7 +168,7 @@ def _run_all(
     ) as progress:
         for workload in workloads:
             spec = WORKLOADS[workload]
-            for i, level in enumerate(levels):
+            for level in levels:
                 warmup = spec.warmup if args.warmup is None else args.warmup
                 total = warmup + args.duration
                 task = progress.add_task(
@@ -180,21 +188,27 @@ def _run_all(
                     concurrency=level,
                     duration=args.duration,
                     warmup=args.warmup,
-                    preload=not args.no_preload and i == 0,
+                    preload=not args.no_preload and spec.data_set not in loaded,
                     server_pid=server_pid,
                     progress=update,
                 )
                 progress.update(task, completed=total, phase="done")
+                if "ops" in result:
+                    loaded.add(spec.data_set)
                 row = {"client": client, "workload": workload, "concurrency": level, **result}
                 rows.append(row)
                 if "unsupported" in row or row.get("errors") or row.get("aborted"):
                     status = 3
+    gains = protocol_gains(rows)
     if args.json:
-        print(json.dumps(rows, indent=2), file=out)
+        print(json.dumps({"results": rows, "protocol_gains": gains}, indent=2), file=out)
     else:
         # Not a terminal (a pipe, a file): wide enough that the table is not squeezed.
         width = None if out.isatty() else 160
-        Console(file=out, highlight=False, width=width).print(summary_table(rows))
+        table_console = Console(file=out, highlight=False, width=width)
+        table_console.print(summary_table(rows))
+        if gains:
+            table_console.print(gains_table(gains))
     return status
 
 
@@ -247,5 +261,24 @@ def summary_table(rows: list[dict[str, Any]]) -> Table:
             _fmt(row.get("client_util"), 2),
             _fmt(row.get("server_util"), 2),
             _fmt(row.get("errors")) + (f" ({row['aborted']})" if row.get("aborted") else ""),
+        )
+    return table
+
+
+def gains_table(gains: list[dict[str, Any]]) -> Table:
+    """The commit-protocol gains (:func:`~tikv_cli.bench.report.protocol_gains`) as a table."""
+    table = Table(title="commit protocol ÷ two-phase commit (ops/s > 1× and latency < 1× gain)")
+    for name in ("variant", "client", "conc.", "ops/s", "p50", "p99", "CPU/op", "committed as"):
+        table.add_column(name, justify="left" if name in ("variant", "client") else "right")
+    for row in gains:
+        table.add_row(
+            row["workload"],
+            row["client"],
+            str(row["concurrency"]),
+            *(
+                "—" if row[key] is None else f"{row[key]:.2f}×"
+                for key in ("ops_ratio", "p50_ratio", "p99_ratio", "cpu_ratio")
+            ),
+            committed_as(row.get("commit_protocols")),
         )
     return table

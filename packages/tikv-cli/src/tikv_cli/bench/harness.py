@@ -10,7 +10,8 @@ first use with ``uv``, or ``venv`` + ``pip``, and pinned to ``tikv-client==0.0.4
 machine hit them alike. The first client to run a workload preloads its data.
 
 Then the mock-capacity benchmark (:mod:`~tikv_cli.bench.capacity`) runs, and the results
-go to ``<out>/results.json``, ``<out>/results.md`` and ``<out>/results.png``.
+(cells, ours ÷ each peer, and the gain of 1PC / async commit over two-phase commit of
+the small transaction) go to ``<out>/results.json``, ``<out>/results.md`` and ``<out>/results.png``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,14 @@ from typing import Any
 
 from tikv_cli.bench.measure import WORKLOADS
 from tikv_cli.bench.peer_runner import PEER_SUPPORT
-from tikv_cli.bench.report import OURS, compare, markdown_report, write_chart, write_json
+from tikv_cli.bench.report import (
+    OURS,
+    compare,
+    markdown_report,
+    protocol_gains,
+    write_chart,
+    write_json,
+)
 
 __all__ = [
     "PEER_PACKAGES",
@@ -178,11 +186,6 @@ def _cell_command(
     return argv
 
 
-def _data_set(workload: str) -> str:
-    # The raw workloads share one data set; each transactional workload has its own.
-    return "raw" if WORKLOADS[workload].kind == "raw" else workload
-
-
 def run_plan(
     plan: Plan,
     *,
@@ -221,7 +224,7 @@ def run_plan(
                     }
                 )
                 continue
-            data = _data_set(workload)
+            data = WORKLOADS[workload].data_set
             preload = data not in loaded
             argv = _cell_command(
                 client,
@@ -285,6 +288,7 @@ def run_plan(
         "meta": _meta(plan, started, pythons),
         "results": results,
         "ratios": compare(results),
+        "protocol_gains": protocol_gains(results),
         "capacity": capacity,
     }
 

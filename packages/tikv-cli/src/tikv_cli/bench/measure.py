@@ -88,6 +88,13 @@ class Workload:
         warmup: Seconds of discarded warm-up before the window.
         min_ops: Operations the window must contain (it is extended until they finish).
         concurrencies: The default concurrency levels of the comparison run.
+        commit_protocol: The commit protocol a transactional workload asks for: ``2pc``
+            (the default two-phase commit), ``1pc`` or ``async_commit`` (clients without
+            those options cannot run it).
+        variant_of: The workload this one repeats with another commit protocol; reports
+            show its gain over that one (:func:`tikv_cli.bench.report.protocol_gains`).
+        data: The preloaded data set it reads (default: ``raw`` for raw workloads, else
+            its own name); workloads naming the same data set share one preload.
 
     """
 
@@ -98,6 +105,16 @@ class Workload:
     warmup: float = 0.5
     min_ops: int = 1
     concurrencies: tuple[int, ...] = (1, 16, 128)
+    commit_protocol: str = "2pc"
+    variant_of: str | None = None
+    data: str | None = None
+
+    @property
+    def data_set(self) -> str:
+        """The name of the preloaded data set this workload reads."""
+        if self.data is not None:
+            return self.data
+        return "raw" if self.kind == "raw" else self.name
 
 
 #: Every workload, by name, in report order.
@@ -124,6 +141,32 @@ WORKLOADS: dict[str, Workload] = {
             "txn r2/w2",
             "optimistic transaction: read 2 random keys of 1,000, write 2 new keys, commit",
             "txn",
+        ),
+        Workload(
+            "txn_small_1pc",
+            "txn r2/w2 1PC",
+            "txn_small asking for 1PC (one phase when its writes share a region)",
+            "txn",
+            commit_protocol="1pc",
+            variant_of="txn_small",
+            data="txn_small",
+        ),
+        Workload(
+            "txn_small_async",
+            "txn r2/w2 async commit",
+            "txn_small with async commit (decided once prewrite succeeds)",
+            "txn",
+            commit_protocol="async_commit",
+            variant_of="txn_small",
+            data="txn_small",
+        ),
+        Workload(
+            "txn_pessimistic",
+            "txn pessimistic r2/w2",
+            "pessimistic transaction: get_for_update 2 random keys of 1,000 (sorted: no "
+            "deadlock), write both, commit",
+            "txn",
+            data="txn_small",
         ),
         Workload(
             "txn_contended",

@@ -1,25 +1,28 @@
 """The benchmark operations for this project's clients, asyncio and blocking flavours.
 
-:func:`prepare_async` / :func:`prepare_sync` connect, optionally preload the workload's data
-and return the operation the measurement loop runs. Transactional workloads find
-``tikv_txn.AsyncTransactionClient`` / ``TransactionClient`` at run time and raise
-:class:`UnsupportedError` when the installed ``tikv-txn`` does not provide them yet.
+:func:`prepare_async` / :func:`prepare_sync` connect (:class:`tikv_raw.AsyncRawClient` /
+:class:`tikv_raw.RawClient`, :class:`tikv_txn.AsyncTransactionClient` /
+:class:`tikv_txn.TransactionClient`), optionally preload the workload's data and return a
+:class:`Prepared`: the operation the measurement loop runs, its cleanup, and the figures
+the workload adds to its cell. The small-transaction workloads count how their
+transactions committed (:class:`CommitProtocolCounter`), so a 1PC or async-commit cell
+shows whether the protocol it asked for was the one used.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import itertools
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
+from tikv_pd.config import TransactionOptions
 from tikv_pd.errors import WriteConflictError
-from tikv_pd.pd_client import PDClient
-from tikv_pd.sync import LoopThread
+from tikv_pd.interceptor import RPCInvoker, RPCRequest
 from tikv_raw import AsyncRawClient, RawClient
+from tikv_txn import AsyncTransactionClient, TransactionClient
 
 from tikv_cli.bench.measure import (
     BATCH_KEYS,
@@ -38,48 +41,102 @@ from tikv_cli.bench.measure import (
     txn_write_key,
 )
 
-__all__ = ["MAX_CONFLICT_RETRIES", "UnsupportedError", "prepare_async", "prepare_sync"]
+__all__ = [
+    "MAX_CONFLICT_RETRIES",
+    "CommitProtocolCounter",
+    "Prepared",
+    "prepare_async",
+    "prepare_sync",
+]
 
 #: A contended transaction gives up after this many write conflicts in a row.
 MAX_CONFLICT_RETRIES = 1000
 
-#: Closes what a prepared operation holds.
-AsyncCleanup = Callable[[], Awaitable[None]]
-SyncCleanup = Callable[[], None]
+
+def _no_extras() -> dict[str, Any]:
+    return {}
 
 
-class UnsupportedError(Exception):
-    """The client cannot run the workload (the reason is the message)."""
+Op = TypeVar("Op")
+Cleanup = TypeVar("Cleanup")
 
 
-async def _aw(value: Any) -> Any:
-    """Await ``value`` if it is awaitable (the async txn API may buffer writes synchronously)."""
-    if inspect.isawaitable(value):
-        return await value
-    return value
+@dataclass
+class Prepared(Generic[Op, Cleanup]):
+    """A workload ready to measure: its operation, its cleanup and its extra figures."""
+
+    #: One operation (given the worker's random generator).
+    op: Op
+    #: Closes what the operation holds.
+    cleanup: Cleanup
+    #: Figures the workload adds to the cell's result (called after the window).
+    extras: Callable[[], dict[str, Any]] = field(default=_no_extras)
 
 
-def _txn_module_class(name: str) -> Any:
-    try:
-        module = importlib.import_module("tikv_txn")
-    except ImportError as exc:  # pragma: no cover - tikv-txn is a dependency
-        raise UnsupportedError(f"tikv_txn cannot be imported: {exc}") from None
-    cls = getattr(module, name, None)
-    if cls is None:
-        raise UnsupportedError(f"tikv_txn has no {name} yet")
-    return cls
+class CommitProtocolCounter:
+    """An RPC interceptor that counts how transactions committed: 1PC, async commit or 2PC.
+
+    It reads each successful ``Prewrite`` that carries the transaction's primary key (one
+    per transaction): ``one_pc_commit_ts`` set means 1PC; an async-commit request answered
+    with a ``min_commit_ts`` means async commit; anything else (including a 1PC or
+    async-commit attempt TiKV declined) is two-phase commit. Interceptors run on the
+    client's event loop, so the counts need no lock.
+    """
+
+    name = "bench-commit-protocol-counter"
+
+    def __init__(self) -> None:
+        """Start with every count at zero."""
+        self.counts: dict[str, int] = {"1pc": 0, "async_commit": 0, "2pc": 0}
+
+    def wrap(self, next: RPCInvoker) -> RPCInvoker:
+        """Count the protocol of every primary ``Prewrite`` answered without errors."""
+
+        async def invoke(rpc: RPCRequest) -> Any:
+            response = await next(rpc)
+            if rpc.command == "Prewrite":
+                self._observe(rpc.request, response)
+            return response
+
+        return invoke
+
+    def _observe(self, request: Any, response: Any) -> None:
+        if response.HasField("region_error") or len(response.errors):
+            return
+        primary = request.primary_lock
+        if not any(m.key == primary for m in request.mutations):
+            return
+        if request.try_one_pc and response.one_pc_commit_ts:
+            self.counts["1pc"] += 1
+        elif request.use_async_commit and response.min_commit_ts:
+            self.counts["async_commit"] += 1
+        else:
+            self.counts["2pc"] += 1
+
+    def extras(self) -> dict[str, Any]:
+        """The counts, as the cell's ``commit_protocols`` figure (warm-up included)."""
+        return {"commit_protocols": dict(self.counts)}
+
+
+def _small_txn_options(workload: str) -> TransactionOptions:
+    protocol = WORKLOADS[workload].commit_protocol
+    return TransactionOptions(try_one_pc=protocol == "1pc", async_commit=protocol == "async_commit")
 
 
 # ---------------------------------------------------------------------------- asyncio
 
+#: Closes what an asyncio operation holds.
+AsyncCleanup = Callable[[], Awaitable[None]]
+#: Closes what a blocking operation holds.
+SyncCleanup = Callable[[], None]
+
 
 async def prepare_async(
     workload: str, endpoints: Sequence[str], *, preload: bool
-) -> tuple[AsyncOp, AsyncCleanup]:
-    """Connect the asyncio client for ``workload``; returns (operation, cleanup).
+) -> Prepared[AsyncOp, AsyncCleanup]:
+    """Connect the asyncio client for ``workload`` and prepare its operation.
 
     Raises:
-        UnsupportedError: The transactional client is not available yet.
         KeyError: Unknown workload.
 
     """
@@ -90,38 +147,19 @@ async def prepare_async(
         if preload:
             for start in range(0, RAW_RECORDS, 1000):
                 await raw.batch_put({raw_key(i): make_value(i) for i in range(start, start + 1000)})
-        return _raw_async_op(workload, raw), raw.close
-    if kind == "tso":
-        try:
-            txn_client = await _txn_module_class("AsyncTransactionClient").connect(eps)
-        except UnsupportedError:
-            # Before tikv-txn has its client: the PD client's TSO, which it builds on.
-            pd = await PDClient.connect(eps, caller_id="tikv-bench")
-
-            async def pd_tso(rng: random.Random) -> None:
-                await pd.get_timestamp()
-
-            return pd_tso, pd.close
-
-        async def tso(rng: random.Random) -> None:
-            await txn_client.current_timestamp()
-
-        async def close_tso() -> None:
-            await _aw(txn_client.close())
-
-        return tso, close_tso
-    cls = _txn_module_class("AsyncTransactionClient")
-    client = await cls.connect(eps)
+        return Prepared(_raw_async_op(workload, raw), raw.close)
+    client = await AsyncTransactionClient.connect(eps)
     try:
-        op = await _txn_async_op(workload, client, preload=preload)
+        if kind == "tso":
+
+            async def tso(rng: random.Random) -> None:
+                await client.current_timestamp()
+
+            return Prepared(tso, client.close)
+        return await _txn_async(workload, client, preload=preload)
     except BaseException:
-        await _aw(client.close())
+        await client.close()
         raise
-
-    async def close() -> None:
-        await _aw(client.close())
-
-    return op, close
 
 
 def _raw_async_op(workload: str, raw: AsyncRawClient) -> AsyncOp:
@@ -158,58 +196,88 @@ def _raw_async_op(workload: str, raw: AsyncRawClient) -> AsyncOp:
     raise KeyError(workload)
 
 
-async def _txn_async_op(workload: str, client: Any, *, preload: bool) -> AsyncOp:
-    async def commit_all(pairs: dict[bytes, bytes]) -> None:
-        txn = await _aw(client.begin())
-        for key, value in pairs.items():
-            await _aw(txn.put(key, value))
-        await _aw(txn.commit())
+def _preload_pairs(workload: str) -> dict[bytes, bytes]:
+    """The pairs a transactional workload's data set holds before it runs."""
+    data = WORKLOADS[workload].data_set
+    if data == "txn_small":
+        return {txn_key(i): make_value(i) for i in range(TXN_RECORDS)}
+    if data == "txn_contended":
+        return {hot_key(i): b"0" for i in range(HOT_KEYS)}
+    return {}
 
-    if workload == "txn_small":
-        if preload:
-            await commit_all({txn_key(i): make_value(i) for i in range(TXN_RECORDS)})
+
+def _sorted_pair(rng: random.Random) -> list[bytes]:
+    # Locked in key order, so that two pessimistic transactions never wait on each other
+    # in a cycle.
+    return sorted(txn_key(i) for i in rng.sample(range(TXN_RECORDS), 2))
+
+
+async def _txn_async(
+    workload: str, client: AsyncTransactionClient, *, preload: bool
+) -> Prepared[AsyncOp, AsyncCleanup]:
+    pairs = _preload_pairs(workload) if preload else {}
+    if pairs:
+        txn = await client.begin()
+        for key, value in pairs.items():
+            txn.put(key, value)
+        await txn.commit()
+    spec = WORKLOADS[workload]
+    if workload == "txn_small" or spec.variant_of == "txn_small":
+        options = _small_txn_options(workload)
+        counter = CommitProtocolCounter()
+        client.add_rpc_interceptor(counter)
 
         async def small(rng: random.Random) -> None:
             reads = rng.sample(range(TXN_RECORDS), 2)
-            txn = await _aw(client.begin())
+            txn = await client.begin(options)
             for i in reads:
-                await _aw(txn.get(txn_key(i)))
+                await txn.get(txn_key(i))
             for i in reads:
-                await _aw(txn.put(txn_write_key(rng), make_value(i)))
-            await _aw(txn.commit())
+                txn.put(txn_write_key(rng), make_value(i))
+            await txn.commit()
 
-        return small
+        return Prepared(small, client.close, counter.extras)
+    if workload == "txn_pessimistic":
+
+        async def pessimistic(rng: random.Random) -> None:
+            txn = await client.begin(pessimistic=True)
+            keys = _sorted_pair(rng)
+            for key in keys:
+                await txn.get_for_update(key)
+            for key in keys:
+                txn.put(key, make_value(rng.randrange(TXN_RECORDS)))
+            await txn.commit()
+
+        return Prepared(pessimistic, client.close)
     if workload == "txn_contended":
-        if preload:
-            await commit_all({hot_key(i): b"0" for i in range(HOT_KEYS)})
 
         async def contended(rng: random.Random) -> int:
             keys = [hot_key(i) for i in rng.sample(range(HOT_KEYS), 2)]
             for attempt in range(MAX_CONFLICT_RETRIES):
-                txn = await _aw(client.begin())
+                txn = await client.begin()
                 for key in keys:
-                    value = await _aw(txn.get(key))
-                    await _aw(txn.put(key, b"%d" % (int(value or b"0") + 1)))
+                    value = await txn.get(key)
+                    txn.put(key, b"%d" % (int(value or b"0") + 1))
                 try:
-                    await _aw(txn.commit())
+                    await txn.commit()
                 except WriteConflictError:
                     continue  # a failed commit has rolled the transaction back
                 return attempt
             raise RuntimeError(f"no commit after {MAX_CONFLICT_RETRIES} write conflicts")
 
-        return contended
+        return Prepared(contended, client.close)
     if workload == "txn_large":
         tag = uuid.uuid4().hex[:8]
-        counter = itertools.count()
+        counter_ = itertools.count()
         value = make_value(0, 32)
 
         async def large(rng: random.Random) -> None:
-            txn = await _aw(client.begin())
-            for key in large_txn_keys(tag, next(counter)):
-                await _aw(txn.put(key, value))
-            await _aw(txn.commit())
+            txn = await client.begin()
+            for key in large_txn_keys(tag, next(counter_)):
+                txn.put(key, value)
+            await txn.commit()
 
-        return large
+        return Prepared(large, client.close)
     raise KeyError(workload)
 
 
@@ -218,11 +286,10 @@ async def _txn_async_op(workload: str, client: Any, *, preload: bool) -> AsyncOp
 
 def prepare_sync(
     workload: str, endpoints: Sequence[str], *, preload: bool
-) -> tuple[SyncOp, SyncCleanup]:
-    """Connect the blocking client for ``workload``; returns (operation, cleanup).
+) -> Prepared[SyncOp, SyncCleanup]:
+    """Connect the blocking client for ``workload`` and prepare its operation.
 
     Raises:
-        UnsupportedError: The transactional client is not available yet.
         KeyError: Unknown workload.
 
     """
@@ -233,42 +300,19 @@ def prepare_sync(
         if preload:
             for start in range(0, RAW_RECORDS, 1000):
                 raw.batch_put({raw_key(i): make_value(i) for i in range(start, start + 1000)})
-        return _raw_sync_op(workload, raw), raw.close
-    if kind == "tso":
-        try:
-            txn_client = _txn_module_class("TransactionClient").connect(eps)
-        except UnsupportedError:
-            return _pd_tso_sync(eps)
-
-        def txn_tso(rng: random.Random) -> None:
-            txn_client.current_timestamp()
-
-        return txn_tso, txn_client.close
-    cls = _txn_module_class("TransactionClient")
-    client = cls.connect(eps)
+        return Prepared(_raw_sync_op(workload, raw), raw.close)
+    client = TransactionClient.connect(eps)
     try:
-        op = _txn_sync_op(workload, client, preload=preload)
+        if kind == "tso":
+
+            def tso(rng: random.Random) -> None:
+                client.current_timestamp()
+
+            return Prepared(tso, client.close)
+        return _txn_sync(workload, client, preload=preload)
     except BaseException:
         client.close()
         raise
-    return op, client.close
-
-
-def _pd_tso_sync(eps: list[str]) -> tuple[SyncOp, SyncCleanup]:
-    """The blocking TSO path before tikv-txn has its client: the PD client on a loop thread."""
-    loop = LoopThread(name="tikv-bench-pd")
-    pd = loop.run(PDClient.connect(eps, caller_id="tikv-bench"))
-
-    def tso(rng: random.Random) -> None:
-        loop.run(pd.get_timestamp())
-
-    def close() -> None:
-        try:
-            loop.run(pd.close())
-        finally:
-            loop.close()
-
-    return tso, close
 
 
 def _raw_sync_op(workload: str, raw: RawClient) -> SyncOp:
@@ -305,30 +349,43 @@ def _raw_sync_op(workload: str, raw: RawClient) -> SyncOp:
     raise KeyError(workload)
 
 
-def _txn_sync_op(workload: str, client: Any, *, preload: bool) -> SyncOp:
-    def commit_all(pairs: dict[bytes, bytes]) -> None:
-        txn = client.begin()
-        for key, value in pairs.items():
-            txn.put(key, value)
-        txn.commit()
-
-    if workload == "txn_small":
-        if preload:
-            commit_all({txn_key(i): make_value(i) for i in range(TXN_RECORDS)})
+def _txn_sync(
+    workload: str, client: TransactionClient, *, preload: bool
+) -> Prepared[SyncOp, SyncCleanup]:
+    pairs = _preload_pairs(workload) if preload else {}
+    if pairs:
+        with client.begin() as txn:
+            for key, value in pairs.items():
+                txn.put(key, value)
+    spec = WORKLOADS[workload]
+    if workload == "txn_small" or spec.variant_of == "txn_small":
+        options = _small_txn_options(workload)
+        counter = CommitProtocolCounter()
+        client.add_rpc_interceptor(counter)
 
         def small(rng: random.Random) -> None:
             reads = rng.sample(range(TXN_RECORDS), 2)
-            txn = client.begin()
+            txn = client.begin(options)
             for i in reads:
                 txn.get(txn_key(i))
             for i in reads:
                 txn.put(txn_write_key(rng), make_value(i))
             txn.commit()
 
-        return small
+        return Prepared(small, client.close, counter.extras)
+    if workload == "txn_pessimistic":
+
+        def pessimistic(rng: random.Random) -> None:
+            txn = client.begin(pessimistic=True)
+            keys = _sorted_pair(rng)
+            for key in keys:
+                txn.get_for_update(key)
+            for key in keys:
+                txn.put(key, make_value(rng.randrange(TXN_RECORDS)))
+            txn.commit()
+
+        return Prepared(pessimistic, client.close)
     if workload == "txn_contended":
-        if preload:
-            commit_all({hot_key(i): b"0" for i in range(HOT_KEYS)})
 
         def contended(rng: random.Random) -> int:
             keys = [hot_key(i) for i in rng.sample(range(HOT_KEYS), 2)]
@@ -344,18 +401,18 @@ def _txn_sync_op(workload: str, client: Any, *, preload: bool) -> SyncOp:
                 return attempt
             raise RuntimeError(f"no commit after {MAX_CONFLICT_RETRIES} write conflicts")
 
-        return contended
+        return Prepared(contended, client.close)
     if workload == "txn_large":
         tag = uuid.uuid4().hex[:8]
-        counter = itertools.count()
+        counter_ = itertools.count()
         value = make_value(0, 32)
 
         def large(rng: random.Random) -> None:
-            op = next(counter)  # itertools.count is atomic under the GIL
+            op = next(counter_)  # itertools.count is atomic under the GIL
             txn = client.begin()
             for key in large_txn_keys(tag, op):
                 txn.put(key, value)
             txn.commit()
 
-        return large
+        return Prepared(large, client.close)
     raise KeyError(workload)

@@ -34,9 +34,10 @@ else:  # imported from the package (tests, type checking)
 
 __all__ = ["PEER_SUPPORT", "main"]
 
-#: The workloads each peer can run (tikv-python has no transactions and no TSO).
+#: The workloads each peer can run: tikv-client 0.0.4 has no option for 1PC or async
+#: commit; tikv-python has no transactions and no TSO.
 PEER_SUPPORT: dict[str, frozenset[str]] = {
-    "tikv-client": frozenset(m.WORKLOADS),
+    "tikv-client": frozenset(n for n, w in m.WORKLOADS.items() if w.commit_protocol == "2pc"),
     "tikv-python": frozenset(n for n, w in m.WORKLOADS.items() if w.kind == "raw"),
 }
 
@@ -83,9 +84,10 @@ async def _prepare_tikv_client(workload: str, pd: list[str], preload: bool) -> t
             await txn.put(key, value)
         await txn.commit()
 
+    data = m.WORKLOADS[workload].data_set
+    if preload and data == "txn_small":
+        await commit_all({m.txn_key(i): m.make_value(i) for i in range(m.TXN_RECORDS)})
     if workload == "txn_small":
-        if preload:
-            await commit_all({m.txn_key(i): m.make_value(i) for i in range(m.TXN_RECORDS)})
 
         async def small(rng: random.Random) -> None:
             reads = rng.sample(range(m.TXN_RECORDS), 2)
@@ -97,6 +99,18 @@ async def _prepare_tikv_client(workload: str, pd: list[str], preload: bool) -> t
             await txn.commit()
 
         return small, _noop
+    if workload == "txn_pessimistic":
+
+        async def pessimistic(rng: random.Random) -> None:
+            keys = sorted(m.txn_key(i) for i in rng.sample(range(m.TXN_RECORDS), 2))
+            txn = await client.begin(pessimistic=True)
+            for key in keys:
+                await txn.get_for_update(key)
+            for key in keys:
+                await txn.put(key, m.make_value(rng.randrange(m.TXN_RECORDS)))
+            await txn.commit()
+
+        return pessimistic, _noop
     if workload == "txn_contended":
         if preload:
             await commit_all({m.hot_key(i): b"0" for i in range(m.HOT_KEYS)})

@@ -17,8 +17,10 @@ from tikv_cli.bench.measure import WORKLOADS, ratio
 __all__ = [
     "OURS",
     "PEERS",
+    "committed_as",
     "compare",
     "markdown_report",
+    "protocol_gains",
     "write_chart",
     "write_json",
 ]
@@ -37,9 +39,9 @@ def _measured(cell: dict[str, Any] | None) -> bool:
     return cell is not None and "ops_per_s" in cell and cell.get("ops", 0) > 0
 
 
-def _p99(cell: dict[str, Any]) -> float | None:
+def _latency(cell: dict[str, Any], name: str) -> float | None:
     lat = cell.get("latency_ms")
-    return None if not lat else float(lat["p99_ms"])
+    return None if not lat else float(lat[name])
 
 
 def compare(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -71,7 +73,7 @@ def compare(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                         "ours": ours,
                         "peer": peer,
                         "ops_ratio": ratio(mine["ops_per_s"], theirs["ops_per_s"]),
-                        "p99_ratio": ratio(_p99(mine), _p99(theirs)),
+                        "p99_ratio": ratio(_latency(mine, "p99_ms"), _latency(theirs, "p99_ms")),
                         "cpu_ratio": ratio(
                             mine.get("client_cpu_s_per_1k_ops"),
                             theirs.get("client_cpu_s_per_1k_ops"),
@@ -79,6 +81,59 @@ def compare(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                     }
                 )
     return rows
+
+
+def protocol_gains(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The gain of each commit-protocol variant over the workload it varies.
+
+    ``results`` are cells, as :func:`compare` takes. For every variant cell (a workload
+    with ``variant_of``) whose base cell of the same client and concurrency was measured
+    too, one row: ``client``,
+    ``concurrency``, ``workload``, ``protocol``, ``baseline``, ``ops_ratio`` (variant ÷
+    base ops/s: above 1 is a gain), ``p50_ratio`` / ``p99_ratio`` (variant ÷ base
+    latency: below 1 is a gain) and ``cpu_ratio`` (client CPU per operation), plus the
+    variant cell's ``commit_protocols`` (how its transactions actually committed) when the
+    runner counted them.
+    """
+    cells = _cells(results)
+    rows: list[dict[str, Any]] = []
+    for cell in results:
+        spec = WORKLOADS.get(cell["workload"])
+        if spec is None or spec.variant_of is None or not _measured(cell):
+            continue
+        base = cells.get((spec.variant_of, cell["concurrency"], cell["client"]))
+        if not _measured(base):
+            continue
+        assert base is not None
+        rows.append(
+            {
+                "client": cell["client"],
+                "concurrency": cell["concurrency"],
+                "workload": spec.name,
+                "protocol": spec.commit_protocol,
+                "baseline": spec.variant_of,
+                "ops_ratio": ratio(cell["ops_per_s"], base["ops_per_s"]),
+                "p50_ratio": ratio(_latency(cell, "p50_ms"), _latency(base, "p50_ms")),
+                "p99_ratio": ratio(_latency(cell, "p99_ms"), _latency(base, "p99_ms")),
+                "cpu_ratio": ratio(
+                    cell.get("client_cpu_s_per_1k_ops"), base.get("client_cpu_s_per_1k_ops")
+                ),
+                **(
+                    {"commit_protocols": cell["commit_protocols"]}
+                    if "commit_protocols" in cell
+                    else {}
+                ),
+            }
+        )
+    rows.sort(key=lambda r: (_order(r["workload"]), r["concurrency"], _client_order(r["client"])))
+    return rows
+
+
+def committed_as(counts: dict[str, int] | None) -> str:
+    """How a cell's transactions committed, e.g. ``1pc 1,200, 2pc 3`` (``—``: not counted)."""
+    if counts is None:
+        return "—"
+    return ", ".join(f"{name} {count:,}" for name, count in counts.items() if count) or "none"
 
 
 def _order(workload: str) -> int:
@@ -158,6 +213,28 @@ def markdown_report(
         )
     if not rows:
         lines.append("| (no pair of measured cells) | | | | | | |")
+    gains = protocol_gains(results)
+    if gains:
+        lines += [
+            "",
+            "## Commit protocols: variant ÷ two-phase commit",
+            "",
+            "The small transaction asking for 1PC or async commit, against the same transaction",
+            "committed in two phases by the same client at the same concurrency: ops/s above 1×",
+            "is a gain; latency and CPU per op below 1× are. *committed as*: how the variant's",
+            "transactions actually committed (warm-up included).",
+            "",
+            "| variant | baseline | client | conc. | ops/s | p50 latency | p99 latency "
+            "| client CPU per op | committed as |",
+            "|---|---|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for row in gains:
+            lines.append(
+                f"| {row['workload']} | {row['baseline']} | {row['client']} "
+                f"| {row['concurrency']} | {_x(row['ops_ratio'])} | {_x(row['p50_ratio'])} "
+                f"| {_x(row['p99_ratio'])} | {_x(row['cpu_ratio'])} "
+                f"| {committed_as(row.get('commit_protocols'))} |"
+            )
     if capacity:
         lines += [
             "",

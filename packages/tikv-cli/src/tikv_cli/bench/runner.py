@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tikv_cli.bench.measure import WORKLOADS, Progress, run_async, run_threads
-from tikv_cli.bench.ours import UnsupportedError, prepare_async, prepare_sync
+from tikv_cli.bench.ours import prepare_async, prepare_sync
 
 __all__ = ["OUR_CLIENTS", "main", "run_cell"]
 
@@ -38,8 +38,8 @@ def run_cell(
 ) -> dict[str, Any]:
     """Measure one cell of this project's client in this process.
 
-    Returns :meth:`~tikv_cli.bench.measure.Window.result`'s figures, or
-    ``{"unsupported": reason}`` when the client cannot run the workload yet.
+    Returns :meth:`~tikv_cli.bench.measure.Window.result`'s figures and the workload's
+    own (:attr:`tikv_cli.bench.ours.Prepared.extras`: e.g. ``commit_protocols``).
 
     Raises:
         ValueError: Unknown client or workload.
@@ -51,36 +51,34 @@ def run_cell(
         raise ValueError(f"unknown workload {workload!r}; choose from {', '.join(WORKLOADS)}")
     spec = WORKLOADS[workload]
     wait = spec.warmup if warmup is None else warmup
-    try:
-        if client == "ours-async":
-            return _cell_loop().run_until_complete(
-                _run_async(
-                    workload,
-                    endpoints,
-                    concurrency=concurrency,
-                    duration=duration,
-                    warmup=wait,
-                    min_ops=spec.min_ops,
-                    preload=preload,
-                    server_pid=server_pid,
-                    progress=progress,
-                )
-            )
-        op, cleanup = prepare_sync(workload, endpoints, preload=preload)
-        try:
-            return run_threads(
-                op,
+    if client == "ours-async":
+        return _cell_loop().run_until_complete(
+            _run_async(
+                workload,
+                endpoints,
                 concurrency=concurrency,
                 duration=duration,
                 warmup=wait,
                 min_ops=spec.min_ops,
+                preload=preload,
                 server_pid=server_pid,
                 progress=progress,
             )
-        finally:
-            cleanup()
-    except UnsupportedError as exc:
-        return {"unsupported": str(exc)}
+        )
+    prepared = prepare_sync(workload, endpoints, preload=preload)
+    try:
+        result = run_threads(
+            prepared.op,
+            concurrency=concurrency,
+            duration=duration,
+            warmup=wait,
+            min_ops=spec.min_ops,
+            server_pid=server_pid,
+            progress=progress,
+        )
+        return {**result, **prepared.extras()}
+    finally:
+        prepared.cleanup()
 
 
 _loop: asyncio.AbstractEventLoop | None = None
@@ -112,10 +110,10 @@ async def _run_async(
     server_pid: int | None,
     progress: Progress | None,
 ) -> dict[str, Any]:
-    op, cleanup = await prepare_async(workload, endpoints, preload=preload)
+    prepared = await prepare_async(workload, endpoints, preload=preload)
     try:
-        return await run_async(
-            op,
+        result = await run_async(
+            prepared.op,
             concurrency=concurrency,
             duration=duration,
             warmup=warmup,
@@ -123,8 +121,9 @@ async def _run_async(
             server_pid=server_pid,
             progress=progress,
         )
+        return {**result, **prepared.extras()}
     finally:
-        await cleanup()
+        await prepared.cleanup()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
