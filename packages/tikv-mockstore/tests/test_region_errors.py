@@ -156,3 +156,29 @@ def test_followers_serve_replica_reads_but_not_writes(cluster: MockCluster, stub
     assert not read.HasField("region_error")
     write = stubs.tikv(2).RawPut(kvrpcpb_pb2.RawPutRequest(context=ctx, key=b"k", value=b"v"))
     assert write.region_error.not_leader.leader.store_id == region.leader_store_id
+
+
+def test_a_context_that_passed_is_checked_again_after_every_region_change(
+    cluster: MockCluster, stubs: Stubs
+) -> None:
+    # The leader remembers Contexts that passed its routing checks; each region change must
+    # still be seen by the very same Context bytes.
+    (region,) = cluster.regions()
+    ctx = context_for(region)
+    assert not _get(stubs, 1, ctx, b"k").HasField("region_error")
+    assert not _get(stubs, 1, ctx, b"k").HasField("region_error")  # remembered
+    cluster.transfer_leader(region.id, 2)
+    assert _get(stubs, 1, ctx, b"k").region_error.HasField("not_leader")
+    cluster.transfer_leader(region.id, 1)
+    assert not _get(stubs, 1, ctx, b"k").HasField("region_error")
+    cluster.split([b"m"])
+    assert _get(stubs, 1, ctx, b"k").region_error.HasField("epoch_not_match")
+    (left, right) = cluster.regions()
+    fresh = context_for(right if right.id == region.id else left)
+    key = b"z" if right.id == region.id else b"a"
+    assert not _get(stubs, 1, fresh, key).HasField("region_error")
+    # Keys are checked on every request, remembered Context or not.
+    other = b"a" if key == b"z" else b"z"
+    assert _get(stubs, 1, fresh, other).region_error.HasField("key_not_in_region")
+    cluster.remove_peer(region.id, 1)
+    assert _get(stubs, 1, fresh, key).region_error.HasField("region_not_found")

@@ -129,6 +129,10 @@ class StoreScope:
         # TiKV seeds the feedback sequence with the Unix time at start and only increments it.
         self._feedback_seq = itertools.count(int(time.time()))
         self._feedback_mu = threading.Lock()
+        # Serialized Context -> the region it was routed to while this store led it. A hit
+        # is valid while that exact region object is current: regions are immutable and
+        # every change (split, merge, leader or peer change) replaces the object.
+        self._routes: dict[bytes, Region] = {}
 
     def health_feedback(self) -> kvrpcpb_pb2.HealthFeedback:
         """A fresh ``HealthFeedback`` of this store (slow score 1: healthy)."""
@@ -240,9 +244,8 @@ class StoreScope:
         ``reverse=True`` each range is ``(upper, lower)`` as reverse scans send it, and the
         upper bound may equal the region end (TiKV ``check_key_in_region_inclusive``).
         """
-        region = self._cluster.region_by_id(ctx.region_id)
-        err = self._check_routing(ctx, region)
-        if err is not None or region is None:
+        region, err = self._route(ctx)
+        if region is None:
             return err
         # Transactional keys are compared in the user-key space against the region's decoded
         # bounds (the same order as encoded keys against encoded bounds, without encoding
@@ -268,7 +271,29 @@ class StoreScope:
 
     def check_region(self, ctx: kvrpcpb_pb2.Context) -> errorpb_pb2.Error | None:
         """The store, region, leader and epoch checks without any key check."""
-        return self._check_routing(ctx, self._cluster.region_by_id(ctx.region_id))
+        return self._route(ctx)[1]
+
+    def _route(self, ctx: kvrpcpb_pb2.Context) -> tuple[Region | None, errorpb_pb2.Error | None]:
+        """``(region, None)`` when the request's routing checks pass, else ``(None, error)``.
+
+        The checks are deterministic for one Context and one region object when this store
+        leads the region (no replica / stale read rules apply), so a leader's passed check
+        is remembered by the Context's bytes: a BatchCommands message carries the same
+        Context for many sub-requests, and this is every request's hot path.
+        """
+        key = ctx.SerializeToString()
+        region = self._routes.get(key)
+        if region is not None and self._cluster.region_by_id(region.id) is region:
+            return region, None
+        region = self._cluster.region_by_id(ctx.region_id)
+        err = self._check_routing(ctx, region)
+        if err is not None or region is None:
+            return None, err
+        if region.leader_store_id == self._store_id:
+            if len(self._routes) >= _ROUTES_CACHED:
+                self._routes.clear()
+            self._routes[key] = region
+        return region, None
 
     def _check_routing(
         self, ctx: kvrpcpb_pb2.Context, region: Region | None
@@ -364,6 +389,10 @@ class StoreScope:
         if not txn:
             return region.start_key, region.end_key
         return region.user_start, region.user_end or b""
+
+
+#: How many routed Contexts a store remembers (the cache is cleared when it is full).
+_ROUTES_CACHED = 4096
 
 
 def _region_not_found(region_id: int) -> errorpb_pb2.Error:
