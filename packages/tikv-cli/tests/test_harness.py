@@ -67,7 +67,7 @@ def test_peer_runner_in_its_virtualenv(client: str) -> None:
         pytest.skip(f"no {client} virtualenv at {python} (benchmarks/run.py creates it)")
     runner = Path(__file__).parents[1] / "src" / "tikv_cli" / "bench" / "peer_runner.py"
     with ServerProcess(stores=1, regions=2) as server:
-        for workload in ("raw_get", "tso"):
+        for workload in ("raw_get", "tso", "txn_pessimistic", "txn_small_1pc"):
             done = subprocess.run(
                 [
                     *(str(python), str(runner), "--client", client, "--workload", workload),

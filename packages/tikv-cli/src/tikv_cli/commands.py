@@ -185,7 +185,7 @@ def add_kv_commands(
             "delete-range",
             parents=parents,
             help="delete every key in [START, END)"
-            + ("" if raw else ": every version, outside any transaction (not undoable)"),
+            + ("" if raw else ": every version and lock, outside transactions (no undo)"),
         )
         p.add_argument("start", metavar="START")
         p.add_argument("end", metavar="END", nargs="?", default=None, help="default: no end")
