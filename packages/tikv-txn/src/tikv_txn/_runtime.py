@@ -15,9 +15,9 @@ import contextlib
 import dataclasses
 import logging
 import random
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tikv_pd.backoff import (
     BATCH_GET_MAX_BACKOFF,
@@ -33,10 +33,12 @@ from tikv_pd.backoff import (
 )
 from tikv_pd.codec import KeyCodec
 from tikv_pd.config import Config
-from tikv_pd.errors import ClientClosedError
+from tikv_pd.errors import ClientClosedError, KeyIsLockedError, LockInfo, TxnError
 from tikv_pd.interceptor import RPCInterceptor
 from tikv_pd.request import RequestOptions, RequestSender
+from tikv_proto import kvrpcpb_pb2
 
+from tikv_txn._kv import decode_error_keys, key_error_to_exception, lock_from_pb
 from tikv_txn.latch import LatchScheduler
 from tikv_txn.policy import HEARTBEAT_INTERVAL_MS
 
@@ -49,6 +51,8 @@ if TYPE_CHECKING:
 __all__ = ["HEARTBEAT_TASK_PREFIX", "REQUEST_SOURCE", "Budgets", "TxnRuntime"]
 
 _log = logging.getLogger("tikv.txn")
+
+E = TypeVar("E", bound=BaseException)
 
 #: ``Context.request_source`` of transactional requests (shown in TiKV's metrics).
 REQUEST_SOURCE = "external_txn"
@@ -157,6 +161,34 @@ class TxnRuntime:
         if interceptor is self.interceptor:
             return self.base_options
         return dataclasses.replace(self.base_options, interceptor=interceptor)
+
+    # -- errors with user keys (tikv_txn._kv.decode_error_keys) --------------------------
+
+    def key_error(self, err: kvrpcpb_pb2.KeyError, *, start_ts: int = 0) -> TxnError:
+        """The typed exception of a ``kvrpcpb.KeyError``, with user keys (API v2)."""
+        return decode_error_keys(key_error_to_exception(err, start_ts=start_ts), self.codec)
+
+    def locks_of(
+        self, errors: Iterable[kvrpcpb_pb2.KeyError], *, start_ts: int = 0
+    ) -> list[LockInfo]:
+        """The locks of ``errors`` (stored keys, for the resolver); raise the first other error.
+
+        The error raised carries user keys (:meth:`key_error`).
+        """
+        locks: list[LockInfo] = []
+        for err in errors:
+            if not err.HasField("locked"):
+                raise self.key_error(err, start_ts=start_ts)
+            locks.append(lock_from_pb(err.locked))
+        return locks
+
+    def locked_error(self, lock: LockInfo) -> KeyIsLockedError:
+        """:class:`KeyIsLockedError` for a lock met (user keys), e.g. as a backoff's cause."""
+        return decode_error_keys(KeyIsLockedError(lock), self.codec)
+
+    def user_error(self, exc: E) -> E:
+        """``exc``, built by the client from stored keys, with user keys instead."""
+        return decode_error_keys(exc, self.codec)
 
     def check_open(self) -> None:
         """Raise :class:`ClientClosedError` once the client is closed."""

@@ -50,7 +50,6 @@ from tikv_pd.backoff import TXN_LOCK, Backoffer
 from tikv_pd.config import TransactionOptions
 from tikv_pd.errors import (
     CommitTsExpiredError,
-    KeyIsLockedError,
     LockInfo,
     TxnError,
     UndeterminedError,
@@ -61,7 +60,7 @@ from tikv_pd.region_cache import Region
 from tikv_pd.request import Ambiguity, KeysSharder, RequestOptions, RetryShard
 from tikv_proto import kvrpcpb_pb2
 
-from tikv_txn._kv import key_error_to_exception, locks_of, mutation_to_pb
+from tikv_txn._kv import mutation_to_pb
 from tikv_txn._runtime import HEARTBEAT_TASK_PREFIX
 from tikv_txn.latch import LatchLock
 from tikv_txn.membuffer import MemBuffer
@@ -424,19 +423,21 @@ class TwoPhaseCommitter:
                         self._fall_back_to_2pc("commit ts too large")
                         retry.extend(part)
                         continue
-                    for lock in locks_of(errors, start_ts=self.start_ts):
+                    for lock in self._rt.locks_of(errors, start_ts=self.start_ts):
                         if lock.lock_version > self.start_ts and not self.pessimistic:
                             # A younger transaction holds the key: whatever it does, this
                             # optimistic one can only end in a write conflict, so fail now
                             # instead of waiting for that lock (client-go extractKeyErrs;
                             # a pessimistic one resolves it: its keys are locked).
-                            raise WriteConflictError(
-                                start_ts=self.start_ts,
-                                conflict_start_ts=lock.lock_version,
-                                conflict_commit_ts=0,
-                                key=lock.key,
-                                primary=self.primary,
-                                reason=1,
+                            raise self._rt.user_error(
+                                WriteConflictError(
+                                    start_ts=self.start_ts,
+                                    conflict_start_ts=lock.lock_version,
+                                    conflict_commit_ts=0,
+                                    key=lock.key,
+                                    primary=self.primary,
+                                    reason=1,
+                                )
                             )
                         locks.append(lock)
                     retry.extend(part)
@@ -462,7 +463,9 @@ class TwoPhaseCommitter:
                 )
                 if res.ms_before_expired > 0:
                     await bo.backoff(
-                        TXN_LOCK, KeyIsLockedError(locks[0]), max_sleep_ms=res.ms_before_expired
+                        TXN_LOCK,
+                        self._rt.locked_error(locks[0]),
+                        max_sleep_ms=res.ms_before_expired,
                     )
             payload = retry
 
@@ -560,7 +563,7 @@ class TwoPhaseCommitter:
                 _log.info(
                     "txn %d: heartbeat stops: %s",
                     self.start_ts,
-                    key_error_to_exception(resp.error, start_ts=self.start_ts),
+                    self._rt.key_error(resp.error, start_ts=self.start_ts),
                 )
                 return
             failures = 0
@@ -608,7 +611,7 @@ class TwoPhaseCommitter:
 
         def handle(region: Region, part: Sequence[bytes], resp: Any) -> None:
             if resp.HasField("error"):
-                err = key_error_to_exception(resp.error, start_ts=self.start_ts)
+                err = self._rt.key_error(resp.error, start_ts=self.start_ts)
                 if isinstance(err, CommitTsExpiredError):
                     # A reader pushed min_commit_ts past our ts: retry with a newer one
                     # (client-go commit.go).
@@ -637,7 +640,7 @@ class TwoPhaseCommitter:
 
         def handle(region: Region, part: Sequence[bytes], resp: Any) -> None:
             if resp.HasField("error"):
-                raise key_error_to_exception(resp.error, start_ts=self.start_ts)
+                raise self._rt.key_error(resp.error, start_ts=self.start_ts)
 
         async def one(batch: _MutBatch) -> None:
             keys = self._commit_keys(batch)
@@ -673,7 +676,7 @@ class TwoPhaseCommitter:
 
         def handle(region: Region, part: Sequence[bytes], resp: Any) -> None:
             if resp.HasField("error"):
-                raise key_error_to_exception(resp.error, start_ts=self.start_ts)
+                raise self._rt.key_error(resp.error, start_ts=self.start_ts)
 
         async def one(batch: _MutBatch) -> None:
             await self._rt.sender.execute(
@@ -713,13 +716,15 @@ class TwoPhaseCommitter:
             latch = await latches.acquire(self.start_ts, [m.key for m in self.plan.mutations])
             if latch.is_stale:
                 latches.release(latch)
-                raise WriteConflictError(
-                    start_ts=self.start_ts,
-                    conflict_start_ts=0,
-                    conflict_commit_ts=latch.conflict_commit_ts,
-                    key=latch.stale_key or b"",
-                    primary=self.primary,
-                    reason=1,
+                raise self._rt.user_error(
+                    WriteConflictError(
+                        start_ts=self.start_ts,
+                        conflict_start_ts=0,
+                        conflict_commit_ts=latch.conflict_commit_ts,
+                        key=latch.stale_key or b"",
+                        primary=self.primary,
+                        reason=1,
+                    )
                 )
         commit_ts = 0
         try:

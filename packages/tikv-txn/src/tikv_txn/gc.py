@@ -55,7 +55,7 @@ from tikv_pd.backoff import (
     Backoffer,
 )
 from tikv_pd.codec import KeyCodec
-from tikv_pd.errors import GCTooEarlyError, KeyIsLockedError, LockInfo, RegionError, TxnError
+from tikv_pd.errors import GCTooEarlyError, LockInfo, RegionError, TxnError
 from tikv_pd.pd_client import PDClient, ServiceSafePoint
 from tikv_pd.rangetask import (
     ProgressCallback,
@@ -67,7 +67,7 @@ from tikv_pd.request import KeysSharder, RequestOptions
 from tikv_pd.transport import TransportError
 from tikv_proto import kvrpcpb_pb2
 
-from tikv_txn._kv import key_error_to_exception, lock_from_pb
+from tikv_txn._kv import lock_from_pb
 from tikv_txn.lock_resolver import RESOLVED_CACHE_SIZE
 
 if TYPE_CHECKING:
@@ -310,7 +310,7 @@ async def _final_commit_ts(rt: TxnRuntime, bo: Backoffer, lock: LockInfo) -> int
             return cached.commit_ts
         # Not settled yet (the lock has not expired): wait, at most until it expires.
         await bo.backoff(
-            TXN_LOCK, KeyIsLockedError(lock), max_sleep_ms=result.ms_before_expired or None
+            TXN_LOCK, rt.locked_error(lock), max_sleep_ms=result.ms_before_expired or None
         )
 
 
@@ -330,7 +330,7 @@ async def _pessimistic_rollback(
     )
     for resp in responses:
         if resp.errors:
-            raise key_error_to_exception(resp.errors[0], start_ts=start_ts)
+            raise rt.key_error(resp.errors[0], start_ts=start_ts)
 
 
 async def resolve_lock_batch(rt: TxnRuntime, bo: Backoffer, locks: Sequence[LockInfo]) -> None:
@@ -374,7 +374,7 @@ async def resolve_lock_batch(rt: TxnRuntime, bo: Backoffer, locks: Sequence[Lock
     )
     for resp in responses:
         if resp.HasField("error"):
-            raise key_error_to_exception(resp.error)
+            raise rt.key_error(resp.error)
 
 
 class _LockSweeper:
@@ -405,7 +405,7 @@ class _LockSweeper:
             resume: bytes | None = None
             for resp in responses:
                 if resp.HasField("error"):
-                    raise key_error_to_exception(resp.error)
+                    raise self._rt.key_error(resp.error)
                 locks = [lock_from_pb(pb) for pb in resp.locks]
                 if locks:
                     await self._rt.resolver.batch_resolve_locks(bo, locks)
@@ -518,7 +518,7 @@ async def _collect(
         pass
     else:
         if probe.HasField("error"):
-            raise key_error_to_exception(probe.error)
+            raise rt.key_error(probe.error)
     options = rt.request_options(timeout=rt.config.read_timeout_medium)
 
     async def handler(region: Region, s: bytes, e: bytes) -> TaskStat:
@@ -534,7 +534,7 @@ async def _collect(
         )
         for resp in responses:
             if resp.HasField("error"):
-                raise key_error_to_exception(resp.error)
+                raise rt.key_error(resp.error)
         return TaskStat(completed_regions=len(responses))
 
     runner = RangeTaskRunner("gc-collect", rt.sender.locator, handler, concurrency=concurrency)

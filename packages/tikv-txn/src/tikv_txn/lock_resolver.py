@@ -44,7 +44,7 @@ from tikv_pd.region_cache import Region
 from tikv_pd.request import KeysSharder, RequestOptions
 from tikv_proto import kvrpcpb_pb2
 
-from tikv_txn._kv import key_error_to_exception, lock_from_pb
+from tikv_txn._kv import lock_from_pb
 from tikv_txn.policy import (
     Action,
     AsyncResolveData,
@@ -204,7 +204,7 @@ class LockResolver:
             options=self._rt.base_options if options is None else options,
         )
         if resp.HasField("error"):
-            raise key_error_to_exception(resp.error, start_ts=txn_id)
+            raise self._rt.key_error(resp.error, start_ts=txn_id)
         if resp.lock_ttl == 0:
             _count(
                 "query_txn_status_committed"
@@ -409,7 +409,7 @@ class LockResolver:
         self.stats["resolve_lock"] += 1
         resp = await self._rt.sender.call_key("ResolveLock", lock.key, req, bo=bo, options=options)
         if resp.HasField("error"):
-            raise key_error_to_exception(resp.error, start_ts=lock.lock_version)
+            raise self._rt.key_error(resp.error, start_ts=lock.lock_version)
         if region is not None:
             cleaned.setdefault(lock.lock_version, set()).add(region.id)
 
@@ -443,7 +443,7 @@ class LockResolver:
         )
         errors = list(resp.errors)
         if errors:
-            raise key_error_to_exception(errors[0], start_ts=lock.lock_version)
+            raise self._rt.key_error(errors[0], start_ts=lock.lock_version)
         if region is not None and region_cleaned is not None:
             region_cleaned.setdefault(lock.lock_version, set()).add(region.id)
 
@@ -499,7 +499,7 @@ class LockResolver:
         )
         for expected, resp in parts:
             if resp.HasField("error"):
-                raise key_error_to_exception(resp.error, start_ts=start_ts)
+                raise self._rt.key_error(resp.error, start_ts=start_ts)
             locks = [lock_from_pb(pb) for pb in resp.locks]
             if not data.add(locks, expected, resp.commit_ts):
                 raise _NotAsyncCommitError
@@ -533,7 +533,7 @@ class LockResolver:
         )
         for resp in responses:
             if resp.HasField("error"):
-                raise key_error_to_exception(resp.error, start_ts=start_ts)
+                raise self._rt.key_error(resp.error, start_ts=start_ts)
 
     # -- GC ----------------------------------------------------------------------------
 

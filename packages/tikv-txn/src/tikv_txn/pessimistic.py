@@ -62,7 +62,7 @@ from tikv_pd.region_cache import Region
 from tikv_pd.request import KeysSharder, RequestOptions
 from tikv_proto import kvrpcpb_pb2
 
-from tikv_txn._kv import key_error_to_exception, lock_from_pb
+from tikv_txn._kv import lock_from_pb
 from tikv_txn.membuffer import TOMBSTONE, FlagsOp, MemBuffer
 from tikv_txn.policy import Op, pessimistic_lock_ttl
 
@@ -846,7 +846,7 @@ class PessimisticLocker:
                         blocking.append(lock_from_pb(err.locked))
                     else:
                         # AlreadyExist, Deadlock (with the wait chain), WriteConflict, ...
-                        raise key_error_to_exception(err, start_ts=self.start_ts)
+                        raise self._rt.key_error(err, start_ts=self.start_ts)
                 retry.extend(part)
             if blocking:
                 await self._resolve_blocking(bo, blocking, request, attempt.wait_start)
@@ -947,11 +947,13 @@ class PessimisticLocker:
         if verdict is WaitVerdict.KEEP_WAITING:
             return
         lock = to_resolve[0]
-        raise LockWaitTimeoutError(
-            lock.key,
-            self.start_ts,
-            lock_ts=lock.lock_version,
-            no_wait=verdict is WaitVerdict.NO_WAIT,
+        raise self._rt.user_error(
+            LockWaitTimeoutError(
+                lock.key,
+                self.start_ts,
+                lock_ts=lock.lock_version,
+                no_wait=verdict is WaitVerdict.NO_WAIT,
+            )
         )
 
     # -- aggressive (fair) locking -----------------------------------------------------
@@ -1151,7 +1153,7 @@ class PessimisticLocker:
         def handle(region: Region, part: Sequence[bytes], resp: Any) -> None:
             errors = list(resp.errors)
             if errors:
-                raise key_error_to_exception(errors[0], start_ts=start_ts)
+                raise self._rt.key_error(errors[0], start_ts=start_ts)
 
         self.stats["pessimistic_rollbacks"] += 1
         bo = self._rt.backoffer(PESSIMISTIC_ROLLBACK_MAX_BACKOFF, "pessimistic rollback")

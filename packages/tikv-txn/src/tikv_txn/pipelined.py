@@ -87,7 +87,6 @@ from tikv_pd.config import TransactionOptions
 from tikv_pd.errors import (
     AssertionFailedError,
     CommitTsExpiredError,
-    KeyIsLockedError,
     LockInfo,
     TransactionClosedError,
     TxnError,
@@ -100,7 +99,7 @@ from tikv_pd.region_cache import Region
 from tikv_pd.request import Ambiguity, KeysSharder, RequestOptions, RetryShard
 from tikv_proto import kvrpcpb_pb2
 
-from tikv_txn._kv import key_error_to_exception, locks_of, mutation_to_pb
+from tikv_txn._kv import mutation_to_pb
 from tikv_txn._runtime import HEARTBEAT_TASK_PREFIX
 from tikv_txn._validate import check_key, check_keys, check_range
 from tikv_txn.membuffer import TOMBSTONE, KeyFlags, MemBuffer, MemEntry, Tombstone
@@ -536,11 +535,11 @@ class AsyncPipelinedTransaction(AsyncTransaction):
 
         def handle(region: Region, part: Sequence[bytes], resp: Any) -> list[tuple[bytes, bytes]]:
             if resp.HasField("error"):
-                raise key_error_to_exception(resp.error, start_ts=start_ts)
+                raise self._rt.key_error(resp.error, start_ts=start_ts)
             pairs: list[tuple[bytes, bytes]] = []
             for pair in resp.pairs:
                 if pair.HasField("error"):
-                    raise key_error_to_exception(pair.error, start_ts=start_ts)
+                    raise self._rt.key_error(pair.error, start_ts=start_ts)
                 pairs.append((pair.key, pair.value))
             return pairs
 
@@ -1005,15 +1004,17 @@ class AsyncPipelinedTransaction(AsyncTransaction):
                         self._primary_flushed = True
                         self._start_heartbeat()
                     continue
-                for lock in locks_of(errors, start_ts=start_ts):
+                for lock in self._rt.locks_of(errors, start_ts=start_ts):
                     if lock.lock_version > start_ts:
-                        raise WriteConflictError(
-                            start_ts=start_ts,
-                            conflict_start_ts=lock.lock_version,
-                            conflict_commit_ts=0,
-                            key=lock.key,
-                            primary=primary,
-                            reason=1,
+                        raise self._rt.user_error(
+                            WriteConflictError(
+                                start_ts=start_ts,
+                                conflict_start_ts=lock.lock_version,
+                                conflict_commit_ts=0,
+                                key=lock.key,
+                                primary=primary,
+                                reason=1,
+                            )
                         )
                     locks.append(lock)
                 retry.extend(part)
@@ -1023,7 +1024,9 @@ class AsyncPipelinedTransaction(AsyncTransaction):
                 )
                 if res.ms_before_expired > 0:
                     await bo.backoff(
-                        TXN_LOCK, KeyIsLockedError(locks[0]), max_sleep_ms=res.ms_before_expired
+                        TXN_LOCK,
+                        self._rt.locked_error(locks[0]),
+                        max_sleep_ms=res.ms_before_expired,
                     )
             payload = retry
 
@@ -1099,7 +1102,7 @@ class AsyncPipelinedTransaction(AsyncTransaction):
                 _log.warning(
                     "pipelined txn %d: heartbeat stops: %s",
                     self.start_ts,
-                    key_error_to_exception(resp.error, start_ts=self.start_ts),
+                    self._rt.key_error(resp.error, start_ts=self.start_ts),
                 )
                 self._ttl_closed = True
                 return
@@ -1193,7 +1196,7 @@ class AsyncPipelinedTransaction(AsyncTransaction):
 
         def handle(region: Region, part: Sequence[bytes], resp: Any) -> None:
             if resp.HasField("error"):
-                err = key_error_to_exception(resp.error, start_ts=self.start_ts)
+                err = self._rt.key_error(resp.error, start_ts=self.start_ts)
                 if isinstance(err, CommitTsExpiredError):
                     # The heartbeat or a reader pushed min_commit_ts past our ts.
                     raise RetryShard(part, reason=str(err), before_retry=newer_commit_ts)
@@ -1274,7 +1277,7 @@ class AsyncPipelinedTransaction(AsyncTransaction):
             )
             for resp in responses:
                 if resp.HasField("error"):
-                    raise key_error_to_exception(resp.error, start_ts=start_ts)
+                    raise self._rt.key_error(resp.error, start_ts=start_ts)
             return TaskStat(completed_regions=len(responses))
 
         status = "commit" if commit_ts else "rollback"

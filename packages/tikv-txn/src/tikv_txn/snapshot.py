@@ -36,14 +36,14 @@ from typing import TYPE_CHECKING, Any
 
 from tikv_pd.backoff import TXN_LOCK_FAST, Backoffer
 from tikv_pd.config import IsolationLevel, TransactionOptions
-from tikv_pd.errors import KeyIsLockedError, LockInfo
+from tikv_pd.errors import LockInfo
 from tikv_pd.interceptor import RPCInterceptor, chain_interceptors
 from tikv_pd.observability import register_operations
 from tikv_pd.region_cache import Region
 from tikv_pd.request import KeysSharder, RequestOptions
 from tikv_proto import kvrpcpb_pb2
 
-from tikv_txn._kv import key_error_to_exception, lock_from_pb
+from tikv_txn._kv import lock_from_pb
 from tikv_txn._validate import check_key, check_keys, check_limit, check_range
 from tikv_txn.gc import check_visibility
 
@@ -216,7 +216,7 @@ class AsyncSnapshot:
             if resp.HasField("error"):
                 err = resp.error
                 if not err.HasField("locked"):
-                    raise key_error_to_exception(err, start_ts=self.ts)
+                    raise self._rt.key_error(err, start_ts=self.ts)
                 await self.resolve_for_read(bo, [lock_from_pb(err.locked)])
                 options = self._leader_options  # client-go DisableStaleReadMeetLock
                 continue
@@ -273,14 +273,14 @@ class AsyncSnapshot:
             for part, resp in parts:
                 if resp.HasField("error"):
                     if not resp.error.HasField("locked"):
-                        raise key_error_to_exception(resp.error, start_ts=ts)
+                        raise self._rt.key_error(resp.error, start_ts=ts)
                     locks.append(lock_from_pb(resp.error.locked))
                     continue
                 got: set[bytes] = set()
                 for pair in resp.pairs:
                     if pair.HasField("error"):
                         if not pair.error.HasField("locked"):
-                            raise key_error_to_exception(pair.error, start_ts=ts)
+                            raise self._rt.key_error(pair.error, start_ts=ts)
                         locks.append(lock_from_pb(pair.error.locked))
                         continue
                     out[pair.key] = pair.value
@@ -342,13 +342,13 @@ class AsyncSnapshot:
         )
         if res.ms_before_expired > 0:
             await bo.backoff(
-                TXN_LOCK_FAST, KeyIsLockedError(locks[0]), max_sleep_ms=res.ms_before_expired
+                TXN_LOCK_FAST, self._rt.locked_error(locks[0]), max_sleep_ms=res.ms_before_expired
             )
             return
         seen_again = not res.ignored.isdisjoint(self._ignored)
         self._ignored.update(res.ignored)
         if seen_again or (res.resolved == 0 and not res.ignored):
-            await bo.backoff(TXN_LOCK_FAST, KeyIsLockedError(locks[0]))
+            await bo.backoff(TXN_LOCK_FAST, self._rt.locked_error(locks[0]))
 
     # -- scans -------------------------------------------------------------------------
 
@@ -464,14 +464,14 @@ class AsyncSnapshot:
                     # A whole-request error (TiKV also copies it into a first pair for
                     # old clients); per-key locks come in the pairs only.
                     if not resp.error.HasField("locked"):
-                        raise key_error_to_exception(resp.error, start_ts=ts)
+                        raise self._rt.key_error(resp.error, start_ts=ts)
                     retry_locks.append(lock_from_pb(resp.error.locked))
                     break
                 pairs = list(resp.pairs)
                 for pair in pairs:
                     if pair.HasField("error"):
                         if not pair.error.HasField("locked"):
-                            raise key_error_to_exception(pair.error, start_ts=ts)
+                            raise self._rt.key_error(pair.error, start_ts=ts)
                         lock = lock_from_pb(pair.error.locked)
                         value = await self._get_encoded(lock.key, bo)
                         if value is not None:
