@@ -342,7 +342,8 @@ class MvccEngine:
         # (1, key, commit_ts, old_write).
         self._undo: list[tuple[int, bytes, object, object]] = []
         self._lock_changed = False
-        self._lock_epoch = 0
+        # Threads blocked in wait_for_lock_change (the condition is notified only then).
+        self._lock_waiters = 0
         self._lock_listeners: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ max_ts
@@ -381,8 +382,8 @@ class MvccEngine:
 
     def _locks_released(self) -> None:
         # Called with self._mu held.
-        self._lock_epoch += 1
-        self._cond.notify_all()
+        if self._lock_waiters:
+            self._cond.notify_all()
         for listener in self._lock_listeners:
             try:
                 listener()
@@ -2066,7 +2067,11 @@ class MvccEngine:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                self._cond.wait(remaining)
+                self._lock_waiters += 1
+                try:
+                    self._cond.wait(remaining)
+                finally:
+                    self._lock_waiters -= 1
 
     # ------------------------------------------------------------------ pipelined DML
 
