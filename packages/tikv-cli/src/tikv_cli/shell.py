@@ -3,15 +3,16 @@
 Lines are split like a POSIX shell (quotes group words). Commands::
 
     get KEY | put KEY VALUE | delete KEY | scan [START [END]] [--limit N]
-        outside a transaction: raw commands; inside ``begin`` … ``commit``: the transaction's
+        outside a transaction: raw commands; between begin and commit: the transaction's
     raw OP ...      always a raw command (get put delete scan delete-range ttl checksum cas)
-    txn OP ...      a transactional command (get put delete scan): inside a transaction in
-                    that one, else in one of its own; ``txn get KEY --stale SECONDS`` (and
-                    scan) reads a stale snapshot; ``txn delete-range START [END]`` and
-                    ``txn gc SAFEPOINT`` run outside any transaction
+    txn OP ...      a transactional command (get put delete scan): in the open
+                    transaction, else in one of its own
+    txn get KEY --stale SECONDS      a stale read (scan too), outside any transaction
+    txn delete-range START [END]     delete every version of a range (no undo)
+    txn gc SAFEPOINT                 resolve locks and advance the GC safepoint
     begin [--pessimistic]   start a transaction;  commit;  rollback
-    get-for-update KEY [--no-wait]   inside a transaction: read KEY and lock it
-    lock KEY... [--no-wait]          inside a transaction: lock KEYs
+    get-for-update KEY [--no-wait]   in a transaction: read KEY and lock it
+    lock KEY... [--no-wait]          in a transaction: lock KEYs
         (pessimistic: locked now, waiting for other holders; optimistic: checked at commit)
     help;  exit / quit (or Ctrl-D)
 
