@@ -21,6 +21,7 @@ from tikv_pd.pd_client import ServiceSafePoint
 from tikv_pd.sync import LoopThread
 
 from tikv_txn.client import AsyncTransactionClient, resolve_options
+from tikv_txn.gc import GC_CONCURRENCY
 from tikv_txn.pipelined import AsyncPipelinedTransaction
 from tikv_txn.snapshot import AsyncSnapshot
 from tikv_txn.transaction import AsyncTransaction
@@ -30,41 +31,38 @@ __all__ = ["Snapshot", "Transaction", "TransactionClient"]
 T = TypeVar("T")
 
 
-class Snapshot:
-    """A read-only view at :attr:`ts` (blocking); see :class:`~tikv_txn.AsyncSnapshot`."""
+class _Reader:
+    """What the blocking :class:`Snapshot` and :class:`Transaction` share: the reads.
 
-    __slots__ = ("_loop", "_snap")
+    Each call runs the async reader's coroutine on the client's loop thread; a
+    transaction's reads see its own writes first, a snapshot's only what was committed.
+    """
 
-    def __init__(self, snapshot: AsyncSnapshot, loop: LoopThread) -> None:
-        """Wrap an async snapshot whose client runs on ``loop``."""
-        self._snap = snapshot
+    __slots__ = ("_loop", "_reader")
+
+    def __init__(self, reader: AsyncSnapshot | AsyncTransaction, loop: LoopThread) -> None:
+        self._reader = reader
         self._loop = loop
 
-    @property
-    def ts(self) -> int:
-        """The read timestamp."""
-        return self._snap.ts
-
-    @property
-    def stale_read(self) -> bool:
-        """Whether this snapshot reads as a stale read."""
-        return self._snap.stale_read
-
     def set_rpc_interceptor(self, interceptor: RPCInterceptor | None) -> None:
-        """See :meth:`AsyncSnapshot.set_rpc_interceptor` (interceptors run on the loop thread)."""
-        self._snap.set_rpc_interceptor(interceptor)
+        """Run ``interceptor`` around every RPC of this reader (on the loop thread).
+
+        See :meth:`AsyncTransaction.set_rpc_interceptor` and
+        :meth:`AsyncSnapshot.set_rpc_interceptor`.
+        """
+        self._reader.set_rpc_interceptor(interceptor)
 
     def add_rpc_interceptor(self, interceptor: RPCInterceptor) -> None:
-        """See :meth:`AsyncSnapshot.add_rpc_interceptor`."""
-        self._snap.add_rpc_interceptor(interceptor)
+        """Append ``interceptor`` to this reader's chain (it runs after the others)."""
+        self._reader.add_rpc_interceptor(interceptor)
 
     def get(self, key: bytes) -> bytes | None:
-        """The value of ``key`` at :attr:`ts`, or ``None``."""
-        return self._loop.run(self._snap.get(key))
+        """The value of ``key``, or ``None``."""
+        return self._loop.run(self._reader.get(key))
 
     def batch_get(self, keys: Iterable[bytes]) -> dict[bytes, bytes]:
         """The existing keys among ``keys`` with their values."""
-        return self._loop.run(self._snap.batch_get(list(keys)))
+        return self._loop.run(self._reader.batch_get(list(keys)))
 
     def scan(
         self,
@@ -77,7 +75,7 @@ class Snapshot:
     ) -> list[tuple[bytes, bytes]]:
         """Up to ``limit`` pairs of ``[start, end)`` in key order (descending if ``reverse``)."""
         return self._loop.run(
-            self._snap.scan(start, end, limit=limit, key_only=key_only, reverse=reverse)
+            self._reader.scan(start, end, limit=limit, key_only=key_only, reverse=reverse)
         )
 
     def scan_iter(
@@ -90,35 +88,49 @@ class Snapshot:
     ) -> Iterator[tuple[bytes, bytes]]:
         """Iterate over ``[start, end)``, fetching pages lazily."""
         return self._loop.iterate(
-            self._snap.scan_iter(start, end, key_only=key_only, reverse=reverse)
+            self._reader.scan_iter(start, end, key_only=key_only, reverse=reverse)
         )
 
 
-class Transaction:
+class Snapshot(_Reader):
+    """A read-only view at :attr:`ts` (blocking); see :class:`~tikv_txn.AsyncSnapshot`."""
+
+    __slots__ = ("_snap",)
+
+    def __init__(self, snapshot: AsyncSnapshot, loop: LoopThread) -> None:
+        """Wrap an async snapshot whose client runs on ``loop``."""
+        super().__init__(snapshot, loop)
+        self._snap = snapshot
+
+    @property
+    def ts(self) -> int:
+        """The read timestamp."""
+        return self._snap.ts
+
+    @property
+    def stale_read(self) -> bool:
+        """Whether this snapshot reads as a stale read."""
+        return self._snap.stale_read
+
+
+class Transaction(_Reader):
     """A transaction (blocking); see :class:`~tikv_txn.AsyncTransaction`.
 
-    In a pessimistic transaction ``put`` / ``insert`` / ``delete`` lock their key before
-    they return (one timestamp and one lock request each, as other clients do), so a
-    deadlock or a lock wait timeout is raised by the write itself.
+    Reads (``get``, ``batch_get``, ``scan``, ``scan_iter``) see the transaction's own
+    writes first. In a pessimistic transaction ``put`` / ``insert`` / ``delete`` lock
+    their key before they return (one timestamp and one lock request each, as other
+    clients do), so a deadlock or a lock wait timeout is raised by the write itself.
 
     ``with client.begin() as txn:`` commits when the block ends normally and rolls back
     when it raises.
     """
 
-    __slots__ = ("_loop", "_txn")
+    __slots__ = ("_txn",)
 
     def __init__(self, txn: AsyncTransaction, loop: LoopThread) -> None:
         """Wrap an async transaction whose client runs on ``loop``."""
+        super().__init__(txn, loop)
         self._txn = txn
-        self._loop = loop
-
-    def set_rpc_interceptor(self, interceptor: RPCInterceptor | None) -> None:
-        """See :meth:`AsyncTransaction.set_rpc_interceptor` (runs on the loop thread)."""
-        self._txn.set_rpc_interceptor(interceptor)
-
-    def add_rpc_interceptor(self, interceptor: RPCInterceptor) -> None:
-        """See :meth:`AsyncTransaction.add_rpc_interceptor`."""
-        self._txn.add_rpc_interceptor(interceptor)
 
     @property
     def start_ts(self) -> int:
@@ -149,41 +161,6 @@ class Transaction:
     def async_transaction(self) -> AsyncTransaction:
         """The underlying async transaction."""
         return self._txn
-
-    def get(self, key: bytes) -> bytes | None:
-        """The value of ``key`` as this transaction sees it, or ``None``."""
-        return self._loop.run(self._txn.get(key))
-
-    def batch_get(self, keys: Iterable[bytes]) -> dict[bytes, bytes]:
-        """The existing keys among ``keys`` with their values (own writes first)."""
-        return self._loop.run(self._txn.batch_get(list(keys)))
-
-    def scan(
-        self,
-        start: bytes,
-        end: bytes | None = None,
-        *,
-        limit: int,
-        key_only: bool = False,
-        reverse: bool = False,
-    ) -> list[tuple[bytes, bytes]]:
-        """Up to ``limit`` pairs of ``[start, end)``: own writes merged over the snapshot."""
-        return self._loop.run(
-            self._txn.scan(start, end, limit=limit, key_only=key_only, reverse=reverse)
-        )
-
-    def scan_iter(
-        self,
-        start: bytes,
-        end: bytes | None = None,
-        *,
-        key_only: bool = False,
-        reverse: bool = False,
-    ) -> Iterator[tuple[bytes, bytes]]:
-        """Iterate over ``[start, end)`` lazily (own writes merged over the snapshot)."""
-        return self._loop.iterate(
-            self._txn.scan_iter(start, end, key_only=key_only, reverse=reverse)
-        )
 
     def _lock_written(self) -> None:
         if self._txn.options.is_pessimistic:
@@ -422,7 +399,7 @@ class TransactionClient:
         """The stores' min safe ts; see :meth:`AsyncTransactionClient.min_safe_ts`."""
         return self._run(self._client.min_safe_ts())
 
-    def gc(self, safe_point: int, *, concurrency: int = 8) -> int:
+    def gc(self, safe_point: int, *, concurrency: int = GC_CONCURRENCY) -> int:
         """Garbage-collect below ``safe_point``; see :meth:`AsyncTransactionClient.gc`."""
         return self._run(self._client.gc(safe_point, concurrency=concurrency))
 
@@ -442,7 +419,7 @@ class TransactionClient:
         end: bytes | None = None,
         *,
         notify_only: bool = False,
-        concurrency: int = 8,
+        concurrency: int = GC_CONCURRENCY,
     ) -> int:
         """Delete ``[start, end)``; see :meth:`AsyncTransactionClient.delete_range`."""
         return self._run(

@@ -43,7 +43,7 @@ import bisect
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tikv_pd.backoff import TXN_LOCK, Backoffer
@@ -88,7 +88,7 @@ from tikv_txn.policy import (
 if TYPE_CHECKING:
     from tikv_txn._runtime import TxnRuntime
 
-__all__ = ["TwoPhaseCommitter"]
+__all__ = ["TwoPhaseCommitter", "commit_primary_keys"]
 
 _log = logging.getLogger("tikv.txn.committer")
 
@@ -105,6 +105,57 @@ def _mutation_size(m: Mutation) -> int:
 
 def _key_size(m: Mutation) -> int:
     return len(m.key)
+
+
+async def commit_primary_keys(
+    runtime: TxnRuntime,
+    keys: Sequence[bytes],
+    *,
+    start_ts: int,
+    commit_ts: Callable[[], int],
+    newer_commit_ts: Callable[[], Awaitable[object]],
+    options: RequestOptions,
+    operation: str,
+) -> None:
+    """``KvCommit`` of the primary ``keys`` at ``commit_ts()`` (client-go ``commit.go``).
+
+    A ``CommitTsExpired`` answer (a reader or the heartbeat pushed ``min_commit_ts`` past
+    the commit ts) fetches a newer one with ``newer_commit_ts`` and commits again; an
+    answer lost after sending makes the outcome unknown (``UndeterminedError``, never
+    retried blindly). Serves 2PC and pipelined DML.
+
+    Raises:
+        UndeterminedError: The request may have been applied but no answer came.
+        TxnLockNotFoundError: The primary lock is gone (rolled back by a resolver).
+
+    """
+    bo = runtime.backoffer(runtime.budgets.commit, operation)
+
+    async def renew() -> None:
+        await newer_commit_ts()
+
+    def build(region: Region, part: Sequence[bytes]) -> kvrpcpb_pb2.CommitRequest:
+        return kvrpcpb_pb2.CommitRequest(
+            start_version=start_ts, keys=list(part), commit_version=commit_ts()
+        )
+
+    def handle(region: Region, part: Sequence[bytes], resp: Any) -> None:
+        if resp.HasField("error"):
+            err = runtime.key_error(resp.error, start_ts=start_ts)
+            if isinstance(err, CommitTsExpiredError):
+                raise RetryShard(part, reason=str(err), before_retry=renew)
+            raise err
+
+    await runtime.sender.execute(
+        "Commit",
+        _BY_KEYS,
+        keys,
+        build,
+        handle,
+        bo=bo,
+        options=options,
+        ambiguity=Ambiguity.RETRY_THEN_RAISE,
+    )
 
 
 class TwoPhaseCommitter:
@@ -597,36 +648,14 @@ class TwoPhaseCommitter:
             TxnLockNotFoundError: The primary lock is gone (rolled back by a resolver).
 
         """
-        batch = self.batches[0]
-        keys = self._commit_keys(batch)
-        bo = self._rt.backoffer(self._rt.budgets.commit, "commit primary")
-
-        async def newer_commit_ts() -> None:
-            await self.get_commit_ts()
-
-        def build(region: Region, part: Sequence[bytes]) -> kvrpcpb_pb2.CommitRequest:
-            return kvrpcpb_pb2.CommitRequest(
-                start_version=self.start_ts, keys=list(part), commit_version=self.commit_ts
-            )
-
-        def handle(region: Region, part: Sequence[bytes], resp: Any) -> None:
-            if resp.HasField("error"):
-                err = self._rt.key_error(resp.error, start_ts=self.start_ts)
-                if isinstance(err, CommitTsExpiredError):
-                    # A reader pushed min_commit_ts past our ts: retry with a newer one
-                    # (client-go commit.go).
-                    raise RetryShard(part, reason=str(err), before_retry=newer_commit_ts)
-                raise err
-
-        await self._rt.sender.execute(
-            "Commit",
-            _BY_KEYS,
-            keys,
-            build,
-            handle,
-            bo=bo,
+        await commit_primary_keys(
+            self._rt,
+            self._commit_keys(self.batches[0]),
+            start_ts=self.start_ts,
+            commit_ts=lambda: self.commit_ts,
+            newer_commit_ts=self.get_commit_ts,
             options=self._write_options,
-            ambiguity=Ambiguity.RETRY_THEN_RAISE,
+            operation="commit primary",
         )
 
     async def commit_batches(self, batches: Sequence[_MutBatch]) -> None:

@@ -86,7 +86,6 @@ from tikv_pd.backoff import TXN_LOCK, Backoffer
 from tikv_pd.config import TransactionOptions
 from tikv_pd.errors import (
     AssertionFailedError,
-    CommitTsExpiredError,
     LockInfo,
     TransactionClosedError,
     TxnError,
@@ -96,12 +95,13 @@ from tikv_pd.errors import (
 from tikv_pd.interceptor import RPCInterceptor
 from tikv_pd.rangetask import RangeTaskRunner, TaskStat
 from tikv_pd.region_cache import Region
-from tikv_pd.request import Ambiguity, KeysSharder, RequestOptions, RetryShard
+from tikv_pd.request import KeysSharder, RequestOptions
 from tikv_proto import kvrpcpb_pb2
 
 from tikv_txn._kv import mutation_to_pb
 from tikv_txn._runtime import HEARTBEAT_TASK_PREFIX
 from tikv_txn._validate import check_key, check_keys, check_range
+from tikv_txn.committer import commit_primary_keys
 from tikv_txn.membuffer import TOMBSTONE, KeyFlags, MemBuffer, MemEntry, Tombstone
 from tikv_txn.policy import (
     DEFAULT_LOCK_TTL_MS,
@@ -1184,33 +1184,14 @@ class AsyncPipelinedTransaction(AsyncTransaction):
 
     async def _commit_primary(self) -> None:
         """``KvCommit`` of the primary key (client-go ``commitFlushedMutations``)."""
-        bo = self._rt.backoffer(self._rt.budgets.commit, "pipelined commit primary")
-
-        async def newer_commit_ts() -> None:
-            await self._oracle_commit_ts()
-
-        def build(region: Region, part: Sequence[bytes]) -> kvrpcpb_pb2.CommitRequest:
-            return kvrpcpb_pb2.CommitRequest(
-                start_version=self.start_ts, keys=list(part), commit_version=self.commit_ts
-            )
-
-        def handle(region: Region, part: Sequence[bytes], resp: Any) -> None:
-            if resp.HasField("error"):
-                err = self._rt.key_error(resp.error, start_ts=self.start_ts)
-                if isinstance(err, CommitTsExpiredError):
-                    # The heartbeat or a reader pushed min_commit_ts past our ts.
-                    raise RetryShard(part, reason=str(err), before_retry=newer_commit_ts)
-                raise err
-
-        await self._rt.sender.execute(
-            "Commit",
-            _BY_KEYS,
+        await commit_primary_keys(
+            self._rt,
             [self._primary],
-            build,
-            handle,
-            bo=bo,
+            start_ts=self.start_ts,
+            commit_ts=lambda: self.commit_ts,
+            newer_commit_ts=self._oracle_commit_ts,
             options=self._write_opts,
-            ambiguity=Ambiguity.RETRY_THEN_RAISE,
+            operation="pipelined commit primary",
         )
 
     async def rollback(self) -> None:
