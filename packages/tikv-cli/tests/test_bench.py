@@ -278,6 +278,7 @@ def test_markdown_report() -> None:
                 "server_util": 0.98,
                 "client_util": 0.5,
                 "errors": 0,
+                "server_us_per_request": 9.8,
             },
             {"mode": "unary_get", "error": "boom"},
         ],
@@ -287,7 +288,7 @@ def test_markdown_report() -> None:
     assert "| tso | 16 | tikv-python | no API |" in text
     assert "| tso | 16 | tikv-client | failed: crashed \\| badly |" in text
     assert "| raw_get | 16 | ours-async | tikv-client | 3.00× | 0.25× | 0.25× |" in text
-    assert "| batch_get | 100,000.0 | 781.0 | 1024 | 0.98 | 0.50 | 0 |" in text
+    assert "| batch_get | 100,000.0 | 781.0 | 1024 | 0.98 | 0.50 | 0 | 9.80 |" in text
     assert "| unary_get | failed: boom |" in text
 
 

@@ -51,7 +51,7 @@ def test_harness_runs_cells_in_processes_and_writes_reports(
         assert cell["client_cpu_s"] > 0
         assert cell["server_cpu_s"] is not None
     modes = [c["mode"] for c in doc["capacity"]]
-    assert modes == ["unary_get", "unary_put", "batch_get", "batch_put"]
+    assert modes == ["unary_get", "unary_put", "batch_get", "batch_put", "batch_txn"]
     assert all(c["requests_per_s"] > 0 and c["errors"] == 0 for c in doc["capacity"])
     report = (out / "results.md").read_text()
     assert "| raw_get | 2 | ours-async |" in report

@@ -6,12 +6,16 @@ region and its leader are looked up once through ``pdpb``, then one store is dri
 - ``unary_get`` / ``unary_put``: ``RawGet`` / ``RawPut`` unary calls, ``UNARY_IN_FLIGHT``
   concurrent callers;
 - ``batch_get`` / ``batch_put``: one ``BatchCommands`` stream, messages of ``BATCH_SIZE``
-  requests, ``BATCH_WINDOW`` messages in flight.
+  requests, ``BATCH_WINDOW`` messages in flight;
+- ``batch_txn``: the same stream with transactional requests: a message of ``KvPrewrite``
+  (one key per transaction), then one committing those transactions (``KvCommit``), then one
+  reading the keys back (``KvGet``), over and over.
 
 Each mode has a short warm-up, then a window; the result counts the requests answered
 inside it, answers carrying a region or key error as errors, and the server's and this
 process's CPU utilisation (read it: with util near 1.0 on the server side the mock is the
-limit, near 1.0 on the client side this driver is).
+limit, near 1.0 on the client side this driver is). ``server_us_per_request`` (server CPU
+per answered request) is the figure to compare across runs on a shared machine.
 
 ``python -m tikv_cli.bench.capacity --pd HOST:PORT [--server-pid PID] [--duration S]``
 prints ``RESULT <json list>``.
@@ -23,7 +27,7 @@ import argparse
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -40,7 +44,7 @@ BATCH_SIZE = 128
 #: BatchCommands messages in flight.
 BATCH_WINDOW = 8
 #: The modes, in run order.
-MODES = ("unary_get", "unary_put", "batch_get", "batch_put")
+MODES = ("unary_get", "unary_put", "batch_get", "batch_put", "batch_txn")
 _KEYS = 1000
 
 
@@ -85,8 +89,16 @@ class _Meter:
             self.errors += errors
 
 
-def _raw_error(resp: Any) -> bool:
-    return bool(resp.HasField("region_error") or resp.error)
+def _answer_error(resp: Any) -> bool:
+    """Whether a raw or transactional answer carries a region error or a key error."""
+    if resp.HasField("region_error"):
+        return True
+    fields = resp.DESCRIPTOR.fields_by_name
+    if "errors" in fields:
+        return len(resp.errors) > 0
+    if "error" in fields and fields["error"].message_type is not None:
+        return bool(resp.HasField("error"))
+    return bool(getattr(resp, "error", ""))
 
 
 async def _unary(
@@ -101,32 +113,78 @@ async def _unary(
             )
         else:
             resp = await stub.RawGet(kvrpcpb_pb2.RawGetRequest(context=ctx, key=_key(i)))
-        meter.answered(1, int(_raw_error(resp)))
+        meter.answered(1, int(_answer_error(resp)))
 
 
-def _batch_message(ctx: kvrpcpb_pb2.Context, put: bool, first_id: int) -> Any:
-    requests = []
-    for n in range(BATCH_SIZE):
-        i = (first_id + n) % _KEYS
+def _raw_requests(ctx: kvrpcpb_pb2.Context, put: bool) -> Iterator[list[Any]]:
+    """Endless request lists of ``BATCH_SIZE`` RawPut or RawGet requests."""
+    request = tikvpb_pb2.BatchCommandsRequest.Request
+    first = 0
+    while True:
+        keys = [(first + n) % _KEYS for n in range(BATCH_SIZE)]
         if put:
-            requests.append(
-                tikvpb_pb2.BatchCommandsRequest.Request(
+            yield [
+                request(
                     RawPut=kvrpcpb_pb2.RawPutRequest(context=ctx, key=_key(i), value=make_value(i))
                 )
-            )
+                for i in keys
+            ]
         else:
-            requests.append(
-                tikvpb_pb2.BatchCommandsRequest.Request(
-                    RawGet=kvrpcpb_pb2.RawGetRequest(context=ctx, key=_key(i))
+            yield [
+                request(RawGet=kvrpcpb_pb2.RawGetRequest(context=ctx, key=_key(i))) for i in keys
+            ]
+        first += BATCH_SIZE
+
+
+def _txn_key(i: int) -> bytes:
+    return b"cap/t%06d" % i
+
+
+def _txn_requests(ctx: kvrpcpb_pb2.Context) -> Iterator[list[Any]]:
+    """Endless request lists: prewrite ``BATCH_SIZE`` one-key transactions, commit, read.
+
+    Timestamps follow the wall clock as PD's would (physical milliseconds, 18 logical bits),
+    so the lock TTLs are meaningful; every transaction has its own start ts.
+    """
+    request = tikvpb_pb2.BatchCommandsRequest.Request
+    ts = int(time.time() * 1000) << 18
+    first = 0
+    while True:
+        keys = [_txn_key((first + n) % _KEYS) for n in range(BATCH_SIZE)]
+        starts = [ts + 2 * n + 1 for n in range(BATCH_SIZE)]
+        yield [
+            request(
+                Prewrite=kvrpcpb_pb2.PrewriteRequest(
+                    context=ctx,
+                    mutations=[
+                        kvrpcpb_pb2.Mutation(op=kvrpcpb_pb2.Put, key=k, value=make_value(n))
+                    ],
+                    primary_lock=k,
+                    start_version=start,
+                    lock_ttl=3000,
+                    txn_size=1,
                 )
             )
-    return tikvpb_pb2.BatchCommandsRequest(
-        requests=requests, request_ids=range(first_id, first_id + BATCH_SIZE)
-    )
+            for n, (k, start) in enumerate(zip(keys, starts, strict=True))
+        ]
+        yield [
+            request(
+                Commit=kvrpcpb_pb2.CommitRequest(
+                    context=ctx, keys=[k], start_version=start, commit_version=start + 1
+                )
+            )
+            for k, start in zip(keys, starts, strict=True)
+        ]
+        read_ts = ts + 2 * BATCH_SIZE + 1
+        yield [
+            request(Get=kvrpcpb_pb2.GetRequest(context=ctx, key=k, version=read_ts)) for k in keys
+        ]
+        ts += 2 * BATCH_SIZE + 2
+        first += BATCH_SIZE
 
 
 async def _batch(
-    stub: tikvpb_pb2_grpc.TikvAsyncStub, ctx: kvrpcpb_pb2.Context, put: bool, meter: _Meter
+    stub: tikvpb_pb2_grpc.TikvAsyncStub, batches: Iterator[list[Any]], meter: _Meter
 ) -> None:
     call: Any = stub.BatchCommands()  # type: ignore[call-arg]
     outstanding = 0
@@ -141,8 +199,8 @@ async def _batch(
                 raise RuntimeError("the BatchCommands stream ended")
             errors = 0
             for item in resp.responses:
-                inner = item.RawPut if put else item.RawGet
-                errors += int(_raw_error(inner))
+                name = item.WhichOneof("cmd")
+                errors += int(name is None or _answer_error(getattr(item, name)))
             outstanding -= len(resp.request_ids)
             meter.answered(len(resp.request_ids), errors)
             if outstanding <= (BATCH_WINDOW - 1) * BATCH_SIZE:
@@ -155,9 +213,14 @@ async def _batch(
             await room.wait()
             if receiver.done():
                 receiver.result()
-            await call.write(_batch_message(ctx, put, next_id))
-            next_id += BATCH_SIZE
-            outstanding += BATCH_SIZE
+            requests = next(batches)
+            await call.write(
+                tikvpb_pb2.BatchCommandsRequest(
+                    requests=requests, request_ids=range(next_id, next_id + len(requests))
+                )
+            )
+            next_id += len(requests)
+            outstanding += len(requests)
             if outstanding > (BATCH_WINDOW - 1) * BATCH_SIZE:
                 room.clear()
     finally:
@@ -180,7 +243,8 @@ async def _mode(
         tasks = [asyncio.create_task(_unary(stub, ctx, put, meter)) for _ in range(UNARY_IN_FLIGHT)]
         in_flight = UNARY_IN_FLIGHT
     else:
-        tasks = [asyncio.create_task(_batch(stub, ctx, put, meter))]
+        batches = _txn_requests(ctx) if mode == "batch_txn" else _raw_requests(ctx, put)
+        tasks = [asyncio.create_task(_batch(stub, batches, meter))]
         in_flight = BATCH_SIZE * BATCH_WINDOW
     try:
         await asyncio.sleep(warmup)
@@ -206,9 +270,15 @@ async def _mode(
     server_util = (
         (server1 - server0) / elapsed if server0 is not None and server1 is not None else None
     )
+    server_us = (
+        (server1 - server0) / meter.requests * 1e6
+        if server0 is not None and server1 is not None and meter.requests
+        else None
+    )
     return {
         "mode": mode,
         "requests_per_s": meter.requests / elapsed,
+        "server_us_per_request": server_us,
         "messages_per_s": meter.messages / elapsed,
         "in_flight": in_flight,
         "errors": meter.errors,

@@ -240,17 +240,19 @@ def markdown_report(
             "",
             "## Mock capacity (tikvpb stubs straight at one store)",
             "",
-            "| mode | requests/s | messages/s | in flight | server util | client util | errors |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| mode | requests/s | messages/s | in flight | server util | client util | errors "
+            "| server CPU µs / request |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for cap in capacity:
             if "error" in cap:
-                lines.append(f"| {cap['mode']} | failed: {cap['error']} | | | | | |")
+                lines.append(f"| {cap['mode']} | failed: {cap['error']} | | | | | | |")
                 continue
             lines.append(
                 f"| {cap['mode']} | {_num(cap['requests_per_s'])} | {_num(cap['messages_per_s'])} "
                 f"| {cap['in_flight']} | {_num(cap.get('server_util'), 2)} "
-                f"| {_num(cap.get('client_util'), 2)} | {cap.get('errors', 0)} |"
+                f"| {_num(cap.get('client_util'), 2)} | {cap.get('errors', 0)} "
+                f"| {_num(cap.get('server_us_per_request'), 2)} |"
             )
     lines.append("")
     return "\n".join(lines)
