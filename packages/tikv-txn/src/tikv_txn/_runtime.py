@@ -33,7 +33,13 @@ from tikv_pd.backoff import (
 )
 from tikv_pd.codec import KeyCodec
 from tikv_pd.config import Config
-from tikv_pd.errors import ClientClosedError, KeyIsLockedError, LockInfo, TxnError
+from tikv_pd.errors import (
+    ClientClosedError,
+    KeyIsLockedError,
+    LockInfo,
+    TxnError,
+    WriteConflictError,
+)
 from tikv_pd.interceptor import RPCInterceptor
 from tikv_pd.request import RequestOptions, RequestSender
 from tikv_proto import kvrpcpb_pb2
@@ -180,6 +186,38 @@ class TxnRuntime:
             if not err.HasField("locked"):
                 raise self.key_error(err, start_ts=start_ts)
             locks.append(lock_from_pb(err.locked))
+        return locks
+
+    def prewrite_locks(
+        self,
+        errors: Iterable[kvrpcpb_pb2.KeyError],
+        *,
+        start_ts: int,
+        primary: bytes,
+        optimistic: bool = True,
+    ) -> list[LockInfo]:
+        """The locks a prewrite (or a pipelined flush) met, to resolve; raise other errors.
+
+        A lock of a *younger* transaction fails an optimistic writer at once with a
+        :class:`WriteConflictError` (user keys): whatever that transaction does, this one
+        can only end in a write conflict, so it does not wait for the lock (client-go
+        ``prewrite.go`` / ``extractKeyErrs``). A pessimistic writer resolves it: its keys
+        are locked already.
+        """
+        locks = self.locks_of(errors, start_ts=start_ts)
+        if optimistic:
+            for lock in locks:
+                if lock.lock_version > start_ts:
+                    raise self.user_error(
+                        WriteConflictError(
+                            start_ts=start_ts,
+                            conflict_start_ts=lock.lock_version,
+                            conflict_commit_ts=0,
+                            key=lock.key,
+                            primary=primary,
+                            reason=1,
+                        )
+                    )
         return locks
 
     def locked_error(self, lock: LockInfo) -> KeyIsLockedError:

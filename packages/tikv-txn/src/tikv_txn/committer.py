@@ -46,7 +46,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from tikv_pd.backoff import TXN_LOCK, Backoffer
+from tikv_pd.backoff import Backoffer
 from tikv_pd.config import TransactionOptions
 from tikv_pd.errors import (
     CommitTsExpiredError,
@@ -474,23 +474,14 @@ class TwoPhaseCommitter:
                         self._fall_back_to_2pc("commit ts too large")
                         retry.extend(part)
                         continue
-                    for lock in self._rt.locks_of(errors, start_ts=self.start_ts):
-                        if lock.lock_version > self.start_ts and not self.pessimistic:
-                            # A younger transaction holds the key: whatever it does, this
-                            # optimistic one can only end in a write conflict, so fail now
-                            # instead of waiting for that lock (client-go extractKeyErrs;
-                            # a pessimistic one resolves it: its keys are locked).
-                            raise self._rt.user_error(
-                                WriteConflictError(
-                                    start_ts=self.start_ts,
-                                    conflict_start_ts=lock.lock_version,
-                                    conflict_commit_ts=0,
-                                    key=lock.key,
-                                    primary=self.primary,
-                                    reason=1,
-                                )
-                            )
-                        locks.append(lock)
+                    locks.extend(
+                        self._rt.prewrite_locks(
+                            errors,
+                            start_ts=self.start_ts,
+                            primary=self.primary,
+                            optimistic=not self.pessimistic,
+                        )
+                    )
                     retry.extend(part)
                     continue
                 outcome = interpret_prewrite_response(
@@ -509,15 +500,9 @@ class TwoPhaseCommitter:
                     self.primary_prewritten = True
                     self._maybe_start_heartbeat()
             if locks:
-                res = await self._rt.resolver.resolve_locks(
-                    bo, self.start_ts, locks, for_read=False, options=self._resolve_options
+                await self._rt.resolver.resolve_for_write(
+                    bo, self.start_ts, locks, options=self._resolve_options
                 )
-                if res.ms_before_expired > 0:
-                    await bo.backoff(
-                        TXN_LOCK,
-                        self._rt.locked_error(locks[0]),
-                        max_sleep_ms=res.ms_before_expired,
-                    )
             payload = retry
 
     # -- 7. heartbeat ------------------------------------------------------------------

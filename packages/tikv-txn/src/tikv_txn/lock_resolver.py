@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from tikv_pd import observability as _obs
 from tikv_pd.backoff import (
     ASYNC_RESOLVE_LOCK_MAX_BACKOFF,
+    TXN_LOCK,
     TXN_NOT_FOUND,
     Backoffer,
 )
@@ -317,6 +318,25 @@ class LockResolver:
         if result.ms_before_expired > 0:
             _count("wait_expired")
         return result
+
+    async def resolve_for_write(
+        self,
+        bo: Backoffer,
+        caller_start_ts: int,
+        locks: Sequence[LockInfo],
+        *,
+        options: RequestOptions | None = None,
+    ) -> None:
+        """Resolve the locks a write met; back off (``txnLock``) while one still blocks it.
+
+        The sleep is capped by the time until the first blocking lock expires (client-go
+        ``prewrite.go``: ``ResolveLocks`` then ``BackoffWithCfgAndMaxSleep(BoTxnLock)``).
+        """
+        res = await self.resolve_locks(bo, caller_start_ts, locks, for_read=False, options=options)
+        if res.ms_before_expired > 0:
+            await bo.backoff(
+                TXN_LOCK, self._rt.locked_error(locks[0]), max_sleep_ms=res.ms_before_expired
+            )
 
     async def _resolve_one(
         self,

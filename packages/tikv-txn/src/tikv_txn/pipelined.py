@@ -82,7 +82,7 @@ from collections.abc import (
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from tikv_pd.backoff import TXN_LOCK, Backoffer
+from tikv_pd.backoff import Backoffer
 from tikv_pd.config import TransactionOptions
 from tikv_pd.errors import (
     AssertionFailedError,
@@ -90,7 +90,6 @@ from tikv_pd.errors import (
     TransactionClosedError,
     TxnError,
     UndeterminedError,
-    WriteConflictError,
 )
 from tikv_pd.interceptor import RPCInterceptor
 from tikv_pd.rangetask import RangeTaskRunner, TaskStat
@@ -1004,30 +1003,12 @@ class AsyncPipelinedTransaction(AsyncTransaction):
                         self._primary_flushed = True
                         self._start_heartbeat()
                     continue
-                for lock in self._rt.locks_of(errors, start_ts=start_ts):
-                    if lock.lock_version > start_ts:
-                        raise self._rt.user_error(
-                            WriteConflictError(
-                                start_ts=start_ts,
-                                conflict_start_ts=lock.lock_version,
-                                conflict_commit_ts=0,
-                                key=lock.key,
-                                primary=primary,
-                                reason=1,
-                            )
-                        )
-                    locks.append(lock)
+                locks.extend(self._rt.prewrite_locks(errors, start_ts=start_ts, primary=primary))
                 retry.extend(part)
             if locks:
-                res = await self._rt.resolver.resolve_locks(
-                    bo, start_ts, locks, for_read=False, options=self._lock_resolve_options
+                await self._rt.resolver.resolve_for_write(
+                    bo, start_ts, locks, options=self._lock_resolve_options
                 )
-                if res.ms_before_expired > 0:
-                    await bo.backoff(
-                        TXN_LOCK,
-                        self._rt.locked_error(locks[0]),
-                        max_sleep_ms=res.ms_before_expired,
-                    )
             payload = retry
 
     # -- heartbeat (client-go 2pc.go keepAlive, pipelined) -----------------------------
