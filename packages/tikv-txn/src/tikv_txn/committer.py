@@ -88,7 +88,7 @@ from tikv_txn.policy import (
 if TYPE_CHECKING:
     from tikv_txn._runtime import TxnRuntime
 
-__all__ = ["TwoPhaseCommitter", "commit_primary_keys"]
+__all__ = ["TwoPhaseCommitter", "commit_primary_keys", "keep_primary_alive"]
 
 _log = logging.getLogger("tikv.txn.committer")
 
@@ -156,6 +156,77 @@ async def commit_primary_keys(
         options=options,
         ambiguity=Ambiguity.RETRY_THEN_RAISE,
     )
+
+
+async def keep_primary_alive(
+    runtime: TxnRuntime,
+    start_ts: int,
+    *,
+    primary: Callable[[], bytes],
+    options: Callable[[], RequestOptions],
+    on_beat: Callable[[], None],
+    pipelined: bool = False,
+) -> None:
+    """Keep a transaction's primary lock alive with a ``TxnHeartBeat`` every 10 s.
+
+    client-go ``2pc.go`` ``keepAlive``, for 2PC, pessimistic and pipelined DML alike.
+    Each beat advises a TTL of the transaction's uptime plus the managed lock TTL
+    (:func:`tikv_txn.policy.heartbeat_ttl`); a pipelined transaction's beat also pushes
+    the primary's ``min_commit_ts`` to now, so that readers need not wait for it.
+
+    Returns when the transaction outlived its max TTL (1 h, 24 h pipelined) or the
+    primary lock is gone (a key error: committed, rolled back or resolved).
+
+    Raises:
+        Exception: The last failure once more than 10 beats in a row failed, or a
+            timestamp could not be had.
+
+    """
+    cfg = runtime.config
+    what = "pipelined txn" if pipelined else "txn"
+    failures = 0
+    while True:
+        await asyncio.sleep(runtime.budgets.heartbeat_interval_s)
+        now = await runtime.oracle.get_timestamp()
+        ttl = heartbeat_ttl(
+            start_ts,
+            now,
+            pipelined=pipelined,
+            max_txn_ttl_ms=cfg.max_txn_ttl_ms,
+            managed_lock_ttl_ms=cfg.managed_lock_ttl_ms,
+        )
+        if ttl is None:
+            _log.warning("%s %d: lived past its max TTL; heartbeat stops", what, start_ts)
+            return
+        key = primary()
+        req = kvrpcpb_pb2.TxnHeartBeatRequest(
+            primary_lock=key,
+            start_version=start_ts,
+            advise_lock_ttl=ttl,
+            min_commit_ts=now if pipelined else 0,
+        )
+        bo = runtime.backoffer(runtime.budgets.heartbeat, f"{what} heartbeat")
+        try:
+            resp = await runtime.sender.call_key("TxnHeartBeat", key, req, bo=bo, options=options())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            failures += 1
+            _log.warning("%s %d: heartbeat failed (%d in a row): %s", what, start_ts, failures, exc)
+            if heartbeat_should_stop(failures, key_error=False):
+                raise
+            continue
+        if resp.HasField("error"):
+            # The primary lock is gone (committed, rolled back, resolved): stop.
+            _log.info(
+                "%s %d: heartbeat stops: %s",
+                what,
+                start_ts,
+                runtime.key_error(resp.error, start_ts=start_ts),
+            )
+            return
+        failures = 0
+        on_beat()
 
 
 class TwoPhaseCommitter:
@@ -560,50 +631,17 @@ class TwoPhaseCommitter:
 
     async def _keep_alive(self) -> None:
         """Extend the primary lock's TTL periodically (client-go ``keepAlive``)."""
-        cfg = self._rt.config
-        failures = 0
-        while True:
-            await asyncio.sleep(self._rt.budgets.heartbeat_interval_s)
-            now = await self._rt.oracle.get_timestamp()
-            ttl = heartbeat_ttl(
-                self.start_ts,
-                now,
-                max_txn_ttl_ms=cfg.max_txn_ttl_ms,
-                managed_lock_ttl_ms=cfg.managed_lock_ttl_ms,
-            )
-            if ttl is None:
-                _log.warning(
-                    "txn %d: lived longer than max_txn_ttl; heartbeat stops", self.start_ts
-                )
-                return
-            req = kvrpcpb_pb2.TxnHeartBeatRequest(
-                primary_lock=self.primary, start_version=self.start_ts, advise_lock_ttl=ttl
-            )
-            bo = self._rt.backoffer(self._rt.budgets.heartbeat, "txn heartbeat")
-            try:
-                resp = await self._rt.sender.call_key(
-                    "TxnHeartBeat", self.primary, req, bo=bo, options=self._write_options
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures += 1
-                _log.warning(
-                    "txn %d: heartbeat failed (%d in a row): %s", self.start_ts, failures, exc
-                )
-                if heartbeat_should_stop(failures, key_error=False):
-                    raise
-                continue
-            if resp.HasField("error"):
-                # The primary lock is gone (committed, rolled back, resolved): stop.
-                _log.info(
-                    "txn %d: heartbeat stops: %s",
-                    self.start_ts,
-                    self._rt.key_error(resp.error, start_ts=self.start_ts),
-                )
-                return
-            failures = 0
+
+        def beat() -> None:
             self.heartbeats += 1
+
+        await keep_primary_alive(
+            self._rt,
+            self.start_ts,
+            primary=lambda: self.primary,
+            options=lambda: self._write_options,
+            on_beat=beat,
+        )
 
     def stop_heartbeat(self) -> None:
         """Stop the heartbeat task, if any."""

@@ -100,7 +100,7 @@ from tikv_proto import kvrpcpb_pb2
 from tikv_txn._kv import mutation_to_pb
 from tikv_txn._runtime import HEARTBEAT_TASK_PREFIX
 from tikv_txn._validate import check_key, check_keys, check_range
-from tikv_txn.committer import commit_primary_keys
+from tikv_txn.committer import commit_primary_keys, keep_primary_alive
 from tikv_txn.membuffer import TOMBSTONE, KeyFlags, MemBuffer, MemEntry, Tombstone
 from tikv_txn.policy import (
     DEFAULT_LOCK_TTL_MS,
@@ -110,8 +110,6 @@ from tikv_txn.policy import (
     PIPELINED_MIN_FLUSH_SIZE,
     Mutation,
     Op,
-    heartbeat_should_stop,
-    heartbeat_ttl,
     mutation_for_entry,
     pipelined_need_flush,
 )
@@ -1026,69 +1024,31 @@ class AsyncPipelinedTransaction(AsyncTransaction):
             task.cancel()
 
     async def _keep_alive(self) -> None:
-        """Extend the primary's TTL and push its min_commit_ts to now, every 10 s."""
-        cfg = self._rt.config
-        failures = 0
-        while True:
-            await asyncio.sleep(self._rt.budgets.heartbeat_interval_s)
-            bo = self._rt.backoffer(self._rt.budgets.heartbeat, "pipelined txn heartbeat")
-            try:
-                now = await self._rt.oracle.get_timestamp()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                _log.warning(
-                    "pipelined txn %d: heartbeat could not get a ts: %s", self.start_ts, exc
-                )
-                self._ttl_closed = True
-                return
-            ttl = heartbeat_ttl(
-                self.start_ts,
-                now,
-                pipelined=True,
-                max_txn_ttl_ms=cfg.max_txn_ttl_ms,
-                managed_lock_ttl_ms=cfg.managed_lock_ttl_ms,
-            )
-            if ttl is None:
-                # A pipelined transaction past its lifetime would most likely fail to
-                # commit its primary: stop flushing (client-go closes the TTL manager).
-                _log.warning("pipelined txn %d: lived past its max TTL", self.start_ts)
-                self._ttl_closed = True
-                return
-            req = kvrpcpb_pb2.TxnHeartBeatRequest(
-                primary_lock=self._primary,
-                start_version=self.start_ts,
-                advise_lock_ttl=ttl,
-                min_commit_ts=now,
-            )
-            try:
-                resp = await self._rt.sender.call_key(
-                    "TxnHeartBeat", self._primary, req, bo=bo, options=self._write_opts
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures += 1
-                _log.warning(
-                    "pipelined txn %d: heartbeat failed (%d in a row): %s",
-                    self.start_ts,
-                    failures,
-                    exc,
-                )
-                if heartbeat_should_stop(failures, key_error=False):
-                    self._ttl_closed = True
-                    return
-                continue
-            if resp.HasField("error"):
-                _log.warning(
-                    "pipelined txn %d: heartbeat stops: %s",
-                    self.start_ts,
-                    self._rt.key_error(resp.error, start_ts=self.start_ts),
-                )
-                self._ttl_closed = True
-                return
-            failures = 0
+        """Extend the primary's TTL and push its min_commit_ts to now, every 10 s.
+
+        When the heartbeat stops (the primary lock is gone, the transaction lived past
+        its 24 h, or beats kept failing) further flushes and the commit fail: a pipelined
+        transaction whose primary may be rolled back must not go on (client-go closes
+        the TTL manager).
+        """
+
+        def beat() -> None:
             self.heartbeats += 1
+
+        try:
+            await keep_primary_alive(
+                self._rt,
+                self.start_ts,
+                primary=lambda: self._primary,
+                options=lambda: self._write_opts,
+                on_beat=beat,
+                pipelined=True,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _log.warning("pipelined txn %d: heartbeat stops: %s", self.start_ts, exc)
+        self._ttl_closed = True
 
     # -- finish ------------------------------------------------------------------------
 
