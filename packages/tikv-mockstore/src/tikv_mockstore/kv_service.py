@@ -176,16 +176,15 @@ def _write_refused(
 def kv_get(scope: StoreScope, req: kvrpcpb_pb2.GetRequest) -> kvrpcpb_pb2.GetResponse:
     """KvGet: ``value`` / ``not_found``, or the lock hiding the key in ``error``."""
     resp = kvrpcpb_pb2.GetResponse()
-    api_error = _api_error(scope, req.context, "get", keys=(req.key,))
+    ctx, key = req.context, req.key  # each protobuf field is read once on this hot path
+    api_error = _api_error(scope, ctx, "get", keys=(key,))
     if api_error is not None:
         resp.error.CopyFrom(api_error)
         return resp
-    if refused(resp, scope.check(req.context, keys=(req.key,), txn=True)):
+    if refused(resp, scope.check(ctx, keys=(key,), txn=True)):
         return resp
     try:
-        found = _engine(scope).get_with_commit_ts(
-            req.key, req.version, **_read_options(req.context)
-        )
+        found = _engine(scope).get_with_commit_ts(key, req.version, **_read_options(ctx))
     except KEY_ERROR_TYPES as e:
         resp.error.CopyFrom(key_error(e))
         return resp
@@ -403,11 +402,12 @@ def kv_prewrite(
 def kv_commit(scope: StoreScope, req: kvrpcpb_pb2.CommitRequest) -> kvrpcpb_pb2.CommitResponse:
     """KvCommit: ``commit_version`` on success, else one key error in ``error``."""
     resp = kvrpcpb_pb2.CommitResponse()
-    if refused(resp, scope.check(req.context, keys=req.keys, txn=True)):
+    keys = list(req.keys)
+    if refused(resp, scope.check(req.context, keys=keys, txn=True)):
         return resp
     engine = _engine(scope)
     try:
-        resp.commit_version = engine.commit(list(req.keys), req.start_version, req.commit_version)
+        resp.commit_version = engine.commit(keys, req.start_version, req.commit_version)
     except KEY_ERROR_TYPES as e:
         resp.error.CopyFrom(key_error(e))
     return resp

@@ -267,11 +267,13 @@ def _check_ts(value: object, name: str, *, allow_zero: bool = True) -> int:
 
 
 def _check_keys(keys: object, name: str) -> list[bytes]:
+    # Checked on every command: the messages are only built for a bad argument.
     if isinstance(keys, bytes | str) or not isinstance(keys, Iterable):
         raise TypeError(f"{name} must be a sequence of bytes keys")
     out = list(keys)
     for k in out:
-        _check_bytes(k, f"every key in {name}")
+        if type(k) is not bytes:
+            _check_bytes(k, f"every key in {name}")
     return out
 
 
@@ -280,6 +282,8 @@ def _check_mutations(mutations: object) -> list[Mutation]:
         raise TypeError("mutations must be a sequence of Mutation")
     out = list(mutations)
     for m in out:
+        if type(m) is Mutation and type(m.key) is bytes and type(m.value) is bytes:
+            continue
         if not isinstance(m, Mutation):
             raise TypeError(f"every mutation must be a Mutation, not {type(m).__name__}")
         _check_bytes(m.key, "Mutation.key")
