@@ -137,6 +137,13 @@ async def test_key_exists_carries_the_user_key(
         await txn.lock_pending_writes()
     assert info.value.key == key
     await txn.rollback()
+    # ... or from its lock's answer when it locked (and read) the key before.
+    txn = await client.begin(pessimistic=True)
+    assert await txn.get_for_update(key) == b"1"
+    with pytest.raises(KeyExistsError) as info:
+        txn.insert(key, b"4")
+    assert info.value.key == key
+    await txn.rollback()
 
 
 async def test_deadlock_wait_chain_carries_user_keys(
