@@ -259,6 +259,7 @@ class LockWaitManager:
         self._timer = timer if timer is not None else _SHARED_TIMER
         self._mutex = threading.Lock()
         self._queues: dict[bytes, _KeyQueue] = {}
+        self._poke_scheduled = False
         self._seq = itertools.count()
 
     def wait_duration_ms(self, wait_timeout: int) -> int | None:
@@ -361,8 +362,16 @@ class LockWaitManager:
         The engine's lock listener (:meth:`MvccEngine.add_lock_listener`): it runs inside the
         engine's lock, so it only schedules the poke, and only when someone is waiting.
         """
-        if self._queues:  # racy but safe: a queue added now checks the lock itself
-            self._timer.call_soon(self.poke)
+        # Racy but safe: a queue added now checks the lock itself, and a change made after
+        # the scheduled poke cleared the flag schedules another one.
+        if self._queues and not self._poke_scheduled:
+            self._poke_scheduled = True
+            self._timer.call_soon(self._scheduled_poke)
+
+    def _scheduled_poke(self) -> None:
+        # Runs on the timer thread: one poke covers every change made before it starts.
+        self._poke_scheduled = False
+        self.poke()
 
     def poke(self) -> None:
         """Look for released locks on every waited-for key and wake their waiters."""
