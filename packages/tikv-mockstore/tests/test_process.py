@@ -52,6 +52,14 @@ def test_process_mode_smoke() -> None:
             before = cluster.clock.now_ms()
             assert cluster.clock.advance(60_000) >= before + 60_000
 
+            # The child's GC worker follows PD's safepoint; waiting for it is proxied.
+            safe_point = cluster.current_ts()
+            updated = stubs.pd().UpdateGCSafePoint(
+                pdpb_pb2.UpdateGCSafePointRequest(header=stubs.header(), safe_point=safe_point)
+            )
+            assert updated.new_safe_point == safe_point
+            assert cluster.wait_for_gc(safe_point, 10)
+
             cluster.stop_store(1)
             with pytest.raises(grpc.RpcError):
                 stubs.tikv(1).RawGet(kvrpcpb_pb2.RawGetRequest(context=ctx, key=b"k"), timeout=5)
