@@ -291,7 +291,9 @@ def test_async_prewrite_meeting_a_lock_still_reports_min_commit_ts() -> None:
         use_async_commit=True,
         secondaries=[b"s2"],
     )
-    assert [err.lock_info.lock_version for err in res.locks] == [40]
+    (locked,) = res.locks
+    assert isinstance(locked, KeyIsLockedError)
+    assert locked.lock_info.lock_version == 40
     assert res.min_commit_ts == 101
     assert res.one_pc_commit_ts == 0
     assert e.lock_of(b"p") is None  # nothing written
