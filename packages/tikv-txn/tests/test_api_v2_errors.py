@@ -214,3 +214,17 @@ def test_the_blocking_client_raises_user_keys_too(cluster: MockCluster, prefix: 
             txn.commit()
         assert info.value.key == key
         assert_no_prefix(info.value, prefix)
+
+
+async def test_a_pipelined_flush_raises_user_keys(
+    client: AsyncTransactionClient, prefix: bytes, p: bytes
+) -> None:
+    key = p + b"flushed"
+    async with client.begin() as txn:
+        txn.put(key, b"1")
+    txn = await client.begin(TransactionOptions(pipelined=True))
+    txn.insert(key, b"2")
+    with pytest.raises(KeyExistsError) as info:
+        await txn.commit()  # flushes the buffer: KvFlush answers AlreadyExist
+    assert info.value.key == key
+    assert_no_prefix(info.value, prefix)
