@@ -101,6 +101,8 @@ def test_ttl_expires_with_the_store_clock(mock: MockCluster, prefix: bytes) -> N
         MockCluster(stores=3, regions=4, api_version="V1TTL") as ttl_cluster,
         RawClient.connect(ttl_cluster.pd_endpoints) as client,
     ):
+        # Frozen, so a wall-clock second boundary cannot shorten the TTL under test.
+        ttl_cluster.clock.freeze()
         key = prefix + b"key"
         client.put(key, b"value", ttl=timedelta(seconds=2))
         ttl_cluster.clock.advance(1000)
