@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from tikv_mockstore import MockCluster
+from tikv_mockstore.kv_pessimistic import lock_wait_manager
 from tikv_pd.codec import keyspace_prefix
 from tikv_pd.config import LOCK_NO_WAIT, TransactionOptions
 from tikv_pd.errors import (
@@ -67,14 +68,21 @@ def assert_no_prefix(err: BaseException, prefix: bytes) -> None:
     assert repr(prefix)[2:-1] not in str(err), str(err)
 
 
-async def blocked(txn: AsyncTransaction, call: Awaitable[Any]) -> asyncio.Future[Any]:
-    """Start a lock request of ``txn``; return once it was sent (and waits)."""
-    before = txn.locker.stats["lock_requests"]
+async def blocked(
+    cluster: MockCluster, txn: AsyncTransaction, call: Awaitable[Any]
+) -> asyncio.Future[Any]:
+    """Start a lock request of ``txn``; return once the server has it waiting.
+
+    Waiting until the client merely sent it is not enough: a request still in flight when
+    the test's next request arrives would reach the server second, and the deadlock would be
+    detected on the other side.
+    """
+    manager = lock_wait_manager(cluster.engine)
     task = asyncio.ensure_future(call)
     deadline = time.monotonic() + NO_HANG
-    while txn.locker.stats["lock_requests"] == before and not task.done():
-        assert time.monotonic() < deadline, "the lock request was never sent"
-        await asyncio.sleep(0)
+    while not task.done() and not any(e.txn == txn.start_ts for e in manager.wait_for_entries()):
+        assert time.monotonic() < deadline, "the lock request never waited on the server"
+        await asyncio.sleep(0.001)
     assert not task.done()
     return task
 
@@ -147,16 +155,16 @@ async def test_key_exists_carries_the_user_key(
 
 
 async def test_deadlock_wait_chain_carries_user_keys(
-    client: AsyncTransactionClient, prefix: bytes, p: bytes
+    client: AsyncTransactionClient, cluster: MockCluster, prefix: bytes, p: bytes
 ) -> None:
     k1, k2 = p + b"1", p + b"2"
     t1 = await client.begin(pessimistic=True)
     t2 = await client.begin(pessimistic=True)
     await t1.lock_keys([k1])
     await t2.lock_keys([k2])
-    first = await blocked(t1, t1.lock_keys([k2]))  # t1 waits for t2
+    first = await blocked(cluster, t1, t1.lock_keys([k2]))  # t1 waits for t2
     with pytest.raises(DeadlockError) as info:
-        await t2.lock_keys([k1])  # t2 would wait for t1: a cycle
+        await asyncio.wait_for(t2.lock_keys([k1]), NO_HANG)  # t2 would wait for t1: a cycle
     err = info.value
     assert err.lock_key == k1
     chain_keys = {e.key for e in err.wait_chain if e.key}
