@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from tikv_mockstore import MockCluster
+from tikv_mockstore.kv_pessimistic import lock_wait_manager
 from tikv_pd.codec import keyspace_prefix
 from tikv_pd.errors import LockInfo
 from tikv_pd.interceptor import Interceptor, RPCRequest
@@ -404,6 +405,43 @@ async def test_deadlock_between_concurrent_transactions_lets_the_other_commit(
     winner = b"a" if outcomes[0] == "committed" else b"b"
     snap = client.snapshot(await client.current_timestamp())
     assert await snap.batch_get([k1, k2]) == {k1: winner, k2: winner}
+
+
+async def test_primary_is_locked_before_the_rest_of_its_region_after_a_split(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    # client-go locks the primary's batch before the other keys, also when a region error
+    # re-splits that batch. Sending the re-split parts together would let a transaction hold
+    # k2 while it waits for its primary k1, and one holding k1 that then locks k2 closes a
+    # cycle: a deadlock between two transactions that lock in the same (sorted) key order.
+    k1, k2 = K(b"\x10", p, "1"), K(b"\x10", p, "2")
+    async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as other:
+        holder = await other.begin(pessimistic=True)
+        await holder.lock_keys([k1])
+        # The client caches the region of k1 and k2; the server then splits it.
+        await client.snapshot(await client.current_timestamp()).get(k2)
+        cluster.split([k2], txn=True)
+        waiter = await client.begin(pessimistic=True)
+        manager = lock_wait_manager(cluster.engine)
+        waiters = manager.waiter_count
+        task = asyncio.ensure_future(waiter.batch_get_for_update([k1, k2]))
+        await poll(lambda: manager.waiter_count > waiters or task.done(), "the wait for k1")
+        assert not task.done()
+        assert primary_of(waiter) == k1
+        # The waiter holds nothing yet: the holder locks k2 without waiting for it.
+        assert [lock.key for lock in locks_in(cluster, p)] == [k1]
+        await asyncio.wait_for(holder.lock_keys([k2]), NO_HANG)
+        holder.put(k1, b"h")
+        holder.put(k2, b"h")
+        await holder.commit()
+        assert await asyncio.wait_for(task, NO_HANG) == {k1: b"h", k2: b"h"}
+        waiter.put(k1, b"w")
+        await waiter.commit()
+        await other.runtime.wait_background(NO_HANG)
+    await client.runtime.wait_background(NO_HANG)
+    snap = client.snapshot(await client.current_timestamp())
+    assert await snap.batch_get([k1, k2]) == {k1: b"w", k2: b"h"}
+    assert locks_in(cluster, p) == []
 
 
 # ---------------------------------------------------------------------------------------

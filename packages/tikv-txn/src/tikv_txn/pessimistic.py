@@ -92,6 +92,31 @@ SKIP_RESOLVE_THRESHOLD_MS: Final = 300
 MAX_WRITE_CONFLICT_RETRIES: Final = 256
 
 _BY_KEYS: KeysSharder[bytes] = KeysSharder()
+
+
+class _PrimaryRegionSharder:
+    """Only the keys in the primary's region: the part that must be locked first.
+
+    Also when a region error re-shards that part (a split the client did not know of),
+    only the primary's new region is sent; the keys left out are locked afterwards. Sent
+    together, they could be locked while the primary waits for another transaction, which
+    may hold the primary and wait for them: a deadlock between transactions that lock in the
+    same order (client-go ``doActionOnGroupMutations`` sends the primary batch first).
+    """
+
+    __slots__ = ("primary",)
+
+    def __init__(self, primary: bytes) -> None:
+        self.primary = primary
+
+    async def shard(
+        self, locator: Any, payload: Sequence[bytes]
+    ) -> list[tuple[Region, list[bytes]]]:
+        region: Region = await locator.locate_key(self.primary)
+        part = [k for k in payload if region.contains(k)]
+        return [(region, part)] if part else []
+
+
 _OP_PESSIMISTIC_LOCK: Final = int(Op.PESSIMISTIC_LOCK)
 _ASSERT_NOT_EXIST: Final = 2  # kvrpcpb.Assertion.NotExist
 _WAKE_UP_FORCE_LOCK: Final = int(kvrpcpb_pb2.PessimisticLockWakeUpMode.WakeUpModeForceLock)
@@ -769,15 +794,21 @@ class PessimisticLocker:
             committer, by_encoded, for_update_ts, request, wait_start, is_first_lock, force_lock
         )
         if first:
-            results.update(await self._lock_group(first, attempt))
+            results.update(await self._lock_group(first, attempt, first_key=primary))
             # The primary is locked: keep it alive from now on (client-go ttlManager.run).
             committer.start_heartbeat()
         if rest:
             results.update(await self._lock_group(rest, attempt))
         return results
 
-    async def _lock_group(self, payload: list[bytes], attempt: _Attempt) -> _Results:
-        """Lock ``payload`` (encoded keys) region by region until every key is locked."""
+    async def _lock_group(
+        self, payload: list[bytes], attempt: _Attempt, *, first_key: bytes | None = None
+    ) -> _Results:
+        """Lock ``payload`` (encoded keys) region by region until every key is locked.
+
+        With ``first_key`` (the encoded primary, in ``payload``), the keys of its region
+        are locked first, and only then the others.
+        """
         committer = attempt.committer
         by_encoded = attempt.by_encoded
         request = attempt.request
@@ -828,11 +859,16 @@ class PessimisticLocker:
         bo = self._rt.backoffer(PESSIMISTIC_LOCK_MAX_BACKOFF, "pessimistic lock")
         results: _Results = {}
         while payload:
+            sharder: Any = _BY_KEYS if first_key is None else _PrimaryRegionSharder(first_key)
             parts = await self._rt.sender.execute(
-                "PessimisticLock", _BY_KEYS, payload, build, handle, bo=bo, options=options
+                "PessimisticLock", sharder, payload, build, handle, bo=bo, options=options
             )
             retry: list[bytes] = []
             blocking: list[LockInfo] = []
+            if first_key is not None:
+                # Keys a re-split left out of the primary's region wait for the primary.
+                sent = {k for part, _ in parts for k in part}
+                retry.extend(k for k in payload if k not in sent)
             for part, resp in parts:
                 done = (
                     self._read_force_lock(part, resp, request, by_encoded, results)
@@ -848,6 +884,8 @@ class PessimisticLocker:
                         # AlreadyExist, Deadlock (with the wait chain), WriteConflict, ...
                         raise self._rt.key_error(err, start_ts=self.start_ts)
                 retry.extend(part)
+            if first_key is not None and first_key not in retry:
+                first_key = None  # locked: the rest may go to all their regions at once
             if blocking:
                 await self._resolve_blocking(bo, blocking, request, attempt.wait_start)
             payload = retry
