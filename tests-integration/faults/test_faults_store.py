@@ -274,15 +274,6 @@ async def test_closing_the_client_ends_operations_that_are_retrying(cluster: Moc
     assert isinstance(error, TiKVError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "tikv-pd bug: ClientClosedError(component) formats '<component> is closed' but call "
-        "sites pass whole sentences (locator.py 'region locator is closed', pd_oracle.py "
-        "'oracle is closed', sync.py '... was closed while the call ran'), giving "
-        "'region locator is closed is closed'"
-    ),
-)
 async def test_client_closed_error_says_closed_once(cluster: MockCluster) -> None:
     error = await _pending_get_then_close(cluster)
     assert "closed is closed" not in str(error)

@@ -289,7 +289,7 @@ class ChannelCache:
 
         """
         if self._closed:
-            raise ClientClosedError("channel cache is closed")
+            raise ClientClosedError("channel cache")
         address = parse_endpoint(target)
         channel = self._channels.get(address)
         if channel is None:

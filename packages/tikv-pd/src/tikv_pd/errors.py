@@ -431,15 +431,21 @@ class ClientClosedError(TiKVError):
     """A client or one of its components was used after ``close()``.
 
     Attributes:
-        component: What was closed (``"client"``, ``"pd client"``, ``"oracle"``, ...).
+        component: What was closed (``"client"``, ``"PD client"``, ``"oracle"``, ...): a
+            name, not a sentence.
+        when: Set when the close interrupted work in progress (``"during GetRegion"``,
+            ``"while the call ran"``); the message then says it was closed then.
 
     """
 
-    def __init__(self, component: str = "client") -> None:
+    def __init__(self, component: str = "client", *, when: str = "") -> None:
         super().__init__(component)
         self.component = component
+        self.when = when
 
     def _describe(self) -> str:
+        if self.when:
+            return f"{self.component} was closed {self.when}"
         return f"{self.component} is closed"
 
 

@@ -234,7 +234,7 @@ class RegionLocator:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ClientClosedError("region locator is closed")
+            raise ClientClosedError("region locator")
 
     # -- loading -----------------------------------------------------------------------
 
@@ -358,7 +358,7 @@ class RegionLocator:
 
         """
         if self._closed:
-            raise ClientClosedError("region locator is closed")
+            raise ClientClosedError("region locator")
         # Fast path: a hit costs one bisect, without the loader's closure and the
         # cache's own coroutine (this runs once per request).
         region = self._cache.lookup(key)

@@ -454,7 +454,7 @@ class _TsoDispatcher:
 
     def submit(self) -> asyncio.Future[int]:
         if self._closed:
-            raise ClientClosedError("PD client is closed")
+            raise ClientClosedError("PD client")
         if self._dead is not None:
             raise self._dead
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -470,7 +470,7 @@ class _TsoDispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._drop_stream()
-        self._fail_all(ClientClosedError("PD client was closed"))
+        self._fail_all(ClientClosedError("PD client", when="while requests were pending"))
 
     # -- the loop ------------------------------------------------------------------
 
@@ -525,7 +525,7 @@ class _TsoDispatcher:
                             waiter.future.set_exception(err)
                     self._drop_stream()
         except asyncio.CancelledError:
-            self._fail_all(ClientClosedError("PD client was closed"))
+            self._fail_all(ClientClosedError("PD client", when="while requests were pending"))
             raise
 
     def _requeue_front(self, batch: Sequence[_TsoWaiter]) -> None:
@@ -926,7 +926,7 @@ class PDClient:
         candidates = list(self._targets) + [s for s in self._seeds if s not in self._targets]
         for target in candidates:
             if self._closed:
-                raise ClientClosedError("PD client is closed")
+                raise ClientClosedError("PD client")
             try:
                 resp = await self._pd_stub(target).GetMembers(
                     request, timeout=UPDATE_MEMBER_TIMEOUT
@@ -976,7 +976,7 @@ class PDClient:
 
         """
         if self._closed:
-            raise ClientClosedError("PD client is closed")
+            raise ClientClosedError("PD client")
         task = self._member_check
         if task is None or task.done():
             task = asyncio.get_running_loop().create_task(
@@ -989,7 +989,7 @@ class PDClient:
             current = asyncio.current_task()
             if self.closed and task.cancelled() and (current is None or not current.cancelling()):
                 # close() cancelled the shared refresh, not our caller.
-                raise ClientClosedError("PD client was closed during a member refresh") from None
+                raise ClientClosedError("PD client", when="during a member refresh") from None
             raise
 
     def schedule_member_check(self) -> None:
@@ -1019,7 +1019,7 @@ class PDClient:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ClientClosedError("PD client is closed")
+            raise ClientClosedError("PD client")
 
     async def _call(
         self,
@@ -1041,7 +1041,7 @@ class PDClient:
                 response = await invoke(target)
             except grpc.aio.AioRpcError as exc:
                 if self._closed:
-                    raise ClientClosedError("PD client was closed during " + method) from exc
+                    raise ClientClosedError("PD client", when=f"during {method}") from exc
                 err = PDError(f"{method} to {target} failed: {_rpc_text(exc)}", cause=exc)
                 if not _is_retryable(exc):
                     raise err from exc

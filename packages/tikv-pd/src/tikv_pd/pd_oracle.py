@@ -83,7 +83,7 @@ class PDOracle:
     def start(self) -> None:
         """Start the background refresh task (idempotent; needs a running loop)."""
         if self._closed:
-            raise ClientClosedError("oracle is closed")
+            raise ClientClosedError("oracle")
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
                 self._refresh_loop(), name="tikv-pd-oracle-refresh"
@@ -106,7 +106,7 @@ class PDOracle:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ClientClosedError("oracle is closed")
+            raise ClientClosedError("oracle")
 
     # -- Oracle ----------------------------------------------------------------------
 

@@ -224,12 +224,12 @@ class LoopThread:
             raise TypeError(f"submit expects a coroutine, got {type(coro).__name__}")
         if self._closed:
             _close_awaitable(coro)
-            raise ClientClosedError("the client's event loop thread is closed")
+            raise ClientClosedError("the client's event loop thread")
         try:
             return asyncio.run_coroutine_threadsafe(coro, self._loop)
         except RuntimeError as exc:  # the loop stopped between the check and the call
             _close_awaitable(coro)
-            raise ClientClosedError("the client's event loop thread is closed") from exc
+            raise ClientClosedError("the client's event loop thread") from exc
 
     def run(self, coro: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
         """Run ``coro`` on the loop and block until it finishes; return its result.
@@ -260,7 +260,7 @@ class LoopThread:
             raise TimeoutError(f"operation did not complete within {timeout} s") from None
         except concurrent.futures.CancelledError:
             if self._closed:
-                raise ClientClosedError("the client was closed while the call ran") from None
+                raise ClientClosedError("the client", when="while the call ran") from None
             raise
         except BaseException:
             # KeyboardInterrupt and friends: stop the work on the loop, then propagate.

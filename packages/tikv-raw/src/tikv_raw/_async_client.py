@@ -356,7 +356,7 @@ class AsyncRawClient:
 
     def _router(self) -> Router:
         if self._shared.closed:
-            raise ClientClosedError("the raw client is closed")
+            raise ClientClosedError("raw client")
         return self._shared.router
 
     def _enc(self, key: bytes) -> bytes:
