@@ -8,6 +8,7 @@ cluster. Timing bounds are generous and only where a timeout is the feature.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
@@ -95,6 +96,18 @@ async def blocked(txn: AsyncTransaction, call: Awaitable[Any]) -> asyncio.Future
     )
     assert not task.done(), task.result() if not task.exception() else task.exception()
     return task
+
+
+@contextlib.contextmanager
+def server_lock_wait_timeout(cluster: MockCluster, ms: int) -> Iterator[None]:
+    """Set TiKV's ``wait-for-lock-timeout`` of the shared cluster for a block."""
+    manager = lock_wait_manager(cluster.engine)
+    before = manager.wait_for_lock_timeout_ms
+    manager.wait_for_lock_timeout_ms = ms
+    try:
+        yield
+    finally:
+        manager.wait_for_lock_timeout_ms = before
 
 
 def primary_of(txn: AsyncTransaction) -> bytes | None:
@@ -285,11 +298,10 @@ async def test_no_wait_fails_at_once_with_a_typed_error(
     await holder.lock_keys([key])
     waiter = await client.begin(TransactionOptions.pessimistic(lock_wait_timeout_ms=LOCK_NO_WAIT))
     requests = cluster.counters.count("KvPessimisticLock")
-    started = time.monotonic()
-    with pytest.raises(LockWaitTimeoutError) as info:
-        await waiter.get_for_update(key)
-    # TiKV's default wait is 1 s: a no-wait request must not have waited for it.
-    assert time.monotonic() - started < 1.0
+    # A request that waited would now wait far beyond NO_HANG (instead of TiKV's 1 s,
+    # which a wall-clock bound could not tell from a slow machine).
+    with server_lock_wait_timeout(cluster, 600_000), pytest.raises(LockWaitTimeoutError) as info:
+        await asyncio.wait_for(waiter.get_for_update(key), NO_HANG)
     assert info.value.no_wait
     assert info.value.key == key
     assert info.value.lock_ts == holder.start_ts
@@ -355,10 +367,9 @@ async def test_deadlock_fails_exactly_one_transaction_with_the_wait_chain(
     await t1.lock_keys([k1])
     await t2.lock_keys([k2])
     first = await blocked(t1, t1.lock_keys([k2]))  # t1 waits for t2
-    started = time.monotonic()
-    with pytest.raises(DeadlockError) as info:
-        await t2.lock_keys([k1])  # t2 would wait for t1: a cycle
-    assert time.monotonic() - started < 1.0  # detected, not timed out
+    # Detected, not timed out: a wait would now last far beyond NO_HANG.
+    with server_lock_wait_timeout(cluster, 600_000), pytest.raises(DeadlockError) as info:
+        await asyncio.wait_for(t2.lock_keys([k1]), NO_HANG)  # t2 would wait for t1: a cycle
     err = info.value
     assert err.lock_ts == t1.start_ts
     assert err.lock_key == k1
