@@ -2,8 +2,9 @@
 
 Every unary ``tikvpb.Tikv`` method is served by looking up ``HANDLERS[command]`` (see
 :mod:`tikv_mockstore.handlers`), after counting the request and running the faults injected for
-it. ``BatchCommands`` serves each stream message's sub-requests in one pass and answers them in
-one message with the same request ids; a handler that must wait returns a
+it. ``BatchCommands`` serves each stream message's sub-requests in one pass and answers them
+with the same request ids, in one message, or in several once the answers pass
+:data:`RESPONSE_FLUSH_BYTES`; a handler that must wait returns a
 :class:`concurrent.futures.Future` and its response goes out in a later message when it
 completes, so it never holds up the other sub-requests.
 
@@ -711,6 +712,14 @@ class _DropStreamError(_AbortError):
 
 _END = object()
 
+#: A BatchCommands response message is sent once its answers reach this many bytes, and the
+#: rest of the request message's sub-requests are answered in further messages. TiKV answers
+#: each sub-request as it completes (responses may come back split); answering a message of
+#: 128 large sub-requests (say ``RawBatchGet`` of 100 keys each, over 1 MB) in one response
+#: would make the client wait for all of them, so client and mock would take turns instead
+#: of working at the same time.
+RESPONSE_FLUSH_BYTES = 64 * 1024
+
 #: Commands TiKV serves from a snapshot on the read path, so that a follower may serve them
 #: for replica / stale reads (``src/server/service/kv.rs`` read-pool commands).
 READ_COMMANDS = frozenset(
@@ -832,7 +841,7 @@ class _BatchStream:
             self._finish_if_done()
 
     def _serve(self, message: tikvpb_pb2.BatchCommandsRequest) -> None:
-        """Serve one request message; the immediate answers go out as one response message.
+        """Serve one request message; immediate answers leave in RESPONSE_FLUSH_BYTES parts.
 
         The hot path of every benchmark: the per-request work is the handler itself. The
         sub-requests are counted once per message and command (before any answer leaves),
@@ -849,6 +858,7 @@ class _BatchStream:
         current = ""
         fn: Any = None
         asked_feedback = False
+        out_bytes = 0  # the encoded size of the answers in ``out``
         try:
             for req, rid in zip(message.requests, message.request_ids, strict=False):
                 name = req.WhichOneof("cmd")
@@ -895,6 +905,19 @@ class _BatchStream:
                 else:
                     getattr(add(), name).CopyFrom(result)
                     ids.append(rid)
+                    out_bytes += result.ByteSize()
+                    if out_bytes >= RESPONSE_FLUSH_BYTES:
+                        # Answer what is served so far (TiKV answers each sub-request as
+                        # it completes): the client works on these while the rest are
+                        # served, instead of the whole message waiting for its slowest part.
+                        self._count(served)
+                        self._attach_feedback(out, asked=asked_feedback)
+                        self._out.put(out)
+                        out = tikvpb_pb2.BatchCommandsResponse()
+                        add = out.responses.add
+                        ids = out.request_ids
+                        out_bytes = 0
+                        asked_feedback = False
         finally:
             self._count(served)
             if current:
