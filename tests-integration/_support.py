@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from tikv_mockstore import MockCluster
+from tikv_pd.errors import ClientClosedError
 from tikv_pd.request import RequestStats
 from tikv_raw import AsyncRawClient, RawClient
 
@@ -125,12 +126,20 @@ class WriteLog:
                 self.after_ack.pop(k, None)
 
     def failed(self, pairs: Mapping[bytes, bytes], exc: BaseException) -> None:
-        """Record a write of ``pairs`` that raised ``exc`` (its outcome is unknown)."""
+        """Record a write of ``pairs`` that raised ``exc`` (its outcome is unknown).
+
+        A closed client ends the workload: the error is recorded and raised again, so the
+        writer stops. An operation on a closed client fails without suspending, so a writer
+        loop that swallowed it would never yield to the event loop again — after a failed
+        test closes its client, such a loop spins forever and fills memory with errors.
+        """
         with self._mu:
             self.ops += 1
             self.errors.append(exc)
             for k, v in pairs.items():
                 self.after_ack.setdefault(k, []).append(v)
+        if isinstance(exc, ClientClosedError):
+            raise exc
 
     def check(self, stored: Mapping[bytes, bytes]) -> None:
         """Assert the invariants against what the cluster holds for the workload's keys.

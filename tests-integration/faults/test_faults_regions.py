@@ -82,23 +82,27 @@ async def test_split_storm_under_batch_puts_and_scans(
 
     tasks = [asyncio.ensure_future(writer(w)) for w in range(4)]
     tasks += [asyncio.ensure_future(scanner(r)) for r in (False, True, False)]
-    rng = random.Random(7)
-    for i in range(40):
-        cluster.split([prefix + b"%02d-%05d" % (rng.randrange(24), rng.randrange(400))])
-        if i % 4 == 3:  # leaders move too, as PD balances the new regions
-            region = rng.choice(cluster.regions())
-            stores = [p.store_id for p in region.peers]
-            cluster.transfer_leader(region.id, rng.choice(stores))
-        mark = (log.ops, scans["forward"] + scans["reverse"])
-        await apoll(
-            lambda mark=mark: (  # type: ignore[misc]
-                any(t.done() for t in tasks)
-                or (log.ops > mark[0] and scans["forward"] + scans["reverse"] > mark[1])
-            ),
-            within=NO_HANG,
-            what="progress between splits",
-        )
-    stop.set()
+    try:
+        rng = random.Random(7)
+        for i in range(40):
+            cluster.split([prefix + b"%02d-%05d" % (rng.randrange(24), rng.randrange(400))])
+            if i % 4 == 3:  # leaders move too, as PD balances the new regions
+                region = rng.choice(cluster.regions())
+                stores = [p.store_id for p in region.peers]
+                cluster.transfer_leader(region.id, rng.choice(stores))
+            mark = (log.ops, scans["forward"] + scans["reverse"])
+            await apoll(
+                lambda mark=mark: (  # type: ignore[misc]
+                    any(t.done() for t in tasks)
+                    or (log.ops > mark[0] and scans["forward"] + scans["reverse"] > mark[1])
+                ),
+                within=NO_HANG,
+                what="progress between splits",
+            )
+    finally:
+        # Stop the workload even when a check above failed: its tasks would
+        # otherwise outlive the test.
+        stop.set()
     await within(asyncio.gather(*tasks))
 
     assert not problems, problems[:5]
@@ -372,24 +376,28 @@ async def test_merge_storm_under_batch_puts_and_scans(
 
     tasks = [asyncio.ensure_future(writer(w)) for w in range(3)]
     tasks += [asyncio.ensure_future(scanner(r)) for r in (False, True)]
-    rng = random.Random(11)
-    stats = sender_stats(client)
-    while True:
-        inside = [r for r in cluster.regions() if r.start_key.startswith(prefix)]
-        if len(inside) <= 2:
-            break
-        source = rng.choice(inside)
-        left = next(r for r in cluster.regions() if r.end_key == source.start_key)
-        cluster.merge(source.id, left.id)
-        mark = (log.ops, scans[0])
-        await apoll(
-            lambda mark=mark: (  # type: ignore[misc]
-                any(t.done() for t in tasks) or (log.ops > mark[0] and scans[0] > mark[1])
-            ),
-            within=NO_HANG,
-            what="progress between merges",
-        )
-    stop.set()
+    try:
+        rng = random.Random(11)
+        stats = sender_stats(client)
+        while True:
+            inside = [r for r in cluster.regions() if r.start_key.startswith(prefix)]
+            if len(inside) <= 2:
+                break
+            source = rng.choice(inside)
+            left = next(r for r in cluster.regions() if r.end_key == source.start_key)
+            cluster.merge(source.id, left.id)
+            mark = (log.ops, scans[0])
+            await apoll(
+                lambda mark=mark: (  # type: ignore[misc]
+                    any(t.done() for t in tasks) or (log.ops > mark[0] and scans[0] > mark[1])
+                ),
+                within=NO_HANG,
+                what="progress between merges",
+            )
+    finally:
+        # Stop the workload even when a check above failed: its tasks would
+        # otherwise outlive the test.
+        stop.set()
     await within(asyncio.gather(*tasks))
 
     assert not problems, problems[:5]
