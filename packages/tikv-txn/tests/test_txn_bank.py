@@ -7,7 +7,7 @@ splits regions at account keys and moves region leaders between stores. At the e
 sum of all balances is unchanged, every transfer that committed is reflected, and no lock
 is left behind.
 
-``TIKV_TXN_BANK_TRANSFERS`` (default 300 per flavour) sets the number of transfers.
+``TIKV_TXN_BANK_TRANSFERS`` (default 2,000 per flavour) sets the number of transfers.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ RETRYABLE = (WriteConflictError, TxnLockNotFoundError)
 ACCOUNTS = 20
 WORKERS = 8
 INITIAL = 1000
-TRANSFERS = int(os.environ.get("TIKV_TXN_BANK_TRANSFERS", "300"))
+TRANSFERS = int(os.environ.get("TIKV_TXN_BANK_TRANSFERS", "2000"))
 NO_HANG = 300.0
 
 
