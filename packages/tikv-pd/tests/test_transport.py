@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+import tikv_pd.transport as transport_mod
 from tikv_pd.config import Config
 from tikv_pd.errors import ClientClosedError, StoreUnavailableError
 from tikv_pd.transport import (
@@ -407,6 +408,34 @@ async def test_close_address_reconnects(batch_server: Server) -> None:
         assert t.addresses() == []
         assert (await t.send(addr, "RawGet", _get(b"a"))).value == b"b"
         assert t.stats.streams_opened == 2
+
+
+async def test_close_address_fails_every_tracked_request_and_refuses_new_ones(
+    batch_server: Server,
+) -> None:
+    # A request tracked by a store but in none of its queues or streams when the store is
+    # closed (a caller racing close_address after StoreNotMatch) must fail, not hang: the
+    # store's deadline timers are cancelled by the close.
+    async with Transport(_config()) as t:
+        addr = batch_server.address
+        await t.send(addr, "RawPut", _put(b"a", b"b"))
+        store = t._stores[addr]
+        loop = asyncio.get_running_loop()
+        stranded: asyncio.Future[Any] = loop.create_future()
+        store.track_deadline(
+            loop, transport_mod._Entry(10**6, "RawGet", _get(b"a"), stranded, 30.0)
+        )
+        await t.close_address(addr)
+        assert stranded.done()
+        error = stranded.exception()
+        assert isinstance(error, TransportError)
+        assert error.sent is False
+        # A caller still holding the closed store is refused at once, as not sent.
+        with pytest.raises(TransportError) as refused:
+            await store.batch("RawGet", _get(b"a"), 30.0)
+        assert refused.value.sent is False
+        # The transport itself opens a new store for the address.
+        assert (await t.send(addr, "RawGet", _get(b"a"))).value == b"b"
 
 
 async def test_connection_pool_spreads_batches(batch_server: Server) -> None:

@@ -549,6 +549,8 @@ class _Store:
     # -- unary -----------------------------------------------------------------------
 
     async def unary(self, command: Command, request: Message, seconds: float) -> Any:
+        if self.closed:  # see refuse_if_closed: closed under a caller holding this store
+            raise TransportError(self.address, ConnectionError("connection closed"), sent=False)
         conn = self.pick_conn()
         mc = conn.unary_callable(command)
         self.transport.stats.unary_requests += 1
@@ -559,11 +561,24 @@ class _Store:
 
     # -- batch -----------------------------------------------------------------------
 
+    def refuse_if_closed(self, entry: _Entry) -> None:
+        """Fail a request that reaches a store already closed.
+
+        A caller may hold this store while :meth:`Transport.close_address` (after
+        StoreNotMatch, say) closes it: the queue was drained and the deadline timers were
+        cancelled, so a request queued now would wait forever. It was not sent, so the
+        pipeline may retry it on a fresh connection (client-go fails such requests too).
+        """
+        if self.closed:
+            make_error = self.close_error or self.connection_closed
+            raise make_error(entry)
+
     async def batch(self, field: str, request: Message, seconds: float) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self.next_id += 1
         entry = _Entry(self.next_id, field, request, future, seconds)
+        self.refuse_if_closed(entry)
         self.track_deadline(loop, entry)
         self.queue.append(entry)
         more = self.more_waiter
@@ -874,7 +889,6 @@ class _Store:
         for timer in self.deadline_timers.values():
             timer.cancel()
         self.deadline_timers.clear()
-        self.deadlines.clear()
         tasks: list[asyncio.Task[None]] = []
         if self.sender is not None:
             tasks.append(self.sender)
@@ -895,6 +909,14 @@ class _Store:
                 await task
         if self.owns_channels:
             await asyncio.gather(*(conn.channel.close(None) for conn in self.conns))
+        # Every batched request is tracked here until it finishes. One still waiting now
+        # slipped past the queue, sender and stream paths above while they closed; its
+        # deadline timer is gone, so fail it rather than leave its caller waiting forever.
+        for fifo in self.deadlines.values():
+            for entry in fifo:
+                if not entry.future.done():
+                    entry.fail(make_error(entry))
+        self.deadlines.clear()
 
 
 # ---------------------------------------------------------------------------------------
