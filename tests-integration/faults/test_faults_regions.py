@@ -172,12 +172,10 @@ def test_region_error_injected_n_times_sync_client(
 def test_region_errors_under_concurrent_batches_sync_and_async(cluster: MockCluster) -> None:
     """Every kind at once, fired at random, under batch traffic from both client flavours.
 
-    StoreNotMatch is left out here: it closes the store's connection while other parts of
-    the same batch are in flight on it, and a part can then wait forever (tikv-pd
-    transport bug, see the integration report); the exact-count test above covers it
-    for single-region requests.
+    StoreNotMatch closes the store's connections while other parts of the same batch are
+    in flight on them: those parts must fail as "not sent" and be retried, never wait.
     """
-    for kind in [k for k in KINDS if k != "store_not_match"]:
+    for kind in KINDS:
         for method in ("RawBatchPut", "RawBatchGet", "RawScan"):
             cluster.faults.add(method, region_error=kind, times=4, probability=0.3)
     model: dict[bytes, bytes] = {}
