@@ -11,7 +11,7 @@ resolve whichever lock they meet first and read the old values, without waiting.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -21,21 +21,6 @@ from tikv_txn import AsyncTransactionClient, TransactionClient, TransactionOptio
 
 ASYNC = TransactionOptions(async_commit=True)
 LINEARIZABLE = TransactionOptions(async_commit=True, causal_consistency=False)
-
-
-@pytest.fixture
-def tprefix(prefix: bytes) -> bytes:
-    """Transactional keys under first byte 0xd0 (see test_split.py)."""
-    return b"\xd0" + prefix
-
-
-@pytest.fixture
-def txn(pd_endpoints: list[str], tprefix: bytes) -> Iterator[TransactionClient]:
-    with TransactionClient.connect(pd_endpoints) as client:
-        yield client
-        with client.begin() as cleanup:
-            for key, _ in cleanup.scan(tprefix, tprefix + b"\xff", limit=10_000):
-                cleanup.delete(key)
 
 
 def test_async_commit_repeatable_read(txn: TransactionClient, tprefix: bytes) -> None:

@@ -23,12 +23,6 @@ INCREMENTS = 8
 
 
 @pytest.fixture
-def tprefix(prefix: bytes) -> bytes:
-    """Transactional keys under first byte 0xd0 (see test_split.py)."""
-    return b"\xd0" + prefix
-
-
-@pytest.fixture
 async def aclient(pd_endpoints: list[str], tprefix: bytes) -> AsyncIterator[AsyncTransactionClient]:
     async with await AsyncTransactionClient.connect(pd_endpoints) as client:
         yield client

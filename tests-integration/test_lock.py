@@ -25,12 +25,6 @@ ALPHABET = [c.encode() for c in string.ascii_lowercase]
 NO_HANG = 30.0
 
 
-@pytest.fixture
-def tprefix(prefix: bytes) -> bytes:
-    """Transactional keys under first byte 0xd0 (see test_split.py)."""
-    return b"\xd0" + prefix
-
-
 class Locks:
     """Hand-made transactions on the embedded cluster, rolled back at the end."""
 

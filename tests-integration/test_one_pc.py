@@ -9,28 +9,11 @@ so those assertions run on the embedded cluster only.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
-import pytest
 from tikv_mockstore import MockCluster
 from tikv_txn import AsyncTransactionClient, TransactionClient, TransactionOptions
 
 ONE_PC = TransactionOptions(try_one_pc=True)
-
-
-@pytest.fixture
-def tprefix(prefix: bytes) -> bytes:
-    """Transactional keys under first byte 0xd0 (see test_split.py)."""
-    return b"\xd0" + prefix
-
-
-@pytest.fixture
-def txn(pd_endpoints: list[str], tprefix: bytes) -> Iterator[TransactionClient]:
-    with TransactionClient.connect(pd_endpoints) as client:
-        yield client
-        with client.begin() as cleanup:
-            for key, _ in cleanup.scan(tprefix, tprefix + b"\xff", limit=10_000):
-                cleanup.delete(key)
 
 
 def _commits(embedded: MockCluster | None) -> int | None:

@@ -5,8 +5,6 @@ scans with and without an upper bound, key-only), on the raw and transactional c
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from tikv_mockstore import MockCluster
 from tikv_raw import RawClient, prefix_range
@@ -22,21 +20,6 @@ def _key(prefix: bytes, i: int) -> bytes:
 
 def _value(i: int) -> bytes:
     return b"%d" % i
-
-
-@pytest.fixture
-def tprefix(prefix: bytes) -> bytes:
-    """Transactional keys under first byte 0xd0 (see test_split.py)."""
-    return b"\xd0" + prefix
-
-
-@pytest.fixture
-def txn(pd_endpoints: list[str], tprefix: bytes) -> Iterator[TransactionClient]:
-    with TransactionClient.connect(pd_endpoints) as client:
-        yield client
-        with client.begin() as cleanup:
-            for key, _ in cleanup.scan(tprefix, tprefix + b"\xff", limit=10_000):
-                cleanup.delete(key)
 
 
 @pytest.mark.parametrize("rows", ROWS)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from typing import TypeVar
 
 import pytest
@@ -16,21 +16,6 @@ from tikv_txn import TransactionClient
 
 MAX_TS = 2**64 - 1
 T = TypeVar("T")
-
-
-@pytest.fixture
-def tprefix(prefix: bytes) -> bytes:
-    """Transactional keys under first byte 0xd0 (see test_split.py)."""
-    return b"\xd0" + prefix
-
-
-@pytest.fixture
-def txn(pd_endpoints: list[str], tprefix: bytes) -> Iterator[TransactionClient]:
-    with TransactionClient.connect(pd_endpoints) as client:
-        yield client
-        with client.begin() as cleanup:
-            for key, _ in cleanup.scan(tprefix, tprefix + b"\xff", limit=10_000):
-                cleanup.delete(key)
 
 
 async def _within(awaitable: Awaitable[T], seconds: float) -> T:

@@ -9,10 +9,7 @@ reads work even while PD is unreachable.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import grpc
-import pytest
 from tikv_mockstore import MockCluster
 from tikv_pd.request import RequestStats
 from tikv_raw import RawClient
@@ -30,26 +27,6 @@ PD_REGION_METHODS = (
 def _stats(client: RawClient) -> RequestStats:
     """The raw client's request pipeline counters."""
     return client._client._shared.router.sender.stats  # type: ignore[attr-defined,no-any-return]
-
-
-@pytest.fixture
-def tprefix(prefix: bytes) -> bytes:
-    """This test's prefix for transactional keys.
-
-    Raw tests split the shared cluster at raw keys under ``it/...`` (first byte 0x69), and
-    a transactional client cannot use a region whose boundaries are not memcomparable
-    (client-go fails the same way), so transactional keys live under first byte 0xd0.
-    """
-    return b"\xd0" + prefix
-
-
-@pytest.fixture
-def txn(pd_endpoints: list[str], tprefix: bytes) -> Iterator[TransactionClient]:
-    with TransactionClient.connect(pd_endpoints) as client:
-        yield client
-        with client.begin() as cleanup:
-            for key, _ in cleanup.scan(tprefix, tprefix + b"\xff", limit=10_000):
-                cleanup.delete(key)
 
 
 def test_split_batch_get_raw(raw: RawClient, prefix: bytes, mock: MockCluster) -> None:
