@@ -35,6 +35,10 @@ the safepoint per client, refreshed from PD when older than 10 s (client-go poll
 10 s; a cache older than 100 s − 1 s is not trusted: the read fails with PD's error), and
 :func:`check_visibility` raises :class:`~tikv_pd.errors.GCTooEarlyError` for a read ts below
 it. Checking *after* the read matters: GC may advance while the read is in flight.
+
+TiDB's GC worker records its times (``tikv_gc_safe_point``, ``tikv_gc_last_run_time``…) as
+text in ``mysql.tidb``: :func:`parse_gc_time` reads them (legacy layouts included) and
+:func:`format_gc_time` writes them (:mod:`tikv_txn.gc_time`).
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ from tikv_pd.transport import TransportError
 from tikv_proto import kvrpcpb_pb2
 
 from tikv_txn._kv import lock_from_pb
+from tikv_txn.gc_time import GC_TIME_FORMAT, format_gc_time, parse_gc_time
 from tikv_txn.lock_resolver import RESOLVED_CACHE_SIZE
 
 if TYPE_CHECKING:
@@ -76,6 +81,7 @@ if TYPE_CHECKING:
 __all__ = [
     "GC_CONCURRENCY",
     "GC_SCAN_LOCK_LIMIT",
+    "GC_TIME_FORMAT",
     "GC_WORKER_SERVICE_ID",
     "KVGC_PROBE_TIMEOUT",
     "SAFE_POINT_CACHE_INTERVAL",
@@ -83,7 +89,9 @@ __all__ = [
     "GCResult",
     "SafePointCache",
     "check_visibility",
+    "format_gc_time",
     "get_gc_safe_point",
+    "parse_gc_time",
     "resolve_lock_batch",
     "resolve_locks_below",
     "run_gc",
