@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from tikv_mockstore import MockCluster
+from tikv_mockstore.mvcc.types import Mutation
 from tikv_pd.backoff import Backoffer
 from tikv_pd.config import Config, TransactionOptions
 from tikv_pd.errors import LockInfo, TxnError
@@ -335,3 +336,31 @@ async def test_lock_resolution_of_a_pessimistic_lock_runs_inside_the_transaction
     assert "PessimisticLock" in log
     assert "CheckTxnStatus" in log
     await txn.rollback()
+
+
+async def test_writer_blocked_by_short_ttl_locks_checks_each_about_twice(
+    client: AsyncTransactionClient, reader: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    # Abandoned single-key transactions whose 200 ms TTL runs out while the writer waits.
+    # The low-resolution ts refreshes only every 2 s: sent as CheckTxnStatus's current_ts
+    # it keeps the locks "alive" long after their TTL, and a writer re-checking every
+    # lock at most one TTL apart used to send ~10 CheckTxnStatus per lock. With the
+    # estimated "now" triggering a fresh TSO, each lock is checked about twice: once
+    # alive, once expired (rolled back by the check itself: each lock is its own primary).
+    keys = [bytes([first[0]]) + p + b"%02d" % i for i, first in enumerate(FIRST_BYTES * 2)]
+    for key in keys:
+        ts = await client.current_timestamp()
+        cluster.engine.prewrite(
+            [Mutation.put(key, b"dead")], key, ts, 200, txn_size=1, min_commit_ts=ts + 1
+        )
+    stats = reader.runtime.resolver.stats
+    checks = stats["check_txn_status"]
+    async with reader.begin() as txn:
+        for key in keys:
+            txn.put(key, b"live")
+    sent = stats["check_txn_status"] - checks
+    assert sent <= 3 * len(keys), f"{sent} CheckTxnStatus for {len(keys)} locks"
+    assert await reader.runtime.wait_background(NO_HANG)  # secondaries commit after return
+    assert locks_of_prefix(cluster, p) == []
+    snap = reader.snapshot(await reader.current_timestamp())
+    assert await snap.batch_get(keys) == dict.fromkeys(keys, b"live")

@@ -56,6 +56,7 @@ from tikv_txn.policy import (
     check_txn_status_current_ts,
     decide_lock_resolution,
     decide_on_txn_not_found,
+    is_lock_expired,
 )
 
 if TYPE_CHECKING:
@@ -128,6 +129,7 @@ class LockResolver:
             "check_secondary_locks": 0,
             "pessimistic_rollback": 0,
             "cache_hits": 0,
+            "fresh_current_ts": 0,
         }
 
     # -- cache -------------------------------------------------------------------------
@@ -222,11 +224,25 @@ class LockResolver:
         return status
 
     async def _current_ts(self, lock: LockInfo) -> int:
-        # client-go compares TTLs against the low-resolution ts (a few seconds late at
-        # worst: a lock looks alive a little longer, never expired too early).
-        return check_txn_status_current_ts(
-            lock, await self._rt.oracle.get_low_resolution_timestamp()
-        )
+        """The ``current_ts`` for CheckTxnStatus on ``lock``'s primary.
+
+        client-go sends the low-resolution ts: never ahead of PD, so a lock is never
+        taken for expired too early, but up to one refresh interval (2 s) behind. A lock
+        whose TTL ran out in that window still looks alive to TiKV, and a writer blocked
+        by it would re-check it, sleeping at most the TTL the stale ts leaves, until the
+        cache refreshes: with short TTLs, dozens of CheckTxnStatus per lock. So when the
+        cached ts advanced by the local time elapsed since it arrived says the lock has
+        expired but the cached ts alone does not, a fresh TSO is fetched instead: the
+        check then sees the true time, and still never a time ahead of PD.
+        """
+        oracle = self._rt.oracle
+        current = await oracle.get_low_resolution_timestamp()
+        if lock.lock_ttl != 0 and not is_lock_expired(lock.lock_version, lock.lock_ttl, current):
+            estimated_now = await oracle.get_stale_timestamp(0)
+            if is_lock_expired(lock.lock_version, lock.lock_ttl, estimated_now):
+                self.stats["fresh_current_ts"] += 1
+                current = await oracle.get_timestamp()
+        return check_txn_status_current_ts(lock, current)
 
     async def _status_from_lock(
         self,
