@@ -157,6 +157,9 @@ def test_transaction_options_defaults() -> None:
     assert o.pipelined_resolve_lock_concurrency == 8
     assert o.replica_read == "leader"
     assert o.txn_scope == "global"
+    # client-go txnkv/transaction/txn.go: no commit-wait constraint, 1 s wait.
+    assert o.commit_wait_until_tso == 0
+    assert o.commit_wait_until_tso_timeout == 1.0
 
 
 def test_transaction_options_wire_values() -> None:
@@ -192,6 +195,12 @@ def test_transaction_options_wire_values() -> None:
         ({"resource_group_tag": "tag"}, TypeError, "resource_group_tag"),
         ({"txn_scope": ""}, ValueError, "txn_scope"),
         ({"txn_source": -1}, ValueError, "txn_source"),
+        ({"commit_wait_until_tso": -1}, ValueError, "commit_wait_until_tso"),
+        ({"commit_wait_until_tso": 2**64}, ValueError, "commit_wait_until_tso"),
+        ({"commit_wait_until_tso": 1.5}, TypeError, "commit_wait_until_tso"),
+        ({"commit_wait_until_tso_timeout": -0.1}, ValueError, "commit_wait_until_tso_timeout"),
+        ({"commit_wait_until_tso_timeout": float("inf")}, ValueError, "until_tso_timeout"),
+        ({"commit_wait_until_tso_timeout": "1s"}, TypeError, "commit_wait_until_tso_timeout"),
     ],
 )
 def test_transaction_options_validation(

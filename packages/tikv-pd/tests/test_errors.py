@@ -10,6 +10,7 @@ from tikv_pd.errors import (
     AssertionFailedError,
     ClientClosedError,
     CommitTsExpiredError,
+    CommitTsLagError,
     CommitTsTooLargeError,
     DataIsNotReadyError,
     DeadlockError,
@@ -84,6 +85,9 @@ def _all_errors() -> list[TiKVError]:
         TxnLockNotFoundError(b"k"),
         CommitTsExpiredError(start_ts=1, attempted_commit_ts=5, key=b"k", min_commit_ts=6),
         CommitTsTooLargeError(100),
+        CommitTsLagError(
+            wait_until_ts=50, first_ts=40, last_ts=45, attempts=3, timeout_s=1.0, reason="x"
+        ),
         LockWaitTimeoutError(b"k", 1),
         PrimaryMismatchError(_lock()),
         PessimisticLockNotFoundError(1, b"k"),

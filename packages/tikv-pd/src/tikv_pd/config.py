@@ -37,6 +37,8 @@ __all__ = [
     "SecurityConfig",
     "TransactionOptions",
     "TxnMode",
+    "check_commit_wait_until_tso",
+    "check_commit_wait_until_tso_timeout",
 ]
 
 KiB = 1024
@@ -424,6 +426,38 @@ class Config:
             raise ValueError("Config.txn_local_latches_capacity must be > 0 when enabled")
 
 
+def check_commit_wait_until_tso(value: object, name: str = "commit_wait_until_tso") -> int:
+    """Check a commit-wait-until ts: an int in ``[0, 2**64)`` (0: no constraint).
+
+    Raises:
+        TypeError: Not an int.
+        ValueError: Out of range.
+
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int timestamp, got {type(value).__name__}")
+    if not 0 <= value < 2**64:
+        raise ValueError(f"{name} must be a 64-bit timestamp >= 0, got {value}")
+    return value
+
+
+def check_commit_wait_until_tso_timeout(
+    value: object, name: str = "commit_wait_until_tso_timeout"
+) -> float:
+    """Check a commit-wait timeout: a finite number of seconds >= 0.
+
+    Raises:
+        TypeError: Not a number.
+        ValueError: Negative, NaN or infinite.
+
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value}")
+    return float(value)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TransactionOptions:
     """Per-transaction options (client-go ``KVTxn.Set*`` and ``txnkv`` TxnOptions).
@@ -471,6 +505,14 @@ class TransactionOptions:
         scan_batch_size: Keys per scan page (``None`` = Config.txn_scan_batch).
         entry_size_limit: Override of Config.txn_entry_size_limit (``None`` = keep).
         total_size_limit: Override of Config.txn_total_size_limit (``None`` = keep).
+        commit_wait_until_tso: The commit ts must be greater than this ts (0: no
+            constraint); while PD's TSO is not past it, commit keeps fetching timestamps
+            for up to ``commit_wait_until_tso_timeout`` (client-go
+            ``KVTxn.SetCommitWaitUntilTSO``, for replication that must commit after the
+            upstream's commit ts).
+        commit_wait_until_tso_timeout: Seconds commit may wait for PD's TSO to pass
+            ``commit_wait_until_tso``; 0 fails at once when it lags (client-go
+            ``txnkv/transaction/txn.go`` commitWaitUntilTSOTimeout = 1 s).
 
     """
 
@@ -498,6 +540,8 @@ class TransactionOptions:
     scan_batch_size: int | None = None
     entry_size_limit: int | None = None
     total_size_limit: int | None = None
+    commit_wait_until_tso: int = 0
+    commit_wait_until_tso_timeout: float = 1.0
 
     def __post_init__(self) -> None:
         own = "TransactionOptions"
@@ -552,6 +596,10 @@ class TransactionOptions:
                 f"got {self.pipelined_write_throttle_ratio}"
             )
         _check_number(own, "txn_source", self.txn_source, minimum=0, integer=True)
+        check_commit_wait_until_tso(self.commit_wait_until_tso, f"{own}.commit_wait_until_tso")
+        check_commit_wait_until_tso_timeout(
+            self.commit_wait_until_tso_timeout, f"{own}.commit_wait_until_tso_timeout"
+        )
         for name in ("start_ts", "scan_batch_size", "entry_size_limit", "total_size_limit"):
             value = getattr(self, name)
             if value is not None:

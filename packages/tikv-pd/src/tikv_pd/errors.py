@@ -24,6 +24,7 @@ message text. The tree::
         ├── TxnLockNotFoundError     kvrpcpb.TxnLockNotFound
         ├── CommitTsExpiredError     kvrpcpb.CommitTsExpired
         ├── CommitTsTooLargeError    kvrpcpb.CommitTsTooLarge
+        ├── CommitTsLagError         PD's TSO stayed behind a commit-wait-until ts
         ├── LockWaitTimeoutError     pessimistic lock wait timed out
         ├── PrimaryMismatchError     kvrpcpb.PrimaryMismatch
         ├── PessimisticLockNotFoundError  the pessimistic lock vanished before prewrite
@@ -55,6 +56,7 @@ __all__ = [
     "ClientClosedError",
     "CodecError",
     "CommitTsExpiredError",
+    "CommitTsLagError",
     "CommitTsTooLargeError",
     "DataIsNotReadyError",
     "DeadlockError",
@@ -804,6 +806,50 @@ class CommitTsTooLargeError(TxnError):
 
     def _describe(self) -> str:
         return f"commit ts {self.commit_ts} is too large (exceeds max_commit_ts)"
+
+
+class CommitTsLagError(TxnError):
+    """PD's TSO did not pass a transaction's commit-wait-until ts in time.
+
+    client-go ``ErrCommitTSLag`` (``KVTxn.GetTimestampForCommit``): a transaction given
+    ``commit_wait_until_tso`` must commit after that ts; when the commit ts PD hands out
+    is not above it, the client keeps asking until it is, for at most the timeout.
+    Nothing was committed.
+
+    Attributes:
+        wait_until_ts: The ts the commit ts had to exceed.
+        first_ts: The first commit ts PD returned.
+        last_ts: The last ts PD returned (``first_ts`` when it failed without retrying).
+        attempts: How many timestamps were fetched.
+        timeout_s: The wait allowed, seconds (``0``: fail at once).
+        reason: Why it stopped (lag larger than the timeout, or the timeout ran out).
+
+    """
+
+    def __init__(
+        self,
+        *,
+        wait_until_ts: int,
+        first_ts: int,
+        last_ts: int,
+        attempts: int,
+        timeout_s: float,
+        reason: str,
+    ) -> None:
+        super().__init__("commit timestamp lags behind expected")
+        self.wait_until_ts = wait_until_ts
+        self.first_ts = first_ts
+        self.last_ts = last_ts
+        self.attempts = attempts
+        self.timeout_s = timeout_s
+        self.reason = reason
+
+    def _describe(self) -> str:
+        return (
+            f"commit timestamp lags behind expected: PD TSO {self.first_ts} lags the "
+            f"expected timestamp {self.wait_until_ts}, {self.reason} (timeout "
+            f"{self.timeout_s:g} s, attempts {self.attempts}, last ts {self.last_ts})"
+        )
 
 
 class LockWaitTimeoutError(TxnError):
