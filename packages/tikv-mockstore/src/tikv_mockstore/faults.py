@@ -2,8 +2,10 @@
 
 A :class:`Fault` matches requests by method name, store and region, and then does any of: wait
 (``delay``), hang until released, fail with a region error (the response carries
-``region_error`` exactly as TiKV fills it), fail the call with a gRPC status, or drop the
-stream. It fires ``times`` times (``None``: until removed), each match with ``probability``.
+``region_error`` exactly as TiKV fills it), answer with a key error (``kvrpcpb.KeyError`` in
+the response's ``error`` / ``errors`` / ``pairs[i].error``, where TiKV puts it; see
+:func:`build_key_error`), fail the call with a gRPC status, or drop the stream. It fires
+``times`` times (``None``: until removed), each match with ``probability``.
 
 Method names are gRPC method names (``"KvPrewrite"``, ``"RawGet"``, ``"GetRegion"``, ``"Tso"``);
 the BatchCommands command names (``"Prewrite"``) are accepted and mean the same method, and a
@@ -22,21 +24,27 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from tikv_proto import errorpb_pb2, kvrpcpb_pb2, pdpb_pb2, tikvpb_pb2
 
 __all__ = [
     "COMMAND_OF_METHOD",
+    "KEY_ERROR_KINDS",
+    "KEY_ERROR_METHODS",
     "METHOD_OF_COMMAND",
     "PD_METHODS",
+    "PER_KEY_METHODS",
     "REGION_ERROR_KINDS",
     "Counters",
     "Fault",
     "FaultInjector",
+    "build_key_error",
     "method_name",
+    "request_key",
 ]
 
 #: The BatchCommands oneof field names.
@@ -74,6 +82,45 @@ PD_METHODS = frozenset(
 REGION_ERROR_KINDS = frozenset(
     f.name for f in errorpb_pb2.Error.DESCRIPTOR.fields if f.message_type is not None
 )
+
+
+#: The ``kvrpcpb.KeyError`` field names a fault fills from the request by name; any other key
+#: error is injected by passing the whole ``kvrpcpb.KeyError``.
+KEY_ERROR_KINDS = frozenset(
+    {
+        "locked",
+        "conflict",
+        "retryable",
+        "abort",
+        "already_exist",
+        "txn_not_found",
+        "commit_ts_expired",
+        "txn_lock_not_found",
+    }
+)
+
+
+def _key_error_fields(method: Any) -> tuple[str, ...]:
+    """The response fields of a ``tikvpb.Tikv`` method that carry ``kvrpcpb.KeyError``."""
+    return tuple(
+        f.name
+        for f in method.output_type.fields
+        if f.message_type is not None and f.message_type.full_name == "kvrpcpb.KeyError"
+    )
+
+
+#: Method → the response fields where TiKV puts key errors (``error`` or ``errors``); the
+#: methods a key-error fault may target.
+KEY_ERROR_METHODS: Mapping[str, tuple[str, ...]] = {
+    m.name: fields
+    for m in tikvpb_pb2.DESCRIPTOR.services_by_name["Tikv"].methods
+    if (fields := _key_error_fields(m))
+}
+#: Methods whose answers carry per-key results in ``pairs`` (``KvPair.error``), so a key error
+#: may stand for one key while the others are served (``per_key=True``).
+PER_KEY_METHODS = frozenset({"KvBatchGet", "KvScan", "KvBufferBatchGet"})
+
+_MAX_TS = (1 << 64) - 1
 
 
 def method_name(name: str) -> str:
@@ -119,6 +166,9 @@ class Fault:
     hang: bool
     drop_stream: bool
     custom_error: bytes | None = None
+    key_error: str | None = None
+    custom_key_error: bytes | None = None
+    per_key: bool = False
     hits: int = 0
     _released: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -142,6 +192,9 @@ class FaultOutcome:
     message: str
     drop_stream: bool
     custom_error: bytes | None = None
+    key_error: str | None = None
+    custom_key_error: bytes | None = None
+    per_key: bool = False
 
 
 class FaultInjector:
@@ -169,6 +222,8 @@ class FaultInjector:
         delay: float = 0.0,
         hang: bool = False,
         drop_stream: bool = False,
+        key_error: str | kvrpcpb_pb2.KeyError | kvrpcpb_pb2.LockInfo | None = None,
+        per_key: bool = False,
     ) -> Fault:
         """Register a fault and return it.
 
@@ -182,6 +237,23 @@ class FaultInjector:
         matching request fires it; ``delay`` — seconds to wait first; ``hang`` — block until
         :meth:`Fault.release`; ``drop_stream`` — abort the call (for BatchCommands: the whole
         stream) with UNAVAILABLE, as a dropped connection looks to a client.
+
+        ``key_error`` — answer with a ``kvrpcpb.KeyError`` instead of serving the request: a
+        kind (:data:`KEY_ERROR_KINDS`, filled from the request by :func:`build_key_error`:
+        ``"locked"`` reports a fabricated lock on the request's first key, ``"conflict"`` a
+        write conflict, ``"retryable"`` / ``"abort"`` carry ``message``, ...), a whole
+        ``kvrpcpb.KeyError`` sent as given, or a ``kvrpcpb.LockInfo`` (a real lock, say)
+        sent as ``KeyError.locked``. The method must be one whose response carries key errors
+        (:data:`KEY_ERROR_METHODS`). It goes where TiKV puts it: ``errors`` for prewrite /
+        pessimistic lock, ``error`` for the others, and for ``KvBatchGet`` / ``KvScan`` also
+        into one pair, as TiKV answers a request that failed as a whole (``kv.rs`` copies the
+        error into a first pair for old clients). Nothing is executed, as TiKV executes nothing
+        when a command fails. A request that fails TiKV's routing checks (wrong store, not
+        leader, stale epoch) gets its region error and does not consume the fault.
+        ``per_key`` (``KvBatchGet`` / ``KvScan`` / ``KvBufferBatchGet``) — TiKV's answer when
+        one key is locked: the request is served and one key's answer is replaced by a pair
+        carrying the error (the first requested key for a batch get, the first pair of a
+        scan; a scan that found nothing gets the whole-request form).
         """
         norm = method_name(method) if method is not None else None
         custom: bytes | None = None
@@ -192,6 +264,24 @@ class FaultInjector:
             custom = region_error.SerializeToString()
             region_error = kinds[0]
         code = _status_code(status)
+        key_kind, custom_key = _key_error_spec(key_error)
+        if key_kind is not None:
+            if region_error is not None or code is not None or drop_stream:
+                raise ValueError(
+                    "a fault answers with one of key_error, region_error, status or "
+                    "drop_stream, not several"
+                )
+            if norm is None or norm not in KEY_ERROR_METHODS:
+                raise ValueError(
+                    f"key_error needs a method whose response carries key errors, one of "
+                    f"{sorted(KEY_ERROR_METHODS)}; got {method!r}"
+                )
+        if not isinstance(per_key, bool):
+            raise TypeError(f"per_key must be a bool, not {type(per_key).__name__}")
+        if per_key and (key_kind is None or norm not in PER_KEY_METHODS):
+            raise ValueError(
+                f"per_key needs key_error and one of {sorted(PER_KEY_METHODS)}; got {method!r}"
+            )
         if region_error is not None and region_error not in REGION_ERROR_KINDS:
             raise ValueError(
                 f"unknown region error kind {region_error!r}; expected one of "
@@ -209,9 +299,10 @@ class FaultInjector:
             raise ValueError(f"probability must be in [0, 1], got {probability}")
         if delay < 0:
             raise ValueError(f"delay must be >= 0, got {delay}")
-        if not (region_error or code or delay or hang or drop_stream):
+        if not (region_error or code or delay or hang or drop_stream or key_kind):
             raise ValueError(
-                "a fault needs an effect: region_error, status, delay, hang or drop_stream"
+                "a fault needs an effect: region_error, key_error, status, delay, hang or "
+                "drop_stream"
             )
         with self._mu:
             self._next += 1
@@ -229,6 +320,9 @@ class FaultInjector:
                 hang,
                 drop_stream,
                 custom,
+                key_kind,
+                custom_key,
+                per_key,
             )
             self._faults[fault.id] = fault
             return fault
@@ -283,13 +377,21 @@ class FaultInjector:
             return True
 
     def apply(
-        self, method: str, store_id: int | None, region_id: int | None
+        self,
+        method: str,
+        store_id: int | None,
+        region_id: int | None,
+        routable: Callable[[], bool] | None = None,
     ) -> FaultOutcome | None:
         """Run the faults matching a request.
 
         Run the faults matching a request: sleep / hang as told, and return the failure to
         produce (``None``: serve the request normally). PD requests pass ``store_id=None``.
+        ``routable`` says whether the request passes TiKV's routing checks; it is asked (at
+        most once) only when a key-error fault matches, and a request that does not pass
+        them skips key-error faults (TiKV checks the region before running a command).
         """
+        routed: bool | None = None
         if not self._faults:  # the common case, without taking the lock
             return None
         # A fault without a method targets TiKV's commands: not PD, and not a BatchCommands
@@ -307,6 +409,11 @@ class FaultInjector:
                     continue
                 if fault.region_id is not None and fault.region_id != region_id:
                     continue
+                if fault.key_error is not None and routable is not None:
+                    if routed is None:
+                        routed = routable()
+                    if not routed:
+                        continue
                 if fault.probability < 1.0 and self._rng.random() >= fault.probability:
                     continue
                 fault.hits += 1
@@ -315,7 +422,7 @@ class FaultInjector:
                     if fault.times <= 0:
                         del self._faults[fault.id]
                 fired.append(fault)
-                if fault.region_error or fault.status or fault.drop_stream:
+                if fault.region_error or fault.status or fault.drop_stream or fault.key_error:
                     break
         outcome: FaultOutcome | None = None
         for fault in fired:
@@ -330,7 +437,7 @@ class FaultInjector:
                 finally:
                     with self._hang_cv:
                         self._hanging -= 1
-            if fault.region_error or fault.status or fault.drop_stream:
+            if fault.region_error or fault.status or fault.drop_stream or fault.key_error:
                 outcome = FaultOutcome(
                     fault.id,
                     fault.region_error,
@@ -338,8 +445,143 @@ class FaultInjector:
                     fault.message,
                     fault.drop_stream,
                     fault.custom_error,
+                    fault.key_error,
+                    fault.custom_key_error,
+                    fault.per_key,
                 )
         return outcome
+
+
+def _key_error_spec(
+    key_error: str | kvrpcpb_pb2.KeyError | kvrpcpb_pb2.LockInfo | None,
+) -> tuple[str | None, bytes | None]:
+    """``(kind, serialized KeyError or None)`` of a fault's ``key_error`` argument."""
+    if key_error is None:
+        return None, None
+    if isinstance(key_error, kvrpcpb_pb2.LockInfo):
+        return "locked", kvrpcpb_pb2.KeyError(locked=key_error).SerializeToString()
+    if isinstance(key_error, kvrpcpb_pb2.KeyError):
+        kinds = [f.name for f, _ in key_error.ListFields() if f.name != "debug_info"]
+        if not kinds:
+            raise ValueError("a custom key error must set one error field")
+        return kinds[0], key_error.SerializeToString()
+    if not isinstance(key_error, str):
+        raise TypeError(
+            "key_error must be a kind name, a kvrpcpb.KeyError or a kvrpcpb.LockInfo, not "
+            f"{type(key_error).__name__}"
+        )
+    if key_error not in KEY_ERROR_KINDS:
+        raise ValueError(
+            f"unknown key error kind {key_error!r}; expected one of {sorted(KEY_ERROR_KINDS)} "
+            "or a whole kvrpcpb.KeyError"
+        )
+    return key_error, None
+
+
+def _first(request: Any, *names: str) -> Any:
+    """The first of ``names`` that the request message has and sets (``None``: none)."""
+    fields = request.DESCRIPTOR.fields_by_name
+    for name in names:
+        field_ = fields.get(name)
+        if field_ is None:
+            continue
+        value = getattr(request, name)
+        if field_.is_repeated:
+            if len(value):
+                return value[0]
+        elif value:
+            return value
+    return None
+
+
+def request_key(request: Any) -> bytes:
+    """The key a request is mostly about: its key, first key, start key or first mutation's."""
+    key = _first(request, "key", "keys", "start_key", "primary_key", "primary_lock")
+    if key is None:
+        mutation = _first(request, "mutations")
+        key = mutation.key if mutation is not None else b""
+    return bytes(key)
+
+
+def build_key_error(
+    kind: str,
+    custom: bytes | None,
+    request: Any,
+    message: str,
+    *,
+    key: bytes | None = None,
+    fresh_ts: Callable[[], int] | None = None,
+) -> kvrpcpb_pb2.KeyError:
+    """The ``kvrpcpb.KeyError`` an injected key-error fault answers ``request`` with.
+
+    ``custom`` (a serialized KeyError) is sent as given. Otherwise the error is filled from the
+    request, for ``key`` (default :func:`request_key`): its timestamp is the request's read
+    ``version`` or its transaction's ``start_version`` / ``start_ts`` (``ts`` below), the
+    primary its ``primary_lock`` (else the key itself).
+
+    - ``locked``: an optimistic Put lock of another transaction, ``lock_version = ts - 1``
+      (below the reader, so it blocks it; a fresh timestamp from ``fresh_ts`` for a read at
+      the max timestamp), primary as above, TTL 50 ms, ``txn_size`` 1 — the lock client-go's
+      ``rpcBatchGetResult`` / ``rpcScanResult`` failpoints fabricate. No such lock exists in
+      the store, so resolving it finds no transaction, waits out the TTL and rolls it back.
+    - ``conflict``: an optimistic write conflict with a write committed at ``ts + 1``.
+    - ``retryable`` / ``abort``: the message. ``already_exist`` / ``txn_lock_not_found``:
+      the key. ``txn_not_found``: ``ts`` and the primary. ``commit_ts_expired``: the
+      request's ``commit_version`` and a ``min_commit_ts`` one above it.
+    """
+    err = kvrpcpb_pb2.KeyError()
+    if custom is not None:
+        err.MergeFromString(custom)
+        return err
+    if key is None:
+        key = request_key(request)
+    ts = int(_first(request, "version", "start_version", "start_ts", "lock_ts") or 0)
+    primary = bytes(_first(request, "primary_lock", "primary_key") or key)
+    if kind == "locked":
+        lock_ts = ts - 1 if 0 < ts < _MAX_TS else 0
+        if lock_ts <= 0 and fresh_ts is not None:
+            lock_ts = fresh_ts()
+        err.locked.CopyFrom(
+            kvrpcpb_pb2.LockInfo(
+                primary_lock=primary,
+                lock_version=lock_ts,
+                key=key,
+                lock_ttl=50,
+                txn_size=1,
+                lock_type=kvrpcpb_pb2.Put,
+            )
+        )
+    elif kind == "conflict":
+        err.conflict.CopyFrom(
+            kvrpcpb_pb2.WriteConflict(
+                start_ts=ts,
+                conflict_ts=ts,
+                conflict_commit_ts=min(ts + 1, _MAX_TS),
+                key=key,
+                primary=primary,
+                reason=kvrpcpb_pb2.WriteConflict.Optimistic,
+            )
+        )
+    elif kind == "retryable":
+        err.retryable = message
+    elif kind == "abort":
+        err.abort = message
+    elif kind == "already_exist":
+        err.already_exist.key = key
+    elif kind == "txn_not_found":
+        err.txn_not_found.start_ts = ts
+        err.txn_not_found.primary_key = primary
+    elif kind == "commit_ts_expired":
+        attempted = int(_first(request, "commit_version") or ts + 1)
+        err.commit_ts_expired.start_ts = ts
+        err.commit_ts_expired.attempted_commit_ts = attempted
+        err.commit_ts_expired.key = key
+        err.commit_ts_expired.min_commit_ts = attempted + 1
+    elif kind == "txn_lock_not_found":
+        err.txn_lock_not_found.key = key
+    else:
+        raise ValueError(f"unknown key error kind {kind!r}")
+    return err
 
 
 class Counters:

@@ -37,7 +37,14 @@ from tikv_proto import errorpb_pb2, kvrpcpb_pb2, tikvpb_pb2
 
 from tikv_mockstore._codec import encode_bytes
 from tikv_mockstore.cluster import Cluster, Region
-from tikv_mockstore.faults import COMMAND_OF_METHOD, Counters, FaultInjector, FaultOutcome
+from tikv_mockstore.faults import (
+    COMMAND_OF_METHOD,
+    KEY_ERROR_METHODS,
+    Counters,
+    FaultInjector,
+    FaultOutcome,
+    build_key_error,
+)
 from tikv_mockstore.handlers import HANDLERS
 from tikv_mockstore.safe_ts import region_locks
 
@@ -645,10 +652,18 @@ class StoreServer:
         ctx = request.context if method in _HAS_CONTEXT else None
         self.counters.record(method, self.store_id, ctx)
         outcome = self.faults.apply(
-            method, self.store_id, ctx.region_id if ctx is not None else None
+            method,
+            self.store_id,
+            ctx.region_id if ctx is not None else None,
+            (lambda: self.scope.check_region(ctx) is None) if ctx is not None else None,
         )
         if outcome is not None:
+            if outcome.key_error is not None:
+                return self._key_error_response(method, command, request, outcome)
             return self._fault_response(method, outcome, ctx)
+        return self._run_handler(method, command, request)
+
+    def _run_handler(self, method: str, command: str, request: Any) -> Any:
         fn = _handler_of(method, command)
         token = _CURRENT_COMMAND.set(command)
         request_token = _CURRENT_REQUEST.set(request)
@@ -661,6 +676,57 @@ class StoreServer:
         finally:
             _CURRENT_COMMAND.reset(token)
             _CURRENT_REQUEST.reset(request_token)
+
+    def _key_error_response(
+        self, method: str, command: str, request: Any, outcome: FaultOutcome
+    ) -> Any:
+        """The answer of an injected key error, placed where TiKV places key errors."""
+        assert outcome.key_error is not None
+        fields = KEY_ERROR_METHODS[method]
+        fresh_ts = self.cluster.current_ts
+        if outcome.per_key:
+            resp = self._run_handler(method, command, request)
+            if resp.HasField("region_error") or resp.HasField("error"):
+                return resp  # the request failed on its own; nothing to replace
+            pairs = resp.pairs
+            if method == "KvScan":
+                key = pairs[0].key if len(pairs) else None
+            else:
+                key = request.keys[0] if len(request.keys) else None
+            if key is not None:
+                err = build_key_error(
+                    outcome.key_error,
+                    outcome.custom_key_error,
+                    request,
+                    outcome.message,
+                    key=key,
+                    fresh_ts=fresh_ts,
+                )
+                # storage/errors.rs entry_result_to_kv_pair: an error pair carries the
+                # error only (no key, no value), in the position of the key's answer.
+                # The key's answer (the first requested key, or a scan's first pair) is
+                # the first pair.
+                kept = [kvrpcpb_pb2.KvPair(error=err)] + [p for p in pairs if p.key != key]
+                del pairs[:]
+                pairs.extend(kept)
+                return resp
+        resp = _RESPONSE_TYPES[method]()
+        err = build_key_error(
+            outcome.key_error,
+            outcome.custom_key_error,
+            request,
+            outcome.message,
+            fresh_ts=fresh_ts,
+        )
+        if "errors" in fields:
+            resp.errors.append(err)
+        else:
+            resp.error.CopyFrom(err)
+            if "pairs" in resp.DESCRIPTOR.fields_by_name:
+                # kv.rs: a failed batch get / scan also carries the error in a first pair,
+                # for old clients.
+                resp.pairs.add().error.CopyFrom(err)
+        return resp
 
     def _fault_response(
         self, method: str, outcome: FaultOutcome, ctx: kvrpcpb_pb2.Context | None
