@@ -85,6 +85,7 @@ __all__ = [
     "DEFAULT_OPTIONS",
     "MAX_RETRIES_WITHOUT_BACKOFF",
     "REPLICA_READ_COMMANDS",
+    "SOURCE_PATCHED_COMMANDS",
     "Ambiguity",
     "ContextCache",
     "KeySharder",
@@ -100,6 +101,7 @@ __all__ = [
     "Shard",
     "Sharder",
     "build_context",
+    "patch_request_source",
     "select_peer",
 ]
 
@@ -428,6 +430,41 @@ def build_context(
     return ctx
 
 
+#: Commands whose ``Context.request_source`` names the replica that serves them and
+#: whether the request is a retry: client-go sets ``InputRequestSource`` only on the
+#: snapshot's point get, batch get (buffer tier included) and scan requests
+#: (``txnkv/txnsnapshot/snapshot.go``, ``scan.go``); every other request, raw ones
+#: included, sends its source unchanged.
+SOURCE_PATCHED_COMMANDS: frozenset[str] = frozenset({"Get", "BatchGet", "BufferBatchGet", "Scan"})
+
+
+def patch_request_source(source: str, read_type: str, replica: str, *, retry: bool) -> str:
+    """The request source a snapshot read sends (client-go ``patchRequestSource``).
+
+    TiKV's metrics and resource control look at the last ``_``-separated part, so the
+    caller's source stays last; what the client did is put in front of it.
+
+    Args:
+        source: The caller's request source (``"external_txn"``, ...).
+        read_type: The first attempt's kind: ``"leader"`` or ``"follower"`` (a learner
+            counts as a follower), prefixed ``"stale_"`` when it was a stale read.
+        replica: This attempt's target: ``"leader"`` or ``"follower"``.
+        retry: Whether this is a resend of the request.
+
+    Returns:
+        ``"<read_type>_<source>"`` for the first attempt (``read_type`` is this attempt's
+        kind then), ``"retry_<read_type>_<replica>_<source>"`` for every resend.
+
+    Example:
+        >>> patch_request_source("external_txn", "stale_follower", "leader", retry=True)
+        'retry_stale_follower_leader_external_txn'
+
+    """
+    if retry:
+        return f"retry_{read_type}_{replica}_{source}"
+    return f"{read_type}_{source}"
+
+
 class ContextCache:
     """Built contexts per (region, peer, options, read mode), reused across requests.
 
@@ -699,6 +736,8 @@ class _Call(Generic[P, T]):
     timeout: float | None
     # Observability / request control (tikv_pd.interceptor, tikv_pd.logs):
     invoke: RPCInvoker | None = None  # the hooked send; None = transport.send directly
+    # The request source gets the replica kind and retry facts (patch_request_source).
+    patch_source: bool = False
     attempts: int = 0  # attempts sent, all parts
     retries: int = 0  # attempts that met a send failure or a region error
     backoff_ms: int = 0  # milliseconds slept in backoffs, all parts
@@ -842,6 +881,8 @@ class RequestSender:
             options.concurrency or DEFAULT_CONCURRENCY,
             options.timeout,
         )
+        if options.request_source and command in SOURCE_PATCHED_COMMANDS:
+            call.patch_source = True
         if (
             options.interceptor is not None
             or _interceptor.process_chain is not None
@@ -892,10 +933,11 @@ class RequestSender:
         shards: list[tuple[Region, P]],
         bo: Backoffer | None,
         ambiguous: BaseException | None,
+        read_type: str | None = None,
     ) -> list[T]:
         if len(shards) == 1:
             region, payload = shards[0]
-            return await self._run(call, region, payload, bo, ambiguous)
+            return await self._run(call, region, payload, bo, ambiguous, read_type)
         if not shards:
             return []
         results: list[list[T] | None] = [None] * len(shards)
@@ -905,7 +947,12 @@ class RequestSender:
             for i in indexes:
                 region, payload = shards[i]
                 results[i] = await self._run(
-                    call, region, payload, bo.fork() if bo is not None else None, ambiguous
+                    call,
+                    region,
+                    payload,
+                    bo.fork() if bo is not None else None,
+                    ambiguous,
+                    read_type,
                 )
 
         workers = [
@@ -953,12 +1000,17 @@ class RequestSender:
         payload: P,
         bo: Backoffer | None,
         ambiguous: BaseException | None,
+        read_type: str | None = None,
     ) -> list[T]:
         """Send one part until it succeeds, fails for good, or is re-sharded.
 
         ``ambiguous`` is the failure after which this part's outcome became unknown
         (``Ambiguity.RETRY_THEN_RAISE``); a response clears it, and a final failure while
         it is set becomes an UndeterminedError. Parts re-sharded from this one inherit it.
+
+        ``read_type`` (requests whose source is patched, see :func:`patch_request_source`)
+        is the replica kind of the first attempt of the part this one comes from: set, it
+        makes every send of this part a retry.
         """
         locator = self.locator
         transport = self.transport
@@ -1011,7 +1063,7 @@ class RequestSender:
                 )
                 region, payload, more = await self._reshard(call, payload)
                 if more is not None:
-                    return await self._dispatch(call, more, bo, ambiguous)
+                    return await self._dispatch(call, more, bo, ambiguous, read_type)
                 continue
             # Forwarding (client-go EnableForwarding): the leader's store failed a send
             # and select_peer fell back to another voter; keep the leader as the target
@@ -1041,10 +1093,24 @@ class RequestSender:
                 bo = await self._backoff(call, bo, REGION_MISS, exc, ambiguous)
                 region, payload, more = await self._reshard(call, payload)
                 if more is not None:
-                    return await self._dispatch(call, more, bo, ambiguous)
+                    return await self._dispatch(call, more, bo, ambiguous, read_type)
                 continue
             request = call.build(region, payload)
             request.context.CopyFrom(self.contexts.get(region, peer, options, mode))  # type: ignore[attr-defined]
+            if call.patch_source:
+                leader = region.leader
+                replica = "leader" if leader is not None and peer.id == leader.id else "follower"
+                ctx = request.context  # type: ignore[attr-defined]
+                if read_type is None:
+                    read_type = f"stale_{replica}" if mode == 2 else replica
+                    ctx.request_source = patch_request_source(
+                        options.request_source, read_type, replica, retry=False
+                    )
+                else:
+                    ctx.request_source = patch_request_source(
+                        options.request_source, read_type, replica, retry=True
+                    )
+                    ctx.is_retry_request = True
             if attempt:
                 request.context.is_retry_request = True  # type: ignore[attr-defined]
             attempt += 1
@@ -1093,6 +1159,12 @@ class RequestSender:
                     # The connection failed: the store is likely down (client-go's liveness
                     # probe would say unreachable); replica reads skip it for a while.
                     self.health.mark_unreachable(failed_store)
+                # A gRPC CANCELLED status here is not our caller's cancellation (that
+                # arrives as asyncio.CancelledError and is never caught: client-go
+                # onSendFail returns context.Canceled without touching anything) but
+                # keepalive or a store shutting down: retried like any send failure.
+                # client-go also closes the connection then; grpc channels reconnect
+                # by themselves and the transport reopens a broken stream, so we don't.
                 locator.on_send_fail(region, failed_store)
                 unreachable.add(failed_store)
                 if unreachable.issuperset(p.store_id for p in region.peers):
@@ -1100,7 +1172,7 @@ class RequestSender:
                 bo = await self._backoff(call, bo, TIKV_RPC, exc, ambiguous)
                 region, payload, more = await self._reshard(call, payload)
                 if more is not None:
-                    return await self._dispatch(call, more, bo, ambiguous)
+                    return await self._dispatch(call, more, bo, ambiguous, read_type)
                 free_retries = 0
                 continue
 
@@ -1192,7 +1264,7 @@ class RequestSender:
                 free_retries = 0 if slept else free_retries + 1
                 region, payload, more = await self._reshard(call, payload)
                 if more is not None:
-                    return await self._dispatch(call, more, bo, ambiguous)
+                    return await self._dispatch(call, more, bo, ambiguous, read_type)
                 continue
 
             # TiKV executed this attempt: whatever an earlier lost attempt did, this
@@ -1208,7 +1280,9 @@ class RequestSender:
                 if retry.backoff is not None:
                     bo = await self._backoff(call, bo, retry.backoff, retry, None)
                 new_shards = await call.sharder.shard(locator, retry.payload)  # type: ignore[arg-type]
-                return await self._dispatch(call, new_shards, bo, None)
+                # client-go's snapshot BatchGet and Scan loops keep the read type across
+                # a lock resolution: the resent request is labelled a retry.
+                return await self._dispatch(call, new_shards, bo, None, read_type)
 
     async def _reshard(
         self, call: _Call[P, T], payload: P
