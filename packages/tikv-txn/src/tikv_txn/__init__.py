@@ -43,7 +43,7 @@ from tikv_txn.gc import GCResult
 from tikv_txn.lock_resolver import LockResolver, ResolveResult
 from tikv_txn.pipelined import AsyncPipelinedTransaction, FlushThresholds
 from tikv_txn.snapshot import AsyncSnapshot
-from tikv_txn.transaction import AsyncTransaction
+from tikv_txn.transaction import AsyncTransaction, KeyAssertion
 
 __all__ = [
     "LOCK_ALWAYS_WAIT",
@@ -62,6 +62,7 @@ __all__ = [
     "FlushThresholds",
     "GCResult",
     "GCTooEarlyError",
+    "KeyAssertion",
     "KeyExistsError",
     "KeyIsLockedError",
     "LockInfo",

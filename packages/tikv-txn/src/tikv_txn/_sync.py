@@ -24,7 +24,7 @@ from tikv_txn.client import AsyncTransactionClient, resolve_options
 from tikv_txn.gc import GC_CONCURRENCY
 from tikv_txn.pipelined import AsyncPipelinedTransaction
 from tikv_txn.snapshot import AsyncSnapshot
-from tikv_txn.transaction import AsyncTransaction
+from tikv_txn.transaction import AsyncTransaction, KeyAssertion
 
 __all__ = ["Snapshot", "Transaction", "TransactionClient"]
 
@@ -180,6 +180,10 @@ class Transaction(_Reader):
         """Buffer a deletion of ``key`` (pessimistic: and lock the key)."""
         self._txn.delete(key)
         self._lock_written()
+
+    def set_assertion(self, key: bytes, assertion: KeyAssertion) -> None:
+        """Assert at prewrite whether ``key`` exists (see ``AsyncTransaction.set_assertion``)."""
+        self._txn.set_assertion(key, assertion)
 
     def get_for_update(
         self,

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 from tikv_pd.backoff import Backoffer
 from tikv_pd.config import TransactionOptions
 from tikv_pd.errors import (
+    AssertionFailedError,
     CommitTsExpiredError,
     LockInfo,
     TxnError,
@@ -307,6 +308,13 @@ class TwoPhaseCommitter:
         #: for-update ts at prewrite: keys locked by aggressive locking (client-go
         #: ``forUpdateTSConstraints``).
         self.for_update_ts_constraints: dict[bytes, int] = {}
+        #: Pessimistic transactions: whether a key existed when its lock was taken, as
+        #: far as a lock request learned it (``PessimisticLocker.known_existence``).
+        #: With an assertion level other than Off, assertions on locked keys are checked
+        #: against it before prewrite (client-go ``checkAssertionByPessimisticLockResults``).
+        self.lock_existence: Callable[[bytes], bool | None] | None = None
+        #: The first such assertion that failed: raised once prewrite succeeded.
+        self.stashed_assertion: AssertionFailedError | None = None
         #: Set when the primary batch was prewritten (heartbeats may start).
         self.primary_prewritten = False
         #: Number of heartbeats sent successfully (for tests and metrics).
@@ -336,6 +344,7 @@ class TwoPhaseCommitter:
         )
         if not plan.mutations:
             return False
+        self.stashed_assertion = self._check_assertions_by_locks(plan.mutations)
         if codec.api_version == 2:
             mutations = tuple(m._replace(key=codec.encode_key(m.key)) for m in plan.mutations)
             plan = MutationPlan(
@@ -372,6 +381,7 @@ class TwoPhaseCommitter:
             enable_one_pc=self._opts.try_one_pc,
             causal_consistency=self._opts.causal_consistency,
             global_scope=self._opts.txn_scope == "global",
+            assertion_failed=self.stashed_assertion is not None,
             keys_limit=cfg.async_commit_keys_limit,
             total_key_size_limit=cfg.async_commit_total_key_size_limit,
         )
@@ -380,6 +390,33 @@ class TwoPhaseCommitter:
         if self.async_commit:
             self._secondaries = async_commit_secondaries(plan.mutations, plan.primary)
         return True
+
+    def _check_assertions_by_locks(
+        self, mutations: Sequence[Mutation]
+    ) -> AssertionFailedError | None:
+        """The first assertion on a locked key that its lock's answer contradicts.
+
+        TiKV skips the existence read of a pessimistically locked key at prewrite unless
+        the level is Strict, so client-go checks such keys against what the lock request
+        saw. A failure is not raised at once: a lost pessimistic lock could make it a
+        false positive, so prewrite still runs (async commit and 1PC off) and its own
+        error wins; only if prewrite succeeds is this one raised (client-go
+        ``stashedAssertionError``). Its existing start / commit ts are unknown here (0).
+        """
+        existence = self.lock_existence
+        if existence is None or self._opts.assertion_level == "Off":
+            return None
+        for m in mutations:
+            if not m.is_pessimistic_lock or not (m.assert_exist or m.assert_not_exist):
+                continue
+            exists = existence(m.key)
+            if exists is None:
+                continue
+            if m.assert_not_exist and exists:
+                return AssertionFailedError(start_ts=self.start_ts, key=m.key, assertion=2)
+            if m.assert_exist and not exists:
+                return AssertionFailedError(start_ts=self.start_ts, key=m.key, assertion=1)
+        return None
 
     async def _locate_all(self, keys: Sequence[bytes]) -> list[Region]:
         """The regions covering sorted ``keys``, one lookup per region."""
@@ -432,18 +469,36 @@ class TwoPhaseCommitter:
         )
         self._prewrite_started = True
         bo = self._rt.backoffer(self._rt.budgets.prewrite, "prewrite")
-        await self._run_batches(self.batches, lambda b: self._prewrite_batch(b, bo.fork()))
+        await self._run_batches(
+            self.batches, lambda b: self._prewrite_batch(b, bo.fork()), assertions_last=True
+        )
 
-    async def _run_batches(self, batches: Sequence[_MutBatch], action: Any) -> None:
-        """Run ``action`` on every batch, at most ``committer_concurrency`` at a time."""
+    async def _run_batches(
+        self, batches: Sequence[_MutBatch], action: Any, *, assertions_last: bool = False
+    ) -> None:
+        """Run ``action`` on every batch, at most ``committer_concurrency`` at a time.
+
+        The first failure cancels the other batches and is raised. With
+        ``assertions_last`` (prewrite) an :class:`AssertionFailedError` does not: it is
+        held while the other batches run, and raised only if none of them fails
+        otherwise. In a pessimistic transaction whose lock was lost, a key that is not
+        locked can fail its assertion only because of the conflict; the conflict is the
+        error to report (client-go ``batchExecutor.process``, tikv/tikv#12113).
+        """
         if len(batches) == 1:
             await action(batches[0])
             return
         sem = asyncio.Semaphore(self._concurrency)
+        held: list[AssertionFailedError] = []
 
         async def one(batch: _MutBatch) -> None:
             async with sem:
-                await action(batch)
+                try:
+                    await action(batch)
+                except AssertionFailedError as exc:
+                    if not assertions_last:
+                        raise
+                    held.append(exc)
 
         tasks = [asyncio.ensure_future(one(b)) for b in batches]
         try:
@@ -453,6 +508,8 @@ class TwoPhaseCommitter:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+        if held:
+            raise held[0]
 
     def _build_prewrite(
         self, region: Region, part: Sequence[Mutation]
@@ -536,6 +593,7 @@ class TwoPhaseCommitter:
             )
             locks: list[LockInfo] = []
             retry: list[Mutation] = []
+            assertion_failure: AssertionFailedError | None = None
             for part, resp in parts:
                 errors = list(resp.errors)
                 if errors:
@@ -545,14 +603,19 @@ class TwoPhaseCommitter:
                         self._fall_back_to_2pc("commit ts too large")
                         retry.extend(part)
                         continue
-                    locks.extend(
-                        self._rt.prewrite_locks(
+                    try:
+                        found = self._rt.prewrite_locks(
                             errors,
                             start_ts=self.start_ts,
                             primary=self.primary,
                             optimistic=not self.pessimistic,
                         )
-                    )
+                    except AssertionFailedError as exc:
+                        # Another part's error, if any, is the one to report (as across
+                        # batches in _run_batches).
+                        assertion_failure = assertion_failure or exc
+                        continue
+                    locks.extend(found)
                     retry.extend(part)
                     continue
                 outcome = interpret_prewrite_response(
@@ -570,6 +633,8 @@ class TwoPhaseCommitter:
                 if any(m.key == self.primary for m in part):
                     self.primary_prewritten = True
                     self._maybe_start_heartbeat()
+            if assertion_failure is not None:
+                raise assertion_failure
             if locks:
                 await self._rt.resolver.resolve_for_write(
                     bo, self.start_ts, locks, options=self._resolve_options
@@ -803,6 +868,11 @@ class TwoPhaseCommitter:
         except BaseException:
             self._spawn_cleanup()
             raise
+        if self.stashed_assertion is not None:
+            # Prewrite succeeded, so the locks were there and the assertion failure from
+            # the lock results is real (async commit and 1PC were off: nothing committed).
+            self._spawn_cleanup()
+            raise self.stashed_assertion
         if self.one_pc_commit_ts:
             self.commit_ts = self.one_pc_commit_ts
             return self.commit_ts

@@ -392,6 +392,15 @@ class PessimisticLocker:
             and self._existence.get(key) is None
         )
 
+    def known_existence(self, key: bytes) -> bool | None:
+        """Whether ``key`` existed when this transaction locked it, if a lock said so.
+
+        ``None`` when no lock request of this transaction learned it (a plain lock does
+        not ask: client-go then assumes the value exists, which would make a
+        ``not_exist`` assertion fail locally for no reason).
+        """
+        return self._existence.get(key)
+
     def check_insert(self, key: bytes) -> bool:
         """Before an insert of a key this transaction locked: whether it is known absent.
 

@@ -30,10 +30,10 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Final, Literal, Self
 
 from tikv_pd.config import TransactionOptions
-from tikv_pd.errors import TransactionClosedError
+from tikv_pd.errors import TransactionClosedError, format_key
 from tikv_pd.interceptor import RPCInterceptor, chain_interceptors
 from tikv_pd.observability import register_operations
 
@@ -47,7 +47,21 @@ from tikv_txn.union_iter import union_aiter
 if TYPE_CHECKING:
     from tikv_txn._runtime import TxnRuntime
 
-__all__ = ["AsyncTransaction"]
+__all__ = ["AsyncTransaction", "KeyAssertion"]
+
+#: What :meth:`AsyncTransaction.set_assertion` can assert about a key's committed state
+#: before this transaction: it exists, it does not exist, nothing can be said
+#: (``"unknown"``), or no assertion at all (``"none"``, removes an earlier one).
+KeyAssertion = Literal["exist", "not_exist", "unknown", "none"]
+
+# client-go kv.SetAssertExist / SetAssertNotExist / SetAssertUnknown / SetAssertNone.
+_ASSERTION_OPS: Final[dict[str, FlagsOp]] = {
+    "exist": FlagsOp.SET_ASSERT_EXIST,
+    "not_exist": FlagsOp.SET_ASSERT_NOT_EXIST,
+    "unknown": FlagsOp.SET_ASSERT_UNKNOWN,
+    "none": FlagsOp.SET_ASSERT_NONE,
+}
+
 
 _ACTIVE = "active"
 _COMMITTING = "committing"
@@ -307,6 +321,52 @@ class AsyncTransaction:
         self._buffer.delete(key)
         self._locker.after_write(key)
 
+    def set_assertion(self, key: bytes, assertion: KeyAssertion) -> None:
+        """Assert, at prewrite, whether ``key`` exists (client-go ``SetAssertExist`` & co.).
+
+        The assertion travels with the key's prewrite mutation and is checked by TiKV as
+        the transaction's ``assertion_level`` says: ``"Strict"`` always reads the key's
+        latest committed version; ``"Fast"`` checks it only when prewrite reads that
+        version anyway (an optimistic prewrite's conflict check), and for keys this
+        pessimistic transaction locked while learning whether they exist
+        (:meth:`check_exists_for_update`, :meth:`get_for_update`) the client compares
+        the lock's answer itself (client-go ``checkAssertionByPessimisticLockResults``).
+        A failed assertion makes :meth:`commit` raise
+        :class:`~tikv_pd.errors.AssertionFailedError` and roll the transaction back.
+        It is a consistency check (TiDB asserts what its indexes imply), not a
+        condition: nothing else about the commit changes.
+
+        Args:
+            key: A key this transaction has written or locked (the assertion goes with
+                its mutation; a key with nothing to prewrite has nothing to assert on).
+            assertion: ``"exist"``, ``"not_exist"``, ``"unknown"`` (nothing can be said)
+                or ``"none"`` (remove an earlier assertion). A later write keeps it.
+
+        Raises:
+            TypeError: ``key`` is not bytes.
+            ValueError: ``assertion`` is not one of those names, the transaction's
+                ``assertion_level`` is ``"Off"`` (the assertion would never be
+                checked), or ``key`` has no write or lock in this transaction.
+
+        """
+        check_key(key)
+        op = _ASSERTION_OPS.get(assertion) if isinstance(assertion, str) else None
+        if op is None:
+            raise ValueError(
+                f"assertion must be one of {sorted(_ASSERTION_OPS)}, got {assertion!r}"
+            )
+        if self._options.assertion_level == "Off":
+            raise ValueError(
+                "set_assertion needs TransactionOptions.assertion_level 'Fast' or 'Strict' "
+                "(with 'Off' assertions are not sent to TiKV)"
+            )
+        self._check_active()
+        if self._buffer.get_flags(key) is None:
+            raise ValueError(
+                f"set_assertion: key {format_key(key)} has no write or lock in this transaction"
+            )
+        self._buffer.update_flags(key, op)
+
     # -- locks (tikv_txn.pessimistic) ----------------------------------------------------
 
     @property
@@ -450,7 +510,7 @@ class AsyncTransaction:
         return self._committer
 
     def _new_committer(self) -> TwoPhaseCommitter:
-        return TwoPhaseCommitter(
+        committer = TwoPhaseCommitter(
             self._rt,
             self.start_ts,
             self._options,
@@ -458,6 +518,9 @@ class AsyncTransaction:
             self._started_at,
             interceptor=self._effective_interceptor(),
         )
+        if self._options.is_pessimistic:
+            committer.lock_existence = self._locker.known_existence
+        return committer
 
     async def commit(self) -> int:
         """Commit and return the commit ts (0 when the transaction wrote nothing).
