@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime
 from collections.abc import Callable
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, TextIO, TypeVar
 
 from tikv_raw import RawClient
 from tikv_txn import LOCK_NO_WAIT, Transaction, TransactionClient
@@ -57,6 +57,9 @@ TXN_SHELL_COMMANDS = (*TXN_COMMANDS, "get-for-update", "lock")
 TXN_CLIENT_COMMANDS = ("delete-range", "gc")
 
 
+_N = TypeVar("_N", int, float)
+
+
 class ArgParser(argparse.ArgumentParser):
     """An argument parser that raises :class:`UsageError` instead of exiting when told to.
 
@@ -85,44 +88,54 @@ class _HelpShownError(Exception):
     """``--help`` was handled inside the shell (not an error)."""
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _number_argument(
+    parse: Callable[[str], _N],
+    *,
+    invalid: str,
+    valid: Callable[[_N], bool],
+    out_of_range: str,
+) -> Callable[[str], _N]:
+    """An argparse ``type`` that parses a number and checks its range.
+
+    ``invalid`` and ``out_of_range`` are messages with ``{text}`` / ``{value}`` fields.
+    """
+
+    def convert(text: str) -> _N:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(invalid.format(text=text)) from None
+        if not valid(value):
+            raise argparse.ArgumentTypeError(out_of_range.format(text=text, value=value))
+        return value
+
+    return convert
 
 
-def _ttl(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid TTL {text!r} (whole seconds)") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"TTL must be at least 1 second, got {value}")
-    return value
-
-
-def _stale(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}") from None
-    if not 0 < value < 1e9:
-        raise argparse.ArgumentTypeError(f"staleness must be positive seconds, got {text!r}")
-    return value
-
-
-def _timestamp(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid timestamp {text!r} (a TSO integer)") from None
-    if not 0 < value < 1 << 63:
-        raise argparse.ArgumentTypeError(f"timestamp must be in [1, 2**63), got {value}")
-    return value
+_positive_int = _number_argument(
+    int,
+    invalid="invalid integer {text!r}",
+    valid=lambda value: value >= 1,
+    out_of_range="must be at least 1, got {value}",
+)
+_ttl = _number_argument(
+    int,
+    invalid="invalid TTL {text!r} (whole seconds)",
+    valid=lambda value: value >= 1,
+    out_of_range="TTL must be at least 1 second, got {value}",
+)
+_stale = _number_argument(
+    float,
+    invalid="invalid number of seconds {text!r}",
+    valid=lambda value: 0 < value < 1e9,
+    out_of_range="staleness must be positive seconds, got {text!r}",
+)
+_timestamp = _number_argument(
+    int,
+    invalid="invalid timestamp {text!r} (a TSO integer)",
+    valid=lambda value: 0 < value < 1 << 63,
+    out_of_range="timestamp must be in [1, 2**63), got {value}",
+)
 
 
 def add_kv_commands(
