@@ -8,7 +8,8 @@ message text. The tree::
     ├── PDError                      PD answered with an error, or could not be reached
     ├── RegionError                  a region error from errorpb.Error (kind, region id, detail)
     │   ├── ServerBusyError          errorpb.ServerIsBusy
-    │   └── DataIsNotReadyError      errorpb.DataIsNotReady (stale read safe-ts lag)
+    │   ├── DataIsNotReadyError      errorpb.DataIsNotReady (stale read safe-ts lag)
+    │   └── FlashbackError           errorpb.FlashbackInProgress / FlashbackNotPrepared
     ├── TimeoutError                 a backoff budget ran out (also builtins.TimeoutError)
     ├── UndeterminedError            a write may or may not have been applied
     ├── StoreUnavailableError        transport failure talking to a TiKV store
@@ -60,6 +61,7 @@ __all__ = [
     "CommitTsTooLargeError",
     "DataIsNotReadyError",
     "DeadlockError",
+    "FlashbackError",
     "GCTooEarlyError",
     "KeyExistsError",
     "KeyIsLockedError",
@@ -319,6 +321,49 @@ class DataIsNotReadyError(RegionError):
             f"data is not ready on region {self.region_id} peer {self.peer_id} "
             f"(safe_ts={self.safe_ts})"
         )
+
+
+class FlashbackError(RegionError):
+    """The region is being flashed back (or a flashback step found it unprepared).
+
+    TiKV rejects ordinary requests to a region in flashback (``FlashbackInProgress``)
+    and the second phase of a flashback sent to a region that was not prepared
+    (``FlashbackNotPrepared``). client-go stops retrying at once for both (the workload
+    is expected to stop during a flashback); only a replica read is retried, on the
+    leader.
+
+    Attributes:
+        flashback_start_ts: The flashback's start ts (``FlashbackInProgress``; 0 when
+            TiKV did not say or for ``FlashbackNotPrepared``).
+
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        region_id: int,
+        *,
+        flashback_start_ts: int = 0,
+        server_message: str = "",
+        detail: object = None,
+    ) -> None:
+        if kind not in ("FlashbackInProgress", "FlashbackNotPrepared"):
+            raise ValueError(f"not a flashback error kind: {kind!r}")
+        super().__init__(kind, region_id, server_message, detail)
+        self.flashback_start_ts = flashback_start_ts
+
+    @property
+    def in_progress(self) -> bool:
+        """Whether the region is in a flashback (else: it was not prepared for one)."""
+        return self.kind == "FlashbackInProgress"
+
+    def _describe(self) -> str:
+        if self.in_progress:
+            return (
+                f"region {self.region_id} is in flashback progress (FlashbackInProgress), "
+                f"flashback start ts {self.flashback_start_ts}"
+            )
+        return f"region {self.region_id} is not prepared for the flashback (FlashbackNotPrepared)"
 
 
 class TimeoutError(TiKVError, builtins.TimeoutError):

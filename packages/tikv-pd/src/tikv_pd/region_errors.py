@@ -69,7 +69,7 @@ from tikv_pd.backoff import (
     TIKV_SERVER_BUSY,
     BackoffKind,
 )
-from tikv_pd.errors import DataIsNotReadyError, RegionError, ServerBusyError
+from tikv_pd.errors import DataIsNotReadyError, FlashbackError, RegionError, ServerBusyError
 
 __all__ = [
     "KIND_PRIORITY",
@@ -347,9 +347,10 @@ def decide(
 def to_exception(error: errorpb_pb2.Error, region_id: int) -> RegionError:
     """Convert a region error into the exception raised when it cannot be handled.
 
-    ``server_is_busy`` becomes :class:`ServerBusyError` and ``data_is_not_ready``
-    :class:`DataIsNotReadyError` (with the server's facts); everything else a
-    :class:`RegionError` whose ``detail`` is the error's set sub-message.
+    ``server_is_busy`` becomes :class:`ServerBusyError`, ``data_is_not_ready``
+    :class:`DataIsNotReadyError` and the two flashback kinds :class:`FlashbackError`
+    (with the server's facts); everything else a :class:`RegionError` whose ``detail``
+    is the error's set sub-message.
 
     Args:
         error: The region error.
@@ -377,6 +378,18 @@ def to_exception(error: errorpb_pb2.Error, region_id: int) -> RegionError:
             server_message=message,
             detail=dnr,
         )
+    if kind == "FlashbackInProgress":
+        fip = error.FlashbackInProgress
+        return FlashbackError(
+            kind,
+            fip.region_id or region_id,
+            flashback_start_ts=fip.flashback_start_ts,
+            server_message=message,
+            detail=fip,
+        )
+    if kind == "FlashbackNotPrepared":
+        fnp = error.FlashbackNotPrepared
+        return FlashbackError(kind, fnp.region_id or region_id, server_message=message, detail=fnp)
     detail: object = getattr(error, kind) if kind in KIND_PRIORITY else error
     if not message and kind in KIND_PRIORITY:
         message = str(detail).strip().replace("\n", ", ")
