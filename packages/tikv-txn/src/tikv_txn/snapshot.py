@@ -270,11 +270,16 @@ class AsyncSnapshot:
                 "BatchGet", sharder, pending, build, handle, bo=bo, options=self._past(options)
             )
             locks: list[LockInfo] = []
+            # Keys to read again: the locked ones, and every key of a part whose whole
+            # request failed (its one reported lock says nothing about the other keys;
+            # client-go keeps all pending keys when the response-level error is set).
+            again: set[bytes] = set()
             for part, resp in parts:
                 if resp.HasField("error"):
                     if not resp.error.HasField("locked"):
                         raise self._rt.key_error(resp.error, start_ts=ts)
                     locks.append(lock_from_pb(resp.error.locked))
+                    again.update(part)
                     continue
                 got: set[bytes] = set()
                 for pair in resp.pairs:
@@ -297,7 +302,8 @@ class AsyncSnapshot:
             if not locks:
                 break
             await self.resolve_for_read(bo, locks)
-            pending = sorted({lock.key for lock in locks})
+            again.update(lock.key for lock in locks)
+            pending = sorted(again)
             options = self._leader_options  # client-go DisableStaleReadMeetLock
         return out
 
