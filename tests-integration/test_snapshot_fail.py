@@ -1,0 +1,159 @@
+"""Reads that meet injected key errors and live locks: the semantics of client-go
+``integration_tests/snapshot_fail_test.go`` (``TestBatchGetResponseKeyError``,
+``TestScanResponseKeyError``, ``TestRetryPointGetResolveTS``) through ``TransactionClient``.
+
+client-go fabricates the key errors with its ``rpcBatchGetResult`` / ``rpcScanResult``
+failpoints (``client_fp_test.go``): a ``Locked`` error whose lock sits on the first requested
+key, one version below the reader, TTL 50 ms, with no such lock in the store. Here the mock
+store answers the same way (``faults.add(key_error="locked")``), either as a whole-request
+error (TiKV's ``error`` plus a first pair) or as one key's pair. The client must resolve the
+reported lock (no transaction is found, so it waits out the TTL and rolls it back) and read
+again, returning every value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+from tikv_mockstore import MockCluster
+from tikv_txn import TransactionClient
+
+MAX_TS = 2**64 - 1
+T = TypeVar("T")
+
+
+async def _within(awaitable: Awaitable[T], seconds: float) -> T:
+    """Await with a deadline: a read stuck on a lock fails the test instead of hanging."""
+    return await asyncio.wait_for(awaitable, seconds)
+
+
+@pytest.fixture
+def faults(mock: MockCluster) -> Iterator[list[Any]]:
+    """Faults this test registers; removed afterwards so they never leak into other tests."""
+    added: list[Any] = []
+    yield added
+    for fault in added:
+        mock.faults.remove(fault)
+
+
+def _region_of(mock: MockCluster, key: bytes) -> int:
+    region = mock.region_by_key(key, txn=True)
+    assert region is not None
+    return region.id
+
+
+@pytest.mark.parametrize("per_key", [False, True], ids=["whole-request", "per-key"])
+def test_batch_get_response_key_error(
+    txn: TransactionClient,
+    tprefix: bytes,
+    mock: MockCluster,
+    faults: list[Any],
+    per_key: bool,
+) -> None:
+    k1, k2 = tprefix + b"k1", tprefix + b"k2"
+    with txn.begin() as t:
+        t.put(k1, b"v1")
+        t.put(k2, b"v2")
+    checks = mock.counters.count("KvCheckTxnStatus")
+    fault = mock.faults.add(
+        "KvBatchGet",
+        region=_region_of(mock, k1),
+        key_error="locked",
+        per_key=per_key,
+        times=1,
+    )
+    faults.append(fault)
+    reader = txn.begin()
+    # A whole-request error reports one lock only: every key is read again, not just the
+    # locked one (client-go keeps all pending keys when the response-level error is set).
+    assert reader.batch_get([k1, k2]) == {k1: b"v1", k2: b"v2"}
+    reader.rollback()
+    assert mock.faults.get(fault.id) is None  # the error was served (times=1)
+    # The fabricated lock was resolved, not skipped: its primary's status was checked.
+    assert mock.counters.count("KvCheckTxnStatus") > checks
+
+
+def test_scan_response_key_error(
+    txn: TransactionClient, tprefix: bytes, mock: MockCluster, faults: list[Any]
+) -> None:
+    k1, k2, k3 = (tprefix + k for k in (b"k1", b"k2", b"k3"))
+    with txn.begin() as t:
+        t.put(k1, b"v1")
+        t.put(k2, b"v2")
+        t.put(k3, b"v3")
+    region = _region_of(mock, k1)
+    faults.append(mock.faults.add("KvScan", region=region, key_error="locked", times=1))
+    reader = txn.begin()
+    got = list(reader.scan_iter(tprefix + b"a", tprefix + b"z"))
+    assert got == [(k1, b"v1"), (k2, b"v2"), (k3, b"v3")]
+    reader.rollback()
+    faults.append(mock.faults.add("KvScan", region=region, key_error="locked", times=1))
+    reader = txn.begin()
+    assert list(reader.scan_iter(k2, tprefix + b"k4")) == [(k2, b"v2"), (k3, b"v3")]
+    reader.rollback()
+    # One key's pair carries the lock while the others are served: the locked key is read
+    # on its own after the lock is resolved, in its place.
+    faults.append(
+        mock.faults.add("KvScan", region=region, key_error="locked", per_key=True, times=1)
+    )
+    reader = txn.begin()
+    assert list(reader.scan_iter(k1, tprefix + b"k4")) == [(k1, b"v1"), (k2, b"v2"), (k3, b"v3")]
+    reader.rollback()
+    assert all(mock.faults.get(f.id) is None for f in faults)
+
+
+def test_scan_response_non_lock_key_error_is_typed(
+    txn: TransactionClient, tprefix: bytes, mock: MockCluster, faults: list[Any]
+) -> None:
+    from tikv_txn import TiKVError
+
+    k1 = tprefix + b"k1"
+    with txn.begin() as t:
+        t.put(k1, b"v1")
+    faults.append(
+        mock.faults.add(
+            "KvScan", region=_region_of(mock, k1), key_error="abort", message="gone", times=1
+        )
+    )
+    reader = txn.begin()
+    with pytest.raises(TiKVError) as info:
+        list(reader.scan_iter(tprefix, tprefix + b"\xff"))
+    assert "gone" in str(info.value)
+    reader.rollback()
+
+
+def test_retry_point_get_resolve_ts(
+    txn: TransactionClient, tprefix: bytes, mock: MockCluster
+) -> None:
+    # client-go TestRetryPointGetResolveTS: a 2PC transaction (no async commit, no 1PC)
+    # prewrites k1 (primary) and k2 and stops before committing. A point get at the max
+    # timestamp meets k2's lock; checking the primary must not push its min commit ts (TiKV
+    # leaves it when the caller's ts is the max), the reader ignores the lock and reads
+    # nothing, and the writer then commits at the commit ts it would have used anyway.
+    k1, k2 = tprefix + b"k1", tprefix + b"k2"
+    writer = txn.begin()
+    writer.put(k1, b"v1")
+    writer.put(k2, b"v2")
+    committer = writer.async_transaction._new_committer()
+    loop = txn.loop_thread
+    assert loop.run(committer.prepare())
+    loop.run(committer.prewrite())
+    assert committer.primary == k1
+    lock_before = mock.engine.lock_of(k1)
+    assert lock_before is not None
+    checks = mock.counters.count("KvCheckTxnStatus")
+    assert loop.run(_within(txn.async_client.snapshot(MAX_TS).get(k2), 10)) is None
+    # The lock was met and its primary checked, not skipped.
+    assert mock.counters.count("KvCheckTxnStatus") > checks
+    lock_after = mock.engine.lock_of(k1)
+    assert lock_after is not None
+    assert lock_after.min_commit_ts == lock_before.min_commit_ts
+    loop.run(committer.get_commit_ts())
+    loop.run(committer.commit_primary())
+    loop.run(committer.commit_batches(committer.batches[1:]))
+    commit_ts = committer.commit_ts
+    assert txn.snapshot(commit_ts).get(k2) == b"v2"
+    assert txn.snapshot(commit_ts - 1).get(k2) is None
