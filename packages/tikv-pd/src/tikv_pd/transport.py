@@ -5,10 +5,15 @@ response message. By default every batchable command travels on the store's
 ``Tikv/BatchCommands`` bidirectional stream, as client-go does
 (``internal/client/client_batch.go``):
 
-* Requests are queued per store. One *sender* task drains whatever is queued, up to
+* Requests are queued per store, highest ``Context.resource_control_context.
+  override_priority`` first and in arrival order among equals (client-go's priority queue,
+  :mod:`tikv_pd.batch_queue`). One *sender* task drains whatever is queued, up to
   ``Config.max_batch_size`` (128) requests, into one ``BatchCommandsRequest`` with fresh
-  request ids, and writes it. There is no timer: while one message is being written the
-  queue fills, so batches grow with the load by themselves (see
+  request ids, and writes it; requests of priority 10 or more (client-go
+  ``highTaskPriority``) go along without counting against that limit, and requests whose
+  caller gave up (cancelled, or past their deadline) are dropped, never sent. There is no
+  timer: while one message is being written the queue fills, so batches grow with the load
+  by themselves (see
   ``../shared/reference/grpc-limits.md``: the gRPC message, not the request, is the unit of
   cost). Extra waits follow client-go's batch policies (:class:`TurboBatchTrigger`): up to
   ``max_batch_wait_time`` when the store reports an overloaded transport layer, and with the
@@ -56,6 +61,7 @@ from google.protobuf.message import Message
 from tikv_proto import tikvpb_pb2
 
 from tikv_pd import observability as _obs
+from tikv_pd.batch_queue import PriorityQueue, take_batch
 from tikv_pd.channels import create_channel
 from tikv_pd.config import Config
 from tikv_pd.errors import ClientClosedError, StoreUnavailableError
@@ -172,6 +178,8 @@ class Command:
         response_type: The response message class.
         batch_field: The oneof field in ``BatchCommandsRequest.Request`` /
             ``BatchCommandsResponse.Response``, or ``None`` if the command is unary only.
+        has_context: Whether the request message has a ``kvrpcpb.Context`` ``context``
+            field (where the transport reads the request's priority).
 
     """
 
@@ -180,6 +188,7 @@ class Command:
     request_type: type[Message]
     response_type: type[Message]
     batch_field: str | None
+    has_context: bool = False
 
 
 def _build_commands() -> dict[str, Command]:
@@ -206,6 +215,7 @@ def _build_commands() -> dict[str, Command]:
             message_factory.GetMessageClass(method.input_type),
             message_factory.GetMessageClass(method.output_type),
             field.name,
+            _has_context(method.input_type),
         )
     for method in by_input.values():
         if method.name in batched_methods or method.name in commands:
@@ -216,8 +226,14 @@ def _build_commands() -> dict[str, Command]:
             message_factory.GetMessageClass(method.input_type),
             message_factory.GetMessageClass(method.output_type),
             None,
+            _has_context(method.input_type),
         )
     return commands
+
+
+def _has_context(descriptor: Any) -> bool:
+    context = descriptor.fields_by_name.get("context")
+    return context is not None and context.message_type.full_name == "kvrpcpb.Context"
 
 
 #: Every command by name (``"RawGet"``, ``"Prewrite"``, ``"RawCompareAndSwap"``, ...).
@@ -426,6 +442,11 @@ class _Entry:
             self.future.set_exception(exc)
 
 
+def _canceled(entry: _Entry) -> bool:
+    """Whether nobody waits for ``entry`` any more (caller gone, deadline passed, failed)."""
+    return entry.future.done()
+
+
 class _Stream:
     """One BatchCommands stream and the requests written to it."""
 
@@ -505,7 +526,12 @@ class _Store:
             ((_FORWARD_METADATA_KEY, forwarded_host),) if forwarded_host else None
         )
         self.next_conn = 0
-        self.queue: collections.deque[_Entry] = collections.deque()
+        # Requests waiting for the sender, highest override_priority first (client-go's
+        # batchCommandsBuilder priority queue; see tikv_pd.batch_queue).
+        self.queue: PriorityQueue[_Entry] = PriorityQueue(_canceled)
+        # Callers that gave up while their request was still queued, since the last
+        # clean of the queue.
+        self.abandoned = 0
         self.wakeup: asyncio.Future[None] | None = None
         self.sender: asyncio.Task[None] | None = None
         self.unary_only = False
@@ -573,14 +599,17 @@ class _Store:
             make_error = self.close_error or self.connection_closed
             raise make_error(entry)
 
-    async def batch(self, field: str, request: Message, seconds: float) -> Any:
+    async def batch(self, field: str, request: Message, seconds: float, priority: int = 0) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self.next_id += 1
         entry = _Entry(self.next_id, field, request, future, seconds)
         self.refuse_if_closed(entry)
         self.track_deadline(loop, entry)
-        self.queue.append(entry)
+        if priority:
+            self.queue.push(entry, priority)
+        else:
+            self.queue.push_normal(entry)
         more = self.more_waiter
         if more is not None and len(self.queue) >= more[1] and not more[0].done():
             more[0].set_result(None)
@@ -598,8 +627,12 @@ class _Store:
             return await future
         except asyncio.CancelledError:
             # The caller gave up: forget the request; a late response will be dropped.
+            # Still queued, it will not be sent: the sender drops requests whose future
+            # is done (client-go drops canceled entries when it builds a batch).
             if entry.stream is not None:
                 entry.stream.inflight.pop(entry.id, None)
+            else:
+                self.abandoned += 1
             raise
 
     def _sender_done(self, task: asyncio.Task[None]) -> None:
@@ -609,8 +642,7 @@ class _Store:
         if exc is not None:
             _log.error("BatchCommands sender for %s stopped", self.address, exc_info=exc)
             # Requests still queued would wait for a sender; fail them (not sent).
-            while self.queue:
-                entry = self.queue.popleft()
+            for entry in self.queue.clear():
                 entry.fail(TransportError(self.address, exc, sent=False))
 
     def track_deadline(self, loop: asyncio.AbstractEventLoop, entry: _Entry) -> None:
@@ -679,16 +711,23 @@ class _Store:
                 await wakeup
                 continue
             if self.unary_only:
-                while queue:
-                    queue.popleft().fail(_FallBackToUnaryError())
+                for entry in queue.clear():
+                    entry.fail(_FallBackToUnaryError())
                 continue
+            if self.abandoned and self.abandoned * 2 >= len(queue):
+                # Many callers gave up on queued requests: drop them now rather than
+                # keep their messages alive until they reach the front (client-go cleans
+                # its queue before every batch; a clean here is O(queue), so it runs
+                # only once they are a good part of it).
+                self.abandoned = 0
+                queue.clean()
             batch: list[_Entry] = []
-            self.drain(batch, max_batch)
+            counted = take_batch(queue, max_batch, batch)
             if not batch:
                 continue
             try:
-                if len(batch) < max_batch:
-                    await self.maybe_fetch_more(batch, max_batch)
+                if counted < max_batch:
+                    await self.maybe_fetch_more(batch, counted, max_batch)
                 await self.send_batch(batch)
             except asyncio.CancelledError:
                 # Closed while this batch was in the sender's hands (waiting for more
@@ -705,15 +744,7 @@ class _Store:
                     if entry.stream is None:
                         entry.fail(TransportError(self.address, exc, sent=False))
 
-    def drain(self, batch: list[_Entry], max_batch: int) -> None:
-        """Move queued live requests into ``batch`` until it holds ``max_batch``."""
-        queue = self.queue
-        while queue and len(batch) < max_batch:
-            entry = queue.popleft()
-            if not entry.future.done():
-                batch.append(entry)
-
-    async def maybe_fetch_more(self, batch: list[_Entry], max_batch: int) -> None:
+    async def maybe_fetch_more(self, batch: list[_Entry], counted: int, max_batch: int) -> None:
         """Wait briefly for more requests when the batch policy says so (client-go).
 
         An overloaded store (``transport_layer_load`` above ``overload_threshold``) makes
@@ -727,21 +758,25 @@ class _Store:
         interval = head_arrival - latest if latest and head_arrival > latest else 0.0
         if config.max_batch_wait_time > 0 and self.load > config.overload_threshold:
             await self.fetch_more(
-                batch, max_batch, config.batch_wait_size, config.max_batch_wait_time
+                batch, counted, max_batch, config.batch_wait_size, config.max_batch_wait_time
             )
         elif self.trigger.wait > 0 and interval > 0 and self.trigger.need_fetch_more(interval):
             size = self.trigger.preferred_batch_wait_size(
                 self.avg_batch_size, config.batch_wait_size
             )
-            await self.fetch_more(batch, max_batch, size, self.trigger.wait)
+            await self.fetch_more(batch, counted, max_batch, size, self.trigger.wait)
         self.avg_batch_size = 0.2 * len(batch) + 0.8 * self.avg_batch_size
         last = batch[-1]
         self.latest_arrival = last.deadline - last.timeout
 
     async def fetch_more(
-        self, batch: list[_Entry], max_batch: int, wait_size: int, wait_s: float
+        self, batch: list[_Entry], counted: int, max_batch: int, wait_size: int, wait_s: float
     ) -> None:
-        """Collect up to ``wait_size`` requests or wait ``wait_s``, then take what is queued."""
+        """Collect up to ``wait_size`` requests or wait ``wait_s``, then take what is queued.
+
+        ``counted`` of the requests in ``batch`` count against ``max_batch`` (those below
+        :data:`~tikv_pd.batch_queue.HIGH_TASK_PRIORITY`).
+        """
         need = wait_size - len(batch)
         if need > len(self.queue):
             loop = asyncio.get_running_loop()
@@ -753,7 +788,7 @@ class _Store:
             finally:
                 timer.cancel()
                 self.more_waiter = None
-        self.drain(batch, max_batch)
+        take_batch(self.queue, max_batch - counted, batch)
 
     async def open_stream(self, conn: _Conn) -> _Stream | BaseException:
         """Open a stream on ``conn``; return it, or the error that prevented it."""
@@ -795,8 +830,7 @@ class _Store:
                 # to the same unreachable address, while the pipeline can re-locate
                 # them (the region's leader may have moved off this store).
                 code = opened.code() if isinstance(opened, grpc.aio.AioRpcError) else None
-                batch.extend(self.queue)
-                self.queue.clear()
+                batch.extend(self.queue.clear())
                 for entry in batch:
                     if self.unary_only:
                         entry.fail(_FallBackToUnaryError())
@@ -899,8 +933,7 @@ class _Store:
                 stream.call.cancel()
                 if stream.receiver is not None:
                     tasks.append(stream.receiver)
-        while self.queue:
-            entry = self.queue.popleft()
+        for entry in self.queue.clear():
             entry.fail(make_error(entry))
         for task in tasks:
             task.cancel()
@@ -1018,8 +1051,17 @@ class Transport:
         field = spec.batch_field
         if field is None or not self._batch or store.unary_only:
             return await store.unary(spec, request, timeout)
+        # client-go queues each batched request with the resource-control priority of
+        # its context (client.go: GetResourceControlContext().GetOverridePriority()).
+        # Most requests carry no ResourceControlContext: test for it before reading into
+        # it (reading an unset sub-message builds a default one, ~3x the cost).
+        priority = 0
+        if spec.has_context:
+            ctx = request.context  # type: ignore[attr-defined]
+            if ctx.HasField("resource_control_context"):
+                priority = ctx.resource_control_context.override_priority
         try:
-            return await store.batch(field, request, timeout)
+            return await store.batch(field, request, timeout, priority)
         except _FallBackToUnaryError:
             return await store.unary(spec, request, timeout)
 
