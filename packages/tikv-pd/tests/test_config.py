@@ -46,6 +46,8 @@ def test_config_defaults_match_client_go() -> None:
     assert c.max_txn_ttl_ms == 3_600_000
     assert c.managed_lock_ttl_ms == 20_000
     assert c.txn_commit_batch_size == 16 * 1024
+    assert c.txn_pre_split_detect_threshold == 100_000
+    assert c.txn_pre_split_size_threshold == 32 * 1024 * 1024
     assert c.low_resolution_ts_update_interval == 2.0
     assert c.commit_timeout == 41.0
     assert not c.security.enabled

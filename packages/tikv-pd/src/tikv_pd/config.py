@@ -211,6 +211,8 @@ _CONFIG_MINIMUMS: dict[str, float] = {
     "managed_lock_ttl_ms": 1,
     "txn_commit_batch_size": 1,
     "ttl_refreshed_txn_size": 0,
+    "txn_pre_split_detect_threshold": 1,
+    "txn_pre_split_size_threshold": 1,
     "txn_entry_size_limit": 1,
     "txn_total_size_limit": 1,
     "txn_scan_batch": 1,
@@ -298,6 +300,11 @@ class Config:
             (``kv/store_vars.go`` DefTxnCommitBatchSize = 16 KiB).
         ttl_refreshed_txn_size: Txn size from which the lock TTL is kept alive by
             heartbeats (``config/client.go`` TTLRefreshedTxnSize = 32 MiB).
+        txn_pre_split_detect_threshold: A transaction writing (or pessimistically
+            locking) this many keys in one region splits that region first
+            (``txnkv/transaction/2pc.go`` preSplitDetectThreshold = 100000).
+        txn_pre_split_size_threshold: ... at every this many bytes of its keys and
+            values (``txnkv/transaction/2pc.go`` preSplitSizeThreshold = 32 MiB).
         txn_entry_size_limit: Max bytes of one key + value in a transaction (TiDB's
             ``txn-entry-size-limit`` 6 MiB; client-go itself is unlimited).
         txn_total_size_limit: Max bytes of a transaction's buffer (TiDB's
@@ -371,6 +378,8 @@ class Config:
     managed_lock_ttl_ms: int = 20_000
     txn_commit_batch_size: int = 16 * KiB
     ttl_refreshed_txn_size: int = 32 * MiB
+    txn_pre_split_detect_threshold: int = 100_000
+    txn_pre_split_size_threshold: int = 32 * MiB
     txn_entry_size_limit: int = 6 * MiB
     txn_total_size_limit: int = 100 * MiB
     txn_scan_batch: int = 256

@@ -162,6 +162,24 @@ class Transaction(_Reader):
         """The underlying async transaction."""
         return self._txn
 
+    @property
+    def commit_wait_until_tso(self) -> int:
+        """The ts the commit ts must exceed (0: no constraint)."""
+        return self._txn.commit_wait_until_tso
+
+    def set_commit_wait_until_tso(self, ts: int) -> None:
+        """Make the commit ts greater than ``ts`` (see ``AsyncTransaction``'s method)."""
+        self._txn.set_commit_wait_until_tso(ts)
+
+    @property
+    def commit_wait_until_tso_timeout(self) -> float:
+        """Seconds commit may wait for PD's TSO to pass :attr:`commit_wait_until_tso`."""
+        return self._txn.commit_wait_until_tso_timeout
+
+    def set_commit_wait_until_tso_timeout(self, seconds: float) -> None:
+        """Set how long commit may wait for PD's TSO (0: fail at once when it lags)."""
+        self._txn.set_commit_wait_until_tso_timeout(seconds)
+
     def _lock_written(self) -> None:
         if self._txn.options.is_pessimistic:
             self._loop.run(self._txn.lock_pending_writes())

@@ -46,18 +46,28 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from tikv_pd.backoff import Backoffer
+from tikv_pd.backoff import (
+    COMMIT_TS_LAG,
+    MAX_SPLIT_REGIONS_BACKOFF,
+    SPLIT_REGION_BACKOFF,
+    Backoffer,
+    BackoffVars,
+)
 from tikv_pd.config import TransactionOptions
 from tikv_pd.errors import (
     AssertionFailedError,
     CommitTsExpiredError,
+    CommitTsLagError,
     LockInfo,
+    TxnAbortedError,
     TxnError,
     UndeterminedError,
     WriteConflictError,
 )
+from tikv_pd.errors import TimeoutError as BackoffTimeoutError
 from tikv_pd.interceptor import RPCInterceptor
-from tikv_pd.region_cache import Region
+from tikv_pd.oracle import extract_physical
+from tikv_pd.region_cache import InvalidReason, Region
 from tikv_pd.request import Ambiguity, KeysSharder, RequestOptions, RetryShard
 from tikv_proto import kvrpcpb_pb2
 
@@ -81,6 +91,7 @@ from tikv_txn.policy import (
     heartbeat_ttl,
     interpret_prewrite_response,
     needs_ttl_manager,
+    pre_split_keys,
     prewrite_lock_ttl,
     prewrite_min_commit_ts,
     txn_lock_ttl,
@@ -89,7 +100,15 @@ from tikv_txn.policy import (
 if TYPE_CHECKING:
     from tikv_txn._runtime import TxnRuntime
 
-__all__ = ["TwoPhaseCommitter", "commit_primary_keys", "keep_primary_alive"]
+__all__ = [
+    "CommitTsLag",
+    "TwoPhaseCommitter",
+    "commit_primary_keys",
+    "keep_primary_alive",
+    "pre_split_regions",
+    "split_region_keys",
+    "timestamp_for_commit",
+]
 
 _log = logging.getLogger("tikv.txn.committer")
 
@@ -106,6 +125,200 @@ def _mutation_size(m: Mutation) -> int:
 
 def _key_size(m: Mutation) -> int:
     return len(m.key)
+
+
+#: A backoff without client-go's BackOffWeight: the commit-wait budget is exactly the
+#: timeout the caller set (client-go builds it with ``retry.NewBackoffer``, no vars).
+_UNWEIGHTED = BackoffVars(backoff_weight=1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CommitTsLag:
+    """How a commit waited for PD's TSO to pass its commit-wait-until ts.
+
+    client-go ``util.CommitTSLagDetails``, filled only when the first commit ts PD
+    returned was not above the wait-until ts.
+
+    Attributes:
+        wait_until_ts: The ts the commit ts had to exceed.
+        first_ts: The first (lagging) ts PD returned.
+        commit_ts: The ts finally used.
+        backoffs: How many times the client backed off before asking again.
+        wait_s: Seconds spent waiting.
+
+    """
+
+    wait_until_ts: int
+    first_ts: int
+    commit_ts: int
+    backoffs: int
+    wait_s: float
+
+
+async def timestamp_for_commit(
+    runtime: TxnRuntime, *, wait_until_ts: int, timeout_s: float
+) -> tuple[int, CommitTsLag | None]:
+    """A ts from the oracle greater than ``wait_until_ts`` (client-go ``GetTimestampForCommit``).
+
+    With ``wait_until_ts`` 0 (or already passed) it is the first ts fetched. Otherwise
+    the client asks again after ``commitTSLag`` backoffs (2 ms doubling to 500 ms, no
+    jitter) within a budget of ``timeout_s``; a gap between the two timestamps' physical
+    times larger than ``timeout_s``, or a zero timeout, fails at once.
+
+    Returns:
+        The ts and, when the first one lagged, how the wait went.
+
+    Raises:
+        CommitTsLagError: The TSO did not pass ``wait_until_ts`` in time.
+
+    """
+    first = await runtime.oracle.get_timestamp()
+    if first > wait_until_ts:
+        return first, None
+    started = time.monotonic()
+
+    def lag_error(reason: str, last: int, attempts: int) -> CommitTsLagError:
+        return CommitTsLagError(
+            wait_until_ts=wait_until_ts,
+            first_ts=first,
+            last_ts=last,
+            attempts=attempts,
+            timeout_s=timeout_s,
+            reason=reason,
+        )
+
+    if timeout_s <= 0:
+        raise lag_error("failing at once since the timeout is 0", first, 1)
+    drift_ms = extract_physical(wait_until_ts) - extract_physical(first)
+    if drift_ms > timeout_s * 1000:
+        # Waiting cannot help: the clocks are further apart than the wait allowed.
+        raise lag_error(f"a clock drift of {drift_ms} ms exceeds the timeout", first, 1)
+    # commitTSLag has no jitter: the backoffer draws no random numbers.
+    bo = Backoffer(max(1, round(timeout_s * 1000)), operation="commit ts lag", vars=_UNWEIGHTED)
+    ts = first
+    attempts = 1
+    while ts <= wait_until_ts:
+        try:
+            await bo.backoff(COMMIT_TS_LAG, f"PD TSO {ts} is not above {wait_until_ts}")
+        except BackoffTimeoutError:
+            raise lag_error("the TSO did not pass it before the timeout", ts, attempts) from None
+        attempts += 1
+        ts = await runtime.oracle.get_timestamp()
+    return ts, CommitTsLag(
+        wait_until_ts=wait_until_ts,
+        first_ts=first,
+        commit_ts=ts,
+        backoffs=attempts - 1,
+        wait_s=time.monotonic() - started,
+    )
+
+
+async def pre_split_regions(
+    runtime: TxnRuntime, items: Sequence[tuple[bytes, int]], *, start_ts: int
+) -> bool:
+    """Split the regions that would receive too many of one transaction's keys.
+
+    client-go ``groupMutations`` / ``preSplitRegion`` (``2pc.go``): a region getting at
+    least ``Config.txn_pre_split_detect_threshold`` of the keys is split every
+    ``Config.txn_pre_split_size_threshold`` bytes of keys and values
+    (:func:`tikv_txn.policy.pre_split_keys`) before the keys are sent, so that a large
+    transaction does not make one TiKV busy. Splitting is best effort, as in client-go: a
+    failed split is logged and the transaction goes on with the regions as they are.
+    client-go also asks PD to scatter the new regions and waits for it; here they stay
+    where they were split (the mock PD has no scheduler to scatter with).
+
+    Args:
+        runtime: The client's shared state.
+        items: ``(key as TiKV stores it, bytes of key and value)``, sorted by key.
+        start_ts: The transaction's start ts (for the log).
+
+    Returns:
+        Whether a region was split (the caller groups its keys again).
+
+    """
+    cfg = runtime.config
+    detect = cfg.txn_pre_split_detect_threshold
+    if len(items) < detect:
+        return False
+    locator = runtime.sender.locator
+    groups: list[tuple[Region, list[tuple[bytes, int]]]] = []
+    for item in items:
+        if groups and groups[-1][0].contains(item[0]):
+            groups[-1][1].append(item)
+        else:
+            groups.append((await locator.locate_key(item[0]), [item]))
+    split = False
+    for region, group in groups:
+        keys = pre_split_keys(
+            group,
+            lambda item: item[0],
+            lambda item: item[1],
+            detect_threshold=detect,
+            size_threshold=cfg.txn_pre_split_size_threshold,
+        )
+        if not keys:
+            continue
+        _log.info(
+            "txn %d: %d keys in region %d; splitting it at %d keys",
+            start_ts,
+            len(group),
+            region.id,
+            len(keys),
+        )
+        try:
+            await split_region_keys(runtime, keys)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _log.warning("txn %d: pre-split of region %d failed: %s", start_ts, region.id, exc)
+            continue
+        split = True
+    return split
+
+
+async def split_region_keys(runtime: TxnRuntime, keys: Sequence[bytes]) -> list[int]:
+    """Split regions at ``keys`` (as TiKV stores them) with TiKV's ``SplitRegion``.
+
+    client-go ``KVStore.SplitRegions`` without scatter: keys are grouped by region, a key
+    that already starts its region is dropped (nothing to split there), and each region
+    gets one request with all of its keys; region errors re-shard through the pipeline.
+    The budget is client-go's: 20 s per key, at most 120 s.
+
+    Returns:
+        The ids of the regions the splits produced, the last one of each split excluded
+        (client-go: the region that kept its id is not a new one).
+
+    Raises:
+        TxnAbortedError: TiKV refused a split (its reason).
+        tikv_pd.errors.TimeoutError: Region errors outlasted the budget.
+
+    """
+    locator = runtime.sender.locator
+    wanted: list[bytes] = []
+    for key in sorted(set(keys)):
+        region = await locator.locate_key(key)
+        if region.start_key != key:
+            wanted.append(key)
+    if not wanted:
+        return []
+    bo = runtime.backoffer(
+        min(len(wanted) * SPLIT_REGION_BACKOFF, MAX_SPLIT_REGIONS_BACKOFF), "split regions"
+    )
+
+    def build(region: Region, part: Sequence[bytes]) -> kvrpcpb_pb2.SplitRegionRequest:
+        return kvrpcpb_pb2.SplitRegionRequest(split_keys=list(part))
+
+    def handle(region: Region, part: Sequence[bytes], resp: Any) -> list[int]:
+        for err in resp.errors:
+            raise TxnAbortedError(err.abort or str(err))
+        # The cached region is now wrong: its next lookup loads the new ones from PD.
+        locator.invalidate_region(region.id, InvalidReason.OTHER)
+        return [r.id for r in resp.regions][:-1]
+
+    parts = await runtime.sender.execute(
+        "SplitRegion", _BY_KEYS, wanted, build, handle, bo=bo, options=runtime.base_options
+    )
+    return [rid for ids in parts for rid in ids]
 
 
 async def commit_primary_keys(
@@ -319,6 +532,13 @@ class TwoPhaseCommitter:
         self.primary_prewritten = False
         #: Number of heartbeats sent successfully (for tests and metrics).
         self.heartbeats = 0
+        #: The commit ts must exceed this ts (0: no constraint) and the wait allowed for
+        #: PD's TSO to pass it, seconds (TransactionOptions.commit_wait_until_tso*; the
+        #: transaction updates them at commit, client-go ``SetCommitWaitUntilTSO``).
+        self.commit_wait_until_tso = options.commit_wait_until_tso
+        self.commit_wait_until_tso_timeout = options.commit_wait_until_tso_timeout
+        #: How the commit waited for the TSO, when its first commit ts lagged.
+        self.commit_ts_lag: CommitTsLag | None = None
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -356,6 +576,14 @@ class TwoPhaseCommitter:
             )
         self.plan = plan
         self.primary = plan.primary
+        if len(plan.mutations) >= cfg.txn_pre_split_detect_threshold:
+            # A region receiving too many of the keys is split first (client-go
+            # groupMutations); the keys are then located in the new regions.
+            await pre_split_regions(
+                self._rt,
+                [(m.key, len(m.key) + len(m.value)) for m in plan.mutations],
+                start_ts=self.start_ts,
+            )
         regions = await self._locate_all([m.key for m in plan.mutations])
         starts = [r.start_key for r in regions]
 
@@ -443,8 +671,14 @@ class TwoPhaseCommitter:
         assert self.plan is not None, "prepare() first"
         cfg = self._rt.config
         elapsed = self._elapsed_ms()
-        if self.protocol.min_commit_ts_from_tso:
-            self.min_commit_ts = await self._rt.oracle.get_timestamp() + 1
+        if self.protocol.min_commit_ts_from_tso or (
+            self.commit_wait_until_tso and (self.async_commit or self.one_pc)
+        ):
+            # TiKV picks an async-commit / 1PC commit ts at or above min_commit_ts, so a
+            # commit-wait constraint applies to this ts too, causal consistency or not
+            # (client-go prewrite: needLinearizability() || commitWaitUntilTSO > 0).
+            # A lag error here leaves nothing written: prewrite has not started.
+            self.min_commit_ts = await self._timestamp_for_commit() + 1
         self.min_commit_ts = prewrite_min_commit_ts(
             self.start_ts, self.for_update_ts, self.min_commit_ts
         )
@@ -720,9 +954,27 @@ class TwoPhaseCommitter:
         # CHECK_NOT_EXISTS keys leave no lock: nothing to commit (PREWRITE_ONLY).
         return [m.key for m in batch.items if m.op is not Op.CHECK_NOT_EXISTS]
 
+    async def _timestamp_for_commit(self) -> int:
+        ts, lag = await timestamp_for_commit(
+            self._rt,
+            wait_until_ts=self.commit_wait_until_tso,
+            timeout_s=self.commit_wait_until_tso_timeout,
+        )
+        if lag is not None:
+            self.commit_ts_lag = lag
+        return ts
+
     async def get_commit_ts(self) -> int:
-        """Fetch a commit ts from the oracle (2PC) and check it is after the start ts."""
-        commit_ts = await self._rt.oracle.get_timestamp()
+        """Fetch a commit ts from the oracle (2PC) and check it is after the start ts.
+
+        With :attr:`commit_wait_until_tso` set, the ts is above it (see
+        :func:`timestamp_for_commit`).
+
+        Raises:
+            CommitTsLagError: PD's TSO did not pass :attr:`commit_wait_until_tso` in time.
+
+        """
+        commit_ts = await self._timestamp_for_commit()
         if commit_ts <= self.start_ts:
             raise TxnError(f"commit ts {commit_ts} is not after start ts {self.start_ts}")
         self.commit_ts = commit_ts

@@ -63,6 +63,7 @@ from tikv_pd.request import KeysSharder, RequestOptions
 from tikv_proto import kvrpcpb_pb2
 
 from tikv_txn._kv import lock_from_pb
+from tikv_txn.committer import pre_split_regions
 from tikv_txn.membuffer import TOMBSTONE, FlagsOp, MemBuffer
 from tikv_txn.policy import Op, pessimistic_lock_ttl
 
@@ -790,6 +791,12 @@ class PessimisticLocker:
         codec = self._rt.codec
         by_encoded = {codec.encode_key(k): k for k in keys}
         encoded = sorted(by_encoded)
+        if len(encoded) >= self._rt.config.txn_pre_split_detect_threshold:
+            # Locking many keys of one region splits it first, as prewrite does
+            # (client-go runs pessimistic locks through the same groupMutations).
+            await pre_split_regions(
+                self._rt, [(k, len(k)) for k in encoded], start_ts=self.start_ts
+            )
         assert self.primary is not None
         primary = codec.encode_key(self.primary)
         first: list[bytes] = []

@@ -100,7 +100,7 @@ from tikv_proto import kvrpcpb_pb2
 from tikv_txn._kv import mutation_to_pb
 from tikv_txn._runtime import HEARTBEAT_TASK_PREFIX
 from tikv_txn._validate import check_key, check_keys, check_range
-from tikv_txn.committer import commit_primary_keys, keep_primary_alive
+from tikv_txn.committer import commit_primary_keys, keep_primary_alive, timestamp_for_commit
 from tikv_txn.membuffer import TOMBSTONE, KeyFlags, MemBuffer, MemEntry, Tombstone
 from tikv_txn.policy import (
     DEFAULT_LOCK_TTL_MS,
@@ -1117,7 +1117,13 @@ class AsyncPipelinedTransaction(AsyncTransaction):
         return self.commit_ts
 
     async def _oracle_commit_ts(self) -> int:
-        commit_ts = await self._rt.oracle.get_timestamp()
+        # The commit-wait-until-TSO constraint holds here too (client-go
+        # pipelined_flush.go takes its commit ts from GetTimestampForCommit).
+        commit_ts, _ = await timestamp_for_commit(
+            self._rt,
+            wait_until_ts=self.commit_wait_until_tso,
+            timeout_s=self.commit_wait_until_tso_timeout,
+        )
         if commit_ts <= self.start_ts:
             raise TxnError(f"commit ts {commit_ts} is not after start ts {self.start_ts}")
         self.commit_ts = commit_ts

@@ -32,13 +32,17 @@ from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Literal, Self
 
-from tikv_pd.config import TransactionOptions
+from tikv_pd.config import (
+    TransactionOptions,
+    check_commit_wait_until_tso,
+    check_commit_wait_until_tso_timeout,
+)
 from tikv_pd.errors import TransactionClosedError, format_key
 from tikv_pd.interceptor import RPCInterceptor, chain_interceptors
 from tikv_pd.observability import register_operations
 
 from tikv_txn._validate import check_key, check_keys, check_limit, check_range, check_value
-from tikv_txn.committer import TwoPhaseCommitter
+from tikv_txn.committer import CommitTsLag, TwoPhaseCommitter
 from tikv_txn.membuffer import TOMBSTONE, FlagsOp, MemBuffer
 from tikv_txn.pessimistic import LockRequest, PessimisticLocker
 from tikv_txn.snapshot import AsyncSnapshot
@@ -62,7 +66,6 @@ _ASSERTION_OPS: Final[dict[str, FlagsOp]] = {
     "none": FlagsOp.SET_ASSERT_NONE,
 }
 
-
 _ACTIVE = "active"
 _COMMITTING = "committing"
 _COMMITTED = "committed"
@@ -82,6 +85,8 @@ class AsyncTransaction:
 
     __slots__ = (
         "_buffer",
+        "_commit_wait_timeout",
+        "_commit_wait_until_tso",
         "_committer",
         "_interceptor",
         "_locker",
@@ -120,6 +125,8 @@ class AsyncTransaction:
         )
         #: The commit ts once committed (0 before, and for a read-only transaction).
         self.commit_ts = 0
+        self._commit_wait_until_tso = options.commit_wait_until_tso
+        self._commit_wait_timeout = options.commit_wait_until_tso_timeout
 
     # -- RPC interceptors (client-go KVTxn.SetRPCInterceptor / AddRPCInterceptor) -----
 
@@ -156,6 +163,62 @@ class AsyncTransaction:
         if own is None or client is None:
             return own if own is not None else client
         return chain_interceptors(client, own)
+
+    # -- commit-wait-until-TSO (client-go KVTxn.SetCommitWaitUntilTSO) -------------------
+
+    @property
+    def commit_wait_until_tso(self) -> int:
+        """The ts the commit ts must exceed (0: no constraint)."""
+        return self._commit_wait_until_tso
+
+    def set_commit_wait_until_tso(self, ts: int) -> None:
+        """Make the commit ts greater than ``ts`` (a larger value than the current one wins).
+
+        A transaction replicating another cluster's commit must commit after it (its
+        last-write-wins rule): while PD's TSO is not past ``ts`` commit keeps fetching
+        timestamps, for at most :attr:`commit_wait_until_tso_timeout`, then raises
+        :class:`~tikv_pd.errors.CommitTsLagError` with nothing committed. Applies to 2PC,
+        async commit and 1PC. A smaller ``ts`` than the current one is ignored, as in
+        client-go (the constraint only tightens).
+
+        Raises:
+            TypeError: ``ts`` is not an int.
+            ValueError: ``ts`` is not a 64-bit timestamp.
+
+        """
+        check_commit_wait_until_tso(ts, "ts")
+        self._check_active()
+        if ts > self._commit_wait_until_tso:
+            self._commit_wait_until_tso = ts
+
+    @property
+    def commit_wait_until_tso_timeout(self) -> float:
+        """Seconds commit may wait for PD's TSO to pass :attr:`commit_wait_until_tso`."""
+        return self._commit_wait_timeout
+
+    def set_commit_wait_until_tso_timeout(self, seconds: float) -> None:
+        """Set how long commit may wait for PD's TSO (0: fail at once when it lags).
+
+        Default 1 s (client-go ``txnkv/transaction/txn.go``). A lag larger than the
+        timeout (the two timestamps' physical times) fails without waiting.
+
+        Raises:
+            TypeError: ``seconds`` is not a number.
+            ValueError: ``seconds`` is negative or not finite.
+
+        """
+        value = check_commit_wait_until_tso_timeout(seconds, "seconds")
+        self._check_active()
+        self._commit_wait_timeout = value
+
+    @property
+    def commit_ts_lag(self) -> CommitTsLag | None:
+        """How commit waited for PD's TSO to pass :attr:`commit_wait_until_tso`.
+
+        ``None`` unless the first commit ts fetched was not above it (client-go
+        ``CommitDetails.LagDetails``).
+        """
+        return None if self._committer is None else self._committer.commit_ts_lag
 
     # -- state -------------------------------------------------------------------------
 
@@ -547,6 +610,8 @@ class AsyncTransaction:
             self._state = _COMMITTED
             return 0
         committer = self._get_committer()
+        committer.commit_wait_until_tso = self._commit_wait_until_tso
+        committer.commit_wait_until_tso_timeout = self._commit_wait_timeout
         try:
             self.commit_ts = await committer.execute()
         except BaseException:
