@@ -272,6 +272,48 @@ def test_health_feedback(cluster: MockCluster, stubs: Stubs) -> None:
     assert resp.responses[0].GetHealthFeedback.health_feedback == resp.health_feedback
 
 
+def test_slow_score_is_reported_in_health_feedback(cluster: MockCluster, stubs: Stubs) -> None:
+    try:
+        cluster.set_slow_score(1, 95)
+        unary = stubs.tikv(1).GetHealthFeedback(kvrpcpb_pb2.GetHealthFeedbackRequest())
+        assert unary.health_feedback.slow_score == 95
+        stream = tikvpb_pb2.BatchCommandsRequest(request_ids=[1])
+        stream.requests.add(GetHealthFeedback=kvrpcpb_pb2.GetHealthFeedbackRequest())
+        (resp,) = list(stubs.tikv(1).BatchCommands(iter([stream])))
+        assert resp.health_feedback.slow_score == 95
+        # Other stores are not affected.
+        other = stubs.tikv(2).GetHealthFeedback(kvrpcpb_pb2.GetHealthFeedbackRequest())
+        assert other.health_feedback.slow_score == 1
+    finally:
+        cluster.set_slow_score(1, 1)
+    after = stubs.tikv(1).GetHealthFeedback(kvrpcpb_pb2.GetHealthFeedbackRequest())
+    assert after.health_feedback.slow_score == 1
+    with pytest.raises(ValueError, match=r"score must be in \[1, 100\], got 0"):
+        cluster.set_slow_score(1, 0)
+    with pytest.raises(TypeError, match="score must be an int"):
+        cluster.set_slow_score(1, 50.0)  # type: ignore[arg-type]
+
+
+def test_message_log_keeps_each_batch_commands_message_in_order(
+    cluster: MockCluster, stubs: Stubs
+) -> None:
+    first = tikvpb_pb2.BatchCommandsRequest(request_ids=[1, 2])
+    first.requests.add(Empty=tikvpb_pb2.BatchCommandsEmptyRequest(test_id=11))
+    first.requests.add(Empty=tikvpb_pb2.BatchCommandsEmptyRequest(test_id=12))
+    second = tikvpb_pb2.BatchCommandsRequest(request_ids=[3])
+    second.requests.add(Empty=tikvpb_pb2.BatchCommandsEmptyRequest(test_id=13))
+    list(stubs.tikv(2).BatchCommands(iter([first])))  # not logged: logging is off
+    cluster.counters.log_messages()
+    try:
+        list(stubs.tikv(2).BatchCommands(iter([first, second])))
+        logged = cluster.counters.messages()
+    finally:
+        cluster.counters.log_messages(False)
+    assert logged == [(2, first), (2, second)]
+    list(stubs.tikv(2).BatchCommands(iter([second])))
+    assert cluster.counters.messages() == logged  # stopped: nothing more
+
+
 def test_store_safe_ts_follows_the_clock(cluster: MockCluster, stubs: Stubs) -> None:
     first = stubs.tikv(1).GetStoreSafeTS(kvrpcpb_pb2.StoreSafeTSRequest()).safe_ts
     cluster.clock.advance(5_000)

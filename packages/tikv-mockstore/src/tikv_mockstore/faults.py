@@ -16,7 +16,9 @@ stalls the stream (and counts in :meth:`FaultInjector.wait_hanging`), a status, 
 
 :class:`Counters` counts served requests per method and store (PD requests under store id 0),
 counting each BatchCommands sub-request under its unary method name, and keeps the last
-``kvrpcpb.Context`` seen per method and store.
+``kvrpcpb.Context`` seen per method and store. On request (:meth:`Counters.log_messages`)
+it also keeps every BatchCommands message as received, in arrival order, to check what a
+client put in which message.
 """
 
 from __future__ import annotations
@@ -597,6 +599,33 @@ class Counters:
         # keeping a reference is as good as a copy and costs nothing per request.
         self._contexts: dict[tuple[int, str], tuple[int, kvrpcpb_pb2.Context]] = {}
         self._seq = 0
+        # (store id, message) of every BatchCommands message while logging is on.
+        self._messages: list[tuple[int, tikvpb_pb2.BatchCommandsRequest]] = []
+        #: Whether BatchCommands messages are being logged (read without the lock on
+        #: every message: a stale read only delays logging by one message).
+        self.logging_messages = False
+
+    def log_messages(self, on: bool = True) -> None:
+        """Start (forgetting earlier ones) or stop logging BatchCommands messages."""
+        with self._mu:
+            if on:
+                self._messages.clear()
+            self.logging_messages = on
+
+    def record_message(self, store_id: int, message: tikvpb_pb2.BatchCommandsRequest) -> None:
+        """Log one BatchCommands message received by ``store_id`` (when logging is on)."""
+        with self._mu:
+            if self.logging_messages:
+                self._messages.append((store_id, message))
+
+    def messages(self) -> list[tuple[int, tikvpb_pb2.BatchCommandsRequest]]:
+        """The logged BatchCommands messages as ``(store id, message)``, oldest first.
+
+        Each message is as the store received it (one per client ``write``), so which
+        request travelled in which message, and in what order, can be checked.
+        """
+        with self._mu:
+            return list(self._messages)
 
     def record(
         self,
@@ -660,3 +689,4 @@ class Counters:
         with self._mu:
             self._counts.clear()
             self._contexts.clear()
+            self._messages.clear()

@@ -11,7 +11,8 @@ control API is proxied over a pipe. Proxied: the region and store operations (``
 ``wait_for_gc``),
 the clock (``clock.now_ms / advance / set / freeze / unfreeze``), fault injection
 (``faults.add`` returns a handle with ``release`` / ``remove`` / ``hits``; ``faults.clear``)
-and the counters (``counters.count / snapshot / reset / last_context``). The engines
+and the counters (``counters.count / snapshot / reset / last_context / log_messages /
+messages``), the health feedback's slow score (``set_slow_score``). The engines
 (``engine``, ``raw``) are only reachable in-process.
 """
 
@@ -27,7 +28,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import grpc
-from tikv_proto import kvrpcpb_pb2
+from tikv_proto import kvrpcpb_pb2, tikvpb_pb2
 
 from tikv_mockstore._codec import encode_bytes
 from tikv_mockstore.clock import Clock
@@ -273,6 +274,19 @@ class MockCluster:
     def set_store_labels(self, store_id: int, labels: dict[str, str]) -> None:
         """Replace a store's labels (e.g. ``{"zone": "z1"}``); PD reports them from now on."""
         self._call("set_store_labels", store_id, dict(labels))
+
+    def set_slow_score(self, store_id: int, score: int) -> None:
+        """Set the slow score the store reports in its health feedback (1 healthy … 100).
+
+        TiKV sends its raftstore slow score in ``BatchCommandsResponse.health_feedback``
+        (at most once a second per stream, and with every GetHealthFeedback answer);
+        client-go treats a store scoring 80 or more as slow.
+        """
+        if isinstance(score, bool) or not isinstance(score, int):
+            raise TypeError(f"score must be an int, got {type(score).__name__}")
+        if not 1 <= score <= 100:
+            raise ValueError(f"score must be in [1, 100], got {score}")
+        self._call("set_slow_score", store_id, score)
 
     def add_peer(self, region_id: int, store_id: int, *, learner: bool = False) -> Region:
         """Add a peer of ``region_id`` on ``store_id`` (a learner with ``learner=True``)."""
@@ -571,6 +585,10 @@ def _run_op(local: _LocalCluster, op: str, args: tuple[Any, ...], kwargs: dict[s
         return c.transfer_leader(*args)
     if op == "set_store_labels":
         return c.set_store_labels(*args)
+    if op == "set_slow_score":
+        store_id, score = args
+        local._server(store_id).scope.slow_score = score
+        return None
     if op == "add_peer":
         return c.add_peer(*args, **kwargs)
     if op == "remove_peer":
@@ -619,6 +637,8 @@ def _run_op(local: _LocalCluster, op: str, args: tuple[Any, ...], kwargs: dict[s
         return getattr(local.faults, op[7:])(*args)
     if op == "faults.wait_hanging":
         return local.faults.wait_hanging(*args)
+    if op == "counters.messages":
+        return [(sid, m.SerializeToString()) for sid, m in local.counters.messages()]
     if op == "counters.last_context":
         ctx = local.counters.last_context(*args, **kwargs)
         return ctx.SerializeToString() if ctx is not None else None
@@ -819,3 +839,12 @@ class _CountersProxy:
         """The last context seen for ``method``."""
         raw: bytes | None = self._call("counters.last_context", method, store)
         return kvrpcpb_pb2.Context.FromString(raw) if raw is not None else None
+
+    def log_messages(self, on: bool = True) -> None:
+        """See :meth:`tikv_mockstore.faults.Counters.log_messages`."""
+        self._call("counters.log_messages", on)
+
+    def messages(self) -> list[tuple[int, tikvpb_pb2.BatchCommandsRequest]]:
+        """See :meth:`tikv_mockstore.faults.Counters.messages`."""
+        raw: list[tuple[int, bytes]] = self._call("counters.messages")
+        return [(sid, tikvpb_pb2.BatchCommandsRequest.FromString(m)) for sid, m in raw]

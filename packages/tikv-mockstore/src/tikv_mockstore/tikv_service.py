@@ -137,17 +137,20 @@ class StoreScope:
         # TiKV seeds the feedback sequence with the Unix time at start and only increments it.
         self._feedback_seq = itertools.count(int(time.time()))
         self._feedback_mu = threading.Lock()
+        # The raftstore slow score TiKV reports in its health feedback: 1 (healthy) to 100;
+        # set by MockCluster.set_slow_score.
+        self.slow_score = 1
         # Serialized Context -> the region it was routed to while this store led it. A hit
         # is valid while that exact region object is current: regions are immutable and
         # every change (split, merge, leader or peer change) replaces the object.
         self._routes: dict[bytes, Region] = {}
 
     def health_feedback(self) -> kvrpcpb_pb2.HealthFeedback:
-        """A fresh ``HealthFeedback`` of this store (slow score 1: healthy)."""
+        """A fresh ``HealthFeedback`` of this store (its :attr:`slow_score`; 1 = healthy)."""
         with self._feedback_mu:
             seq = next(self._feedback_seq)
         return kvrpcpb_pb2.HealthFeedback(
-            store_id=self._store_id, feedback_seq_no=seq, slow_score=1
+            store_id=self._store_id, feedback_seq_no=seq, slow_score=self.slow_score
         )
 
     @property
@@ -887,6 +890,8 @@ class _BatchStream:
             for message in self._requests:
                 if self._closed:
                     break
+                if server.counters.logging_messages:
+                    server.counters.record_message(server.store_id, message)
                 if server.faults.active():
                     # Faults on "BatchCommands" itself act on the whole message: a delay or a
                     # hang stalls the stream (as a stuck store would), an error ends it.
