@@ -263,6 +263,92 @@ def test_large_interleaved_ordering() -> None:
     ]
 
 
+def test_keys_sharing_prefixes_order_like_bytes() -> None:
+    # What client-go's ART node tests (node prefix, longest common prefix, ordered and
+    # grown children, minimum node, key-to-chunk) guarantee, observed on the buffer: keys
+    # that are prefixes of others, long shared prefixes, every possible next byte after
+    # one prefix (a node grown from 4 to 256 children), 0x00 / 0xff bytes and the empty
+    # suffix all iterate in plain bytes order, forwards and backwards, and survive
+    # deletes and overwrites in the middle of such a family.
+    long_prefix = b"p" * 40
+    keys = {
+        b"\x00",
+        b"\x00\x00",
+        b"\xff",
+        b"\xff\xff\xff",
+        b"a",
+        b"ab",
+        b"abc",
+        b"abcd",
+        b"abd",
+        long_prefix,
+        long_prefix + b"\x00",
+        long_prefix + b"q" * 40,
+        long_prefix + b"q" * 39 + b"r",
+    }
+    keys.update(b"fan" + bytes([i]) for i in range(256))
+    keys.update(b"fan" + bytes([i]) + b"x" for i in range(0, 256, 17))
+    db = MemBuffer()
+    for key in sorted(keys, key=lambda k: (len(k) * 7919 + sum(k)) % 65521):
+        db.set(key, key[::-1] or b"-")
+    expected = sorted(keys)
+    assert [k for k, _ in db.iterate()] == expected
+    assert [k for k, _ in db.iterate(reverse=True)] == expected[::-1]
+    # Bounds that fall inside a shared prefix.
+    assert [k for k, _ in db.iterate(b"ab", b"abd")] == [b"ab", b"abc", b"abcd"]
+    assert [k for k, _ in db.iterate(b"fan\x10", b"fan\x12")] == [
+        b"fan\x10",
+        b"fan\x11",
+        b"fan\x11x",
+    ]
+    # ... and bounds that end inside one: "q"*39 + "r" sorts after "q"*40.
+    assert [k for k, _ in db.iterate(long_prefix, long_prefix + b"q" * 40, reverse=True)] == [
+        long_prefix + b"\x00",
+        long_prefix,
+    ]
+    assert [k for k, _ in db.iterate(long_prefix + b"q", None)][:2] == [
+        long_prefix + b"q" * 40,
+        long_prefix + b"q" * 39 + b"r",
+    ]
+    # Removing the node a family hangs off (a prefix key) keeps its descendants.
+    for key in (b"ab", b"fan\x00", b"fan\xff", long_prefix):
+        db.delete(key)
+    db.set(b"abc", b"new")
+    live = [k for k, v in db.iterate() if v != TOMBSTONE]
+    assert live == [k for k in expected if k not in {b"ab", b"fan\x00", b"fan\xff", long_prefix}]
+    assert db.get(b"abc") == b"new"
+    assert db.get(b"abcd") == b"dcba"
+    assert db.get(long_prefix + b"\x00") == (long_prefix + b"\x00")[::-1]
+
+
+def test_big_values_are_stored_whole_and_reverted() -> None:
+    # client-go arena TestBigValue / TestValueLargeThanBlock: the value log holds values
+    # larger than its block size (up to the entry limit), a checkpoint revert drops a big
+    # value again, and a value over the limit is refused. In Python values are kept
+    # whole (no blocks), so what is left to check is that big values round-trip exactly,
+    # the size accounting follows them through a revert, and the limit is enforced first.
+    big, bigger = 80 << 20, 127 << 20
+    db = MemBuffer(entry_size_limit=bigger + 16, total_size_limit=(big + bigger) * 2)
+    first = bytes(range(256)) * (big // 256)
+    db.set(b"k0", first)
+    assert db.get(b"k0") == first and db.size == 2 + big
+    cp = db.checkpoint()
+    db.set(b"k1", b"\x01" * bigger)
+    assert db.size == 4 + big + bigger
+    db.revert_to_checkpoint(cp)
+    assert db.get(b"k1") is None
+    assert db.get(b"k0") == first and db.size == 2 + big and len(db) == 1
+    with pytest.raises(TxnTooLargeError) as info:
+        db.set(b"k2", bytes(bigger + 16))
+    assert info.value.kind == "entry"
+    assert db.get(b"k2") is None and db.size == 2 + big
+    # Small values after a big one (the block-size change in client-go's vlog) stay exact.
+    db.set(b"k3", b"x")
+    db.set(b"k4", bytes(4096))
+    db.set(b"k5", b"y" * 3000)
+    assert db.get(b"k5") == b"y" * 3000 and db.get(b"k4") == bytes(4096)
+
+
 # ---------------------------------------------------------------------------- flags
 
 
