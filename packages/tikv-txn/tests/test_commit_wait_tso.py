@@ -258,3 +258,68 @@ def test_blocking_facade(cluster: MockCluster) -> None:
         assert txn.commit() > txn.start_ts
         snap = client.snapshot(client.current_timestamp())
         assert snap.get(key) == b"v"
+
+
+@pytest.fixture
+def registry() -> Iterator[Any]:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from tikv_pd.metrics import disable_metrics, enable_metrics
+
+    reg = prometheus_client.CollectorRegistry()
+    enable_metrics(reg)
+    yield reg
+    disable_metrics()
+
+
+def lag_samples(registry: Any) -> dict[str, float]:
+    """Observation counts of client-go's two lag histograms, per result."""
+    out = {}
+    for name in ("wait_seconds", "attempt_count"):
+        for result in ("ok", "err"):
+            got = registry.get_sample_value(
+                f"tikv_client_go_txn_lag_commit_ts_{name}_count", {"result": result}
+            )
+            out[f"{name}:{result}"] = got or 0.0
+    return out
+
+
+async def test_lag_metrics(
+    client: AsyncTransactionClient, frozen: MockCluster, keys: list[bytes], registry: Any
+) -> None:
+    # No lag: nothing observed (client-go TestSetCommitWaitUntilTSO, "no lag commit ts").
+    txn = await client.begin()
+    txn.put(keys[0], b"v")
+    txn.set_commit_wait_until_tso(txn.start_ts)
+    await txn.commit()
+    zero = dict.fromkeys(
+        ("wait_seconds:ok", "wait_seconds:err", "attempt_count:ok", "attempt_count:err"), 0.0
+    )
+    assert lag_samples(registry) == zero
+    # A lag that passes: one "ok" observation in each histogram.
+    txn = await client.begin()
+    txn.put(keys[0], b"w")
+    target = ahead(await client.current_timestamp(), 20)
+    txn.set_commit_wait_until_tso(target)
+    oracle = watch(client, target)
+    commit = asyncio.ensure_future(txn.commit())
+    await asyncio.wait_for(oracle.lagging.wait(), NO_HANG)
+    frozen.clock.advance(21)
+    await asyncio.wait_for(commit, NO_HANG)
+    assert lag_samples(registry) == {**zero, "wait_seconds:ok": 1, "attempt_count:ok": 1}
+    attempts_sum = registry.get_sample_value(
+        "tikv_client_go_txn_lag_commit_ts_attempt_count_sum", {"result": "ok"}
+    )
+    assert attempts_sum == 1 + txn.commit_ts_lag.backoffs  # type: ignore[union-attr]
+    # A lag that fails: one "err" observation in each.
+    txn = await client.begin()
+    txn.put(keys[0], b"x")
+    txn.set_commit_wait_until_tso(ahead(await client.current_timestamp(), 10))
+    txn.set_commit_wait_until_tso_timeout(0)
+    with pytest.raises(CommitTsLagError):
+        await txn.commit()
+    assert lag_samples(registry) == {
+        "wait_seconds:ok": 1,
+        "wait_seconds:err": 1,
+        "attempt_count:ok": 1,
+        "attempt_count:err": 1,
+    }

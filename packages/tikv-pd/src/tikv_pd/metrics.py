@@ -18,6 +18,11 @@ Collected (name — labels — what moves it):
 * ``tikv_client_go_rpc_err_total`` — type, store — each failed send (gRPC code, timeout);
 * ``tikv_client_go_request_retry_times`` — request parts that needed resends;
 * ``tikv_client_go_batch_requests`` — target — requests per BatchCommands message;
+* ``tikv_client_go_stale_read_counter_total`` — result (hit / miss) — stale-read request
+  parts, a hit when the first replica asked answered; ``..._stale_read_req_counter_total``
+  — type (local / cross-zone) — stale-read attempts; ``..._stale_read_bytes_total`` —
+  result (local / cross-zone), direction (out / in) — their request and response bytes
+  (client-go ``internal/locate/metrics_collector.go``);
 * ``tikv_client_go_backoff_seconds`` — type — each backoff sleep (count = backoffs);
 * ``tikv_client_go_region_cache_operations_total`` — type, result — lookups that went to
   PD (``get_region_when_miss``); ``tikv_client_go_load_region_cache_seconds`` — their time;
@@ -33,7 +38,11 @@ Collected (name — labels — what moves it):
 * ``tikv_client_go_txn_write_kv_num``, ``tikv_client_go_txn_write_size_bytes`` — scope;
   ``tikv_client_go_txn_regions_num`` — type, scope;
   ``tikv_client_go_txn_commit_backoff_seconds`` / ``_count`` — committed transactions;
-* ``tikv_client_python_txn_commit_phase_seconds`` — phase — each commit phase.
+* ``tikv_client_python_txn_commit_phase_seconds`` — phase — each commit phase;
+* ``tikv_client_go_txn_lag_commit_ts_wait_seconds``,
+  ``tikv_client_go_txn_lag_commit_ts_attempt_count`` — result (ok / err) — commits whose
+  first commit ts was not above their commit-wait-until ts: the wait and the timestamps
+  fetched.
 
 prometheus-client always exposes counters with a ``_total`` suffix, so client-go's
 ``commit_txn_counter`` family reads ``commit_txn_counter_total`` here.
@@ -264,6 +273,20 @@ class ClientMetrics:
             ("target",),
             exponential_buckets(1, 2, 11),
         )
+        # Stale reads (client-go metrics/metrics.go TiKVStaleRead*, with the label values
+        # of metrics/shortcuts.go). "cross-zone" when the client's zone label and the
+        # target store's "zone" label are both known and differ, else "local".
+        self.stale_read_counter = counter(
+            go + "stale_read_counter", "Counter of stale read hit/miss", ("result",)
+        )
+        self.stale_read_req_counter = counter(
+            go + "stale_read_req_counter", "Counter of stale read requests", ("type",)
+        )
+        self.stale_read_bytes = counter(
+            go + "stale_read_bytes",
+            "Counter of stale read requests bytes",
+            ("result", "direction"),
+        )
         self.tso_batch_size = hist(
             "pd_client_request_handle_tso_batch_size",
             "Bucketed histogram of the batch size of handled requests.",
@@ -317,6 +340,18 @@ class ClientMetrics:
             "Duration of each phase of committing a transaction.",
             ("phase",),
             _CMD_BUCKETS,
+        )
+        self.txn_lag_commit_ts_wait_seconds = hist(
+            go + "txn_lag_commit_ts_wait_seconds",
+            "Bucketed histogram of seconds waiting commit TSO lag.",
+            ("result",),
+            exponential_buckets(0.0005, 2, 16),  # client-go metrics.go: 0.5 ms .. 16 s
+        )
+        self.txn_lag_commit_ts_attempt_count = hist(
+            go + "txn_lag_commit_ts_attempt_count",
+            "Bucketed histogram of attempts to get the lagging TSO in one commit",
+            ("result",),
+            exponential_buckets(1, 2, 6),  # client-go metrics.go: 1 .. 32
         )
         self._rpc_interceptor: RPCInterceptor | None = None
 
@@ -372,6 +407,25 @@ class ClientMetrics:
         """A request part needed ``retries`` resends (client-go observes only > 0)."""
         if retries > 0:
             self.request_retry_times.observe(retries)
+
+    def observe_stale_read_attempt(
+        self, out_bytes: int, in_bytes: int | None, *, cross_zone: bool
+    ) -> None:
+        """One attempt of a stale read: its request (and response) size in bytes.
+
+        As client-go's network collector: an empty request is not counted; ``in_bytes``
+        is ``None`` when no response arrived (a failed send).
+        """
+        zone = "cross-zone" if cross_zone else "local"
+        if out_bytes > 0:
+            self.stale_read_bytes.labels(zone, "out").inc(out_bytes)
+            self.stale_read_req_counter.labels(zone).inc()
+        if in_bytes:
+            self.stale_read_bytes.labels(zone, "in").inc(in_bytes)
+
+    def count_stale_read(self, hit: bool) -> None:
+        """A stale-read request part was answered by the first replica asked (hit) or not."""
+        self.stale_read_counter.labels("hit" if hit else "miss").inc()
 
     # -- backoff, region cache, TSO ----------------------------------------------------
 
@@ -455,6 +509,16 @@ class ClientMetrics:
         if result not in allowed:
             raise ValueError(f"result must be one of {allowed}, got {result!r}")
         counter.labels(result).inc()
+
+    def observe_commit_ts_lag(self, ok: bool, seconds: float, attempts: int) -> None:
+        """A commit's first ts lagged its commit-wait-until ts; it waited ``seconds``.
+
+        ``attempts`` counts the timestamps fetched, the first included; ``ok`` is whether
+        one finally passed (client-go ``GetTimestampForCommit``'s deferred observation).
+        """
+        result = "ok" if ok else "err"
+        self.txn_lag_commit_ts_wait_seconds.labels(result).observe(seconds)
+        self.txn_lag_commit_ts_attempt_count.labels(result).observe(attempts)
 
     def count_lock_resolve(self, action: str, amount: int = 1) -> None:
         """Lock resolver steps of ``action`` (one of :data:`LOCK_RESOLVER_ACTIONS`)."""

@@ -46,6 +46,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from tikv_pd import observability as _obs
 from tikv_pd.backoff import (
     COMMIT_TS_LAG,
     MAX_SPLIT_REGIONS_BACKOFF,
@@ -176,34 +177,39 @@ async def timestamp_for_commit(
     if first > wait_until_ts:
         return first, None
     started = time.monotonic()
+    attempts = 1
+    ts = first
 
-    def lag_error(reason: str, last: int, attempts: int) -> CommitTsLagError:
+    def lag_error(reason: str) -> CommitTsLagError:
         return CommitTsLagError(
             wait_until_ts=wait_until_ts,
             first_ts=first,
-            last_ts=last,
+            last_ts=ts,
             attempts=attempts,
             timeout_s=timeout_s,
             reason=reason,
         )
 
-    if timeout_s <= 0:
-        raise lag_error("failing at once since the timeout is 0", first, 1)
-    drift_ms = extract_physical(wait_until_ts) - extract_physical(first)
-    if drift_ms > timeout_s * 1000:
-        # Waiting cannot help: the clocks are further apart than the wait allowed.
-        raise lag_error(f"a clock drift of {drift_ms} ms exceeds the timeout", first, 1)
-    # commitTSLag has no jitter: the backoffer draws no random numbers.
-    bo = Backoffer(max(1, round(timeout_s * 1000)), operation="commit ts lag", vars=_UNWEIGHTED)
-    ts = first
-    attempts = 1
-    while ts <= wait_until_ts:
-        try:
-            await bo.backoff(COMMIT_TS_LAG, f"PD TSO {ts} is not above {wait_until_ts}")
-        except BackoffTimeoutError:
-            raise lag_error("the TSO did not pass it before the timeout", ts, attempts) from None
-        attempts += 1
-        ts = await runtime.oracle.get_timestamp()
+    try:
+        if timeout_s <= 0:
+            raise lag_error("failing at once since the timeout is 0")
+        drift_ms = extract_physical(wait_until_ts) - extract_physical(first)
+        if drift_ms > timeout_s * 1000:
+            # Waiting cannot help: the clocks are further apart than the wait allowed.
+            raise lag_error(f"a clock drift of {drift_ms} ms exceeds the timeout")
+        # commitTSLag has no jitter: the backoffer draws no random numbers.
+        bo = Backoffer(max(1, round(timeout_s * 1000)), operation="commit ts lag", vars=_UNWEIGHTED)
+        while ts <= wait_until_ts:
+            try:
+                await bo.backoff(COMMIT_TS_LAG, f"PD TSO {ts} is not above {wait_until_ts}")
+            except BackoffTimeoutError:
+                raise lag_error("the TSO did not pass it before the timeout") from None
+            attempts += 1
+            ts = await runtime.oracle.get_timestamp()
+    except Exception:
+        _observe_lag(ok=False, started=started, attempts=attempts)
+        raise
+    _observe_lag(ok=True, started=started, attempts=attempts)
     return ts, CommitTsLag(
         wait_until_ts=wait_until_ts,
         first_ts=first,
@@ -211,6 +217,13 @@ async def timestamp_for_commit(
         backoffs=attempts - 1,
         wait_s=time.monotonic() - started,
     )
+
+
+def _observe_lag(*, ok: bool, started: float, attempts: int) -> None:
+    # client-go observes the lag histograms whenever the first ts lagged, failed or not.
+    metrics = _obs.metrics
+    if metrics is not None:
+        metrics.observe_commit_ts_lag(ok, time.monotonic() - started, attempts)
 
 
 async def pre_split_regions(
