@@ -789,10 +789,13 @@ class RequestSender:
         self.locator = locator
         self.transport = transport
         self.budget_ms = budget_ms
+        config = getattr(transport, "config", None)
         if forwarding is None:
-            config = getattr(transport, "config", None)
             forwarding = bool(getattr(config, "enable_forwarding", False))
         self.forwarding = forwarding
+        #: The client's zone (``Config.zone_label``): a stale read to a store whose
+        #: "zone" label differs is cross-zone traffic in the metrics.
+        self.zone_label: str = getattr(config, "zone_label", "") or ""
         self.contexts = ContextCache()
         self.stats = RequestStats()
         #: Random source of the replica selectors (ties between equally good replicas).
@@ -821,6 +824,20 @@ class RequestSender:
             if labels_of(peer.store_id) is None:
                 with contextlib.suppress(Exception):
                     await get_store(peer.store_id)
+
+    def _cross_zone(self, store_id: int) -> bool:
+        """Whether a request to ``store_id`` leaves the client's zone.
+
+        client-go ``setReqAccessLocation``: only when both the client's zone label and
+        the store's ``zone`` label are known and differ; unknown counts as local.
+        """
+        if not self.zone_label or self._store_labels is None:
+            return False
+        labels = self._store_labels(store_id)
+        if not labels:
+            return False
+        zone = next((v for k, v in labels if k == "zone"), "")
+        return bool(zone) and zone != self.zone_label
 
     def _liveness(self, store_id: int) -> Liveness:
         """A store's liveness for the replica selector: recent connection failures first."""
@@ -1141,6 +1158,10 @@ class RequestSender:
                 else:
                     response = await transport.send(address, command, request, call.timeout)
             except TransportError as exc:
+                if options.stale_read and _obs.metrics is not None:
+                    _obs.metrics.observe_stale_read_attempt(
+                        request.ByteSize(), None, cross_zone=self._cross_zone(peer.store_id)
+                    )
                 self.stats.send_failures += 1
                 call.retries += 1
                 call.last_error = exc
@@ -1176,6 +1197,14 @@ class RequestSender:
                 free_retries = 0
                 continue
 
+            if options.stale_read and _obs.metrics is not None:
+                # client-go's network collector: every attempt of a request that started
+                # as a stale read counts, the leader's fallback read included.
+                _obs.metrics.observe_stale_read_attempt(
+                    request.ByteSize(),
+                    response.ByteSize(),
+                    cross_zone=self._cross_zone(peer.store_id),
+                )
             if self.health.has_unreachable():
                 # The store answered: it is reachable again.
                 self.health.mark_reachable(peer.store_id if proxy is None else proxy.store_id)
@@ -1270,6 +1299,9 @@ class RequestSender:
             # TiKV executed this attempt: whatever an earlier lost attempt did, this
             # answer is authoritative (client-go clears the undetermined error here).
             ambiguous = None
+            if options.stale_read and _obs.metrics is not None:
+                # client-go counts a hit when the sender needed one send (sendTimes == 1).
+                _obs.metrics.count_stale_read(hit=attempt == 1)
             if call.handle is None:
                 return [response]
             try:
