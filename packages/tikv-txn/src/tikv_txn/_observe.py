@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tikv_pd import observability as _obs
+from tikv_pd.errors import UndeterminedError
 from tikv_pd.observability import register_wrappers
 
 from tikv_txn.committer import TwoPhaseCommitter
@@ -64,7 +65,10 @@ def _phase(phase: str) -> Callable[[Callable[..., Awaitable[Any]]], Callable[...
 
 
 def _protocol(committer: TwoPhaseCommitter) -> str:
-    if committer.one_pc_commit_ts:
+    # The protocol still in use when the commit ended, as client-go's isOnePC() /
+    # isAsyncCommit(): a failed 1PC attempt counts as a 1PC error, and a 1PC or async
+    # commit TiKV refused (fell back) counts as 2PC.
+    if committer.one_pc:
         return "1pc"
     if committer.async_commit:
         return "async_commit"
@@ -76,10 +80,14 @@ def _execute(fn: Callable[..., Awaitable[int]]) -> Callable[..., Awaitable[int]]
     async def observed(committer: TwoPhaseCommitter) -> int:
         try:
             commit_ts = await fn(committer)
-        except BaseException:
+        except BaseException as exc:
             metrics = _obs.metrics
             if metrics is not None and committer.plan is not None:
-                metrics.count_commit(_protocol(committer), "err")
+                protocol = _protocol(committer)
+                # client-go 2pc.go execute: a 2PC commit whose outcome is undetermined
+                # counts as ok (it may well have committed); 1PC / async commit as err.
+                undetermined = isinstance(exc, UndeterminedError) and protocol == "2pc"
+                metrics.count_commit(protocol, "ok" if undetermined else "err")
             raise
         metrics = _obs.metrics
         plan = committer.plan
