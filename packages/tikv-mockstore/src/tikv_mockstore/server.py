@@ -5,9 +5,9 @@ on the shared state directly. With ``process=True`` the cluster runs in a child 
 with the ``spawn`` method, so a benchmark's client and the servers do not share a GIL; the
 control API is proxied over a pipe. Proxied: the region and store operations (``split``,
 ``merge``, ``transfer_leader``, ``add_peer``, ``remove_peer``, ``add_store``, ``stop_store``,
-``restart_store``, ``remove_store``), the PD members (``move_pd_leader``, ``stop_pd``,
-``restart_pd``, ``pd_members``), ``create_keyspace``, lookups
-(``regions``, ``region``, ``region_by_key``, ``stores``, ``current_ts``, ``gc_safe_point``,
+``restart_store``, ``remove_store``, ``move_store``, ``swap_store_addresses``), the PD
+members (``move_pd_leader``, ``stop_pd``, ``restart_pd``, ``pd_members``), ``create_keyspace``,
+lookups (``regions``, ``region``, ``region_by_key``, ``stores``, ``current_ts``, ``gc_safe_point``,
 ``wait_for_gc``),
 the clock (``clock.now_ms / advance / set / freeze / unfreeze``), fault injection
 (``faults.add`` returns a handle with ``release`` / ``remove`` / ``hits``; ``faults.clear``)
@@ -298,10 +298,38 @@ class MockCluster:
         result: Region = self._call("remove_peer", region_id, store_id)
         return result
 
-    def add_store(self) -> int:
-        """Start a new, empty store (no peers until :meth:`add_peer`); returns its id."""
-        result: int = self._call("add_store")
+    def add_store(self, *, port: int = 0) -> int:
+        """Start a new, empty store (no peers until :meth:`add_peer`); returns its id.
+
+        ``port`` — serve on this port (0: a free one), e.g. the port of a store that was
+        removed, so that a new store id takes over an old address (a TiKV node replaced by
+        a new one on the same host and port). A port another running store of this cluster
+        serves on is refused.
+        """
+        result: int = self._call("add_store", port)
         return result
+
+    def move_store(self, store_id: int, *, port: int = 0) -> str:
+        """Move a running store to another address; returns the new ``host:port``.
+
+        The store stops serving on its old port (which then refuses connections) and serves
+        the same store id and data on ``port`` (0: a fresh free port), and PD reports the new
+        address from now on, as after a TiKV node restarts with a new address (a pod moved
+        by Kubernetes). Clients holding the old address must re-resolve the store from PD.
+        A port another running store of this cluster serves on is refused.
+        """
+        result: str = self._call("move_store", store_id, port)
+        return result
+
+    def swap_store_addresses(self, first: int, second: int) -> None:
+        """Make two running stores trade addresses.
+
+        Each store stops, then serves the same store id and data on the other's old port,
+        and PD reports the swapped addresses. A client that still sends to a store's old
+        address reaches the other store, which answers ``StoreNotMatch`` (client-go
+        ``rawkv_test`` ``UpdateStoreAddr`` of both stores).
+        """
+        self._call("swap_store_addresses", first, second)
 
     def stop_store(self, store_id: int, *, move_leaders: bool = True) -> None:
         """Stop a store's gRPC server (its port then refuses connections).
@@ -465,7 +493,8 @@ class _LocalCluster:
             self.close()
             raise
 
-    def _start_store(self) -> int:
+    def _start_store(self, port: int = 0) -> int:
+        self._check_port_free(port, None)
         store_id = self.cluster.alloc_id()
         server = StoreServer(
             store_id,
@@ -477,7 +506,7 @@ class _LocalCluster:
             host=self.host,
             max_workers=self.max_workers,
         )
-        server.start(0)
+        server.start(port)
         self.cluster.add_store(server.address, store_id=store_id)
         self.store_servers[store_id] = server
         return store_id
@@ -518,9 +547,73 @@ class _LocalCluster:
                 server.start(server.port)
             self.cluster.set_store_state(store_id, StoreState.UP)
 
-    def add_store(self) -> int:
+    def add_store(self, port: int = 0) -> int:
         with self._mu:
-            return self._start_store()
+            return self._start_store(_checked_port(port))
+
+    def _check_port_free(self, port: int, moving: set[int] | None) -> None:
+        """Refuse a port that another running store of this cluster serves on."""
+        if port == 0:
+            return
+        for sid, other in self.store_servers.items():
+            if other.running and other.port == port and (moving is None or sid not in moving):
+                raise ClusterError(f"port {port} is in use by store {sid}")
+
+    def _running_server(self, store_id: int) -> StoreServer:
+        server = self._server(store_id)
+        if not server.running:
+            raise ClusterError(f"store {store_id} is not running; restart it first")
+        return server
+
+    def _rebind(self, server: StoreServer, port: int, avoid: int) -> None:
+        """Start a stopped server on ``port`` (0: a free port other than ``avoid``)."""
+        server.start(port)
+        for _ in range(3):
+            if port != 0 or server.port != avoid:
+                return
+            # The kernel handed the old port back: a move must change the address.
+            server.stop(None)
+            server.start(0)
+        server.stop(None)
+        raise ClusterError(f"could not find a free port other than {avoid}")
+
+    def move_store(self, store_id: int, port: int) -> str:
+        port = _checked_port(port)
+        with self._mu:
+            server = self._running_server(store_id)
+            self._check_port_free(port, {store_id})
+            old = server.port
+            if port == old:
+                raise ClusterError(f"store {store_id} already serves on port {port}")
+            server.stop(None)
+            try:
+                self._rebind(server, port, old)
+            except BaseException:
+                if not server.running:
+                    server.start(old)  # put it back where it was
+                raise
+            # The store registers its new address with PD (TiKV's PutStore on start) and
+            # comes back up: a restart, so its start timestamp is new too.
+            self.cluster.set_store_address(store_id, server.address)
+            self.cluster.set_store_state(store_id, StoreState.UP)
+            return server.address
+
+    def swap_store_addresses(self, first: int, second: int) -> None:
+        with self._mu:
+            if first == second:
+                raise ClusterError("swap_store_addresses needs two different stores")
+            a = self._running_server(first)
+            b = self._running_server(second)
+            port_a, port_b = a.port, b.port
+            # Both stop before either binds: gRPC servers here do not share ports
+            # (so_reuseport is off), so the second port must be free first.
+            a.stop(None)
+            b.stop(None)
+            a.start(port_b)
+            b.start(port_a)
+            for sid, server in ((first, a), (second, b)):
+                self.cluster.set_store_address(sid, server.address)
+                self.cluster.set_store_state(sid, StoreState.UP)
 
     def remove_store(self, store_id: int) -> None:
         with self._mu:
@@ -564,6 +657,14 @@ class _LocalCluster:
         return server
 
 
+def _checked_port(port: int) -> int:
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"port must be an int, not {type(port).__name__}")
+    if not 0 <= port < 65536:
+        raise ValueError(f"port must be in [0, 65536), got {port}")
+    return port
+
+
 def _run_op(local: _LocalCluster, op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Run one control operation against an in-process cluster (also the child's dispatcher)."""
     c = local.cluster
@@ -594,7 +695,11 @@ def _run_op(local: _LocalCluster, op: str, args: tuple[Any, ...], kwargs: dict[s
     if op == "remove_peer":
         return c.remove_peer(*args)
     if op == "add_store":
-        return local.add_store()
+        return local.add_store(*args)
+    if op == "move_store":
+        return local.move_store(*args)
+    if op == "swap_store_addresses":
+        return local.swap_store_addresses(*args)
     if op == "stop_store":
         return local.stop_store(*args)
     if op == "restart_store":
