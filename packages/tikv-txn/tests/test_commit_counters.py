@@ -13,10 +13,11 @@ import itertools
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import grpc
 import pytest
 from tikv_mockstore import MockCluster
 from tikv_pd.config import TransactionOptions
-from tikv_txn import AsyncTransactionClient, WriteConflictError
+from tikv_txn import AsyncTransactionClient, UndeterminedError, WriteConflictError
 
 prometheus_client = pytest.importorskip("prometheus_client")
 
@@ -100,3 +101,29 @@ async def test_a_failed_commit_counts_as_an_error_of_its_protocol(
     errors = counts(registry, "err")
     assert errors == {p: (1.0 if p == protocol else 0.0) for p in FAMILIES}
     assert counts(registry) == ok_before
+
+
+async def test_one_pc_with_an_undetermined_result(
+    client: AsyncTransactionClient, cluster: MockCluster, registry: Any
+) -> None:
+    # client-go TestFailWithUndeterminedResult: a 1PC prewrite *is* the commit, so one
+    # whose answer is lost leaves the outcome unknown. This client resends it first (a
+    # prewrite of its own lock or commit answers success), so the resend fails too here.
+    k = key("undetermined")
+    region = cluster.region_by_key(k, txn=True)
+    assert region is not None
+    lost = cluster.faults.add("KvPrewrite", region=region.id, times=1, drop_stream=True)
+    refused = cluster.faults.add(
+        "KvPrewrite", region=region.id, times=1, status=grpc.StatusCode.INVALID_ARGUMENT
+    )
+    try:
+        txn = await client.begin(ONE_PC)
+        txn.put(k, b"v")
+        with pytest.raises(UndeterminedError):
+            await txn.commit()
+        assert (lost.hits, refused.hits) == (1, 1)
+    finally:
+        cluster.faults.remove(lost)
+        cluster.faults.remove(refused)
+    # client-go counts it as a failed 1PC commit.
+    assert counts(registry, "err") == {"2pc": 0, "async_commit": 0, "1pc": 1}
