@@ -175,3 +175,52 @@ async def test_other_reads_do_not_count(cluster: MockCluster, registry: Any) -> 
         assert not [
             s for family in registry.collect() for s in family.samples if s.name == name and s.value
         ]
+
+
+# ---------------------------------------------------------------------------------------
+# read_request_bytes (client-go ReadRequest{Leader,Follower}{Local,Remote}Bytes)
+# ---------------------------------------------------------------------------------------
+
+READ = "tikv_client_go_read_request_bytes"
+
+
+async def test_read_request_bytes_by_replica_kind_and_zone(
+    cluster: MockCluster, registry: Any
+) -> None:
+    leader, _ = leader_and_followers(cluster)
+    async with await connect(cluster, f"z{leader}") as client:
+        ts = await prepared(client, cluster)
+        sizes = Sizes()
+        snap = client.snapshot(ts)
+        snap.set_rpc_interceptor(sizes.interceptor())
+        assert await snap.get(KEY) == b"v" * 100
+        assert value(registry, READ + "_count", type="leader", result="local") == 1
+        assert value(registry, READ + "_sum", type="leader", result="local") == (
+            sizes.out[0] + sizes.into[0]
+        )
+        # A follower read in another zone.
+        sizes = Sizes()
+        snap = client.snapshot(ts, replica_read="follower")
+        snap.set_rpc_interceptor(sizes.interceptor())
+        assert await snap.get(KEY) == b"v" * 100
+        assert value(registry, READ + "_count", type="follower", result="cross-zone") == 1
+        assert value(registry, READ + "_sum", type="follower", result="cross-zone") == (
+            sizes.out[0] + sizes.into[0]
+        )
+        # Writes are not reads.
+        async with client.begin() as txn:
+            txn.put(KEY, b"w")
+        assert await client.runtime.wait_background(NO_HANG)
+    assert value(registry, READ + "_count", type="leader", result="local") == 1
+
+
+async def test_read_request_bytes_need_a_known_zone(cluster: MockCluster, registry: Any) -> None:
+    async with await connect(cluster, "") as client:
+        ts = await prepared(client, cluster)
+        assert await client.snapshot(ts).get(KEY) == b"v" * 100
+    assert not [
+        s
+        for family in registry.collect()
+        for s in family.samples
+        if s.name.startswith(READ) and s.value
+    ]

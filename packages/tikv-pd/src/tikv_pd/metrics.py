@@ -23,6 +23,9 @@ Collected (name — labels — what moves it):
   — type (local / cross-zone) — stale-read attempts; ``..._stale_read_bytes_total`` —
   result (local / cross-zone), direction (out / in) — their request and response bytes
   (client-go ``internal/locate/metrics_collector.go``);
+* ``tikv_client_go_read_request_bytes`` (a summary) — type (leader / follower), result
+  (local / cross-zone) — request plus response bytes of each read attempt (get, batch
+  get, scan, coprocessor) whose zone is known on both sides;
 * ``tikv_client_go_backoff_seconds`` — type — each backoff sleep (count = backoffs);
 * ``tikv_client_go_region_cache_operations_total`` — type, result — lookups that went to
   PD (``get_region_when_miss``); ``tikv_client_go_load_region_cache_seconds`` — their time;
@@ -287,6 +290,13 @@ class ClientMetrics:
             "Counter of stale read requests bytes",
             ("result", "direction"),
         )
+        self.read_request_bytes = prom.Summary(
+            go + "read_request_bytes",
+            "Summary of read requests bytes",
+            ["type", "result"],
+            registry=registry,
+        )
+        self._collectors.append(self.read_request_bytes)
         self.tso_batch_size = hist(
             "pd_client_request_handle_tso_batch_size",
             "Bucketed histogram of the batch size of handled requests.",
@@ -422,6 +432,12 @@ class ClientMetrics:
             self.stale_read_req_counter.labels(zone).inc()
         if in_bytes:
             self.stale_read_bytes.labels(zone, "in").inc(in_bytes)
+
+    def observe_read_bytes(self, size: int, *, replica_read: bool, cross_zone: bool) -> None:
+        """A read attempt moved ``size`` bytes (request + response) to a known zone."""
+        self.read_request_bytes.labels(
+            "follower" if replica_read else "leader", "cross-zone" if cross_zone else "local"
+        ).observe(size)
 
     def count_stale_read(self, hit: bool) -> None:
         """A stale-read request part was answered by the first replica asked (hit) or not."""

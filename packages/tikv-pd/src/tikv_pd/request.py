@@ -825,19 +825,47 @@ class RequestSender:
                 with contextlib.suppress(Exception):
                     await get_store(peer.store_id)
 
-    def _cross_zone(self, store_id: int) -> bool:
-        """Whether a request to ``store_id`` leaves the client's zone.
+    def _cross_zone(self, store_id: int) -> bool | None:
+        """Whether a request to ``store_id`` leaves the client's zone (``None``: unknown).
 
-        client-go ``setReqAccessLocation``: only when both the client's zone label and
-        the store's ``zone`` label are known and differ; unknown counts as local.
+        client-go ``setReqAccessLocation``: known only when both the client's zone label
+        and the store's ``zone`` label are set.
         """
         if not self.zone_label or self._store_labels is None:
-            return False
+            return None
         labels = self._store_labels(store_id)
-        if not labels:
-            return False
-        zone = next((v for k, v in labels if k == "zone"), "")
-        return bool(zone) and zone != self.zone_label
+        zone = next((v for k, v in labels if k == "zone"), "") if labels else ""
+        if not zone:
+            return None
+        return zone != self.zone_label
+
+    def _observe_traffic(
+        self,
+        command: str,
+        stale_read: bool,
+        store_id: int,
+        request: Message,
+        response: Message | None,
+    ) -> None:
+        """client-go's network collector for one attempt (only called with metrics on).
+
+        Stale reads count every attempt's bytes (an unknown zone counts as local); read
+        commands to a store of known zone feed ``read_request_bytes``.
+        """
+        metrics = _obs.metrics
+        if metrics is None:
+            return
+        cross = self._cross_zone(store_id)
+        out_bytes = request.ByteSize()
+        in_bytes = response.ByteSize() if response is not None else None
+        if stale_read:
+            metrics.observe_stale_read_attempt(out_bytes, in_bytes, cross_zone=bool(cross))
+        if in_bytes and cross is not None and command in _READ_BYTES_COMMANDS:
+            metrics.observe_read_bytes(
+                out_bytes + in_bytes,
+                replica_read=request.context.replica_read,  # type: ignore[attr-defined]
+                cross_zone=cross,
+            )
 
     def _liveness(self, store_id: int) -> Liveness:
         """A store's liveness for the replica selector: recent connection failures first."""
@@ -1159,9 +1187,7 @@ class RequestSender:
                     response = await transport.send(address, command, request, call.timeout)
             except TransportError as exc:
                 if options.stale_read and _obs.metrics is not None:
-                    _obs.metrics.observe_stale_read_attempt(
-                        request.ByteSize(), None, cross_zone=self._cross_zone(peer.store_id)
-                    )
+                    self._observe_traffic(command, True, peer.store_id, request, None)
                 self.stats.send_failures += 1
                 call.retries += 1
                 call.last_error = exc
@@ -1197,14 +1223,12 @@ class RequestSender:
                 free_retries = 0
                 continue
 
-            if options.stale_read and _obs.metrics is not None:
+            if _obs.metrics is not None and (
+                options.stale_read or (self.zone_label and command in _READ_BYTES_COMMANDS)
+            ):
                 # client-go's network collector: every attempt of a request that started
                 # as a stale read counts, the leader's fallback read included.
-                _obs.metrics.observe_stale_read_attempt(
-                    request.ByteSize(),
-                    response.ByteSize(),
-                    cross_zone=self._cross_zone(peer.store_id),
-                )
+                self._observe_traffic(command, options.stale_read, peer.store_id, request, response)
             if self.health.has_unreachable():
                 # The store answered: it is reachable again.
                 self.health.mark_reachable(peer.store_id if proxy is None else proxy.store_id)
@@ -1543,6 +1567,8 @@ def _prebuilt(region: Region, payload: Sequence[tuple[Sequence[bytes], Message |
     return request
 
 
+#: The read commands of client-go ``isReadReq`` (``read_request_bytes``).
+_READ_BYTES_COMMANDS = frozenset({"Get", "BatchGet", "Scan", "Coprocessor"})
 _SINGLE_KEY = KeySharder()
 _REVERSE_KEY = KeySharder(reverse=True)
 _RANGE = RangeSharder()
