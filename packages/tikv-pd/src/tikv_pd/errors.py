@@ -14,6 +14,8 @@ message text. The tree::
     ├── UndeterminedError            a write may or may not have been applied
     ├── StoreUnavailableError        transport failure talking to a TiKV store
     ├── ClientClosedError            the client (or a component) was used after close()
+    ├── FutureTSReadError            a read ts beyond every timestamp PD has issued (ValueError)
+    ├── LatestStaleReadError         a stale read at the max timestamp (also a ValueError)
     ├── CodecError                   malformed encoded key (also a ValueError)
     │   └── KeyOutOfKeyspaceError    a key outside the client's keyspace (API v2)
     └── TxnError                     transaction-level errors
@@ -62,10 +64,12 @@ __all__ = [
     "DataIsNotReadyError",
     "DeadlockError",
     "FlashbackError",
+    "FutureTSReadError",
     "GCTooEarlyError",
     "KeyExistsError",
     "KeyIsLockedError",
     "KeyOutOfKeyspaceError",
+    "LatestStaleReadError",
     "LockInfo",
     "LockWaitTimeoutError",
     "PDError",
@@ -494,6 +498,45 @@ class ClientClosedError(TiKVError):
         if self.when:
             return f"{self.component} was closed {self.when}"
         return f"{self.component} is closed"
+
+
+class FutureTSReadError(TiKVError, ValueError):
+    """A read timestamp is newer than any timestamp PD has issued (client-go ``ErrFutureTSRead``).
+
+    Reading at such a ts could see data committed later at a smaller ts: the snapshot would
+    not be repeatable. Raised before the request is sent.
+
+    Attributes:
+        read_ts: The refused read timestamp.
+        current_ts: The newest timestamp PD issued when the read was checked.
+
+    """
+
+    def __init__(self, read_ts: int, current_ts: int) -> None:
+        super().__init__("future read ts")
+        self.read_ts = read_ts
+        self.current_ts = current_ts
+
+    def _describe(self) -> str:
+        return (
+            f"cannot read at a future timestamp: read ts {self.read_ts} is newer than "
+            f"the current ts {self.current_ts}"
+        )
+
+
+class LatestStaleReadError(TiKVError, ValueError):
+    """A stale read asked for the maximum timestamp (client-go ``ErrLatestStaleRead``).
+
+    A stale read is served by any replica from data at least as old as its ts; "the
+    latest data" is not something a follower can promise. Raised before the request is
+    sent.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("stale read at the max timestamp")
+
+    def _describe(self) -> str:
+        return "a stale read cannot use the max timestamp (the latest data)"
 
 
 class CodecError(TiKVError, ValueError):
