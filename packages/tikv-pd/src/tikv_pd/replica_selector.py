@@ -44,17 +44,22 @@ replica without sleeping (``canFastRetry``). When no candidate remains, :meth:`n
 returns ``None``: the caller invalidates the region and backs off ``regionMiss`` (client-go
 invalidates the region and the sender answers with a fake region error).
 
-Store slowness (client-go's health feedback slow score) is not tracked here: every replica
-counts as not slow. TiFlash stores and witness peers never serve these reads (client-go builds the
+Store slowness comes from TiKV's health feedback (:class:`StoreHealth`, fed by the
+transport): a slow store's replicas lose the *not slow* bit, so every non-leader read type
+(stale reads included) prefers the other replicas; leader reads ignore it, as in
+client-go. TiFlash stores and witness peers never serve these reads (client-go builds the
 replicas from the TiKV stores only; a witness holds no data).
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+
+from tikv_proto import kvrpcpb_pb2
 
 from tikv_pd.config import REPLICA_READ_TYPES, ReplicaReadType
 from tikv_pd.region_cache import Liveness, Peer, PeerRole, Region
@@ -62,10 +67,16 @@ from tikv_pd.region_cache import Liveness, Peer, PeerRole, Region
 __all__ = [
     "HEALTH_RECHECK_SECONDS",
     "MAX_REPLICA_ATTEMPTS",
+    "SLOW_SCORE_ACTIVE_UPDATE_SECONDS",
+    "SLOW_SCORE_DECAY_PER_SECOND",
+    "SLOW_SCORE_UPDATE_SECONDS",
+    "TIKV_SLOW_SCORE_THRESHOLD",
     "ReplicaSelector",
     "ReplicaTarget",
     "StoreHealth",
 ]
+
+_log = logging.getLogger("tikv.request")
 
 #: Attempts on the leader before giving up on it (client-go ``maxReplicaAttempt``).
 MAX_REPLICA_ATTEMPTS = 10
@@ -73,6 +84,23 @@ MAX_REPLICA_ATTEMPTS = 10
 #: Seconds a store found unreachable is skipped before it is tried again (client-go
 #: ``Store.checkUntilHealth`` re-checks an unreachable store every second).
 HEALTH_RECHECK_SECONDS = 1.0
+
+#: A store whose TiKV-side slow score is at least this is slow (client-go
+#: ``tikvSlowScoreSlowThreshold``, ``internal/locate/store_cache.go``). TiKV's raftstore
+#: slow score runs from 1 (healthy) to 100.
+TIKV_SLOW_SCORE_THRESHOLD = 80
+
+#: A changed slow score arriving within this many seconds of the last update is ignored
+#: (client-go ``tikvSlowScoreUpdateInterval``, 100 ms, ``store_cache.go``).
+SLOW_SCORE_UPDATE_SECONDS = 0.1
+
+#: A slow score above 1 not refreshed for this long starts to decay (client-go
+#: ``tikvSlowScoreActiveUpdateInterval``, 15 s, ``store_cache.go``).
+SLOW_SCORE_ACTIVE_UPDATE_SECONDS = 15.0
+
+#: Linear decay of a stale slow score, points per second (client-go
+#: ``tikvSlowScoreDecayRate`` = 20/60, ``store_cache.go``).
+SLOW_SCORE_DECAY_PER_SECOND = 20.0 / 60.0
 
 # Score bits, lowest first (client-go storeSelectionScore).
 _NOT_ATTEMPTED = 1
@@ -130,10 +158,15 @@ class ReplicaSelector:
         labels: Store labels to prefer, as ``(key, value)`` pairs (client-go
             ``WithMatchLabels``; e.g. ``[("zone", "z1")]`` for the local zone).
         store_labels: A store's labels (``None`` when unknown: it does not match).
+        is_slow: Whether a store is slow (TiKV's health feedback, :meth:`StoreHealth.is_slow`):
+            its replicas score lower; under ``prefer-leader`` a slow follower is not a
+            candidate and a slow leader loses its preference (client-go
+            ``ReplicaSelectMixedStrategy``). Default: no store is slow.
 
     """
 
     __slots__ = (
+        "_is_slow",
         "_is_tiflash",
         "_labels",
         "_liveness",
@@ -160,6 +193,7 @@ class ReplicaSelector:
         rng: random.Random | None = None,
         labels: Sequence[tuple[str, str]] = (),
         store_labels: Callable[[int], Sequence[tuple[str, str]] | None] | None = None,
+        is_slow: Callable[[int], bool] | None = None,
     ) -> None:
         if replica_read not in REPLICA_READ_TYPES:
             raise ValueError(
@@ -174,6 +208,7 @@ class ReplicaSelector:
         self._rng = rng if rng is not None else _RNG
         self._labels = tuple(labels)
         self._store_labels = store_labels
+        self._is_slow = is_slow
         self._replicas = [
             _Replica(p)
             for p in region.peers
@@ -310,6 +345,7 @@ class ReplicaSelector:
     ) -> _Replica | None:
         leader = self._leader()
         with_labels = labels and bool(self._labels)
+        is_slow = self._is_slow
         best: list[_Replica] = []
         best_score = -1
         for r in self._replicas:
@@ -321,14 +357,20 @@ class ReplicaSelector:
             max_attempts = 2 if r.data_is_not_ready and not is_leader else 1
             if r.attempts >= max_attempts:
                 continue
-            score = _NOT_SLOW
+            slow = is_slow is not None and is_slow(r.peer.store_id)
+            if slow and prefer_leader and not is_leader:
+                # client-go keeps the old selector's rule: under prefer-leader a slow
+                # follower is not a candidate at all.
+                continue
+            score = 0 if slow else _NOT_SLOW
             if not with_labels or self._matches(r):
                 score |= _LABELS_MATCH
             if is_leader:
-                if prefer_leader or (try_leader and with_labels):
-                    score |= _PREFER_LEADER
+                if prefer_leader:
+                    # A slow leader is not preferred, only a normal peer.
+                    score |= _NORMAL_PEER if slow else _PREFER_LEADER
                 elif try_leader:
-                    score |= _NORMAL_PEER
+                    score |= _PREFER_LEADER if with_labels else _NORMAL_PEER
             elif not learner_only or r.peer.role == PeerRole.LEARNER:
                 score |= _NORMAL_PEER
             if r.attempts == 0:
@@ -423,23 +465,37 @@ class ReplicaSelector:
 
 
 class StoreHealth:
-    """Which stores replica reads should avoid: those that just refused connections.
+    """What replica reads should know of each store: unreachable, or slow.
 
-    client-go probes a store after a send failure (``checkLiveness``, a health check with
-    ``store_liveness_timeout``) and, while it is unreachable, re-checks it every second in
-    the background; replica selectors skip unreachable stores meanwhile. Here the failed
-    request is the probe: a connection-level failure (gRPC ``UNAVAILABLE``, or a request
-    that never left) marks the store unreachable, and after
+    **Unreachable.** client-go probes a store after a send failure (``checkLiveness``, a
+    health check with ``store_liveness_timeout``) and, while it is unreachable, re-checks
+    it every second in the background; replica selectors skip unreachable stores
+    meanwhile. Here the failed request is the probe: a connection-level failure (gRPC
+    ``UNAVAILABLE``, or a request that never left) marks the store unreachable, and after
     :data:`HEALTH_RECHECK_SECONDS` the next request may try it again — that request is the
     re-check (a success marks it reachable, another failure marks it again). No
     background task is needed.
 
+    **Slow.** TiKV reports its raftstore slow score (1 healthy … 100) in the health
+    feedback it attaches to BatchCommands responses; the transport passes each one to
+    :meth:`record_feedback` (client-go ``StoreHealthStatus.updateTiKVServerSideSlowScore``).
+    A store scoring :data:`TIKV_SLOW_SCORE_THRESHOLD` or more is slow: replica and stale
+    reads prefer other replicas (client-go's ``NotSlow`` score bit). client-go's rules:
+    a changed score within :data:`SLOW_SCORE_UPDATE_SECONDS` of the last update is
+    ignored; a score above 1 not refreshed for :data:`SLOW_SCORE_ACTIVE_UPDATE_SECONDS`
+    decays by :data:`SLOW_SCORE_DECAY_PER_SECOND` per second, down to 1. client-go runs
+    that decay on a 15 s ticker (after first asking the store with a GetHealthFeedback
+    request); here it is applied when the score is read, in whole 15 s steps, and the
+    store is not asked. client-go's *client-side* slow score (from request latencies) is
+    not kept.
+
     Args:
         clock: Monotonic seconds (tests pass a fake one).
+        recheck_seconds: How long an unreachable store is skipped.
 
     """
 
-    __slots__ = ("_clock", "_down", "recheck_seconds")
+    __slots__ = ("_clock", "_down", "_slow", "recheck_seconds")
 
     def __init__(
         self,
@@ -449,6 +505,8 @@ class StoreHealth:
     ) -> None:
         self._clock = clock
         self._down: dict[int, float] = {}
+        # store id -> [TiKV-side slow score, monotonic time of its last update]
+        self._slow: dict[int, list[float]] = {}
         self.recheck_seconds = recheck_seconds
 
     def mark_unreachable(self, store_id: int) -> None:
@@ -473,6 +531,78 @@ class StoreHealth:
         if since is None or self._clock() - since >= self.recheck_seconds:
             return Liveness.UNKNOWN
         return Liveness.UNREACHABLE
+
+    # -- TiKV-side slow score --------------------------------------------------------
+
+    def record_feedback(self, feedback: kvrpcpb_pb2.HealthFeedback) -> None:
+        """Take a store's ``kvrpcpb.HealthFeedback`` (a transport health listener)."""
+        self.update_slow_score(feedback.store_id, feedback.slow_score)
+
+    def update_slow_score(self, store_id: int, score: int) -> None:
+        """Record the slow score TiKV reported for ``store_id`` (client-go's rules).
+
+        Raises:
+            TypeError: ``store_id`` or ``score`` is not an int.
+
+        """
+        for name, value in (("store_id", store_id), ("score", score)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        now = self._clock()
+        entry = self._decayed(store_id, now)
+        if entry is None:
+            self._slow[store_id] = [score, now]
+            if score >= TIKV_SLOW_SCORE_THRESHOLD:
+                _log.info("store %d is slow (TiKV slow score %d)", store_id, score)
+            return
+        last = int(entry[0])
+        if score == last:
+            # Unchanged: only refresh the time, so a high score does not decay while TiKV
+            # keeps reporting it (client-go skips this for 1: nothing decays below it).
+            if score > 1:
+                entry[1] = now
+            return
+        if now - entry[1] < SLOW_SCORE_UPDATE_SECONDS:
+            return
+        entry[0] = score
+        entry[1] = now
+        was_slow = last >= TIKV_SLOW_SCORE_THRESHOLD
+        if was_slow != (score >= TIKV_SLOW_SCORE_THRESHOLD):
+            _log.info(
+                "store %d is %s (TiKV slow score %d -> %d)",
+                store_id,
+                "no longer slow" if was_slow else "slow",
+                last,
+                score,
+            )
+
+    def _decayed(self, store_id: int, now: float) -> list[float] | None:
+        """The store's ``[score, updated]`` after applying any decay due by ``now``."""
+        entry = self._slow.get(store_id)
+        if entry is None or entry[0] <= 1:
+            return entry
+        elapsed = now - entry[1]
+        if elapsed >= SLOW_SCORE_ACTIVE_UPDATE_SECONDS:
+            span = (elapsed // SLOW_SCORE_ACTIVE_UPDATE_SECONDS) * SLOW_SCORE_ACTIVE_UPDATE_SECONDS
+            entry[0] = max(round(entry[0] - SLOW_SCORE_DECAY_PER_SECOND * span), 1)
+            entry[1] += span
+        return entry
+
+    def slow_score(self, store_id: int) -> int:
+        """The store's TiKV-side slow score now (0 before any feedback from it)."""
+        entry = self._decayed(store_id, self._clock())
+        return 0 if entry is None else int(entry[0])
+
+    def is_slow(self, store_id: int) -> bool:
+        """Whether replica reads should prefer other stores: slow score >= 80."""
+        return self.slow_score(store_id) >= TIKV_SLOW_SCORE_THRESHOLD
+
+    def has_slow(self) -> bool:
+        """Whether any store is slow now (a cheap check for the hot path)."""
+        return any(
+            entry[0] >= TIKV_SLOW_SCORE_THRESHOLD and self.is_slow(sid)
+            for sid, entry in self._slow.items()
+        )
 
 
 _RNG = random.Random()
