@@ -800,8 +800,12 @@ class RequestSender:
         self.stats = RequestStats()
         #: Random source of the replica selectors (ties between equally good replicas).
         self.rng = random.Random()
-        #: Stores that just refused connections: replica reads avoid them for a while.
+        #: Stores that just refused connections, and stores TiKV reports slow: replica
+        #: reads avoid them. The transport feeds it the stores' health feedback.
         self.health = StoreHealth()
+        add_health_listener = getattr(transport, "add_health_listener", None)
+        if add_health_listener is not None:
+            add_health_listener(self.health.record_feedback)
         cache = getattr(locator, "cache", None)
         # Store facts for the replica selector when the locator keeps a region cache.
         self._cache_liveness: Callable[[int], Liveness] | None = (
@@ -1084,6 +1088,7 @@ class RequestSender:
                         rng=self.rng,
                         labels=options.match_labels,
                         store_labels=self._store_labels,
+                        is_slow=self.health.is_slow,
                     )
                 else:
                     selector.update_region(region)

@@ -58,7 +58,7 @@ import grpc
 import grpc.aio
 from google.protobuf import message_factory
 from google.protobuf.message import Message
-from tikv_proto import tikvpb_pb2
+from tikv_proto import kvrpcpb_pb2, tikvpb_pb2
 
 from tikv_pd import observability as _obs
 from tikv_pd.batch_queue import PriorityQueue, take_batch
@@ -72,6 +72,7 @@ __all__ = [
     "FATAL_STATUS_CODES",
     "ChannelFactory",
     "Command",
+    "HealthListener",
     "RPCTimeoutError",
     "Transport",
     "TransportError",
@@ -247,6 +248,10 @@ COMMANDS: Mapping[str, Command] = _build_commands()
 #: Builds the gRPC channel for one connection: ``(address, connection index)``.
 ChannelFactory = Callable[[str, int], grpc.aio.Channel]
 
+#: Told each ``kvrpcpb.HealthFeedback`` a store sends (see
+#: :meth:`Transport.add_health_listener`).
+HealthListener = Callable[[kvrpcpb_pb2.HealthFeedback], None]
+
 
 def store_channel_options(config: Config) -> list[tuple[str, int | str]]:
     """The gRPC options a store connection adds to :func:`tikv_pd.channels.channel_options`.
@@ -396,6 +401,8 @@ class TransportStats:
         timeouts: Requests failed by their deadline.
         late_responses: Responses that arrived for requests nobody waited for any more.
         unary_fallbacks: Stores switched to unary because BatchCommands is unimplemented.
+        health_feedbacks: Health feedbacks passed to the listeners.
+        stale_feedbacks: Health feedbacks dropped: older than one already received.
 
     """
 
@@ -408,6 +415,8 @@ class TransportStats:
     timeouts: int = 0
     late_responses: int = 0
     unary_fallbacks: int = 0
+    health_feedbacks: int = 0
+    stale_feedbacks: int = 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -450,13 +459,15 @@ def _canceled(entry: _Entry) -> bool:
 class _Stream:
     """One BatchCommands stream and the requests written to it."""
 
-    __slots__ = ("broken", "call", "inflight", "receiver")
+    __slots__ = ("broken", "call", "feedback_seq", "inflight", "receiver")
 
     def __init__(self, call: Any) -> None:
         self.call = call
         self.inflight: dict[int, _Entry] = {}
         self.broken = False
         self.receiver: asyncio.Task[None] | None = None
+        # The newest health feedback sequence number received on this stream.
+        self.feedback_seq = 0
 
     def break_(self, make_error: Callable[[_Entry], BaseException]) -> int:
         """Mark broken and fail every in-flight request once; return how many failed."""
@@ -899,6 +910,8 @@ class _Store:
                     )
                     return
                 self.load = response.transport_layer_load
+                if response.HasField("health_feedback"):
+                    self.on_health_feedback(stream, response.health_feedback)
                 for rid, sub in zip(response.request_ids, response.responses, strict=False):
                     entry = inflight.pop(rid, None)
                     if entry is None:
@@ -914,6 +927,35 @@ class _Store:
         except Exception as exc:  # a malformed response or a bug: fail what it concerns
             _log.exception("BatchCommands receiver for %s failed", self.address)
             self.fail_stream(stream, exc, None)
+
+    def on_health_feedback(self, stream: _Stream, feedback: kvrpcpb_pb2.HealthFeedback) -> None:
+        """Pass a store's health feedback to the listeners unless it is out of date.
+
+        TiKV numbers its feedback from one counter per store process (seeded with the Unix
+        time at start, ``HealthFeedbackAttacher``), whichever stream carries it. A feedback
+        is dropped when this stream, or another live stream of the store, already
+        delivered a newer one (client-go keeps the number for this purpose and does not
+        check it yet). Only live streams are compared, so a restarted store, whose new
+        numbering may start lower, is heard again on its new streams.
+        """
+        seq = feedback.feedback_seq_no
+        stats = self.transport.stats
+        newest = stream.feedback_seq
+        for conn in self.conns:
+            other = conn.stream
+            if other is not None and other is not stream and not other.broken:
+                newest = max(newest, other.feedback_seq)
+        if seq > stream.feedback_seq:
+            stream.feedback_seq = seq
+        if seq <= newest:
+            stats.stale_feedbacks += 1
+            return
+        stats.health_feedbacks += 1
+        for listener in list(self.transport._health_listeners):
+            try:
+                listener(feedback)
+            except Exception:  # a listener's bug must not stop the receiver
+                _log.exception("health feedback listener %r failed", listener)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -986,6 +1028,7 @@ class Transport:
         self._forwarding: dict[tuple[str, str], _Store] = {}
         self._closed = False
         self._batch = self.config.enable_batch_commands
+        self._health_listeners: list[HealthListener] = []
 
     @property
     def closed(self) -> bool:
@@ -995,6 +1038,29 @@ class Transport:
     def addresses(self) -> list[str]:
         """The store addresses this transport currently holds connections to."""
         return list(self._stores)
+
+    def add_health_listener(self, listener: HealthListener) -> None:
+        """Call ``listener`` with each health feedback a store sends over BatchCommands.
+
+        TiKV attaches a ``kvrpcpb.HealthFeedback`` (store id, sequence number, slow score)
+        to a ``BatchCommandsResponse`` at most once a second per stream, and to every
+        response answering a ``GetHealthFeedback`` command (client-go's
+        ``ClientEventListener.OnHealthFeedback``). A feedback older than one already
+        received from the same store is not passed on. Listeners run on the receiver
+        task: they must be quick and not block; an exception they raise is logged.
+
+        Raises:
+            TypeError: ``listener`` is not callable.
+
+        """
+        if not callable(listener):
+            raise TypeError(f"listener must be callable, got {type(listener).__name__}")
+        self._health_listeners.append(listener)
+
+    def remove_health_listener(self, listener: HealthListener) -> None:
+        """Stop calling ``listener`` (added by :meth:`add_health_listener`); no-op if absent."""
+        with contextlib.suppress(ValueError):
+            self._health_listeners.remove(listener)
 
     def uses_batch_commands(self, address: str) -> bool:
         """Whether requests to ``address`` go over BatchCommands (False after fallback)."""
