@@ -43,7 +43,7 @@ from tikv_txn.delete_range import DeleteRangeTask
 from tikv_txn.gc import GCResult
 from tikv_txn.lock_resolver import LockResolver, ResolveResult
 from tikv_txn.pipelined import AsyncPipelinedTransaction, FlushThresholds
-from tikv_txn.snapshot import AsyncSnapshot
+from tikv_txn.snapshot import AsyncSnapshot, ValueEntry
 from tikv_txn.transaction import AsyncTransaction, KeyAssertion
 
 __all__ = [
@@ -85,6 +85,7 @@ __all__ = [
     "TxnNotFoundError",
     "TxnTooLargeError",
     "UndeterminedError",
+    "ValueEntry",
     "WriteConflictError",
     "__version__",
 ]

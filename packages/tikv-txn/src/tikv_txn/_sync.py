@@ -23,7 +23,7 @@ from tikv_pd.sync import LoopThread
 from tikv_txn.client import AsyncTransactionClient, resolve_options
 from tikv_txn.gc import GC_CONCURRENCY
 from tikv_txn.pipelined import AsyncPipelinedTransaction
-from tikv_txn.snapshot import AsyncSnapshot
+from tikv_txn.snapshot import AsyncSnapshot, ValueEntry
 from tikv_txn.transaction import AsyncTransaction, KeyAssertion
 
 __all__ = ["Snapshot", "Transaction", "TransactionClient"]
@@ -111,6 +111,14 @@ class Snapshot(_Reader):
     def stale_read(self) -> bool:
         """Whether this snapshot reads as a stale read."""
         return self._snap.stale_read
+
+    def get_with_commit_ts(self, key: bytes) -> ValueEntry | None:
+        """The value of ``key`` with its commit ts, or ``None`` (client-go WithReturnCommitTS)."""
+        return self._loop.run(self._snap.get_with_commit_ts(key))
+
+    def batch_get_with_commit_ts(self, keys: Iterable[bytes]) -> dict[bytes, ValueEntry]:
+        """The existing keys among ``keys`` with their values and commit ts."""
+        return self._loop.run(self._snap.batch_get_with_commit_ts(keys))
 
 
 class Transaction(_Reader):

@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tikv_pd.backoff import TXN_LOCK_FAST, Backoffer
 from tikv_pd.config import IsolationLevel, TransactionOptions
-from tikv_pd.errors import LockInfo
+from tikv_pd.errors import LockInfo, TxnError
 from tikv_pd.interceptor import RPCInterceptor, chain_interceptors
 from tikv_pd.observability import register_operations
 from tikv_pd.region_cache import Region
@@ -50,7 +50,22 @@ from tikv_txn.gc import check_visibility
 if TYPE_CHECKING:
     from tikv_txn._runtime import TxnRuntime
 
-__all__ = ["AsyncSnapshot"]
+__all__ = ["AsyncSnapshot", "ValueEntry"]
+
+
+class ValueEntry(NamedTuple):
+    """A value read with the commit ts of the version it came from.
+
+    client-go ``kv.ValueEntry`` as returned with ``kv.WithReturnCommitTS()``: TiKV fills
+    ``commit_ts`` when the read asks for it (``GetRequest`` / ``BatchGetRequest``
+    ``need_commit_ts``).
+    """
+
+    #: The value.
+    value: bytes
+    #: The commit ts of the transaction that wrote it.
+    commit_ts: int
+
 
 _MISSING = object()
 
@@ -80,6 +95,7 @@ class AsyncSnapshot:
 
     __slots__ = (
         "_cache",
+        "_cache_commit_ts",
         "_ignored",
         "_interceptor",
         "_isolation",
@@ -128,6 +144,10 @@ class AsyncSnapshot:
         )
         self._scan_batch = opts.scan_batch_size or cfg.txn_scan_batch
         self._cache: dict[bytes, bytes | None] | None = {} if opts.isolation == "SI" else None
+        # The commit ts of cached values, for the keys read with it: a cached value
+        # without one cannot answer a read that wants it (client-go caches ValueEntry
+        # and treats a zero commit ts as unknown, getSnapCacheWithoutLock).
+        self._cache_commit_ts: dict[bytes, int] = {}
         # Transactions whose locks this snapshot was told to read past.
         self._ignored: set[int] = set()
         self._interceptor: RPCInterceptor | None = None
@@ -202,16 +222,50 @@ class AsyncSnapshot:
         await check_visibility(self._rt, self.ts)
         return value
 
-    async def _get_encoded(self, key: bytes, bo: Backoffer) -> bytes | None:
+    async def get_with_commit_ts(self, key: bytes) -> ValueEntry | None:
+        """Return the value of ``key`` at :attr:`ts` with its commit ts, or ``None``.
+
+        client-go ``KVSnapshot.Get(ctx, key, kv.WithReturnCommitTS())``: the read asks
+        TiKV for the commit ts of the version it returns (``need_commit_ts``). A value
+        cached by an earlier read without it is read again.
+
+        Raises:
+            TypeError / ValueError: ``key`` is not non-empty bytes.
+            TxnError: TiKV returned a value without its commit ts (a server that does
+                not support ``need_commit_ts``).
+            tikv_pd.errors.TimeoutError: The read kept failing for the 20 s budget.
+
+        """
+        check_key(key)
+        self._rt.check_open()
+        enc = self._rt.codec.encode_key(key)
+        bo = self._rt.backoffer(self._rt.budgets.get, "txn get")
+        commit_ts: dict[bytes, int] = {}
+        value = await self._get_encoded(enc, bo, commit_ts)
+        await check_visibility(self._rt, self.ts)
+        if value is None:
+            return None
+        return ValueEntry(value, _required_commit_ts(commit_ts, enc, self.ts))
+
+    async def _get_encoded(
+        self, key: bytes, bo: Backoffer, commit_ts: dict[bytes, int] | None = None
+    ) -> bytes | None:
+        """Read ``key``; with ``commit_ts`` also its commit ts, stored there when found."""
         cache = self._cache
         if cache is not None:
             hit = cache.get(key, _MISSING)
             if hit is not _MISSING:
-                return hit  # type: ignore[return-value]
+                if commit_ts is None or hit is None:
+                    return hit  # type: ignore[return-value]
+                known = self._cache_commit_ts.get(key)
+                if known:
+                    commit_ts[key] = known
+                    return hit  # type: ignore[return-value]
         sender = self._rt.sender
         options = self._options
+        need = commit_ts is not None
         while True:
-            req = kvrpcpb_pb2.GetRequest(key=key, version=self.ts)
+            req = kvrpcpb_pb2.GetRequest(key=key, version=self.ts, need_commit_ts=need)
             resp = await sender.call_key("Get", key, req, bo=bo, options=self._past(options))
             if resp.HasField("error"):
                 err = resp.error
@@ -221,6 +275,10 @@ class AsyncSnapshot:
                 options = self._leader_options  # client-go DisableStaleReadMeetLock
                 continue
             value: bytes | None = None if resp.not_found else resp.value
+            if commit_ts is not None and value is not None and resp.commit_ts:
+                commit_ts[key] = resp.commit_ts
+                if cache is not None:
+                    self._cache_commit_ts[key] = resp.commit_ts
             if cache is not None:
                 cache[key] = value
             return value
@@ -245,21 +303,58 @@ class AsyncSnapshot:
         await check_visibility(self._rt, self.ts)
         return {enc[k]: v for k, v in found.items()}
 
-    async def _batch_get_encoded(self, keys: Sequence[bytes], bo: Backoffer) -> dict[bytes, bytes]:
+    async def batch_get_with_commit_ts(self, keys: Iterable[bytes]) -> dict[bytes, ValueEntry]:
+        """Return the existing keys among ``keys`` with their values and commit ts.
+
+        client-go ``KVSnapshot.BatchGet(ctx, keys, kv.WithReturnCommitTS())``; as
+        :meth:`batch_get` otherwise. Cached values without a known commit ts are read
+        again.
+
+        Raises:
+            TypeError / ValueError: A key is not non-empty bytes.
+            TxnError: TiKV returned a value without its commit ts.
+            tikv_pd.errors.TimeoutError: The read kept failing for the 20 s budget.
+
+        """
+        wanted = check_keys(keys)
+        self._rt.check_open()
+        codec = self._rt.codec
+        enc = {codec.encode_key(k): k for k in wanted}
+        bo = self._rt.backoffer(self._rt.budgets.batch_get, "txn batch_get")
+        commit_ts: dict[bytes, int] = {}
+        found = await self._batch_get_encoded(list(enc), bo, commit_ts)
+        await check_visibility(self._rt, self.ts)
+        return {
+            enc[k]: ValueEntry(v, _required_commit_ts(commit_ts, k, self.ts))
+            for k, v in found.items()
+        }
+
+    async def _batch_get_encoded(
+        self, keys: Sequence[bytes], bo: Backoffer, commit_ts: dict[bytes, int] | None = None
+    ) -> dict[bytes, bytes]:
+        """Read ``keys``; with ``commit_ts`` also the commit ts of each value found."""
         out: dict[bytes, bytes] = {}
         cache = self._cache
+        cached_ts = self._cache_commit_ts
         pending: list[bytes] = []
         for key in keys:
             hit = cache.get(key, _MISSING) if cache is not None else _MISSING
             if hit is _MISSING:
                 pending.append(key)
             elif hit is not None:
+                if commit_ts is not None:
+                    known = cached_ts.get(key)
+                    if not known:
+                        pending.append(key)  # cached without its commit ts: read again
+                        continue
+                    commit_ts[key] = known
                 out[key] = hit  # type: ignore[assignment]
         ts = self.ts
+        need = commit_ts is not None
         sharder: KeysSharder[bytes] = KeysSharder(max_count=self._rt.config.batch_get_size)
 
         def build(region: Region, part: Sequence[bytes]) -> kvrpcpb_pb2.BatchGetRequest:
-            return kvrpcpb_pb2.BatchGetRequest(keys=list(part), version=ts)
+            return kvrpcpb_pb2.BatchGetRequest(keys=list(part), version=ts, need_commit_ts=need)
 
         def handle(region: Region, part: Sequence[bytes], resp: Any) -> tuple[Sequence[bytes], Any]:
             return part, resp
@@ -290,6 +385,10 @@ class AsyncSnapshot:
                         continue
                     out[pair.key] = pair.value
                     got.add(pair.key)
+                    if commit_ts is not None and pair.commit_ts:
+                        commit_ts[pair.key] = pair.commit_ts
+                        if cache is not None:
+                            cached_ts[pair.key] = pair.commit_ts
                 if cache is not None:
                     for key in part:
                         if key in got:
@@ -515,6 +614,21 @@ class AsyncSnapshot:
                 lo = part[1]
 
 
+def _required_commit_ts(commit_ts: Mapping[bytes, int], key: bytes, start_ts: int) -> int:
+    """The commit ts TiKV returned for ``key``; a value without one is an error.
+
+    client-go ``checkCommitTSRequired``: a read that asked for commit timestamps must
+    not hand out a value without one.
+    """
+    found = commit_ts.get(key, 0)
+    if not found:
+        raise TxnError(
+            f"commit timestamp is required but not returned (snapshot {start_ts}); "
+            "the server does not support need_commit_ts"
+        )
+    return found
+
+
 def _read_options(
     runtime: TxnRuntime,
     opts: TransactionOptions,
@@ -572,6 +686,12 @@ def _check_labels(labels: Mapping[str, str] | None) -> tuple[tuple[str, str], ..
 register_operations(
     AsyncSnapshot,
     "txn",
-    {"get": None, "batch_get": None, "scan": None},
+    {
+        "get": None,
+        "batch_get": None,
+        "scan": None,
+        "get_with_commit_ts": None,
+        "batch_get_with_commit_ts": None,
+    },
     span_prefix="tikv.snapshot",
 )
