@@ -398,13 +398,20 @@ class LockResolver:
                 return
             if cleanup in (LockCleanup.CHECK_SECONDARIES, LockCleanup.RESOLVE_ASYNC_COMMIT):
                 try:
-                    await self._resolve_async_commit(lock, status, options)
+                    final = await self._resolve_async_commit(lock, status, options)
                 except _NotAsyncCommitError:
                     # The transaction fell back to 2PC after prewriting part of its
                     # keys: decide on the primary as a normal lock (client-go retries
                     # with forceSyncCommit).
                     force = True
                     continue
+                # What the caller may do is decided by the outcome, as client-go classifies
+                # the status resolveAsyncCommitLock returns: committed before the caller
+                # -> read the value, committed after it or rolled back -> read past it.
+                if final.is_committed and final.commit_ts <= caller_start_ts:
+                    result.committed.add(lock.lock_version)
+                elif final.is_committed or final.is_rolled_back:
+                    result.ignored.add(lock.lock_version)
                 result.resolved += 1
                 return
             if decision.skip_rpc:
@@ -485,12 +492,12 @@ class LockResolver:
 
     async def _resolve_async_commit(
         self, lock: LockInfo, status: TxnStatus, options: RequestOptions
-    ) -> None:
+    ) -> TxnStatus:
         """Settle an async-commit transaction whose primary lock expired.
 
         client-go ``resolveAsyncCommitLock``: with a final status, resolve the primary and
         every secondary with it; otherwise ask every secondary's region (CheckSecondaryLocks)
-        and decide from the answers (:class:`AsyncResolveData`).
+        and decide from the answers (:class:`AsyncResolveData`). Returns the final status.
         """
         _count("resolve_async_commit")
         bo = self._rt.backoffer(ASYNC_RESOLVE_LOCK_MAX_BACKOFF, "async commit resolve")
@@ -506,6 +513,7 @@ class LockResolver:
             final = data.status()
             self._save_resolved(lock.lock_version, final)
         await self._resolve_keys(bo, lock.lock_version, final.commit_ts, keys, options)
+        return final
 
     async def _check_all_secondaries(
         self, bo: Backoffer, lock: LockInfo, primary: LockInfo, options: RequestOptions
