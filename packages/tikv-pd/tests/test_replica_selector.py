@@ -43,7 +43,10 @@ def test_follower_reads_every_follower_once_then_the_leader() -> None:
         ts = targets(sel)
         assert sorted(stores(ts[:2])) == [2, 3]
         assert stores(ts[2:]) == [1]
-        assert all(t.replica_read and not t.stale_read for t in ts)
+        assert not any(t.stale_read for t in ts)
+        # Replica reads off the leader only (client-go nextForReplicaReadMixed: the
+        # leader, reached last, gets a normal read).
+        assert [t.replica_read for t in ts] == [True, True, False]
 
 
 def test_follower_reads_spread_over_the_followers() -> None:
@@ -71,7 +74,8 @@ def test_mixed_reads_any_replica_leader_included() -> None:
     sel = ReplicaSelector(region(), "mixed", rng=rng)
     ts = targets(sel)
     assert sorted(stores(ts)) == [1, 2, 3]
-    assert all(t.replica_read for t in ts)  # client-go flags replica read even on the leader
+    # client-go flags a replica read only when the target is not the leader.
+    assert all(t.replica_read == (t.peer != LEADER) for t in ts)
 
 
 def test_prefer_leader_reads_the_leader_first_then_followers() -> None:
@@ -256,7 +260,7 @@ def test_stale_read_with_a_local_leader_reads_the_leader() -> None:
     assert sel.next() == ReplicaTarget(LEADER, replica_read=False, stale_read=True)
 
 
-def test_stale_read_without_a_local_replica_sends_a_replica_read_to_a_remote_follower() -> None:
+def test_stale_read_without_a_local_replica_stays_stale_on_a_remote_follower() -> None:
     for seed in range(20):
         sel = ReplicaSelector(
             region(),
@@ -277,7 +281,21 @@ def test_stale_read_without_a_local_replica_sends_a_replica_read_to_a_remote_fol
         rng=random.Random(0),
     )
     first = sel.next()
-    assert first is not None and first.replica_read and not first.stale_read
+    # client-go canSendReplicaRead: a first attempt (no leader tried yet) stays stale even
+    # on a remote follower.
+    assert first is not None and first.stale_read and not first.replica_read
+    # Once the leader was tried and was not busy, a retry is a replica read; after a
+    # busy leader it stays stale.
+    for busy in (False, True):
+        sel = ReplicaSelector(
+            region(), stale_read=True, labels=[("zone", "z9")], store_labels=ZONES.get
+        )
+        assert sel.next() == ReplicaTarget(LEADER, replica_read=False, stale_read=True)
+        if busy:
+            sel.on_server_is_busy()
+        retry = sel.next()
+        assert retry is not None and retry.peer != LEADER
+        assert (retry.stale_read, retry.replica_read) == (busy, not busy)
 
 
 def test_follower_reads_prefer_matching_followers_and_need_every_label() -> None:

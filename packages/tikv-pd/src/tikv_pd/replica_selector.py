@@ -327,12 +327,26 @@ class ReplicaSelector:
         )
         if picked is None:
             return None
-        if self.stale_read and self.attempts == 1:
-            if picked is not leader and not self._matches(picked):
-                # A remote replica gets a replica read (client-go: "for compatibility").
+        if self.stale_read:
+            # client-go nextForReplicaReadMixed: a retry, or a first target that is a
+            # remote follower, becomes a replica read only when the leader was already
+            # tried and did not answer busy (canSendReplicaRead); otherwise the read
+            # stays stale (so a first attempt is always stale).
+            if (
+                self.attempts != 1 or (picked is not leader and not self._matches(picked))
+            ) and self._can_send_replica_read(leader):
                 return picked, ReplicaTarget(picked.peer, replica_read=True, stale_read=False)
             return picked, ReplicaTarget(picked.peer, replica_read=False, stale_read=True)
-        return picked, ReplicaTarget(picked.peer, replica_read=self.read_only, stale_read=False)
+        # A replica read only off the leader (client-go: ReplicaRead = read-only request
+        # and the target is not the leader).
+        return picked, ReplicaTarget(
+            picked.peer, replica_read=self.read_only and picked is not leader, stale_read=False
+        )
+
+    @staticmethod
+    def _can_send_replica_read(leader: _Replica | None) -> bool:
+        """client-go ``canSendReplicaRead``: the leader was tried and was not busy."""
+        return leader is not None and leader.attempts > 0 and not leader.server_is_busy
 
     def _pick(
         self,
