@@ -25,10 +25,16 @@ from typing import Protocol, runtime_checkable
 from tikv_pd.errors import ClientClosedError, PDError
 
 __all__ = [
+    "ADAPTIVE_BLOCK_RECOVER_THRESHOLD",
+    "ADAPTIVE_DELAY_BEFORE_RECOVERING",
+    "ADAPTIVE_MIN_INTERVAL",
+    "ADAPTIVE_RECOVER_PER_SECOND",
+    "ADAPTIVE_SHRINK_PRESERVE",
     "DEFAULT_LOW_RESOLUTION_UPDATE_INTERVAL",
     "LOGICAL_BITS",
     "LOGICAL_MASK",
     "MAX_TIMESTAMP",
+    "AdaptiveUpdateInterval",
     "Clock",
     "LocalOracle",
     "LowResolutionTimestampCache",
@@ -453,3 +459,194 @@ class LowResolutionTimestampCache:
             else:
                 self.observe(ts)
             await sleep(self._interval)
+
+
+# ---------------------------------------------------------------------------------------
+# Adaptive refresh interval of the low-resolution timestamp
+# ---------------------------------------------------------------------------------------
+
+#: Lower bound of the adaptive interval, seconds: one odd read cannot make the oracle ask
+#: PD more often than twice a second (client-go ``minAllowedAdaptiveUpdateTSInterval``).
+ADAPTIVE_MIN_INTERVAL = 0.5
+#: How far below the requested staleness the interval is shrunk, seconds (client-go
+#: ``adaptiveUpdateTSIntervalShrinkingPreserve``).
+ADAPTIVE_SHRINK_PRESERVE = 0.1
+#: A read whose staleness is within this much above the current interval keeps the
+#: interval from recovering, seconds (``adaptiveUpdateTSIntervalBlockRecoverThreshold``).
+ADAPTIVE_BLOCK_RECOVER_THRESHOLD = 0.2
+#: Growth of the interval per second while recovering, seconds (client-go
+#: ``adaptiveUpdateTSIntervalRecoverPerSecond``).
+ADAPTIVE_RECOVER_PER_SECOND = 0.02
+#: How long the shrunk interval is held after the last short-staleness read before it
+#: starts recovering, seconds (``adaptiveUpdateTSIntervalDelayBeforeRecovering``: 5 min).
+ADAPTIVE_DELAY_BEFORE_RECOVERING = 300.0
+
+
+class AdaptiveUpdateInterval:
+    """The refresh interval of the low-resolution timestamp, adapted to stale reads.
+
+    client-go's PD oracle (``oracle/oracles/pd.go``) refreshes its cached timestamp every
+    ``update_interval`` (2 s). A stale read at ``now - 1 s`` validated against that cache
+    would find the cache older than its read ts and have to ask PD each time; so when
+    reads ask for a staleness at or below the interval, the interval shrinks to just
+    under it (never below :data:`ADAPTIVE_MIN_INTERVAL`), is held while such reads keep
+    coming, and 5 minutes after the last one grows back by 20 ms per second to the
+    configured value. An interval configured at or below 0.5 s is never adapted.
+
+    States (client-go's names): ``normal`` (the configured interval), ``adapting``
+    (shrunk, or held by recent short-staleness reads), ``recovering`` (growing back),
+    ``unadjustable`` (configured too short to adapt).
+
+    Sans-IO: every method takes ``now``, a monotonic time in seconds; the PD oracle calls
+    :meth:`next_interval` on each tick and when :meth:`note_read` asks for a shrink.
+
+    Args:
+        configured: The configured interval in seconds (> 0).
+        now: The current monotonic time (the time of the "last tick").
+
+    """
+
+    def __init__(self, configured: float, now: float) -> None:
+        self._configured = _check_interval(configured)
+        self._interval = self._configured
+        self._state = ""
+        self._last_short_staleness_read: float | None = None
+        self._lock = threading.Lock()
+        #: Monotonic time of the last refresh (the owner sets it after each one).
+        self.last_tick = now
+
+    @property
+    def configured(self) -> float:
+        """The configured interval, seconds."""
+        return self._configured
+
+    @property
+    def interval(self) -> float:
+        """The interval in use, seconds."""
+        return self._interval
+
+    @property
+    def state(self) -> str:
+        """The state: ``normal``, ``adapting``, ``recovering`` or ``unadjustable``.
+
+        Empty before the first decision.
+        """
+        return self._state
+
+    @property
+    def last_short_staleness_read(self) -> float | None:
+        """When a read last asked for a staleness close to the interval (or ``None``)."""
+        return self._last_short_staleness_read
+
+    def set_configured(self, seconds: float) -> None:
+        """Change the configured interval (client-go ``SetLowResolutionTimestampUpdateInterval``).
+
+        The interval in use follows at once when it was not adapted, or when the new value
+        is shorter than it; otherwise the adaptation continues and recovers toward the new
+        value. Raises :class:`ValueError` for a non-positive value.
+        """
+        seconds = _check_interval(seconds)
+        with self._lock:
+            previous, self._configured = self._configured, seconds
+            if seconds == previous:
+                return
+            if self._interval == previous or seconds < self._interval:
+                self._interval = seconds
+
+    def note_read(self, read_ts: int, current_ts: int, now: float) -> float | None:
+        """Record a stale read at ``read_ts`` while PD's time is ``current_ts``.
+
+        Returns the staleness (seconds, at least 1 ms) the interval should shrink to at
+        once, or ``None`` when the current interval already serves such reads (client-go
+        ``adjustUpdateLowResolutionTSIntervalWithRequestedStaleness``). Staleness is
+        measured on PD's clock: the physical parts of the two timestamps.
+        """
+        staleness = (extract_physical(current_ts) - extract_physical(read_ts)) / 1000.0
+        interval = self._interval
+        if staleness <= interval + ADAPTIVE_BLOCK_RECOVER_THRESHOLD:
+            last = self._last_short_staleness_read
+            if last is None or last < now:
+                self._last_short_staleness_read = now
+        if staleness <= interval and interval > ADAPTIVE_MIN_INTERVAL:
+            # Clock drift between PD and the reader can make it zero or negative.
+            return max(staleness, 0.001)
+        return None
+
+    def next_interval(self, now: float, required_staleness: float = 0.0) -> float:
+        """Decide the interval to use from ``now`` on, and the state.
+
+        Called on each refresh tick with ``required_staleness = 0`` and when a read asked
+        for a shrink (:meth:`note_read`) with its staleness (client-go
+        ``nextUpdateInterval``).
+        """
+        with self._lock:
+            checks: tuple[Callable[[float, float], tuple[str, float] | None], ...]
+            if required_staleness:
+                checks = (self._check_unadjustable, self._check_adapting)
+            else:
+                checks = (
+                    self._check_unadjustable,
+                    self._check_adapting,
+                    self._check_normal,
+                    self._check_recovering,
+                )
+            for check in checks:
+                found = check(now, required_staleness)
+                if found is None:
+                    continue
+                state, interval = found
+                self._interval = interval
+                if state == "recovering":
+                    # Recovery may have reached the configured value: normal again.
+                    back = self._check_normal(now, required_staleness)
+                    if back is not None:
+                        state, self._interval = back
+                if state != self._state:
+                    _log.info(
+                        "low-resolution ts update interval: %s -> %s (%.3fs, configured %.3fs)",
+                        self._state or "initial",
+                        state,
+                        self._interval,
+                        self._configured,
+                    )
+                    self._state = state
+                break
+            return self._interval
+
+    def _recent_short_read(self, now: float) -> bool:
+        last = self._last_short_staleness_read
+        return last is not None and now - last < ADAPTIVE_DELAY_BEFORE_RECOVERING
+
+    def _check_unadjustable(self, now: float, required: float) -> tuple[str, float] | None:
+        if self._configured <= ADAPTIVE_MIN_INTERVAL:
+            return "unadjustable", self._configured
+        return None
+
+    def _check_normal(self, now: float, required: float) -> tuple[str, float] | None:
+        if self._configured > ADAPTIVE_MIN_INTERVAL and self._interval == self._configured:
+            return "normal", self._interval
+        return None
+
+    def _check_adapting(self, now: float, required: float) -> tuple[str, float] | None:
+        current = self._interval
+        if required and required < current and current > ADAPTIVE_MIN_INTERVAL:
+            # Shrink just below the requested staleness, but not below the floor.
+            return "adapting", max(required - ADAPTIVE_SHRINK_PRESERVE, ADAPTIVE_MIN_INTERVAL)
+        if current != self._configured and self._recent_short_read(now):
+            return "adapting", current  # hold: short-staleness reads are still coming
+        return None
+
+    def _check_recovering(self, now: float, required: float) -> tuple[str, float] | None:
+        current = self._interval
+        if current == self._configured or self._recent_short_read(now):
+            return None
+        grown = current + (now - self.last_tick) * ADAPTIVE_RECOVER_PER_SECOND
+        return "recovering", min(grown, self._configured)
+
+
+def _check_interval(seconds: object) -> float:
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise TypeError(f"update interval must be a number of seconds, got {seconds!r}")
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(f"update interval must be > 0 seconds, got {seconds}")
+    return float(seconds)
