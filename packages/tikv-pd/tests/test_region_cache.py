@@ -446,6 +446,51 @@ async def test_get_or_load_store_single_flight() -> None:
         await c.get_or_load_store(5, wrong)
 
 
+async def test_failed_send_makes_the_next_store_lookup_ask_pd_again() -> None:
+    # client-go Store.reResolve: a store that moved (a pod rescheduled) fails every send to
+    # its old address; PD has the new one.
+    clock = Clock()
+    c = make_cache(clock, store_reresolve_interval=30.0)
+    answers = {1: Store(1, "old:20160")}
+    calls: list[int] = []
+
+    async def load(store_id: int) -> Store:
+        calls.append(store_id)
+        return answers[store_id]
+
+    assert (await c.get_or_load_store(1, load)).address == "old:20160"
+    assert (await c.get_or_load_store(1, load)).address == "old:20160"
+    assert calls == [1]  # cached
+    c.insert(LAYOUT[0])
+    answers[1] = Store(1, "new:20160")
+    c.on_send_fail(1, 1)
+    # The first lookup after the failure asks PD at once and sees the move.
+    assert (await c.get_or_load_store(1, load)).address == "new:20160"
+    assert calls == [1, 1]
+    assert (await c.get_or_load_store(1, load)).address == "new:20160"
+    assert calls == [1, 1]  # answered: no more checks until another failure
+    # Sends keep failing (the store is down): PD is asked at most once per interval.
+    c.on_send_fail(1, 1)
+    assert (await c.get_or_load_store(1, load)).address == "new:20160"
+    assert calls == [1, 1]
+    clock.now += 30.0
+    answers[1] = Store(1, "newer:20160")
+    assert (await c.get_or_load_store(1, load)).address == "newer:20160"
+    assert calls == [1, 1, 1]
+
+    # PD failing to answer keeps the cached store (the request goes on with it).
+    async def broken(store_id: int) -> Store:
+        calls.append(store_id)
+        raise PDError("PD is down")
+
+    c.on_send_fail(1, 1)
+    clock.now += 30.0
+    assert (await c.get_or_load_store(1, broken)).address == "newer:20160"
+    assert calls == [1, 1, 1, 1]
+    with pytest.raises(ValueError, match="store_reresolve_interval"):
+        make_cache(store_reresolve_interval=-1)
+
+
 # ---------------------------------------------------------------------------------------
 # Property test: a cluster layout evolves by splits, merges and conf changes; the cache
 # sees regions from any point of that history, in any order.

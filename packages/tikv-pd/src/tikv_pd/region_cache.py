@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import enum
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
@@ -39,11 +40,13 @@ from typing import Any, TypeVar
 
 from tikv_pd import observability as _obs
 from tikv_pd.errors import PDError, format_key
+from tikv_pd.errors import TimeoutError as BackoffTimeoutError
 
 __all__ = [
     "DEFAULT_REGIONS_PER_BATCH",
     "DEFAULT_REGION_CACHE_TTL",
     "DEFAULT_REGION_CACHE_TTL_JITTER",
+    "DEFAULT_STORE_RERESOLVE_INTERVAL",
     "EndKeyLoader",
     "InvalidReason",
     "KeyGrouping",
@@ -63,6 +66,8 @@ __all__ = [
 
 _T = TypeVar("_T")
 
+logger = logging.getLogger("tikv.region_cache")
+
 #: Idle seconds before a cached region must be reloaded (client-go ``config/client.go``
 #: RegionCacheTTL = 600).
 DEFAULT_REGION_CACHE_TTL = 600.0
@@ -72,6 +77,11 @@ DEFAULT_REGIONS_PER_BATCH = 128
 #: Max random extra TTL in seconds (``internal/locate/region_cache.go``
 #: regionCacheTTLJitterSec = 60).
 DEFAULT_REGION_CACHE_TTL_JITTER = 60.0
+#: Seconds between two re-resolutions of a store whose sends keep failing (client-go
+#: ``internal/locate/store_cache.go`` storeReResolveInterval = 30 s). client-go re-resolves
+#: from a background health check that starts after the store became unreachable; here the
+#: first lookup after a failed send asks PD at once and later ones at most this often.
+DEFAULT_STORE_RERESOLVE_INTERVAL = 30.0
 
 
 class PeerRole(enum.IntEnum):
@@ -365,6 +375,11 @@ class _StoreEntry:
     liveness: Liveness = Liveness.UNKNOWN
     failures: int = 0
     address_changes: int = 0
+    # A send to the store failed since PD was last asked about it: the next lookup asks
+    # again (the store may have moved to another address, or become a tombstone).
+    recheck: bool = False
+    # When a failed send last made a lookup ask PD (clock seconds; -inf: never).
+    rechecked_at: float = float("-inf")
 
 
 class RegionCache:
@@ -388,7 +403,13 @@ class RegionCache:
         ttl_jitter: float = DEFAULT_REGION_CACHE_TTL_JITTER,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        store_reresolve_interval: float = DEFAULT_STORE_RERESOLVE_INTERVAL,
     ) -> None:
+        if not store_reresolve_interval >= 0:
+            raise ValueError(
+                f"store_reresolve_interval must be >= 0 seconds, got {store_reresolve_interval}"
+            )
+        self._reresolve_interval = float(store_reresolve_interval)
         if not ttl > 0:
             raise ValueError(f"ttl must be > 0 seconds, got {ttl}")
         if not ttl_jitter >= 0:
@@ -773,6 +794,7 @@ class RegionCache:
         entry = self._stores.get(store_id)
         if entry is not None:
             entry.failures += 1
+            entry.recheck = True
         return len(dropped)
 
     # ----------------------------------------------------------------------------------
@@ -1057,6 +1079,7 @@ class RegionCache:
             return False
         changed = entry.store.address != store.address
         entry.store = store
+        entry.recheck = False
         if changed:
             # A new address is a new process: what we knew about liveness is void.
             entry.liveness = Liveness.UNKNOWN
@@ -1107,9 +1130,11 @@ class RegionCache:
             tikv_pd.errors.PDError: the loader returned another store id.
 
         """
-        store = self.get_store(store_id)
-        if store is not None:
-            return store
+        entry = self._stores.get(store_id)
+        if entry is not None:
+            if entry.recheck:
+                return await self._recheck_store(entry, loader)
+            return entry.store
 
         async def load() -> Store:
             loaded = await loader(store_id)
@@ -1119,6 +1144,38 @@ class RegionCache:
             return loaded
 
         return await self._single_flight(("store", store_id), load)
+
+    async def _recheck_store(self, entry: _StoreEntry, loader: StoreLoader) -> Store:
+        """Ask PD again about a store whose send failed (client-go ``Store.reResolve``).
+
+        A store that restarted on another address (a moved pod) fails every send to the
+        old one, and nothing else would tell the client: PD has the new address. The first
+        lookup after a failure asks at once, later ones at most every
+        ``store_reresolve_interval`` while sends keep failing, so a store that is simply
+        down costs PD one ``GetStore`` per interval. If PD cannot answer, the cached store
+        is used as it is (client-go logs and keeps the store).
+        """
+        now = self._clock()
+        if now - entry.rechecked_at < self._reresolve_interval:
+            return entry.store
+        entry.rechecked_at = now
+        store_id = entry.store.id
+
+        old_address = entry.store.address
+
+        async def load() -> Store:
+            loaded = await loader(store_id)
+            if loaded.id != store_id:
+                raise PDError(f"asked PD for store {store_id}, got store {loaded.id}")
+            if self.put_store(loaded):
+                logger.info("store %d moved from %s to %s", store_id, old_address, loaded.address)
+            return loaded
+
+        try:
+            return await self._single_flight(("store", store_id), load)
+        except (PDError, BackoffTimeoutError) as exc:
+            logger.warning("re-resolving store %d failed, keeping its address: %s", store_id, exc)
+            return entry.store
 
     # ----------------------------------------------------------------------------------
     # Diagnostics
