@@ -1,0 +1,111 @@
+"""Stores whose address changes under the raw client: client-go ``rawkv/rawkv_test.go``
+``TestUpdateStoreAddr``, ``TestReplaceAddrWithNewStore`` and
+``TestReplaceNewAddrAndOldOfflineImmediately``, plus a store that moves to a new port.
+
+As in client-go's suite, the cluster has two stores and one region with a peer on each, led
+by store 1. The mock store really moves: a store that changes address stops serving on the old
+port and serves the same store id and data on the new one, and PD reports the new address.
+A request that reaches another store at an old address gets ``StoreNotMatch``; one sent to an
+address nobody serves any more fails to connect. Either way the client must ask PD for the
+store again and use the new address, within the operation's backoff budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from tikv_mockstore import MockCluster
+from tikv_pd.locator import RegionLocator
+from tikv_raw import AsyncRawClient
+
+KEY, VALUE = b"test_key", b"test_value"
+
+
+@pytest.fixture
+def cluster() -> Iterator[MockCluster]:
+    with MockCluster(stores=2) as c:
+        (region,) = c.regions()
+        assert region.leader_store_id == 1
+        assert {p.store_id for p in region.peers} == {1, 2}
+        yield c
+
+
+@pytest.fixture
+async def client(cluster: MockCluster) -> AsyncIterator[AsyncRawClient]:
+    async with await AsyncRawClient.connect(cluster.pd_endpoints) as c:
+        await c.put(KEY, VALUE)
+        yield c
+
+
+def _locator(client: AsyncRawClient) -> RegionLocator:
+    locator = client._shared.router.locator  # type: ignore[attr-defined]
+    assert isinstance(locator, RegionLocator)
+    return locator
+
+
+def _replace_store_1_by_store_2(cluster: MockCluster) -> None:
+    """client-go: both stores trade addresses, then store 1 goes away and store 2 leads."""
+    (region,) = cluster.regions()
+    cluster.swap_store_addresses(1, 2)
+    cluster.transfer_leader(region.id, 2)
+    cluster.remove_peer(region.id, 1)
+    cluster.remove_store(1)  # tombstone; its server (on store 2's old port) stops
+
+
+async def test_update_store_addr(cluster: MockCluster, client: AsyncRawClient) -> None:
+    # TestUpdateStoreAddr: the stores trade addresses. The client's cached address of the
+    # leader (store 1) now reaches store 2, which answers StoreNotMatch; the client reloads
+    # store 1 from PD and reads from its new address.
+    before = dict(cluster.store_addresses)
+    assert await _locator(client).store_address(1) == before[1]
+    cluster.counters.reset()
+    cluster.swap_store_addresses(1, 2)
+    assert await client.get(KEY) == VALUE
+    assert cluster.counters.count("RawGet", store=2) >= 1  # met store 2 at the old address
+    assert cluster.counters.count("RawGet", store=1) >= 1  # served by store 1, moved
+    assert await _locator(client).store_address(1) == before[2]
+    await client.put(KEY, b"after the swap")
+    assert await client.get(KEY) == b"after the swap"
+
+
+async def test_replace_addr_with_new_store(cluster: MockCluster, client: AsyncRawClient) -> None:
+    # TestReplaceAddrWithNewStore: store 2 takes store 1's address, store 1 is removed and
+    # store 2 leads. The cached leader (store 1) is asked at its old address, where store 2
+    # answers StoreNotMatch; PD says store 1 is a tombstone, so the region is reloaded and
+    # store 2 is resolved (to store 1's old address).
+    before = dict(cluster.store_addresses)
+    _replace_store_1_by_store_2(cluster)
+    assert await client.get(KEY) == VALUE
+    assert await _locator(client).store_address(2) == before[1]
+
+
+async def test_replace_new_addr_and_old_offline_immediately(
+    cluster: MockCluster, client: AsyncRawClient
+) -> None:
+    # TestReplaceNewAddrAndOldOfflineImmediately: as above, but the client already knows
+    # store 2 by its old address (client-go preloads it with a follower read). After the
+    # region reload the leader is store 2, whose cached address is now the removed store's
+    # and refuses connections: the client must re-resolve store 2 from PD after the failed
+    # send instead of retrying the dead address until its budget runs out.
+    before = dict(cluster.store_addresses)
+    assert await _locator(client).store_address(2) == before[2]
+    _replace_store_1_by_store_2(cluster)
+    assert await client.get(KEY) == VALUE
+    assert await _locator(client).store_address(2) == before[1]
+    await client.put(KEY, b"v2")
+    assert await client.get(KEY) == b"v2"
+
+
+async def test_leader_store_moves_to_a_new_port(
+    cluster: MockCluster, client: AsyncRawClient
+) -> None:
+    # A store restarts on a new address and nobody serves the old one: the send fails to
+    # connect, and the client finds the new address through PD.
+    old = cluster.store_addresses[1]
+    new = cluster.move_store(1)
+    assert new != old
+    assert await client.get(KEY) == VALUE
+    assert await _locator(client).store_address(1) == new
+    await client.put(KEY, b"moved")
+    assert await client.get(KEY) == b"moved"
