@@ -109,3 +109,105 @@ async def test_leader_store_moves_to_a_new_port(
     assert await _locator(client).store_address(1) == new
     await client.put(KEY, b"moved")
     assert await client.get(KEY) == b"moved"
+
+
+# client-go runs most of its raw suite after the same replacement (store 2 takes store 1's
+# address, store 1 goes away, store 2 leads): every operation must find its way there.
+
+PAIRS = {
+    b"db": b"TiDB",
+    b"key2": b"value2",
+    b"key1": b"value1",
+    b"key4": b"value4",
+    b"key3": b"value3",
+    b"kv": b"TiKV",
+}
+
+
+async def test_column_families_after_store_replacement(
+    cluster: MockCluster, client: AsyncRawClient
+) -> None:
+    # TestColumnFamilyForClient / TestColumnFamilyForOptions (TiKV has the "default",
+    # "write" and "lock" column families; client-go's mock accepts any name).
+    write, lock = client.with_cf("write"), client.with_cf("lock")
+    await write.put(b"key_cf1", b"value_cf1")
+    await lock.put(b"key_cf2", b"value_cf2")
+    _replace_store_1_by_store_2(cluster)
+    assert await write.get(b"key_cf1") == b"value_cf1"
+    assert await write.get(b"key_cf2") is None
+    assert await lock.get(b"key_cf2") == b"value_cf2"
+    assert await lock.get(b"key_cf1") is None
+    assert await client.get(b"key_cf1") is None
+    assert await client.get(b"key_cf2") is None
+    await write.delete(b"key_cf1")
+    assert await write.get(b"key_cf1") is None
+    await lock.delete(b"key_cf2")
+    assert await lock.get(b"key_cf2") is None
+
+
+async def test_batch_after_store_replacement(cluster: MockCluster, client: AsyncRawClient) -> None:
+    # TestBatch.
+    cf = client.with_cf("write")
+    await cf.batch_put(PAIRS)
+    _replace_store_1_by_store_2(cluster)
+    assert await cf.batch_get(list(PAIRS)) == PAIRS
+    await cf.batch_delete(list(PAIRS))
+    assert await cf.get(b"db") is None
+    assert await cf.batch_get(list(PAIRS)) == {}
+
+
+async def test_scan_after_store_replacement(cluster: MockCluster, client: AsyncRawClient) -> None:
+    # TestScan: a bounded scan with a limit, then a key-only reverse scan.
+    cf = client.with_cf("write")
+    await cf.batch_put(PAIRS)
+    _replace_store_1_by_store_2(cluster)
+    got = await cf.scan(b"key1", b"keyz", limit=3)
+    assert got == [(b"key1", b"value1"), (b"key2", b"value2"), (b"key3", b"value3")]
+    keys = [k for k, _ in await cf.scan(b"", b"key3", limit=10, key_only=True, reverse=True)]
+    assert keys == [b"key2", b"key1", b"db"]
+
+
+async def test_delete_range_after_store_replacement(
+    cluster: MockCluster, client: AsyncRawClient
+) -> None:
+    # TestDeleteRange.
+    cf = client.with_cf("write")
+    await cf.batch_put(PAIRS)
+    _replace_store_1_by_store_2(cluster)
+    await cf.delete_range(b"key3", None)
+    assert await cf.scan(b"key3", None, limit=10) == []
+    assert [k for k, _ in await cf.scan(limit=10)] == [b"db", b"key1", b"key2"]
+    await cf.delete_range(b"", None)
+    assert await cf.scan(limit=10) == []
+
+
+async def test_compare_and_swap_after_store_replacement(cluster: MockCluster) -> None:
+    # TestCompareAndSwap: CAS needs the atomic mode; then a failed and a successful swap.
+    async with await AsyncRawClient.connect(cluster.pd_endpoints) as plain:
+        await plain.with_cf("write").put(b"kv", b"TiDB")
+        _replace_store_1_by_store_2(cluster)
+        with pytest.raises(ValueError, match="atomic"):
+            await plain.with_cf("write").compare_and_swap(b"kv", b"TiDB", b"TiKV")
+    async with await AsyncRawClient.connect(cluster.pd_endpoints, atomic=True) as atomic:
+        cf = atomic.with_cf("write")
+        assert await cf.compare_and_swap(b"kv", b"TiKV", b"TiKV") == (b"TiDB", False)
+        assert await cf.compare_and_swap(b"kv", b"TiDB", b"TiKV") == (b"TiDB", True)
+        assert await cf.get(b"kv") == b"TiKV"
+
+
+async def test_checksum_after_store_replacement(
+    cluster: MockCluster, client: AsyncRawClient
+) -> None:
+    # TestRawChecksum: XOR of CRC-64/XZ of key + value, counts and bytes.
+    from _raw_fake_router import crc64_xz
+
+    await client.delete(KEY)
+    await client.batch_put(PAIRS)
+    _replace_store_1_by_store_2(cluster)
+    check = await client.checksum(b"db", None)
+    expected = 0
+    for k, v in PAIRS.items():
+        expected ^= crc64_xz(k + v)
+    assert check.crc64_xor == expected
+    assert check.total_kvs == len(PAIRS)
+    assert check.total_bytes == sum(len(k) + len(v) for k, v in PAIRS.items())
