@@ -1,0 +1,110 @@
+"""Health feedback in the transport: listeners, out-of-date feedback dropped (mock store)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+mockstore = pytest.importorskip("tikv_mockstore")
+
+import tikv_pd.transport as transport_mod  # noqa: E402
+from tikv_pd.config import Config  # noqa: E402
+from tikv_pd.transport import Transport  # noqa: E402
+from tikv_proto import kvrpcpb_pb2  # noqa: E402
+
+MockCluster = mockstore.MockCluster
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    with MockCluster(stores=1) as c:
+        yield c
+
+
+def _address(cluster: Any) -> str:
+    (address,) = cluster.store_addresses.values()
+    return str(address)
+
+
+async def _ask(transport: Transport, address: str) -> kvrpcpb_pb2.HealthFeedback:
+    resp = await transport.send(
+        address, "GetHealthFeedback", kvrpcpb_pb2.GetHealthFeedbackRequest(), 5.0
+    )
+    return resp.health_feedback  # type: ignore[no-any-return]
+
+
+def _feedback(seq: int, score: int = 1) -> kvrpcpb_pb2.HealthFeedback:
+    return kvrpcpb_pb2.HealthFeedback(store_id=1, feedback_seq_no=seq, slow_score=score)
+
+
+async def test_listeners_get_each_feedback_the_store_sends(cluster: Any) -> None:
+    address = _address(cluster)
+    got: list[kvrpcpb_pb2.HealthFeedback] = []
+    async with Transport(Config(grpc_connection_count=2)) as transport:
+        transport.add_health_listener(got.append)
+        cluster.set_slow_score(1, 88)
+        try:
+            answers = [await _ask(transport, address) for _ in range(4)]
+        finally:
+            cluster.set_slow_score(1, 1)
+        # Every GetHealthFeedback answer also came as the message's feedback, in order.
+        assert [f.feedback_seq_no for f in got] == [f.feedback_seq_no for f in answers]
+        assert all(f.store_id == 1 and f.slow_score == 88 for f in got)
+        assert transport.stats.health_feedbacks == 4
+        transport.remove_health_listener(got.append)
+        transport.remove_health_listener(got.append)  # absent: no-op
+        await _ask(transport, address)
+        assert len(got) == 4
+        with pytest.raises(TypeError, match="listener must be callable"):
+            transport.add_health_listener(42)  # type: ignore[arg-type]
+
+
+async def test_out_of_date_feedback_is_dropped(cluster: Any) -> None:
+    address = _address(cluster)
+    seqs: list[int] = []
+    async with Transport(Config(grpc_connection_count=2)) as transport:
+        transport.add_health_listener(lambda f: seqs.append(f.feedback_seq_no))
+        await _ask(transport, address)
+        await _ask(transport, address)  # the second connection's stream (round robin)
+        store = transport._stores[address]
+        one, two = (conn.stream for conn in store.conns)
+        assert one is not None and two is not None and one is not two
+        seqs.clear()
+        base = max(one.feedback_seq, two.feedback_seq)
+        deliver = store.on_health_feedback
+        deliver(one, _feedback(base + 10))
+        deliver(two, _feedback(base + 9))  # older than what the other stream delivered
+        deliver(two, _feedback(base + 11))
+        deliver(one, _feedback(base + 11))  # not newer
+        deliver(one, _feedback(base + 5))  # older than this stream's own
+        assert seqs == [base + 10, base + 11]
+        stale = transport.stats.stale_feedbacks
+        assert stale == 3
+        # A restarted store numbers from a lower value: once the old streams are gone,
+        # its new stream is heard.
+        one.broken = two.broken = True
+        fresh = transport_mod._Stream(call=None)
+        deliver(fresh, _feedback(7))
+        assert seqs[-1] == 7
+
+
+async def test_a_failing_listener_does_not_stop_the_receiver(
+    cluster: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    address = _address(cluster)
+    got: list[int] = []
+
+    def broken(feedback: kvrpcpb_pb2.HealthFeedback) -> None:
+        raise RuntimeError("listener bug")
+
+    async with Transport(Config(grpc_connection_count=1)) as transport:
+        transport.add_health_listener(broken)
+        transport.add_health_listener(lambda f: got.append(f.feedback_seq_no))
+        with caplog.at_level(logging.ERROR, logger="tikv.transport"):
+            first = await _ask(transport, address)
+            second = await _ask(transport, address)  # the same stream still answers
+        assert got == [first.feedback_seq_no, second.feedback_seq_no]
+        assert any("health feedback listener" in r.getMessage() for r in caplog.records)
