@@ -50,6 +50,10 @@ from tikv_txn.gc import check_visibility
 if TYPE_CHECKING:
     from tikv_txn._runtime import TxnRuntime
 
+#: The max timestamp: a read at it sees the latest committed data (client-go
+#: ``txnsnapshot`` maxTimestamp, used by autocommit point gets).
+_MAX_TS = 2**64 - 1
+
 __all__ = ["AsyncSnapshot", "ValueEntry"]
 
 
@@ -264,6 +268,7 @@ class AsyncSnapshot:
         sender = self._rt.sender
         options = self._options
         need = commit_ts is not None
+        first_lock: int | None = None
         while True:
             req = kvrpcpb_pb2.GetRequest(key=key, version=self.ts, need_commit_ts=need)
             resp = await sender.call_key("Get", key, req, bo=bo, options=self._past(options))
@@ -271,7 +276,18 @@ class AsyncSnapshot:
                 err = resp.error
                 if not err.HasField("locked"):
                     raise self._rt.key_error(err, start_ts=self.ts)
-                await self.resolve_for_read(bo, [lock_from_pb(err.locked)])
+                lock = lock_from_pb(err.locked)
+                if self.ts == _MAX_TS:
+                    # client-go snapshot.get: a point get at the max ts (an autocommit point
+                    # get) waits only for the first lock it meets; a lock of another
+                    # transaction met on a retry is read past (its start ts joins the
+                    # resolved locks), since that transaction began after the get did.
+                    if first_lock is None:
+                        first_lock = lock.lock_version
+                    elif lock.lock_version != first_lock:
+                        self._ignored.add(lock.lock_version)
+                        continue
+                await self.resolve_for_read(bo, [lock])
                 options = self._leader_options  # client-go DisableStaleReadMeetLock
                 continue
             value: bytes | None = None if resp.not_found else resp.value
