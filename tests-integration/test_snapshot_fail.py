@@ -157,3 +157,42 @@ def test_retry_point_get_resolve_ts(
     commit_ts = committer.commit_ts
     assert txn.snapshot(commit_ts).get(k2) == b"v2"
     assert txn.snapshot(commit_ts - 1).get(k2) is None
+
+
+def test_retry_max_ts_point_get_skips_a_later_lock(
+    txn: TransactionClient, tprefix: bytes, mock: MockCluster, faults: list[Any]
+) -> None:
+    # client-go TestRetryMaxTsPointGetSkipLock: a point get at the max timestamp (an
+    # autocommit point get) is blocked only by the first lock it meets. Here that first lock
+    # is fabricated by the store (resolved: no such transaction, rolled back after its 50 ms
+    # TTL); when the get is sent again it meets the live lock of another async-commit
+    # transaction, which it must read past at once (old value) instead of waiting for that
+    # transaction.
+    from tikv_txn import TransactionOptions
+
+    k1, k2 = tprefix + b"k1", tprefix + b"k2"
+    with txn.begin() as t:
+        t.put(k1, b"v1")
+        t.put(k2, b"v2")
+    writer = txn.begin(TransactionOptions(async_commit=True))
+    writer.put(k1, b"v3")
+    writer.put(k2, b"v4")
+    committer = writer.async_transaction._new_committer()
+    loop = txn.loop_thread
+    assert loop.run(committer.prepare())
+    loop.run(committer.prewrite())
+    assert committer.async_commit
+    live = mock.engine.lock_of(k2)
+    assert live is not None and live.use_async_commit
+    fault = mock.faults.add("KvGet", region=_region_of(mock, k2), key_error="locked", times=1)
+    faults.append(fault)
+    got = loop.run(_within(txn.async_client.snapshot(MAX_TS).get(k2), 10))
+    assert got == b"v2"
+    assert mock.faults.get(fault.id) is None  # the first (fabricated) lock was met
+    lock_now = mock.engine.lock_of(k2)
+    assert lock_now is not None and lock_now.start_ts == live.start_ts  # left alone
+    # The writer still commits.
+    loop.run(committer.get_commit_ts())
+    loop.run(committer.commit_primary())
+    loop.run(committer.commit_batches(committer.batches[1:]))
+    assert txn.begin().batch_get([k1, k2]) == {k1: b"v3", k2: b"v4"}
