@@ -13,6 +13,8 @@ workload               one operation (``--keys`` N, default 100,000)
 ``get_seq``            ``get`` of each key of a full ``put_seq`` buffer, in order (Get)
 ``get_random``         ``get`` of each key of a full ``put_random`` buffer (GetRandom)
 ``set_get_random``     ``set`` then ``get`` of 8-byte keys in random order (MemDbBufferRandom)
+``set_get_long_key``   ``set`` then ``get`` of 1 KiB keys sharing a 1016-byte prefix, N / 10 keys
+                       (MemBufferSetGetLongKey)
 ``iterate``            one step of a full forward iteration of N entries (MemDbIter)
 ``iterate_staged``     the same with a staging buffer open (SnapshotIter)
 ``iterate_reverse``    one step of a full reverse iteration
@@ -132,6 +134,23 @@ def bench_set_get(n: int, seed: int) -> dict[str, Any]:
     return result
 
 
+def bench_set_get_long_key(n: int) -> dict[str, Any]:
+    """``set`` then ``get`` of ``n`` 1 KiB keys: the number at the end, zeros before it."""
+    keys = [bytes(1016) + struct.pack("<Q", i) for i in range(n)]
+    db = MemBuffer()
+    found: list[object] = []
+
+    def body() -> None:
+        for k in keys:
+            db.set(k, k)
+        get = db.get
+        found.extend(get(k) for k in keys)
+
+    result = _timed(2 * n, body)
+    _check(found == keys and len(db) == n, "a long key was lost or read back wrong")
+    return result
+
+
 def bench_iterate(n: int, *, staged: bool = False, reverse: bool = False) -> dict[str, Any]:
     """One full iteration of ``n`` entries written in random order."""
     keys = [struct.pack(">Q", i) for i in range(n)]
@@ -210,6 +229,7 @@ def run(n: int = 100_000, seed: int = 42) -> dict[str, Any]:
         "get_seq": bench_get(seq),
         "get_random": bench_get(rnd),
         "set_get_random": bench_set_get(n, seed),
+        "set_get_long_key": bench_set_get_long_key(max(n // 10, 1)),
         "iterate": bench_iterate(n),
         "iterate_staged": bench_iterate(n, staged=True),
         "iterate_reverse": bench_iterate(n, reverse=True),
