@@ -43,6 +43,7 @@ from tikv_txn.delete_range import DeleteRangeTask
 from tikv_txn.gc import GCResult
 from tikv_txn.lock_resolver import LockResolver, ResolveResult
 from tikv_txn.pipelined import AsyncPipelinedTransaction, FlushThresholds
+from tikv_txn.runtime_stats import SnapshotRuntimeStats
 from tikv_txn.snapshot import AsyncSnapshot, ValueEntry
 from tikv_txn.transaction import AsyncTransaction, KeyAssertion
 
@@ -74,6 +75,7 @@ __all__ = [
     "RegionError",
     "ResolveResult",
     "Snapshot",
+    "SnapshotRuntimeStats",
     "TiKVError",
     "TimeoutError",
     "Transaction",

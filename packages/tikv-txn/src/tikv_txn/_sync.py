@@ -23,6 +23,7 @@ from tikv_pd.sync import LoopThread
 from tikv_txn.client import AsyncTransactionClient, resolve_options
 from tikv_txn.gc import GC_CONCURRENCY
 from tikv_txn.pipelined import AsyncPipelinedTransaction
+from tikv_txn.runtime_stats import SnapshotRuntimeStats
 from tikv_txn.snapshot import AsyncSnapshot, ValueEntry
 from tikv_txn.transaction import AsyncTransaction, KeyAssertion
 
@@ -111,6 +112,15 @@ class Snapshot(_Reader):
     def stale_read(self) -> bool:
         """Whether this snapshot reads as a stale read."""
         return self._snap.stale_read
+
+    @property
+    def runtime_stats(self) -> SnapshotRuntimeStats | None:
+        """The statistics this snapshot adds to, or ``None``."""
+        return self._snap.runtime_stats
+
+    def set_runtime_stats(self, stats: SnapshotRuntimeStats | None) -> None:
+        """Record what this snapshot's reads cost (see ``AsyncSnapshot.set_runtime_stats``)."""
+        self._snap.set_runtime_stats(stats)
 
     def get_with_commit_ts(self, key: bytes) -> ValueEntry | None:
         """The value of ``key`` with its commit ts, or ``None`` (client-go WithReturnCommitTS)."""

@@ -30,14 +30,16 @@ and reads that key again from the leader with a normal read (client-go
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tikv_pd.backoff import TXN_LOCK_FAST, Backoffer
 from tikv_pd.config import IsolationLevel, TransactionOptions
 from tikv_pd.errors import LockInfo, TxnError
-from tikv_pd.interceptor import RPCInterceptor, chain_interceptors
+from tikv_pd.interceptor import RPCInterceptor, RPCInvoker, RPCRequest, chain_interceptors
 from tikv_pd.observability import register_operations
 from tikv_pd.region_cache import Region
 from tikv_pd.request import KeysSharder, RequestOptions
@@ -46,6 +48,7 @@ from tikv_proto import kvrpcpb_pb2
 from tikv_txn._kv import lock_from_pb
 from tikv_txn._validate import check_key, check_keys, check_limit, check_range
 from tikv_txn.gc import check_visibility
+from tikv_txn.runtime_stats import SnapshotRuntimeStats
 
 if TYPE_CHECKING:
     from tikv_txn._runtime import TxnRuntime
@@ -100,6 +103,7 @@ class AsyncSnapshot:
     __slots__ = (
         "_cache",
         "_cache_commit_ts",
+        "_chain",
         "_ignored",
         "_interceptor",
         "_isolation",
@@ -109,6 +113,7 @@ class AsyncSnapshot:
         "_rt",
         "_scan_batch",
         "_scan_options",
+        "_stats",
         "stale_read",
         "ts",
     )
@@ -157,6 +162,9 @@ class AsyncSnapshot:
         self._interceptor: RPCInterceptor | None = None
         # Options of the lock resolution this snapshot's reads cause (None: the client's).
         self._resolve_options: RequestOptions | None = None
+        # The interceptor chain of the reads (client's and own), without the recorder.
+        self._chain: RPCInterceptor | None = runtime.interceptor
+        self._stats: SnapshotRuntimeStats | None = None
 
     # -- RPC interceptors (client-go KVSnapshot.SetRPCInterceptor / AddRPCInterceptor) ---
 
@@ -194,12 +202,55 @@ class AsyncSnapshot:
 
     def _use_interceptor(self, effective: RPCInterceptor | None) -> None:
         """Send the reads with ``effective`` (the whole chain, the client's included)."""
-        self._options = dataclasses.replace(self._options, interceptor=effective)
-        self._scan_options = dataclasses.replace(self._scan_options, interceptor=effective)
-        self._leader_options = dataclasses.replace(self._leader_options, interceptor=effective)
+        self._chain = effective
+        self._apply_read_chain()
         # Lock resolution runs inside the same chain (client-go's resolver sends with
         # the reader's context, which carries its interceptor).
         self._resolve_options = self._rt.resolve_options(effective)
+
+    def _apply_read_chain(self) -> None:
+        """Put :attr:`_chain`, plus the statistics recorder if any, in the reads' options."""
+        chain = self._chain
+        if self._stats is not None:
+            # Outermost: like client-go, which times the send with the interceptors
+            # inside it and reads exec details from the response they hand back. Lock
+            # resolution is not counted: client-go's resolver sends without the
+            # snapshot's statistics.
+            recorder = _StatsRecorder(self._stats)
+            chain = recorder if chain is None else chain_interceptors(recorder, chain)
+        self._options = dataclasses.replace(self._options, interceptor=chain)
+        self._scan_options = dataclasses.replace(self._scan_options, interceptor=chain)
+        self._leader_options = dataclasses.replace(self._leader_options, interceptor=chain)
+
+    # -- runtime statistics (client-go KVSnapshot.SetRuntimeStats) -----------------------
+
+    @property
+    def runtime_stats(self) -> SnapshotRuntimeStats | None:
+        """The statistics this snapshot adds to, or ``None`` (not collecting)."""
+        return self._stats
+
+    def set_runtime_stats(self, stats: SnapshotRuntimeStats | None) -> None:
+        """Record what this snapshot's reads cost into ``stats`` (``None``: stop).
+
+        Each RPC of a read is counted per command with its time (and its region or send
+        error), each read's backoffs per kind, the time spent resolving locks, and the
+        execution details TiKV returns (``exec_details_v2``); ``str(stats)`` prints them
+        as client-go's ``SnapshotRuntimeStats.String()``. Lock resolution RPCs are not
+        counted, as in client-go.
+
+        Raises:
+            TypeError: ``stats`` is not a :class:`~tikv_txn.runtime_stats.SnapshotRuntimeStats`.
+
+        """
+        if stats is not None and not isinstance(stats, SnapshotRuntimeStats):
+            raise TypeError(f"stats must be a SnapshotRuntimeStats, got {type(stats).__name__}")
+        self._stats = stats
+        self._apply_read_chain()
+
+    def _record_backoff(self, bo: Backoffer) -> None:
+        stats = self._stats
+        if stats is not None and bo.total_sleep_ms:
+            stats.record_backoff(bo.backoff_sleep_ms, bo.backoff_times)
 
     @property
     def isolation(self) -> IsolationLevel:
@@ -221,7 +272,10 @@ class AsyncSnapshot:
         self._rt.check_open()
         enc = self._rt.codec.encode_key(key)
         bo = self._rt.backoffer(self._rt.budgets.get, "txn get")
-        value = await self._get_encoded(enc, bo)
+        try:
+            value = await self._get_encoded(enc, bo)
+        finally:
+            self._record_backoff(bo)
         # client-go checks the GC safepoint after the read (GC may advance meanwhile).
         await check_visibility(self._rt, self.ts)
         return value
@@ -245,7 +299,10 @@ class AsyncSnapshot:
         enc = self._rt.codec.encode_key(key)
         bo = self._rt.backoffer(self._rt.budgets.get, "txn get")
         commit_ts: dict[bytes, int] = {}
-        value = await self._get_encoded(enc, bo, commit_ts)
+        try:
+            value = await self._get_encoded(enc, bo, commit_ts)
+        finally:
+            self._record_backoff(bo)
         await check_visibility(self._rt, self.ts)
         if value is None:
             return None
@@ -315,7 +372,10 @@ class AsyncSnapshot:
         codec = self._rt.codec
         enc = {codec.encode_key(k): k for k in wanted}
         bo = self._rt.backoffer(self._rt.budgets.batch_get, "txn batch_get")
-        found = await self._batch_get_encoded(list(enc), bo)
+        try:
+            found = await self._batch_get_encoded(list(enc), bo)
+        finally:
+            self._record_backoff(bo)
         await check_visibility(self._rt, self.ts)
         return {enc[k]: v for k, v in found.items()}
 
@@ -338,7 +398,10 @@ class AsyncSnapshot:
         enc = {codec.encode_key(k): k for k in wanted}
         bo = self._rt.backoffer(self._rt.budgets.batch_get, "txn batch_get")
         commit_ts: dict[bytes, int] = {}
-        found = await self._batch_get_encoded(list(enc), bo, commit_ts)
+        try:
+            found = await self._batch_get_encoded(list(enc), bo, commit_ts)
+        finally:
+            self._record_backoff(bo)
         await check_visibility(self._rt, self.ts)
         return {
             enc[k]: ValueEntry(v, _required_commit_ts(commit_ts, k, self.ts))
@@ -458,9 +521,12 @@ class AsyncSnapshot:
         server reports it again, the retry backs off too, so a lock that keeps coming
         back cannot make the reader spin without consuming its budget.
         """
+        started = time.perf_counter_ns()
         res = await self._rt.resolver.resolve_locks(
             bo, self.ts, locks, for_read=True, options=self._resolve_options
         )
+        if self._stats is not None:
+            self._stats.resolve_lock_ns += time.perf_counter_ns() - started
         if res.ms_before_expired > 0:
             await bo.backoff(
                 TXN_LOCK_FAST, self._rt.locked_error(locks[0]), max_sleep_ms=res.ms_before_expired
@@ -542,8 +608,23 @@ class AsyncSnapshot:
         self, lo: bytes, hi: bytes, key_only: bool, reverse: bool, limit: int | None
     ) -> AsyncIterator[list[tuple[bytes, bytes]]]:
         """Yield pages of encoded pairs, region by region, in scan order."""
-        ts = self.ts
         bo = self._rt.backoffer(self._rt.budgets.scan, "txn scan")
+        try:
+            async for page in self._scan_pages(lo, hi, key_only, reverse, limit, bo):
+                yield page
+        finally:
+            self._record_backoff(bo)
+
+    async def _scan_pages(
+        self,
+        lo: bytes,
+        hi: bytes,
+        key_only: bool,
+        reverse: bool,
+        limit: int | None,
+        bo: Backoffer,
+    ) -> AsyncIterator[list[tuple[bytes, bytes]]]:
+        ts = self.ts
         remaining = limit
         while True:
             if hi and lo >= hi:
@@ -628,6 +709,50 @@ class AsyncSnapshot:
                 if not part[1] or (hi and part[1] >= hi):
                     return
                 lo = part[1]
+
+
+class _StatsRecorder:
+    """Records each RPC attempt of a snapshot's reads into its runtime statistics.
+
+    client-go records per attempt in the region request sender: the command and its
+    time, a region error by its kind, a failed send by its error; and the snapshot adds
+    the execution details of each response.
+    """
+
+    name = "tikv-snapshot-runtime-stats"
+
+    def __init__(self, stats: SnapshotRuntimeStats) -> None:
+        self.stats = stats
+
+    def wrap(self, next: RPCInvoker) -> RPCInvoker:
+        stats = self.stats
+
+        async def invoke(rpc: RPCRequest) -> Any:
+            started = time.perf_counter_ns()
+            try:
+                resp = await next(rpc)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                stats.record_rpc(rpc.command, time.perf_counter_ns() - started)
+                stats.record_error(type(exc).__name__)
+                raise
+            stats.record_rpc(rpc.command, time.perf_counter_ns() - started)
+            if resp.HasField("region_error"):
+                kinds = [f.name for f, _ in resp.region_error.ListFields() if f.name != "message"]
+                stats.record_error(kinds[0] if kinds else "unknown")
+            elif _has_exec_details(resp):
+                stats.merge_exec_details(resp.exec_details_v2)
+            return resp
+
+        return invoke
+
+
+def _has_exec_details(resp: Any) -> bool:
+    try:
+        return bool(resp.HasField("exec_details_v2"))
+    except ValueError:  # a response type without the field (Scan)
+        return False
 
 
 def _required_commit_ts(commit_ts: Mapping[bytes, int], key: bytes, start_ts: int) -> int:
