@@ -172,6 +172,7 @@ class ReplicaSelector:
         "_liveness",
         "_replicas",
         "_rng",
+        "_stale_on_leader",
         "_store_labels",
         "attempts",
         "read_only",
@@ -218,6 +219,8 @@ class ReplicaSelector:
         self.attempts = 0
         #: The peer of the last target (``None`` before the first or when exhausted).
         self.target: Peer | None = None
+        # A leader retry after RegionNotFound keeps the failed attempt's stale flag.
+        self._stale_on_leader = False
 
     # -- the region ----------------------------------------------------------------------
 
@@ -293,7 +296,9 @@ class ReplicaSelector:
     ) -> tuple[_Replica, ReplicaTarget] | None:
         leader = self._leader()
         if leader is not None and self._leader_candidate(leader, unreachable):
-            return leader, ReplicaTarget(leader.peer, replica_read=False, stale_read=False)
+            return leader, ReplicaTarget(
+                leader.peer, replica_read=False, stale_read=self._stale_on_leader
+            )
         # The leader cannot be used: try the others once each; one of them answers with
         # the new leader (client-go: the mixed strategy without any preference).
         picked = self._pick(
@@ -442,6 +447,26 @@ class ReplicaSelector:
         if self.target.id == leader.id:
             return False
         self.read_type = "leader"
+        return True
+
+    def on_region_not_found(self, stale_read: bool) -> bool:
+        """The target answered RegionNotFound; whether to retry at once on the leader.
+
+        client-go ``onRegionNotFound``: when the leader was not tried yet (the peer that
+        answered may just not have been created after a split, or was moved), the same
+        request goes to the leader now, as a leader read that keeps the failed attempt's
+        stale flag; the caller invalidates the cached region meanwhile. Otherwise the
+        error stands (the caller reloads the region).
+
+        Args:
+            stale_read: Whether the failed attempt was a stale read.
+
+        """
+        leader = self._leader()
+        if leader is None or leader.attempts > 0:
+            return False
+        self.read_type = "leader"
+        self._stale_on_leader = stale_read
         return True
 
     def on_data_is_not_ready(self) -> None:

@@ -1257,6 +1257,17 @@ class RequestSender:
                 ):
                     # client-go onFlashbackInProgress: a replica read retries on the leader.
                     continue
+                if (
+                    d.kind == "region_not_found"
+                    and selector is not None
+                    and selector.on_region_not_found(mode == 2)
+                ):
+                    # client-go onRegionNotFound: the leader was not tried yet, so the
+                    # same request goes there at once (the peer asked may not exist yet
+                    # after a split, or was moved); the cached region is dropped for
+                    # everyone else meanwhile.
+                    locator.invalidate_region(region.id, InvalidReason.REGION_NOT_FOUND)
+                    continue
                 if d.action is Action.FAIL:
                     raise _final(call, to_exception(err, region.id), ambiguous)
                 if d.action is Action.UNDETERMINED or d.ambiguous:
