@@ -18,7 +18,9 @@ client-go's defaults), :mod:`~tikv_pd.backoff`, :mod:`~tikv_pd.codec` (key encod
 :mod:`~tikv_pd.pd_client`, :mod:`~tikv_pd.region_cache` and :mod:`~tikv_pd.locator`
 (cluster metadata), :mod:`~tikv_pd.transport` and :mod:`~tikv_pd.request` (the request
 layer), :mod:`~tikv_pd.rangetask` (a job run over every region of a key range),
-:mod:`~tikv_pd.sync` (the event loop thread behind every sync facade).
+:mod:`~tikv_pd.sync` (the event loop thread behind every sync facade), :mod:`~tikv_pd.dsn`
+(``tikv://`` cluster paths), :mod:`~tikv_pd.execdetails` (TiKV's time details as client-go
+prints them).
 """
 
 from tikv_pd.config import Config, SecurityConfig, TransactionOptions
