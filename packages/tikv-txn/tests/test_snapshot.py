@@ -154,3 +154,25 @@ async def test_snapshot_arguments_are_checked(client: AsyncTransactionClient) ->
         snap.scan_iter("a")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="limit"):
         await snap.scan(b"a", limit=-1)
+
+
+async def test_a_snapshot_at_max_uint64_caches_nothing(
+    client: AsyncTransactionClient, cluster: MockCluster
+) -> None:
+    # client-go TestSnapshotCacheBypassMaxUint64: reading at MaxUint64 means "the newest
+    # version", which changes: nothing read that way may be served again from a cache.
+    await write(client, {b"\x10max-x": b"x1", b"\x50max-y": b"y1"})
+    snap = client.snapshot(2**64 - 1)
+    assert await snap.get(b"\x10max-x") == b"x1"
+    assert await snap.batch_get([b"\x50max-y"]) == {b"\x50max-y": b"y1"}
+    await write(client, {b"\x10max-x": b"x2", b"\x50max-y": b"y2"})
+    gets, batch_gets = cluster.counters.count("KvGet"), cluster.counters.count("KvBatchGet")
+    assert await snap.get(b"\x10max-x") == b"x2"
+    assert await snap.batch_get([b"\x50max-y"]) == {b"\x50max-y": b"y2"}
+    assert cluster.counters.count("KvGet") == gets + 1
+    assert cluster.counters.count("KvBatchGet") == batch_gets + 1
+    # A snapshot at an ordinary ts keeps caching.
+    cached = client.snapshot(await client.current_timestamp())
+    assert await cached.get(b"\x10max-x") == b"x2"
+    assert await cached.get(b"\x10max-x") == b"x2"
+    assert cluster.counters.count("KvGet") == gets + 2

@@ -75,6 +75,7 @@ class ValueEntry(NamedTuple):
 
 
 _MISSING = object()
+_MAX_U64 = 2**64 - 1
 
 #: A key greater than every key TiKV can store: longer than ``storage.max-key-size``
 #: (8 KiB; TiKV refuses longer keys on write), and made of 0xFF bytes, so that any
@@ -152,7 +153,10 @@ class AsyncSnapshot:
             else self._options
         )
         self._scan_batch = opts.scan_batch_size or cfg.txn_scan_batch
-        self._cache: dict[bytes, bytes | None] | None = {} if opts.isolation == "SI" else None
+        # A snapshot at MaxUint64 reads whatever is newest each time, so nothing it reads
+        # may be cached (client-go TestSnapshotCacheBypassMaxUint64).
+        cacheable = opts.isolation == "SI" and ts != _MAX_U64
+        self._cache: dict[bytes, bytes | None] | None = {} if cacheable else None
         # The commit ts of cached values, for the keys read with it: a cached value
         # without one cannot answer a read that wants it (client-go caches ValueEntry
         # and treats a zero commit ts as unknown, getSnapCacheWithoutLock).
