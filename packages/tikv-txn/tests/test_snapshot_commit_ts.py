@@ -166,3 +166,35 @@ def test_blocking_facade(cluster: MockCluster) -> None:
         snap = client.snapshot(client.current_timestamp())
         assert snap.get_with_commit_ts(k) == ValueEntry(b"v", txn.commit_ts)
         assert snap.batch_get_with_commit_ts([k]) == {k: ValueEntry(b"v", txn.commit_ts)}
+
+
+class RecordNeedCommitTs(Interceptor):
+    """Records ``need_commit_ts`` of every Get / BatchGet sent."""
+
+    name = "record-need-commit-ts"
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, bool]] = []
+
+    async def before_send(self, rpc: RPCRequest) -> None:
+        if rpc.command in ("Get", "BatchGet"):
+            self.seen.append((rpc.command, rpc.request.need_commit_ts))
+
+
+async def test_only_the_commit_ts_reads_ask_for_it(client: AsyncTransactionClient) -> None:
+    # client-go TestGetOptions / TestBatchGetOptions: the option is off by default and
+    # on with WithReturnCommitTS; here the choice is the method, and it reaches the wire.
+    a, b = keys("a", "b")
+    await commit(client, {a: b"1", b: b"2"})
+    ts = await client.current_timestamp()
+    plain, with_ts = client.snapshot(ts), client.snapshot(ts)
+    recorder = RecordNeedCommitTs()
+    plain.set_rpc_interceptor(recorder)
+    await plain.get(a)
+    await plain.batch_get([b])
+    assert recorder.seen == [("Get", False), ("BatchGet", False)]
+    recorder.seen.clear()
+    with_ts.set_rpc_interceptor(recorder)
+    await with_ts.get_with_commit_ts(a)
+    await with_ts.batch_get_with_commit_ts([b])
+    assert recorder.seen == [("Get", True), ("BatchGet", True)]
