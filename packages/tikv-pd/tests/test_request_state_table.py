@@ -613,3 +613,92 @@ async def test_state_table(case: Row, seed: int) -> None:
         assert int(store) != cluster.sent[0][0], (case.name, cluster.sent)
     if case.slept is not None:
         assert set(bo.backoff_times) == case.slept, (case.name, cluster.sent, bo.backoff_times)
+
+
+# ---------------------------------------------------------------------------------------
+# Store liveness (client-go region_request3_test TestAccessFollowerAfter1TiKVDown,
+# TestDoNotTryUnreachableLeader): a store that refused a connection is skipped by replica
+# and stale reads until the re-check interval passes; the next read then probes it.
+# ---------------------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def harness(seed: int = 0) -> tuple[Cluster, Locator, RequestSender, Clock]:
+    from tikv_pd.replica_selector import StoreHealth
+
+    cluster = Cluster(Region(1, b"", b"", RegionEpoch(1, 1), (L, F2, F3), L))
+    locator = Locator(cluster)
+    sender = RequestSender(locator, Transport(cluster))
+    sender.rng = random.Random(seed)
+    clock = Clock()
+    sender.health = StoreHealth(clock=clock, recheck_seconds=1.0)
+    return cluster, locator, sender, clock
+
+
+async def read(sender: RequestSender, options: RequestOptions) -> tuple[str, Backoffer]:
+    bo = Backoffer(2_000, operation="liveness", sleep=Sleeps())
+    request = kvrpcpb_pb2.GetRequest(key=b"k", version=1)
+    response = await sender.call_key("Get", b"k", request, bo=bo, options=options)
+    return response.value.decode(), bo
+
+
+async def test_unreachable_followers_are_skipped_until_the_recheck() -> None:
+    cluster, _, sender, clock = harness()
+    cluster.down |= {3, 5}
+    mixed = RequestOptions(replica_read="mixed")
+    # Reads that draw a follower fail over to another replica; each failed follower is
+    # marked unreachable.
+    for _ in range(10):
+        value, _ = await read(sender, mixed)
+        assert value == "1-leader"
+        if {s for s, _, _ in cluster.sent} >= {3, 5}:
+            break
+    assert {s for s, _, _ in cluster.sent} >= {3, 5}
+    # Both followers are unreachable now: every read goes straight to the leader, in one
+    # attempt and without sleeping (client-go: "the backoff times should be 0").
+    for _ in range(50):
+        cluster.sent.clear()
+        value, bo = await read(sender, mixed)
+        assert value == "1-leader"
+        assert [s for s, _, _ in cluster.sent] == [1]
+        assert bo.total_sleep_ms == 0
+    # The followers come back; past the re-check interval a read probes them again and,
+    # answered, they serve replica reads.
+    cluster.down.clear()
+    clock.now += 1.0
+    served: set[str] = set()
+    for _ in range(30):
+        value, _ = await read(sender, mixed)
+        served.add(value)
+    assert served & {"3-follower", "5-follower"}
+    assert not sender.health.has_unreachable()
+
+
+async def test_a_stale_read_does_not_try_an_unreachable_leader() -> None:
+    cluster, _, sender, _ = harness()
+    sender.health.mark_unreachable(1)
+    # The local zone is the leader's, but its store is unreachable: a follower serves the
+    # stale read and the leader is never asked.
+    for seed in range(5):
+        sender.rng = random.Random(seed)
+        cluster.sent.clear()
+        value, bo = await read(
+            sender,
+            RequestOptions(replica_read="mixed", stale_read=True, match_labels=(("zone", "z1"),)),
+        )
+        assert value in ("3-stale", "5-stale")
+        assert 1 not in {s for s, _, _ in cluster.sent}
+        assert bo.total_sleep_ms == 0
+    # client-go TestDoNotTryUnreachableLeader: the follower's own zone.
+    value, _ = await read(
+        sender,
+        RequestOptions(replica_read="mixed", stale_read=True, match_labels=(("zone", "z2"),)),
+    )
+    assert value == "3-stale"
