@@ -42,9 +42,10 @@ import asyncio
 import bisect
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from tikv_pd import observability as _obs
 from tikv_pd.backoff import (
@@ -102,7 +103,10 @@ if TYPE_CHECKING:
     from tikv_txn._runtime import TxnRuntime
 
 __all__ = [
+    "TTL_ACCESS",
+    "TWO_PC_ACCESS",
     "CommitTsLag",
+    "MinCommitTsManager",
     "TwoPhaseCommitter",
     "commit_primary_keys",
     "keep_primary_alive",
@@ -126,6 +130,54 @@ def _mutation_size(m: Mutation) -> int:
 
 def _key_size(m: Mutation) -> int:
     return len(m.key)
+
+
+#: Write access levels of :class:`MinCommitTsManager` (client-go ``WriteAccessLevel``):
+#: the heartbeat's pushes, then the commit's own updates.
+TTL_ACCESS: Final = 1
+TWO_PC_ACCESS: Final = 2
+
+
+class MinCommitTsManager:
+    """A transaction's min commit ts, which only grows, with a write-access level.
+
+    client-go ``minCommitTsManager`` (``2pc.go``). A pipelined transaction's heartbeat
+    pushes its primary's ``min_commit_ts`` to the current ts (``TTL_ACCESS``) so readers
+    need not wait for it; once the commit begins, the required level is raised to
+    ``TWO_PC_ACCESS`` and the heartbeat's updates are ignored: it keeps sending the value
+    it had, so it can no longer push the primary past the commit ts being chosen (which
+    would make the commit fail with ``CommitTsExpired`` and fetch another one).
+    Thread-safe.
+    """
+
+    __slots__ = ("_level", "_mu", "_value")
+
+    def __init__(self) -> None:
+        self._mu = threading.Lock()
+        self._value = 0
+        self._level = TTL_ACCESS
+
+    def try_update(self, value: int, access: int) -> None:
+        """Raise the value to ``value`` if ``access`` is high enough and it is larger."""
+        with self._mu:
+            if access >= self._level and value > self._value:
+                self._value = value
+
+    def elevate_write_access(self, level: int) -> int:
+        """Require at least ``level`` from now on; return the current value."""
+        with self._mu:
+            if level > self._level:
+                self._level = level
+            return self._value
+
+    def get(self) -> int:
+        """The current value (0 before any update)."""
+        return self._value
+
+    @property
+    def required_write_access(self) -> int:
+        """The level an update needs."""
+        return self._level
 
 
 #: A backoff without client-go's BackOffWeight: the commit-wait budget is exactly the
@@ -393,13 +445,16 @@ async def keep_primary_alive(
     options: Callable[[], RequestOptions],
     on_beat: Callable[[], None],
     pipelined: bool = False,
+    min_commit_ts: MinCommitTsManager | None = None,
 ) -> None:
     """Keep a transaction's primary lock alive with a ``TxnHeartBeat`` every 10 s.
 
     client-go ``2pc.go`` ``keepAlive``, for 2PC, pessimistic and pipelined DML alike.
     Each beat advises a TTL of the transaction's uptime plus the managed lock TTL
     (:func:`tikv_txn.policy.heartbeat_ttl`); a pipelined transaction's beat also pushes
-    the primary's ``min_commit_ts`` to now, so that readers need not wait for it.
+    the primary's ``min_commit_ts`` to now, so that readers need not wait for it — through
+    ``min_commit_ts`` when given, which ignores the push once the commit has begun
+    (client-go sends ``minCommitTSMgr.get()`` after a ``ttlAccess`` update).
 
     Returns when the transaction outlived its max TTL (1 h, 24 h pipelined) or the
     primary lock is gone (a key error: committed, rolled back or resolved).
@@ -426,11 +481,17 @@ async def keep_primary_alive(
             _log.warning("%s %d: lived past its max TTL; heartbeat stops", what, start_ts)
             return
         key = primary()
+        pushed = 0
+        if pipelined:
+            pushed = now
+            if min_commit_ts is not None:
+                min_commit_ts.try_update(now, TTL_ACCESS)
+                pushed = min_commit_ts.get()
         req = kvrpcpb_pb2.TxnHeartBeatRequest(
             primary_lock=key,
             start_version=start_ts,
             advise_lock_ttl=ttl,
-            min_commit_ts=now if pipelined else 0,
+            min_commit_ts=pushed,
         )
         bo = runtime.backoffer(runtime.budgets.heartbeat, f"{what} heartbeat")
         try:

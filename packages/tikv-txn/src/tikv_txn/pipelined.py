@@ -100,7 +100,13 @@ from tikv_proto import kvrpcpb_pb2
 from tikv_txn._kv import mutation_to_pb
 from tikv_txn._runtime import HEARTBEAT_TASK_PREFIX
 from tikv_txn._validate import check_key, check_keys, check_range
-from tikv_txn.committer import commit_primary_keys, keep_primary_alive, timestamp_for_commit
+from tikv_txn.committer import (
+    TWO_PC_ACCESS,
+    MinCommitTsManager,
+    commit_primary_keys,
+    keep_primary_alive,
+    timestamp_for_commit,
+)
 from tikv_txn.membuffer import TOMBSTONE, KeyFlags, MemBuffer, MemEntry, Tombstone
 from tikv_txn.policy import (
     DEFAULT_LOCK_TTL_MS,
@@ -296,6 +302,7 @@ class AsyncPipelinedTransaction(AsyncTransaction):
         "_inflight",
         "_lock_resolve_options",
         "_loop",
+        "_min_commit_ts",
         "_primary",
         "_primary_flushed",
         "_remote_cache",
@@ -328,6 +335,9 @@ class AsyncPipelinedTransaction(AsyncTransaction):
         self._bounds: tuple[bytes, bytes] | None = None
         self._primary = b""
         self._primary_flushed = False
+        # What the heartbeat pushes the primary's min_commit_ts to; frozen once the
+        # commit begins (client-go minCommitTsManager).
+        self._min_commit_ts = MinCommitTsManager()
         self._error: BaseException | None = None
         self._ttl_closed = False
         self._hb_task: asyncio.Task[None] | None = None
@@ -1043,6 +1053,7 @@ class AsyncPipelinedTransaction(AsyncTransaction):
                 options=lambda: self._write_opts,
                 on_beat=beat,
                 pipelined=True,
+                min_commit_ts=self._min_commit_ts,
             )
         except asyncio.CancelledError:
             raise
@@ -1086,6 +1097,10 @@ class AsyncPipelinedTransaction(AsyncTransaction):
                 # Every write was skipped (nothing becomes a lock): nothing to commit.
                 self._state = _COMMITTED
                 return 0
+            # From now on the heartbeat stops pushing min_commit_ts: a push past the
+            # commit ts about to be fetched would only make KvCommit fail with
+            # CommitTsExpired (client-go execute: elevateWriteAccess(twoPCAccess)).
+            self._min_commit_ts.elevate_write_access(TWO_PC_ACCESS)
             commit_ts = await self._oracle_commit_ts()
             committing_primary = True
             await self._commit_primary()
