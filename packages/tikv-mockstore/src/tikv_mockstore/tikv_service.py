@@ -50,6 +50,7 @@ from tikv_mockstore.safe_ts import region_locks
 
 __all__ = [
     "API_VERSION_NAMES",
+    "CLUSTER_ID_MISMATCH",
     "GRPC_SERVER_OPTIONS",
     "READ_COMMANDS",
     "StoreScope",
@@ -487,6 +488,22 @@ def build_region_error(
     return err
 
 
+#: TiKV's status text when a request names another cluster (``kv.rs``).
+CLUSTER_ID_MISMATCH = "the cluster id of the request does not match the TiKV cluster"
+
+
+def _check_cluster_id(ctx: kvrpcpb_pb2.Context, cluster_id: int) -> None:
+    """Refuse a request whose context names another cluster, as TiKV does.
+
+    TiKV (``src/server/service/kv.rs``, ``reject_if_cluster_id_mismatch`` and the
+    BatchCommands variant) rejects a non-zero ``Context.cluster_id`` that is not its own
+    with ``INVALID_ARGUMENT``; 0 (a client that does not send it) is accepted.
+    """
+    requested = ctx.cluster_id
+    if requested and requested != cluster_id:
+        raise _AbortError(grpc.StatusCode.INVALID_ARGUMENT, CLUSTER_ID_MISMATCH)
+
+
 class _AbortError(Exception):
     """Raised inside dispatch to end the call with a gRPC status."""
 
@@ -653,6 +670,8 @@ class StoreServer:
     def _dispatch(self, method: str, command: str, request: Any) -> Any:
         """Count, apply faults, and run the handler; returns a response or a Future."""
         ctx = request.context if method in _HAS_CONTEXT else None
+        if ctx is not None:
+            _check_cluster_id(ctx, self.cluster.cluster_id)
         self.counters.record(method, self.store_id, ctx)
         outcome = self.faults.apply(
             method,
@@ -925,6 +944,7 @@ class _BatchStream:
         add = out.responses.add
         ids = out.request_ids
         scope = server.scope
+        cluster_id = server.cluster.cluster_id
         served: dict[str, list[Any]] = {}  # command -> [count, last request]
         current = ""
         fn: Any = None
@@ -952,6 +972,8 @@ class _BatchStream:
                 if use_side:
                     self._run_side(rid, method, name, sub)
                     continue
+                if method in _HAS_CONTEXT:
+                    _check_cluster_id(sub.context, cluster_id)
                 tally = served.get(name)
                 if tally is None:
                     served[name] = [1, sub]

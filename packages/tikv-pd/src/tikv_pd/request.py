@@ -384,6 +384,7 @@ def build_context(
     *,
     replica_read: bool = False,
     stale_read: bool = False,
+    cluster_id: int = 0,
 ) -> kvrpcpb_pb2.Context:
     """Build the ``kvrpcpb.Context`` of a request to ``peer`` of ``region`` (pure).
 
@@ -393,6 +394,10 @@ def build_context(
         options: The request's options.
         replica_read: Set ``Context.replica_read`` (a read served by a non-leader).
         stale_read: Set ``Context.stale_read``.
+        cluster_id: The cluster id PD gave (0: not sent). TiKV refuses a request naming
+            another cluster with ``INVALID_ARGUMENT`` (client-go sets ``req.ClusterId``
+            on every request), so a store address reused by another cluster cannot
+            serve this client by mistake.
 
     """
     ctx = kvrpcpb_pb2.Context(
@@ -420,6 +425,7 @@ def build_context(
         txn_source=options.txn_source,
         busy_threshold_ms=options.busy_threshold_ms,
         keyspace_name=options.keyspace_name,
+        cluster_id=cluster_id,
     )
     if options.keyspace_id is not None:
         ctx.keyspace_id = options.keyspace_id
@@ -472,15 +478,24 @@ class ContextCache:
     separately share entries) and the read mode, and checked by identity of the cached
     :class:`Region` object (a new epoch or leader is a new object), so a stale entry is
     never used. The cache is cleared when it exceeds ``max_entries``.
+
+    Args:
+        max_entries: Entries kept before the cache is cleared.
+        cluster_id: Returns the cluster id to put in new contexts (0: none yet); asked
+            only when a context is built.
+
     """
 
-    __slots__ = ("_entries", "max_entries")
+    __slots__ = ("_cluster_id", "_entries", "max_entries")
 
-    def __init__(self, max_entries: int = 65536) -> None:
+    def __init__(
+        self, max_entries: int = 65536, *, cluster_id: Callable[[], int] | None = None
+    ) -> None:
         self._entries: dict[
             tuple[int, int, RequestOptions, int], tuple[Region, kvrpcpb_pb2.Context]
         ] = {}
         self.max_entries = max_entries
+        self._cluster_id = cluster_id
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -493,7 +508,14 @@ class ContextCache:
         hit = self._entries.get(key)
         if hit is not None and hit[0] is region:
             return hit[1]
-        ctx = build_context(region, peer, options, replica_read=mode == 1, stale_read=mode == 2)
+        ctx = build_context(
+            region,
+            peer,
+            options,
+            replica_read=mode == 1,
+            stale_read=mode == 2,
+            cluster_id=self._cluster_id() if self._cluster_id is not None else 0,
+        )
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
         self._entries[key] = (region, ctx)
@@ -796,7 +818,12 @@ class RequestSender:
         #: The client's zone (``Config.zone_label``): a stale read to a store whose
         #: "zone" label differs is cross-zone traffic in the metrics.
         self.zone_label: str = getattr(config, "zone_label", "") or ""
-        self.contexts = ContextCache()
+        # The cluster id goes in every context (client-go req.ClusterId); it is read from
+        # the locator's PD client when a context is built (known once PD answered).
+        pd = getattr(locator, "pd", None)
+        self.contexts = ContextCache(
+            cluster_id=(lambda: int(getattr(pd, "cluster_id", 0) or 0)) if pd is not None else None
+        )
         self.stats = RequestStats()
         #: Random source of the replica selectors (ties between equally good replicas).
         self.rng = random.Random()
