@@ -196,3 +196,65 @@ def test_retry_max_ts_point_get_skips_a_later_lock(
     loop.run(committer.commit_primary())
     loop.run(committer.commit_batches(committer.batches[1:]))
     assert txn.begin().batch_get([k1, k2]) == {k1: b"v3", k2: b"v4"}
+
+
+def test_reset_snapshot_ts(txn: TransactionClient, tprefix: bytes, mock: MockCluster) -> None:
+    # client-go TestResetSnapshotTS: a reader reads past a live lock (TiKV pushed the
+    # writer's min commit ts beyond it). The writer then commits its primary only; once the
+    # reader moves its snapshot to the commit ts, the skipped lock must be checked again
+    # (its primary is committed), so the reader sees the new value.
+    x, y = tprefix + b"x", tprefix + b"y"
+    # y in its own region, so that committing the primary's batch leaves y locked (client-go
+    # limits the batch size with a failpoint for the same effect).
+    mock.split([y], txn=True)
+    with txn.begin() as t:
+        t.put(x, b"x0")
+        t.put(y, b"y0")
+    writer = txn.begin()
+    writer.put(x, b"x1")
+    writer.put(y, b"y1")
+    committer = writer.async_transaction._new_committer()
+    loop = txn.loop_thread
+    assert loop.run(committer.prepare())
+    loop.run(committer.prewrite())
+    assert committer.primary == x
+    reader = txn.begin()
+    assert loop.run(_within(reader.async_transaction.get(y), 10)) == b"y0"
+    loop.run(committer.get_commit_ts())
+    loop.run(committer.commit_primary())  # the secondary y stays locked
+    assert committer.commit_ts > reader.start_ts
+    snapshot = reader.snapshot
+    snapshot.set_ts(committer.commit_ts)
+    assert snapshot.ts == committer.commit_ts
+    assert mock.engine.lock_of(y) is not None
+    assert loop.run(_within(reader.async_transaction.get(y), 10)) == b"y1"
+    assert reader.snapshot.get(x) == b"x1"
+    reader.rollback()
+    with pytest.raises(ValueError, match="64-bit"):
+        snapshot.set_ts(0)
+    with pytest.raises(TypeError, match="int"):
+        snapshot.set_ts("1")  # type: ignore[arg-type]
+
+
+def test_set_ts_keeps_the_locks_it_was_told_to_read_past(
+    txn: TransactionClient, tprefix: bytes, mock: MockCluster
+) -> None:
+    # A pipelined transaction's snapshot reads past its own locks (read_past_locks_of);
+    # moving the snapshot's ts must not make it stop.
+    z = tprefix + b"z"
+    with txn.begin() as t:
+        t.put(z, b"old")
+    writer = txn.begin()
+    writer.put(z, b"new")
+    committer = writer.async_transaction._new_committer()
+    loop = txn.loop_thread
+    assert loop.run(committer.prepare())
+    loop.run(committer.prewrite())
+    snap = txn.async_client.snapshot(txn.current_timestamp())
+    snap.read_past_locks_of(writer.start_ts)
+    checks = mock.counters.count("KvCheckTxnStatus")
+    assert loop.run(_within(snap.get(z), 10)) == b"old"
+    snap.set_ts(txn.current_timestamp())
+    assert loop.run(_within(snap.get(z), 10)) == b"old"
+    assert mock.counters.count("KvCheckTxnStatus") == checks  # never had to ask
+    loop.run(committer.cleanup())

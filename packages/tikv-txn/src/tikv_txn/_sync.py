@@ -122,6 +122,10 @@ class Snapshot(_Reader):
         """Record what this snapshot's reads cost (see ``AsyncSnapshot.set_runtime_stats``)."""
         self._snap.set_runtime_stats(stats)
 
+    def set_ts(self, ts: int) -> None:
+        """Read at ``ts`` from now on (see ``AsyncSnapshot.set_ts``)."""
+        self._snap.set_ts(ts)
+
     def get_with_commit_ts(self, key: bytes) -> ValueEntry | None:
         """The value of ``key`` with its commit ts, or ``None`` (client-go WithReturnCommitTS)."""
         return self._loop.run(self._snap.get_with_commit_ts(key))

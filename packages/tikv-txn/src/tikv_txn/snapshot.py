@@ -53,10 +53,6 @@ from tikv_txn.runtime_stats import SnapshotRuntimeStats
 if TYPE_CHECKING:
     from tikv_txn._runtime import TxnRuntime
 
-#: The max timestamp: a read at it sees the latest committed data (client-go
-#: ``txnsnapshot`` maxTimestamp, used by autocommit point gets).
-_MAX_TS = 2**64 - 1
-
 __all__ = ["AsyncSnapshot", "ValueEntry"]
 
 
@@ -110,6 +106,7 @@ class AsyncSnapshot:
         "_isolation",
         "_leader_options",
         "_options",
+        "_read_past",
         "_resolve_options",
         "_rt",
         "_scan_batch",
@@ -161,8 +158,10 @@ class AsyncSnapshot:
         # without one cannot answer a read that wants it (client-go caches ValueEntry
         # and treats a zero commit ts as unknown, getSnapCacheWithoutLock).
         self._cache_commit_ts: dict[bytes, int] = {}
-        # Transactions whose locks this snapshot was told to read past.
+        # Transactions whose locks this snapshot reads past (resolver's answers and
+        # read_past_locks_of), and those told by read_past_locks_of, which a new ts keeps.
         self._ignored: set[int] = set()
+        self._read_past: set[int] = set()
         self._interceptor: RPCInterceptor | None = None
         # Options of the lock resolution this snapshot's reads cause (None: the client's).
         self._resolve_options: RequestOptions | None = None
@@ -225,6 +224,32 @@ class AsyncSnapshot:
         self._options = dataclasses.replace(self._options, interceptor=chain)
         self._scan_options = dataclasses.replace(self._scan_options, interceptor=chain)
         self._leader_options = dataclasses.replace(self._leader_options, interceptor=chain)
+
+    # -- moving the read ts (client-go KVSnapshot.SetSnapshotTS) -------------------------
+
+    def set_ts(self, ts: int) -> None:
+        """Read at ``ts`` from now on (client-go ``KVSnapshot.SetSnapshotTS``).
+
+        What the snapshot learned at the old ts is dropped with it: the read cache, and
+        the transactions whose locks it was reading past (their min commit ts had been
+        pushed beyond the old ts, but they may have committed at or below the new one, so
+        their locks must be checked again; client-go TestResetSnapshotTS). Call it between
+        reads, not while one runs.
+
+        Raises:
+            TypeError / ValueError: ``ts`` is not a positive 64-bit int.
+
+        """
+        if isinstance(ts, bool) or not isinstance(ts, int):
+            raise TypeError(f"ts must be an int, got {type(ts).__name__}")
+        if ts <= 0 or ts >= 2**64:
+            raise ValueError(f"ts must be a positive 64-bit timestamp, got {ts}")
+        self.ts = ts
+        cacheable = self._isolation == "SI" and ts != _MAX_U64
+        self._cache = {} if cacheable else None
+        self._cache_commit_ts = {}
+        # What read_past_locks_of asked for (a pipelined transaction's own locks) stays.
+        self._ignored = set(self._read_past)
 
     # -- runtime statistics (client-go KVSnapshot.SetRuntimeStats) -----------------------
 
@@ -338,7 +363,7 @@ class AsyncSnapshot:
                 if not err.HasField("locked"):
                     raise self._rt.key_error(err, start_ts=self.ts)
                 lock = lock_from_pb(err.locked)
-                if self.ts == _MAX_TS:
+                if self.ts == _MAX_U64:
                     # client-go snapshot.get: a point get at the max ts (an autocommit point
                     # get) waits only for the first lock it meets; a lock of another
                     # transaction met on a retry is read past (its start ts joins the
@@ -500,6 +525,7 @@ class AsyncSnapshot:
         if isinstance(start_ts, bool) or not isinstance(start_ts, int) or start_ts <= 0:
             raise ValueError(f"start_ts must be a positive int, got {start_ts!r}")
         self._ignored.add(start_ts)
+        self._read_past.add(start_ts)
 
     def _past(self, options: RequestOptions) -> RequestOptions:
         """``options`` plus the transactions this snapshot reads past.
