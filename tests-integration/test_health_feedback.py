@@ -221,3 +221,53 @@ async def test_prefer_leader_reads_leave_a_slow_leader(
     before = _gets(cluster)
     await _reads(client)
     assert _served(cluster, before) == {leader: len(KEYS)}
+
+
+async def test_a_slow_follower_nobody_reads_from_is_asked_and_used_again(
+    client: AsyncTransactionClient, cluster: MockCluster
+) -> None:
+    # The slow store leads nothing and replica reads avoid it, so no response brings its
+    # feedback: the transport asks it (client-go's health ticker, every 15 s of silence;
+    # lowered here) and the recovered store serves follower reads again.
+    async with client.begin() as txn:
+        for k in KEYS:
+            txn.put(k, b"v-" + k)
+    assert await client.runtime.wait_background(NO_HANG)
+    region = cluster.region_by_key(KEYS[0], txn=True)
+    assert region is not None
+    leader = region.leader_store_id
+    slow, fast = sorted(p.store_id for p in region.peers if p.store_id != leader)
+    for r in cluster.regions():
+        if r.leader_store_id == slow:
+            cluster.transfer_leader(r.id, leader)
+    sender = client.runtime.sender
+    health = sender.health
+    transport = sender.transport
+    assert isinstance(transport, Transport)
+    transport.health_refresh_seconds = 0.3
+
+    cluster.set_slow_score(slow, 95)
+
+    async def slow_seen() -> bool:
+        await _reads(client, replica_read="follower")  # some reach the slow store
+        return health.is_slow(slow)
+
+    await _poll(slow_seen, f"store {slow} reported slow")
+    cluster.set_slow_score(slow, 1)
+    # Only follower reads now, and they all avoid the slow store.
+    probes = cluster.counters.count("GetHealthFeedback", slow)
+
+    async def recovered() -> bool:
+        before = _gets(cluster)
+        await _reads(client, replica_read="follower")
+        if health.is_slow(slow):
+            assert slow not in _served(cluster, before)
+            return False
+        return True
+
+    await _poll(recovered, f"store {slow} heard from again")
+    assert cluster.counters.count("GetHealthFeedback", slow) > probes
+    assert transport.stats.health_probes >= 1
+    before = _gets(cluster)
+    await _reads(client, replica_read="follower")
+    assert set(_served(cluster, before)) == {slow, fast}

@@ -154,3 +154,15 @@ def test_prefer_leader_skips_slow_followers_and_demotes_a_slow_leader() -> None:
     # A slow leader loses its preference: the fast followers come first.
     first = _first_stores("prefer-leader", {1})
     assert set(first) == {2, 3}
+
+
+def test_a_fresh_feedback_right_after_a_decay_step_is_taken() -> None:
+    # client-go asks the store before decaying; here the decay may run first, and the
+    # store's answer arriving right after it must not be held back by the 100 ms rule.
+    clock = Clock()
+    health = StoreHealth(clock)
+    health.update_slow_score(2, 90)
+    clock.now += SLOW_SCORE_ACTIVE_UPDATE_SECONDS + 0.01
+    assert health.slow_score(2) == 85
+    health.update_slow_score(2, 90)
+    assert health.slow_score(2) == 90

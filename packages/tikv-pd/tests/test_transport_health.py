@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -108,3 +110,45 @@ async def test_a_failing_listener_does_not_stop_the_receiver(
             second = await _ask(transport, address)  # the same stream still answers
         assert got == [first.feedback_seq_no, second.feedback_seq_no]
         assert any("health feedback listener" in r.getMessage() for r in caplog.records)
+
+
+async def _poll(cond: Any, what: str, deadline_s: float = 10.0) -> None:
+    end = time.monotonic() + deadline_s
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def test_a_store_with_a_high_score_and_no_news_is_asked_again(cluster: Any) -> None:
+    # client-go's store health ticker: a store whose score stayed above 1 for 15 s
+    # without feedback gets a GetHealthFeedback request (here every 0.15 s for the test).
+    address = _address(cluster)
+    got: list[int] = []
+    transport = Transport(Config(grpc_connection_count=1))
+    transport.health_refresh_seconds = 0.15
+    transport.add_health_listener(lambda f: got.append(f.slow_score))
+    try:
+        cluster.set_slow_score(1, 60)
+        before = cluster.counters.count("GetHealthFeedback", 1)
+        await _ask(transport, address)
+        assert transport._health_task is not None  # a score above 1: the refresher runs
+        await _poll(lambda: transport.stats.health_probes >= 2, "two refresh requests")
+        assert cluster.counters.count("GetHealthFeedback", 1) >= before + 3
+        assert got[:3] == [60, 60, 60]
+        # The store recovers: the next refresh brings score 1 and the refresher stops.
+        cluster.set_slow_score(1, 1)
+        await _poll(lambda: transport._health_task is None, "the refresher to stop")
+        assert got[-1] == 1
+        probes = transport.stats.health_probes
+        # It starts again with the next high score, and close() cancels it.
+        cluster.set_slow_score(1, 70)
+        await _ask(transport, address)
+        task = transport._health_task
+        assert task is not None and not task.done()
+        await transport.close()
+        assert task.done() and transport._health_task is None
+        assert transport.stats.health_probes >= probes
+    finally:
+        cluster.set_slow_score(1, 1)
+        await transport.close()

@@ -523,10 +523,11 @@ class StoreHealth:
     a changed score within :data:`SLOW_SCORE_UPDATE_SECONDS` of the last update is
     ignored; a score above 1 not refreshed for :data:`SLOW_SCORE_ACTIVE_UPDATE_SECONDS`
     decays by :data:`SLOW_SCORE_DECAY_PER_SECOND` per second, down to 1. client-go runs
-    that decay on a 15 s ticker (after first asking the store with a GetHealthFeedback
-    request); here it is applied when the score is read, in whole 15 s steps, and the
-    store is not asked. client-go's *client-side* slow score (from request latencies) is
-    not kept.
+    that decay on a 15 s ticker after first asking the store with a GetHealthFeedback
+    request; here the transport does the asking (:class:`tikv_pd.transport.Transport`
+    re-asks a store whose last reported score was above 1 after 15 s without news) and
+    the decay is applied when the score is read, in whole 15 s steps. client-go's
+    *client-side* slow score (from request latencies) is not kept.
 
     Args:
         clock: Monotonic seconds (tests pass a fake one).
@@ -544,7 +545,10 @@ class StoreHealth:
     ) -> None:
         self._clock = clock
         self._down: dict[int, float] = {}
-        # store id -> [TiKV-side slow score, monotonic time of its last update]
+        # store id -> [TiKV-side slow score, time of the last feedback that set or
+        # confirmed it, time the decay counts from]. The two times differ once a decay
+        # step ran: a fresh feedback after it is judged by the feedback time (client-go
+        # asks the store before decaying, so its answer is never held back by a decay).
         self._slow: dict[int, list[float]] = {}
         self.recheck_seconds = recheck_seconds
 
@@ -590,7 +594,7 @@ class StoreHealth:
         now = self._clock()
         entry = self._decayed(store_id, now)
         if entry is None:
-            self._slow[store_id] = [score, now]
+            self._slow[store_id] = [score, now, now]
             if score >= TIKV_SLOW_SCORE_THRESHOLD:
                 _log.info("store %d is slow (TiKV slow score %d)", store_id, score)
             return
@@ -599,12 +603,12 @@ class StoreHealth:
             # Unchanged: only refresh the time, so a high score does not decay while TiKV
             # keeps reporting it (client-go skips this for 1: nothing decays below it).
             if score > 1:
-                entry[1] = now
+                entry[1] = entry[2] = now
             return
         if now - entry[1] < SLOW_SCORE_UPDATE_SECONDS:
             return
         entry[0] = score
-        entry[1] = now
+        entry[1] = entry[2] = now
         was_slow = last >= TIKV_SLOW_SCORE_THRESHOLD
         if was_slow != (score >= TIKV_SLOW_SCORE_THRESHOLD):
             _log.info(
@@ -616,15 +620,15 @@ class StoreHealth:
             )
 
     def _decayed(self, store_id: int, now: float) -> list[float] | None:
-        """The store's ``[score, updated]`` after applying any decay due by ``now``."""
+        """The store's ``[score, fed, decay from]`` after any decay due by ``now``."""
         entry = self._slow.get(store_id)
         if entry is None or entry[0] <= 1:
             return entry
-        elapsed = now - entry[1]
+        elapsed = now - entry[2]
         if elapsed >= SLOW_SCORE_ACTIVE_UPDATE_SECONDS:
             span = (elapsed // SLOW_SCORE_ACTIVE_UPDATE_SECONDS) * SLOW_SCORE_ACTIVE_UPDATE_SECONDS
             entry[0] = max(round(entry[0] - SLOW_SCORE_DECAY_PER_SECOND * span), 1)
-            entry[1] += span
+            entry[2] += span
         return entry
 
     def slow_score(self, store_id: int) -> int:

@@ -50,6 +50,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,8 @@ __all__ = [
     "BATCH_POLICIES",
     "COMMANDS",
     "FATAL_STATUS_CODES",
+    "GET_HEALTH_FEEDBACK_TIMEOUT",
+    "HEALTH_FEEDBACK_REFRESH_SECONDS",
     "ChannelFactory",
     "Command",
     "HealthListener",
@@ -252,6 +255,15 @@ ChannelFactory = Callable[[str, int], grpc.aio.Channel]
 #: :meth:`Transport.add_health_listener`).
 HealthListener = Callable[[kvrpcpb_pb2.HealthFeedback], None]
 
+#: A store whose last reported slow score was above 1 and that sent no feedback for this
+#: long is asked for one (client-go ``tikvSlowScoreActiveUpdateInterval``, 15 s,
+#: ``internal/locate/store_cache.go``).
+HEALTH_FEEDBACK_REFRESH_SECONDS = 15.0
+
+#: Timeout of that GetHealthFeedback request (client-go ``getHealthFeedbackTimeout``,
+#: ``tikv/kv.go``).
+GET_HEALTH_FEEDBACK_TIMEOUT = 2.0
+
 
 def store_channel_options(config: Config) -> list[tuple[str, int | str]]:
     """The gRPC options a store connection adds to :func:`tikv_pd.channels.channel_options`.
@@ -403,6 +415,7 @@ class TransportStats:
         unary_fallbacks: Stores switched to unary because BatchCommands is unimplemented.
         health_feedbacks: Health feedbacks passed to the listeners.
         stale_feedbacks: Health feedbacks dropped: older than one already received.
+        health_probes: GetHealthFeedback requests sent to refresh a store's slow score.
 
     """
 
@@ -417,6 +430,7 @@ class TransportStats:
     unary_fallbacks: int = 0
     health_feedbacks: int = 0
     stale_feedbacks: int = 0
+    health_probes: int = 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -956,6 +970,8 @@ class _Store:
                 listener(feedback)
             except Exception:  # a listener's bug must not stop the receiver
                 _log.exception("health feedback listener %r failed", listener)
+        if not self.forwarded_host:  # a relayed stream's feedback may be another store's
+            self.transport._feedback_received(self.address, feedback)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -1029,6 +1045,13 @@ class Transport:
         self._closed = False
         self._batch = self.config.enable_batch_commands
         self._health_listeners: list[HealthListener] = []
+        #: Seconds without feedback after which a store whose last slow score was above 1
+        #: is asked for a fresh one (client-go's 15 s; tests lower it).
+        self.health_refresh_seconds = HEALTH_FEEDBACK_REFRESH_SECONDS
+        # store id -> [address, last slow score, monotonic time of the last feedback or
+        # probe] of the stores heard from directly.
+        self._feedback_state: dict[int, list[Any]] = {}
+        self._health_task: asyncio.Task[None] | None = None
 
     @property
     def closed(self) -> bool:
@@ -1061,6 +1084,56 @@ class Transport:
         """Stop calling ``listener`` (added by :meth:`add_health_listener`); no-op if absent."""
         with contextlib.suppress(ValueError):
             self._health_listeners.remove(listener)
+
+    def _feedback_received(self, address: str, feedback: kvrpcpb_pb2.HealthFeedback) -> None:
+        """Remember a store's latest feedback; start the refresher when a score is high.
+
+        TiKV attaches feedback only to responses, so a store the replica selector avoids
+        because it reported itself slow would never be heard from again: client-go's
+        store health ticker asks such a store with a GetHealthFeedback request once its
+        score has gone :data:`HEALTH_FEEDBACK_REFRESH_SECONDS` without news. The
+        refresher task does that; it runs only while some store's last score is above 1
+        (a healthy cluster reports 1) and is cancelled by :meth:`close`.
+        """
+        score = feedback.slow_score
+        self._feedback_state[feedback.store_id] = [address, score, time.monotonic()]
+        if score > 1 and not self._closed:
+            task = self._health_task
+            if task is None or task.done():
+                self._health_task = asyncio.get_running_loop().create_task(
+                    self._refresh_health(), name="tikv-health-feedback"
+                )
+
+    async def _refresh_health(self) -> None:
+        """Ask stores with a high, stale slow score for fresh feedback, until none is left."""
+        while True:
+            # client-go ticks every 15 s; a finer tick asks a store close to 15 s after its
+            # last feedback rather than up to 30 s, before StoreHealth starts decaying.
+            await asyncio.sleep(self.health_refresh_seconds / 15)
+            states = self._feedback_state
+            if not any(state[1] > 1 for state in states.values()):
+                self._health_task = None
+                return
+            now = time.monotonic()
+            for store_id, state in list(states.items()):
+                address, score, last = state
+                if score <= 1 or now - last < self.health_refresh_seconds:
+                    continue
+                # A failed probe waits a whole interval too; an answer updates the state
+                # through the feedback it brings.
+                state[2] = now
+                if address not in self._stores or not self.uses_batch_commands(address):
+                    continue  # no connection any more, or no feedback without batching
+                self.stats.health_probes += 1
+                try:
+                    await self.send(
+                        address,
+                        "GetHealthFeedback",
+                        kvrpcpb_pb2.GetHealthFeedbackRequest(),
+                        GET_HEALTH_FEEDBACK_TIMEOUT,
+                    )
+                except Exception as exc:  # the store may be down: its score decays meanwhile
+                    _log.debug("health feedback request to store %d failed: %s", store_id, exc)
 
     def uses_batch_commands(self, address: str) -> bool:
         """Whether requests to ``address`` go over BatchCommands (False after fallback)."""
@@ -1177,6 +1250,11 @@ class Transport:
         Cancels the sender and receiver tasks and waits for them. Idempotent.
         """
         self._closed = True
+        task, self._health_task = self._health_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         stores = [*self._forwarding.values(), *self._stores.values()]
         self._forwarding.clear()
         self._stores.clear()
