@@ -27,6 +27,10 @@ response message. By default every batchable command travels on the store's
   written wait for the next stream, which the sender opens on demand. A stream that cannot
   be opened fails its batch with ``sent=False`` (it never left the client), so the request
   pipeline may safely retry even non-idempotent writes.
+* TiKV's health feedback (``BatchCommandsResponse.health_feedback``: store id, sequence
+  number, slow score) goes to the listeners of :meth:`Transport.add_health_listener`
+  (the request pipeline's ``StoreHealth``), out-of-date ones dropped; a store whose last
+  score was above 1 and that sent nothing for 15 s is asked for fresh feedback.
 * A store that answers ``UNIMPLEMENTED`` to BatchCommands is switched to unary calls for
   good; the requests caught in that stream are resent as unary calls (the server did not
   execute them).
