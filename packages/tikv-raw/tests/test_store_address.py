@@ -211,3 +211,23 @@ async def test_checksum_after_store_replacement(
     assert check.crc64_xor == expected
     assert check.total_kvs == len(PAIRS)
     assert check.total_bytes == sum(len(k) + len(v) for k, v in PAIRS.items())
+
+
+async def test_replace_store_with_a_new_store_at_its_address(
+    cluster: MockCluster, client: AsyncRawClient
+) -> None:
+    # TestReplaceStore as client-go writes it: store 1 becomes a tombstone and a new store
+    # takes its address, a peer and the leadership. The client's cached leader address now
+    # reaches the new store (StoreNotMatch), and the write lands there.
+    (region,) = cluster.regions()
+    old = cluster.store_addresses[1]
+    cluster.remove_store(1)
+    new = cluster.add_store(port=int(old.rsplit(":", 1)[1]))
+    assert cluster.store_addresses[new] == old
+    cluster.add_peer(region.id, new)
+    cluster.transfer_leader(region.id, new)
+    cluster.counters.reset()
+    await client.put(KEY, b"on the new store")
+    assert cluster.counters.count("RawPut", store=new) >= 1
+    assert await client.get(KEY) == b"on the new store"
+    assert await _locator(client).store_address(new) == old
