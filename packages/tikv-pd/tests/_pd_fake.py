@@ -36,6 +36,7 @@ class FakeRegion:
     version: int = 1
     conf_ver: int = 1
     drop_epoch: bool = False
+    down_stores: list[int] = field(default_factory=list)  # peers PD reports down
 
     def to_pb(self) -> metapb_pb2.Region:
         if self.drop_epoch:
@@ -112,6 +113,9 @@ def region_response(r: FakeRegion | None) -> pdpb_pb2.GetRegionResponse:
         leader = r.leader_pb()
         if leader is not None:
             resp.leader.CopyFrom(leader)
+        for p, s in r.peers:
+            if s in r.down_stores:
+                resp.down_peers.add(peer=metapb_pb2.Peer(id=p, store_id=s), down_seconds=60)
     return resp
 
 

@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 import grpc
 from tikv_proto import metapb_pb2
@@ -224,7 +225,19 @@ class RegionLocator:
             raise PDError(f"malformed region {meta.id}: {exc}", cause=exc) from exc
 
     def _from_pd(self, region: PDRegion) -> Region:
-        return self.region_from_meta(region.meta, region.leader)
+        converted = self.region_from_meta(region.meta, region.leader)
+        if not region.down_peers:
+            return converted
+        # client-go newRegion: peers PD reports down get no requests (the leader, if PD
+        # ever names it down, is kept: it is what the region's writes need).
+        down = {(p.id, p.store_id) for p in region.down_peers}
+        kept = tuple(
+            p for p in converted.peers if (p.id, p.store_id) not in down or p == converted.leader
+        )
+        gone = tuple(p for p in converted.peers if p not in kept)
+        if not gone or not kept:
+            return converted
+        return replace(converted, peers=kept, down_peers=gone)
 
     def _count(self, method: str) -> None:
         self.pd_requests[method] = self.pd_requests.get(method, 0) + 1

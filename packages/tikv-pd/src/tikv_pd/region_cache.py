@@ -35,7 +35,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from tikv_pd import observability as _obs
@@ -195,6 +195,10 @@ class Region:
         epoch: The region epoch.
         peers: Its peers.
         leader: The peer believed to be leader, or ``None`` when unknown.
+        down_peers: Peers PD reports as down, left out of ``peers`` so that no request
+            goes to them (client-go ``newRegion`` filters them out); a region loaded
+            with down peers expires after one TTL, so the peers are used again once PD
+            stops reporting them. Not part of the region's equality.
 
     """
 
@@ -204,6 +208,7 @@ class Region:
     epoch: RegionEpoch
     peers: tuple[Peer, ...] = ()
     leader: Peer | None = None
+    down_peers: tuple[Peer, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         _check_key("Region.start_key", self.start_key)
@@ -477,9 +482,10 @@ class RegionCache:
 
         Args:
             region: The region.
-            has_down_peers: PD reported down peers for it; the entry then expires after
-                one TTL even if it is used continuously, so the client notices when the
-                peers come back or are replaced (client-go needExpireAfterTTL).
+            has_down_peers: PD reported down peers for it (also implied by
+                ``region.down_peers``); the entry then expires after one TTL even if it
+                is used continuously, so the client notices when the peers come back or
+                are replaced (client-go needExpireAfterTTL).
 
         Returns:
             Whether the region was inserted.
@@ -514,7 +520,9 @@ class RegionCache:
         old = self._by_id.get(region.id)
         if old is not None:  # same id cached elsewhere (its range changed)
             self._remove_entry(old)
-        entry = _Entry(region, self._next_deadline(self._clock()), has_down_peers)
+        entry = _Entry(
+            region, self._next_deadline(self._clock()), has_down_peers or bool(region.down_peers)
+        )
         pos = bisect.bisect_left(self._starts, start)
         self._starts.insert(pos, start)
         self._entries.insert(pos, entry)
