@@ -24,7 +24,7 @@ from tikv_txn.client import AsyncTransactionClient, resolve_options
 from tikv_txn.gc import GC_CONCURRENCY
 from tikv_txn.pipelined import AsyncPipelinedTransaction
 from tikv_txn.runtime_stats import SnapshotRuntimeStats
-from tikv_txn.snapshot import AsyncSnapshot, ValueEntry
+from tikv_txn.snapshot import AsyncSnapshot, ReplicaReadAdjuster, ValueEntry
 from tikv_txn.transaction import AsyncTransaction, KeyAssertion
 
 __all__ = ["Snapshot", "Transaction", "TransactionClient"]
@@ -125,6 +125,10 @@ class Snapshot(_Reader):
     def set_ts(self, ts: int) -> None:
         """Read at ``ts`` from now on (see ``AsyncSnapshot.set_ts``)."""
         self._snap.set_ts(ts)
+
+    def set_replica_read_adjuster(self, adjuster: ReplicaReadAdjuster | None) -> None:
+        """Choose per request how a replica read is served (runs on the client's loop)."""
+        self._snap.set_replica_read_adjuster(adjuster)
 
     def get_with_commit_ts(self, key: bytes) -> ValueEntry | None:
         """The value of ``key`` with its commit ts, or ``None`` (client-go WithReturnCommitTS)."""

@@ -33,11 +33,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tikv_pd.backoff import TXN_LOCK_FAST, Backoffer
-from tikv_pd.config import IsolationLevel, TransactionOptions
+from tikv_pd.config import (
+    REPLICA_READ_TYPES,
+    IsolationLevel,
+    ReplicaReadType,
+    TransactionOptions,
+)
 from tikv_pd.errors import LockInfo, TxnError
 from tikv_pd.interceptor import RPCInterceptor, RPCInvoker, RPCRequest, chain_interceptors
 from tikv_pd.observability import register_operations
@@ -53,7 +58,11 @@ from tikv_txn.runtime_stats import SnapshotRuntimeStats
 if TYPE_CHECKING:
     from tikv_txn._runtime import TxnRuntime
 
-__all__ = ["AsyncSnapshot", "ValueEntry"]
+__all__ = ["AsyncSnapshot", "ReplicaReadAdjuster", "ValueEntry"]
+
+#: ``adjuster(number_of_keys) -> (store labels to prefer or None, replica-read type)``:
+#: see :meth:`AsyncSnapshot.set_replica_read_adjuster` (client-go ``ReplicaReadAdjuster``).
+ReplicaReadAdjuster = Callable[[int], tuple[Mapping[str, str] | None, ReplicaReadType]]
 
 
 class ValueEntry(NamedTuple):
@@ -98,6 +107,8 @@ class AsyncSnapshot:
     """
 
     __slots__ = (
+        "_adjusted_memo",
+        "_adjuster",
         "_cache",
         "_cache_commit_ts",
         "_chain",
@@ -168,6 +179,8 @@ class AsyncSnapshot:
         # The interceptor chain of the reads (client's and own), without the recorder.
         self._chain: RPCInterceptor | None = runtime.interceptor
         self._stats: SnapshotRuntimeStats | None = None
+        self._adjuster: ReplicaReadAdjuster | None = None
+        self._adjusted_memo: dict[tuple[int, str, tuple[tuple[str, str], ...]], RequestOptions] = {}
 
     # -- RPC interceptors (client-go KVSnapshot.SetRPCInterceptor / AddRPCInterceptor) ---
 
@@ -352,7 +365,7 @@ class AsyncSnapshot:
                     commit_ts[key] = known
                     return hit  # type: ignore[return-value]
         sender = self._rt.sender
-        options = self._options
+        options = self._adjusted(self._options, 1)
         need = commit_ts is not None
         first_lock: int | None = None
         while True:
@@ -469,9 +482,12 @@ class AsyncSnapshot:
 
         options = self._options
         while pending:
-            parts = await self._rt.sender.execute(
-                "BatchGet", sharder, pending, build, handle, bo=bo, options=self._past(options)
-            )
+            if self._adjuster is not None and self._adjusts(options):
+                parts = await self._batch_get_adjusted(pending, build, handle, bo, options)
+            else:
+                parts = await self._rt.sender.execute(
+                    "BatchGet", sharder, pending, build, handle, bo=bo, options=self._past(options)
+                )
             locks: list[LockInfo] = []
             # Keys to read again: the locked ones, and every key of a part whose whole
             # request failed (its one reported lock says nothing about the other keys;
@@ -513,6 +529,88 @@ class AsyncSnapshot:
             pending = sorted(again)
             options = self._leader_options  # client-go DisableStaleReadMeetLock
         return out
+
+    # -- replica-read adjuster (client-go KVSnapshot.SetReplicaReadAdjuster) ------------
+
+    def set_replica_read_adjuster(self, adjuster: ReplicaReadAdjuster | None) -> None:
+        """Let ``adjuster`` choose, request by request, how a replica read is served.
+
+        client-go ``SetReplicaReadAdjuster`` (TiDB's adaptive closest read): for a
+        snapshot reading from replicas (``replica_read`` other than ``"leader"``; stale
+        reads excluded), each ``KvGet`` and each ``KvBatchGet`` of one region calls
+        ``adjuster(number_of_keys)``, which returns the store labels the request should
+        prefer (``None``: keep the snapshot's) and the replica-read type to use for it,
+        e.g. the local replica for small reads and the leader for large ones. ``None``
+        removes it.
+
+        Raises:
+            TypeError: ``adjuster`` is not callable.
+
+        """
+        if adjuster is not None and not callable(adjuster):
+            raise TypeError(f"adjuster must be callable, got {type(adjuster).__name__}")
+        self._adjuster = adjuster
+        self._adjusted_memo.clear()
+
+    def _adjusts(self, options: RequestOptions) -> bool:
+        # client-go applies it when the request's replica-read type is a follower read;
+        # stale reads (and a stale read's leader retry) are left as they are.
+        return options.replica_read != "leader" and not options.stale_read
+
+    def _adjusted(self, options: RequestOptions, count: int) -> RequestOptions:
+        """``options`` as the adjuster wants them for a request of ``count`` keys."""
+        adjuster = self._adjuster
+        if adjuster is None or not self._adjusts(options):
+            return options
+        labels, read_type = adjuster(count)
+        if read_type not in REPLICA_READ_TYPES:
+            raise ValueError(
+                f"the replica read adjuster returned {read_type!r}; "
+                f"expected one of {REPLICA_READ_TYPES}"
+            )
+        pairs = options.match_labels if labels is None else _check_labels(labels)
+        memo_key = (id(options), read_type, pairs)
+        adjusted = self._adjusted_memo.get(memo_key)
+        if adjusted is None:
+            adjusted = dataclasses.replace(options, replica_read=read_type, match_labels=pairs)
+            self._adjusted_memo[memo_key] = adjusted
+        return adjusted
+
+    async def _batch_get_adjusted(
+        self,
+        keys: Sequence[bytes],
+        build: Any,
+        handle: Any,
+        bo: Backoffer,
+        options: RequestOptions,
+    ) -> list[tuple[Sequence[bytes], Any]]:
+        """BatchGet ``keys`` with the options the adjuster picks for each region batch.
+
+        client-go calls the adjuster once per batch (one region, at most
+        ``batch_get_size`` keys) with the batch's key count.
+        """
+        locator = self._rt.sender.locator
+        limit = self._rt.config.batch_get_size
+        batches: list[list[bytes]] = []
+        region: Region | None = None
+        for key in sorted(keys):
+            if region is None or not region.contains(key):
+                region = await locator.locate_key(key)
+                batches.append([])
+            elif len(batches[-1]) >= limit:
+                batches.append([])
+            batches[-1].append(key)
+        sharder: KeysSharder[bytes] = KeysSharder(max_count=limit)
+
+        async def one(batch: list[bytes]) -> list[tuple[Sequence[bytes], Any]]:
+            adjusted = self._past(self._adjusted(options, len(batch)))
+            result: list[tuple[Sequence[bytes], Any]] = await self._rt.sender.execute(
+                "BatchGet", sharder, batch, build, handle, bo=bo.fork(), options=adjusted
+            )
+            return result
+
+        results = await asyncio.gather(*(one(b) for b in batches))
+        return [part for parts in results for part in parts]
 
     def read_past_locks_of(self, start_ts: int) -> None:
         """Read past every lock of the transaction that started at ``start_ts``.
