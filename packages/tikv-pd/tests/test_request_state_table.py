@@ -71,6 +71,7 @@ class Cluster:
     region: Region
     down: set[int] = field(default_factory=set)
     timeouts: dict[int, int] = field(default_factory=dict)  # store -> timeouts left
+    timeout_below: float = 0.0  # requests whose RPC timeout is shorter time out
     leader_error: ErrorFn | None = None
     follower_error: ErrorFn | None = None
     sent: list[tuple[int, bool, bool]] = field(default_factory=list)  # store, replica, stale
@@ -176,6 +177,8 @@ class Transport:
         if c.timeouts.get(store, 0) > 0:
             c.timeouts[store] -= 1
             raise RPCTimeoutError(address, 1.0, sent=True)
+        if timeout is not None and timeout < c.timeout_below:
+            raise RPCTimeoutError(address, timeout, sent=True)
         truth = c.region
         resp = kvrpcpb_pb2.GetResponse
 
@@ -702,3 +705,72 @@ async def test_a_stale_read_does_not_try_an_unreachable_leader() -> None:
         RequestOptions(replica_read="mixed", stale_read=True, match_labels=(("zone", "z2"),)),
     )
     assert value == "3-stale"
+
+
+# ---------------------------------------------------------------------------------------
+# A read's own short timeout (client-go's configurable read timeout: TestSendReqFirstTimeout,
+# TestStaleReadTryFollowerAfterTimeout): a timeout moves on to another replica at once.
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("read_type", "stale_read"),
+    [("leader", False), ("follower", False), ("mixed", False), ("mixed", True)],
+)
+async def test_short_read_timeouts_try_each_replica_once_without_backoff(
+    read_type: ReplicaReadType, stale_read: bool
+) -> None:
+    cluster, _, sender, _ = harness()
+    cluster.timeout_below = 0.01  # every store is slower than 1 ms
+    options = RequestOptions(replica_read=read_type, stale_read=stale_read, timeout=0.001)
+    bo = Backoffer(300, operation="short-timeout", sleep=Sleeps())
+    request = kvrpcpb_pb2.GetRequest(key=b"k", version=1)
+    with pytest.raises(BackoffTimeoutError):
+        await sender.call_key("Get", b"k", request, bo=bo, options=options)
+    # The first round asked each store once, then slept regionMiss (never tikvRPC) and
+    # started over; the stores were not blamed and the region stayed cached.
+    first_round = [s for s, _, _ in cluster.sent[:3]]
+    assert sorted(first_round) == [1, 3, 5]
+    assert set(bo.backoff_times) == {"regionMiss"}
+    assert sender.stats.send_failures == len(cluster.sent)
+    assert not sender.health.has_unreachable()
+    # A leader read that timed out goes on as a replica read of a follower.
+    if read_type == "leader" and not stale_read:
+        assert cluster.sent[0] == (1, False, False)
+        assert all(replica for s, replica, _ in cluster.sent[1:3])
+    # With the default timeout, one RPC serves it.
+    cluster.sent.clear()
+    value, bo = await read(sender, replace(options, timeout=None))
+    assert len(cluster.sent) == 1 and bo.total_sleep_ms == 0
+    assert value.endswith(("leader", "follower", "stale"))
+
+
+async def test_a_write_timeout_is_a_send_failure() -> None:
+    cluster, _, sender, _ = harness()
+    cluster.timeouts[1] = 1
+    bo = Backoffer(2_000, operation="write", sleep=Sleeps())
+    await sender.call_key(
+        "Prewrite",
+        b"k",
+        kvrpcpb_pb2.PrewriteRequest(),
+        bo=bo,
+        options=RequestOptions(timeout=0.5),
+    )
+    # Writes get no fast retry: tikvRPC backoff (client-go: "write request timeout won't
+    # do fast retry").
+    assert bo.backoff_times.get("tikvRPC") == 1
+
+
+async def test_stale_read_tries_a_follower_after_the_leader_times_out() -> None:
+    cluster, _, sender, _ = harness()
+    cluster.timeouts[1] = 100  # the leader never answers in time
+    options = RequestOptions(
+        replica_read="mixed", stale_read=True, match_labels=(("zone", "z1"),), timeout=1.0
+    )
+    value, bo = await read(sender, options)
+    # Two RPCs, no backoff; the leader timed out, so the retry stays a stale read
+    # (canSendReplicaRead is false after a leader timeout).
+    assert cluster.sent[0][0] == 1
+    assert len(cluster.sent) == 2
+    assert value in ("3-stale", "5-stale")
+    assert bo.total_sleep_ms == 0

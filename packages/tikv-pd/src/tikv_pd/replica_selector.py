@@ -133,7 +133,14 @@ class ReplicaTarget:
 
 
 class _Replica:
-    __slots__ = ("attempts", "data_is_not_ready", "not_leader", "peer", "server_is_busy")
+    __slots__ = (
+        "attempts",
+        "data_is_not_ready",
+        "deadline_exceeded",
+        "not_leader",
+        "peer",
+        "server_is_busy",
+    )
 
     def __init__(self, peer: Peer) -> None:
         self.peer = peer
@@ -141,6 +148,7 @@ class _Replica:
         self.not_leader = False
         self.data_is_not_ready = False
         self.server_is_busy = False
+        self.deadline_exceeded = False
 
 
 class ReplicaSelector:
@@ -350,8 +358,13 @@ class ReplicaSelector:
 
     @staticmethod
     def _can_send_replica_read(leader: _Replica | None) -> bool:
-        """client-go ``canSendReplicaRead``: the leader was tried and was not busy."""
-        return leader is not None and leader.attempts > 0 and not leader.server_is_busy
+        """client-go ``canSendReplicaRead``: the leader was tried, not busy, not timed out."""
+        return (
+            leader is not None
+            and leader.attempts > 0
+            and not leader.server_is_busy
+            and not leader.deadline_exceeded
+        )
 
     def _pick(
         self,
@@ -474,6 +487,17 @@ class ReplicaSelector:
         target = self._target()
         if target is not None:
             target.data_is_not_ready = True
+
+    def on_deadline_exceeded(self) -> None:
+        """The target did not answer within a read's own (short) timeout.
+
+        client-go ``onReadReqConfigurableTimeout``: the replica is not asked again for
+        this read (the caller skips its store), and a stale retry then stays stale
+        (``canSendReplicaRead`` is false after a leader timeout).
+        """
+        target = self._target()
+        if target is not None:
+            target.deadline_exceeded = True
 
     def on_server_is_busy(self) -> None:
         """The target answered ServerIsBusy."""

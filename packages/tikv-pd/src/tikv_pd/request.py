@@ -78,7 +78,7 @@ from tikv_pd.logs import SLOW_REQUEST_SECONDS, log_request_outcome
 from tikv_pd.region_cache import InvalidReason, Liveness, Peer, PeerRole, Region, RegionCache
 from tikv_pd.region_errors import Action, decide, to_exception
 from tikv_pd.replica_selector import ReplicaSelector, StoreHealth
-from tikv_pd.transport import FATAL_STATUS_CODES, TransportError
+from tikv_pd.transport import FATAL_STATUS_CODES, RPCTimeoutError, TransportError
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
@@ -760,6 +760,9 @@ class _Call(Generic[P, T]):
     invoke: RPCInvoker | None = None  # the hooked send; None = transport.send directly
     # The request source gets the replica kind and retry facts (patch_request_source).
     patch_source: bool = False
+    # A read with its own short RPC timeout: a timeout moves on to another replica at
+    # once (client-go's configurable read timeout).
+    fast_timeout: bool = False
     attempts: int = 0  # attempts sent, all parts
     retries: int = 0  # attempts that met a send failure or a region error
     backoff_ms: int = 0  # milliseconds slept in backoffs, all parts
@@ -815,6 +818,9 @@ class RequestSender:
         if forwarding is None:
             forwarding = bool(getattr(config, "enable_forwarding", False))
         self.forwarding = forwarding
+        #: ``Config.read_timeout_short``: a read whose own RPC timeout is shorter has a
+        #: "configurable read timeout" (client-go ``isReadReqConfigurableTimeout``).
+        self.read_timeout_short = float(getattr(config, "read_timeout_short", 30.0))
         #: The client's zone (``Config.zone_label``): a stale read to a store whose
         #: "zone" label differs is cross-zone traffic in the metrics.
         self.zone_label: str = getattr(config, "zone_label", "") or ""
@@ -959,6 +965,12 @@ class RequestSender:
         )
         if options.request_source and command in SOURCE_PATCHED_COMMANDS:
             call.patch_source = True
+        if (
+            call.timeout is not None
+            and call.timeout < self.read_timeout_short
+            and command in _READ_BYTES_COMMANDS
+        ):
+            call.fast_timeout = True
         if (
             options.interceptor is not None
             or _interceptor.process_chain is not None
@@ -1234,6 +1246,22 @@ class RequestSender:
                 # leader may have moved), try another peer next, and back off tikvRPC.
                 # When every peer failed, start over (client-go NeedReloadRegion).
                 failed_store = proxy.store_id if proxy is not None else peer.store_id
+                if call.fast_timeout and proxy is None and isinstance(exc, RPCTimeoutError):
+                    # client-go onReadReqConfigurableTimeout: a read with its own short
+                    # timeout that ran out asks another replica at once, without a
+                    # backoff, without blaming the store or dropping the region; a leader
+                    # read goes on as a replica read of a follower.
+                    unreachable.add(failed_store)
+                    if selector is not None:
+                        selector.on_deadline_exceeded()
+                    elif mode == 0:
+                        options = _load_based_read(options)
+                    if unreachable.issuperset(p.store_id for p in region.peers):
+                        # Every replica timed out: start over after a regionMiss sleep.
+                        unreachable.clear()
+                        selector = None
+                        bo = await self._backoff(call, bo, REGION_MISS, exc, ambiguous)
+                    continue
                 if exc.code == grpc.StatusCode.UNAVAILABLE or not exc.sent:
                     # The connection failed: the store is likely down (client-go's liveness
                     # probe would say unreachable); replica reads skip it for a while.
