@@ -164,5 +164,10 @@ async def test_the_heartbeat_stops_pushing_once_the_commit_begins(
     finally:
         cluster.clock.unfreeze()
     assert commit_ts > target > frozen_value
+    # The pipelined commit waited for the TSO too, and says how.
+    lag = txn.commit_ts_lag
+    assert lag is not None
+    assert (lag.wait_until_ts, lag.commit_ts) == (target, commit_ts)
+    assert lag.first_ts <= target
     snap = client.snapshot(await client.current_timestamp())
     assert await snap.get(key) == b"v"

@@ -1134,11 +1134,13 @@ class AsyncPipelinedTransaction(AsyncTransaction):
     async def _oracle_commit_ts(self) -> int:
         # The commit-wait-until-TSO constraint holds here too (client-go
         # pipelined_flush.go takes its commit ts from GetTimestampForCommit).
-        commit_ts, _ = await timestamp_for_commit(
+        commit_ts, lag = await timestamp_for_commit(
             self._rt,
             wait_until_ts=self.commit_wait_until_tso,
             timeout_s=self.commit_wait_until_tso_timeout,
         )
+        if lag is not None:
+            self._lag = lag
         if commit_ts <= self.start_ts:
             raise TxnError(f"commit ts {commit_ts} is not after start ts {self.start_ts}")
         self.commit_ts = commit_ts

@@ -89,6 +89,7 @@ class AsyncTransaction:
         "_commit_wait_until_tso",
         "_committer",
         "_interceptor",
+        "_lag",
         "_locker",
         "_options",
         "_rt",
@@ -127,6 +128,8 @@ class AsyncTransaction:
         self.commit_ts = 0
         self._commit_wait_until_tso = options.commit_wait_until_tso
         self._commit_wait_timeout = options.commit_wait_until_tso_timeout
+        # The commit-ts lag of a commit that did not go through the committer (pipelined).
+        self._lag: CommitTsLag | None = None
 
     # -- RPC interceptors (client-go KVTxn.SetRPCInterceptor / AddRPCInterceptor) -----
 
@@ -218,6 +221,8 @@ class AsyncTransaction:
         ``None`` unless the first commit ts fetched was not above it (client-go
         ``CommitDetails.LagDetails``).
         """
+        if self._lag is not None:
+            return self._lag
         return None if self._committer is None else self._committer.commit_ts_lag
 
     # -- state -------------------------------------------------------------------------
