@@ -774,3 +774,20 @@ async def test_stale_read_tries_a_follower_after_the_leader_times_out() -> None:
     assert len(cluster.sent) == 2
     assert value in ("3-stale", "5-stale")
     assert bo.total_sleep_ms == 0
+
+
+async def test_a_stuck_leader_does_not_hold_a_write_once_another_peer_leads() -> None:
+    # client-go TestLeaderStuck: the cached leader never answers (its store is stuck);
+    # meanwhile a follower became leader. The write gives up on the stuck store after its
+    # timeout and reaches the new leader through another peer's NotLeader hint.
+    cluster, locator, sender, _ = harness()
+    await locator.locate_key(b"k")  # cached with the old leader
+    cluster.timeouts[1] = 1_000
+    evict_leader(cluster)  # store 3 leads now; the client still caches store 1
+    bo = Backoffer(20_000, operation="prewrite", sleep=Sleeps())
+    response = await sender.call_key(
+        "Prewrite", b"k", kvrpcpb_pb2.PrewriteRequest(), bo=bo, options=RequestOptions()
+    )
+    assert response.value == b"3-leader"
+    assert [s for s, _, _ in cluster.sent][:1] == [1]
+    assert bo.backoff_times == {"tikvRPC": 1}
