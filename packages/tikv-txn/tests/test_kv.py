@@ -118,7 +118,12 @@ def test_decode_error_keys_leaves_api_v1_and_foreign_keys_alone() -> None:
 
 
 #: Modules whose errors are built from the user's keys (the write buffer), never stored ones.
-_USER_KEY_BUILDERS = {("pessimistic.py", "KeyExistsError")}
+#: The committer's stashed assertion error is built in ``prepare`` from the mutations
+#: before they are encoded for API v2 (``_check_assertions_by_locks``).
+_USER_KEY_BUILDERS = {
+    ("pessimistic.py", "KeyExistsError"),
+    ("committer.py", "AssertionFailedError"),
+}
 
 
 def test_every_error_with_keys_is_built_through_the_decoder() -> None:
