@@ -206,6 +206,7 @@ _CONFIG_MINIMUMS: dict[str, float] = {
     "region_cache_ttl_jitter": 0.0,
     "store_liveness_timeout": 1e-3,
     "stores_refresh_interval": 1e-3,
+    "store_limit": 0,
     "committer_concurrency": 1,
     "max_txn_ttl_ms": 1,
     "managed_lock_ttl_ms": 1,
@@ -290,6 +291,9 @@ class Config:
         enable_forwarding: Forward requests through a follower when the leader's store
             is unreachable (``config/config.go``: false).
         zone_label: The client's "zone" label, for locality decisions (``config/config.go``).
+        store_limit: Max requests in flight per store; one more fails at once with
+            :class:`tikv_pd.errors.TokenLimitError` (``config/client.go`` StoreLimit = 0:
+            no limit).
         committer_concurrency: Max concurrent 2PC batch requests (``config/config.go``:
             128).
         max_txn_ttl_ms: Lifetime after which the heartbeat stops extending a lock
@@ -372,6 +376,7 @@ class Config:
     stores_refresh_interval: float = 60.0
     enable_forwarding: bool = False
     zone_label: str = ""
+    store_limit: int = 0
     # Transactions
     committer_concurrency: int = 128
     max_txn_ttl_ms: int = 60 * 60 * 1000

@@ -13,6 +13,7 @@ message text. The tree::
     ├── TimeoutError                 a backoff budget ran out (also builtins.TimeoutError)
     ├── UndeterminedError            a write may or may not have been applied
     ├── StoreUnavailableError        transport failure talking to a TiKV store
+    ├── TokenLimitError              too many requests in flight to one store (store_limit)
     ├── ClientClosedError            the client (or a component) was used after close()
     ├── FutureTSReadError            a read ts beyond every timestamp PD has issued (ValueError)
     ├── LatestStaleReadError         a stale read at the max timestamp (also a ValueError)
@@ -80,6 +81,7 @@ __all__ = [
     "StoreUnavailableError",
     "TiKVError",
     "TimeoutError",
+    "TokenLimitError",
     "TransactionClosedError",
     "TxnAbortedError",
     "TxnError",
@@ -476,6 +478,29 @@ class StoreUnavailableError(TiKVError):
         if self.cause is not None:
             text += f": {type(self.cause).__name__}: {self.cause}"
         return text
+
+
+class TokenLimitError(TiKVError):
+    """A store already has ``Config.store_limit`` requests of this client in flight.
+
+    client-go ``ErrTokenLimit`` (``kv.StoreLimit``): the request is refused before it is
+    sent, not queued, so an overloaded store cannot pile up work; nothing was sent.
+
+    Attributes:
+        store_id: The store whose limit was reached.
+        limit: The limit.
+
+    """
+
+    def __init__(self, store_id: int, limit: int) -> None:
+        super().__init__("")
+        self.store_id = store_id
+        self.limit = limit
+
+    def _describe(self) -> str:
+        return (
+            f"store token is up to the limit, store id = {self.store_id} (store_limit {self.limit})"
+        )
 
 
 class ClientClosedError(TiKVError):

@@ -71,7 +71,12 @@ from tikv_pd.config import (
     IsolationLevel,
     ReplicaReadType,
 )
-from tikv_pd.errors import RegionError, StoreUnavailableError, UndeterminedError
+from tikv_pd.errors import (
+    RegionError,
+    StoreUnavailableError,
+    TokenLimitError,
+    UndeterminedError,
+)
 from tikv_pd.errors import TimeoutError as BackoffTimeoutError
 from tikv_pd.interceptor import RPCInterceptor, RPCInvoker, RPCRequest
 from tikv_pd.logs import SLOW_REQUEST_SECONDS, log_request_outcome
@@ -818,6 +823,9 @@ class RequestSender:
         if forwarding is None:
             forwarding = bool(getattr(config, "enable_forwarding", False))
         self.forwarding = forwarding
+        #: ``Config.store_limit``: max requests in flight per store (0: no limit).
+        self.store_limit = int(getattr(config, "store_limit", 0) or 0)
+        self._tokens: dict[int, int] = {}
         #: ``Config.read_timeout_short``: a read whose own RPC timeout is shorter has a
         #: "configurable read timeout" (client-go ``isReadReqConfigurableTimeout``).
         self.read_timeout_short = float(getattr(config, "read_timeout_short", 30.0))
@@ -861,6 +869,19 @@ class RequestSender:
             if labels_of(peer.store_id) is None:
                 with contextlib.suppress(Exception):
                     await get_store(peer.store_id)
+
+    def _take_token(self, store_id: int) -> None:
+        count = self._tokens.get(store_id, 0)
+        if count >= self.store_limit:
+            raise TokenLimitError(store_id, self.store_limit)
+        self._tokens[store_id] = count + 1
+
+    def _give_token(self, store_id: int) -> None:
+        count = self._tokens.get(store_id, 0)
+        if count <= 1:
+            self._tokens.pop(store_id, None)
+        else:
+            self._tokens[store_id] = count - 1
 
     def _cross_zone(self, store_id: int) -> bool | None:
         """Whether a request to ``store_id`` leaves the client's zone (``None``: unknown).
@@ -1206,29 +1227,42 @@ class RequestSender:
             slept = False
             self.stats.attempts += 1
             call.attempts += 1
+            limited = self.store_limit > 0
+            if limited:
+                # client-go getStoreToken: refused before sending when the target store
+                # already has store_limit requests of this client in flight.
+                self._take_token(peer.store_id)
             try:
-                invoke = call.invoke
-                if invoke is not None:
-                    # The request's one invoker serves relayed attempts too: the
-                    # forwarded host travels in the RPCRequest.
-                    response = await invoke(
-                        RPCRequest(
+                try:
+                    invoke = call.invoke
+                    if invoke is not None:
+                        # The request's one invoker serves relayed attempts too: the
+                        # forwarded host travels in the RPCRequest.
+                        response = await invoke(
+                            RPCRequest(
+                                address,
+                                command,
+                                request,
+                                peer.store_id,
+                                region.id,
+                                attempt - 1,
+                                call.timeout,
+                                forwarded_host,
+                            )
+                        )
+                    elif forwarded_host:
+                        response = await transport.send(
                             address,
                             command,
                             request,
-                            peer.store_id,
-                            region.id,
-                            attempt - 1,
                             call.timeout,
-                            forwarded_host,
+                            forwarded_host=forwarded_host,
                         )
-                    )
-                elif forwarded_host:
-                    response = await transport.send(
-                        address, command, request, call.timeout, forwarded_host=forwarded_host
-                    )
-                else:
-                    response = await transport.send(address, command, request, call.timeout)
+                    else:
+                        response = await transport.send(address, command, request, call.timeout)
+                finally:
+                    if limited:
+                        self._give_token(peer.store_id)
             except TransportError as exc:
                 if options.stale_read and _obs.metrics is not None:
                     self._observe_traffic(command, True, peer.store_id, request, None)
