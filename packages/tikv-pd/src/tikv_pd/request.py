@@ -38,12 +38,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import enum
 import functools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -105,7 +106,9 @@ __all__ = [
     "Sender",
     "Shard",
     "Sharder",
+    "TrafficDetails",
     "build_context",
+    "collect_traffic",
     "patch_request_source",
     "select_peer",
 ]
@@ -439,6 +442,83 @@ def build_context(
     if options.resolved_locks:
         ctx.resolved_locks.extend(options.resolved_locks)
     return ctx
+
+
+@dataclass(slots=True)
+class TrafficDetails:
+    """Bytes a piece of work sent to and received from TiKV (client-go ``util.ExecDetails``).
+
+    client-go's network collector adds every attempt's request and response sizes to the
+    statement's ``UnpackedBytes{Sent,Received}KV{Total,CrossZone}`` (TiDB shows them in its
+    runtime stats). Collect them with :func:`collect_traffic`. Sizes are the encoded
+    messages (before gRPC compression); an attempt that failed to send still counts its
+    request. Cross-zone: the client's ``Config.zone_label`` and the store's ``zone`` label
+    are both known and differ.
+
+    Attributes:
+        bytes_sent: Request bytes, all attempts.
+        bytes_received: Response bytes.
+        bytes_sent_cross_zone: The part of ``bytes_sent`` that left the client's zone.
+        bytes_received_cross_zone: The part of ``bytes_received`` from another zone.
+        requests: Attempts counted.
+
+    """
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    bytes_sent_cross_zone: int = 0
+    bytes_received_cross_zone: int = 0
+    requests: int = 0
+
+    def add(self, sent: int, received: int, *, cross_zone: bool) -> None:
+        """Count one attempt of ``sent`` request and ``received`` response bytes."""
+        self.requests += 1
+        self.bytes_sent += sent
+        self.bytes_received += received
+        if cross_zone:
+            self.bytes_sent_cross_zone += sent
+            self.bytes_received_cross_zone += received
+
+
+_TRAFFIC: contextvars.ContextVar[TrafficDetails | None] = contextvars.ContextVar(
+    "tikv_traffic_details", default=None
+)
+# How many collect_traffic blocks are open, process-wide: the hot path checks this int
+# before looking at the context variable.
+_traffic_collectors = 0
+
+
+@contextlib.contextmanager
+def collect_traffic(details: TrafficDetails | None = None) -> Iterator[TrafficDetails]:
+    """Count the TiKV traffic of the requests made inside the block (and its tasks).
+
+    client-go passes ``util.ExecDetails`` in the request's context; here the details
+    travel in a context variable, so tasks created inside the block and calls through
+    the sync facades (which carry the caller's context) are counted too.
+
+    Example:
+        >>> with collect_traffic() as traffic:  # doctest: +SKIP
+        ...     await snapshot.batch_get(keys)
+        >>> traffic.bytes_received  # doctest: +SKIP
+
+    Args:
+        details: Add to these (default: new, zeroed details).
+
+    Yields:
+        The details being filled.
+
+    """
+    global _traffic_collectors
+    if details is not None and not isinstance(details, TrafficDetails):
+        raise TypeError(f"details must be TrafficDetails, got {type(details).__name__}")
+    target = details if details is not None else TrafficDetails()
+    token = _TRAFFIC.set(target)
+    _traffic_collectors += 1
+    try:
+        yield target
+    finally:
+        _traffic_collectors -= 1
+        _TRAFFIC.reset(token)
 
 
 #: Commands whose ``Context.request_source`` names the replica that serves them and
@@ -905,17 +985,21 @@ class RequestSender:
         request: Message,
         response: Message | None,
     ) -> None:
-        """client-go's network collector for one attempt (only called with metrics on).
+        """client-go's network collector for one attempt (metrics on, or traffic collected).
 
-        Stale reads count every attempt's bytes (an unknown zone counts as local); read
-        commands to a store of known zone feed ``read_request_bytes``.
+        The bytes go to the caller's :class:`TrafficDetails` when it collects them; stale
+        reads count every attempt's bytes (an unknown zone counts as local); read commands
+        to a store of known zone feed ``read_request_bytes``.
         """
-        metrics = _obs.metrics
-        if metrics is None:
-            return
         cross = self._cross_zone(store_id)
         out_bytes = request.ByteSize()
         in_bytes = response.ByteSize() if response is not None else None
+        details = _TRAFFIC.get() if _traffic_collectors else None
+        if details is not None:
+            details.add(out_bytes, in_bytes or 0, cross_zone=bool(cross))
+        metrics = _obs.metrics
+        if metrics is None:
+            return
         if stale_read:
             metrics.observe_stale_read_attempt(out_bytes, in_bytes, cross_zone=bool(cross))
         if in_bytes and cross is not None and command in _READ_BYTES_COMMANDS:
@@ -1264,8 +1348,8 @@ class RequestSender:
                     if limited:
                         self._give_token(peer.store_id)
             except TransportError as exc:
-                if options.stale_read and _obs.metrics is not None:
-                    self._observe_traffic(command, True, peer.store_id, request, None)
+                if _traffic_collectors or (options.stale_read and _obs.metrics is not None):
+                    self._observe_traffic(command, options.stale_read, peer.store_id, request, None)
                 self.stats.send_failures += 1
                 call.retries += 1
                 call.last_error = exc
@@ -1317,8 +1401,9 @@ class RequestSender:
                 free_retries = 0
                 continue
 
-            if _obs.metrics is not None and (
-                options.stale_read or (self.zone_label and command in _READ_BYTES_COMMANDS)
+            if _traffic_collectors or (
+                _obs.metrics is not None
+                and (options.stale_read or (self.zone_label and command in _READ_BYTES_COMMANDS))
             ):
                 # client-go's network collector: every attempt of a request that started
                 # as a stale read counts, the leader's fallback read included.
