@@ -309,3 +309,27 @@ async def test_grpc_cancelled_by_the_server_is_retried(cluster: MockCluster) -> 
         sender = raw._shared.router.sender
         assert sender.stats.send_failures >= 1
         assert not sender.health.has_unreachable()
+
+
+async def test_a_cancelled_send_is_counted_as_context_canceled(
+    client: AsyncTransactionClient, cluster: MockCluster
+) -> None:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from tikv_pd.metrics import disable_metrics, enable_metrics
+
+    registry = prometheus_client.CollectorRegistry()
+    enable_metrics(registry)
+    try:
+        await write(client, KEY, b"v")
+        leader, _ = leader_and_followers(cluster, KEY)
+        hang = cluster.faults.add("KvGet", hang=True)
+        task = asyncio.ensure_future(client.snapshot(await client.current_timestamp()).get(KEY))
+        await wait_hanging(cluster, 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        cluster.faults.remove(hang)
+        labels = {"type": "context-canceled", "store": str(leader)}
+        assert registry.get_sample_value("tikv_client_go_rpc_err_total", labels) == 1
+    finally:
+        disable_metrics()

@@ -61,6 +61,7 @@ methods, reached as ``tikv_pd.observability.metrics`` (``None`` when off)::
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -565,6 +566,10 @@ class ClientMetrics:
 def _rpc_error_label(exc: BaseException) -> str:
     from tikv_pd.transport import RPCTimeoutError, TransportError
 
+    if isinstance(exc, asyncio.CancelledError):
+        # The caller gave up (cancelled, or its deadline passed): client-go onSendFail's
+        # label for a cancelled context.
+        return "context-canceled"
     if isinstance(exc, RPCTimeoutError):
         return "timeout"
     if isinstance(exc, TransportError):
