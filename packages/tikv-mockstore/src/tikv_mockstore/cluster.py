@@ -312,6 +312,8 @@ class Cluster:
         self._gc_states: dict[int | None, _GcState] = {}
         self._gc_listeners: list[Callable[[int, int | None], None]] = []
         self._external_ts = 0
+        # The last operator PD ran on each region (pdpb GetOperator): its description.
+        self._operators: dict[int, bytes] = {}
         now_s = self.clock.now_s()
         self._keyspaces: dict[str, Keyspace] = {
             "DEFAULT": Keyspace(0, "DEFAULT", keyspacepb_pb2.ENABLED, now_s, now_s)
@@ -629,6 +631,50 @@ class Cluster:
             moved = replace(region, leader_store_id=store_id)
             self._put_region(moved)
             return moved
+
+    def scatter_regions(self, region_ids: Sequence[int]) -> list[int]:
+        """PD's region scatter: spread the regions' leaders over the stores.
+
+        PD's scatterer moves peers and leaders so that newly split regions do not all
+        stay on the stores of the region they came from. Every region here has a peer
+        on the same stores, so only leaders move: each region's leader goes to the up
+        store, among its voters, that leads the fewest other regions (its current
+        leader when tied). The "scatter-region" operator finishes at once; GetOperator
+        reports it. Returns the ids of the regions that do not exist (PD's
+        ``failed_regions_id``).
+        """
+        with self._mu:
+            failed: list[int] = []
+            for region_id in region_ids:
+                region = self._regions.get(region_id)
+                if region is None:
+                    failed.append(region_id)
+                    continue
+                leads: dict[int, int] = {}
+                for other in self._regions.values():
+                    if other.id != region_id:
+                        leads[other.leader_store_id] = leads.get(other.leader_store_id, 0) + 1
+                candidates = [
+                    p.store_id
+                    for p in region.peers
+                    if not p.learner
+                    and (store := self._stores.get(p.store_id)) is not None
+                    and store.state is StoreState.UP
+                ]
+                if candidates:
+                    target = min(
+                        candidates,
+                        key=lambda s: (leads.get(s, 0), s != region.leader_store_id, s),
+                    )
+                    if target != region.leader_store_id:
+                        self._put_region(replace(region, leader_store_id=target))
+                self._operators[region_id] = b"scatter-region"
+            return failed
+
+    def operator_of(self, region_id: int) -> bytes | None:
+        """The description of the last operator run on ``region_id`` (finished), if any."""
+        with self._mu:
+            return self._operators.get(region_id)
 
     def add_peer(self, region_id: int, store_id: int, *, learner: bool = False) -> Region:
         """Add a peer (a voter, or a learner) of region ``region_id`` on ``store_id``.

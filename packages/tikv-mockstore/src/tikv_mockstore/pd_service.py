@@ -469,6 +469,47 @@ class PdServer:
             regions_id=[r.id for r in regions if r.start_key in keys],
         )
 
+    def _rpc_scatter_region(
+        self, request: pdpb_pb2.ScatterRegionRequest
+    ) -> pdpb_pb2.ScatterRegionResponse:
+        # PD: a single (deprecated) region_id, or the batch regions_id.
+        if request.region_id:
+            if self.cluster.region_by_id(request.region_id) is None:
+                return pdpb_pb2.ScatterRegionResponse(
+                    header=self._error_header(
+                        pdpb_pb2.REGION_NOT_FOUND, f"region {request.region_id} not found"
+                    )
+                )
+            self.cluster.scatter_regions([request.region_id])
+            return pdpb_pb2.ScatterRegionResponse(header=self._header(), finished_percentage=100)
+        ids = list(request.regions_id)
+        if not ids:
+            return pdpb_pb2.ScatterRegionResponse(
+                header=self._error_header(pdpb_pb2.INVALID_VALUE, "regions id is required")
+            )
+        failed = self.cluster.scatter_regions(ids)
+        return pdpb_pb2.ScatterRegionResponse(
+            header=self._header(),
+            finished_percentage=100 * (len(ids) - len(failed)) // len(ids),
+            failed_regions_id=failed,
+        )
+
+    def _rpc_get_operator(
+        self, request: pdpb_pb2.GetOperatorRequest
+    ) -> pdpb_pb2.GetOperatorResponse:
+        desc = self.cluster.operator_of(request.region_id)
+        if desc is None:
+            # PD answers a region without an operator with this header error.
+            return pdpb_pb2.GetOperatorResponse(
+                header=self._error_header(pdpb_pb2.REGION_NOT_FOUND, "Not Found")
+            )
+        return pdpb_pb2.GetOperatorResponse(
+            header=self._header(),
+            region_id=request.region_id,
+            desc=desc,
+            status=pdpb_pb2.SUCCESS,
+        )
+
     # ------------------------------------------------------------------ GC
 
     def _rpc_get_gc_safe_point(
