@@ -1479,6 +1479,49 @@ class PDClient:
             raise PDError("AllocID: PD returned id 0")
         return resp.id
 
+    async def scatter_regions(
+        self, region_ids: Sequence[int], *, backoffer: Backoffer | None = None
+    ) -> list[int]:
+        """Ask PD to scatter regions over the stores (client-go ``pdClient.ScatterRegions``).
+
+        PD starts a "scatter-region" operator per region (see :meth:`get_operator`).
+
+        Returns:
+            The ids PD could not scatter (``failed_regions_id``).
+
+        Raises:
+            TypeError / ValueError: ``region_ids`` is empty or holds a bad id.
+            PDError: PD failed or answered with an error.
+
+        """
+        ids = [_check_uint("region id", rid, minimum=1) for rid in region_ids]
+        if not ids:
+            raise ValueError("region_ids must not be empty")
+        request = pdpb_pb2.ScatterRegionRequest(header=self._header(), regions_id=ids)
+        resp = await self._pd_unary("ScatterRegion", lambda s: s.ScatterRegion, request, backoffer)
+        return list(resp.failed_regions_id)
+
+    async def get_operator(
+        self, region_id: int, *, backoffer: Backoffer | None = None
+    ) -> tuple[bytes, int] | None:
+        """The operator PD runs (or last ran) on a region: ``(desc, pdpb.OperatorStatus)``.
+
+        ``None`` when PD has none for it (PD answers ``REGION_NOT_FOUND`` "Not Found").
+
+        Raises:
+            PDError: PD failed or answered with another error.
+
+        """
+        rid = _check_uint("region_id", region_id, minimum=1)
+        request = pdpb_pb2.GetOperatorRequest(header=self._header(), region_id=rid)
+        try:
+            resp = await self._pd_unary("GetOperator", lambda s: s.GetOperator, request, backoffer)
+        except PDError as exc:
+            if exc.error_type == "REGION_NOT_FOUND":
+                return None
+            raise
+        return bytes(resp.desc), int(resp.status)
+
     async def get_cluster_info(self, *, backoffer: Backoffer | None = None) -> ClusterInfo:
         """Return how the cluster serves TSO (``GetClusterInfo``).
 
