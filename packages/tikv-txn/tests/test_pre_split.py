@@ -82,6 +82,16 @@ async def test_optimistic_commit_splits_the_region_first(
     assert expected  # the test's sizes do call for a split
     assert all(starts_region(cluster, k) for k in expected)
     assert not same_region(cluster, keys[0], keys[-1])
+    # The new regions were scattered by PD (client-go SplitRegions(scatter=true)): the
+    # mock's scatter spreads leaders, so the transaction's keys are led from more than
+    # one store now. The region from the last split key on keeps the old region's id
+    # (TiKV derives the right side) and is not a new one: the ones before it are.
+    for k in [keys[0], *expected[:-1]]:
+        region = cluster.region_by_key(k, txn=True)
+        assert region is not None
+        assert cluster.state.operator_of(region.id) == b"scatter-region"
+    leaders = {cluster.region_by_key(k, txn=True).leader.store_id for k in keys}  # type: ignore[union-attr]
+    assert len(leaders) > 1
     snap = client.snapshot(await client.current_timestamp())
     assert await snap.batch_get(keys) == {k: value(i) for i, k in enumerate(keys)}
 
@@ -133,3 +143,21 @@ async def test_split_region_keys_skips_existing_boundaries(
     # Both keys already start their regions: nothing is sent.
     assert await split_region_keys(client.runtime, [a, b]) == []
     assert cluster.counters.count("SplitRegion") == before
+
+
+async def test_pd_scatter_and_operator_calls(
+    client: AsyncTransactionClient, cluster: MockCluster
+) -> None:
+    pd = client.runtime.pd
+    assert pd is not None
+    prefix = b"\x10psplit%03d/scatter" % next(_ids)
+    (new_id,) = await split_region_keys(client.runtime, [prefix])
+    assert await pd.get_operator(new_id) is None  # PD's "Not Found": no operator yet
+    assert await pd.scatter_regions([new_id, 999_999]) == [999_999]
+    op = await pd.get_operator(new_id)
+    assert op is not None
+    assert op[0] == b"scatter-region"
+    with pytest.raises(ValueError, match="empty"):
+        await pd.scatter_regions([])
+    with pytest.raises(ValueError, match="region_id"):
+        await pd.get_operator(0)

@@ -51,7 +51,10 @@ from tikv_pd import observability as _obs
 from tikv_pd.backoff import (
     COMMIT_TS_LAG,
     MAX_SPLIT_REGIONS_BACKOFF,
+    PD_RPC,
+    REGION_MISS,
     SPLIT_REGION_BACKOFF,
+    WAIT_SCATTER_REGION_FINISH_BACKOFF,
     Backoffer,
     BackoffVars,
 )
@@ -61,6 +64,7 @@ from tikv_pd.errors import (
     CommitTsExpiredError,
     CommitTsLagError,
     LockInfo,
+    PDError,
     TxnAbortedError,
     TxnError,
     UndeterminedError,
@@ -71,7 +75,7 @@ from tikv_pd.interceptor import RPCInterceptor
 from tikv_pd.oracle import extract_physical
 from tikv_pd.region_cache import InvalidReason, Region
 from tikv_pd.request import Ambiguity, KeysSharder, RequestOptions, RetryShard
-from tikv_proto import kvrpcpb_pb2
+from tikv_proto import kvrpcpb_pb2, pdpb_pb2
 
 from tikv_txn._kv import mutation_to_pb
 from tikv_txn._runtime import HEARTBEAT_TASK_PREFIX
@@ -111,8 +115,10 @@ __all__ = [
     "commit_primary_keys",
     "keep_primary_alive",
     "pre_split_regions",
+    "scatter_region",
     "split_region_keys",
     "timestamp_for_commit",
+    "wait_scatter_region_finish",
 ]
 
 _log = logging.getLogger("tikv.txn.committer")
@@ -288,9 +294,8 @@ async def pre_split_regions(
     ``Config.txn_pre_split_size_threshold`` bytes of keys and values
     (:func:`tikv_txn.policy.pre_split_keys`) before the keys are sent, so that a large
     transaction does not make one TiKV busy. Splitting is best effort, as in client-go: a
-    failed split is logged and the transaction goes on with the regions as they are.
-    client-go also asks PD to scatter the new regions and waits for it; here they stay
-    where they were split (the mock PD has no scheduler to scatter with).
+    failed split is logged and the transaction goes on with the regions as they are. The
+    new regions are then scattered by PD, waiting for each scatter to finish.
 
     Args:
         runtime: The client's shared state.
@@ -331,22 +336,88 @@ async def pre_split_regions(
             len(keys),
         )
         try:
-            await split_region_keys(runtime, keys)
+            new_regions = await split_region_keys(runtime, keys)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             _log.warning("txn %d: pre-split of region %d failed: %s", start_ts, region.id, exc)
             continue
         split = True
+        # client-go SplitRegions(scatter=true), then WaitScatterRegionFinish per region:
+        # the new regions are spread over the stores before the keys are sent to them.
+        # A failed scatter or wait is only logged, as there.
+        for region_id in new_regions:
+            try:
+                await scatter_region(runtime, region_id)
+                await wait_scatter_region_finish(runtime, region_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                _log.warning("txn %d: scatter of region %d failed: %s", start_ts, region_id, exc)
     return split
+
+
+async def scatter_region(runtime: TxnRuntime, region_id: int) -> None:
+    """Ask PD to scatter ``region_id`` (client-go ``KVStore.scatterRegion``).
+
+    Retried with the ``pdRPC`` backoff within the split budget; a client without a PD
+    client (a test stack) does nothing.
+
+    Raises:
+        PDError: PD refused (the region is unknown to it).
+        tikv_pd.errors.TimeoutError: PD kept failing for the budget.
+
+    """
+    pd = runtime.pd
+    if pd is None:
+        return
+    bo = Backoffer(SPLIT_REGION_BACKOFF, operation="scatter region", vars=_UNWEIGHTED)
+    while True:
+        try:
+            failed = await pd.scatter_regions([region_id])
+        except PDError as exc:
+            await bo.backoff(PD_RPC, exc)
+            continue
+        if failed:
+            raise PDError(f"ScatterRegion: PD could not scatter region {region_id}")
+        return
+
+
+async def wait_scatter_region_finish(runtime: TxnRuntime, region_id: int) -> None:
+    """Wait until PD's scatter operator on ``region_id`` is no longer running.
+
+    client-go ``WaitScatterRegionFinish``: ask PD for the region's operator, back off
+    ``regionMiss`` while it is a running "scatter-region" (or PD failed), within 120 s.
+    A region with no operator (PD's "Not Found") is done.
+
+    Raises:
+        tikv_pd.errors.TimeoutError: Still running when the budget ran out.
+
+    """
+    pd = runtime.pd
+    if pd is None:
+        return
+    bo = Backoffer(
+        WAIT_SCATTER_REGION_FINISH_BACKOFF, operation="wait scatter region", vars=_UNWEIGHTED
+    )
+    while True:
+        try:
+            op = await pd.get_operator(region_id)
+        except PDError as exc:
+            await bo.backoff(REGION_MISS, exc)
+            continue
+        if op is None or op[0] != b"scatter-region" or op[1] != pdpb_pb2.RUNNING:
+            return
+        await bo.backoff(REGION_MISS, f"scatter of region {region_id} still running")
 
 
 async def split_region_keys(runtime: TxnRuntime, keys: Sequence[bytes]) -> list[int]:
     """Split regions at ``keys`` (as TiKV stores them) with TiKV's ``SplitRegion``.
 
-    client-go ``KVStore.SplitRegions`` without scatter: keys are grouped by region, a key
-    that already starts its region is dropped (nothing to split there), and each region
-    gets one request with all of its keys; region errors re-shard through the pipeline.
+    client-go ``KVStore.SplitRegions`` (its scatter is :func:`scatter_region`): keys are
+    grouped by region, a key that already starts its region is dropped (nothing to split
+    there), and each region gets one request with all of its keys; region errors
+    re-shard through the pipeline.
     The budget is client-go's: 20 s per key, at most 120 s.
 
     Returns:
