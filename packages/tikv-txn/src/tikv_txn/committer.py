@@ -7,6 +7,8 @@
    (:func:`tikv_txn.policy.build_mutations`); the primary is the first key.
 2. **Batches** — mutations are grouped by region and cut into ``txn_commit_batch_size``
    (16 KiB) batches, the primary's batch first (:func:`tikv_txn.policy.batch_mutations`).
+   A region receiving ``txn_pre_split_detect_threshold`` mutations is split and its new
+   regions scattered by PD first (:func:`pre_split_regions`).
 3. **Protocol** — :func:`tikv_txn.policy.choose_commit_protocol` decides async commit
    (≤ 256 keys, ≤ 4 KiB of keys) and 1PC (one batch); both need ``min_commit_ts`` above
    every ts handed out so far (a fresh TSO + 1) unless causal consistency is enough, and
@@ -22,7 +24,8 @@
    the commit falls back to 2PC.
 5. **Commit** — 1PC: done, no commit RPC. Async commit: the commit ts is the largest
    ``min_commit_ts`` TiKV returned, and every key is committed in the background.
-   2PC: a commit ts from the oracle; the primary batch is committed before returning (a
+   2PC: a commit ts from the oracle (above ``commit_wait_until_tso`` when set:
+   :func:`timestamp_for_commit`); the primary batch is committed before returning (a
    ``CommitTsExpired`` answer gets a newer ts; a transport failure after sending makes the
    outcome unknown: :class:`~tikv_pd.errors.UndeterminedError`, never retried blindly);
    the secondaries are committed in the background (errors are logged: readers resolve
