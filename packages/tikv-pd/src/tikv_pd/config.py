@@ -291,6 +291,10 @@ class Config:
         enable_forwarding: Forward requests through a follower when the leader's store
             is unreachable (``config/config.go``: false).
         zone_label: The client's "zone" label, for locality decisions (``config/config.go``).
+        validate_read_ts: Check every read's timestamp against PD's before sending:
+            a future ts raises :class:`tikv_pd.errors.FutureTSReadError`, a stale read at
+            the latest ts :class:`tikv_pd.errors.LatestStaleReadError`
+            (``oracle/oracles/pd.go`` EnableTSValidation: off).
         store_limit: Max requests in flight per store; one more fails at once with
             :class:`tikv_pd.errors.TokenLimitError` (``config/client.go`` StoreLimit = 0:
             no limit).
@@ -377,6 +381,7 @@ class Config:
     enable_forwarding: bool = False
     zone_label: str = ""
     store_limit: int = 0
+    validate_read_ts: bool = False
     # Transactions
     committer_concurrency: int = 128
     max_txn_ttl_ms: int = 60 * 60 * 1000

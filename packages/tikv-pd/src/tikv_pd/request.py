@@ -90,6 +90,7 @@ __all__ = [
     "DEFAULT_CONCURRENCY",
     "DEFAULT_OPTIONS",
     "MAX_RETRIES_WITHOUT_BACKOFF",
+    "READ_TS_FIELDS",
     "REPLICA_READ_COMMANDS",
     "SOURCE_PATCHED_COMMANDS",
     "Ambiguity",
@@ -442,6 +443,18 @@ def build_context(
     if options.resolved_locks:
         ctx.resolved_locks.extend(options.resolved_locks)
     return ctx
+
+
+#: The read timestamp of each read command, by its request field (client-go
+#: ``validateReadTS``: get, scan, batch get, buffer batch get, coprocessor, scan lock).
+READ_TS_FIELDS: dict[str, str] = {
+    "Get": "version",
+    "Scan": "version",
+    "BatchGet": "version",
+    "BufferBatchGet": "version",
+    "Coprocessor": "start_ts",
+    "ScanLock": "max_version",
+}
 
 
 @dataclass(slots=True)
@@ -903,6 +916,10 @@ class RequestSender:
         if forwarding is None:
             forwarding = bool(getattr(config, "enable_forwarding", False))
         self.forwarding = forwarding
+        #: Checks a read's ts before the first attempt of each part is sent (client-go
+        #: ``validateReadTS``): called as ``validator(read_ts, stale_read=...)``; the
+        #: clients set ``PDOracle.validate_read_ts`` when ``Config.validate_read_ts``.
+        self.read_ts_validator: Callable[..., Awaitable[None]] | None = None
         #: ``Config.store_limit``: max requests in flight per store (0: no limit).
         self.store_limit = int(getattr(config, "store_limit", 0) or 0)
         self._tokens: dict[int, int] = {}
@@ -1290,6 +1307,13 @@ class RequestSender:
                     return await self._dispatch(call, more, bo, ambiguous, read_type)
                 continue
             request = call.build(region, payload)
+            if not attempt and self.read_ts_validator is not None:
+                ts_field = READ_TS_FIELDS.get(command)
+                if ts_field is not None:
+                    # client-go validateReadTS, before the request leaves.
+                    await self.read_ts_validator(
+                        getattr(request, ts_field), stale_read=options.stale_read
+                    )
             request.context.CopyFrom(self.contexts.get(region, peer, options, mode))  # type: ignore[attr-defined]
             if call.patch_source:
                 leader = region.leader

@@ -198,6 +198,9 @@ class AsyncTransactionClient:
             locator.start()
             transport = Transport(cfg)
             sender = RequestSender(locator, transport)
+            if cfg.validate_read_ts:
+                # client-go EnableTSValidation: every read's ts is checked against PD's.
+                sender.read_ts_validator = oracle.validate_read_ts
             runtime = TxnRuntime(sender, oracle, codec, cfg, keyspace_name=keyspace or "", pd=pd)
         except BaseException:
             if oracle is not None:
