@@ -333,3 +333,44 @@ async def test_a_cancelled_send_is_counted_as_context_canceled(
         assert registry.get_sample_value("tikv_client_go_rpc_err_total", labels) == 1
     finally:
         disable_metrics()
+
+
+class ThrottledError(Exception):
+    """What a resource controller raises when the group is out of request units."""
+
+
+class ThrottlingController:
+    def is_background_request(self, resource_group: str, request_source: str) -> bool:
+        return False
+
+    async def on_request_wait(self, resource_group: str, info: object) -> object:
+        raise ThrottledError(resource_group)
+
+    async def on_response_wait(
+        self, resource_group: str, request: object, response: object
+    ) -> None:
+        raise AssertionError("no response expected")
+
+
+async def test_a_throttled_request_is_not_a_store_failure(cluster: MockCluster) -> None:
+    # client-go TestOnSendFailByResourceGroupThrottled: the resource controller's refusal
+    # reaches the caller as it is; the store is not marked and nothing is sent.
+    from tikv_pd.request_context import RequestContext, set_resource_controller
+
+    async with await AsyncRawClient.connect(
+        cluster.pd_endpoints, request_context=RequestContext(resource_group_name="rg")
+    ) as raw:
+        await raw.put(b"k", b"v")  # before the controller: served
+        sender = raw._shared.router.sender
+        set_resource_controller(ThrottlingController())  # type: ignore[arg-type]
+        try:
+            before = cluster.counters.count("RawGet")
+            with pytest.raises(ThrottledError, match="rg"):
+                await raw.get(b"k")
+            assert cluster.counters.count("RawGet") == before
+            assert sender.stats.send_failures == 0 and sender.stats.backoffs == 0
+            assert not sender.health.has_unreachable()
+            assert sender.locator.cache.lookup(b"k") is not None
+        finally:
+            set_resource_controller(None)
+        assert await raw.get(b"k") == b"v"
