@@ -791,3 +791,94 @@ async def test_a_stuck_leader_does_not_hold_a_write_once_another_peer_leads() ->
     assert response.value == b"3-leader"
     assert [s for s, _, _ in cluster.sent][:1] == [1]
     assert bo.backoff_times == {"tikvRPC": 1}
+
+
+# ---------------------------------------------------------------------------------------
+# Per-operation RPC runtime stats (client-go TestRegionRequestStats)
+# ---------------------------------------------------------------------------------------
+
+
+def test_rpc_runtime_stats_format_caps_merge_and_copy() -> None:
+    from tikv_pd.request import RPCRuntimeStats
+
+    stats = RPCRuntimeStats()
+    stats.record_rpc("Get", 1.0)
+    stats.record_rpc("Get", 0.001)
+    stats.record_rpc("Coprocessor", 2.0)
+    stats.record_rpc("Coprocessor", 0.2)
+    stats.record_error("context canceled")
+    stats.record_error("context canceled")
+    stats.record_error("region_not_found")
+    stats.merge(RPCRuntimeStats())
+    copied = RPCRuntimeStats()
+    copied.merge(stats.copy())
+    expected = (
+        "Get:{num_rpc:2, total_time:1s},Coprocessor:{num_rpc:2, total_time:2.2s}, "
+        "rpc_errors:{context canceled:2, region_not_found:1}"
+    )
+    assert str(stats) == expected
+    assert str(copied) == expected
+    assert stats.rpc_count("Get") == 2 and stats.rpc_count("Scan") == 0
+    # Only 16 distinct error kinds are kept; the rest are counted together.
+    for i in range(50):
+        stats.record_error(f"err_{i}")
+    assert len(stats.errors.counts) == 16
+    assert str(stats.errors).endswith(", other_error:36}")
+    assert "err_13:1" in str(stats) and "err_14" not in str(stats)
+    # A copy is independent.
+    copied.record_rpc("Get", 1.0)
+    assert stats.rpc_count("Get") == 2
+
+
+def test_replica_access_path_keeps_five_then_counts_per_peer() -> None:
+    from tikv_pd.request import RPCRuntimeStats
+
+    stats = RPCRuntimeStats()
+    stats.record_access(
+        peer=1, store=2, stale_read=True, replica_read=False, error="data_not_ready"
+    )
+    stats.record_access(peer=3, store=4, stale_read=False, replica_read=False, error="not_leader")
+    stats.record_access(
+        peer=5, store=6, stale_read=False, replica_read=True, error="server_is_Busy"
+    )
+    assert stats.access_path() == (
+        "{stale_read, peer:1, store:2, err:data_not_ready}, "
+        "{peer:3, store:4, err:not_leader}, "
+        "{replica_read, peer:5, store:6, err:server_is_Busy}"
+    )
+    for i in range(20):
+        stats.record_access(
+            peer=5 + i % 2, store=6, stale_read=False, replica_read=False, error="server_is_Busy"
+        )
+    path = stats.access_path()
+    assert path.count("{peer:5, store:6, err:server_is_Busy}") == 1
+    assert path.count("{peer:6, store:6, err:server_is_Busy}") == 1
+    assert "overflow_count:{" in path
+    assert "{peer:5, error_stats:{server_is_Busy:9}}" in path
+    assert "{peer:6, error_stats:{server_is_Busy:9}}" in path
+
+
+async def test_the_pipeline_records_rpcs_errors_and_the_access_path() -> None:
+    from tikv_pd.request import collect_rpc_stats
+
+    cluster, _, sender, _ = harness()
+    follower_data_not_ready(cluster)
+    options = RequestOptions(replica_read="mixed", stale_read=True, match_labels=(("zone", "z2"),))
+    with collect_rpc_stats() as stats:
+        value, _ = await read(sender, options)
+    assert value == "1-leader"
+    assert stats.rpc_count("Get") == 2
+    assert stats.errors.counts == {"data_is_not_ready": 1}
+    assert stats.access_path() == "{stale_read, peer:13, store:3, err:data_is_not_ready}"
+    assert str(stats).startswith("Get:{num_rpc:2, total_time:")
+    # A send failure is recorded by its kind; outside a block nothing is recorded.
+    cluster.down.add(1)
+    cluster.follower_error = None
+    with collect_rpc_stats() as stats:
+        value, _ = await read(sender, RequestOptions(replica_read="prefer-leader"))
+    assert value in ("3-follower", "5-follower")
+    assert stats.errors.counts == {"unavailable": 1}
+    assert stats.access[0].store == 1 and stats.access[0].error == "unavailable"
+    cluster.down.clear()
+    await read(sender, RequestOptions())
+    assert stats.rpc_count("Get") == 2

@@ -89,17 +89,22 @@ from tikv_pd.transport import FATAL_STATUS_CODES, RPCTimeoutError, TransportErro
 __all__ = [
     "DEFAULT_CONCURRENCY",
     "DEFAULT_OPTIONS",
+    "MAX_ACCESS_RECORDS",
+    "MAX_ERROR_KINDS",
     "MAX_RETRIES_WITHOUT_BACKOFF",
     "READ_TS_FIELDS",
     "REPLICA_READ_COMMANDS",
     "SOURCE_PATCHED_COMMANDS",
     "Ambiguity",
     "ContextCache",
+    "ErrorStats",
     "KeySharder",
     "KeysSharder",
     "Locator",
     "Plan",
+    "RPCRuntimeStats",
     "RangeSharder",
+    "ReplicaAccess",
     "RequestOptions",
     "RequestSender",
     "RequestStats",
@@ -109,6 +114,7 @@ __all__ = [
     "Sharder",
     "TrafficDetails",
     "build_context",
+    "collect_rpc_stats",
     "collect_traffic",
     "patch_request_source",
     "select_peer",
@@ -532,6 +538,187 @@ def collect_traffic(details: TrafficDetails | None = None) -> Iterator[TrafficDe
     finally:
         _traffic_collectors -= 1
         _TRAFFIC.reset(token)
+
+
+#: client-go ``RequestErrorStats``: distinct error labels kept before the rest are only
+#: counted as ``other_error``.
+MAX_ERROR_KINDS = 16
+#: client-go ``ReplicaAccessStats``: attempts kept in order before the rest are only
+#: counted per peer.
+MAX_ACCESS_RECORDS = 5
+
+
+@dataclass(slots=True)
+class ErrorStats:
+    """Error labels and their counts, the first :data:`MAX_ERROR_KINDS` kinds kept.
+
+    client-go ``RequestErrorStats``; ``str()`` prints ``{label:n, ..., other_error:n}``.
+    """
+
+    counts: dict[str, int] = field(default_factory=dict)
+    other: int = 0
+
+    def record(self, label: str) -> None:
+        """Count one error of ``label``."""
+        if label in self.counts or len(self.counts) < MAX_ERROR_KINDS:
+            self.counts[label] = self.counts.get(label, 0) + 1
+        else:
+            self.other += 1
+
+    def merge(self, other: ErrorStats) -> None:
+        """Add ``other``'s counts (kept kinds are not capped again, as client-go's Merge)."""
+        for label, n in other.counts.items():
+            self.counts[label] = self.counts.get(label, 0) + n
+        self.other += other.other
+
+    def __str__(self) -> str:
+        if not self.counts:
+            return ""
+        parts = [f"{label}:{n}" for label, n in self.counts.items()]
+        if self.other:
+            parts.append(f"other_error:{self.other}")
+        return "{" + ", ".join(parts) + "}"
+
+
+@dataclass(slots=True)
+class ReplicaAccess:
+    """One failed attempt of a request: where it went, how, and what came back."""
+
+    peer: int
+    store: int
+    stale_read: bool
+    replica_read: bool
+    error: str
+
+    def __str__(self) -> str:
+        kind = "replica_read, " if self.replica_read else "stale_read, " if self.stale_read else ""
+        return f"{{{kind}peer:{self.peer}, store:{self.store}, err:{self.error}}}"
+
+
+@dataclass(slots=True)
+class RPCRuntimeStats:
+    """The RPCs a piece of work made: count and time per command, errors, access path.
+
+    client-go ``RegionRequestRuntimeStats`` and ``ReplicaAccessStats`` (what TiDB prints
+    in ``EXPLAIN ANALYZE``): ``str()`` reads
+    ``Get:{num_rpc:2, total_time:1s}, rpc_errors:{not_leader:1}``. Collect them with
+    :func:`collect_rpc_stats`.
+
+    Attributes:
+        rpcs: Per command: ``[attempts, total seconds]``.
+        errors: Region error kinds and send failures, by label.
+        access: The first :data:`MAX_ACCESS_RECORDS` failed attempts, in order.
+        access_overflow: Later failed attempts' errors, per peer.
+
+    """
+
+    rpcs: dict[str, list[float]] = field(default_factory=dict)
+    errors: ErrorStats = field(default_factory=ErrorStats)
+    access: list[ReplicaAccess] = field(default_factory=list)
+    access_overflow: dict[int, ErrorStats] = field(default_factory=dict)
+
+    def record_rpc(self, command: str, seconds: float) -> None:
+        """One attempt of ``command`` took ``seconds``."""
+        entry = self.rpcs.get(command)
+        if entry is None:
+            self.rpcs[command] = [1, seconds]
+        else:
+            entry[0] += 1
+            entry[1] += seconds
+
+    def rpc_count(self, command: str) -> int:
+        """Attempts of ``command`` recorded."""
+        entry = self.rpcs.get(command)
+        return int(entry[0]) if entry is not None else 0
+
+    def record_error(self, label: str) -> None:
+        """One region error or send failure of ``label``."""
+        self.errors.record(label)
+
+    def record_access(
+        self, *, peer: int, store: int, stale_read: bool, replica_read: bool, error: str
+    ) -> None:
+        """One failed attempt's access path (client-go ``recordReplicaAccessInfo``)."""
+        if len(self.access) < MAX_ACCESS_RECORDS:
+            self.access.append(ReplicaAccess(peer, store, stale_read, replica_read, error))
+            return
+        self.access_overflow.setdefault(peer, ErrorStats()).record(error)
+
+    def merge(self, other: RPCRuntimeStats) -> None:
+        """Add ``other``'s RPCs and errors (client-go ``Merge``)."""
+        for command, (count, seconds) in other.rpcs.items():
+            entry = self.rpcs.setdefault(command, [0, 0.0])
+            entry[0] += count
+            entry[1] += seconds
+        self.errors.merge(other.errors)
+
+    def copy(self) -> RPCRuntimeStats:
+        """An independent copy of the RPC and error counts (client-go ``Clone``)."""
+        out = RPCRuntimeStats()
+        out.merge(self)
+        return out
+
+    def access_path(self) -> str:
+        """The failed attempts, as client-go's ``ReplicaAccessStats.String``."""
+        parts = [str(a) for a in self.access]
+        text = ", ".join(parts)
+        if self.access_overflow:
+            overflow = ", ".join(
+                f"{{peer:{peer}, error_stats:{stats}}}"
+                for peer, stats in self.access_overflow.items()
+            )
+            text += f", overflow_count:{{{overflow}}}"
+        return text
+
+    def __str__(self) -> str:
+        from tikv_pd.execdetails import format_duration
+
+        text = ",".join(
+            f"{command}:{{num_rpc:{int(count)}, total_time:"
+            f"{format_duration(round(seconds * 1e9))}}}"
+            for command, (count, seconds) in self.rpcs.items()
+        )
+        errors = str(self.errors)
+        if errors:
+            text += f", rpc_errors:{errors}"
+        return text
+
+
+_RPC_STATS: contextvars.ContextVar[RPCRuntimeStats | None] = contextvars.ContextVar(
+    "tikv_rpc_runtime_stats", default=None
+)
+# Open collect_rpc_stats blocks, process-wide (the hot path checks this int first).
+_rpc_stats_collectors = 0
+
+
+@contextlib.contextmanager
+def collect_rpc_stats(stats: RPCRuntimeStats | None = None) -> Iterator[RPCRuntimeStats]:
+    """Record the RPCs made inside the block (and its tasks): client-go's runtime stats.
+
+    Args:
+        stats: Add to these (default: new, empty stats).
+
+    Yields:
+        The stats being filled.
+
+    """
+    global _rpc_stats_collectors
+    if stats is not None and not isinstance(stats, RPCRuntimeStats):
+        raise TypeError(f"stats must be RPCRuntimeStats, got {type(stats).__name__}")
+    target = stats if stats is not None else RPCRuntimeStats()
+    token = _RPC_STATS.set(target)
+    _rpc_stats_collectors += 1
+    try:
+        yield target
+    finally:
+        _rpc_stats_collectors -= 1
+        _RPC_STATS.reset(token)
+
+
+def _transport_error_label(exc: TransportError) -> str:
+    if isinstance(exc, RPCTimeoutError):
+        return "deadline_exceeded"
+    return exc.code.name.lower() if exc.code is not None else "send_fail"
 
 
 #: Commands whose ``Context.request_source`` names the replica that serves them and
@@ -1335,6 +1522,8 @@ class RequestSender:
             slept = False
             self.stats.attempts += 1
             call.attempts += 1
+            rpc_stats = _RPC_STATS.get() if _rpc_stats_collectors else None
+            sent_at = time.perf_counter() if rpc_stats is not None else 0.0
             limited = self.store_limit > 0
             if limited:
                 # client-go getStoreToken: refused before sending when the target store
@@ -1371,7 +1560,20 @@ class RequestSender:
                 finally:
                     if limited:
                         self._give_token(peer.store_id)
+                    if rpc_stats is not None:
+                        rpc_stats.record_rpc(command, time.perf_counter() - sent_at)
             except TransportError as exc:
+                if rpc_stats is not None:
+                    label = _transport_error_label(exc)
+                    rpc_stats.record_error(label)
+                    ctx_sent = request.context  # type: ignore[attr-defined]
+                    rpc_stats.record_access(
+                        peer=peer.id,
+                        store=peer.store_id,
+                        stale_read=ctx_sent.stale_read,
+                        replica_read=ctx_sent.replica_read,
+                        error=label,
+                    )
                 if _traffic_collectors or (options.stale_read and _obs.metrics is not None):
                     self._observe_traffic(command, options.stale_read, peer.store_id, request, None)
                 self.stats.send_failures += 1
@@ -1446,6 +1648,16 @@ class RequestSender:
                 )
                 errors = self.stats.region_errors
                 errors[d.kind] = errors.get(d.kind, 0) + 1
+                if rpc_stats is not None:
+                    rpc_stats.record_error(d.kind)
+                    ctx_sent = request.context  # type: ignore[attr-defined]
+                    rpc_stats.record_access(
+                        peer=peer.id,
+                        store=peer.store_id,
+                        stale_read=ctx_sent.stale_read,
+                        replica_read=ctx_sent.replica_read,
+                        error=d.kind,
+                    )
                 call.retries += 1
                 call.last_error = to_exception(err, region.id)
                 if (
