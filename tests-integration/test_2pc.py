@@ -592,3 +592,17 @@ async def test_aggressive_locking_resets_primary_and_ttl_manager_after_exit(
     finally:
         await txn.rollback()
         await poll(lambda: not locked(cluster, k1) and not locked(cluster, k2), "released")
+
+
+async def test_pessimistic_locked_keys_are_counted_once(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    """TestPessimisticLockedKeysDedup: locking the same keys again holds them once."""
+    keys = [p + b"abc", p + b"def"]
+    txn = await client.begin(PESSIMISTIC)
+    await txn.lock_keys(keys)
+    await txn.lock_keys(keys)
+    assert txn.locker.locked_count == 2
+    assert sorted(lk.key for lk in cluster.engine.scan_lock(MAX_TS) if p in lk.key) == keys
+    await txn.rollback()
+    await poll(lambda: not any(locked(cluster, k) for k in keys), "released")
