@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from tikv_pd.config import Config, ReplicaReadType, TransactionOptions
+from tikv_pd.errors import UndeterminedError
 from tikv_pd.interceptor import RPCInterceptor
 from tikv_pd.pd_client import ServiceSafePoint
 from tikv_pd.sync import LoopThread
@@ -172,6 +173,11 @@ class Transaction(_Reader):
     def state(self) -> str:
         """``"active"``, ``"committing"``, ``"committed"``, ``"rolled back"`` or ``"failed"``."""
         return self._txn.state
+
+    @property
+    def undetermined_error(self) -> UndeterminedError | None:
+        """Why the commit's outcome is unknown, or ``None`` (see ``AsyncTransaction``)."""
+        return self._txn.undetermined_error
 
     @property
     def options(self) -> TransactionOptions:

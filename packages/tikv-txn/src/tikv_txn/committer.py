@@ -676,6 +676,11 @@ class TwoPhaseCommitter:
         self.lock_existence: Callable[[bytes], bool | None] | None = None
         #: The first such assertion that failed: raised once prewrite succeeded.
         self.stashed_assertion: AssertionFailedError | None = None
+        #: Why the outcome of :meth:`execute` is unknown, when it is: an
+        #: :class:`UndeterminedError` it raised, or the cancellation of the caller while
+        #: an async-commit / 1PC prewrite or the primary commit was in flight (client-go
+        #: ``GetUndeterminedErr``). ``None`` otherwise.
+        self.undetermined_error: UndeterminedError | None = None
         #: Set when the primary batch was prewritten (heartbeats may start).
         self.primary_prewritten = False
         #: Number of heartbeats sent successfully (for tests and metrics).
@@ -1255,14 +1260,21 @@ class TwoPhaseCommitter:
     async def _execute_locked(self) -> int:
         try:
             await self.prewrite()
-        except UndeterminedError:
+        except UndeterminedError as exc:
             # An async-commit / 1PC prewrite may have committed: never roll it back.
+            self.undetermined_error = exc
             raise
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             # Cancelled with prewrites in flight: with async commit / 1PC they may all
             # have landed (the transaction is then committed), so only a 2PC prewrite is
-            # rolled back; the other locks are left to the resolvers, who can tell.
-            if not (self.async_commit or self.one_pc):
+            # rolled back; the other locks are left to the resolvers, who can tell. The
+            # caller's task still ends cancelled (asyncio's contract); the unknown outcome
+            # is recorded as client-go records it (GetUndeterminedErr after a context
+            # cancel, TestAsyncCommitContextCancelCausingUndetermined).
+            if self.async_commit or self.one_pc:
+                if self._prewrite_started:
+                    self.undetermined_error = UndeterminedError("async commit / 1PC prewrite", exc)
+            else:
                 self._spawn_cleanup()
             raise
         except BaseException:
@@ -1282,14 +1294,24 @@ class TwoPhaseCommitter:
             self.commit_ts = self.min_commit_ts
             self.commit_secondaries_in_background(self.batches)
             return self.commit_ts
+        primary_sent = False
         try:
             await self.get_commit_ts()
+            primary_sent = True
             await self.commit_primary()
-        except UndeterminedError:
+        except UndeterminedError as exc:
+            self.undetermined_error = exc
             raise
-        except asyncio.CancelledError:
-            # Cancelled while the primary commit may be in flight: the outcome is
-            # unknown, so leave the locks to the resolvers.
+        except asyncio.CancelledError as exc:
+            if primary_sent:
+                # Cancelled while the primary commit may be in flight: the outcome is
+                # unknown, so leave the locks to the resolvers (client-go
+                # TestContextCancelCausingUndetermined).
+                self.undetermined_error = UndeterminedError("commit of the primary key", exc)
+            else:
+                # No commit was sent: nothing can be committed, roll back now instead of
+                # leaving the locks to wait out their TTL.
+                self._spawn_cleanup()
             raise
         except BaseException:
             self._spawn_cleanup()

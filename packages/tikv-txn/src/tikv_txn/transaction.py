@@ -37,7 +37,7 @@ from tikv_pd.config import (
     check_commit_wait_until_tso,
     check_commit_wait_until_tso_timeout,
 )
-from tikv_pd.errors import TransactionClosedError, format_key
+from tikv_pd.errors import TransactionClosedError, UndeterminedError, format_key
 from tikv_pd.interceptor import RPCInterceptor, chain_interceptors
 from tikv_pd.observability import register_operations
 
@@ -241,6 +241,23 @@ class AsyncTransaction:
     def state(self) -> str:
         """``"active"``, ``"committing"``, ``"committed"``, ``"rolled back"`` or ``"failed"``."""
         return self._state
+
+    @property
+    def undetermined_error(self) -> UndeterminedError | None:
+        """Why this transaction's commit outcome is unknown, or ``None``.
+
+        Set when :meth:`commit` raised :class:`~tikv_pd.errors.UndeterminedError`, and
+        when the task running :meth:`commit` was cancelled (``task.cancel()``,
+        ``asyncio.timeout``, ``wait_for``) while an async-commit / 1PC prewrite or the
+        primary key's commit was in flight: the caller then sees ``CancelledError`` (or
+        the timeout), as asyncio requires, and this tells that the transaction may have
+        committed (client-go ``GetUndeterminedErr`` after a cancelled context). The
+        locks stay for readers to resolve, which settles the transaction all or
+        nothing; read the keys later to learn the outcome. A commit cancelled at any
+        other point rolls back and leaves this ``None``.
+        """
+        committer = self._committer
+        return None if committer is None else committer.undetermined_error
 
     @property
     def is_read_only(self) -> bool:
@@ -599,6 +616,10 @@ class AsyncTransaction:
             KeyExistsError: An inserted key exists.
             UndeterminedError: The outcome is unknown (the primary commit got no answer).
             TransactionClosedError: Already committed or rolled back.
+
+        Cancelling the task running it raises ``CancelledError`` as usual; if an
+        async-commit / 1PC prewrite or the primary commit was in flight the outcome is
+        unknown and :attr:`undetermined_error` says so.
 
         """
         self._check_active()

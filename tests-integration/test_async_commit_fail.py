@@ -1,0 +1,234 @@
+"""Async commit interrupted mid-prewrite: client-go ``integration_tests/async_commit_fail_test.go``
+(``TestAsyncCommitPrewriteCancelled``, ``TestAsyncCommitContextCancelCausingUndetermined``)
+and the 2PC counterpart of the latter from ``2pc_test.go``
+(``TestContextCancelCausingUndetermined``).
+
+The transaction's keys live in two regions; the prewrite (or commit) of one is held by the
+embedded cluster's fault injection (it hangs on the server until released), so the
+caller's cancellation lands exactly while it is in flight. Whatever happens to the held
+request afterwards (it lands late, or never), readers must settle the transaction all or
+nothing. The cluster is private to the module (faults, splits, clock moves).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import grpc
+import pytest
+from tikv_mockstore import MockCluster
+from tikv_pd.config import TransactionOptions
+from tikv_pd.errors import UndeterminedError, WriteConflictError
+from tikv_txn import AsyncTransactionClient
+
+_ids = itertools.count()
+MAX_TS = (1 << 63) - 1
+NO_HANG = 60.0
+ASYNC = TransactionOptions(async_commit=True, try_one_pc=False)
+TWO_PC = TransactionOptions(async_commit=False, try_one_pc=False)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[MockCluster]:
+    with MockCluster(stores=3, regions=4) as mock:
+        yield mock
+
+
+@pytest.fixture
+async def client(cluster: MockCluster) -> AsyncIterator[AsyncTransactionClient]:
+    async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as c:
+        yield c
+
+
+@pytest.fixture
+def keys(cluster: MockCluster) -> tuple[bytes, bytes]:
+    """Two keys in two regions (a split between them)."""
+    p = b"\xd0acf%04d/" % next(_ids)
+    cluster.split([p + b"z"], txn=True)
+    return p + b"a", p + b"z"
+
+
+def locked(cluster: MockCluster, key: bytes) -> bool:
+    return any(lk.key == key for lk in cluster.engine.scan_lock(MAX_TS))
+
+
+async def poll(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + NO_HANG
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+async def hanging(cluster: MockCluster, count: int = 1) -> None:
+    assert await asyncio.to_thread(cluster.faults.wait_hanging, count, NO_HANG)
+
+
+async def settle(
+    client: AsyncTransactionClient, cluster: MockCluster, keys: list[bytes]
+) -> dict[bytes, bytes]:
+    """Let every lock expire, then read: readers resolve whatever was left."""
+    cluster.clock.advance(60_000)
+    snap = client.snapshot(await client.current_timestamp())
+    got = await asyncio.wait_for(snap.batch_get(keys), NO_HANG)
+    assert not any(locked(cluster, k) for k in keys)
+    return got
+
+
+@pytest.mark.parametrize(
+    "held_lands", [True, False], ids=["held-prewrite-lands", "held-prewrite-lost"]
+)
+async def test_cancelled_async_commit_prewrite_is_undetermined(
+    client: AsyncTransactionClient,
+    cluster: MockCluster,
+    keys: tuple[bytes, bytes],
+    held_lands: bool,
+) -> None:
+    """The caller gives up while one region's async-commit prewrite is in flight: the
+    task ends cancelled, the transaction says its outcome is unknown, nothing is rolled
+    back, and readers later see both writes or neither."""
+    a, z = keys
+    region_z = cluster.region_by_key(z, txn=True)
+    assert region_z is not None
+    hold = cluster.faults.add(
+        "KvPrewrite",
+        region=region_z.id,
+        hang=True,
+        times=1,
+        # "lost": once released it fails without being applied, as a dropped request.
+        status=None if held_lands else grpc.StatusCode.UNAVAILABLE,
+    )
+    try:
+        txn = await client.begin(ASYNC)
+        txn.put(a, b"va")
+        txn.put(z, b"vz")
+        commit = asyncio.ensure_future(txn.commit())
+        await hanging(cluster)
+        await poll(lambda: locked(cluster, a), "the other region's prewrite")
+        commit.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await commit
+    finally:
+        hold.release()
+    assert isinstance(txn.undetermined_error, UndeterminedError)
+    assert txn.state == "failed"
+    # Nothing was rolled back behind the readers' backs.
+    assert await client.runtime.wait_background(NO_HANG)
+    assert locked(cluster, a)
+    if held_lands:
+        await poll(lambda: locked(cluster, z), "the held prewrite to land")
+    got = await settle(client, cluster, [a, z])
+    assert got == ({a: b"va", z: b"vz"} if held_lands else {})
+
+
+async def test_async_commit_timeout_is_undetermined(
+    client: AsyncTransactionClient, cluster: MockCluster, keys: tuple[bytes, bytes]
+) -> None:
+    """The same through ``asyncio.timeout``: the caller gets TimeoutError."""
+    a, z = keys
+    region_z = cluster.region_by_key(z, txn=True)
+    assert region_z is not None
+    hold = cluster.faults.add("KvPrewrite", region=region_z.id, hang=True, times=1)
+    try:
+        txn = await client.begin(ASYNC)
+        txn.put(a, b"va")
+        txn.put(z, b"vz")
+        commit = asyncio.ensure_future(txn.commit())
+        await hanging(cluster)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(commit, 0.05)
+    finally:
+        hold.release()
+    assert isinstance(txn.undetermined_error, UndeterminedError)
+    await poll(lambda: locked(cluster, z), "the held prewrite to land")
+    assert await settle(client, cluster, [a, z]) == {a: b"va", z: b"vz"}
+
+
+async def test_async_commit_prewrite_cancelled_by_a_conflict(
+    client: AsyncTransactionClient, cluster: MockCluster, keys: tuple[bytes, bytes]
+) -> None:
+    """TestAsyncCommitPrewriteCancelled: one region's prewrite meets a write conflict
+    while the other's is held; the conflict is reported (not an unknown outcome: a key
+    without its lock can never commit) and everything is rolled back, the held
+    prewrite included when it lands late."""
+    a, z = keys
+    region_z = cluster.region_by_key(z, txn=True)
+    assert region_z is not None
+    txn = await client.begin(ASYNC)
+    async with client.begin(TWO_PC) as other:
+        other.put(a, b"other")
+    hold = cluster.faults.add("KvPrewrite", region=region_z.id, hang=True, times=1)
+    try:
+        txn.put(a, b"va")
+        txn.put(z, b"vz")
+        commit = asyncio.ensure_future(txn.commit())
+        await hanging(cluster)
+        with pytest.raises(WriteConflictError):
+            await asyncio.wait_for(asyncio.shield(commit), NO_HANG)
+    finally:
+        hold.release()
+    assert txn.undetermined_error is None
+    assert await client.runtime.wait_background(NO_HANG)
+    await poll(lambda: not locked(cluster, z) and not locked(cluster, a), "the rollback")
+    got = await settle(client, cluster, [a, z])
+    assert got == {a: b"other"}
+
+
+async def test_cancelled_primary_commit_is_undetermined(
+    client: AsyncTransactionClient, cluster: MockCluster, keys: tuple[bytes, bytes]
+) -> None:
+    """2PC (TestContextCancelCausingUndetermined): cancelled while the primary's commit
+    is in flight. The commit lands after the caller left: the transaction is committed,
+    its secondary resolved by readers from the primary."""
+    a, z = keys
+    region_a = cluster.region_by_key(a, txn=True)
+    assert region_a is not None
+    hold = cluster.faults.add("KvCommit", region=region_a.id, hang=True, times=1)
+    try:
+        txn = await client.begin(TWO_PC)
+        txn.put(a, b"va")
+        txn.put(z, b"vz")
+        commit = asyncio.ensure_future(txn.commit())
+        await hanging(cluster)
+        commit.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await commit
+    finally:
+        hold.release()
+    assert isinstance(txn.undetermined_error, UndeterminedError)
+    assert await client.runtime.wait_background(NO_HANG)
+    await poll(lambda: not locked(cluster, a), "the held commit to land")
+    assert locked(cluster, z)  # the secondary was never committed by the client
+    assert await settle(client, cluster, [a, z]) == {a: b"va", z: b"vz"}
+
+
+async def test_cancelled_before_the_primary_commit_rolls_back(
+    client: AsyncTransactionClient, cluster: MockCluster, keys: tuple[bytes, bytes]
+) -> None:
+    """2PC cancelled during prewrite: nothing can have committed, so the outcome is
+    known (no undetermined error) and the prewritten locks are rolled back at once."""
+    a, z = keys
+    region_z = cluster.region_by_key(z, txn=True)
+    assert region_z is not None
+    hold = cluster.faults.add("KvPrewrite", region=region_z.id, hang=True, times=1)
+    try:
+        txn = await client.begin(TWO_PC)
+        txn.put(a, b"va")
+        txn.put(z, b"vz")
+        commit = asyncio.ensure_future(txn.commit())
+        await hanging(cluster)
+        await poll(lambda: locked(cluster, a), "the other region's prewrite")
+        commit.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await commit
+    finally:
+        hold.release()
+    assert txn.undetermined_error is None
+    assert await client.runtime.wait_background(NO_HANG)
+    # The held prewrite of z lands after the rollback record and is refused.
+    await poll(lambda: cluster.faults.hanging() == 0, "the held prewrite to finish")
+    await poll(lambda: not locked(cluster, a) and not locked(cluster, z), "the rollback")
+    snap = client.snapshot(await client.current_timestamp())
+    assert await snap.batch_get([a, z]) == {}
