@@ -232,3 +232,32 @@ async def test_cancelled_before_the_primary_commit_rolls_back(
     await poll(lambda: not locked(cluster, a) and not locked(cluster, z), "the rollback")
     snap = client.snapshot(await client.current_timestamp())
     assert await snap.batch_get([a, z]) == {}
+
+
+@pytest.mark.parametrize(
+    "names",
+    [["a"], ["a", "b"], ["a", "b", "d"], ["a", "b", "h", "i", "u"], ["i", "a", "z", "u", "b"]],
+    ids=lambda names: "".join(names),
+)
+async def test_secondary_list_in_primary_lock(
+    client: AsyncTransactionClient, cluster: MockCluster, names: list[str]
+) -> None:
+    """TestSecondaryListInPrimaryLock: the primary lock of an async-commit transaction
+    lists every other key, whatever regions they are in (regions split at h, o, u)."""
+    p = b"\xd0acs%04d/" % next(_ids)
+    cluster.split([p + c for c in (b"h", b"o", b"u")], txn=True)
+    keys = [p + n.encode() for n in names]
+    txn = await client.begin(ASYNC)
+    for key in keys:
+        txn.put(key, b"v")
+    committer = txn._new_committer()
+    assert await committer.prepare()
+    assert committer.async_commit
+    await committer.prewrite()  # and nothing more: the locks stay as prewrite left them
+    primary = committer.primary
+    locks = {lk.key: lk for lk in cluster.engine.scan_lock(MAX_TS) if lk.key.startswith(p)}
+    assert sorted(locks) == sorted(keys)
+    assert locks[primary].use_async_commit
+    assert sorted(locks[primary].secondaries) == sorted(k for k in keys if k != primary)
+    await committer.cleanup()
+    assert not any(locked(cluster, k) for k in keys)
