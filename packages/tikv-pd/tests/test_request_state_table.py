@@ -801,11 +801,12 @@ async def test_a_stuck_leader_does_not_hold_a_write_once_another_peer_leads() ->
 def test_rpc_runtime_stats_format_caps_merge_and_copy() -> None:
     from tikv_pd.request import RPCRuntimeStats
 
+    ms = 1_000_000
     stats = RPCRuntimeStats()
-    stats.record_rpc("Get", 1.0)
-    stats.record_rpc("Get", 0.001)
-    stats.record_rpc("Coprocessor", 2.0)
-    stats.record_rpc("Coprocessor", 0.2)
+    stats.record_rpc("Get", 1000 * ms)
+    stats.record_rpc("Get", 1 * ms)
+    stats.record_rpc("Coprocessor", 2000 * ms)
+    stats.record_rpc("Coprocessor", 200 * ms)
     stats.record_error("context canceled")
     stats.record_error("context canceled")
     stats.record_error("region_not_found")
@@ -826,7 +827,7 @@ def test_rpc_runtime_stats_format_caps_merge_and_copy() -> None:
     assert str(stats.errors).endswith(", other_error:36}")
     assert "err_13:1" in str(stats) and "err_14" not in str(stats)
     # A copy is independent.
-    copied.record_rpc("Get", 1.0)
+    copied.record_rpc("Get", 1000 * ms)
     assert stats.rpc_count("Get") == 2
 
 
@@ -882,3 +883,34 @@ async def test_the_pipeline_records_rpcs_errors_and_the_access_path() -> None:
     cluster.down.clear()
     await read(sender, RequestOptions())
     assert stats.rpc_count("Get") == 2
+
+
+async def test_request_options_stats_are_filled_alongside_an_open_block() -> None:
+    import dataclasses
+
+    from tikv_pd.request import RPCRuntimeStats, collect_rpc_stats
+
+    cluster, _, sender, _ = harness()
+    follower_data_not_ready(cluster)
+    own = RPCRuntimeStats()
+    options = RequestOptions(
+        replica_read="mixed", stale_read=True, match_labels=(("zone", "z2"),), rpc_stats=own
+    )
+    # Options with their own stats: recorded without any block.
+    value, _ = await read(sender, options)
+    assert value == "1-leader"
+    assert own.rpc_count("Get") == 2
+    assert own.errors.counts == {"data_is_not_ready": 1}
+    assert own.access_path() == "{stale_read, peer:13, store:3, err:data_is_not_ready}"
+    # Inside a block both are filled; the block's own object is counted once.
+    with collect_rpc_stats() as outer:
+        await read(sender, options)
+    assert own.rpc_count("Get") == 4 and outer.rpc_count("Get") == 2
+    assert outer.errors.counts == {"data_is_not_ready": 1}
+    with collect_rpc_stats(own):
+        await read(sender, options)
+    assert own.rpc_count("Get") == 6
+    # The stats are not part of the options' value (contexts stay cached per value).
+    assert options == dataclasses.replace(options, rpc_stats=None)
+    with pytest.raises(TypeError, match="rpc_stats"):
+        RequestOptions(rpc_stats={})  # type: ignore[arg-type]

@@ -16,11 +16,11 @@ import pytest
 from tikv_mockstore import MockCluster
 from tikv_pd.backoff import TXN_LOCK_FAST, Backoffer
 from tikv_pd.interceptor import Interceptor, RPCRequest
+from tikv_pd.request import RPCRuntimeStats, collect_rpc_stats
 from tikv_proto import kvrpcpb_pb2
 from tikv_txn import AsyncTransactionClient
 from tikv_txn.runtime_stats import (
     PoolTaskDetails,
-    RegionRequestRuntimeStats,
     ScanDetail,
     SnapshotRuntimeStats,
     format_bytes,
@@ -58,7 +58,7 @@ async def _backoffer_with_two_lock_fast_sleeps() -> Backoffer:
 
 async def test_snapshot_runtime_stats_string() -> None:
     # client-go TestSnapshotRuntimeStats, step by step.
-    req = RegionRequestRuntimeStats()
+    req = RPCRuntimeStats()
     req.record_rpc("Get", 1 * S)
     req.record_rpc("Get", 1 * MS)
     stats = SnapshotRuntimeStats()
@@ -139,23 +139,6 @@ def test_empty_stats_print_nothing() -> None:
     assert str(SnapshotRuntimeStats()) == ""
     assert str(ScanDetail()) == ""
     assert str(PoolTaskDetails()) == ""
-    assert str(RegionRequestRuntimeStats()) == ""
-
-
-def test_request_error_stats_keep_16_labels() -> None:
-    # client-go TestRegionRequestStatsString-style: 16 distinct labels, then "other".
-    req = RegionRequestRuntimeStats()
-    req.record_rpc("Get", 2 * MS)
-    req.record_error("not_leader")
-    req.record_error("not_leader")
-    for i in range(20):
-        req.record_error(f"err_{i}")
-    assert len(req.errors) == 16
-    assert req.errors["not_leader"] == 2
-    assert req.other_errors == 5
-    text = str(req)
-    assert text.startswith("Get:{num_rpc:1, total_time:2ms}, rpc_errors:{not_leader:2, err_0:1")
-    assert text.endswith(", other_error:5}")
 
 
 def test_pool_task_details_aggregate() -> None:
@@ -285,12 +268,19 @@ async def test_snapshot_collects_backoffs_resolve_time_and_region_errors(
     # And a NotLeader answer without a leader first: the read backs off regionScheduling.
     fault = cluster.faults.add("KvGet", region=region.id, region_error="not_leader", times=1)
     try:
-        assert await snap.get(k) is None
+        with collect_rpc_stats() as outer:
+            assert await snap.get(k) is None
     finally:
         cluster.faults.remove(fault)
     await committer.cleanup()
-    assert stats.rpc_stats is not None
-    assert stats.rpc_stats.errors == {"not_leader": 1}
+    # Only the reads' RPCs are the snapshot's; a caller's block around the read counts
+    # them too, and the lock resolution's.
+    assert list(stats.rpc_stats.rpcs) == ["Get"]
+    assert outer.rpc_count("Get") == 3
+    assert outer.rpc_count("CheckTxnStatus") == 1
+    assert stats.rpc_stats.errors.counts == {"not_leader": 1}
+    # The pipeline recorded the failed attempt's access path too.
+    assert [a.error for a in stats.rpc_stats.access] == ["not_leader"]
     # NotLeader, then the lock, then the read past the pushed lock.
     assert stats.cmd_rpc_count("Get") == 3
     assert stats.backoff_times == {"regionScheduling": 1}

@@ -150,12 +150,16 @@ class TimeDetail:
     def from_exec_details(cls, details: kvrpcpb_pb2.ExecDetailsV2 | None) -> TimeDetail:
         """The time detail of one response's ``exec_details_v2`` (all zero for ``None``)."""
         detail = cls()
+        detail.merge_exec_details(details)
+        return detail
+
+    def merge_exec_details(self, details: kvrpcpb_pb2.ExecDetailsV2 | None) -> None:
+        """Add the time detail of one response's ``exec_details_v2`` (``None`` adds nothing)."""
         if details is not None:
-            detail.merge_from_pb(
+            self.merge_from_pb(
                 details.time_detail_v2 if details.HasField("time_detail_v2") else None,
                 details.time_detail if details.HasField("time_detail") else None,
             )
-        return detail
 
     def merge_from_pb(
         self,

@@ -79,6 +79,7 @@ from tikv_pd.errors import (
     UndeterminedError,
 )
 from tikv_pd.errors import TimeoutError as BackoffTimeoutError
+from tikv_pd.execdetails import format_duration
 from tikv_pd.interceptor import RPCInterceptor, RPCInvoker, RPCRequest
 from tikv_pd.logs import SLOW_REQUEST_SECONDS, log_request_outcome
 from tikv_pd.region_cache import InvalidReason, Liveness, Peer, PeerRole, Region, RegionCache
@@ -316,6 +317,9 @@ class RequestOptions:
         interceptor: RPC interceptor (chain) run around every attempt of these requests
             (:mod:`tikv_pd.interceptor`); not part of the options' value (equal options
             with different interceptors share cached contexts).
+        rpc_stats: Record every attempt of these requests into these stats (client-go's
+            per-sender ``RegionRequestSender.Stats``), besides any
+            :func:`collect_rpc_stats` block; not part of the options' value either.
 
     """
 
@@ -340,6 +344,7 @@ class RequestOptions:
     timeout: float | None = None
     concurrency: int | None = None
     interceptor: RPCInterceptor | None = field(default=None, compare=False)
+    rpc_stats: RPCRuntimeStats | None = field(default=None, compare=False)
     # The hash, computed once: options are hashed on every request (context cache key).
     _hash: int = field(init=False, repr=False, compare=False, default=0)
 
@@ -376,6 +381,8 @@ class RequestOptions:
             raise TypeError(f"{own}.match_labels must be a tuple of (key, value) str pairs")
         if self.interceptor is not None and not isinstance(self.interceptor, RPCInterceptor):
             raise TypeError(f"{own}.interceptor must have .name and .wrap(next)")
+        if self.rpc_stats is not None and not isinstance(self.rpc_stats, RPCRuntimeStats):
+            raise TypeError(f"{own}.rpc_stats must be RPCRuntimeStats")
         for name in ("txn_source", "max_execution_duration_ms", "busy_threshold_ms"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -601,35 +608,37 @@ class RPCRuntimeStats:
 
     client-go ``RegionRequestRuntimeStats`` and ``ReplicaAccessStats`` (what TiDB prints
     in ``EXPLAIN ANALYZE``): ``str()`` reads
-    ``Get:{num_rpc:2, total_time:1s}, rpc_errors:{not_leader:1}``. Collect them with
-    :func:`collect_rpc_stats`.
+    ``Get:{num_rpc:2, total_time:1s}, rpc_errors:{not_leader:1}``. The pipeline fills
+    them in two ways: for everything inside a :func:`collect_rpc_stats` block, and for
+    the requests sent with :attr:`RequestOptions.rpc_stats` (client-go's per-sender
+    ``Stats``; a snapshot's :class:`~tikv_txn.SnapshotRuntimeStats` is fed this way).
 
     Attributes:
-        rpcs: Per command: ``[attempts, total seconds]``.
+        rpcs: Per command, in first-sent order: ``[attempts, total nanoseconds]``.
         errors: Region error kinds and send failures, by label.
         access: The first :data:`MAX_ACCESS_RECORDS` failed attempts, in order.
         access_overflow: Later failed attempts' errors, per peer.
 
     """
 
-    rpcs: dict[str, list[float]] = field(default_factory=dict)
+    rpcs: dict[str, list[int]] = field(default_factory=dict)
     errors: ErrorStats = field(default_factory=ErrorStats)
     access: list[ReplicaAccess] = field(default_factory=list)
     access_overflow: dict[int, ErrorStats] = field(default_factory=dict)
 
-    def record_rpc(self, command: str, seconds: float) -> None:
-        """One attempt of ``command`` took ``seconds``."""
+    def record_rpc(self, command: str, duration_ns: int) -> None:
+        """One attempt of ``command`` took ``duration_ns`` nanoseconds."""
         entry = self.rpcs.get(command)
         if entry is None:
-            self.rpcs[command] = [1, seconds]
+            self.rpcs[command] = [1, duration_ns]
         else:
             entry[0] += 1
-            entry[1] += seconds
+            entry[1] += duration_ns
 
     def rpc_count(self, command: str) -> int:
-        """Attempts of ``command`` recorded."""
+        """Attempts of ``command`` recorded (client-go ``GetCmdRPCCount``)."""
         entry = self.rpcs.get(command)
-        return int(entry[0]) if entry is not None else 0
+        return entry[0] if entry is not None else 0
 
     def record_error(self, label: str) -> None:
         """One region error or send failure of ``label``."""
@@ -646,10 +655,10 @@ class RPCRuntimeStats:
 
     def merge(self, other: RPCRuntimeStats) -> None:
         """Add ``other``'s RPCs and errors (client-go ``Merge``)."""
-        for command, (count, seconds) in other.rpcs.items():
-            entry = self.rpcs.setdefault(command, [0, 0.0])
+        for command, (count, ns) in other.rpcs.items():
+            entry = self.rpcs.setdefault(command, [0, 0])
             entry[0] += count
-            entry[1] += seconds
+            entry[1] += ns
         self.errors.merge(other.errors)
 
     def copy(self) -> RPCRuntimeStats:
@@ -671,12 +680,9 @@ class RPCRuntimeStats:
         return text
 
     def __str__(self) -> str:
-        from tikv_pd.execdetails import format_duration
-
         text = ",".join(
-            f"{command}:{{num_rpc:{int(count)}, total_time:"
-            f"{format_duration(round(seconds * 1e9))}}}"
-            for command, (count, seconds) in self.rpcs.items()
+            f"{command}:{{num_rpc:{count}, total_time:{format_duration(ns)}}}"
+            for command, (count, ns) in self.rpcs.items()
         )
         errors = str(self.errors)
         if errors:
@@ -713,6 +719,34 @@ def collect_rpc_stats(stats: RPCRuntimeStats | None = None) -> Iterator[RPCRunti
     finally:
         _rpc_stats_collectors -= 1
         _RPC_STATS.reset(token)
+
+
+def _stats_sinks(own: RPCRuntimeStats | None) -> tuple[RPCRuntimeStats, ...]:
+    """Where an attempt's RPC facts go: the request's own stats and the open block's.
+
+    Both are filled when both exist (a snapshot collecting its runtime stats inside a
+    caller's :func:`collect_rpc_stats` block), once when they are the same object.
+    """
+    current = _RPC_STATS.get() if _rpc_stats_collectors else None
+    if current is None or current is own:
+        return () if own is None else (own,)
+    return (current,) if own is None else (own, current)
+
+
+def _record_failure(
+    sinks: tuple[RPCRuntimeStats, ...], label: str, peer: Peer, request: Message
+) -> None:
+    """Count a failed attempt's error and its access path (peer, replica kind) in ``sinks``."""
+    ctx = request.context  # type: ignore[attr-defined]
+    for stats in sinks:
+        stats.record_error(label)
+        stats.record_access(
+            peer=peer.id,
+            store=peer.store_id,
+            stale_read=ctx.stale_read,
+            replica_read=ctx.replica_read,
+            error=label,
+        )
 
 
 def _transport_error_label(exc: TransportError) -> str:
@@ -1522,8 +1556,12 @@ class RequestSender:
             slept = False
             self.stats.attempts += 1
             call.attempts += 1
-            rpc_stats = _RPC_STATS.get() if _rpc_stats_collectors else None
-            sent_at = time.perf_counter() if rpc_stats is not None else 0.0
+            rpc_stats = (
+                _stats_sinks(options.rpc_stats)
+                if _rpc_stats_collectors or options.rpc_stats is not None
+                else ()
+            )
+            sent_at = time.perf_counter_ns() if rpc_stats else 0
             limited = self.store_limit > 0
             if limited:
                 # client-go getStoreToken: refused before sending when the target store
@@ -1560,20 +1598,13 @@ class RequestSender:
                 finally:
                     if limited:
                         self._give_token(peer.store_id)
-                    if rpc_stats is not None:
-                        rpc_stats.record_rpc(command, time.perf_counter() - sent_at)
+                    if rpc_stats:
+                        elapsed_ns = time.perf_counter_ns() - sent_at
+                        for sink in rpc_stats:
+                            sink.record_rpc(command, elapsed_ns)
             except TransportError as exc:
-                if rpc_stats is not None:
-                    label = _transport_error_label(exc)
-                    rpc_stats.record_error(label)
-                    ctx_sent = request.context  # type: ignore[attr-defined]
-                    rpc_stats.record_access(
-                        peer=peer.id,
-                        store=peer.store_id,
-                        stale_read=ctx_sent.stale_read,
-                        replica_read=ctx_sent.replica_read,
-                        error=label,
-                    )
+                if rpc_stats:
+                    _record_failure(rpc_stats, _transport_error_label(exc), peer, request)
                 if _traffic_collectors or (options.stale_read and _obs.metrics is not None):
                     self._observe_traffic(command, options.stale_read, peer.store_id, request, None)
                 self.stats.send_failures += 1
@@ -1648,16 +1679,8 @@ class RequestSender:
                 )
                 errors = self.stats.region_errors
                 errors[d.kind] = errors.get(d.kind, 0) + 1
-                if rpc_stats is not None:
-                    rpc_stats.record_error(d.kind)
-                    ctx_sent = request.context  # type: ignore[attr-defined]
-                    rpc_stats.record_access(
-                        peer=peer.id,
-                        store=peer.store_id,
-                        stale_read=ctx_sent.stale_read,
-                        replica_read=ctx_sent.replica_read,
-                        error=d.kind,
-                    )
+                if rpc_stats:
+                    _record_failure(rpc_stats, d.kind, peer, request)
                 call.retries += 1
                 call.last_error = to_exception(err, region.id)
                 if (

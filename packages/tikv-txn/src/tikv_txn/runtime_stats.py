@@ -2,7 +2,8 @@
 
 A snapshot asked to collect them (:meth:`tikv_txn.AsyncSnapshot.set_runtime_stats`) records
 what its reads cost: RPCs per command with their time and the errors they met
-(:class:`RegionRequestRuntimeStats`, client-go ``locate.RegionRequestRuntimeStats``), its
+(:class:`tikv_pd.request.RPCRuntimeStats`, client-go ``locate.RegionRequestRuntimeStats``,
+which the request pipeline fills as it sends them), its
 backoffs per kind, the time spent resolving locks, and the execution details TiKV returns
 with each read (``ExecDetailsV2``: :class:`~tikv_pd.execdetails.TimeDetail`,
 :class:`ScanDetail`, :class:`PoolTaskDetails`). ``str()`` prints them as client-go's
@@ -20,11 +21,11 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 
 from tikv_pd.execdetails import TimeDetail, format_duration
+from tikv_pd.request import RPCRuntimeStats
 from tikv_proto import kvrpcpb_pb2
 
 __all__ = [
     "PoolTaskDetails",
-    "RegionRequestRuntimeStats",
     "ScanDetail",
     "SnapshotRuntimeStats",
     "format_bytes",
@@ -34,9 +35,6 @@ _NS_PER_MS = 1_000_000
 _KB = 1 << 10
 _MB = 1 << 20
 _GB = 1 << 30
-#: client-go ``RequestErrorStats`` keeps the first 16 distinct error labels; later
-#: ones are only counted.
-_MAX_ERROR_LABELS = 16
 
 
 def _go_float(value: float) -> str:
@@ -458,73 +456,6 @@ class PoolTaskDetails:
 
 
 @dataclass(slots=True)
-class RegionRequestRuntimeStats:
-    """RPCs sent per command and the errors met (client-go ``RegionRequestRuntimeStats``).
-
-    Attributes:
-        rpc: Per command (``"Get"``, ``"BatchGet"``, ``"Scan"``, ...), in first-sent
-            order: ``[count, total time in ns]``.
-        errors: Count per error label (region error kind such as ``"not_leader"``, or
-            the failed send's error), the first 16 labels only.
-        other_errors: Errors of further labels, counted only.
-
-    """
-
-    rpc: dict[str, list[int]] = field(default_factory=dict)
-    errors: dict[str, int] = field(default_factory=dict)
-    other_errors: int = 0
-
-    def record_rpc(self, command: str, duration_ns: int) -> None:
-        """Count one RPC of ``command`` that took ``duration_ns``."""
-        entry = self.rpc.get(command)
-        if entry is None:
-            self.rpc[command] = [1, duration_ns]
-        else:
-            entry[0] += 1
-            entry[1] += duration_ns
-
-    def record_error(self, label: str) -> None:
-        """Count one error of kind ``label`` (client-go ``RecordRPCErrorStats``)."""
-        if label in self.errors or len(self.errors) < _MAX_ERROR_LABELS:
-            self.errors[label] = self.errors.get(label, 0) + 1
-        else:
-            self.other_errors += 1
-
-    def cmd_rpc_count(self, command: str) -> int:
-        """How many RPCs of ``command`` were recorded."""
-        entry = self.rpc.get(command)
-        return 0 if entry is None else entry[0]
-
-    def merge(self, other: RegionRequestRuntimeStats) -> None:
-        """Add ``other``'s RPCs and errors."""
-        for command, (count, ns) in other.rpc.items():
-            entry = self.rpc.setdefault(command, [0, 0])
-            entry[0] += count
-            entry[1] += ns
-        for label, count in other.errors.items():
-            self.errors[label] = self.errors.get(label, 0) + count
-        self.other_errors += other.other_errors
-
-    def copy(self) -> RegionRequestRuntimeStats:
-        """An independent copy."""
-        return RegionRequestRuntimeStats(
-            {k: list(v) for k, v in self.rpc.items()}, dict(self.errors), self.other_errors
-        )
-
-    def __str__(self) -> str:
-        out = ",".join(
-            f"{command}:{{num_rpc:{count}, total_time:{format_duration(ns)}}}"
-            for command, (count, ns) in self.rpc.items()
-        )
-        if self.errors:
-            parts = [f"{label}:{count}" for label, count in self.errors.items()]
-            if self.other_errors:
-                parts.append(f"other_error:{self.other_errors}")
-            out += ", rpc_errors:{" + ", ".join(parts) + "}"
-        return out
-
-
-@dataclass(slots=True)
 class SnapshotRuntimeStats:
     """What a snapshot's reads cost (client-go ``txnsnapshot.SnapshotRuntimeStats``).
 
@@ -532,7 +463,8 @@ class SnapshotRuntimeStats:
     as it reads. ``str()`` is client-go's ``String()``.
 
     Attributes:
-        rpc_stats: RPCs per command and errors (``None`` until a first RPC).
+        rpc_stats: RPCs per command and the errors they met, filled by the request
+            pipeline (the snapshot's reads carry it in ``RequestOptions.rpc_stats``).
         backoff_sleep_ms: Milliseconds slept per backoff kind.
         backoff_times: Backoffs taken per kind.
         scan_detail: TiKV's storage figures.
@@ -542,7 +474,7 @@ class SnapshotRuntimeStats:
 
     """
 
-    rpc_stats: RegionRequestRuntimeStats | None = None
+    rpc_stats: RPCRuntimeStats = field(default_factory=RPCRuntimeStats)
     backoff_sleep_ms: dict[str, int] = field(default_factory=dict)
     backoff_times: dict[str, int] = field(default_factory=dict)
     scan_detail: ScanDetail = field(default_factory=ScanDetail)
@@ -550,24 +482,9 @@ class SnapshotRuntimeStats:
     resolve_lock_ns: int = 0
     read_pool: PoolTaskDetails = field(default_factory=PoolTaskDetails)
 
-    def merge_region_request_stats(self, stats: RegionRequestRuntimeStats) -> None:
+    def merge_region_request_stats(self, stats: RPCRuntimeStats) -> None:
         """Add a sender's RPC statistics (client-go ``mergeRegionRequestStats``)."""
-        if self.rpc_stats is None:
-            self.rpc_stats = stats.copy()
-        else:
-            self.rpc_stats.merge(stats)
-
-    def record_rpc(self, command: str, duration_ns: int) -> None:
-        """Count one RPC of ``command``."""
-        if self.rpc_stats is None:
-            self.rpc_stats = RegionRequestRuntimeStats()
-        self.rpc_stats.record_rpc(command, duration_ns)
-
-    def record_error(self, label: str) -> None:
-        """Count one region or send error."""
-        if self.rpc_stats is None:
-            self.rpc_stats = RegionRequestRuntimeStats()
-        self.rpc_stats.record_error(label)
+        self.rpc_stats.merge(stats)
 
     def record_backoff(self, sleep_ms: dict[str, int], times: dict[str, int]) -> None:
         """Add a Backoffer's sleeps and counts per kind (client-go ``recordBackoffInfo``)."""
@@ -580,10 +497,7 @@ class SnapshotRuntimeStats:
         """Add a response's ``ExecDetailsV2`` (client-go ``mergeExecDetail``)."""
         if details is None:
             return
-        self.time_detail.merge_from_pb(
-            details.time_detail_v2 if details.HasField("time_detail_v2") else None,
-            details.time_detail if details.HasField("time_detail") else None,
-        )
+        self.time_detail.merge_exec_details(details)
         if details.HasField("scan_detail_v2"):
             self.scan_detail.merge_from_pb(details.scan_detail_v2)
         if details.HasField("read_pool_task_details"):
@@ -591,12 +505,11 @@ class SnapshotRuntimeStats:
 
     def cmd_rpc_count(self, command: str) -> int:
         """How many RPCs of ``command`` were recorded (client-go ``GetCmdRPCCount``)."""
-        return 0 if self.rpc_stats is None else self.rpc_stats.cmd_rpc_count(command)
+        return self.rpc_stats.rpc_count(command)
 
     def merge(self, other: SnapshotRuntimeStats) -> None:
         """Add every figure of ``other`` (client-go ``Merge``)."""
-        if other.rpc_stats is not None:
-            self.merge_region_request_stats(other.rpc_stats)
+        self.merge_region_request_stats(other.rpc_stats)
         self.record_backoff(other.backoff_sleep_ms, other.backoff_times)
         self.scan_detail.merge(other.scan_detail)
         self.time_detail.merge(other.time_detail)
@@ -606,7 +519,7 @@ class SnapshotRuntimeStats:
     def copy(self) -> SnapshotRuntimeStats:
         """An independent copy (client-go ``Clone``)."""
         return SnapshotRuntimeStats(
-            None if self.rpc_stats is None else self.rpc_stats.copy(),
+            self.rpc_stats.copy(),
             dict(self.backoff_sleep_ms),
             dict(self.backoff_times),
             dataclasses.replace(self.scan_detail),
@@ -616,7 +529,7 @@ class SnapshotRuntimeStats:
         )
 
     def __str__(self) -> str:
-        out = "" if self.rpc_stats is None else str(self.rpc_stats)
+        out = str(self.rpc_stats)
         for kind, n in self.backoff_times.items():
             if out:
                 out += ","

@@ -44,7 +44,7 @@ from tikv_pd.config import (
     TransactionOptions,
 )
 from tikv_pd.errors import LockInfo, TxnError
-from tikv_pd.interceptor import RPCInterceptor, RPCInvoker, RPCRequest, chain_interceptors
+from tikv_pd.interceptor import RPCInterceptor, chain_interceptors
 from tikv_pd.observability import register_operations
 from tikv_pd.region_cache import Region
 from tikv_pd.request import KeysSharder, RequestOptions
@@ -176,7 +176,7 @@ class AsyncSnapshot:
         self._interceptor: RPCInterceptor | None = None
         # Options of the lock resolution this snapshot's reads cause (None: the client's).
         self._resolve_options: RequestOptions | None = None
-        # The interceptor chain of the reads (client's and own), without the recorder.
+        # The interceptor chain of the reads (client's and own).
         self._chain: RPCInterceptor | None = runtime.interceptor
         self._stats: SnapshotRuntimeStats | None = None
         self._adjuster: ReplicaReadAdjuster | None = None
@@ -225,18 +225,22 @@ class AsyncSnapshot:
         self._resolve_options = self._rt.resolve_options(effective)
 
     def _apply_read_chain(self) -> None:
-        """Put :attr:`_chain`, plus the statistics recorder if any, in the reads' options."""
+        """Put :attr:`_chain` and the RPC statistics if any in the reads' options."""
         chain = self._chain
-        if self._stats is not None:
-            # Outermost: like client-go, which times the send with the interceptors
-            # inside it and reads exec details from the response they hand back. Lock
-            # resolution is not counted: client-go's resolver sends without the
-            # snapshot's statistics.
-            recorder = _StatsRecorder(self._stats)
-            chain = recorder if chain is None else chain_interceptors(recorder, chain)
-        self._options = dataclasses.replace(self._options, interceptor=chain)
-        self._scan_options = dataclasses.replace(self._scan_options, interceptor=chain)
-        self._leader_options = dataclasses.replace(self._leader_options, interceptor=chain)
+        # The pipeline counts every attempt of the reads into the runtime statistics
+        # (client-go gives the reads' sender the snapshot's Stats), timing the send with
+        # the interceptors inside it. Lock resolution is not counted: it is sent with
+        # _resolve_options, as client-go's resolver sends without the snapshot's stats.
+        rpc_stats = None if self._stats is None else self._stats.rpc_stats
+        self._options = dataclasses.replace(self._options, interceptor=chain, rpc_stats=rpc_stats)
+        self._scan_options = dataclasses.replace(
+            self._scan_options, interceptor=chain, rpc_stats=rpc_stats
+        )
+        self._leader_options = dataclasses.replace(
+            self._leader_options, interceptor=chain, rpc_stats=rpc_stats
+        )
+        # Adjusted options were derived from the replaced ones.
+        self._adjusted_memo.clear()
 
     # -- moving the read ts (client-go KVSnapshot.SetSnapshotTS) -------------------------
 
@@ -278,7 +282,9 @@ class AsyncSnapshot:
         error), each read's backoffs per kind, the time spent resolving locks, and the
         execution details TiKV returns (``exec_details_v2``); ``str(stats)`` prints them
         as client-go's ``SnapshotRuntimeStats.String()``. Lock resolution RPCs are not
-        counted, as in client-go.
+        counted, as in client-go. The request pipeline counts the RPCs into
+        ``stats.rpc_stats`` (the object it holds now), also while a caller's
+        :func:`tikv_pd.request.collect_rpc_stats` block counts them.
 
         Raises:
             TypeError: ``stats`` is not a :class:`~tikv_txn.runtime_stats.SnapshotRuntimeStats`.
@@ -288,6 +294,12 @@ class AsyncSnapshot:
             raise TypeError(f"stats must be a SnapshotRuntimeStats, got {type(stats).__name__}")
         self._stats = stats
         self._apply_read_chain()
+
+    def _record_exec_details(self, resp: Any) -> None:
+        # client-go mergeExecDetail: each Get / BatchGet answer's execution details.
+        stats = self._stats
+        if stats is not None and resp.HasField("exec_details_v2"):
+            stats.merge_exec_details(resp.exec_details_v2)
 
     def _record_backoff(self, bo: Backoffer) -> None:
         stats = self._stats
@@ -371,6 +383,7 @@ class AsyncSnapshot:
         while True:
             req = kvrpcpb_pb2.GetRequest(key=key, version=self.ts, need_commit_ts=need)
             resp = await sender.call_key("Get", key, req, bo=bo, options=self._past(options))
+            self._record_exec_details(resp)
             if resp.HasField("error"):
                 err = resp.error
                 if not err.HasField("locked"):
@@ -494,6 +507,7 @@ class AsyncSnapshot:
             # client-go keeps all pending keys when the response-level error is set).
             again: set[bytes] = set()
             for part, resp in parts:
+                self._record_exec_details(resp)
                 if resp.HasField("error"):
                     if not resp.error.HasField("locked"):
                         raise self._rt.key_error(resp.error, start_ts=ts)
@@ -837,50 +851,6 @@ class AsyncSnapshot:
                 if not part[1] or (hi and part[1] >= hi):
                     return
                 lo = part[1]
-
-
-class _StatsRecorder:
-    """Records each RPC attempt of a snapshot's reads into its runtime statistics.
-
-    client-go records per attempt in the region request sender: the command and its
-    time, a region error by its kind, a failed send by its error; and the snapshot adds
-    the execution details of each response.
-    """
-
-    name = "tikv-snapshot-runtime-stats"
-
-    def __init__(self, stats: SnapshotRuntimeStats) -> None:
-        self.stats = stats
-
-    def wrap(self, next: RPCInvoker) -> RPCInvoker:
-        stats = self.stats
-
-        async def invoke(rpc: RPCRequest) -> Any:
-            started = time.perf_counter_ns()
-            try:
-                resp = await next(rpc)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                stats.record_rpc(rpc.command, time.perf_counter_ns() - started)
-                stats.record_error(type(exc).__name__)
-                raise
-            stats.record_rpc(rpc.command, time.perf_counter_ns() - started)
-            if resp.HasField("region_error"):
-                kinds = [f.name for f, _ in resp.region_error.ListFields() if f.name != "message"]
-                stats.record_error(kinds[0] if kinds else "unknown")
-            elif _has_exec_details(resp):
-                stats.merge_exec_details(resp.exec_details_v2)
-            return resp
-
-        return invoke
-
-
-def _has_exec_details(resp: Any) -> bool:
-    try:
-        return bool(resp.HasField("exec_details_v2"))
-    except ValueError:  # a response type without the field (Scan)
-        return False
 
 
 def _required_commit_ts(commit_ts: Mapping[bytes, int], key: bytes, start_ts: int) -> int:
