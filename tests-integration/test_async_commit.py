@@ -145,3 +145,51 @@ async def test_resolve_txn_fallback_from_async_commit(
         async with aclient.begin() as cleanup:
             cleanup.delete(keys[0])
             cleanup.delete(keys[1])
+
+
+# -- pessimistic variants ------------------------------------------------------------------
+
+
+PESSIMISTIC_ASYNC = TransactionOptions(mode="pessimistic", async_commit=True, try_one_pc=False)
+
+
+def test_async_commit_repeatable_read_pessimistic(txn: TransactionClient, tprefix: bytes) -> None:
+    """TestRepeatableRead, pessimistic half: a pessimistic transaction committed with
+    async commit is invisible to a snapshot taken before its commit and visible after."""
+    k = tprefix + b"k1"
+    with txn.begin(ASYNC) as t:
+        t.put(k, b"v1")
+    t1 = txn.begin(PESSIMISTIC_ASYNC)
+    assert t1.get(k) == b"v1"
+    t1.put(k, b"v2")  # locked now (the blocking facade locks at once)
+    for _ in range(20):
+        txn.current_timestamp()
+    t2 = txn.begin(ASYNC)
+    assert t2.get(k) == b"v1"
+    t1.commit()
+    committer = t1.async_transaction._committer
+    assert committer is not None and committer.async_commit  # really async commit
+    assert t2.get(k) == b"v1"
+    t2.rollback()
+    t3 = txn.begin(ASYNC)
+    assert t3.get(k) == b"v2"
+    t3.rollback()
+
+
+async def test_pessimistic_txn_resolves_an_async_commit_lock(
+    aclient: AsyncTransactionClient, mock: MockCluster, tprefix: bytes
+) -> None:
+    """TestPessimisticTxnResolveAsyncCommitLock: a key left locked by an abandoned
+    async-commit transaction (every key locked: it counts as committed) is resolved by a
+    pessimistic writer, which then commits over it."""
+    k = tprefix + b"k"
+    start_ts = await aclient.current_timestamp()
+    _prewrite(mock, k, b"abandoned", primary=k, secondaries=[], start_ts=start_ts, fallback=False)
+    txn = await aclient.begin(PESSIMISTIC_ASYNC)
+    await txn.lock_keys([tprefix + b"k1"])
+    txn.put(k, k)
+    commit_ts = await asyncio.wait_for(txn.commit(), 60)
+    assert await aclient.snapshot(commit_ts).get(k) == k
+    # The abandoned transaction was committed by the resolution (all its keys locked),
+    # before the writer's commit.
+    assert await aclient.snapshot(commit_ts - 1).get(k) == b"abandoned"
