@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import grpc
 import pytest
 from tikv_mockstore import MockCluster
+from tikv_pd.backoff import Backoffer
 from tikv_pd.config import TransactionOptions
 from tikv_pd.errors import UndeterminedError, WriteConflictError
 from tikv_txn import AsyncTransactionClient
@@ -261,3 +262,48 @@ async def test_secondary_list_in_primary_lock(
     assert sorted(locks[primary].secondaries) == sorted(k for k in keys if k != primary)
     await committer.cleanup()
     assert not any(locked(cluster, k) for k in keys)
+
+
+async def test_async_commit_falls_back_once_its_primary_expired(
+    client: AsyncTransactionClient, cluster: MockCluster, keys: tuple[bytes, bytes]
+) -> None:
+    """TestRollbackAsyncCommitEnforcesFallback: the primary's async-commit prewrite
+    landed, the other region's is held; meanwhile the primary lock expires and a
+    reader checks it (CheckTxnStatus raises TiKV's max ts past the transaction's
+    max_commit_ts). The held prewrite then cannot use async commit: TiKV answers with
+    a zero commit ts, the committer falls back to 2PC, and the commit still succeeds."""
+    a, z = keys
+    region_z = cluster.region_by_key(z, txn=True)
+    assert region_z is not None
+    hold = cluster.faults.add("KvPrewrite", region=region_z.id, hang=True, times=1)
+    try:
+        txn = await client.begin(ASYNC)
+        txn.put(a, b"va")
+        txn.put(z, b"vz")
+        committer = txn._new_committer()
+        assert await committer.prepare()
+        assert committer.async_commit and committer.primary == a
+        prewrite = asyncio.ensure_future(committer.prewrite())
+        await hanging(cluster)
+        await poll(lambda: locked(cluster, a), "the primary's prewrite")
+        cluster.clock.advance(10_000)  # past the lock TTL and the max commit ts
+        now = await client.current_timestamp()
+        status = await client.runtime.resolver.get_txn_status(
+            Backoffer(10_000),
+            txn.start_ts,
+            a,
+            caller_start_ts=now,
+            current_ts=now,
+            rollback_if_not_exist=False,
+        )
+        assert status.ttl > 0 and not status.is_committed  # async commit: never rolled back
+        hold.release()
+        await asyncio.wait_for(prewrite, NO_HANG)
+    finally:
+        hold.release()
+    assert not committer.async_commit  # fell back to 2PC
+    await committer.get_commit_ts()
+    await committer.commit_primary()
+    await committer.commit_batches(committer.batches[1:])
+    snap = client.snapshot(await client.current_timestamp())
+    assert await snap.batch_get([a, z]) == {a: b"va", z: b"vz"}
