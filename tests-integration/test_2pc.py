@@ -606,3 +606,65 @@ async def test_pessimistic_locked_keys_are_counted_once(
     assert sorted(lk.key for lk in cluster.engine.scan_lock(MAX_TS) if p in lk.key) == keys
     await txn.rollback()
     await poll(lambda: not any(locked(cluster, k) for k in keys), "released")
+
+
+async def test_commit_dead_lock(
+    ttl_client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    """TestCommitDeadLock: two transactions write k1 and k2 (two regions) with crossing
+    primaries, their locks kept alive by heartbeats. Neither may wait for the other
+    forever: exactly one commits, the other fails with a write conflict."""
+    client = ttl_client
+    k1, k2 = p + b"a_k1", p + b"y_k2"
+    cluster.split([p + b"m"], txn=True)
+    t1 = await client.begin(TWO_PC)
+    t2 = await client.begin(TWO_PC)
+    t1.put(k1, b"t1")  # primary k1 (first key)
+    t1.put(k2, b"t1")
+    t2.put(k1, b"t2")
+    t2.put(k2, b"t2")
+    c2 = t2._get_committer()
+    assert await c2.prepare()
+    c2.primary = k2  # crossing primaries (client-go SetPrimaryKey)
+    c2.batches.sort(key=lambda b: k2 not in [m.key for m in b.items])
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(t1.commit(), c2.execute(), return_exceptions=True), NO_HANG
+    )
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(failed) == 1, outcomes
+    assert isinstance(failed[0], WriteConflictError)
+    winner = b"t1" if not isinstance(outcomes[0], BaseException) else b"t2"
+    assert await client.runtime.wait_background(NO_HANG)
+    assert await read(client, [k1, k2]) == {k1: winner, k2: winner}
+
+
+async def test_retried_lock_request_gets_a_fresh_ttl(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    """TestRetryPushTTL: a lock taken after waiting gets ManagedLockTTL plus the time the
+    transaction has lived *at that attempt*, not at its first attempt; otherwise a lock
+    taken after a long wait would look expired almost at once."""
+    k = p + b"k"
+    holder = await client.begin(PESSIMISTIC)
+    await holder.lock_keys([k])
+    began = time.monotonic()  # before the waiter starts: its TTL counts from its start
+    waiter = await client.begin(PESSIMISTIC)
+    before = waiter.locker.stats["lock_requests"]
+    task = asyncio.ensure_future(waiter.lock_keys([k]))
+    await poll(lambda: waiter.locker.stats["lock_requests"] > before or task.done(), "the wait")
+    assert not task.done()
+    first_attempt_ms = int((time.monotonic() - began) * 1000)  # its TTL was computed before
+    # TiKV answers a waiting lock request after at most 1 s and the client asks again:
+    # wait for that second attempt, so the wait visibly outlasts the first one.
+    await poll(lambda: waiter.locker.stats["lock_requests"] > before + 1, "a second attempt")
+    await holder.rollback()
+    await asyncio.wait_for(task, NO_HANG)
+    total_ms = int((time.monotonic() - began) * 1000) + 1
+    lock = lock_on(cluster, k)
+    assert lock is not None
+    extra = lock.lock_ttl - client.config.managed_lock_ttl_ms  # type: ignore[attr-defined]
+    # Taken by a later attempt (sent after TiKV's wait of up to 1 s): its TTL counts that
+    # wait; a TTL fixed at the first attempt would count only first_attempt_ms.
+    assert first_attempt_ms + 500 <= extra <= total_ms
+    await waiter.rollback()
+    await poll(lambda: not locked(cluster, k), "released")
