@@ -311,6 +311,10 @@ class RequestOptions:
         resolved_locks: Start ts of transactions whose locks reads skip
             (``Context.resolved_locks``; client-go ``KVSnapshot.resolvedLocks``: a
             pipelined transaction reads past its own flushed locks this way).
+        committed_locks: Start ts of transactions known to have committed at or before
+            the read ts whose locks may still be there: TiKV reads through them, taking
+            the value the lock carries (``Context.committed_locks``; client-go
+            ``KVSnapshot.committedLocks``, while the lock is resolved in the background).
         timeout: Seconds per RPC attempt (``None``: the transport default,
             ``Config.read_timeout_short`` = 30 s).
         concurrency: Regions dispatched at once (``None``: :data:`DEFAULT_CONCURRENCY`).
@@ -341,6 +345,7 @@ class RequestOptions:
     busy_threshold_ms: int = 0
     sync_log: bool = False
     resolved_locks: tuple[int, ...] = ()
+    committed_locks: tuple[int, ...] = ()
     timeout: float | None = None
     concurrency: int | None = None
     interceptor: RPCInterceptor | None = field(default=None, compare=False)
@@ -455,6 +460,8 @@ def build_context(
         ctx.resource_control_context.resource_group_name = options.resource_group_name
     if options.resolved_locks:
         ctx.resolved_locks.extend(options.resolved_locks)
+    if options.committed_locks:
+        ctx.committed_locks.extend(options.committed_locks)
     return ctx
 
 
