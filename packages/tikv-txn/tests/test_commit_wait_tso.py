@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from _txn_helpers import MAX_TS, NO_HANG, poll
 from tikv_mockstore import MockCluster
 from tikv_pd.config import TransactionOptions
 from tikv_pd.errors import CommitTsLagError
@@ -21,7 +22,6 @@ from tikv_pd.oracle import compose_ts, extract_physical
 from tikv_txn import AsyncTransactionClient, TransactionClient
 
 _ids = itertools.count()
-NO_HANG = 30.0
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +37,6 @@ def frozen(cluster: MockCluster) -> Iterator[MockCluster]:
         yield cluster
     finally:
         cluster.clock.unfreeze()
-
-
-@pytest.fixture
-async def client(cluster: MockCluster) -> AsyncIterator[AsyncTransactionClient]:
-    async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as c:
-        yield c
 
 
 @pytest.fixture
@@ -90,12 +84,11 @@ async def committed(client: AsyncTransactionClient, keys: list[bytes]) -> dict[b
 
 
 async def no_locks_left(cluster: MockCluster, keys: list[bytes]) -> None:
-    """Wait (deadline) until the rollback of a failed commit removed every lock."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + NO_HANG
-    while any(lock.key in keys for lock in cluster.engine.scan_lock(2**63 - 1)):
-        assert loop.time() < deadline, "the failed commit left its locks"
-        await asyncio.sleep(0.01)
+    """Wait until the rollback of a failed commit removed every lock."""
+    await poll(
+        lambda: not any(lock.key in keys for lock in cluster.engine.scan_lock(MAX_TS)),
+        "the failed commit's rollback to remove its locks",
+    )
 
 
 @pytest.mark.parametrize(

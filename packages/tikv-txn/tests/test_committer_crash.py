@@ -10,14 +10,12 @@ clock (PD timestamps follow it), never by sleeping.
 from __future__ import annotations
 
 import asyncio
-import itertools
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from _txn_helpers import FIRST_BYTES, NO_HANG, expire_locks, prepared, seed
 from tikv_mockstore import MockCluster
 from tikv_pd.config import Config, TransactionOptions
 from tikv_txn import (
-    AsyncTransaction,
     AsyncTransactionClient,
     TxnLockNotFoundError,
     UndeterminedError,
@@ -25,33 +23,10 @@ from tikv_txn import (
 )
 from tikv_txn.committer import TwoPhaseCommitter
 
-_ids = itertools.count()
-FIRST_BYTES = (b"\x10", b"\x50", b"\x90", b"\xd0")
-NO_HANG = 60.0
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[MockCluster]:
-    with MockCluster(stores=3, regions=4) as mock:
-        yield mock
-
 
 @pytest.fixture
-async def client(cluster: MockCluster) -> AsyncIterator[AsyncTransactionClient]:
-    async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as c:
-        yield c
-
-
-@pytest.fixture
-async def reader(cluster: MockCluster) -> AsyncIterator[AsyncTransactionClient]:
-    """A second client: the "other process" that meets the crashed transaction's locks."""
-    async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as c:
-        yield c
-
-
-@pytest.fixture
-def keys() -> list[bytes]:
-    p = b"c%04d/" % next(_ids)
+def keys(p: bytes) -> list[bytes]:
+    """One key per region; the first is the primary."""
     return [f + p + b"k" for f in FIRST_BYTES]
 
 
@@ -59,28 +34,10 @@ def locked(cluster: MockCluster, keys: list[bytes]) -> list[bytes]:
     return sorted(lock.key for lock in cluster.engine.scan_lock(2**63 - 1) if lock.key in keys)
 
 
-async def seed(client: AsyncTransactionClient, keys: list[bytes]) -> None:
-    async with client.begin() as txn:
-        for key in keys:
-            txn.put(key, b"old")
-    # Let the secondaries commit before the test injects faults.
-    assert await client.runtime.wait_background(NO_HANG)
-
-
 async def crashing_txn(client: AsyncTransactionClient, keys: list[bytes]) -> TwoPhaseCommitter:
-    txn: AsyncTransaction = await client.begin()
-    for key in keys:
-        txn.put(key, b"new")
-    committer = txn._new_committer()
-    assert await committer.prepare()
+    committer = await prepared(client, keys)
     assert len(committer.batches) == len(keys)  # one region each: primary + 3 secondaries
     return committer
-
-
-async def expire_locks(cluster: MockCluster, reader: AsyncTransactionClient) -> None:
-    """Move the cluster clock past every lock TTL and refresh the reader's cached ts."""
-    cluster.clock.advance(60_000)
-    await reader.current_timestamp()
 
 
 async def read_all(reader: AsyncTransactionClient, keys: list[bytes]) -> dict[bytes, bytes]:

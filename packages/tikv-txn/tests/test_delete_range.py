@@ -7,16 +7,16 @@ region splits in the middle of the task and a store fails.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
+from _txn_helpers import seed
 from tikv_mockstore import MockCluster
 from tikv_pd.errors import TiKVError
 from tikv_pd.rangetask import RangeTaskProgress
 from tikv_txn import AsyncTransactionClient
 from tikv_txn.delete_range import DeleteRangeTask, unsafe_destroy_range
 
-NO_HANG = 60.0
 # Four regions, cut at the user keys 0x40, 0x80 and 0xc0.
 KEYS = [
     b"\x00",
@@ -46,20 +46,6 @@ def cluster() -> Iterator[MockCluster]:
         yield mock
 
 
-@pytest.fixture
-async def client(cluster: MockCluster) -> AsyncIterator[AsyncTransactionClient]:
-    async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as c:
-        yield c
-
-
-async def seed(client: AsyncTransactionClient, keys: list[bytes]) -> None:
-    for value in (b"v1", b"v2"):  # two versions of every key
-        async with client.begin() as txn:
-            for key in keys:
-                txn.put(key, value)
-    assert await client.runtime.wait_background(NO_HANG)
-
-
 def held(cluster: MockCluster, key: bytes) -> bool:
     """Whether the server keeps any version or lock of ``key``."""
     info = cluster.engine.mvcc_by_key(key)
@@ -87,7 +73,7 @@ def in_range(key: bytes, start: bytes, end: bytes) -> bool:
 async def test_deletes_exactly_the_range_across_regions(
     client: AsyncTransactionClient, cluster: MockCluster
 ) -> None:
-    await seed(client, KEYS)
+    await seed(client, KEYS, b"v1", b"v2")  # two versions of every key
     # A lock inside the range (a prewritten, unfinished transaction) goes too.
     txn = await client.begin()
     txn.put(b"\x90locked", b"x")
@@ -106,7 +92,7 @@ async def test_deletes_exactly_the_range_across_regions(
 async def test_split_mid_task_and_store_errors_then_resume(
     client: AsyncTransactionClient, cluster: MockCluster
 ) -> None:
-    await seed(client, KEYS)
+    await seed(client, KEYS, b"v1", b"v2")  # two versions of every key
     region_of = {k: region_id(cluster, k) for k in (b"\x50", b"\xd0")}
     # A store error that the pipeline retries, and one that stops the task at region 4.
     transient = cluster.faults.add(
@@ -149,7 +135,7 @@ async def test_split_mid_task_and_store_errors_then_resume(
 
 
 async def test_whole_key_space(client: AsyncTransactionClient, cluster: MockCluster) -> None:
-    await seed(client, KEYS)
+    await seed(client, KEYS, b"v1", b"v2")  # two versions of every key
     assert await client.delete_range(b"") == 4
     assert not any(held(cluster, key) for key in KEYS)
 
@@ -157,7 +143,7 @@ async def test_whole_key_space(client: AsyncTransactionClient, cluster: MockClus
 async def test_notify_only_deletes_nothing(
     client: AsyncTransactionClient, cluster: MockCluster
 ) -> None:
-    await seed(client, KEYS)
+    await seed(client, KEYS, b"v1", b"v2")  # two versions of every key
     before = cluster.counters.count("KvDeleteRange")
     assert await client.delete_range(b"\x10", b"\x60", notify_only=True) == 2
     assert cluster.counters.count("KvDeleteRange") - before == 2
@@ -177,7 +163,7 @@ async def test_empty_range_and_bad_arguments(client: AsyncTransactionClient) -> 
 async def test_unsafe_destroy_range_wipes_the_range_on_every_store(
     client: AsyncTransactionClient, cluster: MockCluster
 ) -> None:
-    await seed(client, KEYS)
+    await seed(client, KEYS, b"v1", b"v2")  # two versions of every key
     before = cluster.counters.count("UnsafeDestroyRange")
     assert await unsafe_destroy_range(client.runtime, client._pd, b"\x30", b"\xb0") == 3
     assert cluster.counters.count("UnsafeDestroyRange") - before == 3
@@ -190,7 +176,7 @@ async def test_unsafe_destroy_range_wipes_the_range_on_every_store(
 async def test_unsafe_destroy_range_reports_a_failed_store(
     client: AsyncTransactionClient, cluster: MockCluster
 ) -> None:
-    await seed(client, KEYS)
+    await seed(client, KEYS, b"v1", b"v2")  # two versions of every key
     cluster.faults.add("UnsafeDestroyRange", store=2, status="UNAVAILABLE", times=1)
     with pytest.raises(TiKVError, match="store 2"):
         await unsafe_destroy_range(client.runtime, client._pd, b"\x30", b"\xb0")

@@ -9,19 +9,17 @@ newer data and locks intact, readers seeing whole transactions or nothing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
+from _txn_helpers import FIRST_BYTES, NO_HANG, prepared, seed
 from tikv_mockstore import MockCluster
 from tikv_pd.codec import keyspace_prefix
 from tikv_pd.config import TransactionOptions
 from tikv_pd.errors import GCTooEarlyError
 from tikv_txn import AsyncTransactionClient, TransactionClient
 from tikv_txn import gc as gcmod
-from tikv_txn.committer import TwoPhaseCommitter
 
-FIRST_BYTES = (b"\x10", b"\x50", b"\x90", b"\xd0")
-NO_HANG = 60.0
 MAX = 2**64 - 1
 
 
@@ -29,12 +27,6 @@ MAX = 2**64 - 1
 def cluster() -> Iterator[MockCluster]:
     with MockCluster(stores=3, regions=4) as mock:
         yield mock
-
-
-@pytest.fixture
-async def client(cluster: MockCluster) -> AsyncIterator[AsyncTransactionClient]:
-    async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as c:
-        yield c
 
 
 def keys_across(tag: bytes, n: int = 2) -> list[bytes]:
@@ -51,33 +43,11 @@ def write_versions(cluster: MockCluster, key: bytes) -> list[int]:
     return [commit_ts for commit_ts, _ in cluster.engine.mvcc_by_key(key).writes]
 
 
-async def put_all(client: AsyncTransactionClient, keys: list[bytes], value: bytes) -> None:
-    async with client.begin() as txn:
-        for key in keys:
-            txn.put(key, value)
-    assert await client.runtime.wait_background(NO_HANG)
-
-
-async def prepared(
-    client: AsyncTransactionClient,
-    keys: list[bytes],
-    value: bytes,
-    options: TransactionOptions | None = None,
-) -> TwoPhaseCommitter:
-    txn = await client.begin(options)
-    for key in keys:
-        txn.put(key, value)
-    committer = txn._new_committer()
-    assert await committer.prepare()
-    return committer
-
-
 async def test_gc_resolves_locks_collects_old_versions_and_keeps_newer_data(
     client: AsyncTransactionClient, cluster: MockCluster
 ) -> None:
     seeded = keys_across(b"seed/")
-    await put_all(client, seeded, b"v1")
-    await put_all(client, seeded, b"v2")
+    await seed(client, seeded, b"v1", b"v2")
     # Txn A committed its primary only: its secondaries in other regions stay locked.
     a_keys = keys_across(b"a/")
     a = await prepared(client, a_keys, b"a-new")
@@ -86,7 +56,7 @@ async def test_gc_resolves_locks_collects_old_versions_and_keeps_newer_data(
     await a.commit_primary()
     # Txn B was abandoned after prewrite (its client "crashed"); its TTL is far from over.
     b_keys = keys_across(b"b/")
-    await put_all(client, b_keys, b"b-old")
+    await seed(client, b_keys, b"b-old")
     b = await prepared(client, b_keys, b"b-new")
     await b.prewrite()
     safe_point = await client.current_timestamp()
@@ -127,9 +97,9 @@ async def test_reads_below_the_safepoint_fail_with_gc_too_early(
     client: AsyncTransactionClient, cluster: MockCluster
 ) -> None:
     keys = keys_across(b"r/")
-    await put_all(client, keys, b"x")
+    await seed(client, keys, b"x")
     old_ts = await client.current_timestamp()
-    await put_all(client, keys, b"y")
+    await seed(client, keys, b"y")
     safe_point = await client.current_timestamp()
     assert await client.gc(safe_point) == safe_point
     old = client.snapshot(old_ts)
@@ -274,7 +244,7 @@ async def test_gc_rolls_back_pessimistic_locks(
     from tikv_mockstore.mvcc import Mutation, Op
 
     keys = keys_across(b"pl/")
-    await put_all(client, keys, b"old")
+    await seed(client, keys, b"old")
     start_ts = await client.current_timestamp()
     # A pessimistic transaction (taken on the server directly) that never prewrote.
     cluster.engine.pessimistic_lock(
@@ -297,7 +267,7 @@ async def test_gc_under_api_v2_stays_in_its_keyspace() -> None:
         beta = await AsyncTransactionClient.connect(cluster.pd_endpoints, keyspace="beta")
         try:
             for c in (alpha, beta):
-                await put_all(c, [b"k1", b"k2"], b"old")
+                await seed(c, [b"k1", b"k2"], b"old")
                 left = await prepared(c, [b"k1", b"k2"], b"new")
                 await left.prewrite()  # abandoned
             assert len(locks_at_or_below(cluster, MAX)) == 4

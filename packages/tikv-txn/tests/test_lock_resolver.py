@@ -9,11 +9,10 @@ through the secondaries, and GC's batch resolution.
 from __future__ import annotations
 
 import asyncio
-import itertools
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from _txn_helpers import FIRST_BYTES, NO_HANG, expire_locks, locked_keys, prepared, seed
 from tikv_mockstore import MockCluster
 from tikv_mockstore.mvcc.types import Mutation
 from tikv_pd.backoff import Backoffer
@@ -21,66 +20,8 @@ from tikv_pd.config import Config, TransactionOptions
 from tikv_pd.errors import LockInfo, TxnError
 from tikv_pd.interceptor import RPCInterceptor, RPCInvoker, RPCRequest, rpc_interceptor
 from tikv_txn import AsyncTransactionClient
-from tikv_txn.committer import TwoPhaseCommitter
 from tikv_txn.lock_resolver import RESOLVED_CACHE_SIZE
 from tikv_txn.policy import TxnStatus
-
-_ids = itertools.count()
-FIRST_BYTES = (b"\x10", b"\x50", b"\x90", b"\xd0")
-NO_HANG = 60.0
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[MockCluster]:
-    with MockCluster(stores=3, regions=4) as mock:
-        yield mock
-
-
-@pytest.fixture
-async def client(cluster: MockCluster) -> AsyncIterator[AsyncTransactionClient]:
-    async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as c:
-        yield c
-
-
-@pytest.fixture
-async def reader(cluster: MockCluster) -> AsyncIterator[AsyncTransactionClient]:
-    async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as c:
-        yield c
-
-
-@pytest.fixture
-def p() -> bytes:
-    return b"r%04d/" % next(_ids)
-
-
-def locks_of_prefix(cluster: MockCluster, p: bytes) -> list[bytes]:
-    return sorted(lock.key for lock in cluster.engine.scan_lock(2**63 - 1) if p in lock.key)
-
-
-async def prepared(
-    client: AsyncTransactionClient,
-    keys: list[bytes],
-    value: bytes = b"new",
-    options: TransactionOptions | None = None,
-) -> TwoPhaseCommitter:
-    txn = await client.begin(options)
-    for key in keys:
-        txn.put(key, value)
-    committer = txn._new_committer()
-    assert await committer.prepare()
-    return committer
-
-
-async def seed(client: AsyncTransactionClient, keys: list[bytes]) -> None:
-    async with client.begin() as txn:
-        for key in keys:
-            txn.put(key, b"old")
-    assert await client.runtime.wait_background(NO_HANG)
-
-
-async def expire(cluster: MockCluster, client: AsyncTransactionClient) -> None:
-    cluster.clock.advance(60_000)
-    await client.current_timestamp()
 
 
 async def test_lite_resolve_touches_only_the_read_key_and_caches_the_status(
@@ -92,11 +33,11 @@ async def test_lite_resolve_touches_only_the_read_key_and_caches_the_status(
     await committer.prewrite()
     await committer.get_commit_ts()
     await committer.commit_primary()
-    assert locks_of_prefix(cluster, p) == sorted(others)
+    assert locked_keys(cluster, p) == sorted(others)
     snap = reader.snapshot(await reader.current_timestamp())
     assert await asyncio.wait_for(snap.get(others[0]), NO_HANG) == b"new"
     # Small transaction (txn_size < 512): only the key that was read is resolved.
-    assert locks_of_prefix(cluster, p) == sorted(others[1:])
+    assert locked_keys(cluster, p) == sorted(others[1:])
     stats = reader.runtime.resolver.stats
     checks = stats["check_txn_status"]
     assert await asyncio.wait_for(snap.get(others[1]), NO_HANG) == b"new"
@@ -121,7 +62,7 @@ async def test_region_resolve_cleans_every_lock_of_the_txn_in_the_region(
     async with await AsyncTransactionClient.connect(cluster.pd_endpoints, config=config) as r:
         snap = r.snapshot(await r.current_timestamp())
         assert await asyncio.wait_for(snap.get(others[3]), NO_HANG) == b"new"
-        assert locks_of_prefix(cluster, p) == []
+        assert locked_keys(cluster, p) == []
         assert r.runtime.resolver.stats["resolve_lock"] == 1
         assert await snap.batch_get(others) == dict.fromkeys(others, b"new")
 
@@ -148,11 +89,11 @@ async def test_secondary_without_primary_is_rolled_back_once_expired(
     # Prewrite the secondary only: the primary lock never reaches TiKV (client crash).
     bo = Backoffer(10_000)
     await committer._run_batches(committer.batches[1:], lambda b: committer._prewrite_batch(b, bo))
-    assert locks_of_prefix(cluster, p) == [keys[1]]
-    await expire(cluster, reader)
+    assert locked_keys(cluster, p) == [keys[1]]
+    await expire_locks(cluster, reader)
     snap = reader.snapshot(await reader.current_timestamp())
     assert await asyncio.wait_for(snap.get(keys[1]), NO_HANG) == b"old"
-    assert locks_of_prefix(cluster, p) == []
+    assert locked_keys(cluster, p) == []
     status = reader.runtime.resolver.cached_status(committer.start_ts)
     assert status is not None
     assert status.is_rolled_back
@@ -170,13 +111,13 @@ async def test_async_commit_recovery_commits_when_every_secondary_is_locked(
     assert committer.async_commit
     await committer.prewrite()  # then the client dies: no commit RPC at all
     assert committer.async_commit, "TiKV accepted async commit"
-    assert locks_of_prefix(cluster, p) == sorted(keys)
-    await expire(cluster, reader)
+    assert locked_keys(cluster, p) == sorted(keys)
+    await expire_locks(cluster, reader)
     snap = reader.snapshot(await reader.current_timestamp())
     # Reading any one key settles the whole transaction through CheckSecondaryLocks.
     assert await asyncio.wait_for(snap.get(keys[2]), NO_HANG) == b"new"
     assert reader.runtime.resolver.stats["check_secondary_locks"] >= 1
-    assert locks_of_prefix(cluster, p) == []
+    assert locked_keys(cluster, p) == []
     status = reader.runtime.resolver.cached_status(committer.start_ts)
     assert status is not None
     assert status.commit_ts == committer.min_commit_ts
@@ -197,11 +138,11 @@ async def test_async_commit_recovery_rolls_back_when_a_secondary_is_missing(
     # The primary and one secondary are prewritten; the other two never are.
     await committer._prewrite_batch(committer.batches[0], bo)
     await committer._prewrite_batch(committer.batches[1], bo)
-    assert len(locks_of_prefix(cluster, p)) == 2
-    await expire(cluster, reader)
+    assert len(locked_keys(cluster, p)) == 2
+    await expire_locks(cluster, reader)
     snap = reader.snapshot(await reader.current_timestamp())
     assert await asyncio.wait_for(snap.batch_get(keys), NO_HANG) == dict.fromkeys(keys, b"old")
-    assert locks_of_prefix(cluster, p) == []
+    assert locked_keys(cluster, p) == []
     status = reader.runtime.resolver.cached_status(committer.start_ts)
     assert status is not None
     assert status.is_rolled_back
@@ -226,7 +167,7 @@ async def test_batch_resolve_locks_for_gc(
     # ...one crashed after prewrite...
     dead = await prepared(client, [b"\x10" + p + b"xp", *aborted_keys])
     await dead.prewrite()
-    await expire(cluster, reader)
+    await expire_locks(cluster, reader)
     # ...one is still running (its locks have not expired: GC rolls it back anyway)...
     live = await prepared(client, [b"\x10" + p + b"yp", *live_keys])
     await live.prewrite()
@@ -259,7 +200,7 @@ async def test_batch_resolve_locks_for_gc(
     await reader.runtime.sender.locator.locate_key(committed_keys[0])
     cluster.split([b"\x50" + p + b"y"], txn=True)
     await reader.runtime.resolver.batch_resolve_locks(Backoffer(20_000), locks)
-    assert [k for k in locks_of_prefix(cluster, p) if k.startswith(b"\x50")] == []
+    assert [k for k in locked_keys(cluster, p) if k.startswith(b"\x50")] == []
     snap = reader.snapshot(await reader.current_timestamp())
     got = await snap.batch_get(wanted)
     assert got == {
@@ -292,13 +233,13 @@ async def test_lock_resolution_of_a_read_runs_inside_the_transactions_intercepto
     keys = [b"\x10" + p + b"a", b"\x50" + p + b"b"]
     dead = await prepared(client, keys, options=TWO_PC)
     await dead.prewrite()
-    await expire(cluster, reader)
+    await expire_locks(cluster, reader)
     log: list[str] = []
     txn = await reader.begin(TWO_PC)
     txn.set_rpc_interceptor(_recorder(log))
     assert await asyncio.wait_for(txn.get(keys[1]), NO_HANG) is None
     assert {"Get", "CheckTxnStatus", "ResolveLock"} <= set(log)
-    assert locks_of_prefix(cluster, p) == []
+    assert locked_keys(cluster, p) == []
     await txn.rollback()
 
 
@@ -308,7 +249,7 @@ async def test_lock_resolution_of_a_prewrite_runs_inside_the_transactions_interc
     keys = [b"\x10" + p + b"a", b"\x50" + p + b"b"]
     dead = await prepared(client, keys, options=TWO_PC)
     await dead.prewrite()
-    await expire(cluster, reader)
+    await expire_locks(cluster, reader)
     log: list[str] = []
     txn = await reader.begin(TWO_PC)
     txn.set_rpc_interceptor(_recorder(log))
@@ -328,7 +269,7 @@ async def test_lock_resolution_of_a_pessimistic_lock_runs_inside_the_transaction
     committer = holder._committer
     assert committer is not None
     committer.stop_heartbeat()
-    await expire(cluster, reader)
+    await expire_locks(cluster, reader)
     log: list[str] = []
     txn = await reader.begin(pessimistic=True)
     txn.set_rpc_interceptor(_recorder(log))
@@ -363,6 +304,6 @@ async def test_writer_blocked_by_short_ttl_locks_checks_each_about_twice(
     # (the old behaviour sent ~20 per lock: 176 for these 8).
     assert sent <= 5 * len(keys), f"{sent} CheckTxnStatus for {len(keys)} locks"
     assert await reader.runtime.wait_background(NO_HANG)  # secondaries commit after return
-    assert locks_of_prefix(cluster, p) == []
+    assert locked_keys(cluster, p) == []
     snap = reader.snapshot(await reader.current_timestamp())
     assert await snap.batch_get(keys) == dict.fromkeys(keys, b"live")

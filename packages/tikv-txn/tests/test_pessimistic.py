@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
 import pytest
+from _txn_helpers import MAX_TS, NO_HANG, K, locks_in, poll
 from tikv_mockstore import MockCluster
 from tikv_mockstore.kv_pessimistic import lock_wait_manager
 from tikv_pd.codec import keyspace_prefix
@@ -43,48 +43,6 @@ from tikv_txn.pessimistic import (
     locks_to_resolve,
 )
 from tikv_txn.policy import Op, PessimisticAction
-
-_ids = itertools.count()
-MAX_TS = 2**63 - 1
-#: A bound for things that should take well under a second: it only catches hangs.
-NO_HANG = 30.0
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[MockCluster]:
-    with MockCluster(stores=3, regions=4) as mock:
-        yield mock
-
-
-@pytest.fixture
-async def client(cluster: MockCluster) -> AsyncIterator[AsyncTransactionClient]:
-    async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as c:
-        yield c
-
-
-@pytest.fixture
-def p() -> bytes:
-    """A key prefix unique to the test."""
-    return b"pes%04d/" % next(_ids)
-
-
-def K(first: bytes, p: bytes, name: str) -> bytes:
-    """A test key in the region of ``first``."""
-    return first + p + name.encode()
-
-
-def locks_in(cluster: MockCluster, p: bytes) -> list[LockInfo]:
-    """The locks the server holds on keys with this prefix."""
-    return [lock for lock in cluster.engine.scan_lock(MAX_TS) if p in lock.key]
-
-
-async def poll(condition: Callable[[], bool], what: str) -> None:
-    """Wait until ``condition()`` holds, yielding to the loop; fail after NO_HANG."""
-    deadline = time.monotonic() + NO_HANG
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 async def blocked(txn: AsyncTransaction, call: Awaitable[Any]) -> asyncio.Future[Any]:

@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
+from _txn_helpers import FIRST_BYTES, NO_HANG, poll, seed
 from tikv_mockstore import MockCluster
 from tikv_pd.codec import keyspace_prefix
 from tikv_pd.config import TransactionOptions
@@ -39,34 +38,14 @@ from tikv_txn.policy import (
 )
 
 _ids = itertools.count()
-FIRST_BYTES = (b"\x10", b"\x50", b"\x90", b"\xd0")
-DEADLINE = 60.0
 PIPELINED = TransactionOptions(pipelined=True)
 #: Small thresholds (client-go's tests use failpoints the same way): a flush every 100 keys.
 SMALL = FlushThresholds(min_keys=100, min_size=1, force_size=1 << 30)
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[MockCluster]:
-    with MockCluster(stores=3, regions=4) as mock:
-        yield mock
-
-
-@pytest.fixture
-async def client(cluster: MockCluster) -> AsyncIterator[AsyncTransactionClient]:
-    async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as c:
-        yield c
-
-
-@pytest.fixture
-async def reader(cluster: MockCluster) -> AsyncIterator[AsyncTransactionClient]:
-    async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as c:
-        yield c
-
-
 def make_keys(n: int, tag: bytes = b"k") -> list[bytes]:
     """``n`` keys spread over the four regions, unique to the calling test."""
-    prefix = b"p%04d/" % next(_ids)
+    prefix = b"pl%04d/" % next(_ids)
     return [FIRST_BYTES[i % 4] + prefix + tag + b"%06d" % i for i in range(n)]
 
 
@@ -84,15 +63,6 @@ def engine_locks(cluster: MockCluster, keys: list[bytes]) -> dict[bytes, object]
     return out
 
 
-async def poll(condition: Callable[[], bool], what: str) -> None:
-    """Wait until ``condition()`` holds, yielding to the loop; fail after the deadline."""
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 async def begin(
     client: AsyncTransactionClient, thresholds: FlushThresholds | None = None
 ) -> AsyncPipelinedTransaction:
@@ -105,13 +75,6 @@ async def begin(
 
 async def wait_flushed(txn: AsyncPipelinedTransaction) -> None:
     await poll(lambda: not txn.flushing, "the running flush")
-
-
-async def seed(client: AsyncTransactionClient, pairs: dict[bytes, bytes]) -> None:
-    async with client.begin() as txn:
-        for key, value in pairs.items():
-            txn.put(key, value)
-    assert await client.runtime.wait_background(DEADLINE)
 
 
 # -- options ------------------------------------------------------------------------------
@@ -184,7 +147,7 @@ async def test_large_transaction_flushes_in_the_background_and_commits(
     assert cluster.counters.count("KvCommit") - commits == 1
     # Every key is readable right away (readers resolve what the async resolve has not).
     snap = reader.snapshot(await reader.current_timestamp())
-    got = await asyncio.wait_for(snap.batch_get(keys), DEADLINE)
+    got = await asyncio.wait_for(snap.batch_get(keys), NO_HANG)
     assert len(got) == len(keys)
     assert set(got.values()) == {value}
     # The asynchronous resolve leaves no lock of the transaction behind.
@@ -246,7 +209,7 @@ async def test_later_generation_supersedes_and_reads_see_every_tier(
         old[1]: b"committed",
     }
     # The snapshot reads past the transaction's own locks (no wait on its own primary).
-    assert await asyncio.wait_for(txn.snapshot.get(keys[0]), DEADLINE) is None
+    assert await asyncio.wait_for(txn.snapshot.get(keys[0]), NO_HANG) is None
     read = cluster.counters.last_context("KvGet")
     assert read is not None
     assert txn.start_ts in read.resolved_locks
@@ -348,13 +311,13 @@ async def test_abandoned_transaction_is_resolved_by_readers_after_its_ttl(
     # Before the TTL expires a reader may not roll the locks back: it pushes the
     # transaction's min_commit_ts past its own ts and reads past the locks.
     snap = reader.snapshot(await reader.current_timestamp())
-    assert await asyncio.wait_for(snap.batch_get(keys[:8]), DEADLINE) == old
+    assert await asyncio.wait_for(snap.batch_get(keys[:8]), NO_HANG) == old
     assert len(locks_of_txn(cluster, start_ts)) == len(keys)
     # After it (20 s, the flushed locks' TTL, never extended again) a reader rolls the
     # transaction back: its primary first, then the locks it meets.
     cluster.clock.advance(60_000)
     snap = reader.snapshot(await reader.current_timestamp())
-    got = await asyncio.wait_for(snap.batch_get(keys), DEADLINE)
+    got = await asyncio.wait_for(snap.batch_get(keys), NO_HANG)
     assert got == old
     # The locks the reader met are gone; GC removes the rest.
     assert not set(locks_of_txn(cluster, start_ts)) & set(keys)

@@ -9,7 +9,7 @@ of the mock has its leader on store 1 and followers on stores 2 and 3; store 2 c
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 from tikv_mockstore import MockCluster
@@ -28,12 +28,6 @@ def cluster() -> Iterator[MockCluster]:
             leader = region.leader
             assert leader is not None and leader.store_id == 1
         yield mock
-
-
-@pytest.fixture
-async def client(cluster: MockCluster) -> AsyncIterator[AsyncTransactionClient]:
-    async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as c:
-        yield c
 
 
 class Where(Interceptor):

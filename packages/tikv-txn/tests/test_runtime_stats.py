@@ -9,7 +9,7 @@ interceptor of the test plays TiKV's part and adds them to the responses).
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -179,12 +179,6 @@ def test_pool_task_details_aggregate() -> None:
 def cluster() -> Iterator[MockCluster]:
     with MockCluster(stores=1, regions=2) as mock:
         yield mock
-
-
-@pytest.fixture
-async def client(cluster: MockCluster) -> AsyncIterator[AsyncTransactionClient]:
-    async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as c:
-        yield c
 
 
 def keys(n: int) -> list[bytes]:

@@ -9,10 +9,10 @@ cached by a plain read is read again when its commit ts is wanted.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from _txn_helpers import FIRST_BYTES, NO_HANG
 from tikv_mockstore import MockCluster
 from tikv_pd.interceptor import Interceptor, RPCRequest
 from tikv_txn import AsyncTransactionClient, TransactionClient, TxnError, ValueEntry
@@ -20,30 +20,17 @@ from tikv_txn import AsyncTransactionClient, TransactionClient, TxnError, ValueE
 _ids = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[MockCluster]:
-    with MockCluster(stores=3, regions=4) as mock:
-        yield mock
-
-
-@pytest.fixture
-async def client(cluster: MockCluster) -> AsyncIterator[AsyncTransactionClient]:
-    async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as c:
-        yield c
-
-
 def keys(*names: str) -> list[bytes]:
     """One key per name, spread over the regions (first bytes 0x10, 0x50, 0x90, 0xd0)."""
     p = b"rts%03d/" % next(_ids)
-    firsts = (b"\x10", b"\x50", b"\x90", b"\xd0")
-    return [firsts[i % 4] + p + n.encode() for i, n in enumerate(names)]
+    return [FIRST_BYTES[i % 4] + p + n.encode() for i, n in enumerate(names)]
 
 
 async def commit(client: AsyncTransactionClient, pairs: dict[bytes, bytes]) -> int:
     async with client.begin() as txn:
         for k, v in pairs.items():
             txn.put(k, v)
-    assert await client.runtime.wait_background(30.0)
+    assert await client.runtime.wait_background(NO_HANG)
     return txn.commit_ts
 
 

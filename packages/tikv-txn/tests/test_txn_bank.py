@@ -16,9 +16,8 @@ import asyncio
 import os
 import random
 import threading
-from collections.abc import Iterator
 
-import pytest
+from _txn_helpers import account_keys, disturb
 from tikv_mockstore import MockCluster
 from tikv_txn import (
     AsyncTransactionClient,
@@ -39,33 +38,8 @@ TRANSFERS = int(os.environ.get("TIKV_TXN_BANK_TRANSFERS", "2000"))
 NO_HANG = 300.0
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[MockCluster]:
-    with MockCluster(stores=3, regions=4) as mock:
-        yield mock
-
-
-def account_keys(prefix: bytes) -> list[bytes]:
-    # First bytes spread over [0x00, 0xff]: the accounts start in all four regions.
-    return [bytes([i * 256 // ACCOUNTS]) + prefix + b"%02d" % i for i in range(ACCOUNTS)]
-
-
-def disturb(cluster: MockCluster, keys: list[bytes], rng: random.Random) -> str:
-    """Split at an account key or move a region's leader; return what was done."""
-    if rng.random() < 0.5:
-        key = rng.choice(keys) + b"\x00"
-        cluster.split([key], txn=True)
-        return "split"
-    region = rng.choice(cluster.regions())
-    leader = region.leader
-    others = [p.store_id for p in region.peers if leader is None or p.store_id != leader.store_id]
-    if others:
-        cluster.transfer_leader(region.id, rng.choice(others))
-    return "transfer"
-
-
 async def test_bank_async(cluster: MockCluster) -> None:
-    keys = account_keys(b"bank-async/")
+    keys = account_keys(b"bank-async/", ACCOUNTS)
     rng = random.Random(7)
     async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as client:
         async with client.begin() as txn:
@@ -122,7 +96,7 @@ async def test_bank_async(cluster: MockCluster) -> None:
 
 
 def test_bank_sync_threads(cluster: MockCluster) -> None:
-    keys = account_keys(b"bank-sync/")
+    keys = account_keys(b"bank-sync/", ACCOUNTS)
     rng = random.Random(11)
     with TransactionClient.connect(cluster.pd_endpoints) as client:
         with client.begin() as txn:

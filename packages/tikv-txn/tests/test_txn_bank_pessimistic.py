@@ -17,9 +17,8 @@ import asyncio
 import os
 import random
 import threading
-from collections.abc import Iterator
 
-import pytest
+from _txn_helpers import MAX_TS, account_keys, disturb
 from tikv_mockstore import MockCluster
 from tikv_txn import AsyncTransactionClient, TransactionClient
 
@@ -28,35 +27,10 @@ WORKERS = 8
 INITIAL = 1000
 TRANSFERS = int(os.environ.get("TIKV_TXN_BANK_TRANSFERS", "200"))
 NO_HANG = 300.0
-MAX_TS = 2**63 - 1
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[MockCluster]:
-    with MockCluster(stores=3, regions=4) as mock:
-        yield mock
-
-
-def account_keys(prefix: bytes) -> list[bytes]:
-    # First bytes spread over [0x00, 0xff]: the accounts start in all four regions.
-    return [bytes([i * 256 // ACCOUNTS]) + prefix + b"%02d" % i for i in range(ACCOUNTS)]
-
-
-def disturb(cluster: MockCluster, keys: list[bytes], rng: random.Random) -> str:
-    """Split at an account key or move a region's leader; return what was done."""
-    if rng.random() < 0.5:
-        cluster.split([rng.choice(keys) + b"\x00"], txn=True)
-        return "split"
-    region = rng.choice(cluster.regions())
-    leader = region.leader
-    others = [p.store_id for p in region.peers if leader is None or p.store_id != leader.store_id]
-    if others:
-        cluster.transfer_leader(region.id, rng.choice(others))
-    return "transfer"
 
 
 async def test_pessimistic_bank_async(cluster: MockCluster) -> None:
-    keys = account_keys(b"pbank-async/")
+    keys = account_keys(b"pbank-async/", ACCOUNTS)
     rng = random.Random(17)
     async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as client:
         async with client.begin() as txn:
@@ -109,7 +83,7 @@ async def test_pessimistic_bank_async(cluster: MockCluster) -> None:
 
 
 def test_pessimistic_bank_sync_threads(cluster: MockCluster) -> None:
-    keys = account_keys(b"pbank-sync/")
+    keys = account_keys(b"pbank-sync/", ACCOUNTS)
     rng = random.Random(19)
     with TransactionClient.connect(cluster.pd_endpoints) as client:
         with client.begin() as txn:

@@ -8,10 +8,9 @@ split at first bytes 0x40 / 0x80 / 0xC0), so keys ``K(b"\\x10", ...)`` and
 from __future__ import annotations
 
 import asyncio
-import itertools
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from _txn_helpers import FIRST_BYTES, K, locked_keys
 from tikv_mockstore import MockCluster
 from tikv_pd.codec import keyspace_prefix
 from tikv_txn import (
@@ -23,37 +22,6 @@ from tikv_txn import (
     TransactionOptions,
     WriteConflictError,
 )
-
-_ids = itertools.count()
-FIRST_BYTES = (b"\x10", b"\x50", b"\x90", b"\xd0")  # one per region
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[MockCluster]:
-    with MockCluster(stores=3, regions=4) as mock:
-        yield mock
-
-
-@pytest.fixture
-async def client(cluster: MockCluster) -> AsyncIterator[AsyncTransactionClient]:
-    async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as c:
-        yield c
-
-
-@pytest.fixture
-def p() -> bytes:
-    """A key prefix unique to the test."""
-    return b"t%04d/" % next(_ids)
-
-
-def K(first: bytes, p: bytes, name: bytes | str) -> bytes:
-    """A test key in the region of ``first``."""
-    return first + p + (name.encode() if isinstance(name, str) else name)
-
-
-def locks_in(cluster: MockCluster, p: bytes) -> list[bytes]:
-    """Keys with this prefix that still hold a lock on the server."""
-    return [lock.key for lock in cluster.engine.scan_lock(2**63 - 1) if p in lock.key]
 
 
 async def test_put_get_delete_round_trip(client: AsyncTransactionClient, p: bytes) -> None:
@@ -163,7 +131,7 @@ async def test_write_conflict_carries_server_facts_and_leaves_no_locks(
         loser.put(key, b"again")
     # The cleanup runs in the background: the other key's lock is rolled back.
     assert await client.runtime.wait_background(30)
-    assert locks_in(cluster, p) == []
+    assert locked_keys(cluster, p) == []
     snap = client.snapshot(await client.current_timestamp())
     assert await snap.get(key) == b"winner"
     assert await snap.get(other) is None
@@ -182,7 +150,7 @@ async def test_insert_of_existing_key_raises_key_exists(
         await txn.commit()
     assert info.value.key == key
     assert await client.runtime.wait_background(30)
-    assert locks_in(cluster, p) == []
+    assert locked_keys(cluster, p) == []
     snap = client.snapshot(await client.current_timestamp())
     assert await snap.get(key) == b"first"
     assert await snap.get(K(b"\x10", p, "side")) is None
@@ -281,7 +249,7 @@ async def test_one_pc_single_region_sends_no_commit(
     assert txn.commit_ts > txn.start_ts
     assert cluster.counters.count("KvCommit") == commits
     assert cluster.counters.count("KvPrewrite") == prewrites + 1
-    assert locks_in(cluster, p) == []
+    assert locked_keys(cluster, p) == []
     snap = client.snapshot(await client.current_timestamp())
     assert await snap.batch_get([K(b"\x50", p, "1"), K(b"\x50", p, "2")]) == {
         K(b"\x50", p, "1"): b"a",
@@ -312,7 +280,7 @@ async def test_async_commit_returns_before_commit_rpcs_and_is_atomic(
         assert await asyncio.to_thread(cluster.faults.wait_hanging, 1, 30)
         # The locks are still on the servers; a reader after the commit ts resolves
         # them from the secondaries once the primary's TTL passed (moved clock).
-        assert sorted(locks_in(cluster, p)) == sorted(keys)
+        assert sorted(locked_keys(cluster, p)) == sorted(keys)
         lock = cluster.engine.scan_lock(2**63 - 1, keys[0], keys[0] + b"\x00")[0]
         assert lock.use_async_commit
         cluster.clock.advance(10_000)
@@ -328,8 +296,7 @@ async def test_async_commit_returns_before_commit_rpcs_and_is_atomic(
     assert await client.runtime.wait_background(60)
 
 
-def test_sync_client_round_trip(cluster: MockCluster) -> None:
-    p = b"sync%04d/" % next(_ids)
+def test_sync_client_round_trip(cluster: MockCluster, p: bytes) -> None:
     with TransactionClient.connect(cluster.pd_endpoints) as client:
         with client.begin() as txn:
             txn.put(K(b"\x10", p, "a"), b"1")
@@ -447,7 +414,7 @@ async def test_prewrite_resolves_an_abandoned_older_lock(
         txn.put(key, b"alive")
     snap = client.snapshot(await client.current_timestamp())
     assert await snap.get(key) == b"alive"
-    assert locks_in(cluster, p) == []
+    assert locked_keys(cluster, p) == []
     status = client.runtime.resolver.cached_status(dead.start_ts)
     assert status is not None
     assert status.is_rolled_back
