@@ -20,11 +20,19 @@ import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
+import grpc
 import pytest
 from tikv_mockstore import MockCluster
 from tikv_mockstore.mvcc import Op
 from tikv_pd.config import Config, TransactionOptions
-from tikv_pd.errors import LockWaitTimeoutError, TiKVError, WriteConflictError
+from tikv_pd.errors import (
+    LockWaitTimeoutError,
+    TiKVError,
+    TransactionClosedError,
+    TxnLockNotFoundError,
+    UndeterminedError,
+    WriteConflictError,
+)
 from tikv_pd.oracle import compose_ts
 from tikv_txn import AsyncTransaction, AsyncTransactionClient
 from tikv_txn.membuffer import FlagsOp
@@ -668,3 +676,145 @@ async def test_retried_lock_request_gets_a_fresh_ttl(
     assert first_attempt_ms + 500 <= extra <= total_ms
     await waiter.rollback()
     await poll(lambda: not locked(cluster, k), "released")
+
+
+# -- TestFailCommitPrimary* / TestFailWithUndeterminedResult ------------------------------------
+
+
+async def _commit_with_primary_commit_fault(
+    client: AsyncTransactionClient, cluster: MockCluster, key: bytes, **fault: object
+) -> tuple[AsyncTransaction, BaseException | None]:
+    region = cluster.region_by_key(key, txn=True)
+    assert region is not None
+    injected = cluster.faults.add("KvCommit", region=region.id, **fault)  # type: ignore[arg-type]
+    try:
+        txn = await client.begin(TWO_PC)
+        txn.put(key, b"v1")
+        try:
+            await asyncio.wait_for(txn.commit(), NO_HANG)
+        except TiKVError as exc:
+            return txn, exc
+        return txn, None
+    finally:
+        injected.release()
+        cluster.faults.remove(injected)
+
+
+async def test_lost_primary_commit_answers_are_undetermined(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    """TestFailCommitPrimaryRpcErrors: every answer lost -> UndeterminedError, and the
+    transaction is closed (no rollback to call)."""
+    client.runtime.budgets.commit = 300
+    txn, exc = await _commit_with_primary_commit_fault(
+        client, cluster, p + b"a", status=grpc.StatusCode.UNAVAILABLE
+    )
+    assert isinstance(exc, UndeterminedError), exc
+    assert txn.undetermined_error is exc
+    with pytest.raises(TransactionClosedError):
+        await txn.rollback()
+
+
+async def test_region_errors_on_the_primary_commit_are_not_undetermined(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    """TestFailCommitPrimaryRegionError: a region error means the request was not applied;
+    running out of retries on them is a plain failure, not an unknown outcome."""
+    client.runtime.budgets.commit = 300
+    txn, exc = await _commit_with_primary_commit_fault(
+        client, cluster, p + b"b", region_error="not_leader"
+    )
+    assert exc is not None and not isinstance(exc, UndeterminedError), exc
+    assert txn.undetermined_error is None
+
+
+async def test_lost_answer_then_region_errors_is_undetermined(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    """TestFailCommitPrimaryRPCErrorThenRegionError: once an answer was lost, later
+    region errors cannot tell whether the first request was applied."""
+    client.runtime.budgets.commit = 300
+    key = p + b"c"
+    region = cluster.region_by_key(key, txn=True)
+    assert region is not None
+    lost = cluster.faults.add(
+        "KvCommit", region=region.id, status=grpc.StatusCode.UNAVAILABLE, times=1
+    )
+    try:
+        txn, exc = await _commit_with_primary_commit_fault(
+            client, cluster, key, region_error="not_leader"
+        )
+    finally:
+        cluster.faults.remove(lost)
+    assert isinstance(exc, UndeterminedError), exc
+    assert txn.undetermined_error is exc
+
+
+async def test_key_error_on_the_primary_commit_is_determined(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    """TestFailCommitPrimaryKeyError: the primary lock was rolled back (by a resolver)
+    before the commit: TxnLockNotFound, a definite failure."""
+    key = p + b"d"
+    txn = await client.begin(TWO_PC)
+    txn.put(key, b"v1")
+    committer = txn._new_committer()
+    assert await committer.prepare()
+    await committer.prewrite()
+    cluster.engine.batch_rollback([key], txn.start_ts)
+    await committer.get_commit_ts()
+    with pytest.raises(TxnLockNotFoundError):
+        await committer.commit_primary()
+    assert await read(client, [key]) == {}
+
+
+async def test_lost_answer_then_key_error_is_determined(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    """TestFailCommitPrimaryRPCErrorThenKeyError: the first commit's answer is lost, and
+    the retry finds the lock rolled back. Had the first commit been applied the retry
+    would have found the commit record (commit is idempotent), so the key error settles
+    it: the transaction failed, nothing is undetermined."""
+    key = p + b"e"
+    region = cluster.region_by_key(key, txn=True)
+    assert region is not None
+    txn = await client.begin(TWO_PC)
+    txn.put(key, b"v1")
+    hold = cluster.faults.add(
+        "KvCommit", region=region.id, hang=True, times=1, status=grpc.StatusCode.UNAVAILABLE
+    )
+    try:
+        commit = asyncio.ensure_future(txn.commit())
+        assert await asyncio.to_thread(cluster.faults.wait_hanging, 1, NO_HANG)
+        cluster.engine.batch_rollback([key], txn.start_ts)  # a resolver rolled it back
+    finally:
+        hold.release()
+        cluster.faults.remove(hold)
+    with pytest.raises(TiKVError) as info:
+        await asyncio.wait_for(commit, NO_HANG)
+    assert isinstance(info.value, TxnLockNotFoundError), info.value
+    assert txn.undetermined_error is None
+    assert await read(client, [key]) == {}
+
+
+async def test_lost_prewrite_answer_of_2pc_is_retried(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    """TestFailWithUndeterminedResult, first half: a 2PC prewrite whose answer was lost
+    is simply sent again (prewrite is idempotent and decides nothing) and the commit
+    succeeds."""
+    key = p + b"f"
+    region = cluster.region_by_key(key, txn=True)
+    assert region is not None
+    lost = cluster.faults.add(
+        "KvPrewrite", region=region.id, status=grpc.StatusCode.UNAVAILABLE, times=1
+    )
+    try:
+        txn = await client.begin(TWO_PC)
+        txn.put(key, b"value")
+        await asyncio.wait_for(txn.commit(), NO_HANG)
+    finally:
+        cluster.faults.remove(lost)
+    assert lost.hits == 1
+    assert txn.undetermined_error is None
+    assert await read(client, [key]) == {key: b"value"}
