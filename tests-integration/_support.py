@@ -1,9 +1,10 @@
 """Helpers shared by the fault scenarios of the integration suite.
 
-Not a test module: ``tests-integration/faults/conftest.py`` puts this directory on
-``sys.path`` so that the fault tests can ``import _support``.
+Not a test module: ``tests-integration/conftest.py`` puts this directory on ``sys.path``
+so that the tests can ``import _support`` (pytest runs with ``--import-mode=importlib``).
 
 - :func:`poll` / :func:`apoll` wait for a condition with a deadline (never a fixed sleep);
+- :func:`within` awaits with a deadline; :func:`region_id` names the region of a key;
 - :func:`new_cluster` starts a private embedded cluster (fault tests stop stores, move the
   PD leader and split regions, which must not disturb the session's shared cluster);
 - :func:`sender_stats` reads the request pipeline's counters of a raw client
@@ -20,6 +21,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from tikv_mockstore import MockCluster
 from tikv_pd.errors import ClientClosedError
@@ -29,6 +31,8 @@ from tikv_raw import AsyncRawClient, RawClient
 #: Generous bound for "no hang": the raw backoff budget is 20 s of sleep per operation
 #: (client-go ``RawkvMaxBackoff``); an operation that takes longer than this is stuck.
 NO_HANG = 60.0
+
+T = TypeVar("T")
 
 
 def poll(condition: Callable[[], bool], within: float = 30.0, what: str = "condition") -> None:
@@ -52,9 +56,16 @@ async def apoll(
         await asyncio.sleep(0.01)
 
 
-async def within(awaitable: Awaitable[object], seconds: float = NO_HANG) -> object:
+async def within(awaitable: Awaitable[T], seconds: float = NO_HANG) -> T:
     """Await with a generous deadline: a hang fails the test instead of the whole run."""
     return await asyncio.wait_for(awaitable, seconds)
+
+
+def region_id(mock: MockCluster, key: bytes) -> int:
+    """The id of the embedded cluster's region holding the transactional user key ``key``."""
+    region = mock.region_by_key(key, txn=True)
+    assert region is not None
+    return region.id
 
 
 def spread_leaders(cluster: MockCluster) -> None:

@@ -14,20 +14,23 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from tikv_mockstore import MockCluster
 from tikv_raw import AsyncRawClient, RawClient
 from tikv_txn import TransactionClient
 
+_SUITE = str(Path(__file__).resolve().parent)
+if _SUITE not in sys.path:  # import-mode=importlib: make ``_support`` importable
+    sys.path.insert(0, _SUITE)
+
+from _support import spread_leaders  # noqa: E402
+
 REAL_ENDPOINTS = [e for e in os.environ.get("TIKV_PD_ENDPOINTS", "").split(",") if e]
-
-
-def _spread_leaders(cluster: MockCluster) -> None:
-    stores = [s.id for s in cluster.stores()]
-    for i, region in enumerate(cluster.regions()):
-        cluster.transfer_leader(region.id, stores[i % len(stores)])
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +40,7 @@ def embedded() -> Iterator[MockCluster | None]:
         yield None
         return
     with MockCluster(stores=3, regions=8) as cluster:
-        _spread_leaders(cluster)
+        spread_leaders(cluster)
         yield cluster
 
 
@@ -53,6 +56,16 @@ def mock(embedded: MockCluster | None) -> MockCluster:
     if embedded is None:
         pytest.skip("needs the embedded cluster's control API (TIKV_PD_ENDPOINTS is set)")
     return embedded
+
+
+@pytest.fixture
+def faults(mock: MockCluster) -> Iterator[list[Any]]:
+    """Faults a test adds to the embedded cluster (append them): removed afterwards, so
+    they never leak into other tests."""
+    added: list[Any] = []
+    yield added
+    for fault in added:
+        mock.faults.remove(fault)
 
 
 @pytest.fixture

@@ -27,11 +27,11 @@ to the test's region and removed afterwards.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import pytest
+from _support import region_id
 from tikv_mockstore import MockCluster
 from tikv_txn import (
     TransactionClient,
@@ -39,21 +39,6 @@ from tikv_txn import (
     UndeterminedError,
     WriteConflictError,
 )
-
-
-@pytest.fixture
-def faults(mock: MockCluster) -> Iterator[list[Any]]:
-    """Faults this test registers; removed afterwards so they never leak into other tests."""
-    added: list[Any] = []
-    yield added
-    for fault in added:
-        mock.faults.remove(fault)
-
-
-def _region_of(mock: MockCluster, key: bytes) -> int:
-    region = mock.region_by_key(key, txn=True)
-    assert region is not None
-    return region.id
 
 
 def _locks(mock: MockCluster, tprefix: bytes) -> list[Any]:
@@ -68,7 +53,7 @@ def test_prewrite_send_failure_is_retried(
     # safe to send again (nothing is committed until the primary's commit).
     key = tprefix + b"k"
     fault = mock.faults.add(
-        "KvPrewrite", region=_region_of(mock, key), status=grpc.StatusCode.UNAVAILABLE, times=1
+        "KvPrewrite", region=region_id(mock, key), status=grpc.StatusCode.UNAVAILABLE, times=1
     )
     faults.append(fault)
     with txn.begin() as t:
@@ -84,7 +69,7 @@ def test_prewrite_write_conflict_key_error(
     # fails with the typed error carrying TiKV's facts and leaves nothing behind.
     key = tprefix + b"k"
     faults.append(
-        mock.faults.add("KvPrewrite", region=_region_of(mock, key), key_error="conflict", times=1)
+        mock.faults.add("KvPrewrite", region=region_id(mock, key), key_error="conflict", times=1)
     )
     t = txn.begin()
     t.put(key, b"v")
@@ -104,7 +89,7 @@ def test_prewrite_undetermined_result_two_phase_is_retried(
     # applied; since nothing commits before the primary's commit, the client retries it.
     key = tprefix + b"k"
     fault = mock.faults.add(
-        "KvPrewrite", region=_region_of(mock, key), region_error="undetermined_result", times=1
+        "KvPrewrite", region=region_id(mock, key), region_error="undetermined_result", times=1
     )
     faults.append(fault)
     with txn.begin() as t:
@@ -124,7 +109,7 @@ def _lost_then(
 ) -> Any:
     """Lose the first ``method`` request (``lost``: the fault's effect); with ``fail`` the
     resend then fails for good (INVALID_ARGUMENT, which the client does not retry)."""
-    region = _region_of(mock, key)
+    region = region_id(mock, key)
     first = mock.faults.add(method, region=region, times=1, **lost)
     faults.append(first)
     if fail:
@@ -199,7 +184,7 @@ def test_point_get_meets_a_fabricated_lock(
     key = tprefix + b"k"
     with txn.begin() as t:
         t.put(key, b"v")
-    fault = mock.faults.add("KvGet", region=_region_of(mock, key), key_error="locked", times=1)
+    fault = mock.faults.add("KvGet", region=region_id(mock, key), key_error="locked", times=1)
     faults.append(fault)
     checks = mock.counters.count("KvCheckTxnStatus")
     assert txn.begin().get(key) == b"v"

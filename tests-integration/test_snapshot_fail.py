@@ -13,36 +13,14 @@ again, returning every value.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from _support import region_id, within
 from tikv_mockstore import MockCluster
 from tikv_txn import TransactionClient
 
 MAX_TS = 2**64 - 1
-T = TypeVar("T")
-
-
-async def _within(awaitable: Awaitable[T], seconds: float) -> T:
-    """Await with a deadline: a read stuck on a lock fails the test instead of hanging."""
-    return await asyncio.wait_for(awaitable, seconds)
-
-
-@pytest.fixture
-def faults(mock: MockCluster) -> Iterator[list[Any]]:
-    """Faults this test registers; removed afterwards so they never leak into other tests."""
-    added: list[Any] = []
-    yield added
-    for fault in added:
-        mock.faults.remove(fault)
-
-
-def _region_of(mock: MockCluster, key: bytes) -> int:
-    region = mock.region_by_key(key, txn=True)
-    assert region is not None
-    return region.id
 
 
 @pytest.mark.parametrize("per_key", [False, True], ids=["whole-request", "per-key"])
@@ -60,7 +38,7 @@ def test_batch_get_response_key_error(
     checks = mock.counters.count("KvCheckTxnStatus")
     fault = mock.faults.add(
         "KvBatchGet",
-        region=_region_of(mock, k1),
+        region=region_id(mock, k1),
         key_error="locked",
         per_key=per_key,
         times=1,
@@ -84,7 +62,7 @@ def test_scan_response_key_error(
         t.put(k1, b"v1")
         t.put(k2, b"v2")
         t.put(k3, b"v3")
-    region = _region_of(mock, k1)
+    region = region_id(mock, k1)
     faults.append(mock.faults.add("KvScan", region=region, key_error="locked", times=1))
     reader = txn.begin()
     got = list(reader.scan_iter(tprefix + b"a", tprefix + b"z"))
@@ -115,7 +93,7 @@ def test_scan_response_non_lock_key_error_is_typed(
         t.put(k1, b"v1")
     faults.append(
         mock.faults.add(
-            "KvScan", region=_region_of(mock, k1), key_error="abort", message="gone", times=1
+            "KvScan", region=region_id(mock, k1), key_error="abort", message="gone", times=1
         )
     )
     reader = txn.begin()
@@ -145,7 +123,7 @@ def test_retry_point_get_resolve_ts(
     lock_before = mock.engine.lock_of(k1)
     assert lock_before is not None
     checks = mock.counters.count("KvCheckTxnStatus")
-    assert loop.run(_within(txn.async_client.snapshot(MAX_TS).get(k2), 10)) is None
+    assert loop.run(within(txn.async_client.snapshot(MAX_TS).get(k2), 10)) is None
     # The lock was met and its primary checked, not skipped.
     assert mock.counters.count("KvCheckTxnStatus") > checks
     lock_after = mock.engine.lock_of(k1)
@@ -184,9 +162,9 @@ def test_retry_max_ts_point_get_skips_a_later_lock(
     assert committer.async_commit
     live = mock.engine.lock_of(k2)
     assert live is not None and live.use_async_commit
-    fault = mock.faults.add("KvGet", region=_region_of(mock, k2), key_error="locked", times=1)
+    fault = mock.faults.add("KvGet", region=region_id(mock, k2), key_error="locked", times=1)
     faults.append(fault)
-    got = loop.run(_within(txn.async_client.snapshot(MAX_TS).get(k2), 10))
+    got = loop.run(within(txn.async_client.snapshot(MAX_TS).get(k2), 10))
     assert got == b"v2"
     assert mock.faults.get(fault.id) is None  # the first (fabricated) lock was met
     lock_now = mock.engine.lock_of(k2)
@@ -219,7 +197,7 @@ def test_reset_snapshot_ts(txn: TransactionClient, tprefix: bytes, mock: MockClu
     loop.run(committer.prewrite())
     assert committer.primary == x
     reader = txn.begin()
-    assert loop.run(_within(reader.async_transaction.get(y), 10)) == b"y0"
+    assert loop.run(within(reader.async_transaction.get(y), 10)) == b"y0"
     loop.run(committer.get_commit_ts())
     loop.run(committer.commit_primary())  # the secondary y stays locked
     assert committer.commit_ts > reader.start_ts
@@ -227,7 +205,7 @@ def test_reset_snapshot_ts(txn: TransactionClient, tprefix: bytes, mock: MockClu
     snapshot.set_ts(committer.commit_ts)
     assert snapshot.ts == committer.commit_ts
     assert mock.engine.lock_of(y) is not None
-    assert loop.run(_within(reader.async_transaction.get(y), 10)) == b"y1"
+    assert loop.run(within(reader.async_transaction.get(y), 10)) == b"y1"
     assert reader.snapshot.get(x) == b"x1"
     reader.rollback()
     with pytest.raises(ValueError, match="64-bit"):
@@ -253,8 +231,8 @@ def test_set_ts_keeps_the_locks_it_was_told_to_read_past(
     snap = txn.async_client.snapshot(txn.current_timestamp())
     snap.read_past_locks_of(writer.start_ts)
     checks = mock.counters.count("KvCheckTxnStatus")
-    assert loop.run(_within(snap.get(z), 10)) == b"old"
+    assert loop.run(within(snap.get(z), 10)) == b"old"
     snap.set_ts(txn.current_timestamp())
-    assert loop.run(_within(snap.get(z), 10)) == b"old"
+    assert loop.run(within(snap.get(z), 10)) == b"old"
     assert mock.counters.count("KvCheckTxnStatus") == checks  # never had to ask
     loop.run(committer.cleanup())
