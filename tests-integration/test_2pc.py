@@ -26,6 +26,7 @@ from tikv_mockstore import MockCluster
 from tikv_mockstore.mvcc import Op
 from tikv_pd.config import Config, TransactionOptions
 from tikv_pd.errors import (
+    KeyExistsError,
     LockWaitTimeoutError,
     TiKVError,
     TransactionClosedError,
@@ -818,3 +819,83 @@ async def test_lost_prewrite_answer_of_2pc_is_retried(
     assert lost.hits == 1
     assert txn.undetermined_error is None
     assert await read(client, [key]) == {key: b"value"}
+
+
+# -- TestAggressiveLockingInsert / TestAggressiveLockingLockOnlyIfExists -------------------------
+
+
+async def test_aggressive_locking_insert(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    """Inserts while aggressive locking is on: an existing key fails with KeyExistsError
+    whether it was locked before (the lock said it exists) or is locked now (TiKV checks
+    the NotExist assertion); a key another transaction wrote after the start is checked
+    at a newer for-update ts (client-go reports WriteConflict and TiDB retries the
+    statement; the locker retries itself, so the final answer is the key's existence)."""
+
+    def k(i: int) -> bytes:
+        return p + b"k%d" % i
+
+    async with client.begin(TWO_PC) as t0:
+        for i in (1, 3, 6, 8):
+            t0.put(k(i), b"v%d" % i)
+    txn = await client.begin(PESSIMISTIC)
+    assert await txn.batch_get_for_update([k(1), k(2)]) == {k(1): b"v1"}
+    txn.put(k(5), b"v5")
+    txn.delete(k(6))
+    await txn.lock_pending_writes()
+
+    async def insert(key: bytes) -> None:
+        txn.insert(key, b"new")
+        await txn.lock_pending_writes()
+
+    txn.start_aggressive_locking()
+    with pytest.raises(KeyExistsError):
+        await insert(k(1))  # locked before, known to exist
+    await insert(k(2))  # locked before, known absent
+    with pytest.raises(KeyExistsError):
+        await insert(k(3))
+    await insert(k(4))
+    async with client.begin(TWO_PC) as t2:
+        t2.put(k(7), b"v7")
+        t2.delete(k(8))
+    with pytest.raises(KeyExistsError):
+        await insert(k(7))
+    await insert(k(8))  # deleted after the start: locked (with conflict), absent
+    lock = lock_on(cluster, k(8))
+    assert lock is not None and lock.lock_for_update_ts >= t2.commit_ts  # type: ignore[attr-defined]
+    await txn.cancel_aggressive_locking()
+    await txn.rollback()
+    await poll(lambda: not any(locked(cluster, k(i)) for i in range(1, 9)), "released")
+    assert await read(client, [k(i) for i in range(1, 9)]) == {
+        k(1): b"v1",
+        k(3): b"v3",
+        k(6): b"v6",
+        k(7): b"v7",
+    }
+
+
+async def test_aggressive_locking_lock_only_if_exists(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    k1 = p + b"k1"
+    # The key was written after the start: locked with conflict, its newest value read.
+    txn = await client.begin(PESSIMISTIC)
+    async with client.begin(TWO_PC) as t0:
+        t0.put(k1, b"v1")
+    txn.start_aggressive_locking()
+    assert await txn.get_for_update(k1, lock_only_if_exists=True) == b"v1"
+    lock = lock_on(cluster, k1)
+    assert lock is not None and lock.lock_for_update_ts >= t0.commit_ts  # type: ignore[attr-defined]
+    await txn.cancel_aggressive_locking()
+    await txn.rollback()
+    await poll(lambda: not locked(cluster, k1), "released")
+    # The key was deleted after the start: nothing to lock, nothing returned.
+    txn = await client.begin(PESSIMISTIC)
+    async with client.begin(TWO_PC) as t0:
+        t0.delete(k1)
+    txn.start_aggressive_locking()
+    assert await txn.get_for_update(k1, lock_only_if_exists=True) is None
+    assert not locked(cluster, k1)
+    await txn.cancel_aggressive_locking()
+    await txn.rollback()
