@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from _txn_helpers import seed
 from tikv_mockstore import MockCluster
 from tikv_pd.backoff import TXN_LOCK_FAST, Backoffer
 from tikv_pd.interceptor import Interceptor, RPCRequest
@@ -205,9 +206,8 @@ async def test_snapshot_collects_rpcs_and_exec_details(
     client: AsyncTransactionClient, cluster: MockCluster
 ) -> None:
     ks = keys(4)
-    async with client.begin() as txn:
-        for k in ks:
-            txn.put(k, b"v")
+    # Secondaries committed before reading: a lock met would add a retry to the counts.
+    await seed(client, ks, b"v")
     snap = client.snapshot(await client.current_timestamp())
     snap.set_rpc_interceptor(FakeExecDetails())
     stats = SnapshotRuntimeStats()
