@@ -40,7 +40,7 @@ from tikv_pd.backoff import (
     TXN_NOT_FOUND,
     Backoffer,
 )
-from tikv_pd.errors import LockInfo, TxnError, TxnNotFoundError
+from tikv_pd.errors import LockInfo, PrimaryMismatchError, TxnError, TxnNotFoundError
 from tikv_pd.region_cache import Region
 from tikv_pd.request import KeysSharder, RequestOptions
 from tikv_proto import kvrpcpb_pb2
@@ -62,7 +62,7 @@ from tikv_txn.policy import (
 if TYPE_CHECKING:
     from tikv_txn._runtime import TxnRuntime
 
-__all__ = ["RESOLVED_CACHE_SIZE", "LockResolver", "ResolveResult"]
+__all__ = ["ASYNC_RESOLVE_LOCK_LIMIT", "RESOLVED_CACHE_SIZE", "LockResolver", "ResolveResult"]
 
 _log = logging.getLogger("tikv.txn.lock_resolver")
 
@@ -83,6 +83,10 @@ _BY_KEYS: KeysSharder[bytes] = KeysSharder()
 #: Transactions whose final status is remembered (client-go ``ResolvedCacheSize``).
 RESOLVED_CACHE_SIZE = 2048
 
+#: Readers' lock cleanups running in the background at once, at most (client-go
+#: ``AsyncResolveLockSemaphoreLimit``, ``txnlock/lock_resolver.go``).
+ASYNC_RESOLVE_LOCK_LIMIT = 10_000
+
 _PESSIMISTIC_LOCK_TYPES = (5, 8)  # kvrpcpb.Op PessimisticLock, SharedPessimisticLock
 
 
@@ -97,7 +101,10 @@ class ResolveResult:
             back, committed after the reader, or pushed beyond it).
         committed: Start ts of transactions committed before the reader (their values
             are visible once the locks are resolved).
-        resolved: How many locks were cleaned up by this call.
+        resolved: How many locks were cleaned up by this call (or scheduled to be).
+        resolved_in_background: How many of those a background task resolves (a
+            reader's: it reads past or through them meanwhile, see ``ignored`` and
+            ``committed``).
 
     """
 
@@ -105,6 +112,7 @@ class ResolveResult:
     ignored: set[int] = field(default_factory=set)
     committed: set[int] = field(default_factory=set)
     resolved: int = 0
+    resolved_in_background: int = 0
 
 
 class _NotAsyncCommitError(Exception):
@@ -130,7 +138,9 @@ class LockResolver:
             "pessimistic_rollback": 0,
             "cache_hits": 0,
             "fresh_current_ts": 0,
+            "resolve_in_background": 0,
         }
+        self._background_resolves = 0
 
     # -- cache -------------------------------------------------------------------------
 
@@ -269,6 +279,16 @@ class LockResolver:
                     options=options,
                 )
                 return status, current_ts
+            except PrimaryMismatchError:
+                if lock.lock_type not in _PESSIMISTIC_LOCK_TYPES:
+                    raise
+                # The lock names as primary a key that is now a secondary of the same
+                # transaction (a stale pessimistic lock left by a failed lock call,
+                # whose primary was chosen again later): it belongs to no live primary,
+                # so it is rolled back (client-go resolves primaryMismatch on a
+                # pessimistic lock with an empty, rolled-back status). Not cached: the
+                # transaction itself may well commit.
+                return TxnStatus(), current_ts
             except TxnNotFoundError as exc:
                 action = decide_on_txn_not_found(lock, current_ts)
                 if action is TxnNotFoundAction.RETRY_WITH_ROLLBACK:
@@ -420,12 +440,50 @@ class LockResolver:
                 return
             if cleanup is LockCleanup.PESSIMISTIC_ROLLBACK:
                 await self._pessimistic_rollback(bo, lock, options, pessimistic_cleaned)
+            elif for_read and self._resolve_in_background(
+                lock, decision.commit_ts, decision.lite, options
+            ):
+                # The reader goes on at once: TiKV skips the lock of a rolled-back (or
+                # later-committed) transaction through resolved_locks and reads through
+                # the lock of one committed before it through committed_locks.
+                result.resolved_in_background += 1
             else:
                 await self._resolve_regular(
                     bo, lock, decision.commit_ts, decision.lite, cleaned, options
                 )
             result.resolved += 1
             return
+
+    def _resolve_in_background(
+        self, lock: LockInfo, commit_ts: int, lite: bool, options: RequestOptions
+    ) -> bool:
+        """Schedule the ResolveLock of a finished transaction's lock a reader met.
+
+        client-go ``resolveLocks`` with ``forRead``: the cleanup does not hold the read
+        up; it runs in the async resolve pool with its own Backoffer
+        (``asyncResolveLockMaxBackoff``) and without the caller's cancellation, its
+        failure only logged. The pool admits :data:`ASYNC_RESOLVE_LOCK_LIMIT` at once;
+        beyond that (or once the client is closing) the reader resolves in place.
+
+        Returns:
+            Whether the cleanup was scheduled.
+
+        """
+        if self._background_resolves >= ASYNC_RESOLVE_LOCK_LIMIT or self._rt.closed:
+            _count("read_async_resolve_fallback")
+            return False
+        self._background_resolves += 1
+        self.stats["resolve_in_background"] += 1
+
+        async def resolve() -> None:
+            try:
+                bo = self._rt.backoffer(ASYNC_RESOLVE_LOCK_MAX_BACKOFF, "resolve lock for read")
+                await self._resolve_regular(bo, lock, commit_ts, lite, {}, options)
+            finally:
+                self._background_resolves -= 1
+
+        self._rt.spawn(resolve(), f"tikv-txn-read-resolve-{lock.lock_version}")
+        return True
 
     async def _resolve_regular(
         self,

@@ -112,6 +112,7 @@ class AsyncSnapshot:
         "_cache",
         "_cache_commit_ts",
         "_chain",
+        "_committed",
         "_ignored",
         "_interceptor",
         "_isolation",
@@ -173,6 +174,9 @@ class AsyncSnapshot:
         # read_past_locks_of), and those told by read_past_locks_of, which a new ts keeps.
         self._ignored: set[int] = set()
         self._read_past: set[int] = set()
+        # Transactions the resolver found committed at or before the read ts whose locks
+        # it resolves in the background: reads go through their locks meanwhile.
+        self._committed: set[int] = set()
         self._interceptor: RPCInterceptor | None = None
         # Options of the lock resolution this snapshot's reads cause (None: the client's).
         self._resolve_options: RequestOptions | None = None
@@ -267,6 +271,8 @@ class AsyncSnapshot:
         self._cache_commit_ts = {}
         # What read_past_locks_of asked for (a pipelined transaction's own locks) stays.
         self._ignored = set(self._read_past)
+        # Committed at or before the old ts may be after a lower new one.
+        self._committed = set()
 
     # -- runtime statistics (client-go KVSnapshot.SetRuntimeStats) -----------------------
 
@@ -382,7 +388,9 @@ class AsyncSnapshot:
         first_lock: int | None = None
         while True:
             req = kvrpcpb_pb2.GetRequest(key=key, version=self.ts, need_commit_ts=need)
-            resp = await sender.call_key("Get", key, req, bo=bo, options=self._past(options))
+            resp = await sender.call_key(
+                "Get", key, req, bo=bo, options=self._past(options, read_through=not need)
+            )
             self._record_exec_details(resp)
             if resp.HasField("error"):
                 err = resp.error
@@ -499,7 +507,13 @@ class AsyncSnapshot:
                 parts = await self._batch_get_adjusted(pending, build, handle, bo, options)
             else:
                 parts = await self._rt.sender.execute(
-                    "BatchGet", sharder, pending, build, handle, bo=bo, options=self._past(options)
+                    "BatchGet",
+                    sharder,
+                    pending,
+                    build,
+                    handle,
+                    bo=bo,
+                    options=self._past(options, read_through=not need),
                 )
             locks: list[LockInfo] = []
             # Keys to read again: the locked ones, and every key of a part whose whole
@@ -639,19 +653,28 @@ class AsyncSnapshot:
         self._ignored.add(start_ts)
         self._read_past.add(start_ts)
 
-    def _past(self, options: RequestOptions) -> RequestOptions:
-        """``options`` plus the transactions this snapshot reads past.
+    def _past(self, options: RequestOptions, *, read_through: bool = True) -> RequestOptions:
+        """``options`` plus the transactions this snapshot reads past or through.
 
         A transaction the lock resolver let this reader ignore (TiKV pushed its
-        ``min_commit_ts`` beyond the snapshot) goes into ``Context.resolved_locks``, so
-        TiKV skips its locks on every key, not only on the primary it pushed (client-go
-        ``KVSnapshot.resolvedLocks``, sent by ``ClientHelper.SendReqCtx``).
+        ``min_commit_ts`` beyond the snapshot, or it rolled back or committed after it)
+        goes into ``Context.resolved_locks``, so TiKV skips its locks on every key, not
+        only on the primary it pushed (client-go ``KVSnapshot.resolvedLocks``, sent by
+        ``ClientHelper.SendReqCtx``). One committed at or before the snapshot whose locks
+        are still being resolved in the background goes into ``Context.committed_locks``:
+        TiKV reads through its locks (``committedLocks``). Reads that want commit
+        timestamps leave those out (read through a lock, a value has none yet) and wait
+        for the cleanup instead.
         """
         ignored = self._ignored
-        if not ignored or ignored.issubset(options.resolved_locks):
-            return options
-        merged = tuple(sorted(ignored.union(options.resolved_locks)))
-        return dataclasses.replace(options, resolved_locks=merged)
+        committed = self._committed if read_through else ()
+        if ignored and not ignored.issubset(options.resolved_locks):
+            merged = tuple(sorted(ignored.union(options.resolved_locks)))
+            options = dataclasses.replace(options, resolved_locks=merged)
+        if committed and not self._committed.issubset(options.committed_locks):
+            merged = tuple(sorted(self._committed.union(options.committed_locks)))
+            options = dataclasses.replace(options, committed_locks=merged)
+        return options
 
     async def resolve_for_read(self, bo: Backoffer, locks: Sequence[LockInfo]) -> None:
         """Resolve the locks a read met and wait (back off) if some still block it.
@@ -676,6 +699,10 @@ class AsyncSnapshot:
             return
         seen_again = not res.ignored.isdisjoint(self._ignored)
         self._ignored.update(res.ignored)
+        if res.resolved_in_background:
+            # Locks of these are resolved in the background; read through them meanwhile.
+            seen_again = seen_again or not res.committed.isdisjoint(self._committed)
+            self._committed.update(res.committed)
         if seen_again or (res.resolved == 0 and not res.ignored):
             await bo.backoff(TXN_LOCK_FAST, self._rt.locked_error(locks[0]))
 

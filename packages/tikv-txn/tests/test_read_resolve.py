@@ -1,0 +1,131 @@
+"""Readers do not wait for the cleanup of a committed transaction's locks.
+
+client-go ``integration_tests/snapshot_fail_test.go`` ``TestSnapshotUseResolveForRead``:
+a reader that meets a lock of a transaction committed before it resolves that lock in the
+background and reads through it at once (``Context.committed_locks``); the lock is gone
+shortly after. Here the cleanup's ``ResolveLock`` is held by the mock (a hanging fault),
+so the read finishing while the lock is still there is what shows it did not wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from tikv_mockstore import MockCluster
+from tikv_pd.config import TransactionOptions
+from tikv_txn import AsyncTransactionClient
+
+NO_HANG = 30.0
+_ids = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[MockCluster]:
+    # Regions split by first byte: keys under \x10, \x50 and \x90 are in three regions,
+    # so committing the primary's region leaves the other keys locked.
+    with MockCluster(stores=1, regions=4) as mock:
+        yield mock
+
+
+@pytest.fixture
+async def client(cluster: MockCluster) -> AsyncIterator[AsyncTransactionClient]:
+    async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as c:
+        yield c
+
+
+async def committed_primary_only(
+    client: AsyncTransactionClient, keys: list[bytes], *, async_commit: bool
+) -> int:
+    """Prewrite ``keys`` (the first is the primary), commit only the primary."""
+    options = TransactionOptions(async_commit=async_commit)
+    txn = await client.begin(options)
+    for key in keys:
+        txn.put(key, b"value of " + key)
+    committer = txn._new_committer()
+    assert await committer.prepare()
+    await committer.prewrite()
+    await committer.get_commit_ts()
+    await committer.commit_primary()
+    return committer.commit_ts
+
+
+def lock_on(cluster: MockCluster, key: bytes) -> bool:
+    return cluster.engine.lock_of(key) is not None
+
+
+async def wait_until(predicate: object) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + NO_HANG
+    while not predicate():  # type: ignore[operator]
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+@pytest.mark.parametrize("async_commit", [False, True])
+async def test_reads_go_through_a_committed_lock_while_it_is_resolved_in_background(
+    cluster: MockCluster, client: AsyncTransactionClient, async_commit: bool
+) -> None:
+    n = next(_ids)
+    x, y, z = (first + b"rr%03d" % n for first in (b"\x10", b"\x50", b"\x90"))
+    commit_ts = await committed_primary_only(client, [x, y, z], async_commit=async_commit)
+    assert lock_on(cluster, y) and lock_on(cluster, z)
+    hold = cluster.faults.add("ResolveLock", hang=True)
+    try:
+        async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as reader:
+            snap = reader.snapshot(await reader.current_timestamp())
+            assert await asyncio.wait_for(snap.get(y), NO_HANG) == b"value of " + y
+            # The read finished while the cleanup was held: it read through the lock.
+            assert lock_on(cluster, y)
+            assert reader.runtime.resolver.stats["resolve_in_background"] >= 1
+            fresh = reader.snapshot(await reader.current_timestamp())
+            assert await asyncio.wait_for(fresh.batch_get([y, z]), NO_HANG) == {
+                y: b"value of " + y,
+                z: b"value of " + z,
+            }
+            third = reader.snapshot(await reader.current_timestamp())
+            pairs = await asyncio.wait_for(third.scan(x, None, limit=100), NO_HANG)
+            assert [pair for pair in pairs if pair[0] in (x, y, z)] == [
+                (key, b"value of " + key) for key in (x, y, z)
+            ]
+            assert lock_on(cluster, y) and lock_on(cluster, z)
+            assert await asyncio.to_thread(cluster.faults.wait_hanging, 1, NO_HANG)
+            hold.release()
+            # Once the cleanup may run, the locks go away without anyone reading again.
+            assert await wait_until(lambda: not lock_on(cluster, y) and not lock_on(cluster, z))
+            assert await reader.runtime.wait_background(NO_HANG)
+            assert reader.runtime.background_errors == []
+            # A read wanting commit timestamps got them from the resolved versions.
+            entry = await fresh.get_with_commit_ts(y)
+            assert entry is not None and entry.commit_ts == commit_ts
+    finally:
+        hold.release()
+        cluster.faults.remove(hold)
+
+
+async def test_a_read_wanting_commit_ts_waits_for_the_cleanup(
+    cluster: MockCluster, client: AsyncTransactionClient
+) -> None:
+    # Read through a lock, a value has no commit ts yet: such a read leaves the
+    # transaction out of committed_locks and returns once the lock is resolved.
+    n = next(_ids)
+    x, y = (first + b"rc%03d" % n for first in (b"\x10", b"\x50"))
+    commit_ts = await committed_primary_only(client, [x, y], async_commit=False)
+    hold = cluster.faults.add("ResolveLock", hang=True)
+    try:
+        async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as reader:
+            snap = reader.snapshot(await reader.current_timestamp())
+            read = asyncio.ensure_future(snap.get_with_commit_ts(y))
+            assert await asyncio.to_thread(cluster.faults.wait_hanging, 1, NO_HANG)
+            assert not read.done()
+            hold.release()
+            entry = await asyncio.wait_for(read, NO_HANG)
+            assert entry is not None
+            assert (entry.value, entry.commit_ts) == (b"value of " + y, commit_ts)
+    finally:
+        hold.release()
+        cluster.faults.remove(hold)
