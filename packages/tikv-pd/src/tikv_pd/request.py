@@ -513,16 +513,48 @@ class TrafficDetails:
             self.bytes_received_cross_zone += received
 
 
-_TRAFFIC: contextvars.ContextVar[TrafficDetails | None] = contextvars.ContextVar(
-    "tikv_traffic_details", default=None
-)
-# How many collect_traffic blocks are open, process-wide: the hot path checks this int
-# before looking at the context variable.
-_traffic_collectors = 0
+_Target = TypeVar("_Target")
 
 
-@contextlib.contextmanager
-def collect_traffic(details: TrafficDetails | None = None) -> Iterator[TrafficDetails]:
+class _BlockTarget(Generic[_Target]):
+    """What the open ``with`` blocks of one kind (traffic, RPC stats) collect into.
+
+    The target travels in a context variable, so tasks created inside a block and calls
+    through the sync facades (which carry the caller's context) are counted too; the
+    process-wide count of open blocks is what the hot path checks first, so a request
+    costs one int check when nobody collects.
+    """
+
+    __slots__ = ("_var", "open")
+
+    def __init__(self, name: str) -> None:
+        self._var: contextvars.ContextVar[_Target | None] = contextvars.ContextVar(
+            name, default=None
+        )
+        self.open = 0
+
+    def current(self) -> _Target | None:
+        """The innermost block's target in this context, or ``None``."""
+        return self._var.get() if self.open else None
+
+    @contextlib.contextmanager
+    def collect(self, target: _Target) -> Iterator[_Target]:
+        """Make ``target`` the current one inside the block."""
+        token = self._var.set(target)
+        self.open += 1
+        try:
+            yield target
+        finally:
+            self.open -= 1
+            self._var.reset(token)
+
+
+_TRAFFIC: _BlockTarget[TrafficDetails] = _BlockTarget("tikv_traffic_details")
+
+
+def collect_traffic(
+    details: TrafficDetails | None = None,
+) -> contextlib.AbstractContextManager[TrafficDetails]:
     """Count the TiKV traffic of the requests made inside the block (and its tasks).
 
     client-go passes ``util.ExecDetails`` in the request's context; here the details
@@ -537,21 +569,13 @@ def collect_traffic(details: TrafficDetails | None = None) -> Iterator[TrafficDe
     Args:
         details: Add to these (default: new, zeroed details).
 
-    Yields:
-        The details being filled.
+    Returns:
+        A context manager whose block fills the details (``as`` gives them).
 
     """
-    global _traffic_collectors
     if details is not None and not isinstance(details, TrafficDetails):
         raise TypeError(f"details must be TrafficDetails, got {type(details).__name__}")
-    target = details if details is not None else TrafficDetails()
-    token = _TRAFFIC.set(target)
-    _traffic_collectors += 1
-    try:
-        yield target
-    finally:
-        _traffic_collectors -= 1
-        _TRAFFIC.reset(token)
+    return _TRAFFIC.collect(details if details is not None else TrafficDetails())
 
 
 #: client-go ``RequestErrorStats``: distinct error labels kept before the rest are only
@@ -697,35 +721,24 @@ class RPCRuntimeStats:
         return text
 
 
-_RPC_STATS: contextvars.ContextVar[RPCRuntimeStats | None] = contextvars.ContextVar(
-    "tikv_rpc_runtime_stats", default=None
-)
-# Open collect_rpc_stats blocks, process-wide (the hot path checks this int first).
-_rpc_stats_collectors = 0
+_RPC_STATS: _BlockTarget[RPCRuntimeStats] = _BlockTarget("tikv_rpc_runtime_stats")
 
 
-@contextlib.contextmanager
-def collect_rpc_stats(stats: RPCRuntimeStats | None = None) -> Iterator[RPCRuntimeStats]:
+def collect_rpc_stats(
+    stats: RPCRuntimeStats | None = None,
+) -> contextlib.AbstractContextManager[RPCRuntimeStats]:
     """Record the RPCs made inside the block (and its tasks): client-go's runtime stats.
 
     Args:
         stats: Add to these (default: new, empty stats).
 
-    Yields:
-        The stats being filled.
+    Returns:
+        A context manager whose block fills the stats (``as`` gives them).
 
     """
-    global _rpc_stats_collectors
     if stats is not None and not isinstance(stats, RPCRuntimeStats):
         raise TypeError(f"stats must be RPCRuntimeStats, got {type(stats).__name__}")
-    target = stats if stats is not None else RPCRuntimeStats()
-    token = _RPC_STATS.set(target)
-    _rpc_stats_collectors += 1
-    try:
-        yield target
-    finally:
-        _rpc_stats_collectors -= 1
-        _RPC_STATS.reset(token)
+    return _RPC_STATS.collect(stats if stats is not None else RPCRuntimeStats())
 
 
 def _stats_sinks(own: RPCRuntimeStats | None) -> tuple[RPCRuntimeStats, ...]:
@@ -734,7 +747,7 @@ def _stats_sinks(own: RPCRuntimeStats | None) -> tuple[RPCRuntimeStats, ...]:
     Both are filled when both exist (a snapshot collecting its runtime stats inside a
     caller's :func:`collect_rpc_stats` block), once when they are the same object.
     """
-    current = _RPC_STATS.get() if _rpc_stats_collectors else None
+    current = _RPC_STATS.current()
     if current is None or current is own:
         return () if own is None else (own,)
     return (current,) if own is None else (own, current)
@@ -1239,7 +1252,7 @@ class RequestSender:
         cross = self._cross_zone(store_id)
         out_bytes = request.ByteSize()
         in_bytes = response.ByteSize() if response is not None else None
-        details = _TRAFFIC.get() if _traffic_collectors else None
+        details = _TRAFFIC.current()
         if details is not None:
             details.add(out_bytes, in_bytes or 0, cross_zone=bool(cross))
         metrics = _obs.metrics
@@ -1565,7 +1578,7 @@ class RequestSender:
             call.attempts += 1
             rpc_stats = (
                 _stats_sinks(options.rpc_stats)
-                if _rpc_stats_collectors or options.rpc_stats is not None
+                if _RPC_STATS.open or options.rpc_stats is not None
                 else ()
             )
             sent_at = time.perf_counter_ns() if rpc_stats else 0
@@ -1612,7 +1625,7 @@ class RequestSender:
             except TransportError as exc:
                 if rpc_stats:
                     _record_failure(rpc_stats, _transport_error_label(exc), peer, request)
-                if _traffic_collectors or (options.stale_read and _obs.metrics is not None):
+                if _TRAFFIC.open or (options.stale_read and _obs.metrics is not None):
                     self._observe_traffic(command, options.stale_read, peer.store_id, request, None)
                 self.stats.send_failures += 1
                 call.retries += 1
@@ -1665,7 +1678,7 @@ class RequestSender:
                 free_retries = 0
                 continue
 
-            if _traffic_collectors or (
+            if _TRAFFIC.open or (
                 _obs.metrics is not None
                 and (options.stale_read or (self.zone_label and command in _READ_BYTES_COMMANDS))
             ):
