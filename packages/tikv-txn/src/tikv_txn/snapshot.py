@@ -328,16 +328,7 @@ class AsyncSnapshot:
                 for client-go's 20 s budget.
 
         """
-        check_key(key)
-        self._rt.check_open()
-        enc = self._rt.codec.encode_key(key)
-        bo = self._rt.backoffer(self._rt.budgets.get, "txn get")
-        try:
-            value = await self._get_encoded(enc, bo)
-        finally:
-            self._record_backoff(bo)
-        # client-go checks the GC safepoint after the read (GC may advance meanwhile).
-        await check_visibility(self._rt, self.ts)
+        _, value = await self._point_get(key, None)
         return value
 
     async def get_with_commit_ts(self, key: bytes) -> ValueEntry | None:
@@ -354,19 +345,27 @@ class AsyncSnapshot:
             tikv_pd.errors.TimeoutError: The read kept failing for the 20 s budget.
 
         """
+        commit_ts: dict[bytes, int] = {}
+        enc, value = await self._point_get(key, commit_ts)
+        if value is None:
+            return None
+        return ValueEntry(value, _required_commit_ts(commit_ts, enc, self.ts))
+
+    async def _point_get(
+        self, key: bytes, commit_ts: dict[bytes, int] | None
+    ) -> tuple[bytes, bytes | None]:
+        """:meth:`get` and :meth:`get_with_commit_ts`: the encoded key and its value."""
         check_key(key)
         self._rt.check_open()
         enc = self._rt.codec.encode_key(key)
         bo = self._rt.backoffer(self._rt.budgets.get, "txn get")
-        commit_ts: dict[bytes, int] = {}
         try:
             value = await self._get_encoded(enc, bo, commit_ts)
         finally:
             self._record_backoff(bo)
+        # client-go checks the GC safepoint after the read (GC may advance meanwhile).
         await check_visibility(self._rt, self.ts)
-        if value is None:
-            return None
-        return ValueEntry(value, _required_commit_ts(commit_ts, enc, self.ts))
+        return enc, value
 
     async def _get_encoded(
         self, key: bytes, bo: Backoffer, commit_ts: dict[bytes, int] | None = None
@@ -430,16 +429,7 @@ class AsyncSnapshot:
             tikv_pd.errors.TimeoutError: The read kept failing for the 20 s budget.
 
         """
-        wanted = check_keys(keys)
-        self._rt.check_open()
-        codec = self._rt.codec
-        enc = {codec.encode_key(k): k for k in wanted}
-        bo = self._rt.backoffer(self._rt.budgets.batch_get, "txn batch_get")
-        try:
-            found = await self._batch_get_encoded(list(enc), bo)
-        finally:
-            self._record_backoff(bo)
-        await check_visibility(self._rt, self.ts)
+        enc, found = await self._multi_get(keys, None)
         return {enc[k]: v for k, v in found.items()}
 
     async def batch_get_with_commit_ts(self, keys: Iterable[bytes]) -> dict[bytes, ValueEntry]:
@@ -455,21 +445,31 @@ class AsyncSnapshot:
             tikv_pd.errors.TimeoutError: The read kept failing for the 20 s budget.
 
         """
+        commit_ts: dict[bytes, int] = {}
+        enc, found = await self._multi_get(keys, commit_ts)
+        return {
+            enc[k]: ValueEntry(v, _required_commit_ts(commit_ts, k, self.ts))
+            for k, v in found.items()
+        }
+
+    async def _multi_get(
+        self, keys: Iterable[bytes], commit_ts: dict[bytes, int] | None
+    ) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+        """:meth:`batch_get` and :meth:`batch_get_with_commit_ts`.
+
+        Returns the user key of each encoded key, and the values found by encoded key.
+        """
         wanted = check_keys(keys)
         self._rt.check_open()
         codec = self._rt.codec
         enc = {codec.encode_key(k): k for k in wanted}
         bo = self._rt.backoffer(self._rt.budgets.batch_get, "txn batch_get")
-        commit_ts: dict[bytes, int] = {}
         try:
             found = await self._batch_get_encoded(list(enc), bo, commit_ts)
         finally:
             self._record_backoff(bo)
         await check_visibility(self._rt, self.ts)
-        return {
-            enc[k]: ValueEntry(v, _required_commit_ts(commit_ts, k, self.ts))
-            for k, v in found.items()
-        }
+        return enc, found
 
     async def _batch_get_encoded(
         self, keys: Sequence[bytes], bo: Backoffer, commit_ts: dict[bytes, int] | None = None
