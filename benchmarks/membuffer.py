@@ -116,39 +116,32 @@ def bench_get(records: list[bytes]) -> dict[str, Any]:
     return result
 
 
+def _set_then_get(keys: list[bytes], what: str) -> dict[str, Any]:
+    """Time ``set`` of every key (value = key) then ``get`` of each; check what was read."""
+    db = MemBuffer()
+    found: list[object] = []
+
+    def body() -> None:
+        for k in keys:
+            db.set(k, k)
+        get = db.get
+        found.extend(get(k) for k in keys)
+
+    result = _timed(2 * len(keys), body)
+    _check(found == keys and len(db) == len(set(keys)), f"{what} was lost or read back wrong")
+    return result
+
+
 def bench_set_get(n: int, seed: int) -> dict[str, Any]:
     """``set`` then ``get`` of ``n`` 8-byte keys in random order (value = key)."""
     keys = [struct.pack(">Q", i) for i in range(n)]
     random.Random(seed).shuffle(keys)
-    db = MemBuffer()
-    found: list[object] = []
-
-    def body() -> None:
-        for k in keys:
-            db.set(k, k)
-        get = db.get
-        found.extend(get(k) for k in keys)
-
-    result = _timed(2 * n, body)
-    _check(found == keys, "a value read back differs from the one written")
-    return result
+    return _set_then_get(keys, "a key")
 
 
 def bench_set_get_long_key(n: int) -> dict[str, Any]:
     """``set`` then ``get`` of ``n`` 1 KiB keys: the number at the end, zeros before it."""
-    keys = [bytes(1016) + struct.pack("<Q", i) for i in range(n)]
-    db = MemBuffer()
-    found: list[object] = []
-
-    def body() -> None:
-        for k in keys:
-            db.set(k, k)
-        get = db.get
-        found.extend(get(k) for k in keys)
-
-    result = _timed(2 * n, body)
-    _check(found == keys and len(db) == n, "a long key was lost or read back wrong")
-    return result
+    return _set_then_get([bytes(1016) + struct.pack("<Q", i) for i in range(n)], "a long key")
 
 
 def bench_iterate(n: int, *, staged: bool = False, reverse: bool = False) -> dict[str, Any]:
