@@ -525,21 +525,36 @@ class _BlockTarget(Generic[_Target]):
     costs one int check when nobody collects.
     """
 
-    __slots__ = ("_var", "open")
+    __slots__ = ("_kind", "_var", "open")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, kind: type[_Target]) -> None:
         self._var: contextvars.ContextVar[_Target | None] = contextvars.ContextVar(
             name, default=None
         )
+        self._kind = kind
         self.open = 0
 
     def current(self) -> _Target | None:
         """The innermost block's target in this context, or ``None``."""
         return self._var.get() if self.open else None
 
+    def collect(
+        self, target: _Target | None, arg: str
+    ) -> contextlib.AbstractContextManager[_Target]:
+        """A block in which ``target`` (default: a new, empty one) is the current one.
+
+        Raises:
+            TypeError: ``target`` (the caller's argument ``arg``) is of another type.
+
+        """
+        if target is None:
+            target = self._kind()
+        elif not isinstance(target, self._kind):
+            raise TypeError(f"{arg} must be {self._kind.__name__}, got {type(target).__name__}")
+        return self._block(target)
+
     @contextlib.contextmanager
-    def collect(self, target: _Target) -> Iterator[_Target]:
-        """Make ``target`` the current one inside the block."""
+    def _block(self, target: _Target) -> Iterator[_Target]:
         token = self._var.set(target)
         self.open += 1
         try:
@@ -549,7 +564,7 @@ class _BlockTarget(Generic[_Target]):
             self._var.reset(token)
 
 
-_TRAFFIC: _BlockTarget[TrafficDetails] = _BlockTarget("tikv_traffic_details")
+_TRAFFIC = _BlockTarget("tikv_traffic_details", TrafficDetails)
 
 
 def collect_traffic(
@@ -573,9 +588,7 @@ def collect_traffic(
         A context manager whose block fills the details (``as`` gives them).
 
     """
-    if details is not None and not isinstance(details, TrafficDetails):
-        raise TypeError(f"details must be TrafficDetails, got {type(details).__name__}")
-    return _TRAFFIC.collect(details if details is not None else TrafficDetails())
+    return _TRAFFIC.collect(details, "details")
 
 
 #: client-go ``RequestErrorStats``: distinct error labels kept before the rest are only
@@ -721,7 +734,7 @@ class RPCRuntimeStats:
         return text
 
 
-_RPC_STATS: _BlockTarget[RPCRuntimeStats] = _BlockTarget("tikv_rpc_runtime_stats")
+_RPC_STATS = _BlockTarget("tikv_rpc_runtime_stats", RPCRuntimeStats)
 
 
 def collect_rpc_stats(
@@ -736,9 +749,7 @@ def collect_rpc_stats(
         A context manager whose block fills the stats (``as`` gives them).
 
     """
-    if stats is not None and not isinstance(stats, RPCRuntimeStats):
-        raise TypeError(f"stats must be RPCRuntimeStats, got {type(stats).__name__}")
-    return _RPC_STATS.collect(stats if stats is not None else RPCRuntimeStats())
+    return _RPC_STATS.collect(stats, "stats")
 
 
 def _stats_sinks(own: RPCRuntimeStats | None) -> tuple[RPCRuntimeStats, ...]:
@@ -1503,6 +1514,19 @@ class RequestSender:
                 else:
                     peer, mode = target.peer, target.mode
             else:
+                leader = region.leader
+                if (
+                    attempt == 0
+                    and leader is not None
+                    and self.health.has_unreachable()
+                    and self.health.liveness(leader.store_id) is Liveness.UNREACHABLE
+                ):
+                    # client-go isLeaderCandidate: a leader whose store refused
+                    # connections within the re-check interval is not asked first; another
+                    # voter is (it answers NotLeader with the leader it knows, or relays
+                    # the request when forwarding is on). Only on the first send: a hint
+                    # back to this leader is then followed, so the two cannot ping-pong.
+                    unreachable.add(leader.store_id)
                 peer, mode = select_peer(region, options, attempt, leader_only, unreachable)
             if peer is None:
                 locator.invalidate_region(region.id, InvalidReason.NO_LEADER)
