@@ -914,3 +914,45 @@ async def test_request_options_stats_are_filled_alongside_an_open_block() -> Non
     assert options == dataclasses.replace(options, rpc_stats=None)
     with pytest.raises(TypeError, match="rpc_stats"):
         RequestOptions(rpc_stats={})  # type: ignore[arg-type]
+
+
+async def test_a_leader_read_skips_a_leader_whose_store_is_unreachable() -> None:
+    # client-go isLeaderCandidate: a leader whose store refused connections within the
+    # re-check interval is not asked first; a follower is, and its NotLeader answer names
+    # the leader, which is then tried (a live peer's word beats our own stale failure).
+    cluster, _, sender, _ = harness()
+    sender.health.mark_unreachable(1)
+    leader_read = RequestOptions()
+    value, bo = await read(sender, leader_read)
+    assert value == "1-leader"
+    sent = [s for s, _, _ in cluster.sent]
+    assert sent[0] in (3, 5) and sent[-1] == 1 and len(sent) == 2
+    assert bo.total_sleep_ms == 0
+    # The leader answered: reachable again, asked first from now on.
+    assert not sender.health.has_unreachable()
+    cluster.sent.clear()
+    assert (await read(sender, leader_read))[0] == "1-leader"
+    assert [s for s, _, _ in cluster.sent] == [1]
+    # The leader's store is really down: the follower's hint leads back to it once, the
+    # send fails, and the read keeps going until the leader moves (its budget bounds it).
+    cluster.down.add(1)
+    sender.health.mark_unreachable(1)
+    cluster.sent.clear()
+    cluster.region = cluster.region.with_leader(F2)
+    value, _ = await read(sender, leader_read)
+    assert value == "3-leader"
+    assert cluster.sent[0][0] != 1
+
+
+async def test_a_leader_read_without_health_marks_goes_to_the_leader_first() -> None:
+    cluster, _, sender, clock = harness()
+    for _ in range(5):
+        cluster.sent.clear()
+        assert (await read(sender, RequestOptions()))[0] == "1-leader"
+        assert [s for s, _, _ in cluster.sent] == [1]
+    # A mark older than the re-check interval is a re-check: the leader is asked again.
+    sender.health.mark_unreachable(1)
+    clock.now += 1.0
+    cluster.sent.clear()
+    assert (await read(sender, RequestOptions()))[0] == "1-leader"
+    assert [s for s, _, _ in cluster.sent] == [1]

@@ -1514,6 +1514,19 @@ class RequestSender:
                 else:
                     peer, mode = target.peer, target.mode
             else:
+                leader = region.leader
+                if (
+                    attempt == 0
+                    and leader is not None
+                    and self.health.has_unreachable()
+                    and self.health.liveness(leader.store_id) is Liveness.UNREACHABLE
+                ):
+                    # client-go isLeaderCandidate: a leader whose store refused
+                    # connections within the re-check interval is not asked first; another
+                    # voter is (it answers NotLeader with the leader it knows, or relays
+                    # the request when forwarding is on). Only on the first send: a hint
+                    # back to this leader is then followed, so the two cannot ping-pong.
+                    unreachable.add(leader.store_id)
                 peer, mode = select_peer(region, options, attempt, leader_only, unreachable)
             if peer is None:
                 locator.invalidate_region(region.id, InvalidReason.NO_LEADER)
