@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from tikv_mockstore import MockCluster
-from tikv_mockstore.mvcc import Mutation
+from tikv_mockstore.mvcc import Mutation, Op
 from tikv_pd.backoff import Backoffer
 from tikv_pd.config import TransactionOptions
 from tikv_pd.errors import LockInfo, TxnAbortedError, TxnNotFoundError, WriteConflictError
@@ -522,7 +522,7 @@ async def test_resolve_locks_for_read(
     ignored.add(ts)
     locks.append(lock_of(cluster, k("k2")))
     # Alive, pushed past the reader.
-    ts, _ = await lock_key(client, cluster, k("k3"), b"v3", k("k33"), b"v33", ttl=3000)
+    ts, _ = await lock_key(client, cluster, k("k3"), b"v3", k("k33"), b"v33", ttl=20_000)
     ignored.add(ts)
     locks.append(lock_of(cluster, k("k3")))
     # Async commit, alive: cannot be pushed (its commit ts may be decided), must be waited for.
@@ -566,12 +566,12 @@ async def test_resolve_locks_for_read(
     snap = client.snapshot(await client.current_timestamp())
     assert await snap.get(k("k1")) == b"v1"
     assert await snap.get(k("k5")) == b"v5"
-    await fresh_resolver(client).resolve_locks(
-        bo(),
-        0,
-        [dataclasses.replace(lock_of(cluster, k(n)), lock_ttl=0) for n in ("k3", "k4")],
-        for_read=False,
-    )
+    leftovers = [
+        dataclasses.replace(lock_of(cluster, k(n)), lock_ttl=0)
+        for n in ("k3", "k4")
+        if is_locked(cluster, k(n))
+    ]
+    await fresh_resolver(client).resolve_locks(bo(), 0, leftovers, for_read=False)
 
 
 # -- TestPrewriteCheckForUpdateTS ------------------------------------------------------------
@@ -648,3 +648,45 @@ async def test_prewrite_checks_for_update_ts_of_aggressive_locks(
     assert await before.batch_get([k2, k3]) == {k2: b"v2"}
     assert await client.runtime.wait_background(NO_HANG)
     assert not any(is_locked(cluster, k) for k in (k1, k2, k3, k4))
+
+
+# -- TestCheckTxnStatusSentToSecondary ---------------------------------------------------------
+
+
+async def test_stale_pessimistic_lock_whose_primary_became_a_secondary(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    """A failed lock call left stale pessimistic locks on k1 (its primary) and k2; the
+    transaction then chose k3 as primary, locked k1 again and committed k1 and k3 (k1's
+    commit held). A writer meeting k2's lock asks k1 for the transaction's status; k1 is
+    now a secondary (TiKV answers PrimaryMismatch), so k2's lock points to no primary and
+    is rolled back (client-go resolves it with a pessimistic rollback)."""
+    k1, k2, k3 = p + b"k1", p + b"k2", p + b"k3"
+    cluster.split([k3], txn=True)
+    options = TransactionOptions(mode="pessimistic", async_commit=False, try_one_pc=False)
+    txn = await client.begin(options)
+    cluster.engine.pessimistic_lock(
+        [Mutation(Op.PESSIMISTIC_LOCK, k) for k in (k1, k2)], k1, txn.start_ts, 1, txn.start_ts
+    )
+    await txn.lock_keys([k3])  # the primary
+    await txn.lock_keys([k1])
+    assert txn.locker.primary == k3
+    txn.put(k1, b"v1-1")
+    txn.put(k3, b"v3-1")
+    region1 = cluster.region_by_key(k1, txn=True)
+    assert region1 is not None
+    hold = cluster.faults.add("KvCommit", region=region1.id, hang=True, times=1)
+    try:
+        await txn.commit()
+        assert await asyncio.to_thread(cluster.faults.wait_hanging, 1, NO_HANG)
+        assert lock_of(cluster, k1).primary_lock == k3  # prewritten, not committed
+        assert lock_of(cluster, k2).primary_lock == k1  # stale
+        cluster.clock.advance(100)  # the stale lock's 1 ms TTL is over
+        writer = await client.begin(options)
+        await asyncio.wait_for(writer.lock_keys([k2]), NO_HANG)
+        await writer.rollback()
+    finally:
+        hold.release()
+    assert await client.runtime.wait_background(NO_HANG)
+    snap = client.snapshot(await client.current_timestamp())
+    assert await snap.batch_get([k1, k2, k3]) == {k1: b"v1-1", k3: b"v3-1"}
