@@ -690,3 +690,45 @@ async def test_stale_pessimistic_lock_whose_primary_became_a_secondary(
     assert await client.runtime.wait_background(NO_HANG)
     snap = client.snapshot(await client.current_timestamp())
     assert await snap.batch_get([k1, k2, k3]) == {k1: b"v1-1", k3: b"v3-1"}
+
+
+# -- TestBatchResolveLocks (WithTiKV suite): GC's resolve-lock phase ----------------------
+
+
+async def test_gc_resolves_every_kind_of_stale_lock(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    """Left behind: a stale pessimistic lock of a transaction that later committed with
+    another primary (k1), a secondary prewrite lock whose primary committed (k3), and a
+    stale primary pessimistic lock of a transaction that went away (k4). GC's
+    resolve-lock phase leaves no lock and the committed data intact. (Runs last in the
+    module: it moves the GC safepoint to now.)"""
+    k1, k2, k3, k4 = (p + b"k%d" % i for i in range(1, 5))
+    cluster.split([k3], txn=True)  # k3's commit is not part of the primary's batch
+    options = TransactionOptions(mode="pessimistic", async_commit=False, try_one_pc=False)
+    txn1 = await client.begin(options)
+    engine = cluster.engine
+    engine.pessimistic_lock(
+        [Mutation(Op.PESSIMISTIC_LOCK, k1)], k1, txn1.start_ts, 20_000, txn1.start_ts
+    )
+    await txn1.lock_keys([k2, k3])
+    txn1.put(k2, b"v2")
+    txn1.put(k3, b"v3")
+    committer = txn1._get_committer()
+    assert await committer.prepare()
+    await committer.prewrite()
+    await committer.get_commit_ts()
+    await committer.commit_primary()  # the secondaries' commit never runs
+    committer.stop_heartbeat()
+    ts2 = await client.current_timestamp()
+    engine.pessimistic_lock([Mutation(Op.PESSIMISTIC_LOCK, k4)], k4, ts2, 20_000, ts2)
+    kinds = {lk.key: (lk.lock_type, lk.primary_lock) for lk in engine.scan_lock(MAX_U64 >> 1)}
+    assert kinds[k1] == (Op.PESSIMISTIC_LOCK, k1)
+    assert kinds[k3][0] is Op.PUT and kinds[k3][1] == k2
+    assert kinds[k4] == (Op.PESSIMISTIC_LOCK, k4)
+
+    safe_point = await client.current_timestamp()
+    assert await client.gc(safe_point) == safe_point
+    assert not any(is_locked(cluster, k) for k in (k1, k2, k3, k4))
+    snap = client.snapshot(await client.current_timestamp())
+    assert await snap.batch_get([k1, k2, k3, k4]) == {k2: b"v2", k3: b"v3"}
