@@ -35,7 +35,7 @@ from tikv_pd.errors import (
     WriteConflictError,
 )
 from tikv_pd.oracle import compose_ts
-from tikv_txn import AsyncTransaction, AsyncTransactionClient
+from tikv_txn import LOCK_NO_WAIT, AsyncTransaction, AsyncTransactionClient
 from tikv_txn.membuffer import FlagsOp
 from tikv_txn.policy import MANAGED_LOCK_TTL_MS
 
@@ -899,3 +899,30 @@ async def test_aggressive_locking_lock_only_if_exists(
     assert not locked(cluster, k1)
     await txn.cancel_aggressive_locking()
     await txn.rollback()
+
+
+async def test_heartbeat_follows_the_primary_after_a_failed_first_lock(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    """TestStartHeartBeatAfterLockingPrimary: the first lock call (a, b) locks its primary
+    a, then fails on b (held by another transaction, no wait). a is released and the
+    transaction has no primary again; the next lock call (c, d) makes c the primary, and
+    the heartbeat keeps c alive (a is not kept alive)."""
+    a, b, c, d = (p + n for n in (b"a", b"b", b"c", b"d"))
+    cluster.split([b], txn=True)  # the primary's region is locked first, then b's
+    other = await client.begin(PESSIMISTIC)
+    await other.lock_keys([b])
+    txn = await client.begin(PESSIMISTIC)
+    with pytest.raises(TiKVError):
+        await txn.lock_keys([a, b], lock_wait_timeout_ms=LOCK_NO_WAIT)
+    assert txn.locker.primary is None
+    await poll(lambda: not locked(cluster, a), "a released")
+    await txn.lock_keys([c, d])
+    assert txn.locker.primary == c
+    assert _heartbeat(txn)
+    committer = txn._committer
+    assert committer is not None and committer.primary == c
+    assert _primary_of(cluster, c) == c and _primary_of(cluster, d) == c
+    await txn.rollback()
+    await other.rollback()
+    await poll(lambda: not any(locked(cluster, k) for k in (a, b, c, d)), "released")
