@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from tikv_mockstore import MockCluster
-from tikv_mockstore.mvcc import Mutation, Op
+from tikv_mockstore.mvcc import Mutation, Op, PessimisticAction
 from tikv_pd.backoff import Backoffer
 from tikv_pd.config import TransactionOptions
 from tikv_pd.errors import LockInfo, TxnAbortedError, TxnNotFoundError, WriteConflictError
@@ -701,8 +701,8 @@ async def test_gc_resolves_every_kind_of_stale_lock(
     """Left behind: a stale pessimistic lock of a transaction that later committed with
     another primary (k1), a secondary prewrite lock whose primary committed (k3), and a
     stale primary pessimistic lock of a transaction that went away (k4). GC's
-    resolve-lock phase leaves no lock and the committed data intact. (Runs last in the
-    module: it moves the GC safepoint to now.)"""
+    resolve-lock phase leaves no lock and the committed data intact. (It moves the GC
+    safepoint to now: the tests after it in this module read only at fresh timestamps.)"""
     k1, k2, k3, k4 = (p + b"k%d" % i for i in range(1, 5))
     cluster.split([k3], txn=True)  # k3's commit is not part of the primary's batch
     options = TransactionOptions(mode="pessimistic", async_commit=False, try_one_pc=False)
@@ -732,3 +732,47 @@ async def test_gc_resolves_every_kind_of_stale_lock(
     assert not any(is_locked(cluster, k) for k in (k1, k2, k3, k4))
     snap = client.snapshot(await client.current_timestamp())
     assert await snap.batch_get([k1, k2, k3, k4]) == {k2: b"v2", k3: b"v3"}
+
+
+# -- TestPessimisticRollbackWithRead (second half) ---------------------------------------------
+
+
+async def test_region_pessimistic_rollback_spares_prewrite_locks(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    """A dead transaction holds 500 pessimistic locks and 500 prewrite locks in one
+    region (more than TiKV's 256-key resolve batch). Resolving one of its pessimistic
+    locks with region resolution rolls back every pessimistic lock of the transaction in
+    the region with one keyless PessimisticRollback, and leaves the prewrite locks (they
+    are resolved from the primary's status, not rolled back blindly)."""
+    keys = [p + b"k%04d" % i for i in range(1000)]
+    locked_keys, prewritten = keys[0::2], keys[1::2]
+    start_ts = await client.current_timestamp()
+    engine = cluster.engine
+    engine.pessimistic_lock(
+        [Mutation(Op.PESSIMISTIC_LOCK, k) for k in locked_keys],
+        locked_keys[0],
+        start_ts,
+        1,
+        start_ts,
+    )
+    engine.prewrite(
+        [Mutation.put(k, b"val") for k in prewritten],
+        locked_keys[0],
+        start_ts,
+        20_000,
+        for_update_ts=start_ts,
+        pessimistic_actions=[PessimisticAction.SKIP_PESSIMISTIC_CHECK] * len(prewritten),
+        min_commit_ts=start_ts + 1,
+    )
+    cluster.clock.advance(100)  # the pessimistic locks' 1 ms TTL is over
+    met = lock_of(cluster, locked_keys[1])
+    resolver = fresh_resolver(client)
+    result = await resolver.resolve_locks(
+        bo(), start_ts + 1, [met], for_read=False, pessimistic_region_resolve=True
+    )
+    assert result.ms_before_expired == 0
+    assert resolver.stats["pessimistic_rollback"] == 1  # one keyless request for the region
+    left = sorted(lk.key for lk in engine.scan_lock(MAX_U64 >> 1) if lk.key.startswith(p))
+    assert left == prewritten
+    engine.batch_rollback(prewritten, start_ts)
