@@ -27,7 +27,7 @@ from tikv_pd.backoff import Backoffer
 from tikv_pd.config import TransactionOptions
 from tikv_pd.errors import LockInfo, TxnAbortedError, TxnNotFoundError, WriteConflictError
 from tikv_proto import kvrpcpb_pb2
-from tikv_txn import AsyncTransactionClient, LockResolver
+from tikv_txn import LOCK_NO_WAIT, AsyncTransactionClient, LockResolver
 from tikv_txn.policy import Action, txn_lock_ttl
 
 _ids = itertools.count()
@@ -776,3 +776,48 @@ async def test_region_pessimistic_rollback_spares_prewrite_locks(
     left = sorted(lk.key for lk in engine.scan_lock(MAX_U64 >> 1) if lk.key.startswith(p))
     assert left == prewritten
     engine.batch_rollback(prewritten, start_ts)
+
+
+# -- TestResolveMixed (2pc_test.go) --------------------------------------------------------------
+
+
+async def test_region_resolve_of_a_big_txn_cleans_its_pessimistic_locks_too(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    """A big pessimistic transaction left prewrite locks and a pessimistic lock behind
+    and lost its primary (rolled back). Resolving one prewrite lock cleans the whole
+    region for the transaction (it is too big for lite resolution), the pessimistic lock
+    included: another transaction locks that key without waiting."""
+    pk = p + b"pk"
+    optimistic = [p + b"o%03d" % i for i in range(32)]
+    pessimistic_key = p + b"pess"
+    start_ts = await client.current_timestamp()
+    engine = cluster.engine
+    engine.pessimistic_lock([Mutation(Op.PESSIMISTIC_LOCK, pk)], pk, start_ts, 1, start_ts)
+    engine.prewrite(
+        [Mutation.put(k, b"v") for k in optimistic],
+        pk,
+        start_ts,
+        1,
+        for_update_ts=start_ts,
+        pessimistic_actions=[PessimisticAction.SKIP_PESSIMISTIC_CHECK] * len(optimistic),
+        txn_size=10_000,  # a big transaction: resolved region by region, not key by key
+        min_commit_ts=start_ts + 1,
+    )
+    engine.pessimistic_lock(
+        [Mutation(Op.PESSIMISTIC_LOCK, pessimistic_key)], pk, start_ts, 1, start_ts
+    )
+    engine.pessimistic_rollback([pk], start_ts, start_ts)  # the primary is gone
+    cluster.clock.advance(100)
+    met = lock_of(cluster, optimistic[0])
+    assert met.txn_size > client.config.resolve_lock_lite_threshold
+    result = await fresh_resolver(client).resolve_locks(
+        bo(), await client.current_timestamp(), [met], for_read=False
+    )
+    assert result.ms_before_expired == 0
+    assert not any(is_locked(cluster, k) for k in [*optimistic, pessimistic_key])
+    other = await client.begin(
+        TransactionOptions(mode="pessimistic", lock_wait_timeout_ms=LOCK_NO_WAIT)
+    )
+    await other.lock_keys([pessimistic_key])
+    await other.rollback()
