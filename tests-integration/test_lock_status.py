@@ -821,3 +821,59 @@ async def test_region_resolve_of_a_big_txn_cleans_its_pessimistic_locks_too(
     )
     await other.lock_keys([pessimistic_key])
     await other.rollback()
+
+
+# -- TestPkNotFound (2pc_test.go) ----------------------------------------------------------------
+
+
+async def test_pessimistic_locks_whose_primary_vanished(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    """A pessimistic transaction locked k1 (primary), k2 and k3, then died. Its primary's
+    lock expires: CheckTxnStatus rolls it back (TTLExpirePessimisticRollback); asked
+    again it finds nothing and, for a pessimistic lock, writes nothing
+    (LockNotExistDoNothing). Other transactions then take k2 and k3 over; a pessimistic
+    rollback with a smaller for-update ts than the lock's leaves the lock alone."""
+    k1, k2, k3 = p + b"k1", p + b"k2", p + b"k3"
+    # k3 in its own region: resolving k2 rolls back the transaction's pessimistic locks
+    # of k2's region at once (region resolution), and k3 must survive that.
+    cluster.split([k3], txn=True)
+    start_ts = await client.current_timestamp()
+    engine = cluster.engine
+    engine.pessimistic_lock([Mutation(Op.PESSIMISTIC_LOCK, k1)], k1, start_ts, 100, start_ts)
+    engine.pessimistic_lock(
+        [Mutation(Op.PESSIMISTIC_LOCK, k) for k in (k2, k3)], k1, start_ts, 100, start_ts
+    )
+    cluster.clock.advance(200)
+
+    async def status_of_primary() -> Action:
+        now = await client.current_timestamp()
+        status = await fresh_resolver(client).get_txn_status(
+            bo(),
+            start_ts,
+            k1,
+            caller_start_ts=0,
+            current_ts=now,
+            # As the resolver's retry after TxnNotFound (client-go getTxnStatusFromLock):
+            # without it a missing primary is an error, with it a pessimistic lock's
+            # missing primary gets no rollback record.
+            rollback_if_not_exist=True,
+            resolving_pessimistic_lock=True,
+        )
+        assert status.ttl == 0 and status.commit_ts == 0
+        return status.action
+
+    assert await status_of_primary() is Action.TTL_EXPIRE_PESSIMISTIC_ROLLBACK
+    assert not is_locked(cluster, k1)
+    assert await status_of_primary() is Action.LOCK_NOT_EXIST_DO_NOTHING
+    options = TransactionOptions(mode="pessimistic", async_commit=False, try_one_pc=False)
+    txn2 = await client.begin(options)
+    await asyncio.wait_for(txn2.lock_keys([k2]), NO_HANG)  # k2's lock resolved
+    await txn2.rollback()
+    # A rollback aimed at an older for-update ts does not remove the lock.
+    cluster.engine.pessimistic_rollback([k3], start_ts, start_ts - 1)
+    assert is_locked(cluster, k3)
+    txn3 = await client.begin(options)
+    await asyncio.wait_for(txn3.lock_keys([k3]), NO_HANG)
+    assert lock_of(cluster, k3).lock_version == txn3.start_ts
+    await txn3.rollback()
