@@ -926,3 +926,69 @@ async def test_heartbeat_follows_the_primary_after_a_failed_first_lock(
     await txn.rollback()
     await other.rollback()
     await poll(lambda: not any(locked(cluster, k) for k in (a, b, c, d)), "released")
+
+
+@pytest.mark.parametrize("conflict", [False, True], ids=["no-conflict", "written-after-start"])
+async def test_aggressive_locking_load_value_option_changes(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes, conflict: bool
+) -> None:
+    """TestAggressiveLockingLoadValueOptionChanges: a retried attempt that locks the same
+    keys again may reuse the last attempt's locks, but not the last attempt's *answers*
+    when it asks for more: existence after a plain lock, values after an existence
+    check must be fetched, and must be the newest."""
+    k0, k1, k2 = p + b"k0", p + b"k1", p + b"k2"
+    async with client.begin(TWO_PC) as t0:
+        t0.put(k2, b"v2")
+    txn = await client.begin(PESSIMISTIC)
+    await txn.lock_keys([k0])  # a fixed primary
+    txn.start_aggressive_locking()
+    if conflict:
+        async with client.begin(TWO_PC) as t2:
+            t2.delete(k1)
+            t2.put(k2, b"v2-new")
+    newest = b"v2-new" if conflict else b"v2"
+    await txn.lock_keys([k1])
+    await txn.lock_keys([k2])
+    await txn.retry_aggressive_locking()
+    assert await txn.check_exists_for_update([k1]) == {k1: False}
+    assert await txn.check_exists_for_update([k2]) == {k2: True}
+    await txn.retry_aggressive_locking()
+    assert await txn.get_for_update(k1) is None
+    assert await txn.get_for_update(k2) == newest
+    await txn.cancel_aggressive_locking()
+    assert locked(cluster, k0)
+    await txn.rollback()
+    await poll(lambda: not any(locked(cluster, k) for k in (k0, k1, k2)), "released")
+
+
+@pytest.mark.parametrize("ask", ["lock", "exists", "value"])
+@pytest.mark.parametrize("conflict", [False, True], ids=["no-conflict", "written-after-start"])
+async def test_aggressive_lock_answers_are_the_newest(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes, ask: str, conflict: bool
+) -> None:
+    """TestPessimisticLockAllowLockWithConflict: under aggressive locking a plain lock,
+    an existence check and a value read all lock the key and answer with its newest
+    state, also when it was written after the transaction started."""
+    key = p + b"key"
+    async with client.begin(TWO_PC) as t0:
+        t0.put(key, key)
+    txn = await client.begin(PESSIMISTIC)
+    txn.start_aggressive_locking()
+    value = key
+    if conflict:
+        value = b"value-" + ask.encode()
+        async with client.begin(TWO_PC) as t1:
+            t1.put(key, value)
+    if ask == "lock":
+        await txn.lock_keys([key])
+    elif ask == "exists":
+        assert await txn.check_exists_for_update([key]) == {key: True}
+    else:
+        assert await txn.get_for_update(key) == value
+    lock = lock_on(cluster, key)
+    assert lock is not None and lock.lock_version == txn.start_ts  # type: ignore[attr-defined]
+    if conflict:
+        assert lock.lock_for_update_ts >= t1.commit_ts  # type: ignore[attr-defined]
+    await txn.done_aggressive_locking()
+    await txn.rollback()
+    await poll(lambda: not locked(cluster, key), "released")
