@@ -946,16 +946,32 @@ def test_reads_raise_max_ts_unless_stale(scope: Scope, engine: MvccEngine) -> No
     assert engine.max_ts == ts(70)
 
 
-def test_need_commit_ts_through_a_committed_lock_is_zero(scope: Scope) -> None:
+def test_need_commit_ts_ignores_committed_locks(scope: Scope) -> None:
+    # TiKV reads through a committed lock only when no commit ts is wanted: the value in
+    # the lock has none yet, so a read wanting one gets the lock (point_getter.rs
+    # get_entry; storage/mod.rs test_batch_get_command_need_commit_ts).
     put(scope, b"c", b"old", ts(1), ts(2))
     assert not prewrite(scope, [mut(Op.Put, b"c", b"new")], ts(5)).errors
     ctx = scope.ctx(committed_locks=[ts(5)])
+    through = call(scope, "Get", kvrpcpb_pb2.GetRequest(context=ctx, key=b"c", version=ts(9)))
+    assert (through.value, through.commit_ts) == (b"new", 0)
     resp = call(
         scope,
         "Get",
         kvrpcpb_pb2.GetRequest(context=ctx, key=b"c", version=ts(9), need_commit_ts=True),
     )
-    assert (resp.value, resp.commit_ts) == (b"new", 0)
+    assert resp.error.locked.lock_version == ts(5)
+    assert not resp.value
+    batch = call(
+        scope,
+        "BatchGet",
+        kvrpcpb_pb2.BatchGetRequest(context=ctx, keys=[b"c"], version=ts(9), need_commit_ts=True),
+    )
+    assert [p.error.locked.lock_version for p in batch.pairs] == [ts(5)]
+    batch = call(
+        scope, "BatchGet", kvrpcpb_pb2.BatchGetRequest(context=ctx, keys=[b"c"], version=ts(9))
+    )
+    assert [(p.key, p.value, p.commit_ts) for p in batch.pairs] == [(b"c", b"new", 0)]
 
 
 def test_mvcc_get_by_key_and_start_ts(scope: Scope) -> None:

@@ -67,11 +67,15 @@ def _engine(scope: StoreScope) -> MvccEngine:
     return engine
 
 
-def _read_options(ctx: kvrpcpb_pb2.Context) -> dict[str, Any]:
+def _read_options(ctx: kvrpcpb_pb2.Context, *, need_commit_ts: bool = False) -> dict[str, Any]:
     # The isolation level and the lock sets a reader sends: resolved_locks are bypassed,
     # committed_locks are read through (TiKV storage/mod.rs: bypass_locks / access_locks).
+    # A read that wants commit timestamps ignores committed_locks: a value read through a
+    # lock has no commit ts yet, so TiKV reports the lock instead (point_getter.rs
+    # get_entry / load_and_check_lock with load_commit_ts).
     # Every read except a stale one raises max_ts (prepare_snap_ctx), inside the engine.
-    resolved, committed = ctx.resolved_locks, ctx.committed_locks
+    resolved = ctx.resolved_locks
+    committed = () if need_commit_ts else ctx.committed_locks
     return {
         "isolation_level": enum_of(IsolationLevel, ctx.isolation_level),
         "bypass_locks": frozenset(resolved) if resolved else _NO_TS,
@@ -184,7 +188,9 @@ def kv_get(scope: StoreScope, req: kvrpcpb_pb2.GetRequest) -> kvrpcpb_pb2.GetRes
     if refused(resp, scope.check(ctx, keys=(key,), txn=True)):
         return resp
     try:
-        found = _engine(scope).get_with_commit_ts(key, req.version, **_read_options(ctx))
+        found = _engine(scope).get_with_commit_ts(
+            key, req.version, **_read_options(ctx, need_commit_ts=req.need_commit_ts)
+        )
     except KEY_ERROR_TYPES as e:
         resp.error.CopyFrom(key_error(e))
         return resp
@@ -223,7 +229,11 @@ def kv_batch_get(
         return resp
     engine = _engine(scope)
     try:
-        pairs = engine.batch_get(list(req.keys), req.version, **_read_options(req.context))
+        pairs = engine.batch_get(
+            list(req.keys),
+            req.version,
+            **_read_options(req.context, need_commit_ts=req.need_commit_ts),
+        )
     except KEY_ERROR_TYPES as e:
         # kv.rs: the error goes to `error` and, for old clients, into a first pair too.
         resp.error.CopyFrom(key_error(e))
