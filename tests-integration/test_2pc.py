@@ -992,3 +992,50 @@ async def test_aggressive_lock_answers_are_the_newest(
     await txn.done_aggressive_locking()
     await txn.rollback()
     await poll(lambda: not locked(cluster, key), "released")
+
+
+@pytest.mark.parametrize("ask", ["lock", "exists", "value"])
+async def test_aggressive_lock_errors_record_nothing(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes, ask: str
+) -> None:
+    """TestPessimisticLockAllowLockWithConflictError: a lock wait timeout under
+    aggressive locking leaves the key out of the attempt; after the holder is gone, a
+    NotLeader answer is retried and the key is locked and recorded."""
+    key = p + b"key"
+    holder = await client.begin(PESSIMISTIC)
+    await holder.lock_keys([key])
+    txn = await client.begin(dataclasses.replace(PESSIMISTIC, lock_wait_timeout_ms=10))
+    txn.start_aggressive_locking()
+
+    async def call() -> None:
+        if ask == "lock":
+            await txn.lock_keys([key])
+        elif ask == "exists":
+            await txn.check_exists_for_update([key])
+        else:
+            await txn.get_for_update(key)
+
+    def attempt_keys() -> list[bytes]:
+        aggr = txn.locker._aggr
+        assert aggr is not None
+        return list(aggr.current)
+
+    with pytest.raises(LockWaitTimeoutError):
+        await call()
+    assert attempt_keys() == []
+    await holder.rollback()
+    region = cluster.region_by_key(key, txn=True)
+    assert region is not None
+    fault = cluster.faults.add(
+        "KvPessimisticLock", region=region.id, region_error="not_leader", times=1
+    )
+    try:
+        await call()
+    finally:
+        cluster.faults.remove(fault)
+    assert fault.hits == 1
+    assert attempt_keys() == [key]
+    assert locked(cluster, key)
+    await txn.cancel_aggressive_locking()
+    await txn.rollback()
+    await poll(lambda: not locked(cluster, key), "released")
