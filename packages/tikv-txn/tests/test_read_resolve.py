@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from tikv_mockstore import MockCluster
 from tikv_pd.config import TransactionOptions
+from tikv_pd.interceptor import Interceptor, RPCRequest
 from tikv_txn import AsyncTransactionClient
 
 NO_HANG = 30.0
@@ -126,6 +127,52 @@ async def test_a_read_wanting_commit_ts_waits_for_the_cleanup(
             entry = await asyncio.wait_for(read, NO_HANG)
             assert entry is not None
             assert (entry.value, entry.commit_ts) == (b"value of " + y, commit_ts)
+    finally:
+        hold.release()
+        cluster.faults.remove(hold)
+
+
+class _BatchGets(Interceptor):
+    """Records (need_commit_ts, committed_locks) of every BatchGet sent."""
+
+    name = "batch-gets"
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bool, tuple[int, ...]]] = []
+
+    async def before_send(self, rpc: RPCRequest) -> None:
+        if rpc.command == "BatchGet":
+            request = rpc.request
+            self.sent.append((request.need_commit_ts, tuple(request.context.committed_locks)))
+
+
+async def test_an_adjusted_batch_get_wanting_commit_ts_leaves_committed_locks_out(
+    cluster: MockCluster, client: AsyncTransactionClient
+) -> None:
+    # The replica-read adjuster sends each region batch with its own options; a batch get
+    # wanting commit timestamps must leave the committed transactions out there too.
+    n = next(_ids)
+    x, y = (first + b"ra%03d" % n for first in (b"\x10", b"\x50"))
+    commit_ts = await committed_primary_only(client, [x, y], async_commit=False)
+    hold = cluster.faults.add("ResolveLock", hang=True)
+    try:
+        async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as reader:
+            snap = reader.snapshot(
+                await reader.current_timestamp(), TransactionOptions(replica_read="mixed")
+            )
+            snap.set_replica_read_adjuster(lambda count: (None, "mixed"))
+            recorder = _BatchGets()
+            snap.add_rpc_interceptor(recorder)
+            # A plain read reads through the lock: the transaction is known committed.
+            assert await asyncio.wait_for(snap.get(y), NO_HANG) == b"value of " + y
+            assert lock_on(cluster, y)
+            read = asyncio.ensure_future(snap.batch_get_with_commit_ts([y]))
+            assert await wait_until(lambda: recorder.sent)
+            hold.release()
+            found = await asyncio.wait_for(read, NO_HANG)
+            assert {k: tuple(v) for k, v in found.items()} == {y: (b"value of " + y, commit_ts)}
+            assert recorder.sent
+            assert all(need and not committed for need, committed in recorder.sent)
     finally:
         hold.release()
         cluster.faults.remove(hold)

@@ -504,7 +504,9 @@ class AsyncSnapshot:
         options = self._options
         while pending:
             if self._adjuster is not None and self._adjusts(options):
-                parts = await self._batch_get_adjusted(pending, build, handle, bo, options)
+                parts = await self._batch_get_adjusted(
+                    pending, build, handle, bo, options, read_through=not need
+                )
             else:
                 parts = await self._rt.sender.execute(
                     "BatchGet",
@@ -611,11 +613,14 @@ class AsyncSnapshot:
         handle: Any,
         bo: Backoffer,
         options: RequestOptions,
+        *,
+        read_through: bool,
     ) -> list[tuple[Sequence[bytes], Any]]:
         """BatchGet ``keys`` with the options the adjuster picks for each region batch.
 
         client-go calls the adjuster once per batch (one region, at most
-        ``batch_get_size`` keys) with the batch's key count.
+        ``batch_get_size`` keys) with the batch's key count. ``read_through`` as for
+        :meth:`_past` (off for reads wanting commit timestamps).
         """
         locator = self._rt.sender.locator
         limit = self._rt.config.batch_get_size
@@ -631,7 +636,7 @@ class AsyncSnapshot:
         sharder: KeysSharder[bytes] = KeysSharder(max_count=limit)
 
         async def one(batch: list[bytes]) -> list[tuple[Sequence[bytes], Any]]:
-            adjusted = self._past(self._adjusted(options, len(batch)))
+            adjusted = self._past(self._adjusted(options, len(batch)), read_through=read_through)
             result: list[tuple[Sequence[bytes], Any]] = await self._rt.sender.execute(
                 "BatchGet", sharder, batch, build, handle, bo=bo.fork(), options=adjusted
             )
