@@ -24,7 +24,7 @@ import grpc
 import pytest
 from tikv_mockstore import MockCluster
 from tikv_mockstore.mvcc import Op
-from tikv_pd.config import Config, TransactionOptions
+from tikv_pd.config import DISK_FULL_OPTS, Config, TransactionOptions
 from tikv_pd.errors import (
     KeyExistsError,
     LockWaitTimeoutError,
@@ -1039,3 +1039,21 @@ async def test_aggressive_lock_errors_record_nothing(
     await txn.cancel_aggressive_locking()
     await txn.rollback()
     await poll(lambda: not locked(cluster, key), "released")
+
+
+@pytest.mark.parametrize("opt", ["NotAllowedOnFull", "AllowedOnAlmostFull"])
+async def test_disk_full_opt_reaches_prewrite_and_commit(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes, opt: str
+) -> None:
+    """TestCommitOnTiKVDiskFullOpt, client half: the transaction's disk-full option is in
+    the Context of its prewrite and commit (TiKV decides with it whether a write may use
+    an almost-full store; the mock does not model full disks)."""
+    key = p + b"a"
+    txn = await client.begin(dataclasses.replace(TWO_PC, disk_full_opt=opt))  # type: ignore[arg-type]
+    txn.put(key, b"a1")
+    await txn.commit()
+    for method in ("KvPrewrite", "KvCommit"):
+        ctx = cluster.counters.last_context(method)
+        assert ctx is not None
+        assert ctx.disk_full_opt == DISK_FULL_OPTS[opt], method
+    assert await read(client, [key]) == {key: b"a1"}
