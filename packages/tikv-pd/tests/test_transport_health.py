@@ -152,3 +152,26 @@ async def test_a_store_with_a_high_score_and_no_news_is_asked_again(cluster: Any
     finally:
         cluster.set_slow_score(1, 1)
         await transport.close()
+
+
+async def test_the_refresher_forgets_a_store_whose_connection_was_closed(cluster: Any) -> None:
+    # A store last heard with a high score whose connections are closed (StoreNotMatch, a
+    # moved store) cannot be asked any more: the refresher stops instead of ticking for
+    # it until the transport closes; the store's next feedback starts it again.
+    address = _address(cluster)
+    transport = Transport(Config(grpc_connection_count=1))
+    transport.health_refresh_seconds = 0.15
+    try:
+        cluster.set_slow_score(1, 60)
+        await _ask(transport, address)
+        task = transport._health_task
+        assert task is not None and not task.done()
+        await transport.close_address(address)
+        await _poll(lambda: transport._health_task is None, "the refresher to stop")
+        assert task.done() and not task.cancelled()
+        assert task.exception() is None
+        await _ask(transport, address)  # reconnects; the high score is heard again
+        assert transport._health_task is not None
+    finally:
+        cluster.set_slow_score(1, 1)
+        await transport.close()

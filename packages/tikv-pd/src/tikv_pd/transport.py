@@ -1121,13 +1121,18 @@ class Transport:
             now = time.monotonic()
             for store_id, state in list(states.items()):
                 address, score, last = state
+                if address not in self._stores or not self.uses_batch_commands(address):
+                    # No connection to ask it over any more (closed after StoreNotMatch,
+                    # or the store moved), or no feedback without batching: forget it, or
+                    # this task would tick for it until close. Its next feedback brings
+                    # it back; StoreHealth decays the old score meanwhile.
+                    del states[store_id]
+                    continue
                 if score <= 1 or now - last < self.health_refresh_seconds:
                     continue
                 # A failed probe waits a whole interval too; an answer updates the state
                 # through the feedback it brings.
                 state[2] = now
-                if address not in self._stores or not self.uses_batch_commands(address):
-                    continue  # no connection any more, or no feedback without batching
                 self.stats.health_probes += 1
                 try:
                     await self.send(
