@@ -307,3 +307,37 @@ async def test_async_commit_falls_back_once_its_primary_expired(
     await committer.commit_batches(committer.batches[1:])
     snap = client.snapshot(await client.current_timestamp())
     assert await snap.batch_get([a, z]) == {a: b"va", z: b"vz"}
+
+
+async def test_point_get_at_max_ts_with_async_commit(
+    client: AsyncTransactionClient, cluster: MockCluster, keys: tuple[bytes, bytes]
+) -> None:
+    """TestPointGetWithAsyncCommit: an async-commit transaction whose commit phase never
+    ran (prewrite only). A read at the maximum ts cannot skip its locks (its commit ts
+    may lie below any ts); once they expired it resolves them from the secondaries and
+    reads the new values. Such a read must not raise TiKV's max ts to the maximum: a
+    later async-commit transaction still commits at an ordinary ts."""
+    a, z = keys
+    async with client.begin(ASYNC) as seed:
+        seed.put(a, b"a")
+        seed.put(z, b"z")
+    txn = await client.begin(ASYNC)
+    txn.put(a, b"v1")
+    txn.put(z, b"v2")
+    committer = txn._new_committer()
+    assert await committer.prepare()
+    await committer.prewrite()  # and nothing more
+    assert committer.async_commit
+    assert locked(cluster, a) and locked(cluster, z)
+    cluster.clock.advance(60_000)  # the locks expired
+    snap = client.snapshot(2**64 - 1)
+    assert await asyncio.wait_for(snap.get(a), NO_HANG) == b"v1"
+    assert await asyncio.wait_for(snap.get(z), NO_HANG) == b"v2"
+    later = await client.begin(ASYNC)
+    assert await later.get(a) == b"v1"
+    later.put(a, b"v3")
+    commit_ts = await later.commit()
+    assert later._committer is not None and later._committer.async_commit
+    assert commit_ts < 2**63
+    fresh = client.snapshot(await client.current_timestamp())
+    assert await fresh.batch_get([a, z]) == {a: b"v3", z: b"v2"}
