@@ -877,3 +877,35 @@ async def test_pessimistic_locks_whose_primary_vanished(
     await asyncio.wait_for(txn3.lock_keys([k3]), NO_HANG)
     assert lock_of(cluster, k3).lock_version == txn3.start_ts
     await txn3.rollback()
+
+
+# -- TestPessimisticLockMaxExecutionTime: the caller's deadline ------------------------------------
+
+
+async def test_lock_wait_cut_short_by_the_callers_deadline(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    """client-go bounds a lock wait by the statement's max execution time; here the
+    caller's own deadline (``asyncio.timeout``) does it. The waiting lock call ends with
+    TimeoutError, takes no lock (TiKV's parked request, woken later, gets a write
+    conflict and locks nothing), and the transaction goes on: it locks another key,
+    commits, and the contended key is free once its holder leaves."""
+    k1, k2 = p + b"k1", p + b"k2"
+    options = TransactionOptions(mode="pessimistic", async_commit=False, try_one_pc=False)
+    holder = await client.begin(options)
+    await holder.lock_keys([k1])
+    txn = await client.begin(options)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await txn.lock_keys([k1])
+    assert lock_of(cluster, k1).lock_version == holder.start_ts
+    await holder.rollback()
+    txn.put(k2, b"v2")
+    await txn.lock_pending_writes()
+    commit_ts = await txn.commit()
+    assert not is_locked(cluster, k1) and not is_locked(cluster, k2)
+    snap = client.snapshot(commit_ts)
+    assert await snap.batch_get([k1, k2]) == {k2: b"v2"}
+    other = await client.begin(dataclasses.replace(options, lock_wait_timeout_ms=LOCK_NO_WAIT))
+    await other.lock_keys([k1])  # free: nothing of txn's cancelled call stayed
+    await other.rollback()
