@@ -27,9 +27,11 @@ All keys here are the keys TiKV stores (keyspace-prefixed under API v2).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -113,6 +115,15 @@ class ResolveResult:
     committed: set[int] = field(default_factory=set)
     resolved: int = 0
     resolved_in_background: int = 0
+
+
+@dataclass(slots=True)
+class _LiteBatch:
+    """The keys of one finished transaction that one resolve_locks call settles lite."""
+
+    lock: LockInfo
+    commit_ts: int
+    keys: list[bytes]
 
 
 class _NotAsyncCommitError(Exception):
@@ -339,6 +350,7 @@ class LockResolver:
         cleaned: dict[int, set[int]] = {}
         pessimistic_cleaned: dict[int, set[int]] | None = {} if pessimistic_region_resolve else None
         opts = self._rt.base_options if options is None else options
+        lite_batches: dict[int, _LiteBatch] = {}
         for lock in locks:
             await self._resolve_one(
                 bo,
@@ -350,7 +362,13 @@ class LockResolver:
                 result,
                 opts,
                 pessimistic_cleaned,
+                lite_batches,
             )
+        # client-go resolveLocks: the lite cleanups are sent after the status pass, so
+        # the locks one transaction left on several keys cost one ResolveLock per
+        # region (with those keys) instead of one per key.
+        for batch in lite_batches.values():
+            await self._resolve_lite_batch(bo, batch, for_read, result, opts)
         if result.ms_before_expired > 0:
             _count("wait_expired")
         return result
@@ -385,6 +403,7 @@ class LockResolver:
         result: ResolveResult,
         options: RequestOptions,
         pessimistic_cleaned: dict[int, set[int]] | None = None,
+        lite_batches: dict[int, _LiteBatch] | None = None,
     ) -> None:
         force = False
         while True:
@@ -440,8 +459,24 @@ class LockResolver:
                 return
             if cleanup is LockCleanup.PESSIMISTIC_ROLLBACK:
                 await self._pessimistic_rollback(bo, lock, options, pessimistic_cleaned)
-            elif for_read and self._resolve_in_background(
-                lock, decision.commit_ts, decision.lite, options
+            elif decision.lite and lite_batches is not None:
+                batch = lite_batches.get(lock.lock_version)
+                if batch is None:
+                    lite_batches[lock.lock_version] = _LiteBatch(
+                        lock, decision.commit_ts, [lock.key]
+                    )
+                elif lock.key not in batch.keys:
+                    batch.keys.append(lock.key)
+            elif for_read and self._in_background(
+                lock.lock_version,
+                functools.partial(
+                    self._resolve_regular,
+                    lock=lock,
+                    commit_ts=decision.commit_ts,
+                    lite=decision.lite,
+                    cleaned={},
+                    options=options,
+                ),
             ):
                 # The reader goes on at once: TiKV skips the lock of a rolled-back (or
                 # later-committed) transaction through resolved_locks and reads through
@@ -454,16 +489,61 @@ class LockResolver:
             result.resolved += 1
             return
 
-    def _resolve_in_background(
-        self, lock: LockInfo, commit_ts: int, lite: bool, options: RequestOptions
-    ) -> bool:
-        """Schedule the ResolveLock of a finished transaction's lock a reader met.
+    async def _resolve_lite_batch(
+        self,
+        bo: Backoffer,
+        batch: _LiteBatch,
+        for_read: bool,
+        result: ResolveResult,
+        options: RequestOptions,
+    ) -> None:
+        """Send the lite cleanup of one transaction's locks (client-go batchLiteResolveLocks).
+
+        One key keeps the single-key request; several are grouped by the region holding
+        them now, one ``ResolveLock`` with exactly those keys per region. For a reader the
+        work runs in the background; when the pool is full it runs in place and its
+        failure is logged, not raised: the transaction's status is already known, so
+        the read can go on either way.
+        """
+
+        async def work(abo: Backoffer) -> None:
+            if len(batch.keys) == 1:
+                await self._resolve_regular(abo, batch.lock, batch.commit_ts, True, {}, options)
+            else:
+                await self._resolve_keys(
+                    abo, batch.lock.lock_version, batch.commit_ts, batch.keys, options, lite=True
+                )
+
+        if not for_read:
+            await work(bo)
+            return
+        if self._in_background(batch.lock.lock_version, work):
+            result.resolved_in_background += len(batch.keys)
+            return
+        try:
+            await work(bo)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _log.info(
+                "lite resolve of %d locks of txn %d for a read failed: %s",
+                len(batch.keys),
+                batch.lock.lock_version,
+                exc,
+            )
+
+    def _in_background(self, txn_id: int, work: Callable[[Backoffer], Awaitable[None]]) -> bool:
+        """Schedule a reader's cleanup of a finished transaction's locks.
 
         client-go ``resolveLocks`` with ``forRead``: the cleanup does not hold the read
         up; it runs in the async resolve pool with its own Backoffer
         (``asyncResolveLockMaxBackoff``) and without the caller's cancellation, its
         failure only logged. The pool admits :data:`ASYNC_RESOLVE_LOCK_LIMIT` at once;
         beyond that (or once the client is closing) the reader resolves in place.
+
+        Args:
+            txn_id: The transaction whose locks ``work`` resolves (names the task).
+            work: The cleanup, given its own Backoffer.
 
         Returns:
             Whether the cleanup was scheduled.
@@ -478,11 +558,11 @@ class LockResolver:
         async def resolve() -> None:
             try:
                 bo = self._rt.backoffer(ASYNC_RESOLVE_LOCK_MAX_BACKOFF, "resolve lock for read")
-                await self._resolve_regular(bo, lock, commit_ts, lite, {}, options)
+                await work(bo)
             finally:
                 self._background_resolves -= 1
 
-        self._rt.spawn(resolve(), f"tikv-txn-read-resolve-{lock.lock_version}")
+        self._rt.spawn(resolve(), f"tikv-txn-read-resolve-{txn_id}")
         return True
 
     async def _resolve_regular(
@@ -614,17 +694,25 @@ class LockResolver:
         commit_ts: int,
         keys: Sequence[bytes],
         options: RequestOptions,
+        *,
+        lite: bool = False,
     ) -> None:
-        """ResolveLock on exactly ``keys``, one request per region (lite, per region)."""
+        """ResolveLock on exactly ``keys``, one request per region (lite, per region).
+
+        ``lite``: counted as lite resolves (client-go ``LockResolverCountWithResolveLockLite``
+        per region request).
+        """
         if not keys:
             return
 
         def build(region: Region, ks: Sequence[bytes]) -> kvrpcpb_pb2.ResolveLockRequest:
+            self.stats["resolve_lock"] += 1
+            if lite:
+                _count("query_resolve_lock_lite")
             return kvrpcpb_pb2.ResolveLockRequest(
                 start_version=start_ts, commit_version=commit_ts, keys=list(ks)
             )
 
-        self.stats["resolve_lock"] += 1
         responses: list[Any] = await self._rt.sender.execute(
             "ResolveLock",
             _BY_KEYS,
