@@ -24,6 +24,7 @@ from tikv_pd.errors import LockInfo, TiKVError
 from tikv_pd.interceptor import RPCInvoker, RPCRequest, rpc_interceptor
 from tikv_proto import kvrpcpb_pb2
 from tikv_txn import AsyncTransactionClient
+from tikv_txn.committer import commit_primary_keys
 from tikv_txn.lock_resolver import ASYNC_RESOLVE_LOCK_LIMIT
 
 LITE_THRESHOLD = 8
@@ -219,3 +220,56 @@ async def test_a_readers_inline_lite_cleanup_failure_does_not_fail_the_read(
     snap = resolver_client.snapshot(await resolver_client.current_timestamp())
     assert await snap.batch_get(keys) == {keys[0]: b"secondary 0", keys[1]: b"secondary 1"}
     assert locked_keys(cluster, p) == []
+
+
+@pytest.mark.parametrize("commit_primary", [True, False], ids=["primary_commit", "rollback"])
+async def test_a_large_transactions_locks_met_by_a_read_are_resolved_region_wide(
+    cluster: MockCluster,
+    client: AsyncTransactionClient,
+    resolver_client: AsyncTransactionClient,
+    p: bytes,
+    commit_primary: bool,
+) -> None:
+    # client-go TestResolveLockWithTiKVSideAsync (classic TiKV: is_async stays off): a
+    # transaction of 20 keys, more than the lite threshold, in one region; its primary is
+    # committed or rolled back. A batch get meeting the other 19 locks gets the right
+    # values, and they are resolved region-wide (no keys), never lite.
+    keys = [K(b"\x90", p, f"large_{i:03d}") for i in range(20)]
+    txn = await client.begin(TWO_PC)
+    for i, key in enumerate(keys):
+        txn.put(key, b"value %d" % i)
+    committer = txn._new_committer()
+    assert await committer.prepare()
+    await committer.prewrite()
+    if commit_primary:
+        await committer.get_commit_ts()
+        # Commit the primary key alone (its batch holds every key of the region here).
+        await commit_primary_keys(
+            client.runtime,
+            [committer.primary],
+            start_ts=committer.start_ts,
+            commit_ts=lambda: committer.commit_ts,
+            newer_commit_ts=committer.get_commit_ts,
+            options=client.runtime.base_options,
+            operation="commit primary only",
+        )
+    else:
+        cluster.clock.advance(60_000)  # the locks' TTL runs out: readers roll back
+    assert len(locked_keys(cluster, p)) == (19 if commit_primary else 20)
+    log = ResolveLog()
+    resolver_client.add_rpc_interceptor(log.interceptor())
+    stats = resolver_client.runtime.resolver.stats
+    snap = resolver_client.snapshot(await resolver_client.current_timestamp())
+    got = await asyncio.wait_for(snap.batch_get(keys), NO_HANG)
+    if commit_primary:
+        assert got == {key: b"value %d" % i for i, key in enumerate(keys)}
+    else:
+        assert got == {}
+    assert await resolver_client.runtime.wait_background(NO_HANG)
+    assert locked_keys(cluster, p) == []
+    assert log.sent
+    commit_ts = committer.commit_ts if commit_primary else 0
+    for _, request in log.sent:
+        assert list(request.keys) == []
+        assert request.commit_version == commit_ts
+    assert stats["resolve_lock"] == len(log.sent)
