@@ -12,7 +12,8 @@ lookups (``regions``, ``region``, ``region_by_key``, ``stores``, ``current_ts``,
 the clock (``clock.now_ms / advance / set / freeze / unfreeze``), fault injection
 (``faults.add`` returns a handle with ``release`` / ``remove`` / ``hits``; ``faults.clear``)
 and the counters (``counters.count / snapshot / reset / last_context / log_messages /
-messages``), the health feedback's slow score (``set_slow_score``). The engines
+messages``), the health feedback's slow score (``set_slow_score``), a store's disk usage
+(``set_disk_usage``). The engines
 (``engine``, ``raw``) are only reachable in-process.
 """
 
@@ -287,6 +288,20 @@ class MockCluster:
         if not 1 <= score <= 100:
             raise ValueError(f"score must be in [1, 100], got {score}")
         self._call("set_slow_score", store_id, score)
+
+    def set_disk_usage(self, store_id: int, usage: str) -> None:
+        """Set a store's disk usage: ``"normal"``, ``"almost_full"`` or ``"already_full"``.
+
+        As TiKV's raftstore, a store leading a region then refuses writes (transactional
+        and raw) with a ``DiskFull`` region error naming it: an almost-full one unless the
+        request's ``Context.disk_full_opt`` allows writing on an almost-full disk, an
+        already-full one always. Reads are served.
+        """
+        if usage not in ("normal", "almost_full", "already_full"):
+            raise ValueError(
+                f"usage must be 'normal', 'almost_full' or 'already_full', got {usage!r}"
+            )
+        self._call("set_disk_usage", store_id, usage)
 
     def add_peer(self, region_id: int, store_id: int, *, learner: bool = False) -> Region:
         """Add a peer of ``region_id`` on ``store_id`` (a learner with ``learner=True``)."""
@@ -689,6 +704,10 @@ def _run_op(local: _LocalCluster, op: str, args: tuple[Any, ...], kwargs: dict[s
     if op == "set_slow_score":
         store_id, score = args
         local._server(store_id).scope.slow_score = score
+        return None
+    if op == "set_disk_usage":
+        store_id, usage = args
+        local._server(store_id).scope.disk_usage = usage
         return None
     if op == "add_peer":
         return c.add_peer(*args, **kwargs)

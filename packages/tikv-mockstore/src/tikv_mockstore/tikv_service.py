@@ -141,6 +141,9 @@ class StoreScope:
         # The raftstore slow score TiKV reports in its health feedback: 1 (healthy) to 100;
         # set by MockCluster.set_slow_score.
         self.slow_score = 1
+        # The store's disk usage as raftstore sees it: "normal", "almost_full" or
+        # "already_full"; set by MockCluster.set_disk_usage.
+        self.disk_usage = "normal"
         # Serialized Context -> the region it was routed to while this store led it. A hit
         # is valid while that exact region object is current: regions are immutable and
         # every change (split, merge, leader or peer change) replaces the object.
@@ -259,6 +262,10 @@ class StoreScope:
         region, err = self._route(ctx)
         if region is None:
             return err
+        if self.disk_usage != "normal" and _CURRENT_COMMAND.get() in WRITE_COMMANDS:
+            full = self._check_disk_full(ctx)
+            if full is not None:
+                return full
         # Transactional keys are compared in the user-key space against the region's decoded
         # bounds (the same order as encoded keys against encoded bounds, without encoding
         # every key); the error reports the encoded key, as TiKV does.
@@ -281,9 +288,38 @@ class StoreScope:
                 return _key_not_in_region(encode_bytes(start) if txn else start, region)
         return None
 
+    def _check_disk_full(self, ctx: kvrpcpb_pb2.Context) -> errorpb_pb2.Error | None:
+        """TiKV raftstore's ``check_normal_proposal_with_disk_full_opt`` for this leader.
+
+        An almost-full leader proposes only writes whose ``Context.disk_full_opt`` allows
+        it; an already-full one proposes none. The answer is a ``DiskFull`` region error
+        naming the store. (TiKV also refuses when a majority of the followers is full;
+        the mock models the leader's own disk only.)
+        """
+        opt = ctx.disk_full_opt
+        if self.disk_usage == "almost_full" and opt != kvrpcpb_pb2.NotAllowedOnFull:
+            return None
+        names = {0: "NotAllowedOnFull", 1: "AllowedOnAlmostFull", 2: "AllowedOnAlreadyFull"}
+        return errorpb_pb2.Error(
+            message=(
+                f"propose failed: tikv disk full, cmd diskFullOpt={names.get(opt, opt)}, "
+                f"leader diskUsage={self.disk_usage}"
+            ),
+            disk_full=errorpb_pb2.DiskFull(
+                store_id=[self._store_id], reason=f"disk {self.disk_usage.replace('_', ' ')}"
+            ),
+        )
+
     def check_region(self, ctx: kvrpcpb_pb2.Context) -> errorpb_pb2.Error | None:
         """The store, region, leader and epoch checks without any key check."""
-        return self._route(ctx)[1]
+        region, err = self._route(ctx)
+        if (
+            region is not None
+            and self.disk_usage != "normal"
+            and _CURRENT_COMMAND.get() in WRITE_COMMANDS
+        ):
+            return self._check_disk_full(ctx)
+        return err
 
     def _route(self, ctx: kvrpcpb_pb2.Context) -> tuple[Region | None, errorpb_pb2.Error | None]:
         """``(region, None)`` when the request's routing checks pass, else ``(None, error)``.
@@ -823,6 +859,32 @@ READ_COMMANDS = frozenset(
         "RawBatchScan",
         "RawGetKeyTTL",
         "RawChecksum",
+    }
+)
+
+#: Commands TiKV carries out as Raft proposals: refused by a leader whose disk is (almost)
+#: full unless ``Context.disk_full_opt`` allows it (raftstore
+#: ``check_normal_proposal_with_disk_full_opt``).
+WRITE_COMMANDS = frozenset(
+    {
+        "Prewrite",
+        "Commit",
+        "Cleanup",
+        "BatchRollback",
+        "PessimisticLock",
+        "PessimisticRollback",
+        "TxnHeartBeat",
+        "CheckTxnStatus",
+        "CheckSecondaryLocks",
+        "ResolveLock",
+        "Flush",
+        "DeleteRange",
+        "RawPut",
+        "RawBatchPut",
+        "RawDelete",
+        "RawBatchDelete",
+        "RawDeleteRange",
+        "RawCompareAndSwap",
     }
 )
 
