@@ -1057,3 +1057,50 @@ async def test_disk_full_opt_reaches_prewrite_and_commit(
         assert ctx is not None
         assert ctx.disk_full_opt == DISK_FULL_OPTS[opt], method
     assert await read(client, [key]) == {key: b"a1"}
+
+
+async def test_an_almost_full_store_takes_only_writes_that_allow_it(
+    client: AsyncTransactionClient, cluster: MockCluster, p: bytes
+) -> None:
+    """TestCommitOnTiKVDiskFullOpt, server half: a leader whose disk is almost full refuses
+    writes with a DiskFull region error unless the request allows an almost-full disk;
+    the client retries them (tikvDiskFull backoff) until its budget runs out. An
+    already-full store refuses every write. Reads are served throughout."""
+    allowed = dataclasses.replace(TWO_PC, disk_full_opt="AllowedOnAlmostFull")
+    key, other = p + b"full-a", p + b"full-c"
+    region = cluster.region_by_key(key, txn=True)
+    assert region is not None and region.leader is not None
+    budgets = client.runtime.budgets
+    saved = (budgets.prewrite, budgets.cleanup)
+    cluster.set_disk_usage(region.leader.store_id, "almost_full")
+    try:
+        txn = await client.begin(allowed)
+        txn.put(key, b"a1")
+        await asyncio.wait_for(txn.commit(), NO_HANG)
+        assert await read(client, [key]) == {key: b"a1"}
+
+        # Short budgets instead of client-go's 3 s context (the failed commit's cleanup is
+        # refused by the full store too).
+        budgets.prewrite = budgets.cleanup = 600
+        txn = await client.begin(TWO_PC)
+        txn.put(other, b"c1")
+        with pytest.raises(TiKVError) as info:
+            await asyncio.wait_for(txn.commit(), NO_HANG)
+        assert "disk full" in str(info.value)
+        assert await read(client, [other]) == {}
+        assert not locked(cluster, other)
+
+        cluster.set_disk_usage(region.leader.store_id, "already_full")
+        txn = await client.begin(allowed)
+        txn.put(other, b"c2")
+        with pytest.raises(TiKVError) as info:
+            await asyncio.wait_for(txn.commit(), NO_HANG)
+        assert "disk full" in str(info.value)
+        assert await read(client, [key, other]) == {key: b"a1"}
+    finally:
+        budgets.prewrite, budgets.cleanup = saved
+        cluster.set_disk_usage(region.leader.store_id, "normal")
+    txn = await client.begin(TWO_PC)
+    txn.put(other, b"c3")
+    await asyncio.wait_for(txn.commit(), NO_HANG)
+    assert await read(client, [key, other]) == {key: b"a1", other: b"c3"}
