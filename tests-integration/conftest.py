@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from tikv_mockstore import MockCluster
 from tikv_raw import AsyncRawClient, RawClient
-from tikv_txn import TransactionClient
+from tikv_txn import AsyncTransactionClient, TransactionClient
 
 _SUITE = str(Path(__file__).resolve().parent)
 if _SUITE not in sys.path:  # import-mode=importlib: make ``_support`` importable
@@ -42,6 +42,23 @@ def embedded() -> Iterator[MockCluster | None]:
     with MockCluster(stores=3, regions=8) as cluster:
         spread_leaders(cluster)
         yield cluster
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[MockCluster]:
+    """A private embedded cluster per module: 3 stores, 4 regions split at first bytes
+    0x40 / 0x80 / 0xC0, every leader on store 1 — for modules that inject faults, move the
+    clock or read the engine, and route keys by first byte (a module or directory needing
+    another shape defines its own ``cluster``, which wins)."""
+    with MockCluster(stores=3, regions=4) as mock:
+        yield mock
+
+
+@pytest.fixture
+async def client(cluster: MockCluster) -> AsyncIterator[AsyncTransactionClient]:
+    """An asyncio transactional client of the module's private ``cluster``."""
+    async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as c:
+        yield c
 
 
 @pytest.fixture(scope="session")

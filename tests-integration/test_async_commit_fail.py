@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -30,18 +30,6 @@ MAX_TS = (1 << 63) - 1
 NO_HANG = 60.0
 ASYNC = TransactionOptions(async_commit=True, try_one_pc=False)
 TWO_PC = TransactionOptions(async_commit=False, try_one_pc=False)
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[MockCluster]:
-    with MockCluster(stores=3, regions=4) as mock:
-        yield mock
-
-
-@pytest.fixture
-async def client(cluster: MockCluster) -> AsyncIterator[AsyncTransactionClient]:
-    async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as c:
-        yield c
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ import asyncio
 import dataclasses
 import itertools
 import time
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from tikv_mockstore import MockCluster
@@ -33,18 +32,6 @@ from tikv_txn.policy import Action, txn_lock_ttl
 _ids = itertools.count()
 MAX_U64 = 2**64 - 1
 NO_HANG = 60.0
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[MockCluster]:
-    with MockCluster(stores=3, regions=4) as mock:
-        yield mock
-
-
-@pytest.fixture
-async def client(cluster: MockCluster) -> AsyncIterator[AsyncTransactionClient]:
-    async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as c:
-        yield c
 
 
 @pytest.fixture
