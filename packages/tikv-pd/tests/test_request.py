@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sys
 from collections.abc import Sequence
@@ -12,7 +13,7 @@ import grpc
 import pytest
 from tikv_pd import backoff
 from tikv_pd.backoff import Backoffer
-from tikv_pd.errors import RegionError, TimeoutError, UndeterminedError
+from tikv_pd.errors import RegionError, TimeoutError, TokenLimitError, UndeterminedError
 from tikv_pd.interceptor import Interceptor, RPCInvoker, RPCRequest
 from tikv_pd.region_cache import InvalidReason, Peer, PeerRole, Region, RegionEpoch
 from tikv_pd.request import (
@@ -416,6 +417,50 @@ async def test_retry_then_raise_reports_undetermined_only_if_it_finally_fails() 
     with pytest.raises(UndeterminedError) as info:
         await sender.call_key("RawPut", b"k", put, ambiguity=Ambiguity.RETRY_THEN_RAISE, bo=bo)
     assert isinstance(info.value.cause, TimeoutError)
+
+
+async def test_a_token_refusal_after_a_lost_write_is_undetermined() -> None:
+    # Config.store_limit refuses a resend while the store is full; if an earlier attempt
+    # of the write was lost after sending, its outcome is still unknown: the caller must
+    # get UndeterminedError, not a plain TokenLimitError it could take for a failure.
+    # One peer, so the resend goes to the same store as the read holding its token.
+    only = Peer(11, 1)
+    _, _, transport, sender = _setup([Region(1, b"", b"", RegionEpoch(1, 1), (only,), only)])
+    sender.store_limit = 1
+    lost = TransportError(STORES[1], ConnectionError("reset"), sent=True)
+    transport.faults["RawPut"] = [lost]
+    put = kvrpcpb_pb2.RawPutRequest(key=b"k", value=b"v")
+    holders: list[asyncio.Future[Any]] = []
+
+    async def sleep(seconds: float) -> None:
+        # During the backoff after the lost attempt, a read takes the store's one token.
+        transport.region_delay[1] = 3600.0
+        holders.append(asyncio.ensure_future(sender.call_key("RawGet", b"k", _get_req(b"k"))))
+        for _ in range(10_000):  # a few loop turns: the fake sends without I/O
+            if transport.inflight:
+                break
+            await asyncio.sleep(0)
+        assert transport.inflight == 1
+
+    bo = Backoffer(20_000, operation="test", sleep=sleep, rng=random.Random(1))
+    try:
+        with pytest.raises(UndeterminedError) as info:
+            await sender.call_key("RawPut", b"k", put, ambiguity=Ambiguity.RETRY_THEN_RAISE, bo=bo)
+        assert isinstance(info.value.cause, TokenLimitError)
+        assert [s.command for s in transport.sent] == ["RawPut", "RawGet"]
+        # Without a lost attempt the refusal stays a TokenLimitError.
+        with pytest.raises(TokenLimitError):
+            await sender.call_key(
+                "RawPut", b"k", put, ambiguity=Ambiguity.RETRY_THEN_RAISE, bo=_bo()[0]
+            )
+    finally:
+        for holder in holders:
+            holder.cancel()
+        await asyncio.gather(*holders, return_exceptions=True)
+
+
+def _get_req(key: bytes) -> kvrpcpb_pb2.RawGetRequest:
+    return kvrpcpb_pb2.RawGetRequest(key=key)
 
 
 async def test_fatal_region_error_is_raised() -> None:

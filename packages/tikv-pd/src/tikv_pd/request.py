@@ -1609,8 +1609,12 @@ class RequestSender:
             limited = self.store_limit > 0
             if limited:
                 # client-go getStoreToken: refused before sending when the target store
-                # already has store_limit requests of this client in flight.
-                self._take_token(peer.store_id)
+                # already has store_limit requests of this client in flight. Nothing is
+                # sent, but an earlier lost attempt keeps the outcome unknown.
+                try:
+                    self._take_token(peer.store_id)
+                except TokenLimitError as exc:
+                    raise _final(call, exc, ambiguous) from None
             try:
                 try:
                     invoke = call.invoke
