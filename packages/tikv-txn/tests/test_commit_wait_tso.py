@@ -249,8 +249,18 @@ def test_blocking_facade(cluster: MockCluster) -> None:
         assert txn.commit_wait_until_tso == txn.start_ts
         assert txn.commit_wait_until_tso_timeout == 2.0
         assert txn.commit() > txn.start_ts
+        assert txn.commit_ts_lag is None  # the first commit ts was above it
         snap = client.snapshot(client.current_timestamp())
         assert snap.get(key) == b"v"
+        # A target 50 ms ahead of PD: the commit waits, and the facade reports how.
+        lagging = client.begin()
+        lagging.put(key, b"w")
+        target = client.current_timestamp() + (50 << 18)
+        lagging.set_commit_wait_until_tso(target)
+        assert lagging.commit() > target
+        lag = lagging.commit_ts_lag
+        assert lag is not None
+        assert (lag.wait_until_ts, lag.commit_ts) == (target, lagging.commit_ts)
 
 
 @pytest.fixture

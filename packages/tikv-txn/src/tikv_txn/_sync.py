@@ -22,6 +22,7 @@ from tikv_pd.pd_client import ServiceSafePoint
 from tikv_pd.sync import LoopThread
 
 from tikv_txn.client import AsyncTransactionClient, resolve_options
+from tikv_txn.committer import CommitTsLag
 from tikv_txn.gc import GC_CONCURRENCY
 from tikv_txn.pipelined import AsyncPipelinedTransaction
 from tikv_txn.runtime_stats import SnapshotRuntimeStats
@@ -211,6 +212,11 @@ class Transaction(_Reader):
     def set_commit_wait_until_tso_timeout(self, seconds: float) -> None:
         """Set how long commit may wait for PD's TSO (0: fail at once when it lags)."""
         self._txn.set_commit_wait_until_tso_timeout(seconds)
+
+    @property
+    def commit_ts_lag(self) -> CommitTsLag | None:
+        """How commit waited for PD's TSO to pass :attr:`commit_wait_until_tso`, if it did."""
+        return self._txn.commit_ts_lag
 
     def _lock_written(self) -> None:
         if self._txn.options.is_pessimistic:
