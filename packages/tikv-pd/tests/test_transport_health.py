@@ -175,3 +175,32 @@ async def test_the_refresher_forgets_a_store_whose_connection_was_closed(cluster
     finally:
         cluster.set_slow_score(1, 1)
         await transport.close()
+
+
+async def test_a_failing_refresher_is_logged(
+    cluster: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The refresher is a background task: a bug in it must be reported, not lost.
+    address = _address(cluster)
+    transport = Transport(Config(grpc_connection_count=1))
+    transport.health_refresh_seconds = "soon"  # type: ignore[assignment]
+    try:
+        cluster.set_slow_score(1, 60)
+        with caplog.at_level(logging.ERROR, logger="tikv.transport"):
+            await _ask(transport, address)
+            task = transport._health_task
+            assert task is not None
+            await asyncio.wait([task], timeout=10)
+            assert task.done()
+            await asyncio.sleep(0)  # the done callbacks run
+        assert any(
+            "health feedback refresher stopped" in r.getMessage() and r.exc_info
+            for r in caplog.records
+        )
+        # close() still closes the connections (it used to re-raise the task's error
+        # before reaching them).
+        await transport.close()
+        assert transport.closed and transport.addresses() == []
+    finally:
+        cluster.set_slow_score(1, 1)
+        await transport.close()

@@ -1019,6 +1019,12 @@ class _Store:
 # ---------------------------------------------------------------------------------------
 
 
+def _log_health_task_error(task: asyncio.Task[None]) -> None:
+    """Surface a failure of the health refresher (it catches its probes' errors itself)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        _log.error("health feedback refresher stopped", exc_info=exc)
+
+
 class Transport:
     """Sends kvproto requests to TiKV stores, batched over BatchCommands by default.
 
@@ -1107,6 +1113,7 @@ class Transport:
                 self._health_task = asyncio.get_running_loop().create_task(
                     self._refresh_health(), name="tikv-health-feedback"
                 )
+                self._health_task.add_done_callback(_log_health_task_error)
 
     async def _refresh_health(self) -> None:
         """Ask stores with a high, stale slow score for fresh feedback, until none is left."""
@@ -1262,8 +1269,9 @@ class Transport:
         task, self._health_task = self._health_task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Its failure, if it failed, was logged by its done callback; close goes on
+            # to close the stores either way.
+            await asyncio.wait([task])
         stores = [*self._forwarding.values(), *self._stores.values()]
         self._forwarding.clear()
         self._stores.clear()
