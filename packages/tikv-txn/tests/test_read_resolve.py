@@ -132,6 +132,34 @@ async def test_a_read_wanting_commit_ts_waits_for_the_cleanup(
         cluster.faults.remove(hold)
 
 
+async def test_a_retrying_reader_joins_the_running_cleanup(
+    cluster: MockCluster, client: AsyncTransactionClient
+) -> None:
+    # A read wanting commit timestamps meets the same lock on every retry while the
+    # cleanup runs: it must not start one more cleanup (one more ResolveLock) each time.
+    n = next(_ids)
+    x, y = (first + b"rj%03d" % n for first in (b"\x10", b"\x50"))
+    commit_ts = await committed_primary_only(client, [x, y], async_commit=False)
+    hold = cluster.faults.add("ResolveLock", hang=True)
+    try:
+        async with await AsyncTransactionClient.connect(cluster.pd_endpoints) as reader:
+            snap = reader.snapshot(await reader.current_timestamp())
+            gets = cluster.counters.count("KvGet")
+            read = asyncio.ensure_future(snap.get_with_commit_ts(y))
+            # The read keeps meeting the lock (it backs off between attempts).
+            assert await wait_until(lambda: cluster.counters.count("KvGet") >= gets + 4)
+            assert not read.done()
+            assert reader.runtime.resolver.stats["resolve_in_background"] == 1
+            hold.release()
+            entry = await asyncio.wait_for(read, NO_HANG)
+            assert entry is not None and entry.commit_ts == commit_ts
+            assert await reader.runtime.wait_background(NO_HANG)
+            assert reader.runtime.background_errors == []
+    finally:
+        hold.release()
+        cluster.faults.remove(hold)
+
+
 class _BatchGets(Interceptor):
     """Records (need_commit_ts, committed_locks) of every BatchGet sent."""
 

@@ -152,6 +152,10 @@ class LockResolver:
             "resolve_in_background": 0,
         }
         self._background_resolves = 0
+        # What the background cleanups running now resolve: (txn, keys). A reader that
+        # meets the same lock again before its cleanup finished (a read wanting commit
+        # timestamps cannot read through it, so it retries) joins the running cleanup.
+        self._background_work: set[tuple[int, tuple[bytes, ...]]] = set()
 
     # -- cache -------------------------------------------------------------------------
 
@@ -469,6 +473,7 @@ class LockResolver:
                     batch.keys.append(lock.key)
             elif for_read and self._in_background(
                 lock.lock_version,
+                (lock.key,),
                 functools.partial(
                     self._resolve_regular,
                     lock=lock,
@@ -517,7 +522,7 @@ class LockResolver:
         if not for_read:
             await work(bo)
             return
-        if self._in_background(batch.lock.lock_version, work):
+        if self._in_background(batch.lock.lock_version, tuple(sorted(batch.keys)), work):
             result.resolved_in_background += len(batch.keys)
             return
         try:
@@ -532,7 +537,9 @@ class LockResolver:
                 exc,
             )
 
-    def _in_background(self, txn_id: int, work: Callable[[Backoffer], Awaitable[None]]) -> bool:
+    def _in_background(
+        self, txn_id: int, keys: tuple[bytes, ...], work: Callable[[Backoffer], Awaitable[None]]
+    ) -> bool:
         """Schedule a reader's cleanup of a finished transaction's locks.
 
         client-go ``resolveLocks`` with ``forRead``: the cleanup does not hold the read
@@ -541,18 +548,26 @@ class LockResolver:
         failure only logged. The pool admits :data:`ASYNC_RESOLVE_LOCK_LIMIT` at once;
         beyond that (or once the client is closing) the reader resolves in place.
 
+        The same cleanup (transaction and keys) already running is not started again:
+        the caller counts on it as scheduled.
+
         Args:
             txn_id: The transaction whose locks ``work`` resolves (names the task).
+            keys: The lock keys ``work`` starts from (with ``txn_id``, what it does).
             work: The cleanup, given its own Backoffer.
 
         Returns:
-            Whether the cleanup was scheduled.
+            Whether the cleanup was scheduled (or is already running).
 
         """
+        what = (txn_id, keys)
+        if what in self._background_work:
+            return True
         if self._background_resolves >= ASYNC_RESOLVE_LOCK_LIMIT or self._rt.closed:
             _count("read_async_resolve_fallback")
             return False
         self._background_resolves += 1
+        self._background_work.add(what)
         self.stats["resolve_in_background"] += 1
 
         async def resolve() -> None:
@@ -561,6 +576,7 @@ class LockResolver:
                 await work(bo)
             finally:
                 self._background_resolves -= 1
+                self._background_work.discard(what)
 
         self._rt.spawn(resolve(), f"tikv-txn-read-resolve-{txn_id}")
         return True
