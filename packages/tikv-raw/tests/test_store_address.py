@@ -103,12 +103,17 @@ async def test_leader_store_moves_to_a_new_port(
     # A store restarts on a new address and nobody serves the old one: the send fails to
     # connect, and the client finds the new address through PD.
     old = cluster.store_addresses[1]
+    transport = client._shared.router.transport  # type: ignore[attr-defined]
+    assert old in transport.addresses()
     new = cluster.move_store(1)
     assert new != old
     assert await client.get(KEY) == VALUE
     assert await _locator(client).store_address(1) == new
     await client.put(KEY, b"moved")
     assert await client.get(KEY) == b"moved"
+    # The connection to the old address is closed (it would keep dialling a dead port).
+    assert old not in transport.addresses()
+    assert new in transport.addresses()
 
 
 # client-go runs most of its raw suite after the same replacement (store 2 takes store 1's

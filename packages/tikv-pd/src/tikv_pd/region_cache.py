@@ -432,6 +432,9 @@ class RegionCache:
         self._latest: dict[int, RegionEpoch] = {}
         self._invalid_reasons: dict[int, InvalidReason] = {}
         self._stores: dict[int, _StoreEntry] = {}
+        #: Called with ``(store_id, old_address)`` when re-asking PD finds that a store
+        #: moved: the request layer closes its connection to the old address.
+        self.store_moved_listeners: list[Callable[[int, str], None]] = []
         self._inflight: dict[tuple[str, object], asyncio.Future[Any]] = {}
         self._sweep_cursor = b""
 
@@ -1177,6 +1180,10 @@ class RegionCache:
                 raise PDError(f"asked PD for store {store_id}, got store {loaded.id}")
             if self.put_store(loaded):
                 logger.info("store %d moved from %s to %s", store_id, old_address, loaded.address)
+                # Another store may serve there now (addresses swapped): keep it then.
+                if not any(e.store.address == old_address for e in self._stores.values()):
+                    for listener in self.store_moved_listeners:
+                        listener(store_id, old_address)
             return loaded
 
         try:

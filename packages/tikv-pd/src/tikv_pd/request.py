@@ -1207,6 +1207,19 @@ class RequestSender:
         self._store_labels: Callable[[int], tuple[tuple[str, str], ...] | None] | None = (
             functools.partial(_store_labels, cache) if isinstance(cache, RegionCache) else None
         )
+        # Old addresses of stores PD reports moved: their connections are closed by the
+        # next request (client-go closes the old address when it re-resolves a store),
+        # else the channel would keep dialling a dead address until the client closes.
+        self._moved_addresses: set[str] = set()
+        if isinstance(cache, RegionCache):
+            cache.store_moved_listeners.append(
+                lambda _store_id, old: self._moved_addresses.add(old)
+            )
+
+    async def _close_moved_addresses(self) -> None:
+        """Close the transport's connections to addresses stores moved away from."""
+        while self._moved_addresses:
+            await self.transport.close_address(self._moved_addresses.pop())
 
     async def _load_stores(self, region: Region) -> None:
         """Make sure the stores of ``region``'s peers are cached (their labels matter)."""
@@ -1555,6 +1568,8 @@ class RequestSender:
                 proxy, peer = peer, region.leader
             try:
                 address = await locator.store_address(peer.store_id)
+                if self._moved_addresses:
+                    await self._close_moved_addresses()
                 forwarded_host = ""
                 if proxy is not None:
                     forwarded_host = address
