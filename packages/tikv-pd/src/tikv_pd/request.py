@@ -43,6 +43,7 @@ import enum
 import functools
 import logging
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -525,14 +526,18 @@ class _BlockTarget(Generic[_Target]):
     costs one int check when nobody collects.
     """
 
-    __slots__ = ("_kind", "_var", "open")
+    __slots__ = ("_kind", "_open_lock", "_var", "open")
 
     def __init__(self, name: str, kind: type[_Target]) -> None:
         self._var: contextvars.ContextVar[_Target | None] = contextvars.ContextVar(
             name, default=None
         )
         self._kind = kind
+        # Blocks open in any thread (the sync facades' callers open them in their own
+        # threads): a cheap "is anyone collecting" test for the hot path. Updated under a
+        # lock, since ``+=`` on an attribute is not atomic across threads.
         self.open = 0
+        self._open_lock = threading.Lock()
 
     def current(self) -> _Target | None:
         """The innermost block's target in this context, or ``None``."""
@@ -556,11 +561,13 @@ class _BlockTarget(Generic[_Target]):
     @contextlib.contextmanager
     def _block(self, target: _Target) -> Iterator[_Target]:
         token = self._var.set(target)
-        self.open += 1
+        with self._open_lock:
+            self.open += 1
         try:
             yield target
         finally:
-            self.open -= 1
+            with self._open_lock:
+                self.open -= 1
             self._var.reset(token)
 
 
