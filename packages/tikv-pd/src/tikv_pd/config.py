@@ -291,7 +291,8 @@ class Config:
         enable_forwarding: Forward requests through a follower when the leader's store
             is unreachable (``config/config.go``: false).
         zone_label: The client's "zone" label, for locality decisions (``config/config.go``).
-        validate_read_ts: Check every read's timestamp against PD's before sending:
+        validate_read_ts: Check every transactional read's timestamp against PD's
+            before sending (raw reads carry none, so the raw client has nothing to check):
             a future ts raises :class:`tikv_pd.errors.FutureTSReadError`, a stale read at
             the latest ts :class:`tikv_pd.errors.LatestStaleReadError`
             (``oracle/oracles/pd.go`` EnableTSValidation: off).
