@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -344,3 +345,21 @@ def test_harness_arguments() -> None:
         parse_args(["--clients", "etcd"])
     with pytest.raises(SystemExit):
         parse_args(["--concurrency", "1,x"])
+
+
+def test_transactional_keys_live_in_the_clients_namespace() -> None:
+    from tikv_cli.bench import measure
+
+    plain = measure.txn_key(7), measure.hot_key(3)
+    try:
+        measure.set_namespace("tikv-client")
+        assert measure.txn_key(7) == b"tikv-client/" + plain[0]
+        assert measure.hot_key(3) == b"tikv-client/" + plain[1]
+        assert measure.txn_write_key(random.Random(1)).startswith(b"tikv-client/txn/w/")
+        with pytest.raises(ValueError, match="client name"):
+            measure.set_namespace("a/b")
+    finally:
+        measure.set_namespace("")
+    assert (measure.txn_key(7), measure.hot_key(3)) == plain
+    # Raw keys are shared: raw workloads leave no locks.
+    assert measure.raw_key(1) == b"user00000001"

@@ -211,7 +211,7 @@ def run_plan(
     capacity: list[dict[str, Any]] = []
     with ServerProcess(stores=3, regions=plan.regions, pin_cpu=1 if pin else None) as server:
         log(f"cluster: PD {server.endpoints[0]}, server pid {server.pid}")
-        loaded: set[str] = set()
+        loaded: set[tuple[str, str]] = set()
         for n, (workload, level, client) in enumerate(cells, 1):
             head = f"[{n}/{len(cells)}] {workload:<14} c={level:<4} {client:<12}"
             if client in setup_errors:
@@ -224,7 +224,11 @@ def run_plan(
                     }
                 )
                 continue
-            data = WORKLOADS[workload].data_set
+            # Transactional data is per client (its own namespace): locks a client's failed
+            # transactions leave behind must not stall the next client's window.
+            spec = WORKLOADS[workload]
+            namespace = client if spec.kind == "txn" else ""
+            data = (spec.data_set, namespace)
             preload = data not in loaded
             argv = _cell_command(
                 client,
@@ -236,6 +240,8 @@ def run_plan(
                 preload=preload,
                 pythons=pythons,
             )
+            if namespace:
+                argv += ["--namespace", namespace]
             t0 = time.perf_counter()
             try:
                 done = subprocess.run(

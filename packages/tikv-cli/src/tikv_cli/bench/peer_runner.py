@@ -255,7 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pd", required=True)
     parser.add_argument("--server-pid", type=int, default=None)
     parser.add_argument("--preload", action="store_true")
+    parser.add_argument("--namespace", default="", help="key prefix of the transactional data")
     args = parser.parse_args(argv)
+    if args.namespace:
+        m.set_namespace(args.namespace)
     try:
         result = asyncio.run(_run(args))
     except Exception as exc:

@@ -15,7 +15,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from tikv_cli.bench.measure import WORKLOADS, Progress, run_async, run_threads
+from tikv_cli.bench.measure import WORKLOADS, Progress, run_async, run_threads, set_namespace
 from tikv_cli.bench.ours import prepare_async, prepare_sync
 
 __all__ = ["OUR_CLIENTS", "main", "run_cell"]
@@ -137,7 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pd", required=True)
     parser.add_argument("--server-pid", type=int, default=None)
     parser.add_argument("--preload", action="store_true")
+    parser.add_argument("--namespace", default="", help="key prefix of the transactional data")
     args = parser.parse_args(argv)
+    if args.namespace:
+        set_namespace(args.namespace)
     try:
         result = run_cell(
             args.client,
