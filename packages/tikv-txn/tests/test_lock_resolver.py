@@ -9,6 +9,7 @@ through the secondaries, and GC's batch resolution.
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,8 +20,9 @@ from tikv_pd.backoff import Backoffer
 from tikv_pd.config import Config, TransactionOptions
 from tikv_pd.errors import LockInfo, TxnError
 from tikv_pd.interceptor import RPCInterceptor, RPCInvoker, RPCRequest, rpc_interceptor
+from tikv_pd.oracle import compose_ts
 from tikv_txn import AsyncTransactionClient
-from tikv_txn.lock_resolver import RESOLVED_CACHE_SIZE
+from tikv_txn.lock_resolver import RESOLVED_CACHE_SIZE, LockResolver
 from tikv_txn.policy import TxnStatus
 
 
@@ -307,10 +309,57 @@ async def test_writer_blocked_by_short_ttl_locks_checks_each_about_twice(
         for key in keys:
             txn.put(key, b"live")
     sent = stats["check_txn_status"] - checks
-    # About 2 per lock; scheduling noise on a loaded machine can add a re-check or two
-    # (the old behaviour sent ~20 per lock: 176 for these 8).
+    # About 2 per lock; a check landing a moment before a lock's expiry adds one or two
+    # (the old behaviour sent ~20 per lock: 176 for these 8; with a cached ts exactly at
+    # the expiry, hundreds: see the test below).
     assert sent <= 5 * len(keys), f"{sent} CheckTxnStatus for {len(keys)} locks"
     assert await reader.runtime.wait_background(NO_HANG)  # secondaries commit after return
     assert locked_keys(cluster, p) == []
     snap = reader.snapshot(await reader.current_timestamp())
     assert await snap.batch_get(keys) == dict.fromkeys(keys, b"live")
+
+
+class _Oracle:
+    """An oracle whose cached, estimated and fresh timestamps the test sets."""
+
+    def __init__(self, cached: int, estimated: int, fresh: int) -> None:
+        self.cached, self.estimated, self.fresh = cached, estimated, fresh
+        self.fetched = 0
+
+    async def get_low_resolution_timestamp(self) -> int:
+        return self.cached
+
+    async def get_stale_timestamp(self, prev_seconds: float) -> int:
+        assert prev_seconds == 0
+        return self.estimated
+
+    async def get_timestamp(self) -> int:
+        self.fetched += 1
+        return self.fresh
+
+
+@pytest.mark.parametrize(
+    ("cached_ms", "estimated_ms", "fetches"),
+    [
+        (100, 150, 0),  # alive by both: the cached ts will do
+        (200, 201, 1),  # exactly at expiry TiKV still sees it alive (strictly greater)
+        (199, 201, 1),  # expired only by the estimate: fresh
+        (201, 210, 0),  # already past expiry at the cached ts
+        (200, 200, 0),  # the estimate is not past it either
+    ],
+)
+async def test_current_ts_is_fetched_fresh_when_only_the_estimate_is_past_the_ttl(
+    cached_ms: int, estimated_ms: int, fetches: int
+) -> None:
+    # TiKV check_txn_status: expired iff physical(lock) + ttl < physical(current_ts). A
+    # cached ts exactly at the expiry once made every check use it (alive, wait 0 ms,
+    # retry at once) until the cache refreshed: 1,453 CheckTxnStatus for 8 locks in CI.
+    lock_ts = compose_ts(1_000_000, 5)
+    at = lambda ms: compose_ts(1_000_000 + ms, 0)  # noqa: E731
+    oracle = _Oracle(at(cached_ms), at(estimated_ms), at(300))
+    runtime: Any = SimpleNamespace(oracle=oracle)
+    resolver = LockResolver(runtime)
+    lock = LockInfo(primary_lock=b"k", lock_version=lock_ts, key=b"k", lock_ttl=200)
+    current = await resolver._current_ts(lock)
+    assert oracle.fetched == fetches
+    assert current == (at(300) if fetches else at(cached_ms))

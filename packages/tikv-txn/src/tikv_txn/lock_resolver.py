@@ -58,7 +58,7 @@ from tikv_txn.policy import (
     check_txn_status_current_ts,
     decide_lock_resolution,
     decide_on_txn_not_found,
-    is_lock_expired,
+    lock_ms_until_expired,
 )
 
 if TYPE_CHECKING:
@@ -262,9 +262,16 @@ class LockResolver:
         """
         oracle = self._rt.oracle
         current = await oracle.get_low_resolution_timestamp()
-        if lock.lock_ttl != 0 and not is_lock_expired(lock.lock_version, lock.lock_ttl, current):
+        # TiKV rolls a lock back only once ``physical(current_ts)`` is *past* its
+        # ``physical(start_ts) + ttl`` (``check_txn_status``: strictly greater), so the
+        # comparison is TiKV's: a cached ts exactly at the expiry still shows the lock
+        # alive, and must not stop the fresh fetch (the cache stays there until refreshed).
+        if (
+            lock.lock_ttl != 0
+            and lock_ms_until_expired(lock.lock_version, lock.lock_ttl, current) >= 0
+        ):
             estimated_now = await oracle.get_stale_timestamp(0)
-            if is_lock_expired(lock.lock_version, lock.lock_ttl, estimated_now):
+            if lock_ms_until_expired(lock.lock_version, lock.lock_ttl, estimated_now) < 0:
                 self.stats["fresh_current_ts"] += 1
                 current = await oracle.get_timestamp()
         return check_txn_status_current_ts(lock, current)
