@@ -21,12 +21,14 @@ import time
 
 import pytest
 from tikv_mockstore import MockCluster
+from tikv_mockstore.kv_errors import lock_info_to_pb
 from tikv_mockstore.mvcc import Mutation, Op, PessimisticAction
 from tikv_pd.backoff import Backoffer
 from tikv_pd.config import TransactionOptions
 from tikv_pd.errors import LockInfo, TxnAbortedError, TxnNotFoundError, WriteConflictError
 from tikv_proto import kvrpcpb_pb2
 from tikv_txn import LOCK_NO_WAIT, AsyncTransactionClient, LockResolver
+from tikv_txn._kv import lock_from_pb
 from tikv_txn.policy import Action, txn_lock_ttl
 
 _ids = itertools.count()
@@ -52,19 +54,8 @@ def lock_of(cluster: MockCluster, key: bytes) -> LockInfo:
     """The lock on ``key`` as a reader would receive it (client-go ``mustGetLock``)."""
     found = [lk for lk in cluster.engine.scan_lock(MAX_U64 >> 1) if lk.key == key]
     assert len(found) == 1, f"no lock on {key!r}"
-    lk = found[0]
-    return LockInfo(
-        primary_lock=lk.primary_lock,
-        lock_version=lk.lock_version,
-        key=lk.key,
-        lock_ttl=lk.lock_ttl,
-        txn_size=lk.txn_size,
-        lock_type=int(lk.lock_type),
-        use_async_commit=lk.use_async_commit,
-        min_commit_ts=lk.min_commit_ts,
-        secondaries=tuple(lk.secondaries),
-        lock_for_update_ts=lk.lock_for_update_ts,
-    )
+    # Through TiKV's kvrpcpb.LockInfo and the client's own conversion.
+    return lock_from_pb(lock_info_to_pb(found[0]))
 
 
 def is_locked(cluster: MockCluster, key: bytes) -> bool:

@@ -10,12 +10,15 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import pytest
 from tikv_mockstore import MockCluster
+from tikv_mockstore.kv_errors import lock_info_to_pb
 from tikv_pd.config import TransactionOptions
 from tikv_pd.errors import LockInfo
 from tikv_txn import AsyncTransactionClient
+from tikv_txn._kv import lock_from_pb
 from tikv_txn.committer import TwoPhaseCommitter
 
 #: One first byte per region of the shared cluster: keys starting with them live in
@@ -30,6 +33,13 @@ MAX_TS = 2**63 - 1
 def K(first: bytes, p: bytes, name: bytes | str) -> bytes:
     """A test key in the region of ``first``, under the test's prefix ``p``."""
     return first + p + (name.encode() if isinstance(name, str) else name)
+
+
+def client_lock(server_lock: Any) -> LockInfo:
+    """A lock the mock holds (``cluster.engine.scan_lock`` / ``lock_of(...).to_lock_info``),
+    as the client receives it: through TiKV's ``kvrpcpb.LockInfo`` and the client's own
+    conversion, so no field is copied by hand."""
+    return lock_from_pb(lock_info_to_pb(server_lock))
 
 
 def locks_in(cluster: MockCluster, p: bytes) -> list[LockInfo]:

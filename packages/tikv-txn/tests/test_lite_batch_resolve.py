@@ -12,11 +12,12 @@ a reader's in-place cleanup that fails does not fail the read.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from _txn_helpers import NO_HANG, K, locked_keys
+from _txn_helpers import NO_HANG, K, client_lock, locked_keys
 from tikv_mockstore import MockCluster
 from tikv_pd.backoff import Backoffer
 from tikv_pd.config import Config, TransactionOptions
@@ -60,17 +61,7 @@ def pinned_locks(cluster: MockCluster, keys: list[bytes], txn_size: int) -> list
     for key in keys:
         lock = cluster.engine.lock_of(key)
         assert lock is not None, key
-        info = lock.to_lock_info(key)
-        out.append(
-            LockInfo(
-                primary_lock=info.primary_lock,
-                lock_version=info.lock_version,
-                key=key,
-                lock_ttl=info.lock_ttl,
-                txn_size=txn_size,
-                lock_type=int(info.lock_type),
-            )
-        )
+        out.append(dataclasses.replace(client_lock(lock.to_lock_info(key)), txn_size=txn_size))
     return out
 
 

@@ -13,7 +13,15 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from _txn_helpers import FIRST_BYTES, NO_HANG, expire_locks, locked_keys, prepared, seed
+from _txn_helpers import (
+    FIRST_BYTES,
+    NO_HANG,
+    client_lock,
+    expire_locks,
+    locked_keys,
+    prepared,
+    seed,
+)
 from tikv_mockstore import MockCluster
 from tikv_mockstore.mvcc.types import Mutation
 from tikv_pd.backoff import Backoffer
@@ -190,15 +198,7 @@ async def test_batch_resolve_locks_for_gc(
         lock_ts,
     )
     locks = [
-        LockInfo(
-            primary_lock=lk.primary_lock,
-            lock_version=lk.lock_version,
-            key=lk.key,
-            lock_ttl=lk.lock_ttl,
-            txn_size=lk.txn_size,
-            lock_type=int(lk.lock_type),
-            lock_for_update_ts=lk.lock_for_update_ts,
-        )
+        client_lock(lk)
         for lk in cluster.engine.scan_lock(2**63 - 1, b"\x50", b"\x90")
         if p in lk.key
     ]
