@@ -672,12 +672,12 @@ class AsyncSnapshot:
         for the cleanup instead.
         """
         ignored = self._ignored
-        committed = self._committed if read_through else ()
+        committed = self._committed if read_through else set()
         if ignored and not ignored.issubset(options.resolved_locks):
             merged = tuple(sorted(ignored.union(options.resolved_locks)))
             options = dataclasses.replace(options, resolved_locks=merged)
-        if committed and not self._committed.issubset(options.committed_locks):
-            merged = tuple(sorted(self._committed.union(options.committed_locks)))
+        if committed and not committed.issubset(options.committed_locks):
+            merged = tuple(sorted(committed.union(options.committed_locks)))
             options = dataclasses.replace(options, committed_locks=merged)
         return options
 
