@@ -20,10 +20,11 @@ from collections.abc import Callable
 import grpc
 import pytest
 from tikv_mockstore import MockCluster
+from tikv_mockstore.faults import Fault
 from tikv_pd.backoff import Backoffer
 from tikv_pd.config import TransactionOptions
 from tikv_pd.errors import UndeterminedError, WriteConflictError
-from tikv_txn import AsyncTransactionClient
+from tikv_txn import AsyncTransaction, AsyncTransactionClient
 
 _ids = itertools.count()
 MAX_TS = (1 << 63) - 1
@@ -55,6 +56,33 @@ async def hanging(cluster: MockCluster, count: int = 1) -> None:
     assert await asyncio.to_thread(cluster.faults.wait_hanging, count, NO_HANG)
 
 
+async def start_held_commit(
+    cluster: MockCluster,
+    txn: AsyncTransaction,
+    keys: tuple[bytes, bytes],
+    *,
+    method: str = "KvPrewrite",
+    held: int = 1,
+    status: grpc.StatusCode | None = None,
+) -> tuple[asyncio.Future[int], Fault]:
+    """Write ``va`` / ``vz`` to the two keys, hold one ``method`` request at the region of
+    ``keys[held]`` (once released it fails with ``status``, or is applied), start the
+    commit and wait until the held request is at the store. Release the returned fault."""
+    a, z = keys
+    region = cluster.region_by_key(keys[held], txn=True)
+    assert region is not None
+    hold = cluster.faults.add(method, region=region.id, hang=True, times=1, status=status)
+    try:
+        txn.put(a, b"va")
+        txn.put(z, b"vz")
+        commit = asyncio.ensure_future(txn.commit())
+        await hanging(cluster)
+    except BaseException:
+        hold.release()
+        raise
+    return commit, hold
+
+
 async def settle(
     client: AsyncTransactionClient, cluster: MockCluster, keys: list[bytes]
 ) -> dict[bytes, bytes]:
@@ -79,22 +107,11 @@ async def test_cancelled_async_commit_prewrite_is_undetermined(
     task ends cancelled, the transaction says its outcome is unknown, nothing is rolled
     back, and readers later see both writes or neither."""
     a, z = keys
-    region_z = cluster.region_by_key(z, txn=True)
-    assert region_z is not None
-    hold = cluster.faults.add(
-        "KvPrewrite",
-        region=region_z.id,
-        hang=True,
-        times=1,
-        # "lost": once released it fails without being applied, as a dropped request.
-        status=None if held_lands else grpc.StatusCode.UNAVAILABLE,
-    )
+    txn = await client.begin(ASYNC)
+    # "lost": once released it fails without being applied, as a dropped request.
+    lost = None if held_lands else grpc.StatusCode.UNAVAILABLE
+    commit, hold = await start_held_commit(cluster, txn, keys, status=lost)
     try:
-        txn = await client.begin(ASYNC)
-        txn.put(a, b"va")
-        txn.put(z, b"vz")
-        commit = asyncio.ensure_future(txn.commit())
-        await hanging(cluster)
         await poll(lambda: locked(cluster, a), "the other region's prewrite")
         commit.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -117,15 +134,9 @@ async def test_async_commit_timeout_is_undetermined(
 ) -> None:
     """The same through ``asyncio.timeout``: the caller gets TimeoutError."""
     a, z = keys
-    region_z = cluster.region_by_key(z, txn=True)
-    assert region_z is not None
-    hold = cluster.faults.add("KvPrewrite", region=region_z.id, hang=True, times=1)
+    txn = await client.begin(ASYNC)
+    commit, hold = await start_held_commit(cluster, txn, keys)
     try:
-        txn = await client.begin(ASYNC)
-        txn.put(a, b"va")
-        txn.put(z, b"vz")
-        commit = asyncio.ensure_future(txn.commit())
-        await hanging(cluster)
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(commit, 0.05)
     finally:
@@ -143,17 +154,11 @@ async def test_async_commit_prewrite_cancelled_by_a_conflict(
     without its lock can never commit) and everything is rolled back, the held
     prewrite included when it lands late."""
     a, z = keys
-    region_z = cluster.region_by_key(z, txn=True)
-    assert region_z is not None
     txn = await client.begin(ASYNC)
     async with client.begin(TWO_PC) as other:
         other.put(a, b"other")
-    hold = cluster.faults.add("KvPrewrite", region=region_z.id, hang=True, times=1)
+    commit, hold = await start_held_commit(cluster, txn, keys)
     try:
-        txn.put(a, b"va")
-        txn.put(z, b"vz")
-        commit = asyncio.ensure_future(txn.commit())
-        await hanging(cluster)
         with pytest.raises(WriteConflictError):
             await asyncio.wait_for(asyncio.shield(commit), NO_HANG)
     finally:
@@ -172,15 +177,9 @@ async def test_cancelled_primary_commit_is_undetermined(
     is in flight. The commit lands after the caller left: the transaction is committed,
     its secondary resolved by readers from the primary."""
     a, z = keys
-    region_a = cluster.region_by_key(a, txn=True)
-    assert region_a is not None
-    hold = cluster.faults.add("KvCommit", region=region_a.id, hang=True, times=1)
+    txn = await client.begin(TWO_PC)
+    commit, hold = await start_held_commit(cluster, txn, keys, method="KvCommit", held=0)
     try:
-        txn = await client.begin(TWO_PC)
-        txn.put(a, b"va")
-        txn.put(z, b"vz")
-        commit = asyncio.ensure_future(txn.commit())
-        await hanging(cluster)
         commit.cancel()
         with pytest.raises(asyncio.CancelledError):
             await commit
@@ -199,15 +198,9 @@ async def test_cancelled_before_the_primary_commit_rolls_back(
     """2PC cancelled during prewrite: nothing can have committed, so the outcome is
     known (no undetermined error) and the prewritten locks are rolled back at once."""
     a, z = keys
-    region_z = cluster.region_by_key(z, txn=True)
-    assert region_z is not None
-    hold = cluster.faults.add("KvPrewrite", region=region_z.id, hang=True, times=1)
+    txn = await client.begin(TWO_PC)
+    commit, hold = await start_held_commit(cluster, txn, keys)
     try:
-        txn = await client.begin(TWO_PC)
-        txn.put(a, b"va")
-        txn.put(z, b"vz")
-        commit = asyncio.ensure_future(txn.commit())
-        await hanging(cluster)
         await poll(lambda: locked(cluster, a), "the other region's prewrite")
         commit.cancel()
         with pytest.raises(asyncio.CancelledError):
